@@ -1,0 +1,103 @@
+"""Raw activations of a layer as a scikit-learn transformer."""
+
+import math
+
+from sklearn.base import _fit_context
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import _ModelLayerTransformer
+from ._capture import inspect_node_layers
+
+
+class ActivationTransformer(_ModelLayerTransformer):
+    """Map model inputs to one layer's activations, flattened per sample.
+
+    The counterpart of :class:`LIBTransformer` for baselines: put
+    :class:`~sklearn.decomposition.PCA` after it in a ``Pipeline`` to compare
+    ordinary PCA with LIB on the same layer.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Called as ``model(batch)``; never modified (see :class:`LIBTransformer`).
+    layer : str
+        Name from ``model.named_modules()``.
+    capture : {"input", "output"}, default="input"
+        The module's first positional input, or its output.
+    batch_size : int, default=256
+        Samples per forward pass.
+    device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
+    dtype : {"float64", "float32"}, default="float64"
+        Precision of the forward pass; the result is float64 either way.
+
+    Attributes
+    ----------
+    activation_shape_ : tuple
+        Per-sample activation shape ``(*positions, d)``.
+    input_shape_ : tuple
+        Per-sample shape of ``X``.
+    n_features_in_ : int
+        ``X.shape[1]``.
+
+    See Also
+    --------
+    LIBTransformer : LIB features of the same activations.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_lib import ActivationTransformer
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> ActivationTransformer(model, "2").fit_transform(torch.randn(10, 4).numpy()).shape
+    (10, 8)
+    """
+
+    def __init__(self, model, layer, *, capture="input", batch_size=256, device="auto", dtype="float64"):
+        self.model = model
+        self.layer = layer
+        self.capture = capture
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Check the layer on ``X`` and record the activation shape.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Model inputs.
+        y : Ignored
+
+        Returns
+        -------
+        self : ActivationTransformer
+        """
+        X = self._validate_input(X, reset=True)
+        with self._model_session() as runner:
+            nodes, _ = inspect_node_layers(runner, self._to_tensor(runner, X[:2]), [self.layer])
+        self.activation_shape_ = nodes[0].shape
+        return self
+
+    @property
+    def _n_features_out(self):
+        return math.prod(self.activation_shape_)
+
+    def transform(self, X):
+        """Activations of ``layer``, flattened per sample (position-major).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, prod(activation_shape_)), float64
+        """
+        check_is_fitted(self)
+        X = self._validate_input(X, reset=False)
+        return self._map_layer(
+            X, self.layer, lambda f: f.reshape(f.shape[0], -1), self._n_features_out
+        )
+

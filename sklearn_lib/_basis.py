@@ -1,0 +1,176 @@
+"""From sufficient statistics to a basis: pure float64 linear algebra.
+
+Notation of the spec (row vectors): ``f_hat = (f - mu) @ C``.
+
+    G  = U diag(D) U^T                         orthogonal step (null space dropped)
+    M  = diag(D)^1/2 U^T M' U diag(D)^1/2      Jacobian Gram in whitened coordinates
+    M  = V diag(Lambda) V^T
+    C  = U diag(D)^-1/2 V diag(Lambda)^1/2
+    C+ = diag(Lambda)^-1/2 V^T diag(D)^1/2 U^T
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+
+
+@dataclass(frozen=True, eq=False)
+class NodeBasis:
+    """The fitted basis of one node layer.
+
+    Attributes
+    ----------
+    name : str
+        Module name of the node layer, or ``"output"`` for the model output.
+    shape : tuple
+        Per-sample activation shape ``(*positions, d)``.
+    mean : ndarray of shape (d,)
+        ``mu``; zeros when fitted with ``center=False``.
+    matrix : ndarray of shape (d, K)
+        ``C`` with every numerically non-null feature, most important first.
+    pinv : ndarray of shape (K, d)
+        The pseudo-inverse ``C+`` of the *full* ``matrix``: keeping the top
+        ``k`` features reconstructs with ``pinv[:k]``.
+    lambdas : ndarray of shape (K,)
+        Importance of each feature, descending (variances for PCA).
+    n_components : int
+        Number of features kept by the truncation (``k <= K``).
+    gram_eigenvalues : ndarray of shape (r,)
+        Eigenvalues ``D`` of the activations' Gram above the null-space cut.
+    kind : {"lib", "pca", "identity"}
+    """
+
+    name: str
+    shape: tuple
+    mean: np.ndarray
+    matrix: np.ndarray
+    pinv: np.ndarray
+    lambdas: np.ndarray
+    n_components: int
+    gram_eigenvalues: np.ndarray = field(default_factory=lambda: np.empty(0))
+    kind: str = "lib"
+
+    @property
+    def n_features(self):
+        """Width ``d`` of the activations."""
+        return self.matrix.shape[0]
+
+    @property
+    def n_positions(self):
+        """Number of positions sharing this basis."""
+        return int(np.prod(self.shape[:-1], dtype=int))
+
+    @property
+    def kept_matrix(self):
+        """``C[:, :k]``, shape (d, k)."""
+        return self.matrix[:, : self.n_components]
+
+    @property
+    def kept_pinv(self):
+        """``C+[:k]`` (rows of the full pseudo-inverse), shape (k, d)."""
+        return self.pinv[: self.n_components]
+
+    def __repr__(self):
+        return (
+            f"NodeBasis(name={self.name!r}, kind={self.kind!r}, shape={self.shape}, "
+            f"n_components={self.n_components}, n_nonnull={self.lambdas.shape[0]})"
+        )
+
+
+def eigh_descending(matrix):
+    """Eigen-decomposition of a symmetric matrix, eigenvalues descending.
+
+    Eigenvector signs are fixed so that each vector's largest-magnitude entry
+    is positive, which makes fits deterministic across runs and machines.
+    """
+    matrix = (matrix + matrix.T) / 2  # symmetrise away rounding asymmetry
+    values, vectors = scipy.linalg.eigh(matrix)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    pivot = np.argmax(np.abs(vectors), axis=0)
+    signs = np.sign(vectors[pivot, np.arange(vectors.shape[1])])
+    signs[signs == 0] = 1
+    return values.copy(), vectors * signs
+
+
+def orthogonal_step(gram, rtol, name="layer"):
+    """``G = U diag(D) U^T`` with the numerical null space dropped.
+
+    Parameters
+    ----------
+    gram : ndarray of shape (d, d)
+    rtol : float
+        Eigenvalues at or below ``rtol * max(D)`` are numerical zeros.
+
+    Returns
+    -------
+    D : ndarray of shape (r,)
+    U : ndarray of shape (d, r)
+    """
+    values, vectors = eigh_descending(gram)
+    if not values[0] > 0:
+        raise ValueError(
+            f"The activations of {name!r} have no variance on the fitting data; "
+            "there is nothing to find a basis for"
+        )
+    keep = values > rtol * values[0]
+    return values[keep], vectors[:, keep]
+
+
+def lib_rotation(D, U, m_prime, rtol, name="layer"):
+    """Rotate the whitened activations onto the Jacobian Gram's eigenvectors.
+
+    Parameters
+    ----------
+    D, U : output of :func:`orthogonal_step`
+    m_prime : ndarray of shape (d, d)
+        The averaged Jacobian Gram ``M'``.
+    rtol : float
+        Numerical null-space tolerance for ``Lambda``.
+
+    Returns
+    -------
+    lambdas : ndarray of shape (K,)
+    C : ndarray of shape (d, K)
+    C_pinv : ndarray of shape (K, d)
+    """
+    sqrt_d = np.sqrt(D)
+    whitened = U * sqrt_d  # U diag(D)^1/2, shape (d, r)
+    M = whitened.T @ m_prime @ whitened  # (r, r)
+    lambdas, V = eigh_descending(M)
+    if not lambdas[0] > 0:
+        raise ValueError(
+            f"The next node layer does not depend on {name!r} on the fitting data "
+            "(all Jacobians vanish), so every LIB feature has zero importance"
+        )
+    keep = lambdas > rtol * lambdas[0]
+    lambdas, V = lambdas[keep], V[:, keep]
+    sqrt_l = np.sqrt(lambdas)
+    C = (U / sqrt_d) @ V * sqrt_l  # U diag(D)^-1/2 V diag(Lambda)^1/2
+    C_pinv = (V / sqrt_l).T @ whitened.T  # diag(Lambda)^-1/2 V^T diag(D)^1/2 U^T
+    return lambdas, C, C_pinv
+
+
+def n_kept(lambdas, n_components, threshold, name="layer"):
+    """Number of leading features kept by ``n_components`` and ``threshold``.
+
+    ``n_components``: None (all), an int, or a float in (0, 1) for the
+    smallest ``k`` whose features hold that fraction of ``sum(Lambda)``.
+    ``threshold``: drop features with ``Lambda < threshold * max(Lambda)``.
+    Both apply; the smaller count wins.
+    """
+    total = lambdas.shape[0]
+    k = int(np.sum(lambdas >= threshold * lambdas[0]))
+    if n_components is None:
+        return k
+    if isinstance(n_components, float) and 0 < n_components < 1:
+        ratio = np.cumsum(lambdas) / lambdas.sum()
+        # Same rule as sklearn.decomposition.PCA for a float n_components.
+        by_fraction = int(np.searchsorted(ratio, n_components, side="right")) + 1
+        return min(k, by_fraction, total)
+    if n_components > total:
+        raise ValueError(
+            f"n_components={n_components} must be at most {total}, the number of "
+            f"non-null features of {name!r}"
+        )
+    return min(k, int(n_components))

@@ -1,0 +1,51 @@
+"""Quadrature rules for integrated gradients, in one place.
+
+Every rule returns points ``alpha`` in [0, 1] and weights ``w`` such that
+``sum_a w_a * g(alpha_a)`` approximates ``int_0^1 g(alpha) d alpha``.
+"""
+
+import numpy as np
+
+INTEGRATION_RULES = ("gradient", "trapezoidal", "gauss-legendre")
+
+
+def integration_rule(method, n_intervals):
+    """Points and weights of an integration rule.
+
+    Parameters
+    ----------
+    method : {"gradient", "trapezoidal", "gauss-legendre"}
+        ``"gradient"`` is the paper's default: the plain gradient at
+        ``alpha = 1`` with weight 1.
+    n_intervals : int
+        0 for ``"gradient"``; at least 1 otherwise (``n_intervals + 1`` points).
+
+    Returns
+    -------
+    alphas : ndarray of shape (n_points,)
+    weights : ndarray of shape (n_points,)
+    """
+    if method == "gradient":
+        if n_intervals != 0:
+            raise ValueError(
+                f"integration='gradient' evaluates one point; n_intervals={n_intervals} "
+                "must be 0 (use 'trapezoidal' or 'gauss-legendre' for more points)"
+            )
+        return np.ones(1), np.ones(1)
+    if n_intervals < 1:
+        raise ValueError(f"integration={method!r} needs n_intervals >= 1, got {n_intervals}")
+    if method == "trapezoidal":
+        # Stay off the end points: activation functions such as ReLU have a
+        # kink at 0, where the derivative is ill-defined.
+        eps = 1e-3 / (n_intervals + 1)
+        alphas = np.linspace(eps, 1 - eps, n_intervals + 1)
+        # Weights sum to exactly 1, so constant gradients (linear sections)
+        # integrate exactly.
+        weights = np.full(n_intervals + 1, 1.0 / n_intervals)
+        weights[[0, -1]] /= 2
+        return alphas, weights
+    if method == "gauss-legendre":
+        nodes, weights = np.polynomial.legendre.leggauss(n_intervals + 1)
+        # Map [-1, 1] to [0, 1].
+        return (nodes + 1) / 2, weights / 2
+    raise ValueError(f"integration={method!r} is not one of {INTEGRATION_RULES}")

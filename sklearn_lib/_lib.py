@@ -1,0 +1,518 @@
+"""The Local Interaction Basis as a scikit-learn transformer."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from ._base import OUTPUT_NODE, _ModelLayerTransformer, check_activations, check_finite
+from ._basis import NodeBasis, eigh_descending, lib_rotation, n_kept, orthogonal_step
+from ._capture import check_cut, inspect_node_layers, resolve_module
+from ._integration import INTEGRATION_RULES, integration_rule
+from ._jacobian import jacobian_gram_batch
+from ._stats import MomentAccumulator
+from ._utils import Progress, batch_slices, null_space_rtol
+
+# Samples used to check call order, shapes and cuts before the real passes.
+_PROBE_SIZE = 64
+
+
+class LIBTransformer(_ModelLayerTransformer):
+    """Local Interaction Basis (LIB) features of one layer of a torch model.
+
+    LIB (Bushnaq et al., 2024) re-expresses a layer's activations in a basis
+    that drops directions the rest of the network ignores and aligns the
+    remaining ones with what the next layer computes: PCA of the activations,
+    whitened, rotated onto the eigenvectors of the averaged Jacobian Gram of
+    the next node layer's LIB features, each feature scaled by the square
+    root of its eigenvalue ``Lambda``.  Bases are computed backwards from the
+    model output, through ``downstream_layers``.
+
+    ``X`` holds the *model's inputs*; ``transform`` returns LIB features of
+    the activations at ``layer``.  A feature's ``Lambda`` is both its
+    importance and its variance on the fitting data.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Called as ``model(batch)`` on a tensor made from rows of ``X``.  It is
+        never modified: parameters, dtype, device, train/eval flags and
+        ``requires_grad`` stay as they are, and no hook is left behind.  Fits
+        run in eval mode.  Do not share one model between estimators fitting
+        concurrently in threads (hooks are registered while a pass runs).
+    layer : str
+        Name of the node layer to transform, from ``model.named_modules()``.
+    downstream_layers : sequence of str, default=()
+        Later node layers, in forward order.  ``layer``'s basis uses the
+        Jacobian into the first of them; ``()`` goes straight to the model
+        output.  Every node layer must be a *cut* (the next node layer depends
+        on the input only through it), which ``fit`` checks.
+    capture : {"input", "output"}, default="input"
+        A node layer is the named module's first positional input (the paper's
+        convention) or its output.
+    basis : {"lib", "pca"}, default="lib"
+        ``"pca"`` is the paper's baseline: ordinary centred PCA of every node
+        layer, computed by the same machinery (no Jacobians).
+    n_components : int, float or None, default=None
+        Features of ``layer`` to keep: all (None), the top ``n`` (int), or the
+        fewest whose ``Lambda`` sum to that fraction of the total (float in
+        (0, 1)), as in :class:`~sklearn.decomposition.PCA`.
+    truncation_threshold : float in [0, 1), default=1e-10
+        Drop features with ``Lambda < truncation_threshold * max(Lambda)``, at
+        every node layer.  A separate, fixed numerical tolerance removes the
+        Gram matrix's null space, so raising this threshold never removes
+        directions before the rotation.
+    center : bool, default=True
+        Centre activations (``mu = E[f]``); False uses ``mu = 0`` and the
+        uncentred Gram.
+    integration : {"gradient", "trapezoidal", "gauss-legendre"}, default="gradient"
+        How Jacobians are integrated along ``alpha * f`` for ``alpha`` in
+        [0, 1].  ``"gradient"`` (the paper's default) is the plain Jacobian.
+    n_intervals : int, default=0
+        0 for ``"gradient"``; the number of intervals (``n + 1`` points) for
+        the other rules.
+    output_basis : {"identity", "pca"}, default="identity"
+        Basis of the model-output node.  It is orthogonal and never truncated,
+        so it leaves every upstream basis unchanged; it matters for the
+        interaction graph's last edges.
+    batch_size : int, default=256
+        Samples per forward/backward pass.  Peak memory is set by this and a
+        fixed chunk of Jacobian rows, never by the number of samples.
+    device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
+        Where passes run; ``"auto"`` uses CUDA when available.
+    dtype : {"float64", "float32"}, default="float64"
+        Precision of the forward and backward passes.  ``"float64"``
+        reproduces the paper; ``"float32"`` is faster.  Accumulators and
+        eigensolves are float64 either way.  Integer inputs are never cast.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the permutation used by the cut check.
+    verbose : bool, default=False
+        Print progress of each pass to stderr.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components_, n_features)
+        Rows are the kept columns of ``C``:
+        ``transform_activations(A) == (A - mean_) @ components_.T``.
+    inverse_components_ : ndarray of shape (n_components_, n_features)
+        The first ``n_components_`` rows of the *full* pseudo-inverse ``C+``;
+        ``inverse_transform(Z) == Z @ inverse_components_ + mean_``.
+    mean_ : ndarray of shape (n_features,)
+        Per-feature mean of the activations (zeros if ``center=False``).
+    lambdas_ : ndarray of shape (n_components_,)
+        ``Lambda`` of the kept features, descending (variances for PCA).
+    n_components_ : int
+        Number of kept features.
+    activation_shape_ : tuple
+        Per-sample shape ``(*positions, n_features)`` of ``layer``'s activations.
+    n_positions_ : int
+        Number of positions (1 for a plain ``(n, d)`` layer).
+    bases_ : dict of str to NodeBasis
+        Every fitted basis in forward order: ``layer``, each downstream layer,
+        and ``"output"``.  Each holds the full matrix, pseudo-inverse, mean,
+        ``Lambda`` and the kept count, so interaction graphs need no refit.
+    output_shape_ : tuple
+        Per-sample shape of the model output.
+    input_shape_ : tuple
+        Per-sample shape of ``X``.
+    n_features_in_ : int
+        ``X.shape[1]``, as in every scikit-learn estimator.
+
+    See Also
+    --------
+    ActivationTransformer : The raw activations, e.g. for ``sklearn.decomposition.PCA``.
+
+    Notes
+    -----
+    Layers with positions, activations of shape ``(n, P, d)`` (or any
+    ``(n, *positions, d)``), share one basis across positions and every
+    average runs over ``n * P`` rows.  ``transform`` returns one row per
+    sample with the columns in position-major order: column
+    ``p * n_components_ + j`` is feature ``j`` at position ``p``.
+
+    The constant (bias) direction of the paper is not a feature here: with
+    centring, the non-constant features and their ``Lambda`` do not depend on
+    it.
+
+    References
+    ----------
+    L. Bushnaq, S. Heimersheim, N. Goldowsky-Dill, D. Braun, J. Mendel,
+    K. Hänni, A. Griffin, J. Stöhler, M. Wache, M. Hobbhahn. "The Local
+    Interaction Basis: Identifying Computationally-Relevant and Sparsely
+    Interacting Features in Neural Networks", arXiv:2405.10928, 2024.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_lib import LIBTransformer
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> X = torch.randn(200, 4).numpy()
+    >>> lib = LIBTransformer(model, "2").fit(X)
+    >>> lib.transform(X).shape
+    (200, 3)
+    >>> bool(abs(lib.transform(X).var(axis=0) - lib.lambdas_).max() < 1e-8 * lib.lambdas_[0])
+    True
+    """
+
+    _parameter_constraints = {
+        **_ModelLayerTransformer._parameter_constraints,
+        "downstream_layers": [list, tuple],
+        "basis": [StrOptions({"lib", "pca"})],
+        "n_components": [
+            Interval(Integral, 1, None, closed="left"),
+            Interval(RealNotInt, 0, 1, closed="neither"),
+            None,
+        ],
+        "truncation_threshold": [Interval(Real, 0, 1, closed="left")],
+        "center": ["boolean"],
+        "integration": [StrOptions(set(INTEGRATION_RULES))],
+        "n_intervals": [Interval(Integral, 0, None, closed="left")],
+        "output_basis": [StrOptions({"identity", "pca"})],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    _min_samples = 2
+
+    def __init__(
+        self,
+        model,
+        layer,
+        *,
+        downstream_layers=(),
+        capture="input",
+        basis="lib",
+        n_components=None,
+        truncation_threshold=1e-10,
+        center=True,
+        integration="gradient",
+        n_intervals=0,
+        output_basis="identity",
+        batch_size=256,
+        device="auto",
+        dtype="float64",
+        random_state=None,
+        verbose=False,
+    ):
+        self.model = model
+        self.layer = layer
+        self.downstream_layers = downstream_layers
+        self.capture = capture
+        self.basis = basis
+        self.n_components = n_components
+        self.truncation_threshold = truncation_threshold
+        self.center = center
+        self.integration = integration
+        self.n_intervals = n_intervals
+        self.output_basis = output_basis
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fitting -----------------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the bases of ``layer`` and every downstream layer.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Model inputs (any per-sample shape; integer token ids stay integers).
+        y : Ignored
+
+        Returns
+        -------
+        self : LIBTransformer
+        """
+        self._fit(X)
+        return self
+
+    def _fit(self, X):
+        X = self._validate_input(X, reset=True)
+        names = [self.layer, *self.downstream_layers]
+        if OUTPUT_NODE in names:
+            raise ValueError(
+                f"A node layer may not be called {OUTPUT_NODE!r}: that name is "
+                "reserved for the model-output node"
+            )
+        alphas, weights = integration_rule(self.integration, self.n_intervals)
+        progress = Progress(type(self).__name__, self.verbose)
+        rng = check_random_state(self.random_state)
+        with self._model_session() as runner:
+            probe = self._to_tensor(runner, X[:_PROBE_SIZE])
+            with torch.no_grad():
+                nodes, output_shape = inspect_node_layers(runner, probe, names)
+                if self.basis == "lib":
+                    for src, dst in zip(nodes, [*nodes[1:], None]):
+                        dst_name = "the model output" if dst is None else f"layer {dst.name!r}"
+                        check_cut(runner, probe, src, dst, dst_name, rng)
+            moments, output_moments = self._collect_moments(runner, X, nodes, output_shape, progress)
+            rule = (
+                torch.as_tensor(alphas, device=runner.device),
+                torch.as_tensor(weights, device=runner.device),
+            )
+            bases = self._fit_bases(runner, X, nodes, moments, output_moments, output_shape, rule, progress)
+
+        self.bases_ = bases
+        main = bases[self.layer]
+        self.activation_shape_ = main.shape
+        self.n_positions_ = main.n_positions
+        self.output_shape_ = output_shape
+        self.n_components_ = main.n_components
+        self.components_ = main.kept_matrix.T.copy()
+        self.inverse_components_ = main.kept_pinv.copy()
+        self.mean_ = main.mean
+        self.lambdas_ = main.lambdas[: main.n_components].copy()
+        progress("done")
+        return X
+
+    def _collect_moments(self, runner, X, nodes, output_shape, progress):
+        """One pass: mean and Gram of every node layer, mean of the output."""
+        device = runner.device
+        moments = [MomentAccumulator(node.n_features, device, self.center) for node in nodes]
+        output_moments = MomentAccumulator(
+            output_shape[-1], device, center=True, gram=self.output_basis == "pca"
+        )
+        modules = [node.module for node in nodes]
+        n = X.shape[0]
+        slices = progress.batches(batch_slices(n, self.batch_size), n, "activation statistics")
+        with torch.no_grad():
+            for sl in slices:
+                reads, output = runner.run(self._to_tensor(runner, X[sl]), reads=modules)
+                for node, f, acc in zip(nodes, reads, moments):
+                    check_finite(f, node.name)
+                    acc.update(f.reshape(-1, node.n_features))
+                check_finite(output, "model output")
+                output_moments.update(output.reshape(-1, output_shape[-1]))
+        return moments, output_moments
+
+    def _output_basis(self, output_moments, output_shape):
+        d = output_shape[-1]
+        mean = output_moments.mean.cpu().numpy()
+        if self.output_basis == "identity":
+            # No ranking among logits: the identity basis has unit "importance".
+            eye = np.eye(d)
+            return NodeBasis(OUTPUT_NODE, output_shape, mean, eye, eye, np.ones(d), d, kind="identity")
+        # Orthogonal and untruncated (null directions kept), so upstream bases
+        # stay exactly as with the identity.
+        values, vectors = eigh_descending(output_moments.gram.cpu().numpy())
+        # Eigenvalues can be slightly negative from rounding, hence the clip.
+        values = np.clip(values, 0, None)
+        return NodeBasis(
+            OUTPUT_NODE, output_shape, mean, vectors, vectors.T.copy(), values, d,
+            gram_eigenvalues=values, kind="pca",
+        )
+
+    def _fit_bases(self, runner, X, nodes, moments, output_moments, output_shape, rule, progress):
+        rtol = null_space_rtol(runner.dtype)
+        next_basis = self._output_basis(output_moments, output_shape)
+        bases = {OUTPUT_NODE: next_basis}
+        for i in reversed(range(len(nodes))):
+            node, acc = nodes[i], moments[i]
+            D, U = orthogonal_step(acc.gram.cpu().numpy(), rtol, node.name)
+            if self.basis == "pca":
+                lambdas, C, C_pinv = D, U, U.T.copy()
+            else:
+                dst = nodes[i + 1] if i + 1 < len(nodes) else None
+                m_prime = self._jacobian_gram(runner, X, node, dst, next_basis, rule, progress)
+                lambdas, C, C_pinv = lib_rotation(D, U, m_prime, rtol, node.name)
+            k = n_kept(
+                lambdas,
+                self.n_components if i == 0 else None,
+                self.truncation_threshold,
+                node.name,
+            )
+            mean = acc.mean.cpu().numpy() if self.center else np.zeros(node.n_features)
+            next_basis = NodeBasis(
+                node.name, node.shape, mean, C, C_pinv, lambdas, k,
+                gram_eigenvalues=D, kind=self.basis,
+            )
+            bases[node.name] = next_basis
+        # Forward order: layer, downstream layers, output.
+        return {name: bases[name] for name in [n.name for n in nodes] + [OUTPUT_NODE]}
+
+    def _jacobian_gram(self, runner, X, src, dst, next_basis, rule, progress):
+        """``M'`` of the section ``src -> dst``, averaged over ``N * P_in`` rows."""
+        basis_next = torch.as_tensor(next_basis.kept_matrix, device=runner.device, dtype=runner.dtype)
+        total = torch.zeros(src.n_features, src.n_features, dtype=torch.float64, device=runner.device)
+        n = X.shape[0]
+        what = f"Jacobians {src.name!r} -> {next_basis.name!r}"
+        for sl in progress.batches(batch_slices(n, self.batch_size), n, what):
+            x = self._to_tensor(runner, X[sl])
+            total += jacobian_gram_batch(runner, x, src, dst, basis_next, *rule)
+        return (total / (n * src.n_positions)).cpu().numpy()
+
+    # -- mapping -----------------------------------------------------------------------
+    @property
+    def _n_features_out(self):
+        return self.n_positions_ * self.n_components_
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output features, position-major for layers with positions.
+
+        ``libtransformer{j}`` for plain layers; ``libtransformer{j}_pos{p}``
+        when the layer has positions.
+        """
+        names = super().get_feature_names_out(input_features)
+        if self.n_positions_ == 1:
+            return names
+        prefix = type(self).__name__.lower()
+        return np.asarray(
+            [
+                f"{prefix}{j}_pos{p}"
+                for p in range(self.n_positions_)
+                for j in range(self.n_components_)
+            ],
+            dtype=object,
+        )
+
+    def transform(self, X):
+        """LIB features of ``layer``'s activations on the model inputs ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Model inputs of the per-sample shape seen in ``fit``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_positions_ * n_components_)
+            Position-major columns (see Notes of the class).
+        """
+        check_is_fitted(self)
+        X = self._validate_input(X, reset=False)
+        return self._map_layer(X, self.layer, self._project, self._n_features_out)
+
+    def transform_activations(self, A):
+        """LIB features of raw activations: ``(A - mean_) @ components_.T``.
+
+        Parameters
+        ----------
+        A : array-like of shape (n_samples, *activation_shape_) or (n_samples, P * d)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_positions_ * n_components_)
+        """
+        check_is_fitted(self)
+        A = check_activations(A, self.activation_shape_, type(self).__name__)
+        return self._project(torch.from_numpy(A)).numpy()
+
+    def _project(self, f):
+        """(n, P, d) float64 tensor -> (n, P * k) features."""
+        mean = torch.as_tensor(self.mean_, device=f.device)
+        components = torch.as_tensor(self.components_, device=f.device)
+        return ((f - mean) @ components.T).reshape(f.shape[0], -1)
+
+    def inverse_transform(self, X):
+        """Activations reconstructed from LIB features.
+
+        Uses the first ``n_components_`` rows of the full pseudo-inverse, so
+        dropped features are mean-ablated.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_positions_ * n_components_)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_positions_ * n_features)
+            Activations flattened per sample, position-major (as
+            :class:`ActivationTransformer` returns them).
+        """
+        check_is_fitted(self)
+        Z = check_array(X, dtype=np.float64, input_name="X")
+        if Z.shape[1] != self._n_features_out:
+            raise ValueError(
+                f"X has {Z.shape[1]} features, but inverse_transform expects "
+                f"{self._n_features_out} (n_positions_ * n_components_)"
+            )
+        Z = Z.reshape(Z.shape[0], self.n_positions_, self.n_components_)
+        return (Z @ self.inverse_components_ + self.mean_).reshape(Z.shape[0], -1)
+
+    # -- faithfulness ------------------------------------------------------------------
+    def score(self, X, y=None):
+        """Faithfulness of the kept features: the model run on their reconstruction.
+
+        ``layer``'s activations are replaced by ``inverse_transform(transform(.))``
+        (the dropped features mean-ablated) and the rest of the model runs on
+        them.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Model inputs.
+        y : array-like of shape (n_samples,) or (n_samples, *output positions), default=None
+            Class labels.  Given, the score is the accuracy of the argmax of
+            the last output axis of the ablated model.  Without ``y`` it is
+            the coefficient of determination ``1 - SSE / SST`` of the ablated
+            outputs against the original outputs, pooled over all output
+            entries (``r2_score(..., multioutput="variance_weighted")``):
+            1 is perfect, higher is better.
+
+        Returns
+        -------
+        score : float
+        """
+        check_is_fitted(self)
+        X = self._validate_input(X, reset=False)
+        labels = None if y is None else self._check_labels(y, X.shape[0])
+        kept = torch.as_tensor(self.components_.T @ self.inverse_components_)  # (d, d)
+        mean = torch.as_tensor(self.mean_)
+        correct = 0
+        sse = 0.0
+        # Running sums around the first batch's mean give SST without keeping
+        # every output in memory.
+        shift = None
+        sums = sq_sums = 0.0
+        with self._model_session() as runner, torch.no_grad():
+            module = resolve_module(self.model, self.layer)
+            kept, mean = kept.to(runner.device), mean.to(runner.device)
+            for sl in batch_slices(X.shape[0], self.batch_size):
+                x = self._to_tensor(runner, X[sl])
+                (f,) = runner.read(x, [module])
+                rebuilt = (f.to(torch.float64) - mean) @ kept + mean
+                ablated = runner.section(x, module, rebuilt.to(f.dtype)).to(torch.float64)
+                if labels is not None:
+                    target = torch.as_tensor(labels[sl], device=ablated.device)
+                    correct += int((ablated.argmax(-1) == target).sum())
+                    continue
+                original = runner.run(x)[1].to(torch.float64)
+                sse += float(((ablated - original) ** 2).sum())
+                if shift is None:
+                    shift = original.mean(0)
+                sums = sums + (original - shift).sum(0)
+                sq_sums = sq_sums + ((original - shift) ** 2).sum(0)
+        if labels is not None:
+            return correct / labels.size
+        n = X.shape[0]
+        sst = float((sq_sums - sums**2 / n).sum())
+        if sst <= 0:
+            return 1.0 if sse == 0 else 0.0
+        return 1.0 - sse / sst
+
+    def _check_labels(self, y, n_samples):
+        y = np.asarray(y)
+        expected = (n_samples, *self.output_shape_[:-1])
+        if y.shape != expected:
+            raise ValueError(
+                f"y has shape {y.shape}, but the model's outputs of per-sample shape "
+                f"{self.output_shape_} need class labels of shape {expected}"
+            )
+        is_integral = np.issubdtype(y.dtype, np.integer) or (
+            np.issubdtype(y.dtype, np.floating) and np.array_equal(y, np.round(y))
+        )
+        if not is_integral or y.min() < 0 or y.max() >= self.output_shape_[-1]:
+            raise ValueError(
+                f"y must hold integer class labels in [0, {self.output_shape_[-1]}) "
+                "(the argmax of the model's last output axis)"
+            )
+        return y.astype(np.int64)

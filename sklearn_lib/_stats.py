@@ -1,0 +1,56 @@
+"""Sufficient statistics as running sums, so batches (and later ranks) compose."""
+
+import torch
+
+
+class MomentAccumulator:
+    """Running mean and Gram matrix of row vectors, accumulated in float64.
+
+    Sums are taken around a fixed shift (the first batch's mean when
+    centring): the centred Gram is then ``S2/N - m m^T`` with a small ``m``,
+    which avoids the cancellation of the textbook ``E[f f^T] - mu mu^T``.
+
+    Parameters
+    ----------
+    n_features : int
+    device : torch.device
+    center : bool
+        If False the mean is taken as zero and the Gram is uncentred.
+    gram : bool
+        If False only the mean is accumulated (cheap for wide outputs).
+    """
+
+    def __init__(self, n_features, device, center=True, gram=True):
+        self.center = center
+        self.count = 0
+        self.shift = None
+        self.sum = torch.zeros(n_features, dtype=torch.float64, device=device)
+        self.sq = (
+            torch.zeros(n_features, n_features, dtype=torch.float64, device=device)
+            if gram
+            else None
+        )
+
+    def update(self, rows):
+        """Add rows of shape (m, n_features)."""
+        rows = rows.detach().to(torch.float64)
+        if self.shift is None:
+            self.shift = rows.mean(0) if self.center else torch.zeros_like(self.sum)
+        centred = rows - self.shift  # (m, d)
+        self.sum += centred.sum(0)
+        if self.sq is not None:
+            self.sq += centred.T @ centred
+        self.count += rows.shape[0]
+
+    @property
+    def mean(self):
+        """``E[f]``, the data's mean whether or not the Gram is centred."""
+        return self.shift + self.sum / self.count
+
+    @property
+    def gram(self):
+        """``E[(f - mu)(f - mu)^T]`` with ``1/N``, or ``E[f f^T]`` if not centring."""
+        if self.center:
+            offset = self.sum / self.count  # mu - shift
+            return self.sq / self.count - torch.outer(offset, offset)
+        return self.sq / self.count
