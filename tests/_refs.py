@@ -1,0 +1,75 @@
+"""Independent references for the tests: plain loops and textbook formulas.
+
+Nothing here calls sklearn_lib; the tests compare the library against these.
+"""
+
+import numpy as np
+import torch
+
+#: Tolerances by dtype for comparisons with independent references.
+TOL = {"float64": dict(rtol=1e-9, atol=1e-11), "float32": dict(rtol=2e-4, atol=1e-6)}
+
+
+def activations_of(model, name, X, capture="input"):
+    """Activations of module ``name`` with one plain hook, as float64 numpy."""
+    module = dict(model.named_modules())[name]
+    seen = []
+    if capture == "input":
+        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            model(torch.as_tensor(X))
+    finally:
+        handle.remove()
+    return seen[0].double().numpy()
+
+
+def brute_force_m_prime(tail, acts, basis_next, alphas=(1.0,), weights=(1.0,)):
+    """``M'`` from full per-sample Jacobians (torch.autograd.functional.jacobian).
+
+    Parameters
+    ----------
+    tail : callable
+        The section, mapping (1, *shape) activations to (1, *out_shape).
+    acts : ndarray of shape (N, *positions, d)
+    basis_next : ndarray of shape (d_next, k)
+    """
+    acts = torch.as_tensor(acts, dtype=torch.float64)
+    n, d = acts.shape[0], acts.shape[-1]
+    n_pos = acts[0].numel() // d
+    C = torch.as_tensor(basis_next, dtype=torch.float64)
+    M = torch.zeros(d, d, dtype=torch.float64)
+    for f in acts:  # a per-sample loop is fine for a reference
+        g = 0
+        for a, w in zip(alphas, weights):
+            J = torch.autograd.functional.jacobian(lambda z: tail(z[None])[0], a * f)
+            J = J.reshape(-1, C.shape[0], n_pos, d)  # (P_out, d_next, P_in, d)
+            g = g + w * torch.einsum("tjsd,ji->tisd", J, C).reshape(-1, n_pos, d)
+        M += torch.einsum("rsd,rse->de", g, g)
+    return (M / (n * n_pos)).numpy()
+
+
+def reference_lambdas(acts, m_prime, rtol=1e-12, center=True):
+    """LIB eigenvalues from activations and ``M'`` by the textbook steps."""
+    rows = acts.reshape(-1, acts.shape[-1])
+    G = np.cov(rows, rowvar=False, bias=True) if center else rows.T @ rows / len(rows)
+    D, U = np.linalg.eigh(G)
+    keep = D > rtol * D.max()
+    D, U = D[keep], U[:, keep]
+    M = np.diag(np.sqrt(D)) @ U.T @ m_prime @ U @ np.diag(np.sqrt(D))
+    lam = np.sort(np.linalg.eigvalsh(M))[::-1]
+    return lam[lam > rtol * lam[0]]
+
+
+def sqrtm_psd(A):
+    """Symmetric square root of a positive semi-definite matrix."""
+    w, V = np.linalg.eigh(A)
+    return (V * np.sqrt(np.clip(w, 0, None))) @ V.T
+
+
+def assert_same_columns_up_to_sign(A, B, **tol):
+    """Columns of ``A`` equal those of ``B`` up to one sign each."""
+    signs = np.sign(np.sum(A * B, axis=0))
+    np.testing.assert_allclose(A * signs, B, **tol)

@@ -1,0 +1,130 @@
+"""Small models for the tests, at module level so that they pickle."""
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+
+def tanh_mlp(d_in=4, hidden=8, d_out=3, seed=0):
+    """in -> fc1 -> tanh -> fc2 -> tanh -> fc3 (named layers)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(d_in, hidden),
+            act1=nn.Tanh(),
+            fc2=nn.Linear(hidden, hidden),
+            act2=nn.Tanh(),
+            fc3=nn.Linear(hidden, d_out),
+        )
+    ).double()
+
+
+def linear_chain(widths=(5, 6, 4, 3), bias=True, seed=0):
+    """A chain of Linear layers fc1, fc2, ... (no nonlinearity), float64."""
+    torch.manual_seed(seed)
+    layers = OrderedDict(
+        (f"fc{i + 1}", nn.Linear(a, b, bias=bias)) for i, (a, b) in enumerate(zip(widths, widths[1:]))
+    )
+    return nn.Sequential(layers).double()
+
+
+class MixPositions(nn.Module):
+    """``out_t = tanh(sum_s A[t, s] * h_s @ W)``: mixes positions, like attention."""
+
+    def __init__(self, n_in, n_out, d):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
+        self.W = nn.Parameter(torch.randn(d, d) / d**0.5)
+
+    def forward(self, h):  # (n, P_in, d) -> (n, P_out, d)
+        return torch.tanh(torch.einsum("ts,nsd,de->nte", self.A, h, self.W))
+
+
+class PositionMixer(nn.Module):
+    """Float inputs (n, P, d_in) -> outputs (n, P_out, V) through mixed positions.
+
+    Node layers: ``mix`` (input shape (n, P, d)) and ``head`` (input (n, P_out, d)).
+    """
+
+    def __init__(self, d_in=3, d=5, n_pos=4, n_pos_out=2, vocab=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Linear(d_in, d)
+        self.mix = MixPositions(n_pos, n_pos_out, d)
+        self.head = nn.Sequential(nn.Linear(d, vocab), nn.Tanh())
+
+    def forward(self, x):
+        return self.head(self.mix(torch.tanh(self.embed(x))))
+
+    def tail(self, name):
+        """The section from node layer ``name`` to the output, as a plain function."""
+        return {"mix": lambda h: self.head(self.mix(h)), "head": self.head}[name]
+
+
+class TokenMixer(PositionMixer):
+    """Token ids (n, P) -> outputs (n, P_out, V); ``embed`` is an ``nn.Embedding``."""
+
+    def __init__(self, n_tokens=7, d=5, n_pos=3, n_pos_out=1, vocab=4, seed=0):
+        super().__init__(d_in=1, d=d, n_pos=n_pos, n_pos_out=n_pos_out, vocab=vocab, seed=seed)
+        self.embed = nn.Embedding(n_tokens, d)
+
+
+class ResidualMLP(nn.Module):
+    """``h = inp(x); h = h + block(h); out(h)``.
+
+    ``block`` (its input is the whole stream) and ``out`` are cuts;
+    ``block.fc`` is not, because the residual path bypasses it.
+    """
+
+    def __init__(self, d_in=4, d=6, d_out=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.inp = nn.Linear(d_in, d)
+        self.block = nn.Sequential(OrderedDict(act=nn.Tanh(), fc=nn.Linear(d, d)))
+        self.out = nn.Linear(d, d_out)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = h + self.block(h)
+        return self.out(torch.tanh(h))
+
+
+class SharedLayer(nn.Module):
+    """Calls ``shared`` twice in one forward pass."""
+
+    def __init__(self, d=4):
+        super().__init__()
+        self.shared = nn.Linear(d, d)
+        self.out = nn.Linear(d, 2)
+
+    def forward(self, x):
+        return self.out(self.shared(torch.tanh(self.shared(x))))
+
+
+class LogOfInput(nn.Module):
+    """``out(log(x))``: NaN activations for negative inputs."""
+
+    def __init__(self, d=3):
+        super().__init__()
+        self.out = nn.Linear(d, 2)
+
+    def forward(self, x):
+        return self.out(torch.log(x))
+
+
+def stateful_mlp(seed=0):
+    """Float32 MLP with BatchNorm and Dropout, in train mode, one frozen layer."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(4, 8),
+            bn=nn.BatchNorm1d(8),
+            act=nn.ReLU(),
+            drop=nn.Dropout(0.5),
+            fc2=nn.Linear(8, 3),
+        )
+    )
+    model.fc1.weight.requires_grad_(False)
+    model.train()
+    return model
