@@ -52,7 +52,9 @@ class ActivationTransformer(_ModelLayerTransformer):
     (10, 8)
     """
 
-    def __init__(self, model, layer, *, capture="input", batch_size=256, device="auto", dtype="float64"):
+    def __init__(
+        self, model, layer, *, capture="input", batch_size=256, device="auto", dtype="float64"
+    ):
         self.model = model
         self.layer = layer
         self.capture = capture
@@ -100,4 +102,3 @@ class ActivationTransformer(_ModelLayerTransformer):
         return self._map_layer(
             X, self.layer, lambda f: f.reshape(f.shape[0], -1), self._n_features_out
         )
-

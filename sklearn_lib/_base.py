@@ -2,12 +2,12 @@
 
 import contextlib
 import copy
+from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
-from numbers import Integral
 from sklearn.utils.validation import check_array, validate_data
 
 from ._capture import ModelRunner, eval_mode, resolve_module

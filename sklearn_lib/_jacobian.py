@@ -75,8 +75,12 @@ def cotangent_rows(basis_next, n_positions_out):
     """
     d_next, k_next = basis_next.shape
     rows = torch.zeros(
-        n_positions_out, k_next, n_positions_out, d_next,
-        dtype=basis_next.dtype, device=basis_next.device,
+        n_positions_out,
+        k_next,
+        n_positions_out,
+        d_next,
+        dtype=basis_next.dtype,
+        device=basis_next.device,
     )
     positions = torch.arange(n_positions_out, device=basis_next.device)
     rows[positions, :, positions, :] = basis_next.T

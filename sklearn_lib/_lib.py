@@ -254,12 +254,16 @@ class LIBTransformer(_ModelLayerTransformer):
                     for src, dst in zip(nodes, [*nodes[1:], None]):
                         dst_name = "the model output" if dst is None else f"layer {dst.name!r}"
                         check_cut(runner, probe, src, dst, dst_name, rng)
-            moments, output_moments = self._collect_moments(runner, X, nodes, output_shape, progress)
+            moments, output_moments = self._collect_moments(
+                runner, X, nodes, output_shape, progress
+            )
             rule = (
                 torch.as_tensor(alphas, device=runner.device),
                 torch.as_tensor(weights, device=runner.device),
             )
-            bases = self._fit_bases(runner, X, nodes, moments, output_moments, output_shape, rule, progress)
+            bases = self._fit_bases(
+                runner, X, nodes, moments, output_moments, output_shape, rule, progress
+            )
 
         self.bases_ = bases
         main = bases[self.layer]
@@ -300,15 +304,24 @@ class LIBTransformer(_ModelLayerTransformer):
         if self.output_basis == "identity":
             # No ranking among logits: the identity basis has unit "importance".
             eye = np.eye(d)
-            return NodeBasis(OUTPUT_NODE, output_shape, mean, eye, eye, np.ones(d), d, kind="identity")
+            return NodeBasis(
+                OUTPUT_NODE, output_shape, mean, eye, eye, np.ones(d), d, kind="identity"
+            )
         # Orthogonal and untruncated (null directions kept), so upstream bases
         # stay exactly as with the identity.
         values, vectors = eigh_descending(output_moments.gram.cpu().numpy())
         # Eigenvalues can be slightly negative from rounding, hence the clip.
         values = np.clip(values, 0, None)
         return NodeBasis(
-            OUTPUT_NODE, output_shape, mean, vectors, vectors.T.copy(), values, d,
-            gram_eigenvalues=values, kind="pca",
+            OUTPUT_NODE,
+            output_shape,
+            mean,
+            vectors,
+            vectors.T.copy(),
+            values,
+            d,
+            gram_eigenvalues=values,
+            kind="pca",
         )
 
     def _fit_bases(self, runner, X, nodes, moments, output_moments, output_shape, rule, progress):
@@ -332,8 +345,15 @@ class LIBTransformer(_ModelLayerTransformer):
             )
             mean = acc.mean.cpu().numpy() if self.center else np.zeros(node.n_features)
             next_basis = NodeBasis(
-                node.name, node.shape, mean, C, C_pinv, lambdas, k,
-                gram_eigenvalues=D, kind=self.basis,
+                node.name,
+                node.shape,
+                mean,
+                C,
+                C_pinv,
+                lambdas,
+                k,
+                gram_eigenvalues=D,
+                kind=self.basis,
             )
             bases[node.name] = next_basis
         # Forward order: layer, downstream layers, output.
@@ -341,8 +361,12 @@ class LIBTransformer(_ModelLayerTransformer):
 
     def _jacobian_gram(self, runner, X, src, dst, next_basis, rule, progress):
         """``M'`` of the section ``src -> dst``, averaged over ``N * P_in`` rows."""
-        basis_next = torch.as_tensor(next_basis.kept_matrix, device=runner.device, dtype=runner.dtype)
-        total = torch.zeros(src.n_features, src.n_features, dtype=torch.float64, device=runner.device)
+        basis_next = torch.as_tensor(
+            next_basis.kept_matrix, device=runner.device, dtype=runner.dtype
+        )
+        total = torch.zeros(
+            src.n_features, src.n_features, dtype=torch.float64, device=runner.device
+        )
         n = X.shape[0]
         what = f"Jacobians {src.name!r} -> {next_basis.name!r}"
         for sl in progress.batches(batch_slices(n, self.batch_size), n, what):

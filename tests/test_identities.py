@@ -12,8 +12,8 @@ from _refs import (
     sqrtm_psd,
 )
 from sklearn.decomposition import PCA
-from toy_models import PositionMixer, TokenMixer, linear_chain, tanh_mlp
 from torch import nn
+from toy_models import PositionMixer, TokenMixer, linear_chain, tanh_mlp
 
 from sklearn_lib import LIBTransformer, integration_rule
 
@@ -143,7 +143,9 @@ def test_linear_chain_equals_product_of_weights(rng):
     k = layered.n_components_
     np.testing.assert_allclose(layered.lambdas_, expected[:k], rtol=1e-9)
     np.testing.assert_allclose(direct.lambdas_, expected[:k], rtol=1e-9)
-    assert_same_columns_up_to_sign(layered.components_.T, direct.components_.T, rtol=1e-8, atol=1e-10)
+    assert_same_columns_up_to_sign(
+        layered.components_.T, direct.components_.T, rtol=1e-8, atol=1e-10
+    )
 
 
 def _with_rotated_output(model, seed=1):
@@ -209,10 +211,7 @@ def test_truncation_never_drops_directions_before_rotation(rng):
     # Straight to the output: with downstream layers the threshold also
     # truncates their bases, which legitimately changes this layer's Lambda.
     model, layer, _, X = _mlp_case(rng)
-    fits = [
-        LIBTransformer(model, layer, truncation_threshold=t).fit(X)
-        for t in (0.0, 0.05, 0.3)
-    ]
+    fits = [LIBTransformer(model, layer, truncation_threshold=t).fit(X) for t in (0.0, 0.05, 0.3)]
     for fit in fits[1:]:
         np.testing.assert_array_equal(
             fit.bases_[layer].gram_eigenvalues, fits[0].bases_[layer].gram_eigenvalues

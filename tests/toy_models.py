@@ -24,7 +24,8 @@ def linear_chain(widths=(5, 6, 4, 3), bias=True, seed=0):
     """A chain of Linear layers fc1, fc2, ... (no nonlinearity), float64."""
     torch.manual_seed(seed)
     layers = OrderedDict(
-        (f"fc{i + 1}", nn.Linear(a, b, bias=bias)) for i, (a, b) in enumerate(zip(widths, widths[1:]))
+        (f"fc{i + 1}", nn.Linear(a, b, bias=bias))
+        for i, (a, b) in enumerate(zip(widths, widths[1:]))
     )
     return nn.Sequential(layers).double()
 
@@ -70,10 +71,22 @@ class TokenMixer(PositionMixer):
         self.embed = nn.Embedding(n_tokens, d)
 
 
-class ResidualMLP(nn.Module):
-    """``h = inp(x); h = h + block(h); out(h)``.
+class ResidualBlock(nn.Module):
+    """``h + fc(tanh(h))``: takes and returns the whole residual stream."""
 
-    ``block`` (its input is the whole stream) and ``out`` are cuts;
+    def __init__(self, d):
+        super().__init__()
+        self.act = nn.Tanh()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, h):
+        return h + self.fc(self.act(h))
+
+
+class ResidualMLP(nn.Module):
+    """``h = inp(x); h = block(h); out(tanh(h))`` with the residual inside ``block``.
+
+    ``block`` and ``out`` are cuts (their inputs carry the whole stream);
     ``block.fc`` is not, because the residual path bypasses it.
     """
 
@@ -81,13 +94,11 @@ class ResidualMLP(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.inp = nn.Linear(d_in, d)
-        self.block = nn.Sequential(OrderedDict(act=nn.Tanh(), fc=nn.Linear(d, d)))
+        self.block = ResidualBlock(d)
         self.out = nn.Linear(d, d_out)
 
     def forward(self, x):
-        h = self.inp(x)
-        h = h + self.block(h)
-        return self.out(torch.tanh(h))
+        return self.out(torch.tanh(self.block(self.inp(x))))
 
 
 class SharedLayer(nn.Module):
@@ -128,3 +139,15 @@ def stateful_mlp(seed=0):
     model.fc1.weight.requires_grad_(False)
     model.train()
     return model
+
+
+class AsFloat(nn.Module):
+    """Casts integer inputs to float, leaves floating inputs as they are."""
+
+    def forward(self, x):
+        return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+
+
+def elementwise_model():
+    """Elementwise layers accept inputs of any width, as sklearn's generic checks need."""
+    return nn.Sequential(AsFloat(), nn.SiLU(), nn.SiLU(), nn.SiLU())
