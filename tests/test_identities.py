@@ -249,3 +249,33 @@ def test_uncentred_gram(rng):
     np.testing.assert_allclose(lib.bases_[layer].lambdas, expected, rtol=1e-9)
     centred = LIBTransformer(model, layer).fit(X)
     assert not np.allclose(centred.bases_[layer].lambdas[:3], lib.bases_[layer].lambdas[:3])
+
+
+@pytest.mark.parametrize("batched_rows", [True, False])
+@pytest.mark.parametrize("integration, n_intervals", [("gradient", 0), ("gauss-legendre", 2)])
+def test_jacobian_gram_engines_match_brute_force(rng, batched_rows, integration, n_intervals):
+    """``M'`` itself (not only its spectrum), for the vmapped and looped engines."""
+    from sklearn_lib._capture import ModelRunner, inspect_node_layers
+    from sklearn_lib._jacobian import jacobian_gram_batch
+
+    model = PositionMixer().double()
+    X = rng.normal(size=(30, 4, 3))
+    runner = ModelRunner(model, torch.device("cpu"), torch.float64)
+    x = torch.as_tensor(X)
+    nodes, _ = inspect_node_layers(runner, x, ["mix", "head"])
+    basis_next = rng.normal(size=(5, 4))  # any next basis, here not even orthogonal
+    alphas, weights = _independent_rule(integration, n_intervals)
+    got = jacobian_gram_batch(
+        runner,
+        x,
+        nodes[0],
+        nodes[1],
+        torch.as_tensor(basis_next),
+        torch.as_tensor(alphas),
+        torch.as_tensor(weights),
+        batched_rows=batched_rows,
+    )
+    acts = activations_of(model, "mix", X)
+    expected = brute_force_m_prime(model.mix, acts, basis_next, alphas, weights)
+    n_rows = len(X) * 4  # jacobian_gram_batch returns the unnormalised sum
+    np.testing.assert_allclose(got.numpy() / n_rows, expected, rtol=1e-10, atol=1e-12)
