@@ -93,6 +93,15 @@ def eigh_descending(matrix):
     return values.copy(), vectors * signs
 
 
+def _nonnull_eigh(matrix, rtol, empty_message):
+    """Eigenpairs (descending) above ``rtol * max``; raise if all vanish."""
+    values, vectors = eigh_descending(matrix)
+    if not values[0] > 0:
+        raise ValueError(empty_message)
+    keep = values > rtol * values[0]
+    return values[keep], vectors[:, keep]
+
+
 def orthogonal_step(gram, rtol, name="layer"):
     """``G = U diag(D) U^T`` with the numerical null space dropped.
 
@@ -107,14 +116,12 @@ def orthogonal_step(gram, rtol, name="layer"):
     D : ndarray of shape (r,)
     U : ndarray of shape (d, r)
     """
-    values, vectors = eigh_descending(gram)
-    if not values[0] > 0:
-        raise ValueError(
-            f"The activations of {name!r} have no variance on the fitting data; "
-            "there is nothing to find a basis for"
-        )
-    keep = values > rtol * values[0]
-    return values[keep], vectors[:, keep]
+    return _nonnull_eigh(
+        gram,
+        rtol,
+        f"The activations of {name!r} have no variance on the fitting data; "
+        "there is nothing to find a basis for",
+    )
 
 
 def lib_rotation(D, U, m_prime, rtol, name="layer"):
@@ -137,14 +144,12 @@ def lib_rotation(D, U, m_prime, rtol, name="layer"):
     sqrt_d = np.sqrt(D)
     whitened = U * sqrt_d  # U diag(D)^1/2, shape (d, r)
     M = whitened.T @ m_prime @ whitened  # (r, r)
-    lambdas, V = eigh_descending(M)
-    if not lambdas[0] > 0:
-        raise ValueError(
-            f"The next node layer does not depend on {name!r} on the fitting data "
-            "(all Jacobians vanish), so every LIB feature has zero importance"
-        )
-    keep = lambdas > rtol * lambdas[0]
-    lambdas, V = lambdas[keep], V[:, keep]
+    lambdas, V = _nonnull_eigh(
+        M,
+        rtol,
+        f"The next node layer does not depend on {name!r} on the fitting data "
+        "(all Jacobians vanish), so every LIB feature has zero importance",
+    )
     sqrt_l = np.sqrt(lambdas)
     C = (U / sqrt_d) @ V * sqrt_l  # U diag(D)^-1/2 V diag(Lambda)^1/2
     C_pinv = (V / sqrt_l).T @ whitened.T  # diag(Lambda)^-1/2 V^T diag(D)^1/2 U^T
