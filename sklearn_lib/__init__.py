@@ -7,8 +7,31 @@ rotated onto the directions that matter to the next layer.
 
 from ._activation import ActivationTransformer
 from ._basis import NodeBasis
+from ._graph import InteractionGraph
 from ._integration import integration_rule
 from ._lib import LIBTransformer
+from .ablation import (
+    EdgeSparsity,
+    ablation_curve,
+    edge_ablation_curve,
+    edges_needed,
+    faithfulness_scorer,
+    n_features_scorer,
+    sparsest_faithful,
+)
 
-__all__ = ["ActivationTransformer", "LIBTransformer", "NodeBasis", "integration_rule"]
+__all__ = [
+    "ActivationTransformer",
+    "EdgeSparsity",
+    "InteractionGraph",
+    "LIBTransformer",
+    "NodeBasis",
+    "ablation_curve",
+    "edge_ablation_curve",
+    "edges_needed",
+    "faithfulness_scorer",
+    "integration_rule",
+    "n_features_scorer",
+    "sparsest_faithful",
+]
 __version__ = "0.1.0"

@@ -23,23 +23,6 @@ import torch
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def scaled_inputs(f, alphas):
-    """Stack ``alpha_a * f`` along the batch axis, alpha-major.
-
-    Parameters
-    ----------
-    f : torch.Tensor of shape (n, *positions, d)
-    alphas : torch.Tensor of shape (A,)
-
-    Returns
-    -------
-    torch.Tensor of shape (A * n, *positions, d)
-        A leaf that requires grad, so gradients are taken *at* ``alpha * f``.
-    """
-    view = (-1,) + (1,) * f.ndim
-    return (alphas.view(view) * f.unsqueeze(0)).reshape(-1, *f.shape[1:]).requires_grad_(True)
-
-
 def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows):
     """Integrated gradients of many output rows, yielded chunk by chunk.
 
@@ -82,27 +65,79 @@ def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows)
         yield torch.einsum("a,ranpd->rnpd", weights.to(grads.dtype), grads)
 
 
-def cotangent_rows(basis_next, n_positions_out):
-    """All cotangents ``e_t (x) C_next[:, i]``: shape (P_out * k_next, P_out, d_next).
+def cotangent_rows(basis_next, n_positions_out, signs=None):
+    """Cotangents, one per Jacobian row, of shape (R, P_out, d_next).
 
-    Rows are ordered position-major: row ``t * k_next + i``.
+    Without ``signs``: every ``e_t (x) C_next[:, i]``, ``R = P_out * k_next``,
+    position-major (row ``t * k_next + i``).  With ``signs`` of shape
+    ``(S, P_out)`` (random +-1 "stochastic sources"): ``sum_t r_t e_t (x)
+    C_next[:, i]``, ``R = S * k_next`` (row ``s * k_next + i``).  Since
+    ``E[r_t r_t'] = delta_tt'``, the square of such a row's contribution is an
+    unbiased estimate of the sum over positions.
     """
     d_next, k_next = basis_next.shape
-    rows = torch.zeros(
-        n_positions_out,
-        k_next,
-        n_positions_out,
-        d_next,
-        dtype=basis_next.dtype,
-        device=basis_next.device,
-    )
-    positions = torch.arange(n_positions_out, device=basis_next.device)
-    rows[positions, :, positions, :] = basis_next.T
-    return rows.reshape(n_positions_out * k_next, n_positions_out, d_next)
+    if signs is None:
+        signs = torch.eye(n_positions_out, dtype=basis_next.dtype, device=basis_next.device)
+    signs = signs.to(basis_next.dtype)
+    # (S, 1, P_out, 1) * (1, k_next, 1, d_next) -> (S, k_next, P_out, d_next)
+    rows = signs[:, None, :, None] * basis_next.T[None, :, None, :]
+    return rows.reshape(-1, n_positions_out, d_next)
+
+
+def section_gradients(
+    runner, x, src, dst, points, basis_next, weights, signs=None, batched_rows=None
+):
+    """Integrated gradients of a section's rows at stacked input points.
+
+    Parameters
+    ----------
+    runner : ModelRunner
+    x : torch.Tensor
+        A batch of ``n`` model inputs.
+    src : NodeLayer
+    dst : NodeLayer or None
+        None means the model output.
+    points : torch.Tensor of shape (A * n, *positions, d)
+        Activations at which to take gradients, alpha-major (``A`` points of
+        the integration rule per sample).
+    basis_next : torch.Tensor of shape (d_next, k_next)
+        The next node layer's (truncated) basis; one row per column.
+    weights : torch.Tensor of shape (A,)
+        Quadrature weights.
+    signs : torch.Tensor of shape (S, P_out) or None
+        Stochastic sources over output positions (see :func:`cotangent_rows`).
+    batched_rows : bool or None
+        Run rows through vmap (True) or a loop (False); None picks vmap on
+        CUDA and the loop on the CPU (see the module docstring).
+
+    Yields
+    ------
+    torch.Tensor of shape (r, n, P_in, d)
+        Chunks of rows, in the order of :func:`cotangent_rows`.
+    """
+    n_alpha = weights.shape[0]
+    n = x.shape[0]
+    if batched_rows is None:
+        batched_rows = x.device.type == "cuda"
+    leaf = points.detach().requires_grad_(True)
+    x_rep = x.repeat(n_alpha, *([1] * (x.ndim - 1)))  # (A*n, ...) alpha-major like points
+    with torch.enable_grad():
+        out = runner.section(x_rep, src.module, leaf, None if dst is None else dst.module)
+        out = out.reshape(out.shape[0], -1, basis_next.shape[0])  # (A*n, P_out, d_next)
+        rows = cotangent_rows(basis_next.to(out.dtype), out.shape[1], signs)
+        yield from integrated_vjps(out, leaf, rows, weights, n, batched_rows)
+
+
+def scaled(f, alphas):
+    """``alpha_a * f`` stacked along the batch axis, alpha-major: (A * n, ...)."""
+    view = (-1,) + (1,) * f.ndim
+    return (alphas.to(f.dtype).view(view) * f.unsqueeze(0)).reshape(-1, *f.shape[1:])
 
 
 def jacobian_gram_batch(runner, x, src, dst, basis_next, alphas, weights, batched_rows=None):
     """Un-normalised ``sum_x sum_rows sum_s g g^T`` over one batch, in float64.
+
+    Gradients are taken at ``alpha * f`` (raw activations), as in the spec.
 
     Parameters
     ----------
@@ -117,28 +152,20 @@ def jacobian_gram_batch(runner, x, src, dst, basis_next, alphas, weights, batche
     alphas, weights : torch.Tensor of shape (A,)
         The integration rule.
     batched_rows : bool or None
-        Run Jacobian rows through vmap (True) or a loop (False); None picks
-        vmap on CUDA and the loop on the CPU (see the module docstring).
+        See :func:`section_gradients`.
 
     Returns
     -------
     torch.Tensor of shape (d, d), float64
     """
-    n = x.shape[0]
-    n_alpha = alphas.shape[0]
-    if batched_rows is None:
-        batched_rows = x.device.type == "cuda"
     with torch.no_grad():
         (f,) = runner.read(x, [src.module])  # (n, *positions, d)
-    leaf = scaled_inputs(f, alphas.to(f.dtype))  # (A*n, *positions, d)
-    x_rep = x.repeat(n_alpha, *([1] * (x.ndim - 1)))  # (A*n, ...) alpha-major like leaf
-    with torch.enable_grad():
-        out = runner.section(x_rep, src.module, leaf, None if dst is None else dst.module)
-        out = out.reshape(out.shape[0], -1, basis_next.shape[0])  # (A*n, P_out, d_next)
-        rows = cotangent_rows(basis_next.to(out.dtype), out.shape[1])
-        d = f.shape[-1]
-        gram = torch.zeros(d, d, dtype=torch.float64, device=f.device)
-        for g in integrated_vjps(out, leaf, rows, weights, n, batched_rows):
-            g = g.reshape(-1, d).to(torch.float64)  # (r * n * P_in, d)
-            gram += g.T @ g
+    d = f.shape[-1]
+    gram = torch.zeros(d, d, dtype=torch.float64, device=f.device)
+    grads = section_gradients(
+        runner, x, src, dst, scaled(f, alphas), basis_next, weights, batched_rows=batched_rows
+    )
+    for g in grads:
+        g = g.reshape(-1, d).to(torch.float64)  # (r * n * P_in, d)
+        gram += g.T @ g
     return gram

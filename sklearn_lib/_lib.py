@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._base import OUTPUT_NODE, _ModelLayerTransformer, check_activations, check_finite
 from ._basis import NodeBasis, eigh_descending, lib_rotation, n_kept, orthogonal_step
-from ._capture import check_cut, inspect_node_layers, resolve_module
+from ._capture import check_cut, inspect_node_layers
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._jacobian import jacobian_gram_batch
 from ._stats import MomentAccumulator
@@ -462,6 +462,64 @@ class LIBTransformer(_ModelLayerTransformer):
         Z = Z.reshape(Z.shape[0], self.n_positions_, self.n_components_)
         return (Z @ self.inverse_components_ + self.mean_).reshape(Z.shape[0], -1)
 
+    # -- interaction graph -------------------------------------------------------------
+    def interaction_graph(
+        self,
+        X,
+        *,
+        integration=None,
+        n_intervals=None,
+        n_stochastic_sources=None,
+        random_state=None,
+        verbose=None,
+    ):
+        """Squared edges between the features of consecutive node layers.
+
+        Sections run from ``layer`` through each downstream layer to
+        ``"output"``.  Edges connect the kept, non-constant features of each
+        node (the paper's constant bias feature is not part of the basis):
+
+        ``E[i, j] = 1/(N P_in) sum_x sum_t (sum_s sum_a w_a g_{ij,ts}(a) f_hat_{j,s})^2``
+        with ``g_{ij,ts}(a) = dF_hat_{i,t} / df_hat_{j,s}`` at ``a * f_hat``,
+
+        where ``F_hat`` maps the node's features (through the full
+        pseudo-inverse's kept rows, the section and the next basis) to the
+        next node's features.  The integration path scales the centred
+        features: ``f = a * f_hat @ C_pinv + mean``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...)
+            Model inputs (usually the fitting data).
+        integration, n_intervals : optional
+            Integration rule (defaults: the estimator's).  The paper's edges
+            use ``"gradient"``.
+        n_stochastic_sources : int, optional
+            Replace the sum over output positions ``t`` by this many random
+            +-1 projections (an unbiased estimate, exact with one output
+            position).  Worth it when the next node has many positions.
+        random_state : int, RandomState instance or None
+            Seeds the projections (default: the estimator's ``random_state``).
+        verbose : bool, optional
+            Progress on stderr (default: the estimator's ``verbose``).
+
+        Returns
+        -------
+        InteractionGraph
+        """
+        from ._graph import compute_interaction_graph
+
+        check_is_fitted(self)
+        return compute_interaction_graph(
+            self,
+            X,
+            integration=integration,
+            n_intervals=n_intervals,
+            n_stochastic_sources=n_stochastic_sources,
+            random_state=random_state,
+            verbose=verbose,
+        )
+
     # -- faithfulness ------------------------------------------------------------------
     def score(self, X, y=None):
         """Faithfulness of the kept features: the model run on their reconstruction.
@@ -486,57 +544,8 @@ class LIBTransformer(_ModelLayerTransformer):
         -------
         score : float
         """
-        check_is_fitted(self)
-        X = self._validate_input(X, reset=False)
-        labels = None if y is None else self._check_labels(y, X.shape[0])
-        kept = torch.as_tensor(self.components_.T @ self.inverse_components_)  # (d, d)
-        mean = torch.as_tensor(self.mean_)
-        correct = 0
-        sse = 0.0
-        # Running sums around the first batch's mean give SST without keeping
-        # every output in memory.
-        shift = None
-        sums = sq_sums = 0.0
-        with self._model_session() as runner, torch.no_grad():
-            module = resolve_module(self.model, self.layer)
-            kept, mean = kept.to(runner.device), mean.to(runner.device)
-            for sl in batch_slices(X.shape[0], self.batch_size):
-                x = self._to_tensor(runner, X[sl])
-                (f,) = runner.read(x, [module])
-                rebuilt = (f.to(torch.float64) - mean) @ kept + mean
-                ablated = runner.section(x, module, rebuilt.to(f.dtype)).to(torch.float64)
-                if labels is not None:
-                    target = torch.as_tensor(labels[sl], device=ablated.device)
-                    correct += int((ablated.argmax(-1) == target).sum())
-                    continue
-                original = runner.run(x)[1].to(torch.float64)
-                sse += float(((ablated - original) ** 2).sum())
-                if shift is None:
-                    shift = original.mean(0)
-                sums = sums + (original - shift).sum(0)
-                sq_sums = sq_sums + ((original - shift) ** 2).sum(0)
-        if labels is not None:
-            return correct / labels.size
-        n = X.shape[0]
-        sst = float((sq_sums - sums**2 / n).sum())
-        if sst <= 0:
-            return 1.0 if sse == 0 else 0.0
-        return 1.0 - sse / sst
+        from ._ablate import ablation_view, node_ablation_scores
 
-    def _check_labels(self, y, n_samples):
-        y = np.asarray(y)
-        expected = (n_samples, *self.output_shape_[:-1])
-        if y.shape != expected:
-            raise ValueError(
-                f"y has shape {y.shape}, but the model's outputs of per-sample shape "
-                f"{self.output_shape_} need class labels of shape {expected}"
-            )
-        is_integral = np.issubdtype(y.dtype, np.integer) or (
-            np.issubdtype(y.dtype, np.floating) and np.array_equal(y, np.round(y))
-        )
-        if not is_integral or y.min() < 0 or y.max() >= self.output_shape_[-1]:
-            raise ValueError(
-                f"y must hold integer class labels in [0, {self.output_shape_[-1]}) "
-                "(the argmax of the model's last output axis)"
-            )
-        return y.astype(np.int64)
+        check_is_fitted(self)
+        view = ablation_view(self)
+        return float(node_ablation_scores(view, X, y, [self.n_components_])[0])

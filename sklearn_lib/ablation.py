@@ -1,0 +1,240 @@
+"""Ablation curves, edge sparsity and model selection for LIB and PCA bases.
+
+The paper's evaluation (Bushnaq et al. 2024, section 4): keep the top ``k``
+features of a node layer, or the top ``m`` edges of a section, and measure
+how well the model still works.  Every function here takes a fitted
+:class:`~sklearn_lib.LIBTransformer` (``basis="lib"`` or ``"pca"``); node
+ablation also takes a ``Pipeline`` of
+:class:`~sklearn_lib.ActivationTransformer` and a fitted
+:class:`~sklearn.decomposition.PCA`, so a plain sklearn PCA lands on the same
+axis.
+
+Scores (``scoring``): None means accuracy of the argmax of the model's last
+output axis when ``y`` holds class labels, and the pooled R² of the ablated
+against the unablated outputs without ``y``.  ``"accuracy"`` and ``"r2"``
+name them; a callable ``scoring(y_true, outputs)`` receives the labels (or,
+without ``y``, the unablated outputs) and the ablated outputs as arrays.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._ablate import ablation_view, edge_ablation_scores, node_ablation_scores
+
+__all__ = [
+    "EdgeSparsity",
+    "ablation_curve",
+    "edge_ablation_curve",
+    "edges_needed",
+    "faithfulness_scorer",
+    "n_features_scorer",
+    "sparsest_faithful",
+]
+
+
+def ablation_curve(estimator, X, y=None, *, n_features, scoring=None, verbose=False):
+    """Score of the model when only the top ``k`` features of a layer are kept.
+
+    For each ``k`` the layer's activations are rebuilt from the first ``k``
+    features with the first ``k`` rows of the *full* pseudo-inverse (the
+    other features are set to zero, which in the centred basis is mean
+    ablation), and the rest of the model runs on them.
+
+    Parameters
+    ----------
+    estimator : LIBTransformer or Pipeline
+        Fitted: a ``LIBTransformer`` (any ``basis``), a ``Pipeline`` starting
+        with one, or ``Pipeline([ActivationTransformer, PCA, ...])``.
+    X : array-like of shape (n_samples, ...)
+        Model inputs (the paper evaluates on the test split).
+    y : array-like, default=None
+        Class labels, or None.
+    n_features : int or array-like of int
+        Feature counts ``k``; 0 ablates every feature (the mean activation).
+    scoring : None, "accuracy", "r2" or callable, default=None
+        See the module docstring.
+    verbose : bool, default=False
+        Progress on stderr.
+
+    Returns
+    -------
+    n_features : ndarray of shape (n_points,)
+    scores : ndarray of shape (n_points,)
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_lib import LIBTransformer, ablation_curve
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> X = np.random.default_rng(0).normal(size=(100, 4))
+    >>> lib = LIBTransformer(model, "2").fit(X)
+    >>> k, r2 = ablation_curve(lib, X, n_features=[0, 3])
+    >>> [round(float(s), 6) for s in r2]
+    [0.0, 1.0]
+    """
+    view = ablation_view(estimator)
+    n_features = np.atleast_1d(np.asarray(n_features, dtype=int))
+    return n_features, node_ablation_scores(view, X, y, n_features, scoring, verbose)
+
+
+def edge_ablation_curve(
+    estimator, graph, X, y=None, *, section, n_edges, scoring=None, verbose=False
+):
+    """Score of the model when only the top ``m`` edges of one section are kept.
+
+    Each output feature ``i`` of the section is computed separately from the
+    input features with a kept edge ``(i, j)``; the other inputs are zeroed
+    (mean-ablated).  The next node's activations are rebuilt from these
+    features and the rest of the model runs.
+
+    Parameters
+    ----------
+    estimator : LIBTransformer
+        Fitted; ``graph`` must come from it.
+    graph : InteractionGraph
+    X, y : model inputs and optional class labels
+    section : (str, str)
+        A key of ``graph.edges``, e.g. ``("fc2", "fc3")`` or ``("fc3", "output")``.
+    n_edges : int or array-like of int
+        Numbers of strongest edges to keep.
+    scoring : None, "accuracy", "r2" or callable
+
+    Returns
+    -------
+    n_edges : ndarray of shape (n_points,)
+    scores : ndarray of shape (n_points,)
+    """
+    n_edges = np.atleast_1d(np.asarray(n_edges, dtype=int))
+    scores = edge_ablation_scores(estimator, graph, section, X, y, n_edges, scoring, verbose)
+    return n_edges, scores
+
+
+@dataclass(frozen=True)
+class EdgeSparsity:
+    """How many edges of a section the model needs.
+
+    Attributes
+    ----------
+    n_edges : int
+        The fewest strongest edges whose score stays within ``tolerance`` of
+        ``baseline``.
+    n_total : int
+        All edges of the section (``n_out * n_in``).
+    score : float
+        The score with ``n_edges`` edges.
+    baseline : float
+        The score with every edge kept.
+    """
+
+    n_edges: int
+    n_total: int
+    score: float
+    baseline: float
+
+    @property
+    def fraction(self):
+        return self.n_edges / self.n_total
+
+
+def edges_needed(
+    estimator, graph, X, y=None, *, tolerance=1e-3, scoring=None, sections=None, verbose=False
+):
+    """The paper's sparsity figure: the fewest edges that keep the score.
+
+    For each section, the smallest ``m`` such that keeping the top ``m``
+    edges scores at least ``baseline - tolerance``, where ``baseline`` is the
+    score with every edge kept, found by bisection (so it assumes the score
+    does not fall as edges are added, as the paper does).
+
+    Parameters
+    ----------
+    estimator : LIBTransformer
+    graph : InteractionGraph
+    X, y : model inputs and optional class labels
+    tolerance : float, default=1e-3
+        The paper uses 0.001 of accuracy.
+    scoring : None, "accuracy", "r2" or callable
+    sections : list of (str, str), optional
+        Default: every section of the graph.
+
+    Returns
+    -------
+    dict of (str, str) to EdgeSparsity
+    """
+    results = {}
+    for section in sections or graph.sections:
+        section = tuple(section)
+        total = graph.edges[section].size
+
+        def score(m, section=section):
+            return edge_ablation_scores(estimator, graph, section, X, y, [m], scoring, verbose)[0]
+
+        baseline = score(total)
+        lo, hi, best = 0, total, baseline
+        while lo < hi:  # invariant: score(hi) >= baseline - tolerance
+            mid = (lo + hi) // 2
+            value = score(mid)
+            if value >= baseline - tolerance:
+                hi, best = mid, value
+            else:
+                lo = mid + 1
+        results[section] = EdgeSparsity(int(hi), int(total), float(best), float(baseline))
+    return results
+
+
+# -- model selection ------------------------------------------------------------------
+
+
+def faithfulness_scorer(estimator, X, y=None):
+    """Scorer: the model's score with only the estimator's kept features.
+
+    Usable as ``scoring`` in :class:`~sklearn.model_selection.GridSearchCV`
+    for a ``LIBTransformer``, a ``Pipeline`` starting with one, or
+    ``Pipeline([ActivationTransformer, PCA, ...])``.  Accuracy with labels,
+    pooled R² of the outputs without.
+    """
+    view = ablation_view(estimator)
+    return float(node_ablation_scores(view, X, y, [view.n_kept])[0])
+
+
+def n_features_scorer(estimator, X=None, y=None):
+    """Scorer: minus the number of kept features (higher means sparser)."""
+    return -float(ablation_view(estimator).n_kept)
+
+
+def sparsest_faithful(floor, *, faithfulness="faithfulness", n_features="n_features"):
+    """A ``refit`` rule for GridSearchCV: the sparsest basis that stays faithful.
+
+    Raw faithfulness always prefers more features.  With
+    ``scoring={"faithfulness": faithfulness_scorer, "n_features": n_features_scorer}``,
+    this rule picks, among candidates whose mean faithfulness is at least
+    ``floor``, the one with the fewest features (ties: the more faithful);
+    if none reaches the floor, the most faithful candidate.
+
+    Parameters
+    ----------
+    floor : float
+        Minimum mean faithfulness (e.g. 0.99 of accuracy).
+    faithfulness, n_features : str
+        Names of the two scorers in ``scoring``.
+
+    Returns
+    -------
+    callable
+        ``refit(cv_results) -> best_index``.
+    """
+
+    def refit(cv_results):
+        faithful = np.asarray(cv_results[f"mean_test_{faithfulness}"], dtype=float)
+        sparsity = np.asarray(cv_results[f"mean_test_{n_features}"], dtype=float)
+        ok = np.flatnonzero(faithful >= floor)
+        if ok.size == 0:
+            return int(np.argmax(faithful))
+        # lexsort sorts by the last key first: sparsity, then faithfulness.
+        order = np.lexsort((-faithful[ok], -sparsity[ok]))
+        return int(ok[order[0]])
+
+    return refit
