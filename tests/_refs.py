@@ -73,3 +73,30 @@ def assert_same_columns_up_to_sign(A, B, **tol):
     """Columns of ``A`` equal those of ``B`` up to one sign each."""
     signs = np.sign(np.sum(A * B, axis=0))
     np.testing.assert_allclose(A * signs, B, **tol)
+
+
+def brute_force_edges(tail, acts, src, dst, alphas=(1.0,), weights=(1.0,)):
+    """Squared edges from full per-sample Jacobians of ``F_hat``.
+
+    ``src`` and ``dst`` are NodeBasis-like objects (``mean``, ``kept_matrix``,
+    ``kept_pinv``); ``tail`` maps (1, *shape) activations to the next node.
+    """
+    t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
+    acts = t(acts)
+    mu, C, Cp = t(src.mean), t(src.kept_matrix), t(src.kept_pinv)
+    C_next = t(dst.kept_matrix)
+    n_pos = acts[0].numel() // acts.shape[-1]
+    E = 0
+    for f in acts:  # per-sample loop: fine for a reference
+        f_hat = (f - mu) @ C  # (*pos, k_in)
+
+        def F_hat(z):
+            return (tail((z @ Cp + mu)[None])[0] @ C_next).reshape(-1, C_next.shape[1])
+
+        g = 0
+        for a, w in zip(alphas, weights):
+            J = torch.autograd.functional.jacobian(F_hat, a * f_hat)  # (P_out, k_out, *pos, k_in)
+            g = g + w * J.reshape(J.shape[0], J.shape[1], n_pos, C.shape[1])
+        inner = torch.einsum("tisj,sj->tij", g, f_hat.reshape(n_pos, -1))
+        E = E + (inner**2).sum(0)
+    return (E / (len(acts) * n_pos)).numpy()
