@@ -29,8 +29,12 @@ def test_edges_match_brute_force_jacobians(rng, case, integration, n_intervals):
     assert graph.nodes == [layer, *downstream, "output"]
     for src, dst in graph.sections:
         expected = brute_force_edges(
-            sections[src], activations_of(model, src, X), lib.bases_[src], lib.bases_[dst],
-            alphas, weights,
+            sections[src],
+            activations_of(model, src, X),
+            lib.bases_[src],
+            lib.bases_[dst],
+            alphas,
+            weights,
         )
         E = graph.edges[(src, dst)]
         assert E.shape == (lib.bases_[dst].n_components, lib.bases_[src].n_components)

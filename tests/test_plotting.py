@@ -1,0 +1,69 @@
+"""The plotting functions draw what they are given (Agg backend, no display)."""
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from toy_models import tanh_mlp  # noqa: E402
+
+from sklearn_lib import EdgeSparsity, LIBTransformer  # noqa: E402
+from sklearn_lib.plotting import (  # noqa: E402
+    plot_ablation_curves,
+    plot_edges_needed,
+    plot_interaction_graph,
+    plot_spectrum,
+)
+
+
+@pytest.fixture
+def lib_and_graph(rng):
+    X = rng.normal(size=(60, 4))
+    lib = LIBTransformer(tanh_mlp(), "fc2", downstream_layers=["fc3"]).fit(X)
+    return lib, lib.interaction_graph(X), X
+
+
+def test_plot_spectrum(lib_and_graph):
+    lib, _, X = lib_and_graph
+    pca = PCA().fit(X)
+    ax = plot_spectrum(lib, pca, [3.0, 1.0])
+    lines = ax.get_lines()
+    assert len(lines) == 3
+    np.testing.assert_allclose(lines[0].get_ydata(), lib.bases_["fc2"].lambdas / lib.lambdas_[0])
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == [
+        "LIB Lambda",
+        "PCA variance (sklearn)",
+    ]
+    plt.close("all")
+
+
+def test_plot_ablation_curves():
+    ax = plot_ablation_curves(
+        {"LIB": ([1, 2], [0.5, 0.9]), "PCA": ([1, 2], [0.4, 0.8])}, baseline=1
+    )
+    assert len(ax.get_lines()) == 3
+    np.testing.assert_array_equal(ax.get_lines()[1].get_ydata(), [0.4, 0.8])
+    plt.close("all")
+
+
+def test_plot_edges_needed():
+    results = {
+        "LIB": {("a", "b"): EdgeSparsity(3, 10, 1.0, 1.0)},
+        "PCA": {("a", "b"): EdgeSparsity(7, 10, 1.0, 1.0)},
+    }
+    ax = plot_edges_needed(results)
+    assert [p.get_height() for p in ax.patches] == [3, 7]
+    plt.close("all")
+
+
+def test_plot_interaction_graph(lib_and_graph):
+    _, graph, _ = lib_and_graph
+    ax = graph.plot(top_edges=5)
+    # 5 edges per section, 2 sections; one scatter per node layer.
+    assert len(ax.get_lines()) == 10
+    assert len(ax.collections) == 3
+    ax = plot_interaction_graph(graph, top_edges=1000)
+    assert len(ax.get_lines()) == 8 * 3 + 3 * 3
+    plt.close("all")
