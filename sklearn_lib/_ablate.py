@@ -238,8 +238,7 @@ def _masked_section(runner, x, src, dst, f_hat, mask, src_t, dst_t, dtype):
         view = (c, 1) + (1,) * (f_hat.ndim - 2) + (rows.shape[1],)
         masked = f_hat.unsqueeze(0) * rows.view(view)  # (c, n, *pos_in, k_in)
         acts = (masked @ src_t["pinv"] + src_t["mean"]).reshape(c * n, *f_hat.shape[1:-1], -1)
-        x_rep = x.repeat(c, *([1] * (x.ndim - 1)))
-        out = runner.section(x_rep, src.module, acts.to(dtype), None if dst is None else dst.module)
+        out = runner.section(x, src.module, acts.to(dtype), None if dst is None else dst.module)
         out = out.to(torch.float64).reshape(c, n, *out.shape[1:])  # (c, n, *pos_out, d_next)
         # Feature start + q of copy q only: (c, n, *pos_out).
         columns = dst_t["matrix"][:, start : start + c].T  # (c, d_next)

@@ -96,6 +96,8 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.capture = capture
+        # Per section: may the batch grow at the cut (see ``section``)?
+        self._grow_at_cut = {}
         tensors = dict(model.named_parameters())
         tensors.update(model.named_buffers())
         self.state = {
@@ -191,7 +193,46 @@ class ModelRunner:
         return self.run(x, reads=modules, need_output=False)[0]
 
     def section(self, x, src, f, dst=None):
-        """Activations at ``dst`` (model output if None) with ``src``'s replaced by ``f``."""
+        """Activations at ``dst`` (model output if None) with ``src``'s replaced by ``f``.
+
+        ``f`` may stack ``c`` copies of the batch (``f.shape[0] == c * n``,
+        copy-major), as integrated gradients and edge ablation do.  Running
+        the model on ``x`` repeated ``c`` times always works but recomputes
+        everything before ``src`` ``c`` times.  So the runner first tries to
+        let the batch grow at the cut (the model runs on ``x`` once and
+        ``src`` receives all copies), checks it once per section against the
+        repeated run, and keeps it only where both agree.  They can disagree,
+        or the fast run fail, when code after ``src`` reuses the batch size
+        or tensors computed from ``x``.
+        """
+        copies = f.shape[0] // x.shape[0]
+        if copies == 1:
+            return self._section(x, src, f, dst)
+        key = (id(src), None if dst is None else id(dst))
+        verdict = self._grow_at_cut.get(key)
+        if verdict is not False:
+            try:
+                fast = self._section(x, src, f, dst)
+            except (RuntimeError, ValueError, IndexError):
+                fast = None
+            if fast is not None and fast.shape[0] == f.shape[0]:
+                if verdict:
+                    return fast
+                with torch.no_grad():
+                    safe = self._section(self._repeat(x, copies), src, f.detach(), dst)
+                tol = 1e-9 if f.dtype == torch.float64 else 1e-4
+                scale = safe.abs().max().clamp_min(torch.finfo(safe.dtype).tiny)
+                if float((fast.detach() - safe).abs().max() / scale) <= tol:
+                    self._grow_at_cut[key] = True
+                    return fast
+            self._grow_at_cut[key] = False
+        return self._section(self._repeat(x, copies), src, f, dst)
+
+    @staticmethod
+    def _repeat(x, copies):
+        return x.repeat(copies, *([1] * (x.ndim - 1)))  # copy-major, like the stacked f
+
+    def _section(self, x, src, f, dst):
         if dst is None:
             return self.run(x, substitute=(src, f))[1]
         return self.run(x, reads=[dst], substitute=(src, f), need_output=False)[0][0]

@@ -115,14 +115,12 @@ def section_gradients(
     torch.Tensor of shape (r, n, P_in, d)
         Chunks of rows, in the order of :func:`cotangent_rows`.
     """
-    n_alpha = weights.shape[0]
     n = x.shape[0]
     if batched_rows is None:
         batched_rows = x.device.type == "cuda"
     leaf = points.detach().requires_grad_(True)
-    x_rep = x.repeat(n_alpha, *([1] * (x.ndim - 1)))  # (A*n, ...) alpha-major like points
     with torch.enable_grad():
-        out = runner.section(x_rep, src.module, leaf, None if dst is None else dst.module)
+        out = runner.section(x, src.module, leaf, None if dst is None else dst.module)
         out = out.reshape(out.shape[0], -1, basis_next.shape[0])  # (A*n, P_out, d_next)
         rows = cotangent_rows(basis_next.to(out.dtype), out.shape[1], signs)
         yield from integrated_vjps(out, leaf, rows, weights, n, batched_rows)

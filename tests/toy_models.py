@@ -151,3 +151,28 @@ class AsFloat(nn.Module):
 def elementwise_model():
     """Elementwise layers accept inputs of any width, as sklearn's generic checks need."""
     return nn.Sequential(AsFloat(), nn.SiLU(), nn.SiLU(), nn.SiLU())
+
+
+class BatchSizeAfterCut(nn.Module):
+    """Code after node layer ``mid`` reuses the input's batch size.
+
+    ``mode="reshape"`` reshapes with it (a stacked batch fails loudly);
+    ``mode="count"`` adds it to the output (a stacked batch is silently
+    different).  Both are cuts: the output depends on the input only through
+    ``mid``'s activations and the batch size.
+    """
+
+    def __init__(self, mode, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.mode = mode
+        self.fc1 = nn.Linear(4, 6)
+        self.mid = nn.Tanh()
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        h = self.mid(self.fc1(x))
+        if self.mode == "reshape":
+            return self.out(h.reshape(n, -1))
+        return self.out(h) + 1e-3 * n
