@@ -11,18 +11,19 @@ from ._graph import InteractionGraph
 from ._integration import integration_rule
 from ._lib import LIBTransformer
 from .ablation import (
-    EdgeSparsity,
+    Sparsity,
     ablation_curve,
     edge_ablation_curve,
     edges_needed,
     faithfulness_scorer,
+    features_needed,
     n_features_scorer,
     sparsest_faithful,
 )
 
 __all__ = [
     "ActivationTransformer",
-    "EdgeSparsity",
+    "Sparsity",
     "InteractionGraph",
     "LIBTransformer",
     "NodeBasis",
@@ -30,6 +31,7 @@ __all__ = [
     "edge_ablation_curve",
     "edges_needed",
     "faithfulness_scorer",
+    "features_needed",
     "integration_rule",
     "n_features_scorer",
     "sparsest_faithful",

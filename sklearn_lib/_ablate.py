@@ -224,24 +224,36 @@ def _basis_tensors(basis, device):
 def _masked_section(runner, x, src, dst, f_hat, mask, src_t, dst_t, dtype):
     """Next-node features, each computed from its kept input features only.
 
+    Output features whose rows of ``mask`` are equal share one pass (after a
+    bisection step most rows keep either no edge or every edge), so the cost
+    is one section run per distinct row, in chunks that bound memory.
+
     Returns a float64 tensor of shape (n, *positions_out, k_out).
     """
     n = x.shape[0]
-    k_out = mask.shape[0]
-    mask = torch.as_tensor(mask, device=x.device, dtype=torch.float64)
+    mask = torch.as_tensor(mask, device=x.device)
+    patterns, which = torch.unique(mask, dim=0, return_inverse=True)  # (u, k_in), (k_out,)
+    patterns = patterns.to(torch.float64)
     width = max(f_hat[0].numel() * src_t["pinv"].shape[1] // f_hat.shape[-1], 1)
     chunk = max(1, _EDGE_CHUNK_ELEMENTS // (n * width))
-    pieces = []
-    for start in range(0, k_out, chunk):
-        rows = mask[start : start + chunk]  # (c, k_in)
+    result = None
+    for start in range(0, patterns.shape[0], chunk):
+        rows = patterns[start : start + chunk]  # (c, k_in)
         c = rows.shape[0]
         view = (c, 1) + (1,) * (f_hat.ndim - 2) + (rows.shape[1],)
         masked = f_hat.unsqueeze(0) * rows.view(view)  # (c, n, *pos_in, k_in)
         acts = (masked @ src_t["pinv"] + src_t["mean"]).reshape(c * n, *f_hat.shape[1:-1], -1)
         out = runner.section(x, src.module, acts.to(dtype), None if dst is None else dst.module)
-        out = out.to(torch.float64).reshape(c, n, *out.shape[1:])  # (c, n, *pos_out, d_next)
-        # Feature start + q of copy q only: (c, n, *pos_out).
-        columns = dst_t["matrix"][:, start : start + c].T  # (c, d_next)
-        cview = (c, 1) + (1,) * (out.ndim - 3) + (columns.shape[1],)
-        pieces.append(((out - dst_t["mean"]) * columns.view(cview)).sum(-1))
-    return torch.stack([p for piece in pieces for p in piece], dim=-1)  # (n, *pos_out, k_out)
+        out = out.to(torch.float64).reshape(c, n, *out.shape[1:]) - dst_t["mean"]
+        if result is None:
+            result = torch.empty(
+                *out.shape[1:-1], mask.shape[0], dtype=torch.float64, device=x.device
+            )  # (n, *pos_out, k_out)
+        # Output feature i reads its own column of C_next from its pattern's run.
+        features = torch.nonzero((which >= start) & (which < start + c)).flatten()
+        columns = dst_t["matrix"][:, features].T  # (m, d_next)
+        picked = out[which[features] - start]  # (m, n, *pos_out, d_next)
+        cview = (len(features), 1) + (1,) * (out.ndim - 3) + (columns.shape[1],)
+        values = (picked * columns.view(cview)).sum(-1)  # (m, n, *pos_out)
+        result[..., features] = torch.movedim(values, 0, -1)
+    return result

@@ -23,10 +23,11 @@ import numpy as np
 from ._ablate import ablation_view, edge_ablation_scores, node_ablation_scores
 
 __all__ = [
-    "EdgeSparsity",
+    "Sparsity",
     "ablation_curve",
     "edge_ablation_curve",
     "edges_needed",
+    "features_needed",
     "faithfulness_scorer",
     "n_features_scorer",
     "sparsest_faithful",
@@ -113,7 +114,7 @@ def edge_ablation_curve(
 
 
 @dataclass(frozen=True)
-class EdgeSparsity:
+class Sparsity:
     """How many edges of a section the model needs.
 
     Attributes
@@ -129,14 +130,14 @@ class EdgeSparsity:
         The score with every edge kept.
     """
 
-    n_edges: int
+    n_needed: int
     n_total: int
     score: float
     baseline: float
 
     @property
     def fraction(self):
-        return self.n_edges / self.n_total
+        return self.n_needed / self.n_total
 
 
 def edges_needed(
@@ -162,7 +163,7 @@ def edges_needed(
 
     Returns
     -------
-    dict of (str, str) to EdgeSparsity
+    dict of (str, str) to Sparsity
     """
     results = {}
     for section in sections or graph.sections:
@@ -181,8 +182,48 @@ def edges_needed(
                 hi, best = mid, value
             else:
                 lo = mid + 1
-        results[section] = EdgeSparsity(int(hi), int(total), float(best), float(baseline))
+        results[section] = Sparsity(int(hi), int(total), float(best), float(baseline))
     return results
+
+
+def _smallest_within(score, total, tolerance):
+    """Smallest ``m`` in ``[0, total]`` with ``score(m) >= score(total) - tolerance``.
+
+    Bisection, assuming the score does not fall as ``m`` grows (the paper's
+    assumption).  Returns ``(m, score(m), score(total))``.
+    """
+    baseline = score(total)
+    lo, hi, best = 0, total, baseline
+    while lo < hi:  # invariant: score(hi) >= baseline - tolerance
+        mid = (lo + hi) // 2
+        value = score(mid)
+        if value >= baseline - tolerance:
+            hi, best = mid, value
+        else:
+            lo = mid + 1
+    return hi, best, baseline
+
+
+def features_needed(estimator, X, y=None, *, tolerance=1e-3, scoring=None, verbose=False):
+    """The fewest top features of a layer that keep the score.
+
+    The smallest ``k`` such that :func:`ablation_curve` at ``k`` scores at
+    least ``baseline - tolerance``, where ``baseline`` keeps every non-null
+    feature, found by bisection.
+
+    Returns
+    -------
+    Sparsity
+        With ``n_edges`` read as the number of features (``n_total``: all
+        non-null features).
+    """
+    view = ablation_view(estimator)
+
+    def score(k):
+        return node_ablation_scores(view, X, y, [k], scoring, verbose)[0]
+
+    k, best, baseline = _smallest_within(score, view.n_available, tolerance)
+    return Sparsity(int(k), int(view.n_available), float(best), float(baseline))
 
 
 # -- model selection ------------------------------------------------------------------

@@ -85,7 +85,7 @@ def plot_edges_needed(results, *, ax=None):
 
     Parameters
     ----------
-    results : dict of str to dict of (str, str) to EdgeSparsity
+    results : dict of str to dict of (str, str) to Sparsity
         E.g. ``{"LIB": edges_needed(lib, ...), "PCA": edges_needed(pca, ...)}``.
     """
     ax = _axes(ax)
@@ -94,7 +94,7 @@ def plot_edges_needed(results, *, ax=None):
     width = 0.8 / max(len(labels), 1)
     x = np.arange(len(sections))
     for i, label in enumerate(labels):
-        values = [results[label][s].n_edges for s in sections]
+        values = [results[label][s].n_needed for s in sections]
         bars = ax.bar(x + i * width, values, width, label=label)
         ax.bar_label(bars, fontsize=8)
     ax.set_xticks(x + width * (len(labels) - 1) / 2)

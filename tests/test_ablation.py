@@ -140,10 +140,10 @@ def test_edges_needed_is_the_smallest_count(fitted):
         total = graph.edges[section].size
         curve = edge_ablation_curve(lib, graph, X, y, section=section, n_edges=range(total + 1))[1]
         assert result.n_total == total and result.baseline == curve[-1]
-        assert curve[result.n_edges] >= result.baseline - 0.02
-        if result.n_edges > 0:
-            assert curve[result.n_edges - 1] < result.baseline - 0.02
-        assert result.score == curve[result.n_edges]
+        assert curve[result.n_needed] >= result.baseline - 0.02
+        if result.n_needed > 0:
+            assert curve[result.n_needed - 1] < result.baseline - 0.02
+        assert result.score == curve[result.n_needed]
         assert 0 <= result.fraction <= 1
 
 
@@ -213,3 +213,16 @@ def test_progress_is_off_by_default_and_on_with_verbose(fitted, capsys):
     err = capsys.readouterr().err
     assert "Jacobians 'fc2' -> 'output'" in err and "edges 'fc2' -> 'output'" in err
     assert "ablation: 200/200 samples" in err and "edge ablation 'fc3' -> 'output'" in err
+
+
+def test_features_needed_is_the_smallest_count(fitted):
+    from sklearn_lib import features_needed
+
+    model, X, y, lib = fitted
+    single = LIBTransformer(model, "fc2", truncation_threshold=0).fit(X)
+    result = features_needed(single, X, y, tolerance=0.01)
+    K = single.bases_["fc2"].lambdas.shape[0]
+    _, curve = ablation_curve(single, X, y, n_features=range(K + 1))
+    assert result.n_total == K and result.baseline == curve[-1]
+    assert curve[result.n_needed] >= curve[-1] - 0.01
+    assert result.n_needed == 0 or curve[result.n_needed - 1] < curve[-1] - 0.01

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from toy_models import tanh_mlp  # noqa: E402
 
-from sklearn_lib import EdgeSparsity, LIBTransformer  # noqa: E402
+from sklearn_lib import LIBTransformer, Sparsity  # noqa: E402
 from sklearn_lib.plotting import (  # noqa: E402
     plot_ablation_curves,
     plot_edges_needed,
@@ -50,8 +50,8 @@ def test_plot_ablation_curves():
 
 def test_plot_edges_needed():
     results = {
-        "LIB": {("a", "b"): EdgeSparsity(3, 10, 1.0, 1.0)},
-        "PCA": {("a", "b"): EdgeSparsity(7, 10, 1.0, 1.0)},
+        "LIB": {("a", "b"): Sparsity(3, 10, 1.0, 1.0)},
+        "PCA": {("a", "b"): Sparsity(7, 10, 1.0, 1.0)},
     }
     ax = plot_edges_needed(results)
     assert [p.get_height() for p in ax.patches] == [3, 7]
