@@ -42,6 +42,8 @@ class AblationView:
     n_kept : int
         The estimator's own number of kept features.
     label : str
+    layer : str
+        The node layer the basis belongs to.
     """
 
     owner: object
@@ -51,17 +53,29 @@ class AblationView:
     flat: bool
     n_kept: int
     label: str
+    layer: str
 
     @property
     def n_available(self):
         return self.matrix.shape[1]
 
 
-def ablation_view(estimator):
-    """The :class:`AblationView` of a fitted estimator, or a clear TypeError."""
+def ablation_view(estimator, layer=None):
+    """The :class:`AblationView` of a fitted estimator, or a clear TypeError.
+
+    ``layer`` picks any fitted node layer of a ``LIBTransformer`` (its
+    ``layer`` or a downstream layer); None is the estimator's own layer.
+    """
     if isinstance(estimator, LIBTransformer):
         check_is_fitted(estimator)
-        basis = estimator.bases_[estimator.layer]
+        layer = estimator.layer if layer is None else layer
+        if layer not in estimator.bases_ or layer == "output":
+            raise ValueError(
+                f"layer={layer!r} is not a fitted node layer; choose one of "
+                f"{[n for n in estimator.bases_ if n != 'output']}"
+            )
+        basis = estimator.bases_[layer]
+        label = "LIB" if basis.kind == "lib" else "PCA"
         return AblationView(
             estimator,
             basis.mean,
@@ -69,18 +83,21 @@ def ablation_view(estimator):
             basis.pinv,
             False,
             basis.n_components,
-            "LIB" if basis.kind == "lib" else "PCA",
+            label,
+            layer,
         )
     if isinstance(estimator, Pipeline):
         steps = [step for _, step in estimator.steps]
         if isinstance(steps[0], LIBTransformer):
-            return ablation_view(steps[0])
+            return ablation_view(steps[0], layer)
         if (
             len(steps) >= 2
             and isinstance(steps[0], ActivationTransformer)
             and isinstance(steps[1], PCA)
         ):
             acts, pca = steps[0], steps[1]
+            if layer not in (None, acts.layer):
+                raise ValueError(f"layer={layer!r}: this PCA pipeline reads {acts.layer!r}")
             check_is_fitted(acts)
             check_is_fitted(pca)
             # PCA's components are orthonormal, so its pseudo-inverse is the transpose.
@@ -92,6 +109,7 @@ def ablation_view(estimator):
                 True,
                 pca.n_components_,
                 "PCA (sklearn)",
+                acts.layer,
             )
     raise TypeError(
         "Expected a fitted LIBTransformer, a Pipeline starting with one, or a Pipeline of "
@@ -123,10 +141,10 @@ def node_ablation_scores(view, X, y, n_features, scoring=None, verbose=False):
     scorers = [make() for _ in n_features]
     needs_original = any(s.needs_original for s in scorers)
     with owner._model_session() as runner, torch.no_grad():
-        module = resolve_module(owner.model, owner.layer)
+        module = resolve_module(owner.model, view.layer)
         if y is not None and scoring in (None, "accuracy"):
             _, output_shape = inspect_node_layers(
-                runner, owner._to_tensor(runner, X[:2]), [owner.layer]
+                runner, owner._to_tensor(runner, X[:2]), [view.layer]
             )
             y = check_labels(y, X.shape[0], output_shape)
         mean = torch.as_tensor(view.mean, device=runner.device)
@@ -136,7 +154,7 @@ def node_ablation_scores(view, X, y, n_features, scoring=None, verbose=False):
         for sl in slices:
             x = owner._to_tensor(runner, X[sl])
             (f,) = runner.read(x, [module])
-            check_finite(f, owner.layer)
+            check_finite(f, view.layer)
             width = mean.shape[0]
             centred = f.to(torch.float64).reshape(f.shape[0], -1, width) - mean
             features = centred @ matrix  # (n, P, K)

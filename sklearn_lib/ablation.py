@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-def ablation_curve(estimator, X, y=None, *, n_features, scoring=None, verbose=False):
+def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None, verbose=False):
     """Score of the model when only the top ``k`` features of a layer are kept.
 
     For each ``k`` the layer's activations are rebuilt from the first ``k``
@@ -53,6 +53,9 @@ def ablation_curve(estimator, X, y=None, *, n_features, scoring=None, verbose=Fa
         Class labels, or None.
     n_features : int or array-like of int
         Feature counts ``k``; 0 ablates every feature (the mean activation).
+    layer : str, optional
+        For a ``LIBTransformer``: any of its fitted node layers (default: its
+        ``layer``), so one fit gives the curves of every layer.
     scoring : None, "accuracy", "r2" or callable, default=None
         See the module docstring.
     verbose : bool, default=False
@@ -76,7 +79,7 @@ def ablation_curve(estimator, X, y=None, *, n_features, scoring=None, verbose=Fa
     >>> [round(float(s), 6) for s in r2]
     [0.0, 1.0]
     """
-    view = ablation_view(estimator)
+    view = ablation_view(estimator, layer)
     n_features = np.atleast_1d(np.asarray(n_features, dtype=int))
     return n_features, node_ablation_scores(view, X, y, n_features, scoring, verbose)
 
@@ -204,12 +207,14 @@ def _smallest_within(score, total, tolerance):
     return hi, best, baseline
 
 
-def features_needed(estimator, X, y=None, *, tolerance=1e-3, scoring=None, verbose=False):
+def features_needed(
+    estimator, X, y=None, *, tolerance=1e-3, layer=None, scoring=None, verbose=False
+):
     """The fewest top features of a layer that keep the score.
 
     The smallest ``k`` such that :func:`ablation_curve` at ``k`` scores at
     least ``baseline - tolerance``, where ``baseline`` keeps every non-null
-    feature, found by bisection.
+    feature, found by bisection.  ``layer`` as in :func:`ablation_curve`.
 
     Returns
     -------
@@ -217,7 +222,7 @@ def features_needed(estimator, X, y=None, *, tolerance=1e-3, scoring=None, verbo
         With ``n_edges`` read as the number of features (``n_total``: all
         non-null features).
     """
-    view = ablation_view(estimator)
+    view = ablation_view(estimator, layer)
 
     def score(k):
         return node_ablation_scores(view, X, y, [k], scoring, verbose)[0]

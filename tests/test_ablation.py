@@ -226,3 +226,15 @@ def test_features_needed_is_the_smallest_count(fitted):
     assert result.n_total == K and result.baseline == curve[-1]
     assert curve[result.n_needed] >= curve[-1] - 0.01
     assert result.n_needed == 0 or curve[result.n_needed - 1] < curve[-1] - 0.01
+
+
+def test_ablation_of_a_downstream_layer_from_one_fit(fitted):
+    model, X, y, lib = fitted
+    own = LIBTransformer(model, "fc3", truncation_threshold=0).fit(X)
+    ks = [0, 1, 2, 3]
+    np.testing.assert_allclose(
+        ablation_curve(lib, X, y, n_features=ks, layer="fc3")[1],
+        ablation_curve(own, X, y, n_features=ks)[1],
+    )
+    with pytest.raises(ValueError, match="layer='output' is not a fitted node layer"):
+        ablation_curve(lib, X, y, n_features=ks, layer="output")

@@ -9,6 +9,7 @@ from ._image_mlp import ImageMLP
 from ._modular_addition import ModularAdditionTransformer
 from ._training import (
     FAST_MODADD,
+    FAST_MODADD_SIZES,
     PAPER_MODADD,
     accuracy,
     train_full_batch,
@@ -18,6 +19,7 @@ from ._training import (
 
 __all__ = [
     "FAST_MODADD",
+    "FAST_MODADD_SIZES",
     "PAPER_MODADD",
     "ImageMLP",
     "ModularAdditionTransformer",
