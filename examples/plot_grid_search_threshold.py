@@ -16,7 +16,7 @@ saves ``figures/grid_search_threshold.png``.
 
 # %%
 # Data and model: scikit-learn's bundled digits and a small MLP trained on the
-# spot (64-32-32-10, ReLU).  The node layer is the input of ``fc2``.
+# spot (64-32-32-10, ReLU; layers fc1, fc2, out).  The node layer is the input of ``fc2``.
 import argparse
 import os
 
@@ -61,7 +61,7 @@ scoring = {"faithfulness": faithfulness_scorer, "n_features": n_features_scorer}
 floor = accuracy - 0.01
 
 lib_search = GridSearchCV(
-    LIBTransformer(model, "fc2", downstream_layers=["fc3"]),
+    LIBTransformer(model, "fc2", downstream_layers=["out"]),
     {"truncation_threshold": [0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 1e-4, 0.0]},
     scoring=scoring,
     refit=sparsest_faithful(floor),
