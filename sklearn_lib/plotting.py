@@ -73,6 +73,7 @@ def plot_ablation_curves(curves, *, baseline=None, ax=None, ylabel="score"):
     if baseline is not None:
         ax.axhline(baseline, color="grey", linestyle="--", label="unablated")
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)
     ax.set_xlabel("features kept")
     ax.set_ylabel(ylabel)
     ax.set_title("Node ablation")
