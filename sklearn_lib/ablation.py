@@ -176,16 +176,8 @@ def edges_needed(
         def score(m, section=section):
             return edge_ablation_scores(estimator, graph, section, X, y, [m], scoring, verbose)[0]
 
-        baseline = score(total)
-        lo, hi, best = 0, total, baseline
-        while lo < hi:  # invariant: score(hi) >= baseline - tolerance
-            mid = (lo + hi) // 2
-            value = score(mid)
-            if value >= baseline - tolerance:
-                hi, best = mid, value
-            else:
-                lo = mid + 1
-        results[section] = Sparsity(int(hi), int(total), float(best), float(baseline))
+        m, best, baseline = _smallest_within(score, total, tolerance)
+        results[section] = Sparsity(int(m), int(total), float(best), float(baseline))
     return results
 
 
