@@ -134,7 +134,10 @@ class ModelRunner:
         def record(module, value):
             if order is not None:
                 order.append(id(module))
-            captured.setdefault(id(module), value)
+            if id(module) not in captured:
+                # A copy: the model may later change its own tensor in place
+                # (ReLU(inplace=True)); clone keeps the autograd graph.
+                captured[id(module)] = value.clone()
             if not need_output and len(captured) == len(reads):
                 raise _StopForward
 
@@ -168,7 +171,9 @@ class ModelRunner:
                         f"of {type(mod).__name__}; try capture='output'"
                     )
                 if replace is not None:
-                    return (replace, *args[1:])
+                    # The model gets a copy, so in-place ops cannot touch the
+                    # caller's tensor (often a leaf that requires grad).
+                    return (replace.clone(), *args[1:])
                 record(mod, args[0])
                 return None
 
@@ -181,7 +186,7 @@ class ModelRunner:
                     f"returned {type(output).__name__}; try capture='input' of the next module"
                 )
             if replace is not None:
-                return replace
+                return replace.clone()  # a copy, as for inputs
             record(mod, output)
             return None
 
@@ -213,6 +218,8 @@ class ModelRunner:
         if verdict is not False:
             try:
                 fast = self._section(x, src, f, dst)
+            except torch.OutOfMemoryError:
+                raise  # the repeated run would need even more memory
             except (RuntimeError, ValueError, IndexError):
                 fast = None
             if fast is not None and fast.shape[0] == f.shape[0]:
@@ -302,10 +309,12 @@ def inspect_node_layers(runner, x, names):
 def check_cut(runner, x, src, dst, dst_name, rng):
     """Raise unless ``dst`` depends on the model input only through ``src``.
 
-    Runs the section twice: with the real activations of ``src`` and with the
-    same activations permuted across samples.  At a cut the second output is
-    the first one permuted; a path that bypasses ``src`` (a residual
-    connection) breaks that.
+    Runs the section with the real activations of ``src`` and with the same
+    activations permuted across samples.  At a cut the second output is the
+    first one permuted; a path that bypasses ``src`` (a residual connection)
+    breaks that.  A third run on the first half of the batch alone catches
+    samples that interact symmetrically (batch statistics), which a
+    permutation cannot see.
     """
     n = x.shape[0]
     if n < 2:
@@ -316,8 +325,20 @@ def check_cut(runner, x, src, dst, dst_name, rng):
         perm = torch.roll(torch.arange(n, device=x.device), int(rng.randint(1, n)))
         out = runner.section(x, src.module, f, None if dst is None else dst.module)
         out_perm = runner.section(x, src.module, f[perm], None if dst is None else dst.module)
+        half = n // 2
+        out_half = runner.section(
+            x[:half], src.module, f[:half], None if dst is None else dst.module
+        )
     scale = out.abs().max().clamp_min(torch.finfo(out.dtype).tiny)
     rtol = 1e-8 if out.dtype == torch.float64 else 1e-3
+    coupling = (out_half - out[:half]).abs().max() / scale
+    if coupling > rtol:
+        raise ValueError(
+            f"Samples interact within a batch between layer {src.name!r} and {dst_name}: "
+            "the same samples give different outputs in a smaller batch (batch statistics, "
+            "e.g. BatchNorm with track_running_stats=False). LIB needs per-sample "
+            f"computations (relative mismatch {float(coupling):.2e})."
+        )
     error = (out_perm - out[perm]).abs().max() / scale
     if error > rtol:
         raise ValueError(

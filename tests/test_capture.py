@@ -35,13 +35,16 @@ def test_stacked_copies_match_repeated_inputs(model, layer, shape, grows):
     assert list(runner._grow_at_cut.values()) == [grows]
 
 
-@pytest.mark.parametrize("mode", ["reshape", "count"])
-def test_lib_with_integration_where_the_batch_cannot_grow(rng, mode):
+def test_lib_with_integration_where_the_batch_cannot_grow(rng):
     """Multi-point integration stacks copies; the fallback keeps results exact."""
     X = rng.normal(size=(40, 4))
-    model = BatchSizeAfterCut(mode).double()
-    lib = LIBTransformer(model, "mid", integration="gauss-legendre", n_intervals=2).fit(X)
-    reference = BatchSizeAfterCut("count" if mode == "reshape" else "reshape").double()
-    ref = LIBTransformer(reference, "mid", integration="gauss-legendre", n_intervals=2).fit(X)
-    # Both models have the same weights and the same derivatives.
+    params = dict(integration="gauss-legendre", n_intervals=2)
+    lib = LIBTransformer(BatchSizeAfterCut("reshape").double(), "mid", **params).fit(X)
+    # Same weights, no batch-size reshape: the batch grows at the cut there.
+    ref = LIBTransformer(BatchSizeAfterCut("plain").double(), "mid", **params).fit(X)
     np.testing.assert_allclose(lib.lambdas_, ref.lambdas_, rtol=1e-10)
+
+
+def test_outputs_that_depend_on_the_batch_size_are_rejected(rng):
+    with pytest.raises(ValueError, match="Samples interact within a batch"):
+        LIBTransformer(BatchSizeAfterCut("count").double(), "mid").fit(rng.normal(size=(40, 4)))

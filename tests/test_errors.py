@@ -165,3 +165,10 @@ def test_score_labels_checked(X):
         lib.score(X, np.zeros(49, dtype=int))
     with pytest.raises(ValueError, match=r"integer class labels in \[0, 3\)"):
         lib.score(X, np.full(50, 3))
+
+
+def test_samples_that_interact_within_a_batch(X):
+    from toy_models import batch_statistics_mlp
+
+    with pytest.raises(ValueError, match=r"Samples interact within a batch.*BatchNorm"):
+        LIBTransformer(batch_statistics_mlp(), "bn").fit(X)

@@ -79,3 +79,19 @@ def test_float64_fit_of_float32_model_is_exact(rng):
     acts64 = activations_of(copy.deepcopy(model).double(), "fc2", X)
     np.testing.assert_allclose(lib.mean_, acts64.mean(0), rtol=1e-12)
     assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("basis", ["lib", "pca"])
+@pytest.mark.parametrize("capture, layer", [("input", "act"), ("output", "fc1")])
+def test_in_place_operations_do_not_corrupt_the_fit(rng, basis, capture, layer):
+    """ReLU(inplace=True) overwrites fc1's output after it is read or substituted."""
+    from toy_models import inplace_relu_mlp
+
+    model = inplace_relu_mlp()
+    X = rng.normal(size=(300, 4))
+    lib = LIBTransformer(model, layer, capture=capture, basis=basis).fit(X)
+    with torch.no_grad():
+        acts = model.fc1(torch.as_tensor(X)).numpy()  # the pre-ReLU activations
+    np.testing.assert_allclose(lib.mean_, acts.mean(0), rtol=1e-12, atol=1e-14)
+    Z = lib.transform(X)
+    np.testing.assert_allclose(Z.T @ Z / len(Z), np.diag(lib.lambdas_), atol=1e-9 * lib.lambdas_[0])

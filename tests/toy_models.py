@@ -158,8 +158,8 @@ class BatchSizeAfterCut(nn.Module):
 
     ``mode="reshape"`` reshapes with it (a stacked batch fails loudly);
     ``mode="count"`` adds it to the output (a stacked batch is silently
-    different).  Both are cuts: the output depends on the input only through
-    ``mid``'s activations and the batch size.
+    different; ``fit`` rejects it since outputs depend on the batch).
+    ``mode="plain"`` is the same network without either.
     """
 
     def __init__(self, mode, seed=0):
@@ -175,4 +175,26 @@ class BatchSizeAfterCut(nn.Module):
         h = self.mid(self.fc1(x))
         if self.mode == "reshape":
             return self.out(h.reshape(n, -1))
-        return self.out(h) + 1e-3 * n
+        if self.mode == "count":
+            return self.out(h) + 1e-3 * n
+        return self.out(h)  # "plain"
+
+
+def inplace_relu_mlp(seed=0):
+    """``fc1 -> ReLU(inplace=True) -> fc2``: the model overwrites fc1's output."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(fc1=nn.Linear(4, 8), act=nn.ReLU(inplace=True), fc2=nn.Linear(8, 3))
+    ).double()
+
+
+def batch_statistics_mlp(seed=0):
+    """BatchNorm without running statistics: samples interact even in eval mode."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(4, 8),
+            bn=nn.BatchNorm1d(8, track_running_stats=False),
+            fc2=nn.Linear(8, 3),
+        )
+    ).double()
