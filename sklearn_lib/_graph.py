@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ._capture import NodeLayer, resolve_module
-from ._jacobian import scaled, section_gradients
+from ._jacobian import cotangent_rows, scaled, section_gradients
 
 
 @dataclass
@@ -132,14 +132,15 @@ def edges_batch(runner, x, src, src_basis, dst, dst_basis, alphas, weights, sign
     f_hat_rows = f_hat.reshape(f.shape[0], -1, C.shape[1])  # (n, P_in, k_in)
     basis_next = torch.as_tensor(dst_basis.kept_matrix, device=device, dtype=f.dtype)
     sums = []
-    grads = section_gradients(runner, x, src, dst, points, basis_next, weights, signs)
+    rows = cotangent_rows(basis_next, dst_basis.n_positions, signs)
+    grads = section_gradients(runner, x, src, dst, points, rows, weights)
     for g in grads:  # (r, n, P_in, d)
         g_hat = g.to(torch.float64) @ C_pinv.T  # (r, n, P_in, k_in): gradient wrt features
         inner = (g_hat * f_hat_rows).sum(2)  # (r, n, k_in): sum over input positions
         sums.append((inner**2).sum(1))  # (r, k_in): sum over samples
-    rows = torch.cat(sums)  # (R, k_in), rows in cotangent_rows order
+    sums = torch.cat(sums)  # (R, k_in), rows in cotangent_rows order
     k_out = basis_next.shape[1]
-    per_row = rows.reshape(-1, k_out, rows.shape[1])  # (P_out or S, k_out, k_in)
+    per_row = sums.reshape(-1, k_out, sums.shape[1])  # (P_out or S, k_out, k_in)
     return per_row.sum(0) if signs is None else per_row.mean(0)
 
 

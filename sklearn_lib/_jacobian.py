@@ -84,9 +84,18 @@ def cotangent_rows(basis_next, n_positions_out, signs=None):
     return rows.reshape(-1, n_positions_out, d_next)
 
 
-def section_gradients(
-    runner, x, src, dst, points, basis_next, weights, signs=None, batched_rows=None
-):
+def source_rows(basis_next, signs):
+    """Random cotangents over output positions *and* features: (S, P_out, d_next).
+
+    Row ``s`` is ``sum_{t,i} r_{s,t,i} e_t (x) C_next[:, i]`` for signs ``r``
+    of shape ``(S, P_out, k_next)``.  Since ``E[r r^T] = I``, the average of
+    ``g_s g_s^T`` over sources is an unbiased estimate of the sum over all
+    ``P_out * k_next`` rows, at ``S`` backward passes instead.
+    """
+    return torch.einsum("stk,dk->std", signs.to(basis_next.dtype), basis_next)
+
+
+def section_gradients(runner, x, src, dst, points, rows, weights, batched_rows=None):
     """Integrated gradients of a section's rows at stacked input points.
 
     Parameters
@@ -100,12 +109,10 @@ def section_gradients(
     points : torch.Tensor of shape (A * n, *positions, d)
         Activations at which to take gradients, alpha-major (``A`` points of
         the integration rule per sample).
-    basis_next : torch.Tensor of shape (d_next, k_next)
-        The next node layer's (truncated) basis; one row per column.
+    rows : torch.Tensor of shape (R, P_out, d_next)
+        Cotangents, from :func:`cotangent_rows` or :func:`source_rows`.
     weights : torch.Tensor of shape (A,)
         Quadrature weights.
-    signs : torch.Tensor of shape (S, P_out) or None
-        Stochastic sources over output positions (see :func:`cotangent_rows`).
     batched_rows : bool or None
         Run rows through vmap (True) or a loop (False); None picks vmap on
         CUDA and the loop on the CPU (see the module docstring).
@@ -113,7 +120,7 @@ def section_gradients(
     Yields
     ------
     torch.Tensor of shape (r, n, P_in, d)
-        Chunks of rows, in the order of :func:`cotangent_rows`.
+        Chunks of rows, in the order of ``rows``.
     """
     n = x.shape[0]
     if batched_rows is None:
@@ -121,9 +128,8 @@ def section_gradients(
     leaf = points.detach().requires_grad_(True)
     with torch.enable_grad():
         out = runner.section(x, src.module, leaf, None if dst is None else dst.module)
-        out = out.reshape(out.shape[0], -1, basis_next.shape[0])  # (A*n, P_out, d_next)
-        rows = cotangent_rows(basis_next.to(out.dtype), out.shape[1], signs)
-        yield from integrated_vjps(out, leaf, rows, weights, n, batched_rows)
+        out = out.reshape(out.shape[0], *rows.shape[1:])  # (A*n, P_out, d_next)
+        yield from integrated_vjps(out, leaf, rows.to(out.dtype), weights, n, batched_rows)
 
 
 def scaled(f, alphas):
@@ -132,7 +138,7 @@ def scaled(f, alphas):
     return (alphas.to(f.dtype).view(view) * f.unsqueeze(0)).reshape(-1, *f.shape[1:])
 
 
-def jacobian_gram_batch(runner, x, src, dst, basis_next, alphas, weights, batched_rows=None):
+def jacobian_gram_batch(runner, x, src, dst, rows, alphas, weights, batched_rows=None):
     """Un-normalised ``sum_x sum_rows sum_s g g^T`` over one batch, in float64.
 
     Gradients are taken at ``alpha * f`` (raw activations), as in the spec.
@@ -145,8 +151,9 @@ def jacobian_gram_batch(runner, x, src, dst, basis_next, alphas, weights, batche
     src : NodeLayer
     dst : NodeLayer or None
         None means the model output.
-    basis_next : torch.Tensor of shape (d_next, k_next)
-        The next node layer's (truncated) LIB matrix.
+    rows : torch.Tensor of shape (R, P_out, d_next)
+        Cotangents built from the next node layer's (truncated) LIB matrix:
+        :func:`cotangent_rows` (exact) or :func:`source_rows` (stochastic).
     alphas, weights : torch.Tensor of shape (A,)
         The integration rule.
     batched_rows : bool or None
@@ -161,7 +168,7 @@ def jacobian_gram_batch(runner, x, src, dst, basis_next, alphas, weights, batche
     d = f.shape[-1]
     gram = torch.zeros(d, d, dtype=torch.float64, device=f.device)
     grads = section_gradients(
-        runner, x, src, dst, scaled(f, alphas), basis_next, weights, batched_rows=batched_rows
+        runner, x, src, dst, scaled(f, alphas), rows, weights, batched_rows=batched_rows
     )
     for g in grads:
         g = g.reshape(-1, d).to(torch.float64)  # (r * n * P_in, d)

@@ -256,7 +256,7 @@ def test_uncentred_gram(rng):
 def test_jacobian_gram_engines_match_brute_force(rng, batched_rows, integration, n_intervals):
     """``M'`` itself (not only its spectrum), for the vmapped and looped engines."""
     from sklearn_lib._capture import ModelRunner, inspect_node_layers
-    from sklearn_lib._jacobian import jacobian_gram_batch
+    from sklearn_lib._jacobian import cotangent_rows, jacobian_gram_batch
 
     model = PositionMixer().double()
     X = rng.normal(size=(30, 4, 3))
@@ -270,7 +270,7 @@ def test_jacobian_gram_engines_match_brute_force(rng, batched_rows, integration,
         x,
         nodes[0],
         nodes[1],
-        torch.as_tensor(basis_next),
+        cotangent_rows(torch.as_tensor(basis_next), nodes[1].n_positions),
         torch.as_tensor(alphas),
         torch.as_tensor(weights),
         batched_rows=batched_rows,
@@ -279,3 +279,34 @@ def test_jacobian_gram_engines_match_brute_force(rng, batched_rows, integration,
     expected = brute_force_m_prime(model.mix, acts, basis_next, alphas, weights)
     n_rows = len(X) * 4  # jacobian_gram_batch returns the unnormalised sum
     np.testing.assert_allclose(got.numpy() / n_rows, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_stochastic_sources_converge_to_the_exact_basis(rng):
+    """Random +-1 combinations of Jacobian rows give an unbiased M'."""
+    X = rng.normal(size=(120, 4, 3))
+    model = PositionMixer(n_pos_out=3).double()
+    exact = LIBTransformer(model, "mix", batch_size=30).fit(X)
+    errors = []
+    for sources in (1, 16, 1024):
+        approx = LIBTransformer(
+            model, "mix", batch_size=30, n_stochastic_sources=sources, random_state=0
+        ).fit(X)
+        k = min(len(approx.bases_["mix"].lambdas), len(exact.bases_["mix"].lambdas))
+        top = exact.bases_["mix"].lambdas[:k]
+        errors.append(np.abs(approx.bases_["mix"].lambdas[:k] - top).max() / top[0])
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02
+    # Unbiased: averaging M' over many seeds approaches the exact M'.
+    from sklearn_lib._capture import ModelRunner, inspect_node_layers
+    from sklearn_lib._jacobian import cotangent_rows, jacobian_gram_batch, source_rows
+
+    runner = ModelRunner(model, torch.device("cpu"), torch.float64)
+    x = torch.as_tensor(X[:20])
+    nodes, out_shape = inspect_node_layers(runner, x, ["mix"])
+    C = torch.eye(3, dtype=torch.float64)
+    one = torch.ones(1, dtype=torch.float64)
+    exact_m = jacobian_gram_batch(runner, x, nodes[0], None, cotangent_rows(C, 3), one, one)
+    gen = torch.Generator().manual_seed(0)
+    signs = 2 * torch.randint(0, 2, (4000, 3, 3), generator=gen) - 1
+    mean_m = jacobian_gram_batch(runner, x, nodes[0], None, source_rows(C, signs), one, one)
+    mean_m /= 4000
+    assert float((mean_m - exact_m).abs().max() / exact_m.abs().max()) < 0.05
