@@ -12,10 +12,11 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from ._base import OUTPUT_NODE, _ModelLayerTransformer, check_activations, check_finite
 from ._basis import NodeBasis, eigh_descending, lib_rotation, n_kept, orthogonal_step
 from ._capture import check_cut, inspect_node_layers
+from ._data import ArraySource, StreamSource, is_stream
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._jacobian import cotangent_rows, jacobian_gram_batch, source_rows
 from ._stats import MomentAccumulator
-from ._utils import Progress, batch_slices, null_space_rtol
+from ._utils import Progress, null_space_rtol
 
 # Samples used to check call order, shapes and cuts before the real passes.
 _PROBE_SIZE = 64
@@ -233,8 +234,12 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...)
-            Model inputs (any per-sample shape; integer token ids stay integers).
+        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
+            Model inputs (any per-sample shape; integer token ids stay
+            integers).  A ``torch.utils.data.DataLoader`` or another
+            re-iterable object yielding batches (arrays, tensors, or tuples
+            whose first item is one) is streamed: read once per pass, so
+            memory does not grow with the number of samples.
         y : Ignored
 
         Returns
@@ -245,7 +250,12 @@ class LIBTransformer(_ModelLayerTransformer):
         return self
 
     def _fit(self, X):
-        X = self._validate_input(X, reset=True)
+        if is_stream(X):
+            source = StreamSource(X)
+            probe = self._validate_input(source.probe(_PROBE_SIZE), reset=True)
+        else:
+            X = self._validate_input(X, reset=True)
+            source, probe = ArraySource(X, self.batch_size), X[:_PROBE_SIZE]
         names = [self.layer, *self.downstream_layers]
         if OUTPUT_NODE in names:
             raise ValueError(
@@ -256,7 +266,7 @@ class LIBTransformer(_ModelLayerTransformer):
         progress = Progress(type(self).__name__, self.verbose)
         rng = check_random_state(self.random_state)
         with self._model_session() as runner:
-            probe = self._to_tensor(runner, X[:_PROBE_SIZE])
+            probe = self._to_tensor(runner, probe)
             with torch.no_grad():
                 nodes, output_shape = inspect_node_layers(runner, probe, names)
                 if self.basis == "lib":
@@ -264,7 +274,7 @@ class LIBTransformer(_ModelLayerTransformer):
                         dst_name = "the model output" if dst is None else f"layer {dst.name!r}"
                         check_cut(runner, probe, src, dst, dst_name, rng)
             moments, output_moments = self._collect_moments(
-                runner, X, nodes, output_shape, progress
+                runner, source, nodes, output_shape, progress
             )
             rule = (
                 torch.as_tensor(alphas, device=runner.device),
@@ -274,7 +284,15 @@ class LIBTransformer(_ModelLayerTransformer):
             # fit is reproducible on any device.
             generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
             bases = self._fit_bases(
-                runner, X, nodes, moments, output_moments, output_shape, rule, progress, generator
+                runner,
+                source,
+                nodes,
+                moments,
+                output_moments,
+                output_shape,
+                rule,
+                progress,
+                generator,
             )
 
         self.bases_ = bases
@@ -290,7 +308,7 @@ class LIBTransformer(_ModelLayerTransformer):
         progress("done")
         return X
 
-    def _collect_moments(self, runner, X, nodes, output_shape, progress):
+    def _collect_moments(self, runner, source, nodes, output_shape, progress):
         """One pass: mean and Gram of every node layer, mean of the output."""
         device = runner.device
         moments = [MomentAccumulator(node.n_features, device, self.center) for node in nodes]
@@ -298,11 +316,10 @@ class LIBTransformer(_ModelLayerTransformer):
             output_shape[-1], device, center=True, gram=self.output_basis == "pca"
         )
         modules = [node.module for node in nodes]
-        n = X.shape[0]
-        slices = progress.batches(batch_slices(n, self.batch_size), n, "activation statistics")
+        batches = progress.samples(source.batches(), source.n_samples, "activation statistics")
         with torch.no_grad():
-            for sl in slices:
-                reads, output = runner.run(self._to_tensor(runner, X[sl]), reads=modules)
+            for batch in batches:
+                reads, output = runner.run(self._to_tensor(runner, batch), reads=modules)
                 for node, f, acc in zip(nodes, reads, moments):
                     check_finite(f, node.name)
                     acc.update(f.reshape(-1, node.n_features))
@@ -337,7 +354,16 @@ class LIBTransformer(_ModelLayerTransformer):
         )
 
     def _fit_bases(
-        self, runner, X, nodes, moments, output_moments, output_shape, rule, progress, generator
+        self,
+        runner,
+        source,
+        nodes,
+        moments,
+        output_moments,
+        output_shape,
+        rule,
+        progress,
+        generator,
     ):
         rtol = null_space_rtol(runner.dtype)
         next_basis = self._output_basis(output_moments, output_shape)
@@ -350,7 +376,7 @@ class LIBTransformer(_ModelLayerTransformer):
             else:
                 dst = nodes[i + 1] if i + 1 < len(nodes) else None
                 m_prime = self._jacobian_gram(
-                    runner, X, node, dst, next_basis, rule, progress, generator
+                    runner, source, node, dst, next_basis, rule, progress, generator
                 )
                 lambdas, C, C_pinv = lib_rotation(D, U, m_prime, rtol, node.name)
             k = n_kept(
@@ -375,7 +401,7 @@ class LIBTransformer(_ModelLayerTransformer):
         # Forward order: layer, downstream layers, output.
         return {name: bases[name] for name in [n.name for n in nodes] + [OUTPUT_NODE]}
 
-    def _jacobian_gram(self, runner, X, src, dst, next_basis, rule, progress, generator):
+    def _jacobian_gram(self, runner, source, src, dst, next_basis, rule, progress, generator):
         """``M'`` of the section ``src -> dst``, averaged over ``N * P_in`` rows.
 
         Exact: one row per output position and next feature.  With
@@ -391,10 +417,10 @@ class LIBTransformer(_ModelLayerTransformer):
         total = torch.zeros(
             src.n_features, src.n_features, dtype=torch.float64, device=runner.device
         )
-        n = X.shape[0]
+        n = source.n_samples
         what = f"Jacobians {src.name!r} -> {next_basis.name!r}"
-        for sl in progress.batches(batch_slices(n, self.batch_size), n, what):
-            x = self._to_tensor(runner, X[sl])
+        for batch in progress.samples(source.batches(), n, what):
+            x = self._to_tensor(runner, batch)
             if sources:
                 draws = torch.randint(0, 2, (sources, n_pos_out, k_next), generator=generator)
                 rows = source_rows(basis_next, (2 * draws - 1).to(runner.device))

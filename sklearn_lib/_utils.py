@@ -76,8 +76,11 @@ def to_tensor(X, device, dtype):
     booleans keep their own dtype, because casting ids to float breaks
     embeddings silently.
     """
-    # torch.tensor copies, so read-only and non-contiguous arrays are fine.
-    tensor = torch.tensor(np.asarray(X))
+    if torch.is_tensor(X):
+        tensor = X.detach()
+    else:
+        # torch.tensor copies, so read-only and non-contiguous arrays are fine.
+        tensor = torch.tensor(np.asarray(X))
     if tensor.is_floating_point():
         return tensor.to(device=device, dtype=dtype)
     return tensor.to(device=device)
@@ -102,10 +105,19 @@ class Progress:
 
     def batches(self, slices, n_samples, what):
         """Wrap an iterable of batch slices, reporting every ~10% of the samples."""
-        step = max(n_samples // 10, 1)
+        return self.samples(slices, n_samples, what, size=lambda sl: sl.stop - sl.start)
+
+    def samples(self, batches, n_samples, what, size=len):
+        """Wrap an iterable of batches; ``n_samples`` may be None (not known yet)."""
+        done = 0
+        step = max((n_samples or 0) // 10, 1)
         next_report = step
-        for sl in slices:
-            yield sl
-            if sl.stop >= next_report or sl.stop == n_samples:
-                self(f"{what}: {sl.stop}/{n_samples} samples")
-                next_report = sl.stop + step
+        for i, batch in enumerate(batches):
+            yield batch
+            done += size(batch)
+            if n_samples is None:
+                if (i + 1) % 10 == 0:
+                    self(f"{what}: {done} samples")
+            elif done >= next_report or done == n_samples:
+                self(f"{what}: {done}/{n_samples} samples")
+                next_report = done + step
