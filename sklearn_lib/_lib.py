@@ -1,5 +1,6 @@
 """The Local Interaction Basis as a scikit-learn transformer."""
 
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -17,6 +18,18 @@ from ._integration import INTEGRATION_RULES, integration_rule
 from ._jacobian import cotangent_rows, jacobian_gram_batch, source_rows
 from ._stats import MomentAccumulator
 from ._utils import Progress, null_space_rtol
+
+
+@dataclass
+class _FitPass:
+    """What every pass of one fit shares."""
+
+    runner: object  # ModelRunner
+    source: object  # ArraySource or StreamSource
+    rule: tuple  # (alphas, weights) tensors on the device
+    progress: Progress
+    generator: torch.Generator  # stochastic sources
+
 
 # Samples used to check call order, shapes and cuts before the real passes.
 _PROBE_SIZE = 64
@@ -283,17 +296,8 @@ class LIBTransformer(_ModelLayerTransformer):
             # Stochastic sources draw on the CPU from a seeded generator, so a
             # fit is reproducible on any device.
             generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
-            bases = self._fit_bases(
-                runner,
-                source,
-                nodes,
-                moments,
-                output_moments,
-                output_shape,
-                rule,
-                progress,
-                generator,
-            )
+            ctx = _FitPass(runner, source, rule, progress, generator)
+            bases = self._fit_bases(ctx, nodes, moments, output_moments, output_shape)
 
         self.bases_ = bases
         main = bases[self.layer]
@@ -353,19 +357,8 @@ class LIBTransformer(_ModelLayerTransformer):
             kind="pca",
         )
 
-    def _fit_bases(
-        self,
-        runner,
-        source,
-        nodes,
-        moments,
-        output_moments,
-        output_shape,
-        rule,
-        progress,
-        generator,
-    ):
-        rtol = null_space_rtol(runner.dtype)
+    def _fit_bases(self, ctx, nodes, moments, output_moments, output_shape):
+        rtol = null_space_rtol(ctx.runner.dtype)
         next_basis = self._output_basis(output_moments, output_shape)
         bases = {OUTPUT_NODE: next_basis}
         for i in reversed(range(len(nodes))):
@@ -375,9 +368,7 @@ class LIBTransformer(_ModelLayerTransformer):
                 lambdas, C, C_pinv = D, U, U.T.copy()
             else:
                 dst = nodes[i + 1] if i + 1 < len(nodes) else None
-                m_prime = self._jacobian_gram(
-                    runner, source, node, dst, next_basis, rule, progress, generator
-                )
+                m_prime = self._jacobian_gram(ctx, node, dst, next_basis)
                 lambdas, C, C_pinv = lib_rotation(D, U, m_prime, rtol, node.name)
             k = n_kept(
                 lambdas,
@@ -401,13 +392,14 @@ class LIBTransformer(_ModelLayerTransformer):
         # Forward order: layer, downstream layers, output.
         return {name: bases[name] for name in [n.name for n in nodes] + [OUTPUT_NODE]}
 
-    def _jacobian_gram(self, runner, source, src, dst, next_basis, rule, progress, generator):
+    def _jacobian_gram(self, ctx, src, dst, next_basis):
         """``M'`` of the section ``src -> dst``, averaged over ``N * P_in`` rows.
 
         Exact: one row per output position and next feature.  With
         ``n_stochastic_sources=S``: ``S`` random +-1 combinations of all rows
         per batch, whose average Gram is an unbiased estimate.
         """
+        runner = ctx.runner
         basis_next = torch.as_tensor(
             next_basis.kept_matrix, device=runner.device, dtype=runner.dtype
         )
@@ -417,14 +409,15 @@ class LIBTransformer(_ModelLayerTransformer):
         total = torch.zeros(
             src.n_features, src.n_features, dtype=torch.float64, device=runner.device
         )
-        n = source.n_samples
+        n = ctx.source.n_samples
         what = f"Jacobians {src.name!r} -> {next_basis.name!r}"
-        for batch in progress.samples(source.batches(), n, what):
+        for batch in ctx.progress.samples(ctx.source.batches(), n, what):
             x = self._to_tensor(runner, batch)
             if sources:
-                draws = torch.randint(0, 2, (sources, n_pos_out, k_next), generator=generator)
+                shape = (sources, n_pos_out, k_next)
+                draws = torch.randint(0, 2, shape, generator=ctx.generator)
                 rows = source_rows(basis_next, (2 * draws - 1).to(runner.device))
-            total += jacobian_gram_batch(runner, x, src, dst, rows, *rule)
+            total += jacobian_gram_batch(runner, x, src, dst, rows, *ctx.rule)
         if sources:
             total /= sources
         return (total / (n * src.n_positions)).cpu().numpy()
