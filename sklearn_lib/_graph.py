@@ -22,6 +22,7 @@ import torch
 
 from ._capture import NodeLayer, resolve_module
 from ._jacobian import cotangent_rows, scaled, section_gradients
+from ._stats import all_reduce_sum, global_count
 
 
 @dataclass
@@ -193,9 +194,10 @@ def compute_interaction_graph(
                 total = total + edges_batch(
                     runner, x, nodes[i], src_basis, nodes[i + 1], dst_basis, *rule, signs
                 )
-            edges[(names[i], names[i + 1])] = (
-                (total / (len(X) * src_basis.n_positions)).cpu().numpy()
-            )
+            # Sums over every rank's shard when torch.distributed runs.
+            total = all_reduce_sum(total)
+            n = global_count(len(X), total.device)
+            edges[(names[i], names[i + 1])] = (total / (n * src_basis.n_positions)).cpu().numpy()
     lambdas = {
         name: basis.lambdas[: basis.n_components].copy() for name, basis in lib.bases_.items()
     }
@@ -204,6 +206,6 @@ def compute_interaction_graph(
         "integration": integration,
         "n_intervals": int(n_intervals),
         "n_stochastic_sources": n_stochastic_sources,
-        "n_samples": int(len(X)),
+        "n_samples": n,
     }
     return InteractionGraph(names, lambdas, edges, info)

@@ -16,7 +16,7 @@ from ._capture import check_cut, inspect_node_layers
 from ._data import ArraySource, StreamSource, is_stream
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._jacobian import cotangent_rows, jacobian_gram_batch, source_rows
-from ._stats import MomentAccumulator
+from ._stats import MomentAccumulator, all_reduce_sum, global_count
 from ._utils import Progress, null_space_rtol
 
 
@@ -329,6 +329,8 @@ class LIBTransformer(_ModelLayerTransformer):
                     acc.update(f.reshape(-1, node.n_features))
                 check_finite(output, "model output")
                 output_moments.update(output.reshape(-1, output_shape[-1]))
+        for acc in [*moments, output_moments]:
+            acc.reduce()
         return moments, output_moments
 
     def _output_basis(self, output_moments, output_shape):
@@ -420,6 +422,8 @@ class LIBTransformer(_ModelLayerTransformer):
             total += jacobian_gram_batch(runner, x, src, dst, rows, *ctx.rule)
         if sources:
             total /= sources
+        all_reduce_sum(total)
+        n = global_count(n, total.device)
         return (total / (n * src.n_positions)).cpu().numpy()
 
     # -- mapping -----------------------------------------------------------------------

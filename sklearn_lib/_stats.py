@@ -1,6 +1,28 @@
-"""Sufficient statistics as running sums, so batches (and later ranks) compose."""
+"""Sufficient statistics as running sums, so batches and ranks compose.
+
+When ``torch.distributed`` is initialised, every rank accumulates over its
+own shard and the sums are all-reduced at the end of each pass, so all ranks
+end with the statistics of the whole data set.
+"""
 
 import torch
+
+
+def distributed():
+    """True when a ``torch.distributed`` process group is running."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_reduce_sum(tensor):
+    """Sum ``tensor`` over ranks in place (a no-op in a single process)."""
+    if distributed():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def global_count(count, device):
+    """The number of samples over all ranks."""
+    return int(all_reduce_sum(torch.tensor(float(count), dtype=torch.float64, device=device)))
 
 
 class MomentAccumulator:
@@ -36,11 +58,24 @@ class MomentAccumulator:
         rows = rows.detach().to(torch.float64)
         if self.shift is None:
             self.shift = rows.mean(0) if self.center else torch.zeros_like(self.sum)
+            if distributed():
+                # Every rank must use the same shift for the sums to add up:
+                # the average of the ranks' first-batch means.
+                all_reduce_sum(self.shift)
+                self.shift /= torch.distributed.get_world_size()
         centred = rows - self.shift  # (m, d)
         self.sum += centred.sum(0)
         if self.sq is not None:
             self.sq += centred.T @ centred
         self.count += rows.shape[0]
+
+    def reduce(self):
+        """All-reduce the sums over ranks (call once, after the pass)."""
+        all_reduce_sum(self.sum)
+        if self.sq is not None:
+            all_reduce_sum(self.sq)
+        self.count = global_count(self.count, self.sum.device)
+        return self
 
     @property
     def mean(self):
