@@ -17,6 +17,7 @@ from ._data import ArraySource, StreamSource, is_stream
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._jacobian import cotangent_rows, jacobian_gram_batch, source_rows
 from ._stats import MomentAccumulator, all_reduce_sum, global_count
+from ._structure import linear_elementwise_section, structured_gram_batch
 from ._utils import Progress, null_space_rtol
 
 
@@ -200,6 +201,9 @@ class LIBTransformer(_ModelLayerTransformer):
     }
 
     _min_samples = 2
+    # Use the Linear -> elementwise closed form where it applies (tests turn
+    # it off to compare with the generic path).
+    _structured = True
 
     def __init__(
         self,
@@ -397,7 +401,9 @@ class LIBTransformer(_ModelLayerTransformer):
     def _jacobian_gram(self, ctx, src, dst, next_basis):
         """``M'`` of the section ``src -> dst``, averaged over ``N * P_in`` rows.
 
-        Exact: one row per output position and next feature.  With
+        Exact: one row per output position and next feature, or, for a
+        Linear -> elementwise section of an ``nn.Sequential``, the closed form
+        of ``_structure.py`` (no per-row backward passes).  With
         ``n_stochastic_sources=S``: ``S`` random +-1 combinations of all rows
         per batch, whose average Gram is an unbiased estimate.
         """
@@ -407,7 +413,12 @@ class LIBTransformer(_ModelLayerTransformer):
         )
         n_pos_out, k_next = next_basis.n_positions, basis_next.shape[1]
         sources = self.n_stochastic_sources
-        rows = None if sources else cotangent_rows(basis_next, n_pos_out)
+        structure = None
+        if self._structured and not sources:
+            structure = linear_elementwise_section(
+                self.model, src.name, None if dst is None else dst.name, self.capture
+            )
+        rows = None if sources or structure else cotangent_rows(basis_next, n_pos_out)
         total = torch.zeros(
             src.n_features, src.n_features, dtype=torch.float64, device=runner.device
         )
@@ -419,7 +430,10 @@ class LIBTransformer(_ModelLayerTransformer):
                 shape = (sources, n_pos_out, k_next)
                 draws = torch.randint(0, 2, shape, generator=ctx.generator)
                 rows = source_rows(basis_next, (2 * draws - 1).to(runner.device))
-            total += jacobian_gram_batch(runner, x, src, dst, rows, *ctx.rule)
+            if structure:
+                total += structured_gram_batch(runner, x, src, *structure, basis_next, *ctx.rule)
+            else:
+                total += jacobian_gram_batch(runner, x, src, dst, rows, *ctx.rule)
         if sources:
             total /= sources
         all_reduce_sum(total)

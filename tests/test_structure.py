@@ -1,0 +1,78 @@
+"""The Linear -> elementwise closed form against the generic Jacobian path."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from toy_models import PositionMixer, ResidualMLP, tanh_mlp
+
+from sklearn_lib import LIBTransformer
+from sklearn_lib._structure import linear_elementwise_section
+
+
+def _mlp(act, d_in=5, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(d_in, 7),
+            act1=act,
+            drop=nn.Dropout(0.3),
+            fc2=nn.Linear(7, 6),
+            act2=nn.GELU(),
+            fc3=nn.Linear(6, 3),
+        )
+    ).double()
+
+
+def _fit(model, layer, downstream, X, structured, **params):
+    lib = LIBTransformer(model, layer, downstream_layers=downstream, **params)
+    lib._structured = structured
+    return lib.fit(X)
+
+
+@pytest.mark.parametrize(
+    "act", [nn.ReLU(), nn.ReLU(inplace=True), nn.Tanh(), nn.SiLU(), nn.LeakyReLU(0.1)]
+)
+@pytest.mark.parametrize(
+    "integration, n_intervals", [("gradient", 0), ("trapezoidal", 3), ("gauss-legendre", 2)]
+)
+def test_closed_form_equals_generic_path(rng, act, integration, n_intervals):
+    model = _mlp(act)
+    X = rng.normal(size=(120, 5))
+    params = dict(integration=integration, n_intervals=n_intervals, truncation_threshold=0)
+    fast = _fit(model, "fc1", ["fc2", "fc3"], X, True, **params)
+    slow = _fit(model, "fc1", ["fc2", "fc3"], X, False, **params)
+    for name in ("fc1", "fc2", "fc3"):
+        np.testing.assert_allclose(
+            fast.bases_[name].lambdas, slow.bases_[name].lambdas, rtol=1e-9, atol=1e-14
+        )
+
+
+def test_closed_form_with_positions(rng):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OrderedDict(fc1=nn.Linear(3, 6), act=nn.GELU(), fc2=nn.Linear(6, 4))
+    ).double()
+    X = rng.normal(size=(50, 5, 3))  # 5 positions, Linear acts on each
+    fast = _fit(model, "fc1", ["fc2"], X, True)
+    slow = _fit(model, "fc1", ["fc2"], X, False)
+    np.testing.assert_allclose(fast.lambdas_, slow.lambdas_, rtol=1e-9)
+
+
+def test_which_sections_take_the_closed_form():
+    model = _mlp(nn.ReLU())
+    assert linear_elementwise_section(model, "fc1", "fc2", "input")[0] == "fc1"
+    assert linear_elementwise_section(model, "fc2", "fc3", "input")[0] == "fc2"
+    # fc3 -> output: a Linear with nothing after it.
+    assert linear_elementwise_section(model, "fc3", None, "input") == ("fc3", [])
+    # Two Linear layers in between: not elementwise.
+    assert linear_elementwise_section(model, "fc1", "fc3", "input") is None
+    assert linear_elementwise_section(model, "fc1", "fc2", "output") is None
+    # The node layer is not a Linear's input.
+    assert linear_elementwise_section(model, "act1", "fc2", "input") is None
+    # Not an nn.Sequential.
+    assert linear_elementwise_section(PositionMixer(), "mix", "head", "input") is None
+    assert linear_elementwise_section(ResidualMLP(), "block", "out", "input") is None
+    assert linear_elementwise_section(tanh_mlp(), "fc2", "fc3", "input")[0] == "fc2"
