@@ -232,11 +232,9 @@ def edge_ablation_scores(lib, graph, section, X, y, n_edges, scoring=None, verbo
 
 
 def _basis_tensors(basis, device):
-    return {
-        "mean": torch.as_tensor(basis.mean, device=device),
-        "matrix": torch.as_tensor(basis.kept_matrix, device=device),
-        "pinv": torch.as_tensor(basis.kept_pinv, device=device),
-    }
+    from ._graph import kept_tensors
+
+    return dict(zip(("mean", "matrix", "pinv"), kept_tensors(basis, device)))
 
 
 def _masked_section(runner, x, src, dst, f_hat, mask, src_t, dst_t, dtype):

@@ -119,12 +119,17 @@ def section_nodes(lib):
     return nodes
 
 
+def kept_tensors(basis, device):
+    """``(mean, C[:, :k], C+[:k])`` of a NodeBasis as float64 tensors on ``device``."""
+    return tuple(
+        torch.as_tensor(a, device=device) for a in (basis.mean, basis.kept_matrix, basis.kept_pinv)
+    )
+
+
 def edges_batch(runner, x, src, src_basis, dst, dst_basis, alphas, weights, signs=None):
     """Un-normalised squared edges of one batch, shape (k_out, k_in), float64."""
     device = x.device
-    mean = torch.as_tensor(src_basis.mean, device=device)
-    C = torch.as_tensor(src_basis.kept_matrix, device=device)
-    C_pinv = torch.as_tensor(src_basis.kept_pinv, device=device)
+    mean, C, C_pinv = kept_tensors(src_basis, device)
     with torch.no_grad():
         (f,) = runner.read(x, [src.module])
     f_hat = (f.to(torch.float64) - mean) @ C  # (n, *positions, k_in)
