@@ -36,12 +36,10 @@ class AblationView:
         Full basis ``C``, most important feature first.
     pinv : ndarray of shape (K, D)
         Its full pseudo-inverse; keeping ``k`` features uses ``pinv[:k]``.
-    flat : bool
-        The basis acts on activations flattened per sample (``D = P * d``)
-        instead of on each position (``D = d``).
+        ``D`` is the activation width ``d`` for a basis shared by positions,
+        or ``P * d`` for a PCA fitted on activations flattened per sample.
     n_kept : int
         The estimator's own number of kept features.
-    label : str
     layer : str
         The node layer the basis belongs to.
     """
@@ -50,9 +48,7 @@ class AblationView:
     mean: np.ndarray
     matrix: np.ndarray
     pinv: np.ndarray
-    flat: bool
     n_kept: int
-    label: str
     layer: str
 
     @property
@@ -75,16 +71,8 @@ def ablation_view(estimator, layer=None):
                 f"{[n for n in estimator.bases_ if n != 'output']}"
             )
         basis = estimator.bases_[layer]
-        label = "LIB" if basis.kind == "lib" else "PCA"
         return AblationView(
-            estimator,
-            basis.mean,
-            basis.matrix,
-            basis.pinv,
-            False,
-            basis.n_components,
-            label,
-            layer,
+            estimator, basis.mean, basis.matrix, basis.pinv, basis.n_components, layer
         )
     if isinstance(estimator, Pipeline):
         steps = [step for _, step in estimator.steps]
@@ -102,14 +90,7 @@ def ablation_view(estimator, layer=None):
             check_is_fitted(pca)
             # PCA's components are orthonormal, so its pseudo-inverse is the transpose.
             return AblationView(
-                acts,
-                pca.mean_,
-                pca.components_.T,
-                pca.components_,
-                True,
-                pca.n_components_,
-                "PCA (sklearn)",
-                acts.layer,
+                acts, pca.mean_, pca.components_.T, pca.components_, pca.n_components_, acts.layer
             )
     raise TypeError(
         "Expected a fitted LIBTransformer, a Pipeline starting with one, or a Pipeline of "
@@ -155,6 +136,8 @@ def node_ablation_scores(view, X, y, n_features, scoring=None, verbose=False):
             x = owner._to_tensor(runner, X[sl])
             (f,) = runner.read(x, [module])
             check_finite(f, view.layer)
+            # Rows of the basis' width: one per position (D = d), or one per
+            # sample for a PCA on flattened activations (D = P * d).
             width = mean.shape[0]
             centred = f.to(torch.float64).reshape(f.shape[0], -1, width) - mean
             features = centred @ matrix  # (n, P, K)
