@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.utils import check_random_state
 
 from ._capture import NodeLayer, resolve_module
+from ._integration import integration_rule
 from ._jacobian import cotangent_rows, scaled, section_gradients
 from ._stats import all_reduce_sum, global_count
+from ._utils import Progress, batch_slices
 
 
 @dataclass
@@ -161,11 +164,6 @@ def compute_interaction_graph(
     verbose=None,
 ):
     """Edges of every section of a fitted :class:`LIBTransformer`; see its method."""
-    from sklearn.utils import check_random_state
-
-    from ._integration import integration_rule
-    from ._utils import Progress, batch_slices
-
     integration = lib.integration if integration is None else integration
     n_intervals = lib.n_intervals if n_intervals is None else n_intervals
     alphas, weights = integration_rule(integration, n_intervals)
