@@ -23,7 +23,8 @@ from sklearn.utils import check_random_state
 
 from ._capture import NodeLayer, resolve_module
 from ._integration import integration_rule
-from ._jacobian import cotangent_rows, scaled, section_gradients
+from ._jacobian import cotangent_rows, scaled
+from ._section import SectionJacobian
 from ._stats import all_reduce_sum, global_count
 from ._utils import Progress, batch_slices
 
@@ -129,25 +130,23 @@ def kept_tensors(basis, device):
     )
 
 
-def edges_batch(runner, x, src, src_basis, dst, dst_basis, alphas, weights, signs=None):
-    """Un-normalised squared edges of one batch, shape (k_out, k_in), float64."""
-    device = x.device
-    mean, C, C_pinv = kept_tensors(src_basis, device)
-    with torch.no_grad():
-        (f,) = runner.read(x, [src.module])
+def edges_batch(section, x, f, src_basis, dst_basis, alphas, weights, signs=None):
+    """Un-normalised squared edges of one batch, shape (k_out, k_in), float64.
+
+    ``section`` is the :class:`~sklearn_lib._section.SectionJacobian` from
+    ``src_basis``'s node layer to ``dst_basis``'s and ``f`` the activations
+    of its source on the batch ``x``.
+    """
+    mean, C, C_pinv = kept_tensors(src_basis, x.device)
     f_hat = (f.to(torch.float64) - mean) @ C  # (n, *positions, k_in)
     # Points a * f_hat in feature space, mapped back to activations.
     points = (scaled(f_hat, alphas) @ C_pinv + mean).to(f.dtype)  # (A*n, *positions, d)
     f_hat_rows = f_hat.reshape(f.shape[0], -1, C.shape[1])  # (n, P_in, k_in)
-    basis_next = torch.as_tensor(dst_basis.kept_matrix, device=device, dtype=f.dtype)
-    sums = []
+    basis_next = torch.as_tensor(dst_basis.kept_matrix, device=x.device, dtype=f.dtype)
     rows = cotangent_rows(basis_next, dst_basis.n_positions, signs)
-    grads = section_gradients(runner, x, src, dst, points, rows, weights)
-    for g in grads:  # (r, n, P_in, d)
-        g_hat = g.to(torch.float64) @ C_pinv.T  # (r, n, P_in, k_in): gradient wrt features
-        inner = (g_hat * f_hat_rows).sum(2)  # (r, n, k_in): sum over input positions
-        sums.append((inner**2).sum(1))  # (r, k_in): sum over samples
-    sums = torch.cat(sums)  # (R, k_in), rows in cotangent_rows order
+    # sum_x (sum_s dF_hat_r/df_hat_{j,s} * f_hat_{j,s})^2: the derivative along row j of
+    # C_pinv, scaled by the feature's value at each input position, squared.
+    sums = section.directional_square_sums(x, points, rows, weights, C_pinv, f_hat_rows)
     k_out = basis_next.shape[1]
     per_row = sums.reshape(-1, k_out, sums.shape[1])  # (P_out or S, k_out, k_in)
     return per_row.sum(0) if signs is None else per_row.mean(0)
@@ -179,28 +178,38 @@ def compute_interaction_graph(
     X = lib._validate_input(X, reset=False)
     names = list(lib.bases_)
     nodes = section_nodes(lib)
-    edges = {}
+    pairs = list(zip(names[:-1], names[1:]))
     with lib._model_session() as runner:
         rule = [torch.as_tensor(v, device=runner.device) for v in (alphas, weights)]
-        for i in range(len(names) - 1):
-            src_basis, dst_basis = lib.bases_[names[i]], lib.bases_[names[i + 1]]
-            total = 0
-            what = f"edges {names[i]!r} -> {names[i + 1]!r}"
-            for sl in progress.batches(batch_slices(len(X), lib.batch_size), len(X), what):
+        sections = [
+            SectionJacobian(runner, src, dst, lib._structured) for src, dst in zip(nodes, nodes[1:])
+        ]
+        totals = [0] * len(sections)
+        what = "edges " + ", ".join(f"{src!r} -> {dst!r}" for src, dst in pairs)
+        batches = progress.batches(batch_slices(len(X), lib.batch_size), len(X), what)
+        for sl in batches:
+            x = lib._to_tensor(runner, X[sl])
+            # One forward pass reads every section's input.
+            with torch.no_grad():
+                reads = runner.read(x, [section.src.module for section in sections])
+            for i, (section, f) in enumerate(zip(sections, reads)):
+                dst_basis = lib.bases_[pairs[i][1]]
                 signs = None
                 if n_stochastic_sources is not None:
                     draws = torch.randint(
                         0, 2, (n_stochastic_sources, dst_basis.n_positions), generator=generator
                     )
                     signs = (2 * draws - 1).to(runner.device)
-                x = lib._to_tensor(runner, X[sl])
-                total = total + edges_batch(
-                    runner, x, nodes[i], src_basis, nodes[i + 1], dst_basis, *rule, signs
+                src_basis = lib.bases_[pairs[i][0]]
+                totals[i] = totals[i] + edges_batch(
+                    section, x, f, src_basis, dst_basis, *rule, signs
                 )
+        edges = {}
+        for pair, total in zip(pairs, totals):
             # Sums over every rank's shard when torch.distributed runs.
             total = all_reduce_sum(total)
             n = global_count(len(X), total.device)
-            edges[(names[i], names[i + 1])] = (total / (n * src_basis.n_positions)).cpu().numpy()
+            edges[pair] = (total / (n * lib.bases_[pair[0]].n_positions)).cpu().numpy()
     lambdas = {
         name: basis.lambdas[: basis.n_components].copy() for name, basis in lib.bases_.items()
     }

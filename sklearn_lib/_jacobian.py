@@ -1,4 +1,4 @@
-"""The Jacobian Gram ``M'`` of one section, by batched vector-Jacobian products.
+"""Jacobian rows of one section by batched autograd vector-Jacobian products.
 
 For a section ``F`` from node layer ``l`` to node layer ``l+1`` and the next
 layer's LIB matrix ``C_next`` (shape ``(d_next, k_next)``), each row of the
@@ -14,6 +14,9 @@ loop over rows is faster: measured on the paper's modular-addition model
 (attention section, 256 samples, 128 rows, float64) the loop took 0.49 s and
 the vmapped chunks 0.77-1.7 s, because the expanded cotangents cost memory
 bandwidth that the CPU does not have to spare.
+
+:class:`~sklearn_lib._section.SectionJacobian` uses these where a model has
+no closed form of its own.
 """
 
 import torch
@@ -95,82 +98,7 @@ def source_rows(basis_next, signs):
     return torch.einsum("stk,dk->std", signs.to(basis_next.dtype), basis_next)
 
 
-def section_gradients(runner, x, src, dst, points, rows, weights, batched_rows=None):
-    """Integrated gradients of a section's rows at stacked input points.
-
-    Parameters
-    ----------
-    runner : ModelRunner
-    x : torch.Tensor
-        A batch of ``n`` model inputs.
-    src : NodeLayer
-    dst : NodeLayer or None
-        None means the model output.
-    points : torch.Tensor of shape (A * n, *positions, d)
-        Activations at which to take gradients, alpha-major (``A`` points of
-        the integration rule per sample).
-    rows : torch.Tensor of shape (R, P_out, d_next)
-        Cotangents, from :func:`cotangent_rows` or :func:`source_rows`.
-    weights : torch.Tensor of shape (A,)
-        Quadrature weights.
-    batched_rows : bool or None
-        Run rows through vmap (True) or a loop (False); None picks vmap on
-        CUDA and the loop on the CPU (see the module docstring).
-
-    Yields
-    ------
-    torch.Tensor of shape (r, n, P_in, d)
-        Chunks of rows, in the order of ``rows``.
-    """
-    n = x.shape[0]
-    if batched_rows is None:
-        batched_rows = x.device.type == "cuda"
-    leaf = points.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = runner.section(x, src.module, leaf, None if dst is None else dst.module)
-        out = out.reshape(out.shape[0], *rows.shape[1:])  # (A*n, P_out, d_next)
-        yield from integrated_vjps(out, leaf, rows.to(out.dtype), weights, n, batched_rows)
-
-
 def scaled(f, alphas):
     """``alpha_a * f`` stacked along the batch axis, alpha-major: (A * n, ...)."""
     view = (-1,) + (1,) * f.ndim
     return (alphas.to(f.dtype).view(view) * f.unsqueeze(0)).reshape(-1, *f.shape[1:])
-
-
-def jacobian_gram_batch(runner, x, src, dst, rows, alphas, weights, batched_rows=None):
-    """Un-normalised ``sum_x sum_rows sum_s g g^T`` over one batch, in float64.
-
-    Gradients are taken at ``alpha * f`` (raw activations), as in the spec.
-
-    Parameters
-    ----------
-    runner : ModelRunner
-    x : torch.Tensor
-        A batch of model inputs.
-    src : NodeLayer
-    dst : NodeLayer or None
-        None means the model output.
-    rows : torch.Tensor of shape (R, P_out, d_next)
-        Cotangents built from the next node layer's (truncated) LIB matrix:
-        :func:`cotangent_rows` (exact) or :func:`source_rows` (stochastic).
-    alphas, weights : torch.Tensor of shape (A,)
-        The integration rule.
-    batched_rows : bool or None
-        See :func:`section_gradients`.
-
-    Returns
-    -------
-    torch.Tensor of shape (d, d), float64
-    """
-    with torch.no_grad():
-        (f,) = runner.read(x, [src.module])  # (n, *positions, d)
-    d = f.shape[-1]
-    gram = torch.zeros(d, d, dtype=torch.float64, device=f.device)
-    grads = section_gradients(
-        runner, x, src, dst, scaled(f, alphas), rows, weights, batched_rows=batched_rows
-    )
-    for g in grads:
-        g = g.reshape(-1, d).to(torch.float64)  # (r * n * P_in, d)
-        gram += g.T @ g
-    return gram

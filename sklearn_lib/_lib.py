@@ -15,7 +15,8 @@ from ._basis import NodeBasis, eigh_descending, lib_rotation, n_kept, orthogonal
 from ._capture import check_cut, inspect_node_layers
 from ._data import ArraySource, StreamSource, is_stream
 from ._integration import INTEGRATION_RULES, integration_rule
-from ._jacobian import cotangent_rows, jacobian_gram_batch, source_rows
+from ._jacobian import cotangent_rows, source_rows
+from ._section import SectionJacobian, jacobian_gram_batch
 from ._stats import MomentAccumulator, all_reduce_sum, global_count
 from ._structure import linear_elementwise_section, structured_gram_batch
 from ._utils import Progress, null_space_rtol
@@ -201,8 +202,9 @@ class LIBTransformer(_ModelLayerTransformer):
     }
 
     _min_samples = 2
-    # Use the Linear -> elementwise closed form where it applies (tests turn
-    # it off to compare with the generic path).
+    # Use closed forms where they apply: Linear -> elementwise sections and a
+    # model's own ``lib_section_vjp`` (tests turn them off to compare with the
+    # generic path).
     _structured = True
 
     def __init__(
@@ -419,6 +421,7 @@ class LIBTransformer(_ModelLayerTransformer):
                 self.model, src.name, None if dst is None else dst.name, self.capture
             )
         rows = None if sources or structure else cotangent_rows(basis_next, n_pos_out)
+        section = SectionJacobian(runner, src, dst, closed_form=self._structured)
         total = torch.zeros(
             src.n_features, src.n_features, dtype=torch.float64, device=runner.device
         )
@@ -433,7 +436,7 @@ class LIBTransformer(_ModelLayerTransformer):
             if structure:
                 total += structured_gram_batch(runner, x, src, *structure, basis_next, *ctx.rule)
             else:
-                total += jacobian_gram_batch(runner, x, src, dst, rows, *ctx.rule)
+                total += jacobian_gram_batch(section, x, rows, *ctx.rule)
         if sources:
             total /= sources
         all_reduce_sum(total)

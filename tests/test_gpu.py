@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from toy_models import PositionMixer, tanh_mlp
+from toy_models import PositionMixer, modadd_tokens, small_modadd, tanh_mlp
 
 from sklearn_lib import LIBTransformer
+from sklearn_lib.datasets import make_modular_addition
+from sklearn_lib.models import load_modular_addition
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,3 +31,50 @@ def test_gpu_matches_cpu(rng, basis):
         np.testing.assert_allclose(gpu.lambdas_, cpu.lambdas_, rtol=1e-9)
         np.testing.assert_allclose(gpu.transform(X), cpu.transform(X), rtol=1e-8, atol=1e-10)
         assert next(model.parameters()).device.type == "cpu"
+
+
+MODADD = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
+
+
+def _fit_with_graph(model, X, device, structured=True, **params):
+    lib = LIBTransformer(model, MODADD[0], downstream_layers=MODADD[1:], device=device, **params)
+    lib._structured = structured
+    lib.fit(X)
+    return lib, lib.interaction_graph(X)
+
+
+def _assert_same(a, b, rtol):
+    for name in MODADD:
+        np.testing.assert_allclose(a[0].bases_[name].lambdas, b[0].bases_[name].lambdas, rtol=rtol)
+    for key, E in b[1].edges.items():
+        np.testing.assert_allclose(a[1].edges[key], E, rtol=rtol, atol=rtol * E.max())
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("structured", [True, False])
+def test_gpu_graph_matches_cpu(structured):
+    """Bases and edges on CUDA: closed-form sections, and vmapped autograd rows."""
+    model, X = small_modadd(), modadd_tokens(80).numpy()
+    params = dict(batch_size=32, truncation_threshold=0)
+    cpu = _fit_with_graph(model, X, "cpu", structured, **params)
+    gpu = _fit_with_graph(model, X, "cuda", structured, **params)
+    _assert_same(gpu, cpu, rtol=1e-8)
+
+
+def test_gpu_float32_is_close_to_float64():
+    model, X = small_modadd(), modadd_tokens(80).numpy()
+    exact = LIBTransformer(model, MODADD[0], downstream_layers=MODADD[1:], device="cuda").fit(X)
+    fast = LIBTransformer(
+        model, MODADD[0], downstream_layers=MODADD[1:], device="cuda", dtype="float32"
+    ).fit(X)
+    top = exact.lambdas_[:5]
+    np.testing.assert_allclose(fast.lambdas_[:5], top, rtol=1e-3)
+
+
+def test_gpu_paper_checkpoint_matches_cpu():
+    try:
+        model = load_modular_addition(0)
+    except FileNotFoundError:
+        pytest.skip("the paper's checkpoints are not available")
+    X = make_modular_addition()[0][:512]
+    _assert_same(_fit_with_graph(model, X, "cuda"), _fit_with_graph(model, X, "cpu"), rtol=1e-7)

@@ -256,7 +256,8 @@ def test_uncentred_gram(rng):
 def test_jacobian_gram_engines_match_brute_force(rng, batched_rows, integration, n_intervals):
     """``M'`` itself (not only its spectrum), for the vmapped and looped engines."""
     from sklearn_lib._capture import ModelRunner, inspect_node_layers
-    from sklearn_lib._jacobian import cotangent_rows, jacobian_gram_batch
+    from sklearn_lib._jacobian import cotangent_rows
+    from sklearn_lib._section import SectionJacobian, jacobian_gram_batch
 
     model = PositionMixer().double()
     X = rng.normal(size=(30, 4, 3))
@@ -266,14 +267,11 @@ def test_jacobian_gram_engines_match_brute_force(rng, batched_rows, integration,
     basis_next = rng.normal(size=(5, 4))  # any next basis, here not even orthogonal
     alphas, weights = _independent_rule(integration, n_intervals)
     got = jacobian_gram_batch(
-        runner,
+        SectionJacobian(runner, nodes[0], nodes[1], batched_rows=batched_rows),
         x,
-        nodes[0],
-        nodes[1],
         cotangent_rows(torch.as_tensor(basis_next), nodes[1].n_positions),
         torch.as_tensor(alphas),
         torch.as_tensor(weights),
-        batched_rows=batched_rows,
     )
     acts = activations_of(model, "mix", X)
     expected = brute_force_m_prime(model.mix, acts, basis_next, alphas, weights)
@@ -297,16 +295,18 @@ def test_stochastic_sources_converge_to_the_exact_basis(rng):
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02
     # Unbiased: averaging M' over many seeds approaches the exact M'.
     from sklearn_lib._capture import ModelRunner, inspect_node_layers
-    from sklearn_lib._jacobian import cotangent_rows, jacobian_gram_batch, source_rows
+    from sklearn_lib._jacobian import cotangent_rows, source_rows
+    from sklearn_lib._section import SectionJacobian, jacobian_gram_batch
 
     runner = ModelRunner(model, torch.device("cpu"), torch.float64)
     x = torch.as_tensor(X[:20])
     nodes, out_shape = inspect_node_layers(runner, x, ["mix"])
+    section = SectionJacobian(runner, nodes[0], None)
     C = torch.eye(3, dtype=torch.float64)
     one = torch.ones(1, dtype=torch.float64)
-    exact_m = jacobian_gram_batch(runner, x, nodes[0], None, cotangent_rows(C, 3), one, one)
+    exact_m = jacobian_gram_batch(section, x, cotangent_rows(C, 3), one, one)
     gen = torch.Generator().manual_seed(0)
     signs = 2 * torch.randint(0, 2, (4000, 3, 3), generator=gen) - 1
-    mean_m = jacobian_gram_batch(runner, x, nodes[0], None, source_rows(C, signs), one, one)
+    mean_m = jacobian_gram_batch(section, x, source_rows(C, signs), one, one)
     mean_m /= 4000
     assert float((mean_m - exact_m).abs().max() / exact_m.abs().max()) < 0.05

@@ -198,3 +198,23 @@ def batch_statistics_mlp(seed=0):
             fc2=nn.Linear(8, 3),
         )
     ).double()
+
+
+def small_modadd(seed=0):
+    """A random small paper-architecture transformer (p = 7), float64, non-zero biases."""
+    from sklearn_lib.models import ModularAdditionTransformer
+
+    torch.manual_seed(seed)
+    model = ModularAdditionTransformer(p=7, d_model=16, n_heads=2, d_head=8, d_mlp=32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.split(".")[-1].startswith("b_"):
+                param.normal_(0, 0.3)
+    return model.double()
+
+
+def modadd_tokens(n=40, p=7, seed=0):
+    """Random ``(x, y, =)`` token rows for :func:`small_modadd`."""
+    gen = torch.Generator().manual_seed(seed)
+    pairs = torch.randint(0, p, (n, 2), generator=gen)
+    return torch.cat([pairs, torch.full((n, 1), p)], dim=1)

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from ._modadd_jacobians import attention_gram, attention_vjp, mlp_gram, mlp_vjp, unembed_vjp
+
 
 class Embed(nn.Module):
     """Token embedding ``W_E[tokens]``."""
@@ -134,3 +136,66 @@ class ModularAdditionTransformer(nn.Module):
         for block in self.blocks:
             resid = block(resid)
         return self.unembed(resid)
+
+    def lib_section_vjp(self, params, src, dst, capture, points, cotangents, tangents=None):
+        """Closed-form gradients of the paper's three sections, for LIB's fitting engine.
+
+        An optional protocol (see ``sklearn_lib/_section.py``):
+        :class:`~sklearn_lib.LIBTransformer` calls this method where a model
+        has it, checks the result against autograd once per section, and
+        then uses it instead of one backward pass per Jacobian row (several
+        times faster on the paper's model; see
+        ``benchmarks/bench_modular_addition.py``).
+
+        Parameters
+        ----------
+        params : dict of str to torch.Tensor
+            The model's parameters and buffers by ``state_dict`` name, in the
+            fit's dtype and device.
+        src, dst : str or None
+            Node layers of the section (``dst`` None: the model output).
+        capture : {"input", "output"}
+        points : torch.Tensor of shape (m, *positions, d_model)
+            Activations at ``src``.
+        cotangents : torch.Tensor of shape (R, *output positions, d_out)
+        tangents : (torch.Tensor of shape (J, d_model), torch.Tensor of shape (m, *positions, J))
+            Optional directions ``v`` and per-point coefficients ``a``.
+
+        Returns
+        -------
+        torch.Tensor or NotImplemented
+            Without ``tangents``: ``grad <cotangents[r], section(point)>`` at
+            every point, shape ``(R, m or 1, *positions, d_model)`` (a point
+            axis of size 1: the same at every point).  With them: the
+            derivatives along ``a[m, p, j] * v[j]``, shape ``(R, m, J)``.
+            NotImplemented for other sections (and for ``tangents`` on the
+            affine unembedding, where the engine's own contraction is cheap).
+        """
+        vjp = self._lib_closed_form(src, dst, capture, attention_vjp, mlp_vjp, unembed_vjp)
+        if vjp is None:
+            return NotImplemented
+        return vjp(params, points, cotangents, tangents)
+
+    def lib_section_gram(self, params, src, dst, capture, points, weights, cotangents):
+        """Closed-form Gram ``sum_x sum_r sum_s g g^T`` of the integrated Jacobian rows.
+
+        The same protocol as :meth:`lib_section_vjp`: ``points`` are
+        alpha-major stacked activations with quadrature ``weights``, and the
+        result is float64 ``(d_model, d_model)``.  The attention section
+        factors it for the plain gradient and the MLP for every rule; other
+        cases return NotImplemented (and use the rows).
+        """
+        gram = self._lib_closed_form(src, dst, capture, attention_gram, mlp_gram, None)
+        if gram is None:
+            return NotImplemented
+        return gram(params, points, weights, cotangents)
+
+    def _lib_closed_form(self, src, dst, capture, attention, mlp, unembed):
+        """The function for section ``src -> dst`` among the three, or None."""
+        if capture != "input" or len(self.blocks) != 1:
+            return None
+        return {
+            ("blocks.0.attn", "blocks.0.mlp"): attention,
+            ("blocks.0.mlp", "unembed"): mlp,
+            ("unembed", None): unembed,
+        }.get((src, dst))

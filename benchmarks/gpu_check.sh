@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: the GPU tests, the GPU benchmarks, a short table.
+#
+#   bash benchmarks/gpu_check.sh            # from the repository root
+#
+# Uses the machine's own python3 with torch (CUDA), scikit-learn and pytest;
+# nothing is installed.  The paper's checkpoints are read from
+# $SKLEARN_LIB_CHECKPOINTS (default: .device/lib-paper, a git-ignored copy).
+# Full logs go to $OUT (default /tmp/gpu_check).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export SKLEARN_LIB_CHECKPOINTS=${SKLEARN_LIB_CHECKPOINTS:-$PWD/.device/lib-paper}
+PY=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name"
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "$name: exit $rc in $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+}
+
+nvidia-smi -L | tee "$OUT/summary.txt"
+$PY -c "import torch, sklearn; print('torch', torch.__version__, 'sklearn', sklearn.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/summary.txt"
+step gpu_tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_section.py
+step bench_modadd 120 $PY benchmarks/bench_modular_addition.py --device cuda --repeat 3
+step bench_mlp 90 $PY benchmarks/bench_mlp_vs_pca.py --device cuda --n 20000 --generic
+step bench_scaling 120 $PY benchmarks/bench_scaling.py --device cuda --n-sizes 20000,40000,80000,160000,320000 --d-sizes 128,256,512,1024,2048 --n-fixed 20000
+step all_tests_on_gpu 140 $PY -m pytest -q -p no:cacheprovider tests
+
+echo
+echo "======== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader))"
+cat "$OUT/summary.txt"
+tail -n 3 "$OUT/gpu_tests.txt" "$OUT/all_tests_on_gpu.txt"
+tail -n 8 "$OUT/bench_modadd.txt"
+tail -n 4 "$OUT/bench_mlp.txt"
+tail -n 16 "$OUT/bench_scaling.txt"

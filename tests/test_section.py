@@ -1,0 +1,163 @@
+"""Closed-form section Jacobians (the ``lib_section_*`` protocol) against autograd."""
+
+import numpy as np
+import pytest
+import torch
+from toy_models import modadd_tokens as tokens
+from toy_models import small_modadd
+
+from sklearn_lib import LIBTransformer
+from sklearn_lib._capture import ModelRunner, inspect_node_layers
+from sklearn_lib._jacobian import integrated_vjps, scaled
+from sklearn_lib._section import SectionJacobian, _square_sums
+from sklearn_lib.models import ModularAdditionTransformer
+
+LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
+OUT_DIMS = {0: 16, 1: 16, 2: 8}  # d_out of each section of the small model
+
+
+def section_setup(model, i, alphas=(1.0,), weights=(1.0,)):
+    runner = ModelRunner(model, torch.device("cpu"), torch.float64)
+    x = tokens()
+    nodes, _ = inspect_node_layers(runner, x, LAYERS)
+    dst = nodes[i + 1] if i + 1 < len(nodes) else None
+    (f,) = runner.read(x, [nodes[i].module])
+    alphas, weights = (torch.tensor(v, dtype=torch.float64) for v in (alphas, weights))
+    rows = torch.randn(5, 1, OUT_DIMS[i], dtype=torch.float64, generator=torch.Generator())
+    return runner, x, nodes[i], dst, scaled(f, alphas), rows, weights
+
+
+def autograd_rows(runner, x, src, dst, points, rows, weights):
+    leaf = points.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = runner.section(x, src.module, leaf, None if dst is None else dst.module)
+        out = out.reshape(out.shape[0], *rows.shape[1:])
+        return torch.cat(list(integrated_vjps(out, leaf, rows, weights, x.shape[0], False)))
+
+
+RULES = [((1.0,), (1.0,)), ((0.0, 0.5, 1.0), (0.25, 0.5, 0.25))]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a failed check falls back with a warning
+@pytest.mark.parametrize("i", [0, 1, 2])
+@pytest.mark.parametrize("alphas, weights", RULES)
+def test_closed_form_rows_gram_and_directions_match_autograd(i, alphas, weights):
+    model = small_modadd()
+    runner, x, src, dst, points, rows, w = section_setup(model, i, alphas, weights)
+    auto = autograd_rows(runner, x, src, dst, points, rows, w)  # (R, n, P, d)
+    fast = SectionJacobian(runner, src, dst)
+    slow = SectionJacobian(runner, src, dst, closed_form=False)
+    with torch.no_grad():
+        closed = torch.cat(list(fast.gradients(x, points, rows, w)))
+    assert fast._use["rows"] is True  # the model's closed form was checked and used
+    torch.testing.assert_close(closed.expand_as(auto), auto, rtol=1e-10, atol=1e-12)
+    # The Gram of the rows, by the closed form where there is one.
+    expected = torch.einsum("rnpd,rnpe->de", auto, auto)
+    torch.testing.assert_close(fast.gram(x, points, rows, w), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(slow.gram(x, points, rows, w), expected, rtol=1e-10, atol=1e-10)
+    # Directional derivatives along coefficient-scaled directions, squared and summed.
+    gen = torch.Generator().manual_seed(1)
+    directions = torch.randn(4, auto.shape[-1], dtype=torch.float64, generator=gen)
+    coefficients = torch.randn(x.shape[0], auto.shape[2], 4, dtype=torch.float64, generator=gen)
+    along = torch.einsum("rnpd,jd,npj->rnj", auto, directions, coefficients)
+    expected = (along**2).sum(1)
+    for engine in (fast, slow):
+        got = engine.directional_square_sums(x, points, rows, w, directions, coefficients)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    # The closed forms were used where the model has them (attention Gram: plain gradient).
+    assert fast._use["gram"] is (i == 1 or (i == 0 and len(alphas) == 1))
+    assert fast._use["tangents"] is (i != 2)
+
+
+def test_which_closed_forms_apply():
+    model = small_modadd()
+    params = dict(ModelRunner(model, torch.device("cpu"), torch.float64).state)
+    points = torch.randn(3, 16, dtype=torch.float64)
+    rows = torch.randn(2, 1, 8, dtype=torch.float64)  # over the logits
+    rows16 = torch.randn(2, 1, 16, dtype=torch.float64)  # over the MLP input
+    one, three = torch.ones(1, dtype=torch.float64), torch.ones(3, dtype=torch.float64) / 3
+    # The attention Gram factors only for the plain gradient; other rules use rows.
+    attn = torch.randn(3, 3, 16, dtype=torch.float64)
+    attn_gram = model.lib_section_gram
+    assert attn_gram(params, *LAYERS[:2], "input", attn, three, rows16) is NotImplemented
+    assert attn_gram(params, *LAYERS[:2], "input", attn, one, rows16).shape == (16, 16)
+    # Output capture, unknown pairs, and tangents on the affine readout: not covered.
+    assert model.lib_section_vjp(params, *LAYERS[:2], "output", attn, rows16) is NotImplemented
+    assert model.lib_section_vjp(params, LAYERS[0], None, "input", attn, rows) is NotImplemented
+    tangents = (torch.randn(2, 16, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64))
+    out = model.lib_section_vjp(params, "unembed", None, "input", points, rows, tangents)
+    assert out is NotImplemented
+    # The affine readout's rows are the same for every point: a size-1 point axis.
+    assert model.lib_section_vjp(params, "unembed", None, "input", points, rows).shape == (2, 1, 16)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("integration, n_intervals", [("gradient", 0), ("trapezoidal", 2)])
+def test_fit_and_graph_equal_the_autograd_path(integration, n_intervals):
+    model = small_modadd()
+    X = tokens(60).numpy()
+    params = dict(
+        downstream_layers=LAYERS[1:],
+        integration=integration,
+        n_intervals=n_intervals,
+        batch_size=25,
+        truncation_threshold=0,
+    )
+    fits = []
+    for structured in (True, False):
+        lib = LIBTransformer(model, LAYERS[0], **params)
+        lib._structured = structured
+        lib.fit(X)
+        fits.append((lib, lib.interaction_graph(X)))
+    (fast, graph_fast), (slow, graph_slow) = fits
+    for name in LAYERS:
+        a, b = fast.bases_[name].lambdas, slow.bases_[name].lambdas
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12 * b[0])
+    for key, E in graph_slow.edges.items():
+        np.testing.assert_allclose(graph_fast.edges[key], E, rtol=1e-7, atol=1e-10 * E.max())
+
+
+class WrongClosedForm(ModularAdditionTransformer):
+    """Claims closed forms that are off by a factor: the engine must not trust them."""
+
+    def lib_section_vjp(self, params, src, dst, capture, points, cotangents, tangents=None):
+        out = super().lib_section_vjp(params, src, dst, capture, points, cotangents, tangents)
+        return out if out is NotImplemented else 1.01 * out
+
+    def lib_section_gram(self, params, src, dst, capture, points, weights, cotangents):
+        out = super().lib_section_gram(params, src, dst, capture, points, weights, cotangents)
+        return out if out is NotImplemented else 1.01 * out
+
+
+def test_a_wrong_closed_form_warns_and_falls_back_to_autograd():
+    right = small_modadd()
+    wrong = WrongClosedForm(p=7, d_model=16, n_heads=2, d_head=8, d_mlp=32).double()
+    wrong.load_state_dict(right.state_dict())
+    X = tokens(50).numpy()
+    with pytest.warns(RuntimeWarning, match="disagrees with autograd"):
+        got = LIBTransformer(wrong, LAYERS[0], downstream_layers=LAYERS[1:]).fit(X)
+    expected = LIBTransformer(right, LAYERS[0], downstream_layers=LAYERS[1:]).fit(X)
+    for name in LAYERS:
+        np.testing.assert_allclose(
+            got.bases_[name].lambdas, expected.bases_[name].lambdas, rtol=1e-8
+        )
+
+
+def test_square_sums_of_constant_rows(rng):
+    """The shortcut for rows shared by all samples equals the per-sample product."""
+    g = torch.as_tensor(rng.normal(size=(4, 1, 3, 5)))  # 4 rows, 3 positions, d = 5
+    directions = torch.as_tensor(rng.normal(size=(2, 5)))
+    coefficients = torch.as_tensor(rng.normal(size=(7, 3, 2)))
+    expanded = g.expand(4, 7, 3, 5).contiguous()
+    torch.testing.assert_close(
+        _square_sums(g, directions, coefficients),
+        _square_sums(expanded, directions, coefficients),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def test_the_thread_count_is_restored():
+    threads = torch.get_num_threads()
+    LIBTransformer(small_modadd(), LAYERS[0], downstream_layers=LAYERS[1:]).fit(tokens(30).numpy())
+    assert torch.get_num_threads() == threads
