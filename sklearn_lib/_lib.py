@@ -33,6 +33,66 @@ class _FitPass:
     generator: torch.Generator  # stochastic sources
 
 
+class _JacobianGram:
+    """``M'`` of one section, accumulated batch by batch.
+
+    Exact: one row per output position and next feature, or, for a
+    Linear -> elementwise section of an ``nn.Sequential``, the closed form of
+    ``_structure.py`` (no per-row backward passes); the rows themselves come
+    from a :class:`~sklearn_lib._section.SectionJacobian`.  With
+    ``n_stochastic_sources=S``: ``S`` random +-1 combinations of all rows per
+    batch, whose average Gram is an unbiased estimate.
+
+    Parameters
+    ----------
+    est : LIBTransformer
+    ctx : _FitPass
+    src, dst : NodeLayer (dst None: the model output)
+    basis_next : torch.Tensor of shape (d_next, k_next)
+        The next node's kept LIB matrix, in the fit's dtype and device.
+    n_pos_out : int
+        Positions of the next node.
+    next_name : str
+    """
+
+    def __init__(self, est, ctx, src, dst, basis_next, n_pos_out, next_name):
+        self.ctx, self.src, self.basis_next, self.n_pos_out = ctx, src, basis_next, n_pos_out
+        self.what = f"Jacobians {src.name!r} -> {next_name!r}"
+        self.sources = est.n_stochastic_sources
+        self.structure = None
+        if est._structured and not self.sources:
+            self.structure = linear_elementwise_section(
+                est.model, src.name, None if dst is None else dst.name, est.capture
+            )
+        self.rows = None
+        if not (self.sources or self.structure):
+            self.rows = cotangent_rows(basis_next, n_pos_out)
+        self.section = SectionJacobian(ctx.runner, src, dst, closed_form=est._structured)
+        n = src.n_features
+        self.total = torch.zeros(n, n, dtype=torch.float64, device=ctx.runner.device)
+
+    def add(self, x, f=None):
+        """Add one batch of model inputs ``x`` (``f``: ``src``'s activations, if read)."""
+        ctx, rows = self.ctx, self.rows
+        if self.sources:
+            shape = (self.sources, self.n_pos_out, self.basis_next.shape[1])
+            draws = torch.randint(0, 2, shape, generator=ctx.generator)
+            rows = source_rows(self.basis_next, (2 * draws - 1).to(ctx.runner.device))
+        if self.structure:
+            self.total += structured_gram_batch(
+                ctx.runner, x, self.src, *self.structure, self.basis_next, *ctx.rule, f=f
+            )
+        else:
+            self.total += jacobian_gram_batch(self.section, x, rows, *ctx.rule, f=f)
+
+    def result(self):
+        """``M'`` averaged over all ``N * P_in`` rows (of every rank), as a numpy array."""
+        total = self.total / self.sources if self.sources else self.total
+        all_reduce_sum(total)
+        n = global_count(self.ctx.source.n_samples, total.device)
+        return (total / (n * self.src.n_positions)).cpu().numpy()
+
+
 # Samples used to check call order, shapes and cuts before the real passes.
 _PROBE_SIZE = 64
 
@@ -292,9 +352,6 @@ class LIBTransformer(_ModelLayerTransformer):
                     for src, dst in zip(nodes, [*nodes[1:], None]):
                         dst_name = "the model output" if dst is None else f"layer {dst.name!r}"
                         check_cut(runner, probe, src, dst, dst_name, rng)
-            moments, output_moments = self._collect_moments(
-                runner, source, nodes, output_shape, progress
-            )
             rule = (
                 torch.as_tensor(alphas, device=runner.device),
                 torch.as_tensor(weights, device=runner.device),
@@ -303,7 +360,17 @@ class LIBTransformer(_ModelLayerTransformer):
             # fit is reproducible on any device.
             generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
             ctx = _FitPass(runner, source, rule, progress, generator)
-            bases = self._fit_bases(ctx, nodes, moments, output_moments, output_shape)
+            last = None
+            if self.basis == "lib" and self.output_basis == "identity":
+                # The output's basis is known before any pass, so the last
+                # section's M' joins the pass that collects the statistics:
+                # one pass over the data fewer.
+                d_out = output_shape[-1]
+                eye = torch.eye(d_out, device=runner.device, dtype=runner.dtype)
+                n_pos_out = int(np.prod(output_shape[:-1], dtype=int))
+                last = _JacobianGram(self, ctx, nodes[-1], None, eye, n_pos_out, OUTPUT_NODE)
+            moments, output_moments = self._collect_moments(ctx, nodes, output_shape, last)
+            bases = self._fit_bases(ctx, nodes, moments, output_moments, output_shape, last)
 
         self.bases_ = bases
         main = bases[self.layer]
@@ -318,23 +385,32 @@ class LIBTransformer(_ModelLayerTransformer):
         progress("done")
         return X
 
-    def _collect_moments(self, runner, source, nodes, output_shape, progress):
-        """One pass: mean and Gram of every node layer, mean of the output."""
+    def _collect_moments(self, ctx, nodes, output_shape, last=None):
+        """One pass: mean and Gram of every node layer, mean of the output.
+
+        ``last``, a :class:`_JacobianGram` of the last section, accumulates
+        in the same pass.
+        """
+        runner, source = ctx.runner, ctx.source
         device = runner.device
         moments = [MomentAccumulator(node.n_features, device, self.center) for node in nodes]
         output_moments = MomentAccumulator(
             output_shape[-1], device, center=True, gram=self.output_basis == "pca"
         )
         modules = [node.module for node in nodes]
-        batches = progress.samples(source.batches(), source.n_samples, "activation statistics")
-        with torch.no_grad():
-            for batch in batches:
-                reads, output = runner.run(self._to_tensor(runner, batch), reads=modules)
-                for node, f, acc in zip(nodes, reads, moments):
-                    check_finite(f, node.name)
-                    acc.update(f.reshape(-1, node.n_features))
-                check_finite(output, "model output")
-                output_moments.update(output.reshape(-1, output_shape[-1]))
+        what = "activation statistics" + ("" if last is None else f" and {last.what}")
+        batches = ctx.progress.samples(source.batches(), source.n_samples, what)
+        for batch in batches:
+            x = self._to_tensor(runner, batch)
+            with torch.no_grad():
+                reads, output = runner.run(x, reads=modules)
+            for node, f, acc in zip(nodes, reads, moments):
+                check_finite(f, node.name)
+                acc.update(f.reshape(-1, node.n_features))
+            check_finite(output, "model output")
+            output_moments.update(output.reshape(-1, output_shape[-1]))
+            if last is not None:
+                last.add(x, reads[-1])
         for acc in [*moments, output_moments]:
             acc.reduce()
         return moments, output_moments
@@ -365,7 +441,7 @@ class LIBTransformer(_ModelLayerTransformer):
             kind="pca",
         )
 
-    def _fit_bases(self, ctx, nodes, moments, output_moments, output_shape):
+    def _fit_bases(self, ctx, nodes, moments, output_moments, output_shape, last=None):
         rtol = null_space_rtol(ctx.runner.dtype)
         next_basis = self._output_basis(output_moments, output_shape)
         bases = {OUTPUT_NODE: next_basis}
@@ -375,8 +451,11 @@ class LIBTransformer(_ModelLayerTransformer):
             if self.basis == "pca":
                 lambdas, C, C_pinv = D, U, U.T.copy()
             else:
-                dst = nodes[i + 1] if i + 1 < len(nodes) else None
-                m_prime = self._jacobian_gram(ctx, node, dst, next_basis)
+                if last is not None and i == len(nodes) - 1:
+                    m_prime = last.result()
+                else:
+                    dst = nodes[i + 1] if i + 1 < len(nodes) else None
+                    m_prime = self._jacobian_gram(ctx, node, dst, next_basis)
                 lambdas, C, C_pinv = lib_rotation(D, U, m_prime, rtol, node.name)
             k = n_kept(
                 lambdas,
@@ -401,47 +480,16 @@ class LIBTransformer(_ModelLayerTransformer):
         return {name: bases[name] for name in [n.name for n in nodes] + [OUTPUT_NODE]}
 
     def _jacobian_gram(self, ctx, src, dst, next_basis):
-        """``M'`` of the section ``src -> dst``, averaged over ``N * P_in`` rows.
-
-        Exact: one row per output position and next feature, or, for a
-        Linear -> elementwise section of an ``nn.Sequential``, the closed form
-        of ``_structure.py`` (no per-row backward passes).  With
-        ``n_stochastic_sources=S``: ``S`` random +-1 combinations of all rows
-        per batch, whose average Gram is an unbiased estimate.
-        """
-        runner = ctx.runner
+        """``M'`` of the section ``src -> dst`` by one pass over the data (see _JacobianGram)."""
         basis_next = torch.as_tensor(
-            next_basis.kept_matrix, device=runner.device, dtype=runner.dtype
+            next_basis.kept_matrix, device=ctx.runner.device, dtype=ctx.runner.dtype
         )
-        n_pos_out, k_next = next_basis.n_positions, basis_next.shape[1]
-        sources = self.n_stochastic_sources
-        structure = None
-        if self._structured and not sources:
-            structure = linear_elementwise_section(
-                self.model, src.name, None if dst is None else dst.name, self.capture
-            )
-        rows = None if sources or structure else cotangent_rows(basis_next, n_pos_out)
-        section = SectionJacobian(runner, src, dst, closed_form=self._structured)
-        total = torch.zeros(
-            src.n_features, src.n_features, dtype=torch.float64, device=runner.device
+        acc = _JacobianGram(
+            self, ctx, src, dst, basis_next, next_basis.n_positions, next_basis.name
         )
-        n = ctx.source.n_samples
-        what = f"Jacobians {src.name!r} -> {next_basis.name!r}"
-        for batch in ctx.progress.samples(ctx.source.batches(), n, what):
-            x = self._to_tensor(runner, batch)
-            if sources:
-                shape = (sources, n_pos_out, k_next)
-                draws = torch.randint(0, 2, shape, generator=ctx.generator)
-                rows = source_rows(basis_next, (2 * draws - 1).to(runner.device))
-            if structure:
-                total += structured_gram_batch(runner, x, src, *structure, basis_next, *ctx.rule)
-            else:
-                total += jacobian_gram_batch(section, x, rows, *ctx.rule)
-        if sources:
-            total /= sources
-        all_reduce_sum(total)
-        n = global_count(n, total.device)
-        return (total / (n * src.n_positions)).cpu().numpy()
+        for batch in ctx.progress.samples(ctx.source.batches(), ctx.source.n_samples, acc.what):
+            acc.add(self._to_tensor(ctx.runner, batch))
+        return acc.result()
 
     # -- mapping -----------------------------------------------------------------------
     @property

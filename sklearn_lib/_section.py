@@ -276,7 +276,7 @@ def _square_sums(g, directions, coefficients):
     return torch.einsum("rsj,jst,rtj->rj", along, F, along)
 
 
-def jacobian_gram_batch(section, x, rows, alphas, weights):
+def jacobian_gram_batch(section, x, rows, alphas, weights, f=None):
     """Un-normalised ``M'`` contribution ``sum_x sum_rows sum_s g g^T`` of one batch.
 
     Gradients are taken at ``alpha * f`` (raw activations), as in the spec.
@@ -292,11 +292,14 @@ def jacobian_gram_batch(section, x, rows, alphas, weights):
         :func:`~sklearn_lib._jacobian.source_rows` (stochastic).
     alphas, weights : torch.Tensor of shape (A,)
         The integration rule.
+    f : torch.Tensor of shape (n, *positions, d), optional
+        The source's activations on ``x``, where already read.
 
     Returns
     -------
     torch.Tensor of shape (d, d), float64
     """
-    with torch.no_grad():
-        (f,) = section.runner.read(x, [section.src.module])  # (n, *positions, d)
+    if f is None:
+        with torch.no_grad():
+            (f,) = section.runner.read(x, [section.src.module])
     return section.gram(x, scaled(f, alphas), rows, weights)

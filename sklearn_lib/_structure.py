@@ -81,10 +81,16 @@ def integrated_derivative(z_points, activations, weights):
     return torch.einsum("a,amd->md", weights.to(derivative.dtype), derivative)
 
 
-def structured_gram_batch(runner, x, src, linear_name, activations, basis_next, alphas, weights):
-    """Un-normalised ``M'`` of a Linear -> elementwise section over one batch (float64)."""
-    with torch.no_grad():
-        (f,) = runner.read(x, [src.module])
+def structured_gram_batch(
+    runner, x, src, linear_name, activations, basis_next, alphas, weights, f=None
+):
+    """Un-normalised ``M'`` of a Linear -> elementwise section over one batch (float64).
+
+    ``f``: ``src``'s activations on ``x`` where already read.
+    """
+    if f is None:
+        with torch.no_grad():
+            (f,) = runner.read(x, [src.module])
     W = runner.state[f"{linear_name}.weight"]  # (d_next, d)
     b = runner.state.get(f"{linear_name}.bias")
     rows = f.reshape(-1, f.shape[-1])  # (n * P, d): positions are independent rows

@@ -44,8 +44,14 @@ def _fit_with_graph(model, X, device, structured=True, **params):
 
 
 def _assert_same(a, b, rtol):
+    """Lambda and edges agree, each relative to the largest of its node or section.
+
+    Float64 sums in another order move the smallest Lambda by ~1e-6 of
+    themselves (seen on an H200), while staying ~1e-12 of the largest.
+    """
     for name in MODADD:
-        np.testing.assert_allclose(a[0].bases_[name].lambdas, b[0].bases_[name].lambdas, rtol=rtol)
+        lam = b[0].bases_[name].lambdas
+        np.testing.assert_allclose(a[0].bases_[name].lambdas, lam, rtol=rtol, atol=rtol * lam[0])
     for key, E in b[1].edges.items():
         np.testing.assert_allclose(a[1].edges[key], E, rtol=rtol, atol=rtol * E.max())
 

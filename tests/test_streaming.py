@@ -56,7 +56,12 @@ def test_token_stream_and_pass_count(rng):
     model = TokenMixer().double()
     fitted = LIBTransformer(model, "mix", downstream_layers=["head"]).fit(stream)
     _assert_same_fit(fitted, LIBTransformer(model, "mix", downstream_layers=["head"]).fit(X))
-    # probe + statistics + one Jacobian pass per node layer
+    # probe + statistics (with the last section's Jacobians, the output's basis
+    # being known) + one Jacobian pass per other node layer
+    assert stream.passes == 1 + 1 + 1
+    # A PCA output basis needs the statistics first: one more pass.
+    stream = Batches(X, 25)
+    LIBTransformer(model, "mix", downstream_layers=["head"], output_basis="pca").fit(stream)
     assert stream.passes == 1 + 1 + 2
 
 
