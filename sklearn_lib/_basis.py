@@ -9,6 +9,7 @@ Notation of the spec (row vectors): ``f_hat = (f - mu) @ C``.
     C+ = diag(Lambda)^-1/2 V^T diag(D)^1/2 U^T
 """
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,17 +84,21 @@ class NodeBasis:
 # 1 ms every time; the thread pool takes 1-100 ms (its workers are slow to
 # wake), and scipy's separate BLAS pool 5-40 ms.
 _SMALL_EIGH = 512
+# The thread count is process-wide: concurrent fits take turns switching it,
+# so that none of them restores another's "1".
+_THREADS_LOCK = threading.Lock()
 
 
 def _eigh(matrix):
     if matrix.shape[0] > _SMALL_EIGH:
         return torch.linalg.eigh(matrix)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.eigh(matrix)
-    finally:
-        torch.set_num_threads(threads)
+    with _THREADS_LOCK:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return torch.linalg.eigh(matrix)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def eigh_descending(matrix):
@@ -102,6 +107,8 @@ def eigh_descending(matrix):
     Eigenvector signs are fixed so that each vector's largest-magnitude entry
     is positive, which makes fits deterministic across runs and machines.
     """
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("The matrix to eigendecompose has NaN or infinite entries")
     matrix = (matrix + matrix.T) / 2  # symmetrise away rounding asymmetry
     values, vectors = (t.numpy() for t in _eigh(torch.from_numpy(matrix)))
     values, vectors = values[::-1], vectors[:, ::-1]
@@ -111,8 +118,10 @@ def eigh_descending(matrix):
     return values.copy(), vectors * signs
 
 
-def _nonnull_eigh(matrix, rtol, empty_message):
-    """Eigenpairs (descending) above ``rtol * max``; raise if all vanish."""
+def _nonnull_eigh(matrix, rtol, empty_message, what):
+    """Eigenpairs (descending) above ``rtol * max``; raise if all vanish or any is not finite."""
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f"{what} has NaN or infinite entries")
     values, vectors = eigh_descending(matrix)
     if not values[0] > 0:
         raise ValueError(empty_message)
@@ -139,6 +148,7 @@ def orthogonal_step(gram, rtol, name="layer"):
         rtol,
         f"The activations of {name!r} have no variance on the fitting data; "
         "there is nothing to find a basis for",
+        f"The Gram matrix of the activations of {name!r}",
     )
 
 
@@ -167,6 +177,8 @@ def lib_rotation(D, U, m_prime, rtol, name="layer"):
         rtol,
         f"The next node layer does not depend on {name!r} on the fitting data "
         "(all Jacobians vanish), so every LIB feature has zero importance",
+        f"The Jacobian Gram M' of {name!r} (from gradients that overflowed or are "
+        "undefined, e.g. sqrt at 0)",
     )
     sqrt_l = np.sqrt(lambdas)
     C = (U / sqrt_d) @ V * sqrt_l  # U diag(D)^-1/2 V diag(Lambda)^1/2

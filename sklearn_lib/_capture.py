@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+from ._utils import max_relative_error
+
 
 class _StopForward(Exception):
     """Raised inside a hook to end a forward pass once everything is read."""
@@ -228,8 +230,7 @@ class ModelRunner:
                 with torch.no_grad():
                     safe = self._section(self._repeat(x, copies), src, f.detach(), dst)
                 tol = 1e-9 if f.dtype == torch.float64 else 1e-4
-                scale = safe.abs().max().clamp_min(torch.finfo(safe.dtype).tiny)
-                if float((fast.detach() - safe).abs().max() / scale) <= tol:
+                if max_relative_error(fast.detach(), safe) <= tol:
                     self._grow_at_cut[key] = True
                     return fast
             self._grow_at_cut[key] = False
@@ -329,9 +330,8 @@ def check_cut(runner, x, src, dst, dst_name, rng):
         out_half = runner.section(
             x[:half], src.module, f[:half], None if dst is None else dst.module
         )
-    scale = out.abs().max().clamp_min(torch.finfo(out.dtype).tiny)
     rtol = 1e-8 if out.dtype == torch.float64 else 1e-3
-    coupling = (out_half - out[:half]).abs().max() / scale
+    coupling = max_relative_error(out_half, out[:half])
     if coupling > rtol:
         raise ValueError(
             f"Samples interact within a batch between layer {src.name!r} and {dst_name}: "
@@ -339,7 +339,7 @@ def check_cut(runner, x, src, dst, dst_name, rng):
             "e.g. BatchNorm with track_running_stats=False). LIB needs per-sample "
             f"computations (relative mismatch {float(coupling):.2e})."
         )
-    error = (out_perm - out[perm]).abs().max() / scale
+    error = max_relative_error(out_perm, out[perm])
     if error > rtol:
         raise ValueError(
             f"Layer {src.name!r} is not a cut: {dst_name} depends on the model input "

@@ -27,9 +27,10 @@ either or both of two methods (the protocol):
     ``(d, d)``, for alpha-major stacked ``points`` and quadrature ``weights``.
 
 Either returns ``NotImplemented`` for sections it does not cover.  Each is
-checked once per section against autograd on the first batch (16 samples, 3
-rows); a disagreement warns and falls back, so a wrong closed form can cost
-speed but never correctness.  See
+checked once per section against autograd on the first batch (16 samples;
+the first row and two random +-1 combinations of all rows, which test every
+output position and feature); a disagreement or an exception warns and falls
+back, so a wrong closed form costs speed, not correctness.  See
 :meth:`sklearn_lib.models.ModularAdditionTransformer.lib_section_vjp`.
 """
 
@@ -38,6 +39,7 @@ import warnings
 import torch
 
 from ._jacobian import _CHUNK_ELEMENTS, integrated_vjps, scaled
+from ._utils import max_relative_error
 
 
 class SectionJacobian:
@@ -57,8 +59,9 @@ class SectionJacobian:
         picks vmap on CUDA and the loop on the CPU (see ``_jacobian``).
     """
 
-    # Samples and rows on which a closed form is checked against autograd.
-    _CHECK_POINTS, _CHECK_ROWS = 16, 3
+    # Samples on which a closed form is checked against autograd, and random
+    # +-1 combinations of all rows checked besides the first row.
+    _CHECK_POINTS, _CHECK_COMBINATIONS = 16, 2
 
     def __init__(self, runner, src, dst, closed_form=True, batched_rows=None):
         self.runner, self.src, self.dst = runner, src, dst
@@ -201,16 +204,20 @@ class SectionJacobian:
     def _check(self, kind, x, points, rows, weights, tangents):
         n, n_alpha = x.shape[0], weights.shape[0]
         k = min(n, self._CHECK_POINTS)
-        rows = rows[: self._CHECK_ROWS]
+        rows = _probe_rows(rows, self._CHECK_COMBINATIONS)
         # The first k samples at every point of the rule, still alpha-major.
         points = points.reshape(n_alpha, n, *points.shape[1:])[:, :k].flatten(0, 1)
-        if kind == "rows":
-            closed = self._closed_rows(points, rows, weights, k)
-        elif kind == "gram":
-            closed = self._closed_gram(points, rows, weights)
-        else:
-            tangents = (tangents[0], tangents[1][:k])
-            closed = self._closed_directional(points, rows, weights, tangents)
+        try:
+            if kind == "rows":
+                closed = self._closed_rows(points, rows, weights, k)
+            elif kind == "gram":
+                closed = self._closed_gram(points, rows, weights)
+            else:
+                tangents = (tangents[0], tangents[1][:k])
+                closed = self._closed_directional(points, rows, weights, tangents)
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
+            # E.g. parameters under other names than the closed form expects.
+            return self._fall_back(kind, f"it raised {type(exc).__name__}: {exc}")
         if closed is NotImplemented:
             return False
         auto = torch.cat(list(self._autograd_rows(x[:k], points, rows, weights)))
@@ -219,20 +226,34 @@ class SectionJacobian:
         elif kind == "tangents":
             auto = _directional(auto, *tangents)
         auto = auto.to(torch.float64)
-        scale = auto.abs().max().clamp_min(torch.finfo(auto.dtype).tiny)
-        error = float((closed.to(torch.float64).expand_as(auto) - auto).abs().max() / scale)
+        error = max_relative_error(closed.to(torch.float64).expand_as(auto), auto)
         if error <= (1e-8 if points.dtype == torch.float64 else 1e-3):
             return True
+        return self._fall_back(kind, f"it disagrees with autograd (relative error {error:.2e})")
+
+    def _fall_back(self, kind, why):
         where = "the model output" if self.dst is None else repr(self.dst.name)
         method = "lib_section_gram" if kind == "gram" else "lib_section_vjp"
         warnings.warn(
-            f"{type(self.runner.model).__name__}.{method} disagrees with autograd on the "
-            f"section {self.src.name!r} -> {where} (relative error {error:.2e}); "
-            "using autograd instead",
+            f"{type(self.runner.model).__name__}.{method} is not used on the section "
+            f"{self.src.name!r} -> {where}: {why}; using autograd instead",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return False
+
+
+def _probe_rows(rows, n_combinations):
+    """The first row and seeded random +-1 combinations of all rows.
+
+    Jacobian products are linear in the cotangent, so a combination of every
+    row tests every output position and feature at once: a closed form wrong
+    at any of them fails the check.
+    """
+    generator = torch.Generator().manual_seed(0)
+    signs = 2 * torch.randint(0, 2, (n_combinations, rows.shape[0]), generator=generator) - 1
+    mixed = (signs.to(rows) @ rows.flatten(1)).view(n_combinations, *rows.shape[1:])
+    return torch.cat([rows[:1], mixed])
 
 
 def _gram_of(chunks, n_samples, d):

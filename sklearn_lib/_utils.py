@@ -121,3 +121,9 @@ class Progress:
             elif done >= next_report or done == n_samples:
                 self(f"{what}: {done}/{n_samples} samples")
                 next_report = done + step
+
+
+def max_relative_error(got, expected):
+    """``max |got - expected| / max |expected|`` as a float (0 where both vanish)."""
+    scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
+    return float((got - expected).abs().max() / scale)

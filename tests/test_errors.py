@@ -172,3 +172,53 @@ def test_samples_that_interact_within_a_batch(X):
 
     with pytest.raises(ValueError, match=r"Samples interact within a batch.*BatchNorm"):
         LIBTransformer(batch_statistics_mlp(), "bn").fit(X)
+
+
+def test_gradients_that_are_not_finite(X):
+    """sqrt at 0 behind a ReLU gives infinite gradients: a clear error, not a LAPACK one."""
+
+    class Sqrt(torch.nn.Module):
+        def forward(self, x):
+            return torch.sqrt(x)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("fc1", torch.nn.Linear(4, 8))
+    model.add_module("act", torch.nn.ReLU())
+    model.add_module("sqrt", Sqrt())
+    model.add_module("fc2", torch.nn.Linear(8, 3))
+    with pytest.raises(ValueError, match="Jacobian Gram M' of 'sqrt'.*NaN or infinite"):
+        LIBTransformer(model.double(), "sqrt").fit(X)
+
+
+def test_eigensolves_in_threads_leave_the_thread_count_alone(monkeypatch):
+    """Small eigensolves switch torch to one thread; concurrent ones must not mix that up."""
+    import threading
+    import time
+
+    from sklearn_lib._basis import eigh_descending
+
+    real = torch.linalg.eigh
+
+    def slow(matrix):
+        time.sleep(0.05)  # keeps both threads inside at once, were they allowed to be
+        return real(matrix)
+
+    monkeypatch.setattr(torch.linalg, "eigh", slow)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        workers = [threading.Thread(target=eigh_descending, args=(np.eye(3),)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+            time.sleep(0.01)
+        for worker in workers:
+            worker.join()
+        # torch's count is per thread, and new threads start from the last one set.
+        seen = []
+        probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        probe.start()
+        probe.join()
+        assert torch.get_num_threads() == 2 and seen == [2]
+    finally:
+        torch.set_num_threads(before)

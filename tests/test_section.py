@@ -143,6 +143,65 @@ def test_a_wrong_closed_form_warns_and_falls_back_to_autograd():
         )
 
 
+class MixPositionsModel(torch.nn.Module):
+    """``out_p = sum_q W_pq tanh(mix(x_q))``: three output positions."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mix = torch.nn.Linear(4, 4)
+        self.W = torch.nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, x):  # (n, 3, 4)
+        return torch.einsum("pq,nqd->npd", self.W, torch.tanh(self.mix(x)))
+
+
+class WrongAtLaterPositions(MixPositionsModel):
+    """A closed form (by autograd) that ignores every output position but the first."""
+
+    def lib_section_vjp(self, params, src, dst, capture, points, cotangents, tangents=None):
+        if tangents is not None:
+            return NotImplemented
+        cotangents = cotangents.clone()
+        cotangents[:, 1:] = 0
+        leaf = points.clone().requires_grad_(True)
+        with torch.enable_grad():
+            hidden = torch.tanh(leaf @ params["mix.weight"].T + params["mix.bias"])
+            out = torch.einsum("pq,nqd->npd", params["W"], hidden)
+            grads = [
+                torch.autograd.grad(out, leaf, c.expand_as(out), retain_graph=True)[0]
+                for c in cotangents
+            ]
+        return torch.stack(grads)
+
+
+def test_the_check_covers_every_output_position(rng):
+    """Rows are position-major: the check must not look at the first position only."""
+    X = rng.normal(size=(50, 3, 4))
+    with pytest.warns(RuntimeWarning, match="disagrees with autograd"):
+        got = LIBTransformer(WrongAtLaterPositions().double(), "mix").fit(X)
+    expected = LIBTransformer(MixPositionsModel().double(), "mix").fit(X)
+    np.testing.assert_allclose(got.lambdas_, expected.lambdas_, rtol=1e-9)
+
+
+def test_a_closed_form_that_raises_falls_back(rng):
+    """Parameters renamed (here by a parametrization) break the closed form, not the fit."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, weight):
+            return 2 * weight
+
+    model = small_modadd()
+    parametrize.register_parametrization(model.blocks[0].mlp, "W_in", Double())
+    X = tokens(40).numpy()
+    with pytest.warns(RuntimeWarning, match="it raised KeyError"):
+        got = LIBTransformer(model, LAYERS[0], downstream_layers=LAYERS[1:]).fit(X)
+    slow = LIBTransformer(model, LAYERS[0], downstream_layers=LAYERS[1:])
+    slow._structured = False
+    np.testing.assert_allclose(got.lambdas_, slow.fit(X).lambdas_, rtol=1e-9)
+
+
 def test_square_sums_of_constant_rows(rng):
     """The shortcut for rows shared by all samples equals the per-sample product."""
     g = torch.as_tensor(rng.normal(size=(4, 1, 3, 5)))  # 4 rows, 3 positions, d = 5
