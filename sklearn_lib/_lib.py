@@ -220,6 +220,11 @@ class LIBTransformer(_ModelLayerTransformer):
     centring, the non-constant features and their ``Lambda`` do not depend on
     it.
 
+    Jacobians come from autograd, from a closed form for Linear ->
+    elementwise sections of an ``nn.Sequential``, or from the model's own
+    ``lib_section_vjp`` / ``lib_section_gram`` where it has them (checked
+    against autograd once per section; see ``sklearn_lib/_section.py``).
+
     References
     ----------
     L. Bushnaq, S. Heimersheim, N. Goldowsky-Dill, D. Braun, J. Mendel,
