@@ -101,14 +101,15 @@ def _eigh(matrix):
             torch.set_num_threads(threads)
 
 
-def eigh_descending(matrix):
+def eigh_descending(matrix, what="The matrix to eigendecompose"):
     """Eigen-decomposition of a symmetric matrix, eigenvalues descending.
 
     Eigenvector signs are fixed so that each vector's largest-magnitude entry
     is positive, which makes fits deterministic across runs and machines.
+    ``what`` names the matrix in the error raised for NaN or infinite entries.
     """
     if not np.all(np.isfinite(matrix)):
-        raise ValueError("The matrix to eigendecompose has NaN or infinite entries")
+        raise ValueError(f"{what} has NaN or infinite entries")
     matrix = (matrix + matrix.T) / 2  # symmetrise away rounding asymmetry
     values, vectors = (t.numpy() for t in _eigh(torch.from_numpy(matrix)))
     values, vectors = values[::-1], vectors[:, ::-1]
@@ -120,9 +121,7 @@ def eigh_descending(matrix):
 
 def _nonnull_eigh(matrix, rtol, empty_message, what):
     """Eigenpairs (descending) above ``rtol * max``; raise if all vanish or any is not finite."""
-    if not np.all(np.isfinite(matrix)):
-        raise ValueError(f"{what} has NaN or infinite entries")
-    values, vectors = eigh_descending(matrix)
+    values, vectors = eigh_descending(matrix, what)
     if not values[0] > 0:
         raise ValueError(empty_message)
     keep = values > rtol * values[0]

@@ -47,7 +47,6 @@ def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows)
     torch.Tensor of shape (r, n, P_in, d)
         ``g = sum_a w_a * grad(row)(alpha_a f)`` for a chunk of ``r`` rows.
     """
-    n_alpha = weights.shape[0]
     n_rows = cotangent_rows.shape[0]
     if batched_rows:
         per_row = out.shape[0] * max(out[0].numel(), leaf[0].numel())
@@ -63,12 +62,28 @@ def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows)
             )
         else:
             (grads,) = torch.autograd.grad(out, leaf, cot[0].to(out.dtype), retain_graph=True)
-        grads = grads.reshape(rows.shape[0], n_alpha, n_samples, -1, leaf.shape[-1])
-        if n_alpha == 1:  # the plain gradient: no sum, and no copy for a unit weight
-            yield grads[:, 0] if float(weights[0]) == 1.0 else grads[:, 0] * weights[0]
-            continue
-        # (r, n, P_in, d): the quadrature sum over alpha.
-        yield torch.einsum("a,ranpd->rnpd", weights.to(grads.dtype), grads)
+        # (r, A*n, P_in, d) whether rows were batched or not
+        grads = grads.reshape(rows.shape[0], out.shape[0], -1, leaf.shape[-1])
+        yield quadrature_sum(grads, weights, n_samples)
+
+
+def quadrature_sum(grads, weights, n_samples):
+    """``sum_a w_a g_a`` of gradients at alpha-major stacked points.
+
+    Parameters
+    ----------
+    grads : torch.Tensor of shape (r, A * n, P, d)
+    weights : torch.Tensor of shape (A,)
+    n_samples : int
+
+    Returns
+    -------
+    torch.Tensor of shape (r, n, P, d)
+    """
+    grads = grads.reshape(grads.shape[0], weights.shape[0], n_samples, *grads.shape[2:])
+    if weights.shape[0] == 1:  # the plain gradient: no sum, and no copy for a unit weight
+        return grads[:, 0] if float(weights[0]) == 1.0 else grads[:, 0] * weights[0]
+    return torch.einsum("a,ran...->rn...", weights.to(grads.dtype), grads)
 
 
 def cotangent_rows(basis_next, n_positions_out, signs=None):

@@ -38,7 +38,7 @@ import warnings
 
 import torch
 
-from ._jacobian import _CHUNK_ELEMENTS, integrated_vjps, scaled
+from ._jacobian import _CHUNK_ELEMENTS, integrated_vjps, quadrature_sum, scaled
 from ._utils import max_relative_error
 
 
@@ -171,8 +171,7 @@ class SectionJacobian:
         g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])  # (r, A*n or 1, P_in, d)
         if g.shape[1] == 1:  # the same at every point
             return g * weights.sum().to(g.dtype)
-        g = g.reshape(g.shape[0], weights.shape[0], n_samples, *g.shape[2:])
-        return torch.einsum("a,ran...->rn...", weights.to(g.dtype), g)
+        return quadrature_sum(g, weights, n_samples)
 
     def _closed_gram(self, points, rows, weights):
         gram = self._call("lib_section_gram", points, weights, rows)
