@@ -58,8 +58,10 @@ def main():
             PCA(svd_solver="covariance_eigh").fit(acts)
 
     def lib_fit(structured):
-        lib = LIBTransformer(model, layers[0], downstream_layers=layers[1:], **common)
-        lib._structured = structured
+        jacobian = "auto" if structured else "autograd"
+        lib = LIBTransformer(
+            model, layers[0], downstream_layers=layers[1:], jacobian=jacobian, **common
+        )
         return lib.fit(X)
 
     t_pca, _ = timed(pca_all)

@@ -111,9 +111,13 @@ def reference(model, X, batch_size, device="cpu"):
 def library(model, X, batch_size, device, closed_form=True):
     """The same with LIBTransformer: fit, then interaction_graph."""
     lib = LIBTransformer(
-        model, LAYERS[0], downstream_layers=LAYERS[1:], batch_size=batch_size, device=device
+        model,
+        LAYERS[0],
+        downstream_layers=LAYERS[1:],
+        batch_size=batch_size,
+        device=device,
+        jacobian="auto" if closed_form else "autograd",
     )
-    lib._structured = closed_form
     lib.fit(X)
     graph = lib.interaction_graph(X)
     return [lib.bases_[name].lambdas for name in LAYERS], list(graph.edges.values())

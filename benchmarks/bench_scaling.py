@@ -63,8 +63,10 @@ def candidates(model, X, device, generic):
             )
 
     def lib(structured):
-        est = LIBTransformer(model, LAYERS[0], downstream_layers=LAYERS[1:], **common)
-        est._structured = structured
+        jacobian = "auto" if structured else "autograd"
+        est = LIBTransformer(
+            model, LAYERS[0], downstream_layers=LAYERS[1:], jacobian=jacobian, **common
+        )
         est.fit(X)
 
     runs = {"PCA": pca, "LIB": lambda: lib(True)}

@@ -19,7 +19,8 @@ class ActivationTransformer(_ModelLayerTransformer):
     Parameters
     ----------
     model : torch.nn.Module
-        Called as ``model(batch)``; never modified (see :class:`LIBTransformer`).
+        Called as ``model(batch)``; never touched: every call runs a private
+        copy (see :class:`LIBTransformer`).
     layer : str
         Name from ``model.named_modules()``.
     capture : {"input", "output"}, default="input"
@@ -68,7 +69,7 @@ class ActivationTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...)
+        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
             Model inputs.
         y : Ignored
 
@@ -76,10 +77,10 @@ class ActivationTransformer(_ModelLayerTransformer):
         -------
         self : ActivationTransformer
         """
-        X = self._validate_input(X, reset=True)
-        with self._model_session() as runner:
-            nodes, _ = inspect_node_layers(runner, self._to_tensor(runner, X[:2]), [self.layer])
-        self.activation_shape_ = nodes[0].shape
+        _, probe = self._source(X, reset=True)
+        session = self._session()
+        shapes, _ = inspect_node_layers(session, session.inputs(probe[:2]), [self.layer])
+        self.activation_shape_ = shapes[self.layer]
         return self
 
     @property
@@ -91,14 +92,11 @@ class ActivationTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...)
+        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
 
         Returns
         -------
         ndarray of shape (n_samples, prod(activation_shape_)), float64
         """
         check_is_fitted(self)
-        X = self._validate_input(X, reset=False)
-        return self._map_layer(
-            X, self.layer, lambda f: f.reshape(f.shape[0], -1), self._n_features_out
-        )
+        return self._map_layer(self._source(X), lambda f: f.reshape(f.shape[0], -1))

@@ -1,6 +1,12 @@
-"""Plumbing shared by the estimators that wrap a torch model and a layer."""
+"""Plumbing shared by the estimators that wrap a torch model and a layer.
 
-import contextlib
+An estimator turns its parameters into the objects the analyses take: a
+source of batches for each input (:meth:`_ModelLayerTransformer._source`)
+and a :class:`~sklearn_lib._session.ModelSession` for each call
+(:meth:`_ModelLayerTransformer._session`).  Nothing below the estimators
+sees an estimator.
+"""
+
 import copy
 from numbers import Integral
 
@@ -10,11 +16,11 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, validate_data
 
-from ._capture import ModelRunner, eval_mode, resolve_module
-from ._utils import batch_slices, resolve_device, resolve_dtype, to_tensor
+from ._data import ArraySource, StreamSource, is_stream
+from ._session import ModelSession, resolve_device, resolve_dtype
 
-#: Name of the model-output node in ``bases_`` and in interaction graphs.
-OUTPUT_NODE = "output"
+# Samples read from a stream to check call order, shapes and cuts before the real passes.
+PROBE_SIZE = 64
 
 
 class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -57,12 +63,26 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         tags.requires_fit = True
         return tags
 
-    # -- input handling ------------------------------------------------------------
-    def _validate_input(self, X, reset):
-        """Validate model inputs: numeric, finite, any per-sample shape.
+    # -- inputs and sessions -------------------------------------------------------
+    def _source(self, X, *, reset=False):
+        """Batches of the model inputs ``X`` (an array-like or a stream), validated.
 
+        ``reset=True`` (``fit``) records ``n_features_in_`` and ``input_shape_``
+        and returns ``(source, probe)``, the probe being up to
+        :data:`PROBE_SIZE` first samples; otherwise every batch must have
+        the fitted per-sample shape and the source alone is returned.
         Integer inputs (token ids) keep their dtype.
         """
+        if is_stream(X):
+            if not reset:
+                return StreamSource(X, self.input_shape_, fitted_by=type(self).__name__)
+            source = StreamSource(X)
+            return source, self._validate_input(source.probe(PROBE_SIZE), reset=True)
+        X = self._validate_input(X, reset=reset)
+        source = ArraySource(X, self.batch_size)
+        return (source, X[:PROBE_SIZE]) if reset else source
+
+    def _validate_input(self, X, reset):
         X = validate_data(
             self,
             X,
@@ -80,20 +100,24 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             )
         return X
 
-    @contextlib.contextmanager
-    def _model_session(self):
-        """A runner for the model in eval mode; every flag is restored on exit."""
-        runner = ModelRunner(
-            self.model, resolve_device(self.device), resolve_dtype(self.dtype), self.capture
+    def _session(self, *, verbose=None, random_state=None):
+        """A :class:`ModelSession` for one call: a private copy of the model, and the settings."""
+        if verbose is None:
+            verbose = getattr(self, "verbose", False)
+        if random_state is None:
+            random_state = getattr(self, "random_state", None)
+        return ModelSession(
+            self.model,
+            capture=self.capture,
+            device=resolve_device(self.device),
+            dtype=resolve_dtype(self.dtype),
+            owner=type(self).__name__,
+            verbose=verbose,
+            random_state=random_state,
         )
-        with eval_mode(self.model):
-            yield runner
 
-    def _to_tensor(self, runner, X_batch):
-        return to_tensor(X_batch, runner.device, runner.dtype)
-
-    def _map_layer(self, X, layer, fn, n_out, progress=None):
-        """Apply ``fn`` to the activations of ``layer`` for every batch of ``X``.
+    def _map_layer(self, source, fn):
+        """``fn`` applied to the activations of ``layer`` in every batch of ``source``.
 
         Parameters
         ----------
@@ -104,27 +128,39 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         -------
         ndarray of shape (n_samples, n_out), float64
         """
-        result = np.empty((X.shape[0], n_out), dtype=np.float64)
-        slices = batch_slices(X.shape[0], self.batch_size)
-        if progress is not None:
-            slices = progress.batches(slices, X.shape[0], f"transform {layer!r}")
-        with self._model_session() as runner, torch.no_grad():
-            module = resolve_module(self.model, layer)
-            for sl in slices:
-                (f,) = runner.read(self._to_tensor(runner, X[sl]), [module])
-                check_finite(f, layer)
-                f = f.reshape(f.shape[0], -1, f.shape[-1]).to(torch.float64)
-                result[sl] = fn(f).cpu().numpy()
+        session = self._session()
+        (result,) = session.run_pass(
+            source, [_LayerMap(self.layer, fn)], f"transform {self.layer!r}"
+        )
         return result
 
 
-def check_finite(f, layer):
-    """Raise if activations hold NaN or inf."""
-    if not torch.isfinite(f).all():
-        raise ValueError(
-            f"The activations of layer {layer!r} contain NaN or inf; check the model "
-            "and its inputs (inputs themselves were finite)"
-        )
+class _LayerMap:
+    """Accumulator that maps each batch of one layer's activations and keeps the results."""
+
+    def __init__(self, layer, fn):
+        self.reads = (layer,)
+        self.fn = fn
+        self.parts = []
+
+    def update(self, batch, acts):
+        f = acts[self.reads[0]]
+        f = f.reshape(f.shape[0], -1, f.shape[-1]).to(torch.float64)
+        self.parts.append(self.fn(f).cpu().numpy())
+
+    def result(self):
+        return np.concatenate(self.parts)
+
+
+def map_arrays(A, fn):
+    """``fn(A)`` for an array-like, or ``fn`` of each batch of a stream, concatenated.
+
+    For methods that take activations or features rather than model inputs
+    (no model runs).
+    """
+    if is_stream(A):
+        return np.concatenate([fn(batch) for _, batch in StreamSource(A).batches()])
+    return fn(A)
 
 
 def check_activations(A, shape, owner):

@@ -7,13 +7,26 @@ Notation of the spec (row vectors): ``f_hat = (f - mu) @ C``.
     M  = V diag(Lambda) V^T
     C  = U diag(D)^-1/2 V diag(Lambda)^1/2
     C+ = diag(Lambda)^-1/2 V^T diag(D)^1/2 U^T
+
+:class:`NodeBasis` is the package's one notion of a node: a node layer (or
+the model output) with its fitted basis.
 """
 
-import threading
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from ._numerics import SMALL_EIGH, one_thread
+
+#: Name of the model-output node in ``bases_`` and in interaction graphs.
+OUTPUT_NODE = "output"
+
+
+def n_positions(shape):
+    """Positions sharing one basis in a per-sample activation shape ``(*positions, d)``."""
+    return math.prod(shape[:-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +73,7 @@ class NodeBasis:
     @property
     def n_positions(self):
         """Number of positions sharing this basis."""
-        return int(np.prod(self.shape[:-1], dtype=int))
+        return n_positions(self.shape)
 
     @property
     def kept_matrix(self):
@@ -72,6 +85,17 @@ class NodeBasis:
         """``C+[:k]`` (rows of the full pseudo-inverse), shape (k, d)."""
         return self.pinv[: self.n_components]
 
+    def tensors(self, device, dtype=torch.float64, kept=True):
+        """``(mean, matrix, pinv)`` as tensors on ``device``.
+
+        ``kept=True`` gives the kept features, ``C[:, :k]`` and ``C+[:k]``;
+        ``kept=False`` the full ``C`` and ``C+``.
+        """
+        matrix, pinv = (self.kept_matrix, self.kept_pinv) if kept else (self.matrix, self.pinv)
+        return tuple(
+            torch.as_tensor(a, device=device, dtype=dtype) for a in (self.mean, matrix, pinv)
+        )
+
     def __repr__(self):
         return (
             f"NodeBasis(name={self.name!r}, kind={self.kind!r}, shape={self.shape}, "
@@ -79,26 +103,11 @@ class NodeBasis:
         )
 
 
-# Below this size an eigensolve runs on one thread.  Measured on the paper's
-# model (d = 128) right after a fit's batched torch work: one thread takes
-# 1 ms every time; the thread pool takes 1-100 ms (its workers are slow to
-# wake), and scipy's separate BLAS pool 5-40 ms.
-_SMALL_EIGH = 512
-# The thread count is process-wide: concurrent fits take turns switching it,
-# so that none of them restores another's "1".
-_THREADS_LOCK = threading.Lock()
-
-
 def _eigh(matrix):
-    if matrix.shape[0] > _SMALL_EIGH:
+    if matrix.shape[0] > SMALL_EIGH:
         return torch.linalg.eigh(matrix)
-    with _THREADS_LOCK:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return torch.linalg.eigh(matrix)
-        finally:
-            torch.set_num_threads(threads)
+    with one_thread():
+        return torch.linalg.eigh(matrix)
 
 
 def eigh_descending(matrix, what="The matrix to eigendecompose"):
@@ -208,3 +217,64 @@ def n_kept(lambdas, n_components, threshold, name="layer"):
             f"non-null features of {name!r}"
         )
     return min(k, int(n_components))
+
+
+def fit_node_basis(name, shape, mean, gram, m_prime, *, kind, n_components, threshold, rtol):
+    """The :class:`NodeBasis` of one node layer from its statistics.
+
+    Parameters
+    ----------
+    name : str
+    shape : tuple
+        Per-sample activation shape ``(*positions, d)``.
+    mean : ndarray of shape (d,)
+        ``mu`` (zeros for an uncentred fit).
+    gram : ndarray of shape (d, d)
+        The activations' Gram ``G``.
+    m_prime : ndarray of shape (d, d) or None
+        The averaged Jacobian Gram; None for ``kind="pca"``.
+    kind : {"lib", "pca"}
+    n_components, threshold
+        Truncation, see :func:`n_kept`.
+    rtol : float
+        The numerical null-space tolerance.
+    """
+    D, U = orthogonal_step(gram, rtol, name)
+    if kind == "pca":
+        lambdas, C, C_pinv = D, U, U.T.copy()
+    else:
+        lambdas, C, C_pinv = lib_rotation(D, U, m_prime, rtol, name)
+    k = n_kept(lambdas, n_components, threshold, name)
+    return NodeBasis(name, shape, mean, C, C_pinv, lambdas, k, gram_eigenvalues=D, kind=kind)
+
+
+def identity_basis(shape, mean):
+    """The model output's default basis: the identity, never truncated.
+
+    There is no ranking among logits: every output has unit "importance".
+    """
+    d = shape[-1]
+    eye = np.eye(d)
+    return NodeBasis(OUTPUT_NODE, shape, mean, eye, eye, np.ones(d), d, kind="identity")
+
+
+def pca_output_basis(shape, mean, gram):
+    """The model output's PCA basis: orthogonal and untruncated (null directions kept).
+
+    Being orthogonal and complete, it leaves every upstream basis exactly as
+    the identity does; it only rotates the last section's edges.
+    """
+    values, vectors = eigh_descending(gram)
+    # Eigenvalues can be slightly negative from rounding, hence the clip.
+    values = np.clip(values, 0, None)
+    return NodeBasis(
+        OUTPUT_NODE,
+        shape,
+        mean,
+        vectors,
+        vectors.T.copy(),
+        values,
+        shape[-1],
+        gram_eigenvalues=values,
+        kind="pca",
+    )

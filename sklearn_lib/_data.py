@@ -1,15 +1,25 @@
-"""Where ``fit`` reads model inputs from: an array, or a stream of batches.
+"""Inputs in every form the estimators accept, as a source of checked batches.
 
-A stream (a ``torch.utils.data.DataLoader`` or any re-iterable object that
-yields batches) is iterated once per pass of the algorithm, so memory is set
-by the batch size, never by the number of samples.
+Two forms, accepted by every method that reads data:
+
+- **array-like** samples (numpy arrays, torch tensors, lists of equally
+  shaped rows, pandas frames): validated by the estimator with
+  scikit-learn's ``validate_data`` and sliced into batches of
+  ``batch_size``;
+- **streams**: a ``torch.utils.data.DataLoader`` or any re-iterable object
+  yielding batches (arrays, tensors, or tuples/lists whose first item is
+  one, as a DataLoader over ``TensorDataset(X, y)`` yields ``[x, y]``).  A
+  stream is read once per pass, so memory is set by its batch size, never
+  by the number of samples.
+
+Every batch of a stream is checked as it arrives: at least two dimensions,
+numbers, finite, and the per-sample shape of the data it must match (the
+fitted inputs, or the stream's first batch).
 """
 
 import numpy as np
 import scipy.sparse
 import torch
-
-from ._utils import batch_slices
 
 
 def is_stream(X):
@@ -28,7 +38,13 @@ def is_stream(X):
 
 
 class ArraySource:
-    """Batches of an in-memory array."""
+    """Batches of a validated in-memory array.
+
+    Parameters
+    ----------
+    X : ndarray or torch.Tensor of shape (n_samples, ...)
+    batch_size : int
+    """
 
     def __init__(self, X, batch_size):
         self.X = X
@@ -36,72 +52,88 @@ class ArraySource:
         self.n_samples = X.shape[0]
 
     def batches(self):
-        for sl in batch_slices(self.n_samples, self.batch_size):
-            yield self.X[sl]
+        """Yield ``(start, batch)`` with ``batch = X[start:start + batch_size]``."""
+        for start in range(0, self.n_samples, self.batch_size):
+            yield start, self.X[start : start + self.batch_size]
 
 
 class StreamSource:
-    """Batches of a re-iterable stream, checked against the first batch.
+    """Batches of a re-iterable stream, each checked as it arrives.
 
     Parameters
     ----------
     stream : iterable
-        Yields arrays or tensors of model inputs, or tuples whose first item
-        is one (a DataLoader over ``TensorDataset(X, y)`` yields ``[x, y]``).
+        Yields arrays or tensors, or tuples/lists whose first item is one.
+    shape : tuple, optional
+        The per-sample shape every batch must have (e.g. the fitted inputs');
+        None takes the first batch's.
+    fitted_by : str, optional
+        Who was fitted on ``shape``, for the error message.
     """
 
-    def __init__(self, stream):
+    def __init__(self, stream, shape=None, fitted_by=None):
         if iter(stream) is stream:
             raise TypeError(
-                "X is an iterator, which can be read only once, but fitting reads the data "
+                "X is an iterator, which can be read only once, but the data is read "
                 "once per pass; pass a re-iterable object such as a DataLoader"
             )
         self.stream = stream
+        self.shape = None if shape is None else tuple(shape)
+        self.fitted_by = fitted_by
         self.n_samples = None  # known after the first full pass
-        self.input_shape = None
 
     def batches(self):
+        """Yield ``(start, batch)``; the sample count must be the same in every full pass."""
         count = 0
         for batch in self.stream:
-            if isinstance(batch, (tuple, list)):
-                batch = batch[0]
-            if not torch.is_tensor(batch):
-                batch = np.asarray(batch)
-            if batch.ndim < 2:
-                raise ValueError(
-                    f"Each batch needs shape (batch_size, ...), got shape {tuple(batch.shape)}"
-                )
-            shape = tuple(batch.shape[1:])
-            if self.input_shape is None:
-                self.input_shape = shape
-            elif shape != self.input_shape:
-                raise ValueError(
-                    f"A batch has per-sample shape {shape}, but the first batch had "
-                    f"{self.input_shape}"
-                )
-            floating = (
-                batch.is_floating_point()
-                if torch.is_tensor(batch)
-                else (np.issubdtype(batch.dtype, np.floating))
-            )
-            finite = bool(torch.isfinite(torch.as_tensor(batch)).all()) if floating else True
-            if not finite:
-                raise ValueError("Input contains NaN or infinity (in a batch of the stream)")
+            batch = self._check(batch)
+            yield count, batch
             count += batch.shape[0]
-            yield batch
+        if count == 0:
+            raise ValueError("The stream yielded no batch")
         if self.n_samples is None:
             self.n_samples = count
         elif count != self.n_samples:
             raise ValueError(
                 f"The stream yielded {count} samples in this pass but {self.n_samples} in the "
-                "first; fitting needs the same data in every pass"
+                "first; every pass must see the same data"
             )
 
+    def _check(self, batch):
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        if not torch.is_tensor(batch):
+            batch = np.asarray(batch)
+            if not (np.issubdtype(batch.dtype, np.number) or batch.dtype == bool):
+                raise ValueError(f"A batch of the stream holds {batch.dtype} values, not numbers")
+        if batch.ndim < 2:
+            raise ValueError(
+                f"Each batch needs shape (batch_size, ...), got shape {tuple(batch.shape)}"
+            )
+        shape = tuple(batch.shape[1:])
+        if self.shape is None:
+            self.shape = shape
+        elif shape != self.shape:
+            against = (
+                f"{self.fitted_by} was fitted on inputs of per-sample shape"
+                if self.fitted_by
+                else "the first batch had"
+            )
+            raise ValueError(f"A batch has per-sample shape {shape}, but {against} {self.shape}")
+        floating = (
+            batch.is_floating_point()
+            if torch.is_tensor(batch)
+            else np.issubdtype(batch.dtype, np.floating)
+        )
+        if floating and not bool(torch.isfinite(torch.as_tensor(batch)).all()):
+            raise ValueError("Input contains NaN or infinity (in a batch of the stream)")
+        return batch
+
     def probe(self, n):
-        """Up to ``n`` first samples, as one numpy array."""
+        """Up to ``n`` first samples, as one numpy array (a partial pass, not counted)."""
         parts, total = [], 0
         # Leaving the checked generator early skips its sample count.
-        for batch in self.batches():
+        for _, batch in self.batches():
             parts.append(np.asarray(batch.cpu() if torch.is_tensor(batch) else batch))
             total += len(parts[-1])
             if total >= n:
@@ -109,3 +141,20 @@ class StreamSource:
         if not parts:
             raise ValueError("The stream yielded no batch")
         return np.concatenate(parts)[:n]
+
+
+def to_tensor(X, device, dtype):
+    """Copy a batch of model inputs to ``device``.
+
+    Floating inputs take the compute ``dtype``; integer inputs (token ids)
+    and booleans keep their own dtype, because casting ids to float breaks
+    embeddings silently.  The result never shares memory with ``X``, so a
+    model that edits its input in place cannot touch the caller's data.
+    """
+    if torch.is_tensor(X):
+        target = dtype if X.is_floating_point() else X.dtype
+        return X.detach().to(device=device, dtype=target, copy=True)
+    X = np.asarray(X)
+    target = dtype if np.issubdtype(X.dtype, np.floating) else None
+    # torch.tensor copies (read-only and non-contiguous arrays are fine).
+    return torch.tensor(X, dtype=target, device=device)

@@ -18,15 +18,12 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from sklearn.utils import check_random_state
 
-from ._capture import NodeLayer, resolve_module
-from ._integration import integration_rule
-from ._jacobian import cotangent_rows, scaled
+from ._basis import OUTPUT_NODE
+from ._integration import integration_rule, rule_tensors
+from ._jacobian import Cotangents
 from ._section import SectionJacobian
 from ._stats import all_reduce_sum, global_count
-from ._utils import Progress, batch_slices
 
 
 @dataclass
@@ -112,112 +109,99 @@ class InteractionGraph:
         return plot_interaction_graph(self, top_edges=top_edges, ax=ax, **kwargs)
 
 
-def section_nodes(lib):
-    """``NodeLayer`` objects for every fitted node (None stands for the output)."""
-    nodes = []
-    for name, basis in lib.bases_.items():
-        if name == "output":
-            nodes.append(None)
-        else:
-            nodes.append(NodeLayer(name, resolve_module(lib.model, name), basis.shape))
-    return nodes
+class EdgeAccumulator:
+    """Accumulator of the squared edges of one section (see ``_session`` for the protocol).
 
-
-def kept_tensors(basis, device):
-    """``(mean, C[:, :k], C+[:k])`` of a NodeBasis as float64 tensors on ``device``."""
-    return tuple(
-        torch.as_tensor(a, device=device) for a in (basis.mean, basis.kept_matrix, basis.kept_pinv)
-    )
-
-
-def edges_batch(section, x, f, src_basis, dst_basis, alphas, weights, signs=None):
-    """Un-normalised squared edges of one batch, shape (k_out, k_in), float64.
-
-    ``section`` is the :class:`~sklearn_lib._section.SectionJacobian` from
-    ``src_basis``'s node layer to ``dst_basis``'s and ``f`` the activations
-    of its source on the batch ``x``.
+    Parameters
+    ----------
+    session : ModelSession
+    src, dst : NodeBasis
+        The section's fitted nodes (``dst`` may be the output node).
+    rule : (torch.Tensor, torch.Tensor)
+        Integration points and weights on the session's device.
+    n_stochastic_sources : int or None
+        Random +-1 projections over the output positions per batch, instead
+        of the exact sum over them.
+    jacobian : {"auto", "autograd"}
     """
-    mean, C, C_pinv = kept_tensors(src_basis, x.device)
-    f_hat = (f.to(torch.float64) - mean) @ C  # (n, *positions, k_in)
-    # Points a * f_hat in feature space, mapped back to activations.
-    points = (scaled(f_hat, alphas) @ C_pinv + mean).to(f.dtype)  # (A*n, *positions, d)
-    f_hat_rows = f_hat.reshape(f.shape[0], -1, C.shape[1])  # (n, P_in, k_in)
-    basis_next = torch.as_tensor(dst_basis.kept_matrix, device=x.device, dtype=f.dtype)
-    rows = cotangent_rows(basis_next, dst_basis.n_positions, signs)
-    # sum_x (sum_s dF_hat_r/df_hat_{j,s} * f_hat_{j,s})^2: the derivative along row j of
-    # C_pinv, scaled by the feature's value at each input position, squared.
-    sums = section.directional_square_sums(x, points, rows, weights, C_pinv, f_hat_rows)
-    k_out = basis_next.shape[1]
-    per_row = sums.reshape(-1, k_out, sums.shape[1])  # (P_out or S, k_out, k_in)
-    return per_row.sum(0) if signs is None else per_row.mean(0)
 
+    def __init__(self, session, src, dst, rule, n_stochastic_sources=None, jacobian="auto"):
+        self.session, self.src, self.rule = session, src, rule
+        self.reads = (src.name,)
+        self.key = (src.name, dst.name)
+        self.sources = n_stochastic_sources
+        dst_name = None if dst.name == OUTPUT_NODE else dst.name
+        self.section = SectionJacobian(session, src.name, dst_name, jacobian)
+        self.src_tensors = src.tensors(session.device)
+        self.matrix = dst.tensors(session.device, session.dtype)[1]
+        self.n_positions_out = dst.n_positions
+        self.exact = Cotangents(self.matrix, self.n_positions_out)
+        self.total = 0
+        self.count = 0
 
-def compute_interaction_graph(
-    lib,
-    X,
-    *,
-    integration=None,
-    n_intervals=None,
-    n_stochastic_sources=None,
-    random_state=None,
-    verbose=None,
-):
-    """Edges of every section of a fitted :class:`LIBTransformer`; see its method."""
-    integration = lib.integration if integration is None else integration
-    n_intervals = lib.n_intervals if n_intervals is None else n_intervals
-    alphas, weights = integration_rule(integration, n_intervals)
-    if n_stochastic_sources is not None and (
-        not isinstance(n_stochastic_sources, (int, np.integer)) or n_stochastic_sources < 1
-    ):
-        raise ValueError(
-            f"n_stochastic_sources={n_stochastic_sources!r} must be None or an int >= 1"
+    def update(self, batch, acts):
+        cotangents = self.exact
+        if self.sources is not None:
+            cotangents = Cotangents.sampled(
+                self.matrix, self.n_positions_out, self.sources, self.session.generator, False
+            )
+        f = acts[self.src.name]
+        self.total = self.total + self.section.edge_sums(
+            batch.x, f, self.src_tensors, cotangents, self.rule
         )
-    rng = check_random_state(lib.random_state if random_state is None else random_state)
-    generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
-    progress = Progress("interaction_graph", lib.verbose if verbose is None else verbose)
-    X = lib._validate_input(X, reset=False)
-    names = list(lib.bases_)
-    nodes = section_nodes(lib)
-    pairs = list(zip(names[:-1], names[1:]))
-    with lib._model_session() as runner:
-        rule = [torch.as_tensor(v, device=runner.device) for v in (alphas, weights)]
-        sections = [
-            SectionJacobian(runner, src, dst, lib._structured) for src, dst in zip(nodes, nodes[1:])
-        ]
-        totals = [0] * len(sections)
-        what = "edges " + ", ".join(f"{src!r} -> {dst!r}" for src, dst in pairs)
-        batches = progress.batches(batch_slices(len(X), lib.batch_size), len(X), what)
-        for sl in batches:
-            x = lib._to_tensor(runner, X[sl])
-            # One forward pass reads every section's input.
-            with torch.no_grad():
-                reads = runner.read(x, [section.src.module for section in sections])
-            for i, (section, f) in enumerate(zip(sections, reads)):
-                dst_basis = lib.bases_[pairs[i][1]]
-                signs = None
-                if n_stochastic_sources is not None:
-                    draws = torch.randint(
-                        0, 2, (n_stochastic_sources, dst_basis.n_positions), generator=generator
-                    )
-                    signs = (2 * draws - 1).to(runner.device)
-                src_basis = lib.bases_[pairs[i][0]]
-                totals[i] = totals[i] + edges_batch(
-                    section, x, f, src_basis, dst_basis, *rule, signs
-                )
-        edges = {}
-        for pair, total in zip(pairs, totals):
-            # Sums over every rank's shard when torch.distributed runs.
-            total = all_reduce_sum(total)
-            n = global_count(len(X), total.device)
-            edges[pair] = (total / (n * lib.bases_[pair[0]].n_positions)).cpu().numpy()
-    lambdas = {
-        name: basis.lambdas[: basis.n_components].copy() for name, basis in lib.bases_.items()
-    }
+        self.count += batch.n
+
+    def result(self):
+        """Edges ``(k_out, k_in)`` averaged over all ``N * P_in`` rows (of every rank)."""
+        # Sums over every rank's shard when torch.distributed runs.
+        total = all_reduce_sum(self.total)
+        n = global_count(self.count, total.device)
+        return (total / (n * self.src.n_positions)).cpu().numpy(), n
+
+
+def interaction_graph(
+    session,
+    source,
+    bases,
+    *,
+    integration="gradient",
+    n_intervals=0,
+    n_stochastic_sources=None,
+    jacobian="auto",
+):
+    """The interaction graph of consecutive fitted nodes, from one pass over the data.
+
+    Parameters
+    ----------
+    session : ModelSession
+    source : ArraySource or StreamSource
+    bases : list of NodeBasis
+        In forward order, the last one the model output's.
+    integration, n_intervals
+        The integration rule (:func:`~sklearn_lib.integration_rule`).
+    n_stochastic_sources : int or None
+    jacobian : {"auto", "autograd"}
+
+    Returns
+    -------
+    InteractionGraph
+    """
+    rule = rule_tensors(integration_rule(integration, n_intervals), session.device)
+    accumulators = [
+        EdgeAccumulator(session, src, dst, rule, n_stochastic_sources, jacobian)
+        for src, dst in zip(bases[:-1], bases[1:])
+    ]
+    # One forward pass per batch reads every section's input.
+    what = "edges " + ", ".join(f"{acc.key[0]!r} -> {acc.key[1]!r}" for acc in accumulators)
+    results = session.run_pass(source, accumulators, what)
+    edges = {acc.key: E for acc, (E, _) in zip(accumulators, results)}
+    nodes = [basis.name for basis in bases]
+    lambdas = {basis.name: basis.lambdas[: basis.n_components].copy() for basis in bases}
     info = {
-        "basis": lib.basis,
+        "basis": bases[0].kind,
         "integration": integration,
         "n_intervals": int(n_intervals),
         "n_stochastic_sources": n_stochastic_sources,
-        "n_samples": n,
+        "n_samples": results[0][1],
     }
-    return InteractionGraph(names, lambdas, edges, info)
+    return InteractionGraph(nodes, lambdas, edges, info)

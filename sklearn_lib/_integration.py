@@ -5,6 +5,7 @@ Every rule returns points ``alpha`` in [0, 1] and weights ``w`` such that
 """
 
 import numpy as np
+import torch
 
 INTEGRATION_RULES = ("gradient", "trapezoidal", "gauss-legendre")
 
@@ -49,3 +50,8 @@ def integration_rule(method, n_intervals):
         # Map [-1, 1] to [0, 1].
         return (nodes + 1) / 2, weights / 2
     raise ValueError(f"integration={method!r} is not one of {INTEGRATION_RULES}")
+
+
+def rule_tensors(rule, device):
+    """``(alphas, weights)`` of a rule as float64 tensors on ``device``."""
+    return tuple(torch.as_tensor(np.asarray(v, dtype=np.float64), device=device) for v in rule)

@@ -1,11 +1,12 @@
-"""Jacobian rows of one section by batched autograd vector-Jacobian products.
+"""Jacobian rows of a section: their cotangents, and autograd vector-Jacobian products.
 
 For a section ``F`` from node layer ``l`` to node layer ``l+1`` and the next
 layer's LIB matrix ``C_next`` (shape ``(d_next, k_next)``), each row of the
 Jacobian of ``f_hat_next = (F(f) - mu_next) @ C_next`` is the vector-Jacobian
 product of ``F`` with one cotangent: column ``i`` of ``C_next`` placed at one
-output position ``t``.  Samples are independent in eval mode, so one batched
-backward pass gives that row's gradient for every sample at once.
+output position ``t`` (:class:`Cotangents`).  Samples are independent in
+eval mode, so one batched backward pass gives that row's gradient for every
+sample at once (:func:`integrated_vjps`).
 
 How the rows themselves are run depends on the device.  On CUDA they are
 batched with ``is_grads_batched`` (``torch.vmap`` over the backward pass), in
@@ -21,9 +22,7 @@ no closed form of its own.
 
 import torch
 
-# Elements per chunk of batched cotangents/gradients (float64: 8 bytes each),
-# 32 MiB.  Peak memory is set by this and the batch size, never by N.
-_CHUNK_ELEMENTS = 1 << 22
+from ._numerics import CHUNK_ELEMENTS
 
 
 def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows):
@@ -50,7 +49,7 @@ def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows)
     n_rows = cotangent_rows.shape[0]
     if batched_rows:
         per_row = out.shape[0] * max(out[0].numel(), leaf[0].numel())
-        chunk = max(1, _CHUNK_ELEMENTS // max(per_row, 1))
+        chunk = max(1, CHUNK_ELEMENTS // max(per_row, 1))
     else:
         chunk = 1
     for start in range(0, n_rows, chunk):
@@ -86,34 +85,98 @@ def quadrature_sum(grads, weights, n_samples):
     return torch.einsum("a,ran...->rn...", weights.to(grads.dtype), grads)
 
 
-def cotangent_rows(basis_next, n_positions_out, signs=None):
-    """Cotangents, one per Jacobian row, of shape (R, P_out, d_next).
+class Cotangents:
+    """The cotangents of the Jacobian rows LIB needs from one section.
 
-    Without ``signs``: every ``e_t (x) C_next[:, i]``, ``R = P_out * k_next``,
-    position-major (row ``t * k_next + i``).  With ``signs`` of shape
-    ``(S, P_out)`` (random +-1 "stochastic sources"): ``sum_t r_t e_t (x)
-    C_next[:, i]``, ``R = S * k_next`` (row ``s * k_next + i``).  Since
-    ``E[r_t r_t'] = delta_tt'``, the square of such a row's contribution is an
-    unbiased estimate of the sum over positions.
+    Exact (``signs`` None): one row per next feature ``i`` and output
+    position ``t``, ``e_t (x) C_next[:, i]``, position-major (row
+    ``t * k_next + i``).  With random +-1 ``signs`` ("stochastic sources"):
+
+    - of shape ``(S, P_out)``: ``sum_t r_st e_t (x) C_next[:, i]``, one row
+      per source and feature (row ``s * k_next + i``), for the edges;
+    - of shape ``(S, P_out, k_next)``: ``sum_{t,i} r_sti e_t (x) C_next[:, i]``,
+      one row per source, for ``M'``.
+
+    Since ``E[r r^T] = I``, a sum of squares over sampled rows, times
+    :attr:`scale`, is an unbiased estimate of the sum over exact rows.
+
+    Parameters
+    ----------
+    matrix : torch.Tensor of shape (d_next, k_next)
+    n_positions : int
+        Output positions ``P_out`` of the section.
+    signs : torch.Tensor or None
     """
-    d_next, k_next = basis_next.shape
-    if signs is None:
-        signs = torch.eye(n_positions_out, dtype=basis_next.dtype, device=basis_next.device)
-    signs = signs.to(basis_next.dtype)
-    # (S, 1, P_out, 1) * (1, k_next, 1, d_next) -> (S, k_next, P_out, d_next)
-    rows = signs[:, None, :, None] * basis_next.T[None, :, None, :]
-    return rows.reshape(-1, n_positions_out, d_next)
 
+    def __init__(self, matrix, n_positions, signs=None):
+        self.matrix = matrix
+        self.n_positions = n_positions
+        self.signs = signs
+        self._rows = None
 
-def source_rows(basis_next, signs):
-    """Random cotangents over output positions *and* features: (S, P_out, d_next).
+    @classmethod
+    def sampled(cls, matrix, n_positions, n_sources, generator, over_features):
+        """``n_sources`` random +-1 combinations of the exact rows.
 
-    Row ``s`` is ``sum_{t,i} r_{s,t,i} e_t (x) C_next[:, i]`` for signs ``r``
-    of shape ``(S, P_out, k_next)``.  Since ``E[r r^T] = I``, the average of
-    ``g_s g_s^T`` over sources is an unbiased estimate of the sum over all
-    ``P_out * k_next`` rows, at ``S`` backward passes instead.
-    """
-    return torch.einsum("stk,dk->std", signs.to(basis_next.dtype), basis_next)
+        ``over_features`` mixes features too (signs ``(S, P_out, k_next)``,
+        for ``M'``); otherwise only output positions (``(S, P_out)``, for the
+        edges).  The signs are drawn on the CPU from ``generator``, so results
+        are reproducible on any device.
+        """
+        shape = (n_sources, n_positions) + ((matrix.shape[1],) if over_features else ())
+        draws = torch.randint(0, 2, shape, generator=generator)
+        return cls(matrix, n_positions, (2 * draws - 1).to(matrix.device))
+
+    @property
+    def exact(self):
+        """True when the rows are the exact ones (no sources)."""
+        return self.signs is None
+
+    @property
+    def scale(self):
+        """``1 / S`` for sampled rows, 1 for exact ones."""
+        return 1.0 if self.signs is None else 1.0 / self.signs.shape[0]
+
+    @property
+    def rows(self):
+        """The cotangents, shape ``(R, P_out, d_next)``, in the matrix' dtype."""
+        if self._rows is None:
+            self._rows = self._build()
+        return self._rows
+
+    def _build(self):
+        C = self.matrix
+        d_next, k_next = C.shape
+        if self.signs is not None and self.signs.ndim == 3:
+            # (S, P_out, k_next) signs mix features too: (S, P_out, d_next).
+            return torch.einsum("stk,dk->std", self.signs.to(C.dtype), C)
+        signs = self.signs
+        if signs is None:
+            signs = torch.eye(self.n_positions, dtype=C.dtype, device=C.device)
+        signs = signs.to(C.dtype)
+        # (S, 1, P_out, 1) * (1, k_next, 1, d_next) -> (S, k_next, P_out, d_next)
+        rows = signs[:, None, :, None] * C.T[None, :, None, :]
+        return rows.reshape(-1, self.n_positions, d_next)
+
+    def at_one_position(self):
+        """The exact rows of a section applied to each position separately.
+
+        For a position-wise section (output position ``t`` depends on input
+        position ``t`` alone) the exact rows' contributions are those of a
+        one-position section on ``n * P`` samples: ``k_next`` rows instead
+        of ``P_out * k_next``.
+        """
+        assert self.exact
+        return Cotangents(self.matrix, 1)
+
+    def feature_sums(self, per_row):
+        """Sum (exact) or source average of per-row values ``(R, ...)`` per next feature.
+
+        Only for exact rows and ``(S, P_out)`` signs; returns ``(k_next, ...)``.
+        """
+        k_next = self.matrix.shape[1]
+        per_feature = per_row.reshape(-1, k_next, *per_row.shape[1:])
+        return per_feature.sum(0) * self.scale
 
 
 def scaled(f, alphas):

@@ -1,100 +1,19 @@
 """The Local Interaction Basis as a scikit-learn transformer."""
 
-from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import _fit_context
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
+from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions, validate_params
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._base import OUTPUT_NODE, _ModelLayerTransformer, check_activations, check_finite
-from ._basis import NodeBasis, eigh_descending, lib_rotation, n_kept, orthogonal_step
-from ._capture import check_cut, inspect_node_layers
-from ._data import ArraySource, StreamSource, is_stream
+from ._ablate import node_ablation_scores
+from ._base import _ModelLayerTransformer, check_activations, map_arrays
+from ._fit import FitSettings, fit_bases, inspect
+from ._graph import interaction_graph
 from ._integration import INTEGRATION_RULES, integration_rule
-from ._jacobian import cotangent_rows, source_rows
-from ._section import SectionJacobian, jacobian_gram_batch
-from ._stats import MomentAccumulator, all_reduce_sum, global_count
-from ._structure import linear_elementwise_section, structured_gram_batch
-from ._utils import Progress, null_space_rtol
-
-
-@dataclass
-class _FitPass:
-    """What every pass of one fit shares."""
-
-    runner: object  # ModelRunner
-    source: object  # ArraySource or StreamSource
-    rule: tuple  # (alphas, weights) tensors on the device
-    progress: Progress
-    generator: torch.Generator  # stochastic sources
-
-
-class _JacobianGram:
-    """``M'`` of one section, accumulated batch by batch.
-
-    Exact: one row per output position and next feature, or, for a
-    Linear -> elementwise section of an ``nn.Sequential``, the closed form of
-    ``_structure.py`` (no per-row backward passes); the rows themselves come
-    from a :class:`~sklearn_lib._section.SectionJacobian`.  With
-    ``n_stochastic_sources=S``: ``S`` random +-1 combinations of all rows per
-    batch, whose average Gram is an unbiased estimate.
-
-    Parameters
-    ----------
-    est : LIBTransformer
-    ctx : _FitPass
-    src, dst : NodeLayer (dst None: the model output)
-    basis_next : torch.Tensor of shape (d_next, k_next)
-        The next node's kept LIB matrix, in the fit's dtype and device.
-    n_pos_out : int
-        Positions of the next node.
-    next_name : str
-    """
-
-    def __init__(self, est, ctx, src, dst, basis_next, n_pos_out, next_name):
-        self.ctx, self.src, self.basis_next, self.n_pos_out = ctx, src, basis_next, n_pos_out
-        self.what = f"Jacobians {src.name!r} -> {next_name!r}"
-        self.sources = est.n_stochastic_sources
-        self.structure = None
-        if est._structured and not self.sources:
-            self.structure = linear_elementwise_section(
-                est.model, src.name, None if dst is None else dst.name, est.capture
-            )
-        self.rows = None
-        if not (self.sources or self.structure):
-            self.rows = cotangent_rows(basis_next, n_pos_out)
-        self.section = SectionJacobian(ctx.runner, src, dst, closed_form=est._structured)
-        n = src.n_features
-        self.total = torch.zeros(n, n, dtype=torch.float64, device=ctx.runner.device)
-
-    def add(self, x, f=None):
-        """Add one batch of model inputs ``x`` (``f``: ``src``'s activations, if read)."""
-        ctx, rows = self.ctx, self.rows
-        if self.sources:
-            shape = (self.sources, self.n_pos_out, self.basis_next.shape[1])
-            draws = torch.randint(0, 2, shape, generator=ctx.generator)
-            rows = source_rows(self.basis_next, (2 * draws - 1).to(ctx.runner.device))
-        if self.structure:
-            self.total += structured_gram_batch(
-                ctx.runner, x, self.src, *self.structure, self.basis_next, *ctx.rule, f=f
-            )
-        else:
-            self.total += jacobian_gram_batch(self.section, x, rows, *ctx.rule, f=f)
-
-    def result(self):
-        """``M'`` averaged over all ``N * P_in`` rows (of every rank), as a numpy array."""
-        total = self.total / self.sources if self.sources else self.total
-        all_reduce_sum(total)
-        n = global_count(self.ctx.source.n_samples, total.device)
-        return (total / (n * self.src.n_positions)).cpu().numpy()
-
-
-# Samples used to check call order, shapes and cuts before the real passes.
-_PROBE_SIZE = 64
+from ._section import JACOBIAN_ROUTES
 
 
 class LIBTransformer(_ModelLayerTransformer):
@@ -116,10 +35,11 @@ class LIBTransformer(_ModelLayerTransformer):
     ----------
     model : torch.nn.Module
         Called as ``model(batch)`` on a tensor made from rows of ``X``.  It is
-        never modified: parameters, dtype, device, train/eval flags and
-        ``requires_grad`` stay as they are, and no hook is left behind.  Fits
-        run in eval mode.  Do not share one model between estimators fitting
-        concurrently in threads (hooks are registered while a pass runs).
+        never touched: every call works on a private copy (its own parameters
+        and buffers, in ``dtype`` on ``device``, in eval mode), so the model's
+        parameters, buffers, flags and hooks stay as they are, even while a
+        pass runs, and several threads may use one model or one fitted
+        estimator at once.
     layer : str
         Name of the node layer to transform, from ``model.named_modules()``.
     downstream_layers : sequence of str, default=()
@@ -170,6 +90,13 @@ class LIBTransformer(_ModelLayerTransformer):
         combinations of all of them per batch instead: an unbiased estimate
         of ``M'`` at a fraction of the cost for wide outputs or many
         positions (its error shrinks like ``1 / sqrt(S * n_batches)``).
+    jacobian : {"auto", "autograd"}, default="auto"
+        How Jacobian products are computed, for ``M'`` and for the edges.
+        ``"auto"`` uses a closed form where one applies (the Linear ->
+        elementwise formula for such sections of an ``nn.Sequential``, or the
+        model's own ``lib_section_vjp`` / ``lib_section_gram``), each checked
+        against autograd once per section and used only if it agrees;
+        ``"autograd"`` always uses autograd (the reference, slower).
     random_state : int, RandomState instance or None, default=None
         Seeds the permutation of the cut check and the stochastic sources.
     verbose : bool, default=False
@@ -223,7 +150,11 @@ class LIBTransformer(_ModelLayerTransformer):
     Jacobians come from autograd, from a closed form for Linear ->
     elementwise sections of an ``nn.Sequential``, or from the model's own
     ``lib_section_vjp`` / ``lib_section_gram`` where it has them (checked
-    against autograd once per section; see ``sklearn_lib/_section.py``).
+    against autograd once per section; see ``sklearn_lib/_section.py`` and
+    ``jacobian``).
+
+    ``X`` may be an array-like of samples or a stream of batches (a
+    ``DataLoader`` or any re-iterable), in every method that reads data.
 
     References
     ----------
@@ -262,15 +193,12 @@ class LIBTransformer(_ModelLayerTransformer):
         "n_intervals": [Interval(Integral, 0, None, closed="left")],
         "output_basis": [StrOptions({"identity", "pca"})],
         "n_stochastic_sources": [Interval(Integral, 1, None, closed="left"), None],
+        "jacobian": [StrOptions(set(JACOBIAN_ROUTES))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     _min_samples = 2
-    # Use closed forms where they apply: Linear -> elementwise sections and a
-    # model's own ``lib_section_vjp`` (tests turn them off to compare with the
-    # generic path).
-    _structured = True
 
     def __init__(
         self,
@@ -290,6 +218,7 @@ class LIBTransformer(_ModelLayerTransformer):
         device="auto",
         dtype="float64",
         n_stochastic_sources=None,
+        jacobian="auto",
         random_state=None,
         verbose=False,
     ):
@@ -308,6 +237,7 @@ class LIBTransformer(_ModelLayerTransformer):
         self.device = device
         self.dtype = dtype
         self.n_stochastic_sources = n_stochastic_sources
+        self.jacobian = jacobian
         self.random_state = random_state
         self.verbose = verbose
 
@@ -334,48 +264,21 @@ class LIBTransformer(_ModelLayerTransformer):
         return self
 
     def _fit(self, X):
-        if is_stream(X):
-            source = StreamSource(X)
-            probe = self._validate_input(source.probe(_PROBE_SIZE), reset=True)
-        else:
-            X = self._validate_input(X, reset=True)
-            source, probe = ArraySource(X, self.batch_size), X[:_PROBE_SIZE]
+        source, probe = self._source(X, reset=True)
+        settings = FitSettings(
+            basis=self.basis,
+            n_components=self.n_components,
+            truncation_threshold=self.truncation_threshold,
+            center=self.center,
+            rule=integration_rule(self.integration, self.n_intervals),
+            output_basis=self.output_basis,
+            n_stochastic_sources=self.n_stochastic_sources,
+            jacobian=self.jacobian,
+        )
+        session = self._session()
         names = [self.layer, *self.downstream_layers]
-        if OUTPUT_NODE in names:
-            raise ValueError(
-                f"A node layer may not be called {OUTPUT_NODE!r}: that name is "
-                "reserved for the model-output node"
-            )
-        alphas, weights = integration_rule(self.integration, self.n_intervals)
-        progress = Progress(type(self).__name__, self.verbose)
-        rng = check_random_state(self.random_state)
-        with self._model_session() as runner:
-            probe = self._to_tensor(runner, probe)
-            with torch.no_grad():
-                nodes, output_shape = inspect_node_layers(runner, probe, names)
-                if self.basis == "lib":
-                    for src, dst in zip(nodes, [*nodes[1:], None]):
-                        dst_name = "the model output" if dst is None else f"layer {dst.name!r}"
-                        check_cut(runner, probe, src, dst, dst_name, rng)
-            rule = (
-                torch.as_tensor(alphas, device=runner.device),
-                torch.as_tensor(weights, device=runner.device),
-            )
-            # Stochastic sources draw on the CPU from a seeded generator, so a
-            # fit is reproducible on any device.
-            generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
-            ctx = _FitPass(runner, source, rule, progress, generator)
-            last = None
-            if self.basis == "lib" and self.output_basis == "identity":
-                # The output's basis is known before any pass, so the last
-                # section's M' joins the pass that collects the statistics:
-                # one pass over the data fewer.
-                d_out = output_shape[-1]
-                eye = torch.eye(d_out, device=runner.device, dtype=runner.dtype)
-                n_pos_out = int(np.prod(output_shape[:-1], dtype=int))
-                last = _JacobianGram(self, ctx, nodes[-1], None, eye, n_pos_out, OUTPUT_NODE)
-            moments, output_moments = self._collect_moments(ctx, nodes, output_shape, last)
-            bases = self._fit_bases(ctx, nodes, moments, output_moments, output_shape, last)
+        shapes, output_shape = inspect(session, session.inputs(probe), names, settings)
+        bases = fit_bases(session, source, shapes, output_shape, settings)
 
         self.bases_ = bases
         main = bases[self.layer]
@@ -387,114 +290,8 @@ class LIBTransformer(_ModelLayerTransformer):
         self.inverse_components_ = main.kept_pinv.copy()
         self.mean_ = main.mean
         self.lambdas_ = main.lambdas[: main.n_components].copy()
-        progress("done")
+        session.progress("done")
         return X
-
-    def _collect_moments(self, ctx, nodes, output_shape, last=None):
-        """One pass: mean and Gram of every node layer, mean of the output.
-
-        ``last``, a :class:`_JacobianGram` of the last section, accumulates
-        in the same pass.
-        """
-        runner, source = ctx.runner, ctx.source
-        device = runner.device
-        moments = [MomentAccumulator(node.n_features, device, self.center) for node in nodes]
-        output_moments = MomentAccumulator(
-            output_shape[-1], device, center=True, gram=self.output_basis == "pca"
-        )
-        modules = [node.module for node in nodes]
-        what = "activation statistics" + ("" if last is None else f" and {last.what}")
-        batches = ctx.progress.samples(source.batches(), source.n_samples, what)
-        for batch in batches:
-            x = self._to_tensor(runner, batch)
-            with torch.no_grad():
-                reads, output = runner.run(x, reads=modules)
-            for node, f, acc in zip(nodes, reads, moments):
-                check_finite(f, node.name)
-                acc.update(f.reshape(-1, node.n_features))
-            check_finite(output, "model output")
-            output_moments.update(output.reshape(-1, output_shape[-1]))
-            if last is not None:
-                last.add(x, reads[-1])
-        for acc in [*moments, output_moments]:
-            acc.reduce()
-        return moments, output_moments
-
-    def _output_basis(self, output_moments, output_shape):
-        d = output_shape[-1]
-        mean = output_moments.mean.cpu().numpy()
-        if self.output_basis == "identity":
-            # No ranking among logits: the identity basis has unit "importance".
-            eye = np.eye(d)
-            return NodeBasis(
-                OUTPUT_NODE, output_shape, mean, eye, eye, np.ones(d), d, kind="identity"
-            )
-        # Orthogonal and untruncated (null directions kept), so upstream bases
-        # stay exactly as with the identity.
-        values, vectors = eigh_descending(output_moments.gram.cpu().numpy())
-        # Eigenvalues can be slightly negative from rounding, hence the clip.
-        values = np.clip(values, 0, None)
-        return NodeBasis(
-            OUTPUT_NODE,
-            output_shape,
-            mean,
-            vectors,
-            vectors.T.copy(),
-            values,
-            d,
-            gram_eigenvalues=values,
-            kind="pca",
-        )
-
-    def _fit_bases(self, ctx, nodes, moments, output_moments, output_shape, last=None):
-        rtol = null_space_rtol(ctx.runner.dtype)
-        next_basis = self._output_basis(output_moments, output_shape)
-        bases = {OUTPUT_NODE: next_basis}
-        for i in reversed(range(len(nodes))):
-            node, acc = nodes[i], moments[i]
-            D, U = orthogonal_step(acc.gram.cpu().numpy(), rtol, node.name)
-            if self.basis == "pca":
-                lambdas, C, C_pinv = D, U, U.T.copy()
-            else:
-                if last is not None and i == len(nodes) - 1:
-                    m_prime = last.result()
-                else:
-                    dst = nodes[i + 1] if i + 1 < len(nodes) else None
-                    m_prime = self._jacobian_gram(ctx, node, dst, next_basis)
-                lambdas, C, C_pinv = lib_rotation(D, U, m_prime, rtol, node.name)
-            k = n_kept(
-                lambdas,
-                self.n_components if i == 0 else None,
-                self.truncation_threshold,
-                node.name,
-            )
-            mean = acc.mean.cpu().numpy() if self.center else np.zeros(node.n_features)
-            next_basis = NodeBasis(
-                node.name,
-                node.shape,
-                mean,
-                C,
-                C_pinv,
-                lambdas,
-                k,
-                gram_eigenvalues=D,
-                kind=self.basis,
-            )
-            bases[node.name] = next_basis
-        # Forward order: layer, downstream layers, output.
-        return {name: bases[name] for name in [n.name for n in nodes] + [OUTPUT_NODE]}
-
-    def _jacobian_gram(self, ctx, src, dst, next_basis):
-        """``M'`` of the section ``src -> dst`` by one pass over the data (see _JacobianGram)."""
-        basis_next = torch.as_tensor(
-            next_basis.kept_matrix, device=ctx.runner.device, dtype=ctx.runner.dtype
-        )
-        acc = _JacobianGram(
-            self, ctx, src, dst, basis_next, next_basis.n_positions, next_basis.name
-        )
-        for batch in ctx.progress.samples(ctx.source.batches(), ctx.source.n_samples, acc.what):
-            acc.add(self._to_tensor(ctx.runner, batch))
-        return acc.result()
 
     # -- mapping -----------------------------------------------------------------------
     @property
@@ -525,7 +322,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...)
+        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
             Model inputs of the per-sample shape seen in ``fit``.
 
         Returns
@@ -534,8 +331,7 @@ class LIBTransformer(_ModelLayerTransformer):
             Position-major columns (see Notes of the class).
         """
         check_is_fitted(self)
-        X = self._validate_input(X, reset=False)
-        return self._map_layer(X, self.layer, self._project, self._n_features_out)
+        return self._map_layer(self._source(X), self._project)
 
     def transform_activations(self, A):
         """LIB features of raw activations: ``(A - mean_) @ components_.T``.
@@ -543,20 +339,24 @@ class LIBTransformer(_ModelLayerTransformer):
         Parameters
         ----------
         A : array-like of shape (n_samples, *activation_shape_) or (n_samples, P * d)
+            Or a stream of such batches.
 
         Returns
         -------
         ndarray of shape (n_samples, n_positions_ * n_components_)
         """
         check_is_fitted(self)
-        A = check_activations(A, self.activation_shape_, type(self).__name__)
-        return self._project(torch.from_numpy(A)).numpy()
+
+        def project(batch):
+            batch = check_activations(batch, self.activation_shape_, type(self).__name__)
+            return self._project(torch.from_numpy(batch)).numpy()
+
+        return map_arrays(A, project)
 
     def _project(self, f):
         """(n, P, d) float64 tensor -> (n, P * k) features."""
-        mean = torch.as_tensor(self.mean_, device=f.device)
-        components = torch.as_tensor(self.components_, device=f.device)
-        return ((f - mean) @ components.T).reshape(f.shape[0], -1)
+        mean, matrix, _ = self.bases_[self.layer].tensors(f.device)
+        return ((f - mean) @ matrix).reshape(f.shape[0], -1)
 
     def inverse_transform(self, X):
         """Activations reconstructed from LIB features.
@@ -567,6 +367,7 @@ class LIBTransformer(_ModelLayerTransformer):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_positions_ * n_components_)
+            Or a stream of such batches.
 
         Returns
         -------
@@ -575,16 +376,30 @@ class LIBTransformer(_ModelLayerTransformer):
             :class:`ActivationTransformer` returns them).
         """
         check_is_fitted(self)
-        Z = check_array(X, dtype=np.float64, input_name="X")
-        if Z.shape[1] != self._n_features_out:
-            raise ValueError(
-                f"X has {Z.shape[1]} features, but inverse_transform expects "
-                f"{self._n_features_out} (n_positions_ * n_components_)"
-            )
-        Z = Z.reshape(Z.shape[0], self.n_positions_, self.n_components_)
-        return (Z @ self.inverse_components_ + self.mean_).reshape(Z.shape[0], -1)
+
+        def reconstruct(batch):
+            Z = check_array(batch, dtype=np.float64, input_name="X")
+            if Z.shape[1] != self._n_features_out:
+                raise ValueError(
+                    f"X has {Z.shape[1]} features, but inverse_transform expects "
+                    f"{self._n_features_out} (n_positions_ * n_components_)"
+                )
+            Z = Z.reshape(Z.shape[0], self.n_positions_, self.n_components_)
+            return (Z @ self.inverse_components_ + self.mean_).reshape(Z.shape[0], -1)
+
+        return map_arrays(X, reconstruct)
 
     # -- interaction graph -------------------------------------------------------------
+    @validate_params(
+        {
+            "integration": [StrOptions(set(INTEGRATION_RULES)), None],
+            "n_intervals": [Interval(Integral, 0, None, closed="left"), None],
+            "n_stochastic_sources": [Interval(Integral, 1, None, closed="left"), None],
+            "random_state": ["random_state"],
+            "verbose": ["verbose", None],
+        },
+        prefer_skip_nested_validation=True,
+    )
     def interaction_graph(
         self,
         X,
@@ -611,7 +426,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...)
+        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
             Model inputs (usually the fitting data).
         integration, n_intervals : optional
             Integration rule (defaults: the estimator's).  The paper's edges
@@ -629,17 +444,17 @@ class LIBTransformer(_ModelLayerTransformer):
         -------
         InteractionGraph
         """
-        from ._graph import compute_interaction_graph
-
         check_is_fitted(self)
-        return compute_interaction_graph(
-            self,
-            X,
-            integration=integration,
-            n_intervals=n_intervals,
+        source = self._source(X)
+        session = self._session(verbose=verbose, random_state=random_state)
+        return interaction_graph(
+            session,
+            source,
+            list(self.bases_.values()),
+            integration=self.integration if integration is None else integration,
+            n_intervals=self.n_intervals if n_intervals is None else n_intervals,
             n_stochastic_sources=n_stochastic_sources,
-            random_state=random_state,
-            verbose=verbose,
+            jacobian=self.jacobian,
         )
 
     # -- faithfulness ------------------------------------------------------------------
@@ -652,7 +467,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...)
+        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
             Model inputs.
         y : array-like of shape (n_samples,) or (n_samples, *output positions), default=None
             Class labels.  Given, the score is the accuracy of the argmax of
@@ -666,8 +481,9 @@ class LIBTransformer(_ModelLayerTransformer):
         -------
         score : float
         """
-        from ._ablate import ablation_view, node_ablation_scores
-
         check_is_fitted(self)
-        view = ablation_view(self)
-        return float(node_ablation_scores(view, X, y, [self.n_components_])[0])
+        basis = self.bases_[self.layer]
+        scores = node_ablation_scores(
+            self._session(), self._source(X), basis, [basis.n_components], y
+        )
+        return float(scores[0])

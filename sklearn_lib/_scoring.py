@@ -106,9 +106,13 @@ def make_scorer(scoring, has_y):
 
 
 def check_labels(y, n_samples, output_shape):
-    """Class labels for the argmax of the last output axis, as int64."""
+    """Class labels for the argmax of the last output axis, as int64.
+
+    ``n_samples`` None (a stream not read yet) checks the per-sample shape
+    only; the count is checked after the pass.
+    """
     y = np.asarray(y)
-    expected = (n_samples, *output_shape[:-1])
+    expected = (len(y) if n_samples is None and y.ndim else n_samples, *output_shape[:-1])
     if y.shape != expected:
         raise ValueError(
             f"y has shape {y.shape}, but the model's outputs of per-sample shape "

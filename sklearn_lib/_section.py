@@ -5,41 +5,89 @@ over the rule's points ``alpha_a`` with weights ``w_a``:
 
 - the *rows* ``g_r(x) = sum_a w_a J(alpha_a f)^T c_r`` for cotangents
   ``c_r`` (the Jacobian of the next node's features, one row per feature
-  and output position);
+  and output position: :class:`~sklearn_lib._jacobian.Cotangents`);
 - their *Gram* ``sum_x sum_r g_r g_r^T``, for ``M'``;
 - *directional derivatives* ``sum_s <g_r(x)_s, t_{x,s,j}>`` along tangents
   ``t_{x,s,j} = a_{x,s,j} v_j`` (a direction ``v_j`` scaled per sample and
   position), for the edges: ``v_j`` is row ``j`` of ``C_pinv`` and
   ``a_{x,s,j}`` the feature value ``f_hat_{j,s}``.
 
-By default the rows come from autograd, one backward pass per row
-(:func:`~sklearn_lib._jacobian.integrated_vjps`), and the other two from the
-rows.  A model that knows its sections in closed form may say so with
-either or both of two methods (the protocol):
+:class:`SectionJacobian` is the one home of these products, for both
+``M'`` and the edges.  Three routes give them:
 
-``lib_section_vjp(params, src, dst, capture, points, cotangents, tangents=None)``
-    The rows at every point, shape ``(R, m or 1, *positions, d)`` (a point
-    axis of size 1: the same at every point); with ``tangents=(v, a)``
-    (``v`` of shape ``(J, d)``, ``a`` of shape ``(m, *positions, J)``) the
-    directional derivatives, shape ``(R, m, J)``.
-``lib_section_gram(params, src, dst, capture, points, weights, cotangents)``
-    The Gram ``sum_x sum_r sum_s g g^T`` of the integrated rows, float64
-    ``(d, d)``, for alpha-major stacked ``points`` and quadrature ``weights``.
+1. **autograd** (any model): one backward pass per row, applied to the whole
+   batch at once (:func:`~sklearn_lib._jacobian.integrated_vjps`);
+2. **the Linear -> elementwise formula** for such sections of an
+   ``nn.Sequential`` (:class:`~sklearn_lib._structure.LinearElementwise`);
+3. **a model's own closed forms**, an optional protocol of two methods:
 
-Either returns ``NotImplemented`` for sections it does not cover.  Each is
-checked once per section against autograd on the first batch (16 samples;
-the first row and two random +-1 combinations of all rows, which test every
-output position and feature); a disagreement or an exception warns and falls
-back, so a wrong closed form costs speed, not correctness.  See
-:meth:`sklearn_lib.models.ModularAdditionTransformer.lib_section_vjp`.
+   ``lib_section_vjp(params, src, dst, capture, points, cotangents, tangents=None)``
+       The rows at every point, shape ``(R, m or 1, *positions, d)`` (a
+       point axis of size 1: the same at every point); with
+       ``tangents=(v, a)`` (``v`` of shape ``(J, d)``, ``a`` of shape
+       ``(m, *positions, J)``) the directional derivatives, ``(R, m, J)``.
+   ``lib_section_gram(params, src, dst, capture, points, weights, cotangents)``
+       The Gram ``sum_x sum_r sum_s g g^T`` of the integrated rows, float64
+       ``(d, d)``, for alpha-major stacked ``points`` and quadrature
+       ``weights``.
+
+   Either returns ``NotImplemented`` for sections it does not cover.
+
+Routes 2 and 3 are *closed forms*, under one policy: each is checked once per
+section and product against autograd on the first batch (16 samples; the
+first row and two random +-1 combinations of all rows, which test every
+output position and feature).  A disagreement or an exception warns and
+falls back, so a wrong closed form costs speed, never correctness.  With
+``jacobian="autograd"`` only route 1 runs.
 """
 
 import warnings
 
 import torch
 
-from ._jacobian import _CHUNK_ELEMENTS, integrated_vjps, quadrature_sum, scaled
-from ._utils import max_relative_error
+from ._jacobian import integrated_vjps, quadrature_sum, scaled
+from ._numerics import CHUNK_ELEMENTS, max_relative_error
+from ._structure import LinearElementwise
+
+JACOBIAN_ROUTES = ("auto", "autograd")
+
+
+class ModelClosedForm:
+    """A model's own ``lib_section_vjp`` / ``lib_section_gram`` for one section."""
+
+    position_wise = False
+
+    def __init__(self, session, src, dst):
+        self.session, self.src, self.dst = session, src, dst
+
+    def name(self, kind):
+        method = "lib_section_gram" if kind == "gram" else "lib_section_vjp"
+        return f"{type(self.session.model).__name__}.{method}"
+
+    def _call(self, method, *args, **kwargs):
+        function = getattr(self.session.model, method, None)
+        if function is None:
+            return NotImplemented
+        session = self.session
+        return function(session.params, self.src, self.dst, session.capture, *args, **kwargs)
+
+    def vjp(self, points, cotangents, tangents=None):
+        return self._call("lib_section_vjp", points, cotangents, tangents=tangents)
+
+    def gram(self, points, weights, cotangents):
+        return self._call("lib_section_gram", points, weights, cotangents)
+
+
+def closed_forms(session, src, dst):
+    """The closed forms that may serve the section ``src -> dst``, most specific first."""
+    forms = []
+    model = session.model
+    if hasattr(model, "lib_section_vjp") or hasattr(model, "lib_section_gram"):
+        forms.append(ModelClosedForm(session, src, dst))
+    structure = LinearElementwise.detect(model, src, dst, session.capture)
+    if structure is not None:
+        forms.append(structure)
+    return forms
 
 
 class SectionJacobian:
@@ -47,13 +95,14 @@ class SectionJacobian:
 
     Parameters
     ----------
-    runner : ModelRunner
-    src : NodeLayer
-    dst : NodeLayer or None
-        None means the model output.
-    closed_form : bool, default=True
-        Use the model's ``lib_section_vjp`` / ``lib_section_gram`` where it
-        has them.
+    session : ModelSession
+    src : str
+        The section's source node layer.
+    dst : str or None
+        Its destination node layer; None means the model output.
+    jacobian : {"auto", "autograd"}, default="auto"
+        ``"auto"`` uses closed forms where they apply (checked once);
+        ``"autograd"`` only autograd.
     batched_rows : bool or None
         Autograd route: run rows through vmap (True) or a loop (False); None
         picks vmap on CUDA and the loop on the CPU (see ``_jacobian``).
@@ -62,17 +111,110 @@ class SectionJacobian:
     # Samples on which a closed form is checked against autograd, and random
     # +-1 combinations of all rows checked besides the first row.
     _CHECK_POINTS, _CHECK_COMBINATIONS = 16, 2
+    _KINDS = {"rows": "vjp", "tangents": "vjp", "gram": "gram"}
 
-    def __init__(self, runner, src, dst, closed_form=True, batched_rows=None):
-        self.runner, self.src, self.dst = runner, src, dst
+    def __init__(self, session, src, dst, jacobian="auto", batched_rows=None):
+        self.session, self.src, self.dst = session, src, dst
         self.batched_rows = batched_rows
-        model = runner.model
-        vjp = None if closed_form and hasattr(model, "lib_section_vjp") else False
-        gram = None if closed_form and hasattr(model, "lib_section_gram") else False
-        # Per closed form: None (not checked yet), True (checked) or False.
-        self._use = {"rows": vjp, "tangents": vjp, "gram": gram}
+        self._forms = [] if jacobian == "autograd" else closed_forms(session, src, dst)
+        # Per product kind: the closed form that passed its check, or None (autograd).
+        self._chosen = {}
 
-    # -- what the estimators call ------------------------------------------------------
+    def route(self, kind):
+        """The closed form in use for ``kind`` ("rows", "tangents", "gram"), None for autograd.
+
+        None also before the first batch has decided it.
+        """
+        return self._chosen.get(kind)
+
+    # -- what the analyses call --------------------------------------------------------
+    def gram_sum(self, x, f, cotangents, rule):
+        """Un-normalised ``M'`` contribution of one batch: ``sum_x sum_rows sum_s g g^T``.
+
+        Gradients are taken at ``alpha * f`` (raw activations), as in the spec.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The batch of model inputs.
+        f : torch.Tensor of shape (n, *positions, d)
+            The source's activations on ``x``.
+        cotangents : Cotangents
+        rule : (torch.Tensor, torch.Tensor)
+            Integration points ``alphas`` and ``weights``.
+
+        Returns
+        -------
+        torch.Tensor of shape (d, d), float64
+            Scaled by ``cotangents.scale`` (an average over sources).
+        """
+        alphas, weights = rule
+        points = scaled(f, alphas)
+        rows = cotangents.rows.to(points.dtype)
+        form = self._closed("gram", x, points, rows, weights)
+        if form is None:
+            gram = _gram_of(self.gradients(x, points, rows, weights), x.shape[0], points.shape[-1])
+        elif form.position_wise and cotangents.exact:
+            rows = cotangents.at_one_position().rows.to(points.dtype)
+            gram = self._closed_gram(form, _fold_positions(points), rows, weights)
+        else:
+            gram = self._closed_gram(form, points, rows, weights)
+        return cotangents.scale * gram
+
+    def edge_sums(self, x, f, src, cotangents, rule):
+        """Un-normalised squared edges of one batch, shape (k_out, k_in), float64.
+
+        ``sum_x sum_t (sum_s sum_a w_a dF_hat_{i,t}/df_hat_{j,s}(a f_hat) f_hat_{j,s})^2``:
+        the derivative along row ``j`` of ``C_pinv``, scaled by the feature's
+        value at each input position, squared.
+
+        Parameters
+        ----------
+        x, f
+            As in :meth:`gram_sum`.
+        src : (mean, matrix, pinv)
+            The source's kept basis as float64 tensors (:meth:`NodeBasis.tensors`).
+        cotangents : Cotangents
+            Exact, or with ``(S, P_out)`` signs (sources over output positions).
+        rule : (torch.Tensor, torch.Tensor)
+        """
+        alphas, weights = rule
+        mean, C, C_pinv = src
+        f_hat = (f.to(torch.float64) - mean) @ C  # (n, *positions, k_in)
+        # Points a * f_hat in feature space, mapped back to activations.
+        points = (scaled(f_hat, alphas) @ C_pinv + mean).to(f.dtype)  # (A*n, *positions, d)
+        coefficients = f_hat.reshape(f.shape[0], -1, C.shape[1])  # (n, P_in, k_in)
+        tangents = (C_pinv, coefficients)
+        form = self._closed("tangents", x, points, cotangents.rows, weights, tangents)
+        if form is not None and form.position_wise and cotangents.exact:
+            # Folded rows are the exact rows of every position at once, so the
+            # square sums come out per next feature already.
+            folded = (C_pinv, coefficients.reshape(-1, 1, coefficients.shape[-1]))
+            rows = cotangents.at_one_position().rows
+            return self._directional(form, _fold_positions(points), rows, weights, folded)
+        sums = self.directional_square_sums(x, points, cotangents.rows, weights, *tangents)
+        return cotangents.feature_sums(sums)
+
+    def directional_square_sums(self, x, points, rows, weights, directions, coefficients):
+        """``sum_x out[r, x, j]^2`` of the integrated directional derivatives, float64 (R, J).
+
+        ``out[r, x, j] = sum_s <g_r(x)_s, coefficients[x, s, j] * directions[j]>``.
+
+        Parameters
+        ----------
+        x, points, rows, weights
+            As in :meth:`gradients`.
+        directions : torch.Tensor of shape (J, d)
+        coefficients : torch.Tensor of shape (n, P_in, J), float64
+        """
+        rows = rows.to(points.dtype)
+        tangents = (directions, coefficients)
+        form = self._closed("tangents", x, points, rows, weights, tangents)
+        if form is None:
+            chunks = self.gradients(x, points, rows, weights)
+            return torch.cat([_square_sums(g, *tangents) for g in chunks])
+        return self._directional(form, points, rows, weights, tangents)
+
     def gradients(self, x, points, rows, weights):
         """Integrated rows at stacked input points, chunk by chunk.
 
@@ -84,8 +226,7 @@ class SectionJacobian:
             Activations at which to take gradients, alpha-major (``A`` points
             of the integration rule per sample).
         rows : torch.Tensor of shape (R, P_out, d_next)
-            Cotangents, from :func:`~sklearn_lib._jacobian.cotangent_rows` or
-            :func:`~sklearn_lib._jacobian.source_rows`.
+            Cotangents.
         weights : torch.Tensor of shape (A,)
             Quadrature weights.
 
@@ -96,76 +237,32 @@ class SectionJacobian:
             means the gradient is the same for every sample (an affine section).
         """
         rows = rows.to(points.dtype)
-        if self._closed("rows", x, points, rows, weights):
-            for start, stop in self._row_chunks(points, rows):
-                yield self._closed_rows(points, rows[start:stop], weights, x.shape[0])
+        form = self._closed("rows", x, points, rows, weights)
+        if form is None:
+            yield from self._autograd_rows(x, points, rows, weights)
             return
-        yield from self._autograd_rows(x, points, rows, weights)
-
-    def gram(self, x, points, rows, weights):
-        """Un-normalised ``sum_x sum_r sum_s g g^T`` of the integrated rows, float64 (d, d)."""
-        rows = rows.to(points.dtype)
-        if self._closed("gram", x, points, rows, weights):
-            return self._closed_gram(points, rows, weights)
-        return _gram_of(self.gradients(x, points, rows, weights), x.shape[0], points.shape[-1])
-
-    def directional_square_sums(self, x, points, rows, weights, directions, coefficients):
-        """``sum_x out[r, x, j]^2`` of the integrated directional derivatives, float64 (R, J).
-
-        ``out[r, x, j] = sum_s <g_r(x)_s, coefficients[x, s, j] * directions[j]>``;
-        the edges are these sums.
-
-        Parameters
-        ----------
-        x, points, rows, weights
-            As in :meth:`gradients`.
-        directions : torch.Tensor of shape (J, d)
-        coefficients : torch.Tensor of shape (n, P_in, J), float64
-        """
-        rows = rows.to(points.dtype)
-        tangents = (directions, coefficients)
-        if self._closed("tangents", x, points, rows, weights, tangents):
-            chunks = [
-                self._closed_directional(points, rows[start:stop], weights, tangents)
-                for start, stop in self._row_chunks(points, rows)
-            ]
-            return torch.cat([(out**2).sum(1) for out in chunks])
-        return torch.cat(
-            [_square_sums(g, *tangents) for g in self.gradients(x, points, rows, weights)]
-        )
+        for start, stop in _row_chunks(points, rows):
+            yield self._closed_rows(form, points, rows[start:stop], weights, x.shape[0])
 
     # -- routes ------------------------------------------------------------------------
-    def _section(self, x, f):
-        dst = None if self.dst is None else self.dst.module
-        return self.runner.section(x, self.src.module, f, dst)
-
     def _autograd_rows(self, x, points, rows, weights):
         batched = self.batched_rows
         if batched is None:
             batched = x.device.type == "cuda"
         leaf = points.detach().requires_grad_(True)
         with torch.enable_grad():
-            out = self._section(x, leaf)
+            out = self.session.section(x, self.src, leaf, self.dst)
             out = out.reshape(out.shape[0], *rows.shape[1:])  # (A*n, P_out, d_next)
             yield from integrated_vjps(out, leaf, rows, weights, x.shape[0], batched)
 
-    def _call(self, method, *args, **kwargs):
-        """The model's closed form, without autograd; NotImplemented passes through."""
-        dst = None if self.dst is None else self.dst.name
-        runner = self.runner
-        with torch.no_grad():
-            return getattr(runner.model, method)(
-                runner.state, self.src.name, dst, runner.capture, *args, **kwargs
-            )
-
     @staticmethod
-    def _row_chunks(points, rows):
-        # A chunk of rows holds a few times points.numel() elements at once.
-        chunk = max(1, _CHUNK_ELEMENTS // max(points.numel(), 1))
-        return [(s, min(s + chunk, rows.shape[0])) for s in range(0, rows.shape[0], chunk)]
+    def _call(method, *args, **kwargs):
+        """A closed form, without autograd; NotImplemented passes through."""
+        with torch.no_grad():
+            return method(*args, **kwargs)
 
-    def _closed_rows(self, points, rows, weights, n_samples):
-        g = self._call("lib_section_vjp", points, rows)
+    def _closed_rows(self, form, points, rows, weights, n_samples):
+        g = self._call(form.vjp, points, rows)
         if g is NotImplemented:
             return g
         g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])  # (r, A*n or 1, P_in, d)
@@ -173,50 +270,64 @@ class SectionJacobian:
             return g * weights.sum().to(g.dtype)
         return quadrature_sum(g, weights, n_samples)
 
-    def _closed_gram(self, points, rows, weights):
-        gram = self._call("lib_section_gram", points, weights, rows)
+    def _closed_gram(self, form, points, rows, weights):
+        gram = self._call(form.gram, points, weights, rows)
         return gram if gram is NotImplemented else gram.to(torch.float64)
 
-    def _closed_directional(self, points, rows, weights, tangents):
+    def _closed_directional(self, form, points, rows, weights, tangents):
+        """Directional derivatives ``(R, n, J)``, integrated over the rule's points."""
         directions, coefficients = (t.to(points.dtype) for t in tangents)
         n = coefficients.shape[0]
         total = 0
         for a in range(weights.shape[0]):
             part = self._call(
-                "lib_section_vjp",
-                points[a * n : (a + 1) * n],
-                rows,
-                tangents=(directions, coefficients),
+                form.vjp, points[a * n : (a + 1) * n], rows, tangents=(directions, coefficients)
             )
             if part is NotImplemented:
                 return part
             total = total + weights[a].to(part.dtype) * part
         return total.to(torch.float64)
 
-    # -- checking a closed form once -----------------------------------------------------
-    def _closed(self, kind, x, points, rows, weights, tangents=None):
-        """Whether to use the closed form ``kind``; checked on the first call."""
-        if self._use[kind] is None:
-            self._use[kind] = self._check(kind, x, points, rows, weights, tangents)
-        return self._use[kind]
+    def _directional(self, form, points, rows, weights, tangents):
+        """Square sums ``(R, J)`` of a closed form's directional derivatives, chunked by rows."""
+        chunks = [
+            self._closed_directional(form, points, rows[start:stop], weights, tangents)
+            for start, stop in _row_chunks(points, rows)
+        ]
+        return torch.cat([(out**2).sum(1) for out in chunks])
 
-    def _check(self, kind, x, points, rows, weights, tangents):
+    # -- choosing a closed form once ---------------------------------------------------
+    def _closed(self, kind, x, points, rows, weights, tangents=None):
+        """The closed form to use for ``kind``, or None; decided on the first call."""
+        if kind not in self._chosen:
+            self._chosen[kind] = next(
+                (
+                    form
+                    for form in self._forms
+                    if self._check(form, kind, x, points, rows, weights, tangents)
+                ),
+                None,
+            )
+        return self._chosen[kind]
+
+    def _check(self, form, kind, x, points, rows, weights, tangents):
+        """Whether ``form`` gives ``kind`` equal to autograd on the first samples."""
         n, n_alpha = x.shape[0], weights.shape[0]
         k = min(n, self._CHECK_POINTS)
-        rows = _probe_rows(rows, self._CHECK_COMBINATIONS)
+        rows = _probe_rows(rows.to(points.dtype), self._CHECK_COMBINATIONS)
         # The first k samples at every point of the rule, still alpha-major.
         points = points.reshape(n_alpha, n, *points.shape[1:])[:, :k].flatten(0, 1)
         try:
             if kind == "rows":
-                closed = self._closed_rows(points, rows, weights, k)
+                closed = self._closed_rows(form, points, rows, weights, k)
             elif kind == "gram":
-                closed = self._closed_gram(points, rows, weights)
+                closed = self._closed_gram(form, points, rows, weights)
             else:
                 tangents = (tangents[0], tangents[1][:k])
-                closed = self._closed_directional(points, rows, weights, tangents)
+                closed = self._closed_directional(form, points, rows, weights, tangents)
         except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
             # E.g. parameters under other names than the closed form expects.
-            return self._fall_back(kind, f"it raised {type(exc).__name__}: {exc}")
+            return self._fall_back(form, kind, f"it raised {type(exc).__name__}: {exc}")
         if closed is NotImplemented:
             return False
         auto = torch.cat(list(self._autograd_rows(x[:k], points, rows, weights)))
@@ -226,20 +337,32 @@ class SectionJacobian:
             auto = _directional(auto, *tangents)
         auto = auto.to(torch.float64)
         error = max_relative_error(closed.to(torch.float64).expand_as(auto), auto)
-        if error <= (1e-8 if points.dtype == torch.float64 else 1e-3):
+        if error <= self.session.tolerances.closed_form:
             return True
-        return self._fall_back(kind, f"it disagrees with autograd (relative error {error:.2e})")
+        return self._fall_back(
+            form, kind, f"it disagrees with autograd (relative error {error:.2e})"
+        )
 
-    def _fall_back(self, kind, why):
-        where = "the model output" if self.dst is None else repr(self.dst.name)
-        method = "lib_section_gram" if kind == "gram" else "lib_section_vjp"
+    def _fall_back(self, form, kind, why):
+        where = "the model output" if self.dst is None else repr(self.dst)
         warnings.warn(
-            f"{type(self.runner.model).__name__}.{method} is not used on the section "
-            f"{self.src.name!r} -> {where}: {why}; using autograd instead",
+            f"{form.name(kind)} is not used on the section {self.src!r} -> {where}: {why}; "
+            "using autograd instead",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=6,
         )
         return False
+
+
+def _row_chunks(points, rows):
+    """Chunks of rows that hold a few times ``points.numel()`` elements at once."""
+    chunk = max(1, CHUNK_ELEMENTS // max(points.numel(), 1))
+    return [(s, min(s + chunk, rows.shape[0])) for s in range(0, rows.shape[0], chunk)]
+
+
+def _fold_positions(points):
+    """Alpha-major points ``(A*n, *positions, d)`` as one-position points ``(A*n*P, 1, d)``."""
+    return points.reshape(-1, 1, points.shape[-1])
 
 
 def _probe_rows(rows, n_combinations):
@@ -294,32 +417,3 @@ def _square_sums(g, directions, coefficients):
     along = g[:, 0].to(torch.float64) @ directions.T  # (r, P, J)
     F = torch.einsum("xsj,xtj->jst", coefficients, coefficients)  # (J, P, P)
     return torch.einsum("rsj,jst,rtj->rj", along, F, along)
-
-
-def jacobian_gram_batch(section, x, rows, alphas, weights, f=None):
-    """Un-normalised ``M'`` contribution ``sum_x sum_rows sum_s g g^T`` of one batch.
-
-    Gradients are taken at ``alpha * f`` (raw activations), as in the spec.
-
-    Parameters
-    ----------
-    section : SectionJacobian
-    x : torch.Tensor
-        A batch of model inputs.
-    rows : torch.Tensor of shape (R, P_out, d_next)
-        Cotangents built from the next node layer's (truncated) LIB matrix:
-        :func:`~sklearn_lib._jacobian.cotangent_rows` (exact) or
-        :func:`~sklearn_lib._jacobian.source_rows` (stochastic).
-    alphas, weights : torch.Tensor of shape (A,)
-        The integration rule.
-    f : torch.Tensor of shape (n, *positions, d), optional
-        The source's activations on ``x``, where already read.
-
-    Returns
-    -------
-    torch.Tensor of shape (d, d), float64
-    """
-    if f is None:
-        with torch.no_grad():
-            (f,) = section.runner.read(x, [section.src.module])
-    return section.gram(x, scaled(f, alphas), rows, weights)

@@ -26,23 +26,29 @@ def global_count(count, device):
 
 
 class MomentAccumulator:
-    """Running mean and Gram matrix of row vectors, accumulated in float64.
+    """Running mean and Gram matrix of one node's activations, accumulated in float64.
 
-    Sums are taken around a fixed shift (the first batch's mean when
-    centring): the centred Gram is then ``S2/N - m m^T`` with a small ``m``,
-    which avoids the cancellation of the textbook ``E[f f^T] - mu mu^T``.
+    An accumulator of a pass (see ``_session``): rows are the node's
+    activations with positions flattened into samples.  Sums are taken
+    around a fixed shift (the first batch's mean when centring): the centred
+    Gram is then ``S2/N - m m^T`` with a small ``m``, which avoids the
+    cancellation of the textbook ``E[f f^T] - mu mu^T``.
 
     Parameters
     ----------
+    name : str
+        The node layer (``"output"`` for the model output).
     n_features : int
     device : torch.device
-    center : bool
-        If False the mean is taken as zero and the Gram is uncentred.
-    gram : bool
+    center : bool, default=True
+        If False the Gram is uncentred (the mean is still the data's mean).
+    gram : bool, default=True
         If False only the mean is accumulated (cheap for wide outputs).
     """
 
-    def __init__(self, n_features, device, center=True, gram=True):
+    def __init__(self, name, n_features, device, center=True, gram=True):
+        self.reads = (name,)
+        self.name = name
         self.center = center
         self.count = 0
         self.shift = None
@@ -53,9 +59,10 @@ class MomentAccumulator:
             else None
         )
 
-    def update(self, rows):
-        """Add rows of shape (m, n_features)."""
-        rows = rows.detach().to(torch.float64)
+    def update(self, batch, acts):
+        """Add the rows of ``acts[name]``."""
+        rows = acts[self.name].detach().to(torch.float64)
+        rows = rows.reshape(-1, self.sum.shape[0])  # (m, d)
         if self.shift is None:
             self.shift = rows.mean(0) if self.center else torch.zeros_like(self.sum)
             if distributed():
@@ -69,8 +76,8 @@ class MomentAccumulator:
             self.sq += centred.T @ centred
         self.count += rows.shape[0]
 
-    def reduce(self):
-        """All-reduce the sums over ranks (call once, after the pass)."""
+    def result(self):
+        """All-reduce the sums over ranks; then :attr:`mean` and :attr:`gram` hold."""
         all_reduce_sum(self.sum)
         if self.sq is not None:
             all_reduce_sum(self.sq)

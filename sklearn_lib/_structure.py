@@ -1,22 +1,30 @@
-"""A structure-aware fast path for Linear -> elementwise sections.
+"""The closed form of Linear -> elementwise sections (the Linear inputs of an MLP).
 
 For a section ``F(f) = phi(f W^T + b)`` (a Linear layer followed by
-elementwise activations, as between the Linear inputs of an MLP), row ``i``
-of the Jacobian of ``f_hat_next`` is ``W^T (s * c_i)`` with ``c_i`` a column
-of the next basis and ``s = sum_a w_a phi'(alpha_a f W^T + b)`` the
-integrated derivative.  Summing over rows,
+elementwise activations), the Jacobian row of cotangent ``c`` at a point is
+``W^T (phi'(z) * c)`` with ``z = f W^T + b``.  Integrated over the rule's
+points, ``s = sum_a w_a phi'(alpha_a f W^T + b)`` replaces ``phi'(z)``, and
+summed over the rows of cotangents ``c_r``:
 
-    sum_rows g g^T = W^T (K * (s s^T)) W,   K = C_next C_next^T,
+    sum_rows g g^T = W^T (K * (s s^T)) W,   K = sum_r c_r c_r^T,
 
 so ``M'`` needs ``O(N d_next^2)`` work per pass and no backward pass per
-output feature.  The path is used only where it is provably the same
-computation: the two node layers are inputs of modules of one
-``nn.Sequential``, the first is an ``nn.Linear``, and everything between
-them is a known elementwise activation.
+output feature.  The section acts on each position separately, which
+:class:`~sklearn_lib._section.SectionJacobian` uses to fold positions into
+samples.
+
+The form applies only where it is provably the same computation: the two
+node layers are inputs of modules of one ``nn.Sequential``, the first is an
+``nn.Linear``, and everything between them is a known elementwise
+activation.  Like every closed form it is checked against autograd once per
+section before use (a subclass of ``nn.Linear`` with its own ``forward``
+fails that check and falls back).
 """
 
 import torch
 from torch import nn
+
+from ._numerics import CHUNK_ELEMENTS
 
 # Modules that act elementwise (Dropout is the identity in eval mode).
 _ELEMENTWISE = (
@@ -70,37 +78,81 @@ def linear_elementwise_section(model, src_name, dst_name, capture):
     return f"{prefix}{src_child}", between[1:]
 
 
-def integrated_derivative(z_points, activations, weights):
-    """``s = sum_a w_a phi'(z_a)`` for elementwise ``phi``; z_points: (A, m, d_next)."""
-    z = z_points.detach().requires_grad_(True)
-    h = z.clone()  # in-place activations must not touch the leaf
-    for module in activations:
-        h = module(h)
-    # phi is elementwise, so the gradient of sum(phi(z)) is phi'(z) entrywise.
-    (derivative,) = torch.autograd.grad(h.sum(), z)
-    return torch.einsum("a,amd->md", weights.to(derivative.dtype), derivative)
+class LinearElementwise:
+    """The closed-form protocol of one Linear -> elementwise section.
 
+    Implements ``vjp`` and ``gram`` with the semantics of the models'
+    ``lib_section_vjp`` / ``lib_section_gram`` (see ``_section``).
 
-def structured_gram_batch(
-    runner, x, src, linear_name, activations, basis_next, alphas, weights, f=None
-):
-    """Un-normalised ``M'`` of a Linear -> elementwise section over one batch (float64).
-
-    ``f``: ``src``'s activations on ``x`` where already read.
+    Parameters
+    ----------
+    linear : torch.nn.Linear
+        The section's Linear layer (of the session's private copy).
+    activations : list of torch.nn.Module
+        The elementwise modules after it.
     """
-    if f is None:
-        with torch.no_grad():
-            (f,) = runner.read(x, [src.module])
-    W = runner.state[f"{linear_name}.weight"]  # (d_next, d)
-    b = runner.state.get(f"{linear_name}.bias")
-    rows = f.reshape(-1, f.shape[-1])  # (n * P, d): positions are independent rows
-    view = (-1, 1, 1)
-    z = alphas.to(rows.dtype).view(view) * (rows @ W.T).unsqueeze(0)  # (A, m, d_next)
-    if b is not None:
-        z = z + b  # the bias is not scaled along the path a * f
-    with torch.enable_grad():
-        s = integrated_derivative(z, activations, weights).to(torch.float64)  # (m, d_next)
-    K = basis_next.to(torch.float64) @ basis_next.to(torch.float64).T  # (d_next, d_next)
-    W64 = W.to(torch.float64)
-    inner = K * (s.T @ s)  # (d_next, d_next): K * sum_x s s^T
-    return W64.T @ inner @ W64
+
+    position_wise = True
+
+    def __init__(self, linear, activations):
+        self.linear = linear
+        self.activations = activations
+
+    @classmethod
+    def detect(cls, model, src, dst, capture):
+        """The form of the section ``src -> dst`` of ``model``, or None where it does not apply."""
+        found = linear_elementwise_section(model, src, dst, capture)
+        if found is None:
+            return None
+        linear_name, activations = found
+        return cls(model.get_submodule(linear_name), activations)
+
+    def name(self, kind):
+        """How warnings name the form."""
+        return "The Linear -> elementwise formula"
+
+    def _derivative(self, points):
+        """``phi'(points W^T + b)`` entrywise: (m, *positions, d_next)."""
+        with torch.enable_grad():
+            z = self.linear(points.detach()).requires_grad_(True)
+            h = z.clone()  # in-place activations must not touch the leaf
+            for module in self.activations:
+                h = module(h)
+            # phi is elementwise, so the gradient of sum(phi(z)) is phi'(z) entrywise.
+            (derivative,) = torch.autograd.grad(h.sum(), z)
+        return derivative
+
+    def vjp(self, points, cotangents, tangents=None):
+        """Rows ``W^T (phi' * c_r)`` at every point (R, m, *positions, d), or with
+        ``tangents=(v, a)`` the derivatives along ``a[m, p, j] * v[j]``, (R, m, J)."""
+        slope = self._derivative(points)  # (m, *positions, d_next)
+        W = self.linear.weight  # (d_next, d)
+        # Output positions are the input positions (a size-1 axis where there are none).
+        c = cotangents.reshape(cotangents.shape[0], *slope.shape[1:])
+        scaled_rows = slope.unsqueeze(0) * c.unsqueeze(1)  # (R, m, *pos, d_next)
+        if tangents is None:
+            return scaled_rows @ W
+        v_dirs, coef = tangents  # (J, d), (m, *positions, J)
+        along = scaled_rows @ (v_dirs @ W.T).T  # (R, m, *pos, J)
+        along = along.reshape(along.shape[0], along.shape[1], -1, along.shape[-1])
+        return (along * coef.reshape(coef.shape[0], -1, coef.shape[-1])).sum(2)
+
+    def gram(self, points, weights, cotangents):
+        """``W^T (sum_p K_p * S_p) W`` in float64, with ``S_p = sum_x s s^T`` per position."""
+        n_alpha = weights.shape[0]
+        slope = self._derivative(points).to(torch.float64)
+        slope = slope.reshape(n_alpha, -1, *slope.shape[1:])  # (A, m, *pos, d_next)
+        s = torch.einsum("a,am...->m...", weights.to(torch.float64), slope)
+        s = s.reshape(s.shape[0], -1, s.shape[-1])  # (m, P, d_next)
+        c = cotangents.reshape(cotangents.shape[0], -1, cotangents.shape[-1]).to(torch.float64)
+        m, n_pos, d_next = s.shape
+        inner = 0
+        # Positions in chunks, each holding about CHUNK_ELEMENTS of (K_p, S_p).
+        chunk = max(1, CHUNK_ELEMENTS // (d_next * d_next))
+        for start in range(0, n_pos, chunk):
+            stop = min(start + chunk, n_pos)
+            K = torch.einsum("rpd,rpe->pde", c[:, start:stop], c[:, start:stop])
+            S = torch.einsum("mpd,mpe->pde", s[:, start:stop], s[:, start:stop])
+            inner = inner + (K * S).sum(0)  # (d_next, d_next)
+        W = self.linear.weight.to(torch.float64)
+        return W.T @ inner @ W

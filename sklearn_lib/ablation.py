@@ -17,10 +17,20 @@ without ``y``, the unablated outputs) and the ablated outputs as arrays.
 """
 
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
+from sklearn.utils.validation import check_is_fitted
 
-from ._ablate import ablation_view, edge_ablation_scores, node_ablation_scores
+from ._ablate import edge_ablation_scores, node_ablation_scores
+from ._activation import ActivationTransformer
+from ._basis import OUTPUT_NODE, NodeBasis
+from ._graph import InteractionGraph
+from ._lib import LIBTransformer
+from ._scoring import SCORINGS
 
 __all__ = [
     "Sparsity",
@@ -34,6 +44,92 @@ __all__ = [
 ]
 
 
+# -- dispatch on estimator types: the one place that knows them ------------------------
+
+
+def _fitted_node(estimator, layer=None):
+    """``(owner, basis)``: the estimator that runs the model, and the fitted node to ablate.
+
+    ``layer`` picks any fitted node layer of a ``LIBTransformer`` (its
+    ``layer`` or a downstream layer); None is the estimator's own layer.
+    """
+    if isinstance(estimator, LIBTransformer):
+        check_is_fitted(estimator)
+        layer = estimator.layer if layer is None else layer
+        if layer not in estimator.bases_ or layer == OUTPUT_NODE:
+            raise ValueError(
+                f"layer={layer!r} is not a fitted node layer; choose one of "
+                f"{[n for n in estimator.bases_ if n != OUTPUT_NODE]}"
+            )
+        return estimator, estimator.bases_[layer]
+    if isinstance(estimator, Pipeline):
+        steps = [step for _, step in estimator.steps]
+        if isinstance(steps[0], LIBTransformer):
+            return _fitted_node(steps[0], layer)
+        if (
+            len(steps) >= 2
+            and isinstance(steps[0], ActivationTransformer)
+            and isinstance(steps[1], PCA)
+        ):
+            acts, pca = steps[0], steps[1]
+            if layer not in (None, acts.layer):
+                raise ValueError(f"layer={layer!r}: this PCA pipeline reads {acts.layer!r}")
+            check_is_fitted(acts)
+            check_is_fitted(pca)
+            # A basis of the activations flattened per sample (width P * d);
+            # PCA's components are orthonormal, so its pseudo-inverse is the transpose.
+            return acts, NodeBasis(
+                acts.layer,
+                (int(np.prod(acts.activation_shape_)),),
+                pca.mean_,
+                pca.components_.T,
+                pca.components_,
+                pca.explained_variance_,
+                pca.n_components_,
+                kind="pca",
+            )
+    raise TypeError(
+        "Expected a fitted LIBTransformer, a Pipeline starting with one, or a Pipeline of "
+        f"ActivationTransformer followed by PCA; got {type(estimator).__name__}"
+    )
+
+
+def _fitted_section(estimator, graph, section):
+    """``(lib, src, dst)``: the LIBTransformer and the two fitted nodes of a graph's section."""
+    lib, _ = _fitted_node(estimator)
+    if not isinstance(lib, LIBTransformer):
+        raise TypeError(
+            "Edge ablation needs a fitted LIBTransformer (the bases of both nodes of the "
+            f"section), got {type(estimator).__name__}"
+        )
+    section = tuple(section)
+    if section not in graph.edges:
+        raise ValueError(f"section={section!r} is not one of the graph's {graph.sections}")
+    missing = [name for name in section if name not in lib.bases_]
+    if missing:
+        raise ValueError(
+            f"The graph's section {section} has node(s) {missing} that the estimator was not "
+            "fitted on: was the graph computed from this estimator?"
+        )
+    return lib, lib.bases_[section[0]], lib.bases_[section[1]]
+
+
+_SCORING = [None, StrOptions(set(SCORINGS)), callable]
+_COUNTS = ["array-like", Interval(Integral, 0, None, closed="left")]
+_ESTIMATOR = [HasMethods(["fit", "transform"])]
+
+
+@validate_params(
+    {
+        "X": "no_validation",  # an array-like or a stream, checked by the estimator
+        "y": ["array-like", None],
+        "n_features": _COUNTS,
+        "layer": [str, None],
+        "scoring": _SCORING,
+        "verbose": ["verbose"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None, verbose=False):
     """Score of the model when only the top ``k`` features of a layer are kept.
 
@@ -47,7 +143,7 @@ def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None
     estimator : LIBTransformer or Pipeline
         Fitted: a ``LIBTransformer`` (any ``basis``), a ``Pipeline`` starting
         with one, or ``Pipeline([ActivationTransformer, PCA, ...])``.
-    X : array-like of shape (n_samples, ...)
+    X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
         Model inputs (the paper evaluates on the test split).
     y : array-like, default=None
         Class labels, or None.
@@ -79,11 +175,26 @@ def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None
     >>> [round(float(s), 6) for s in r2]
     [0.0, 1.0]
     """
-    view = ablation_view(estimator, layer)
+    owner, basis = _fitted_node(estimator, layer)
     n_features = np.atleast_1d(np.asarray(n_features, dtype=int))
-    return n_features, node_ablation_scores(view, X, y, n_features, scoring, verbose)
+    session = owner._session(verbose=verbose)
+    return n_features, node_ablation_scores(
+        session, owner._source(X), basis, n_features, y, scoring
+    )
 
 
+@validate_params(
+    {
+        "graph": [InteractionGraph],
+        "X": "no_validation",
+        "y": ["array-like", None],
+        "section": [tuple, list],
+        "n_edges": _COUNTS,
+        "scoring": _SCORING,
+        "verbose": ["verbose"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def edge_ablation_curve(
     estimator, graph, X, y=None, *, section, n_edges, scoring=None, verbose=False
 ):
@@ -111,8 +222,10 @@ def edge_ablation_curve(
     n_edges : ndarray of shape (n_points,)
     scores : ndarray of shape (n_points,)
     """
+    lib, src, dst = _fitted_section(estimator, graph, section)
     n_edges = np.atleast_1d(np.asarray(n_edges, dtype=int))
-    scores = edge_ablation_scores(estimator, graph, section, X, y, n_edges, scoring, verbose)
+    session = lib._session(verbose=verbose)
+    scores = edge_ablation_scores(session, lib._source(X), graph, src, dst, n_edges, y, scoring)
     return n_edges, scores
 
 
@@ -143,6 +256,18 @@ class Sparsity:
         return self.n_needed / self.n_total
 
 
+@validate_params(
+    {
+        "graph": [InteractionGraph],
+        "X": "no_validation",
+        "y": ["array-like", None],
+        "tolerance": [Interval(Real, 0, None, closed="left")],
+        "scoring": _SCORING,
+        "sections": [list, tuple, None],
+        "verbose": ["verbose"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def edges_needed(
     estimator, graph, X, y=None, *, tolerance=1e-3, scoring=None, sections=None, verbose=False
 ):
@@ -168,16 +293,18 @@ def edges_needed(
     -------
     dict of (str, str) to Sparsity
     """
+    lib, _ = _fitted_node(estimator)
+    session, source = lib._session(verbose=verbose), lib._source(X)
     results = {}
     for section in sections or graph.sections:
-        section = tuple(section)
-        total = graph.edges[section].size
+        _, src, dst = _fitted_section(lib, graph, section)
+        total = graph.edges[(src.name, dst.name)].size
 
-        def score(m, section=section):
-            return edge_ablation_scores(estimator, graph, section, X, y, [m], scoring, verbose)[0]
+        def score(m, src=src, dst=dst):
+            return edge_ablation_scores(session, source, graph, src, dst, [m], y, scoring)[0]
 
         m, best, baseline = _smallest_within(score, total, tolerance)
-        results[section] = Sparsity(int(m), int(total), float(best), float(baseline))
+        results[(src.name, dst.name)] = Sparsity(int(m), int(total), float(best), float(baseline))
     return results
 
 
@@ -199,6 +326,17 @@ def _smallest_within(score, total, tolerance):
     return hi, best, baseline
 
 
+@validate_params(
+    {
+        "X": "no_validation",
+        "y": ["array-like", None],
+        "tolerance": [Interval(Real, 0, None, closed="left")],
+        "layer": [str, None],
+        "scoring": _SCORING,
+        "verbose": ["verbose"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def features_needed(
     estimator, X, y=None, *, tolerance=1e-3, layer=None, scoring=None, verbose=False
 ):
@@ -214,13 +352,15 @@ def features_needed(
         With ``n_edges`` read as the number of features (``n_total``: all
         non-null features).
     """
-    view = ablation_view(estimator, layer)
+    owner, basis = _fitted_node(estimator, layer)
+    session, source = owner._session(verbose=verbose), owner._source(X)
+    available = basis.matrix.shape[1]
 
     def score(k):
-        return node_ablation_scores(view, X, y, [k], scoring, verbose)[0]
+        return node_ablation_scores(session, source, basis, [k], y, scoring)[0]
 
-    k, best, baseline = _smallest_within(score, view.n_available, tolerance)
-    return Sparsity(int(k), int(view.n_available), float(best), float(baseline))
+    k, best, baseline = _smallest_within(score, available, tolerance)
+    return Sparsity(int(k), int(available), float(best), float(baseline))
 
 
 # -- model selection ------------------------------------------------------------------
@@ -234,13 +374,16 @@ def faithfulness_scorer(estimator, X, y=None):
     ``Pipeline([ActivationTransformer, PCA, ...])``.  Accuracy with labels,
     pooled R² of the outputs without.
     """
-    view = ablation_view(estimator)
-    return float(node_ablation_scores(view, X, y, [view.n_kept])[0])
+    owner, basis = _fitted_node(estimator)
+    scores = node_ablation_scores(
+        owner._session(), owner._source(X), basis, [basis.n_components], y
+    )
+    return float(scores[0])
 
 
 def n_features_scorer(estimator, X=None, y=None):
     """Scorer: minus the number of kept features (higher means sparser)."""
-    return -float(ablation_view(estimator).n_kept)
+    return -float(_fitted_node(estimator)[1].n_components)
 
 
 def sparsest_faithful(floor, *, faithfulness="faithfulness", n_features="n_features"):

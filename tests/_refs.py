@@ -100,3 +100,16 @@ def brute_force_edges(tail, acts, src, dst, alphas=(1.0,), weights=(1.0,)):
         inner = torch.einsum("tisj,sj->tij", g, f_hat.reshape(n_pos, -1))
         E = E + (inner**2).sum(0)
     return (E / (len(acts) * n_pos)).numpy()
+
+
+def independent_rule(integration, n):
+    """The spec's rules written out directly (numpy only)."""
+    if integration == "gradient":
+        return [1.0], [1.0]
+    if integration == "trapezoidal":
+        eps = 1e-3 / (n + 1)
+        alphas = np.linspace(eps, 1 - eps, n + 1)
+        weights = np.array([0.5] + [1.0] * (n - 1) + [0.5]) / n
+        return alphas, weights
+    x, w = np.polynomial.legendre.leggauss(n + 1)
+    return (x + 1) / 2, w / 2

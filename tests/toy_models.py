@@ -218,3 +218,21 @@ def modadd_tokens(n=40, p=7, seed=0):
     gen = torch.Generator().manual_seed(seed)
     pairs = torch.randint(0, p, (n, 2), generator=gen)
     return torch.cat([pairs, torch.full((n, 1), p)], dim=1)
+
+
+# -- fits of the identity tests: (model, layer, downstream layers, X) ------------------
+
+
+def _mlp_case(rng):
+    return tanh_mlp(), "fc2", ["fc3"], rng.normal(size=(150, 4))
+
+
+def _positions_case(rng):
+    return PositionMixer().double(), "mix", ["head"], rng.normal(size=(120, 4, 3))
+
+
+def _tokens_case(rng):
+    return TokenMixer().double(), "mix", ["head"], rng.integers(0, 7, size=(100, 3))
+
+
+CASES = {"mlp": _mlp_case, "positions": _positions_case, "tokens": _tokens_case}

@@ -189,36 +189,3 @@ def test_gradients_that_are_not_finite(X):
     model.add_module("fc2", torch.nn.Linear(8, 3))
     with pytest.raises(ValueError, match="Jacobian Gram M' of 'sqrt'.*NaN or infinite"):
         LIBTransformer(model.double(), "sqrt").fit(X)
-
-
-def test_eigensolves_in_threads_leave_the_thread_count_alone(monkeypatch):
-    """Small eigensolves switch torch to one thread; concurrent ones must not mix that up."""
-    import threading
-    import time
-
-    from sklearn_lib._basis import eigh_descending
-
-    real = torch.linalg.eigh
-
-    def slow(matrix):
-        time.sleep(0.05)  # keeps both threads inside at once, were they allowed to be
-        return real(matrix)
-
-    monkeypatch.setattr(torch.linalg, "eigh", slow)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        workers = [threading.Thread(target=eigh_descending, args=(np.eye(3),)) for _ in range(2)]
-        for worker in workers:
-            worker.start()
-            time.sleep(0.01)
-        for worker in workers:
-            worker.join()
-        # torch's count is per thread, and new threads start from the last one set.
-        seen = []
-        probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        probe.start()
-        probe.join()
-        assert torch.get_num_threads() == 2 and seen == [2]
-    finally:
-        torch.set_num_threads(before)

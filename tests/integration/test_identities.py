@@ -8,29 +8,15 @@ from _refs import (
     activations_of,
     assert_same_columns_up_to_sign,
     brute_force_m_prime,
+    independent_rule,
     reference_lambdas,
     sqrtm_psd,
 )
 from sklearn.decomposition import PCA
 from torch import nn
-from toy_models import PositionMixer, TokenMixer, linear_chain, tanh_mlp
+from toy_models import CASES, PositionMixer, linear_chain, tanh_mlp
 
-from sklearn_lib import LIBTransformer, integration_rule
-
-
-def _mlp_case(rng):
-    return tanh_mlp(), "fc2", ["fc3"], rng.normal(size=(150, 4))
-
-
-def _positions_case(rng):
-    return PositionMixer().double(), "mix", ["head"], rng.normal(size=(120, 4, 3))
-
-
-def _tokens_case(rng):
-    return TokenMixer().double(), "mix", ["head"], rng.integers(0, 7, size=(100, 3))
-
-
-CASES = {"mlp": _mlp_case, "positions": _positions_case, "tokens": _tokens_case}
+from sklearn_lib import LIBTransformer
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -73,7 +59,7 @@ def test_lambdas_match_brute_force_jacobians(rng, case, integration, n_intervals
     lib = LIBTransformer(
         model, layer, downstream_layers=downstream, integration=integration, n_intervals=n_intervals
     ).fit(X)
-    alphas, weights = _independent_rule(integration, n_intervals)
+    alphas, weights = independent_rule(integration, n_intervals)
     if case == "mlp":
         sections = {"fc2": lambda h: model.act2(model.fc2(h)), "fc3": model.fc3}
     else:
@@ -86,33 +72,6 @@ def test_lambdas_match_brute_force_jacobians(rng, case, integration, n_intervals
         )
         expected = reference_lambdas(acts, m_prime)
         np.testing.assert_allclose(lib.bases_[name].lambdas, expected, rtol=1e-9, atol=1e-13)
-
-
-def _independent_rule(integration, n):
-    """The spec's rules written out directly (numpy only)."""
-    if integration == "gradient":
-        return [1.0], [1.0]
-    if integration == "trapezoidal":
-        eps = 1e-3 / (n + 1)
-        alphas = np.linspace(eps, 1 - eps, n + 1)
-        weights = np.array([0.5] + [1.0] * (n - 1) + [0.5]) / n
-        return alphas, weights
-    x, w = np.polynomial.legendre.leggauss(n + 1)
-    return (x + 1) / 2, w / 2
-
-
-@pytest.mark.parametrize("k", range(6))
-def test_integration_rules_integrate_polynomials(k):
-    exact = 1.0 / (k + 1)  # int_0^1 a^k da
-    for n in (3, 5):
-        alphas, weights = integration_rule("gauss-legendre", n)
-        if k <= 2 * n + 1:  # n + 1 Gauss points are exact to degree 2n + 1
-            assert np.dot(weights, alphas**k) == pytest.approx(exact, rel=1e-13)
-    alphas, weights = integration_rule("trapezoidal", 200)
-    assert weights.sum() == pytest.approx(1.0, rel=1e-14)
-    assert np.dot(weights, alphas**k) == pytest.approx(exact, abs=2e-4)
-    alphas, weights = integration_rule("gradient", 0)
-    assert list(alphas) == [1.0] and list(weights) == [1.0]
 
 
 def test_linear_section_closed_form(rng):
@@ -201,7 +160,7 @@ def test_pca_basis_matches_sklearn(rng, case):
 
 @pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
 def test_pca_fraction_selects_like_sklearn(rng, fraction):
-    model, layer, _, X = _mlp_case(rng)
+    model, layer, _, X = CASES["mlp"](rng)
     lib = LIBTransformer(model, layer, basis="pca", n_components=fraction).fit(X)
     pca = PCA(n_components=fraction, svd_solver="full").fit(activations_of(model, layer, X))
     assert lib.n_components_ == pca.n_components_
@@ -210,7 +169,7 @@ def test_pca_fraction_selects_like_sklearn(rng, fraction):
 def test_truncation_never_drops_directions_before_rotation(rng):
     # Straight to the output: with downstream layers the threshold also
     # truncates their bases, which legitimately changes this layer's Lambda.
-    model, layer, _, X = _mlp_case(rng)
+    model, layer, _, X = CASES["mlp"](rng)
     fits = [LIBTransformer(model, layer, truncation_threshold=t).fit(X) for t in (0.0, 0.05, 0.3)]
     for fit in fits[1:]:
         np.testing.assert_array_equal(
@@ -227,7 +186,7 @@ def test_truncation_never_drops_directions_before_rotation(rng):
 
 @pytest.mark.parametrize("n_components, expected", [(3, 3), (1, 1), (0.999999, None)])
 def test_n_components(rng, n_components, expected):
-    model, layer, downstream, X = _mlp_case(rng)
+    model, layer, downstream, X = CASES["mlp"](rng)
     lib = LIBTransformer(model, layer, downstream_layers=downstream, n_components=n_components)
     lib.fit(X)
     lam = lib.bases_[layer].lambdas
@@ -239,7 +198,7 @@ def test_n_components(rng, n_components, expected):
 
 
 def test_uncentred_gram(rng):
-    model, layer, downstream, X = _mlp_case(rng)
+    model, layer, downstream, X = CASES["mlp"](rng)
     X = X + 2.0  # a mean far from zero makes centring matter
     lib = LIBTransformer(model, layer, center=False).fit(X)
     np.testing.assert_array_equal(lib.mean_, 0)
@@ -249,34 +208,6 @@ def test_uncentred_gram(rng):
     np.testing.assert_allclose(lib.bases_[layer].lambdas, expected, rtol=1e-9)
     centred = LIBTransformer(model, layer).fit(X)
     assert not np.allclose(centred.bases_[layer].lambdas[:3], lib.bases_[layer].lambdas[:3])
-
-
-@pytest.mark.parametrize("batched_rows", [True, False])
-@pytest.mark.parametrize("integration, n_intervals", [("gradient", 0), ("gauss-legendre", 2)])
-def test_jacobian_gram_engines_match_brute_force(rng, batched_rows, integration, n_intervals):
-    """``M'`` itself (not only its spectrum), for the vmapped and looped engines."""
-    from sklearn_lib._capture import ModelRunner, inspect_node_layers
-    from sklearn_lib._jacobian import cotangent_rows
-    from sklearn_lib._section import SectionJacobian, jacobian_gram_batch
-
-    model = PositionMixer().double()
-    X = rng.normal(size=(30, 4, 3))
-    runner = ModelRunner(model, torch.device("cpu"), torch.float64)
-    x = torch.as_tensor(X)
-    nodes, _ = inspect_node_layers(runner, x, ["mix", "head"])
-    basis_next = rng.normal(size=(5, 4))  # any next basis, here not even orthogonal
-    alphas, weights = _independent_rule(integration, n_intervals)
-    got = jacobian_gram_batch(
-        SectionJacobian(runner, nodes[0], nodes[1], batched_rows=batched_rows),
-        x,
-        cotangent_rows(torch.as_tensor(basis_next), nodes[1].n_positions),
-        torch.as_tensor(alphas),
-        torch.as_tensor(weights),
-    )
-    acts = activations_of(model, "mix", X)
-    expected = brute_force_m_prime(model.mix, acts, basis_next, alphas, weights)
-    n_rows = len(X) * 4  # jacobian_gram_batch returns the unnormalised sum
-    np.testing.assert_allclose(got.numpy() / n_rows, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_stochastic_sources_converge_to_the_exact_basis(rng):
@@ -293,20 +224,3 @@ def test_stochastic_sources_converge_to_the_exact_basis(rng):
         top = exact.bases_["mix"].lambdas[:k]
         errors.append(np.abs(approx.bases_["mix"].lambdas[:k] - top).max() / top[0])
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02
-    # Unbiased: averaging M' over many seeds approaches the exact M'.
-    from sklearn_lib._capture import ModelRunner, inspect_node_layers
-    from sklearn_lib._jacobian import cotangent_rows, source_rows
-    from sklearn_lib._section import SectionJacobian, jacobian_gram_batch
-
-    runner = ModelRunner(model, torch.device("cpu"), torch.float64)
-    x = torch.as_tensor(X[:20])
-    nodes, out_shape = inspect_node_layers(runner, x, ["mix"])
-    section = SectionJacobian(runner, nodes[0], None)
-    C = torch.eye(3, dtype=torch.float64)
-    one = torch.ones(1, dtype=torch.float64)
-    exact_m = jacobian_gram_batch(section, x, cotangent_rows(C, 3), one, one)
-    gen = torch.Generator().manual_seed(0)
-    signs = 2 * torch.randint(0, 2, (4000, 3, 3), generator=gen) - 1
-    mean_m = jacobian_gram_batch(section, x, source_rows(C, signs), one, one)
-    mean_m /= 4000
-    assert float((mean_m - exact_m).abs().max() / exact_m.abs().max()) < 0.05

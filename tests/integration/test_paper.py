@@ -80,6 +80,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         load_modular_addition(3, tmp_path)
 
 
+@pytest.mark.slow
 def test_fast_configuration_learns_the_task():
     """Measured: test accuracy 1.0 after the fast configuration's 600 epochs."""
     X_train, X_test, y_train, y_test = make_modular_addition()
@@ -90,6 +91,7 @@ def test_fast_configuration_learns_the_task():
     assert not model.training
 
 
+@pytest.mark.slow
 def test_image_mlp_trainer_learns_digits():
     """Measured: about 0.97 test accuracy with (64, 64) hidden units."""
     X, y = load_digit_images()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_two_ranks_match_one_process(tmp_path):
     script = Path(__file__).parent / "distributed" / "fit_on_shards.py"

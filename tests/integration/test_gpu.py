@@ -37,9 +37,10 @@ MODADD = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
 
 
 def _fit_with_graph(model, X, device, structured=True, **params):
-    lib = LIBTransformer(model, MODADD[0], downstream_layers=MODADD[1:], device=device, **params)
-    lib._structured = structured
-    lib.fit(X)
+    jacobian = "auto" if structured else "autograd"
+    lib = LIBTransformer(
+        model, MODADD[0], downstream_layers=MODADD[1:], device=device, jacobian=jacobian, **params
+    ).fit(X)
     return lib, lib.interaction_graph(X)
 
 

@@ -83,6 +83,19 @@ def test_clone_shares_the_model():
     assert clone(ActivationTransformer(model, "fc2")).model is model
 
 
+def test_clone_and_grid_search_keep_the_jacobian_route(rng):
+    lib = LIBTransformer(tanh_mlp(), "fc2", jacobian="autograd")
+    assert clone(lib).jacobian == "autograd" and lib.get_params()["jacobian"] == "autograd"
+    X = rng.normal(size=(40, 4))
+    search = GridSearchCV(
+        lib, {"jacobian": ["auto", "autograd"]}, scoring=lambda est, X, y=None: est.score(X), cv=2
+    ).fit(X)
+    assert set(search.cv_results_["param_jacobian"]) == {"auto", "autograd"}
+    # Both routes give one basis.
+    routes = [clone(lib).set_params(jacobian=j).fit(X).lambdas_ for j in ("auto", "autograd")]
+    np.testing.assert_allclose(routes[0], routes[1], rtol=1e-10)
+
+
 def test_clone_keeps_set_output_config(rng):
     pytest.importorskip("pandas")
     lib = LIBTransformer(tanh_mlp(), "fc2").set_output(transform="pandas")

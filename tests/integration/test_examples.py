@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-EXAMPLES = sorted((pathlib.Path(__file__).parent.parent / "examples").glob("plot_*.py"))
+EXAMPLES = sorted((pathlib.Path(__file__).parents[2] / "examples").glob("plot_*.py"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_example_smoke(script, tmp_path):
     pytest.importorskip("matplotlib")

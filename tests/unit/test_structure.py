@@ -27,9 +27,10 @@ def _mlp(act, d_in=5, seed=0):
 
 
 def _fit(model, layer, downstream, X, structured, **params):
-    lib = LIBTransformer(model, layer, downstream_layers=downstream, **params)
-    lib._structured = structured
-    return lib.fit(X)
+    jacobian = "auto" if structured else "autograd"
+    return LIBTransformer(
+        model, layer, downstream_layers=downstream, jacobian=jacobian, **params
+    ).fit(X)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for toy_models
 from toy_models import PositionMixer  # noqa: E402
 
 from sklearn_lib import LIBTransformer  # noqa: E402

@@ -188,7 +188,7 @@ def test_ablation_errors(fitted, rng):
         ablation_curve(lib, X, n_features=[9])
     with pytest.raises(ValueError, match="scoring='accuracy' needs class labels"):
         ablation_curve(lib, X, n_features=[1], scoring="accuracy")
-    with pytest.raises(ValueError, match="scoring='f1' must be"):
+    with pytest.raises(ValueError, match="'scoring' parameter of ablation_curve"):
         ablation_curve(lib, X, y, n_features=[1], scoring="f1")
     with pytest.raises(TypeError, match="Expected a fitted LIBTransformer"):
         ablation_curve(PCA(), X, n_features=[1])

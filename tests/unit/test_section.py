@@ -1,77 +1,165 @@
-"""Closed-form section Jacobians (the ``lib_section_*`` protocol) against autograd."""
+"""One home for section Jacobians (``_section``): every route against autograd.
+
+Closed forms (the model's ``lib_section_*`` protocol and the Linear ->
+elementwise formula) must give autograd's rows, Gram and directional
+derivatives, and every closed form is checked once, then used or dropped.
+"""
+
+from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from toy_models import modadd_tokens as tokens
 from toy_models import small_modadd
 
 from sklearn_lib import LIBTransformer
-from sklearn_lib._capture import ModelRunner, inspect_node_layers
-from sklearn_lib._jacobian import integrated_vjps, scaled
+from sklearn_lib._jacobian import Cotangents, integrated_vjps, scaled
 from sklearn_lib._section import SectionJacobian, _square_sums
+from sklearn_lib._session import ModelSession
 from sklearn_lib.models import ModularAdditionTransformer
 
 LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
-OUT_DIMS = {0: 16, 1: 16, 2: 8}  # d_out of each section of the small model
+RULES = [((1.0,), (1.0,)), ((0.0, 0.5, 1.0), (0.25, 0.5, 0.25))]
 
 
-def section_setup(model, i, alphas=(1.0,), weights=(1.0,)):
-    runner = ModelRunner(model, torch.device("cpu"), torch.float64)
-    x = tokens()
-    nodes, _ = inspect_node_layers(runner, x, LAYERS)
-    dst = nodes[i + 1] if i + 1 < len(nodes) else None
-    (f,) = runner.read(x, [nodes[i].module])
-    alphas, weights = (torch.tensor(v, dtype=torch.float64) for v in (alphas, weights))
-    rows = torch.randn(5, 1, OUT_DIMS[i], dtype=torch.float64, generator=torch.Generator())
-    return runner, x, nodes[i], dst, scaled(f, alphas), rows, weights
-
-
-def autograd_rows(runner, x, src, dst, points, rows, weights):
+def autograd_rows(session, x, src, dst, points, rows, weights):
+    """The reference: one backward pass per row, through the model itself."""
     leaf = points.detach().requires_grad_(True)
     with torch.enable_grad():
-        out = runner.section(x, src.module, leaf, None if dst is None else dst.module)
+        out = session.section(x, src, leaf, dst)
         out = out.reshape(out.shape[0], *rows.shape[1:])
         return torch.cat(list(integrated_vjps(out, leaf, rows, weights, x.shape[0], False)))
 
 
-RULES = [((1.0,), (1.0,)), ((0.0, 0.5, 1.0), (0.25, 0.5, 0.25))]
+def check_products(model, x, src, dst, d_next, n_positions_out, rule):
+    """Rows, Gram (``M'``) and directional square sums (edges) against autograd.
 
-
-@pytest.mark.filterwarnings("error::RuntimeWarning")  # a failed check falls back with a warning
-@pytest.mark.parametrize("i", [0, 1, 2])
-@pytest.mark.parametrize("alphas, weights", RULES)
-def test_closed_form_rows_gram_and_directions_match_autograd(i, alphas, weights):
-    model = small_modadd()
-    runner, x, src, dst, points, rows, w = section_setup(model, i, alphas, weights)
-    auto = autograd_rows(runner, x, src, dst, points, rows, w)  # (R, n, P, d)
-    fast = SectionJacobian(runner, src, dst)
-    slow = SectionJacobian(runner, src, dst, closed_form=False)
+    Returns the default-route section, whose ``route()`` tells the closed form
+    it chose for each product.
+    """
+    session = ModelSession(model)
+    (f,) = session.read(x, [src])
+    alphas, weights = (torch.tensor(v, dtype=torch.float64) for v in rule)
+    points = scaled(f, alphas)
+    gen = torch.Generator().manual_seed(0)
+    cotangents = Cotangents(
+        torch.randn(d_next, 3, dtype=torch.float64, generator=gen), n_positions_out
+    )
+    rows = cotangents.rows
+    auto = autograd_rows(session, x, src, dst, points, rows, weights)  # (R, n, P, d)
+    fast = SectionJacobian(session, src, dst)
+    slow = SectionJacobian(session, src, dst, jacobian="autograd")
     with torch.no_grad():
-        closed = torch.cat(list(fast.gradients(x, points, rows, w)))
-    assert fast._use["rows"] is True  # the model's closed form was checked and used
+        closed = torch.cat(list(fast.gradients(x, points, rows, weights)))
     torch.testing.assert_close(closed.expand_as(auto), auto, rtol=1e-10, atol=1e-12)
-    # The Gram of the rows, by the closed form where there is one.
+    # The Gram of the rows.
     expected = torch.einsum("rnpd,rnpe->de", auto, auto)
-    torch.testing.assert_close(fast.gram(x, points, rows, w), expected, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(slow.gram(x, points, rows, w), expected, rtol=1e-10, atol=1e-10)
+    for engine in (fast, slow):
+        got = engine.gram_sum(x, f, cotangents, (alphas, weights))
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     # Directional derivatives along coefficient-scaled directions, squared and summed.
-    gen = torch.Generator().manual_seed(1)
     directions = torch.randn(4, auto.shape[-1], dtype=torch.float64, generator=gen)
     coefficients = torch.randn(x.shape[0], auto.shape[2], 4, dtype=torch.float64, generator=gen)
     along = torch.einsum("rnpd,jd,npj->rnj", auto, directions, coefficients)
     expected = (along**2).sum(1)
     for engine in (fast, slow):
-        got = engine.directional_square_sums(x, points, rows, w, directions, coefficients)
+        got = engine.directional_square_sums(x, points, rows, weights, directions, coefficients)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert all(slow.route(kind) is None for kind in ("rows", "gram", "tangents"))
+    return fast
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a failed check falls back with a warning
+@pytest.mark.parametrize("i", [0, 1, 2])
+@pytest.mark.parametrize("rule", RULES)
+def test_model_closed_forms_match_autograd(i, rule):
+    model, x = small_modadd(), tokens()
+    dst = LAYERS[i + 1] if i < 2 else None
+    fast = check_products(model, x, LAYERS[i], dst, 8 if i == 2 else 16, 1, rule)
     # The closed forms were used where the model has them (attention Gram: plain gradient).
-    assert fast._use["gram"] is (i == 1 or (i == 0 and len(alphas) == 1))
-    assert fast._use["tangents"] is (i != 2)
+    assert fast.route("rows") is not None
+    assert (fast.route("gram") is not None) is (i == 1 or (i == 0 and len(rule[0]) == 1))
+    assert (fast.route("tangents") is not None) is (i != 2)
+
+
+def position_mlp(act, seed=0):
+    """fc1 -> act -> fc2 -> tanh -> fc3 on inputs with positions (the Linear acts per position)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(3, 6), act=act, fc2=nn.Linear(6, 5), act2=nn.Tanh(), fc3=nn.Linear(5, 4)
+        )
+    ).double()
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.GELU(), nn.Tanh()])
+@pytest.mark.parametrize("shape", [(20, 3), (20, 4, 3)])
+@pytest.mark.parametrize("rule", RULES)
+def test_linear_elementwise_formula_matches_autograd(act, shape, rule):
+    """The formula serves rows, Gram and edges, with and without positions."""
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    n_pos = shape[1] if len(shape) == 3 else 1
+    for src, dst, d_next in [("fc1", "fc2", 6), ("fc2", "fc3", 5), ("fc3", None, 4)]:
+        fast = check_products(position_mlp(act), x, src, dst, d_next, n_pos, rule)
+        assert all(
+            type(fast.route(kind)).__name__ == "LinearElementwise"
+            for kind in ("rows", "gram", "tangents")
+        )
+
+
+def test_position_folding_equals_the_exact_rows(rng):
+    """Exact rows of a position-wise section are folded into one-position rows: same M', edges."""
+    model = position_mlp(nn.SiLU())
+    x = torch.as_tensor(rng.normal(size=(15, 4, 3)))
+    session = ModelSession(model)
+    (f,) = session.read(x, ["fc2"])
+    rule = (torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    cotangents = Cotangents(torch.as_tensor(rng.normal(size=(5, 2))), 4)
+    fast = SectionJacobian(session, "fc2", "fc3")
+    slow = SectionJacobian(session, "fc2", "fc3", jacobian="autograd")
+    torch.testing.assert_close(
+        fast.gram_sum(x, f, cotangents, rule), slow.gram_sum(x, f, cotangents, rule)
+    )
+    src = tuple(torch.as_tensor(a) for a in (rng.normal(size=6), rng.normal(size=(6, 3))))
+    src = (*src, torch.linalg.pinv(src[1]))
+    torch.testing.assert_close(
+        fast.edge_sums(x, f, src, cotangents, rule), slow.edge_sums(x, f, src, cotangents, rule)
+    )
+    assert type(fast.route("gram")).__name__ == "LinearElementwise"
+
+
+class ScaledLinear(nn.Linear):
+    """A Linear subclass whose forward is not ``x W^T + b``: the formula must not be trusted."""
+
+    def forward(self, x):
+        return 1.5 * super().forward(x)
+
+
+def test_linear_elementwise_formula_is_checked_once_and_falls_back(rng):
+    model = position_mlp(nn.Tanh())
+    wrong = position_mlp(nn.Tanh())
+    wrong.fc2 = ScaledLinear(6, 5).double()
+    wrong.fc2.load_state_dict(model.fc2.state_dict())
+    X = rng.normal(size=(60, 3))
+    with pytest.warns(RuntimeWarning, match="Linear -> elementwise formula.*disagrees"):
+        got = LIBTransformer(wrong, "fc2", downstream_layers=["fc3"]).fit(X)
+        graph = got.interaction_graph(X)
+    expected = LIBTransformer(wrong, "fc2", downstream_layers=["fc3"], jacobian="autograd").fit(X)
+    expected_graph = expected.interaction_graph(X)
+    for name in ("fc2", "fc3"):
+        np.testing.assert_allclose(
+            got.bases_[name].lambdas, expected.bases_[name].lambdas, rtol=1e-9
+        )
+    for key, E in expected_graph.edges.items():
+        np.testing.assert_allclose(graph.edges[key], E, rtol=1e-9, atol=1e-14 * E.max())
 
 
 def test_which_closed_forms_apply():
     model = small_modadd()
-    params = dict(ModelRunner(model, torch.device("cpu"), torch.float64).state)
+    params = ModelSession(model).params
     points = torch.randn(3, 16, dtype=torch.float64)
     rows = torch.randn(2, 1, 8, dtype=torch.float64)  # over the logits
     rows16 = torch.randn(2, 1, 16, dtype=torch.float64)  # over the MLP input
@@ -104,10 +192,8 @@ def test_fit_and_graph_equal_the_autograd_path(integration, n_intervals):
         truncation_threshold=0,
     )
     fits = []
-    for structured in (True, False):
-        lib = LIBTransformer(model, LAYERS[0], **params)
-        lib._structured = structured
-        lib.fit(X)
+    for jacobian in ("auto", "autograd"):
+        lib = LIBTransformer(model, LAYERS[0], jacobian=jacobian, **params).fit(X)
         fits.append((lib, lib.interaction_graph(X)))
     (fast, graph_fast), (slow, graph_slow) = fits
     for name in LAYERS:
@@ -197,8 +283,7 @@ def test_a_closed_form_that_raises_falls_back(rng):
     X = tokens(40).numpy()
     with pytest.warns(RuntimeWarning, match="it raised KeyError"):
         got = LIBTransformer(model, LAYERS[0], downstream_layers=LAYERS[1:]).fit(X)
-    slow = LIBTransformer(model, LAYERS[0], downstream_layers=LAYERS[1:])
-    slow._structured = False
+    slow = LIBTransformer(model, LAYERS[0], downstream_layers=LAYERS[1:], jacobian="autograd")
     np.testing.assert_allclose(got.lambdas_, slow.fit(X).lambdas_, rtol=1e-9)
 
 
@@ -216,7 +301,7 @@ def test_square_sums_of_constant_rows(rng):
     )
 
 
-def test_the_thread_count_is_restored():
+def test_the_thread_count_is_left_alone():
     threads = torch.get_num_threads()
     LIBTransformer(small_modadd(), LAYERS[0], downstream_layers=LAYERS[1:]).fit(tokens(30).numpy())
     assert torch.get_num_threads() == threads

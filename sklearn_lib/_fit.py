@@ -1,0 +1,190 @@
+"""The LIB algorithm as functions: node layers and data in, one :class:`NodeBasis` per node out.
+
+The bases are computed backwards from the model output, because each needs
+the next one's.  The statistics pass reads every node layer once (mean and
+Gram of each, mean of the output); then each section's ``M'`` takes one pass
+over the data, in the next basis.  An accumulator whose inputs are known
+before a pass joins it: with the identity output basis, known before any
+data is read, the last section's ``M'`` joins the statistics pass, so ``k``
+node layers take ``k`` passes.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._basis import (
+    OUTPUT_NODE,
+    fit_node_basis,
+    identity_basis,
+    n_positions,
+    pca_output_basis,
+)
+from ._capture import check_cut, inspect_node_layers
+from ._integration import rule_tensors
+from ._jacobian import Cotangents
+from ._section import SectionJacobian
+from ._stats import MomentAccumulator, all_reduce_sum, global_count
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The estimator's parameters that shape a fit (see :class:`LIBTransformer`)."""
+
+    basis: str = "lib"
+    n_components: object = None
+    truncation_threshold: float = 1e-10
+    center: bool = True
+    rule: tuple = ((1.0,), (1.0,))  # (alphas, weights)
+    output_basis: str = "identity"
+    n_stochastic_sources: object = None
+    jacobian: str = "auto"
+
+
+def inspect(session, probe, names, settings):
+    """Shapes of the node layers and the output on a probe batch; for LIB, the cut checks.
+
+    Returns
+    -------
+    shapes : dict of str to tuple
+    output_shape : tuple
+    """
+    if OUTPUT_NODE in names:
+        raise ValueError(
+            f"A node layer may not be called {OUTPUT_NODE!r}: that name is "
+            "reserved for the model-output node"
+        )
+    with torch.no_grad():
+        shapes, output_shape = inspect_node_layers(session, probe, names)
+        if settings.basis == "lib":
+            for src, dst in zip(names, [*names[1:], None]):
+                check_cut(session, probe, src, dst, session.rng)
+    return shapes, output_shape
+
+
+def fit_bases(session, source, shapes, output_shape, settings):
+    """The basis of every node layer and of the output.
+
+    Parameters
+    ----------
+    session : ModelSession
+    source : ArraySource or StreamSource
+    shapes : dict of str to tuple
+        Node layers in forward order with their per-sample activation shapes.
+    output_shape : tuple
+    settings : FitSettings
+
+    Returns
+    -------
+    dict of str to NodeBasis
+        Forward order: the node layers, then ``"output"``.
+    """
+    names = list(shapes)
+    moments = {
+        name: MomentAccumulator(name, shapes[name][-1], session.device, settings.center)
+        for name in names
+    }
+    output = MomentAccumulator(
+        OUTPUT_NODE, output_shape[-1], session.device, gram=settings.output_basis == "pca"
+    )
+    lib = settings.basis == "lib"
+    early = []
+    if lib and settings.output_basis == "identity":
+        # The output's basis is known before any data is read: the last
+        # section's M' joins the statistics pass.
+        eye = torch.eye(output_shape[-1], device=session.device, dtype=session.dtype)
+        last = names[-1]
+        early.append(
+            JacobianGram(
+                session, last, None, shapes[last], eye, n_positions(output_shape), settings
+            )
+        )
+    statistics = [*moments.values(), output]  # their results are themselves, reduced
+    what = "activation statistics" + "".join(f" and {acc.what}" for acc in early)
+    results = session.run_pass(source, [*statistics, *early], what)
+    m_primes = {acc.src: m_prime for acc, m_prime in zip(early, results[len(statistics) :])}
+
+    output_mean = output.mean.cpu().numpy()
+    if settings.output_basis == "identity":
+        next_basis = identity_basis(output_shape, output_mean)
+    else:
+        next_basis = pca_output_basis(output_shape, output_mean, output.gram.cpu().numpy())
+    bases = {OUTPUT_NODE: next_basis}
+    for i in reversed(range(len(names))):
+        name = names[i]
+        m_prime = None
+        if lib:
+            m_prime = m_primes.get(name)
+            if m_prime is None:
+                dst = names[i + 1] if i + 1 < len(names) else None
+                matrix = next_basis.tensors(session.device, session.dtype)[1]
+                acc = JacobianGram(
+                    session, name, dst, shapes[name], matrix, next_basis.n_positions, settings
+                )
+                (m_prime,) = session.run_pass(source, [acc], acc.what)
+        stats = moments[name]
+        next_basis = fit_node_basis(
+            name,
+            shapes[name],
+            stats.mean.cpu().numpy() if settings.center else np.zeros(shapes[name][-1]),
+            stats.gram.cpu().numpy(),
+            m_prime,
+            kind=settings.basis,
+            n_components=settings.n_components if i == 0 else None,
+            threshold=settings.truncation_threshold,
+            rtol=session.tolerances.null_space,
+        )
+        bases[name] = next_basis
+    return {name: bases[name] for name in [*names, OUTPUT_NODE]}
+
+
+class JacobianGram:
+    """Accumulator of ``M'`` of one section (see ``_session`` for the protocol).
+
+    Exact: one row per output position and next feature.  With
+    ``n_stochastic_sources=S``: ``S`` random +-1 combinations of all rows per
+    batch, whose average Gram is an unbiased estimate.
+
+    Parameters
+    ----------
+    session : ModelSession
+    src : str
+    dst : str or None
+        None: the model output.
+    shape : tuple
+        ``src``'s per-sample activation shape.
+    matrix : torch.Tensor of shape (d_next, k_next)
+        The next node's kept LIB matrix, in the session's dtype and device.
+    n_positions_out : int
+        Positions of the next node.
+    settings : FitSettings
+    """
+
+    def __init__(self, session, src, dst, shape, matrix, n_positions_out, settings):
+        self.session, self.src = session, src
+        self.reads = (src,)
+        self.what = f"Jacobians {src!r} -> {dst or OUTPUT_NODE!r}"
+        self.matrix, self.n_positions_out = matrix, n_positions_out
+        self.sources = settings.n_stochastic_sources
+        self.rule = rule_tensors(settings.rule, session.device)
+        self.section = SectionJacobian(session, src, dst, settings.jacobian)
+        self.exact = Cotangents(matrix, n_positions_out)
+        self.n_positions_in = n_positions(shape)
+        self.total = torch.zeros(shape[-1], shape[-1], dtype=torch.float64, device=session.device)
+        self.count = 0
+
+    def update(self, batch, acts):
+        cotangents = self.exact
+        if self.sources:
+            cotangents = Cotangents.sampled(
+                self.matrix, self.n_positions_out, self.sources, self.session.generator, True
+            )
+        self.total += self.section.gram_sum(batch.x, acts[self.src], cotangents, self.rule)
+        self.count += batch.n
+
+    def result(self):
+        """``M'`` averaged over all ``N * P_in`` rows (of every rank), as a numpy array."""
+        total = all_reduce_sum(self.total)
+        n = global_count(self.count, total.device)
+        return (total / (n * self.n_positions_in)).cpu().numpy()

@@ -1,0 +1,43 @@
+"""Progress of long passes, on stderr, only when asked for."""
+
+import sys
+import time
+
+
+class Progress:
+    """Minimal progress lines on stderr, shown only when ``enabled``.
+
+    Kept dependency-free on purpose: long work prints a line every ~10% of a
+    pass, which works in terminals, notebooks and CI logs alike.
+
+    Parameters
+    ----------
+    owner : str
+        Prefix of every line (the estimator or function that reports).
+    enabled : bool
+    """
+
+    def __init__(self, owner, enabled):
+        self.owner = owner
+        self.enabled = bool(enabled)
+        self._start = time.perf_counter()
+
+    def __call__(self, message):
+        if self.enabled:
+            elapsed = time.perf_counter() - self._start
+            print(f"[{self.owner}] {elapsed:7.1f}s {message}", file=sys.stderr, flush=True)
+
+    def samples(self, batches, n_samples, what, size=len):
+        """Wrap an iterable of batches; ``n_samples`` may be None (not known yet)."""
+        done = 0
+        step = max((n_samples or 0) // 10, 1)
+        next_report = step
+        for i, batch in enumerate(batches):
+            yield batch
+            done += size(batch)
+            if n_samples is None:
+                if (i + 1) % 10 == 0:
+                    self(f"{what}: {done} samples")
+            elif done >= next_report or done == n_samples:
+                self(f"{what}: {done}/{n_samples} samples")
+                next_report = done + step

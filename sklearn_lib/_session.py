@@ -1,0 +1,262 @@
+"""A model session: what one call needs to run the user's model, and the one loop over the data.
+
+The estimators build one :class:`ModelSession` per call (``fit``,
+``transform``, ``score``, ``interaction_graph``, an ablation).  It owns
+
+- a **private copy** of the user's model, with its own parameters and
+  buffers in the compute dtype on the compute device, in eval mode and
+  without gradients.  The user's module object is only read, once, to make
+  the copy: no hook is ever registered on it, no tensor swapped, no buffer
+  updated, so several threads can use one model (and one fitted estimator)
+  at once;
+- the capture convention, the device and dtype, progress reporting and the
+  random generator of the call;
+- the one loop over the data, :meth:`ModelSession.run_pass`: a *pass* feeds
+  every batch of a source to a list of *accumulators*.
+
+An accumulator is any object with
+
+``reads``
+    The node layers whose activations it needs (:data:`OUTPUT_NODE` for the
+    model output).  The pass reads all of them in one forward pass per batch,
+    checks them for NaN and inf, and hands them over by name.
+``update(batch, acts)``
+    Add one :class:`Batch`; ``acts`` maps each read node layer to its
+    activations on ``batch.x``.
+``result()``
+    The statistic after the pass (all-reduced over ranks where it is a sum).
+
+Merging two passes is putting their accumulators in one list.
+"""
+
+import copy
+import itertools
+from dataclasses import dataclass
+
+import torch
+from sklearn.utils import check_random_state
+
+from ._basis import OUTPUT_NODE
+from ._capture import ModelRunner
+from ._data import to_tensor
+from ._numerics import tolerances
+from ._progress import Progress
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def resolve_device(device):
+    """Turn the ``device`` parameter into a ``torch.device``.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device
+        ``"auto"`` picks CUDA when available, the CPU otherwise.
+
+    Returns
+    -------
+    torch.device
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was requested but CUDA is not available")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} does not exist; {torch.cuda.device_count()} CUDA "
+                "device(s) are available"
+            )
+    elif resolved.type != "cpu":
+        raise ValueError(f"device={device!r} is not supported; use 'cpu' or 'cuda'")
+    return resolved
+
+
+def resolve_dtype(dtype):
+    """Turn the ``dtype`` parameter into a floating ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype={dtype} is not supported; use float64 or float32")
+        return dtype
+    return _DTYPES[dtype]
+
+
+def private_copy(model, device, dtype):
+    """A copy of ``model`` that one call owns.
+
+    Parameters and buffers are new tensors (floating ones in ``dtype``, all
+    on ``device``), made directly in place of the originals while the module
+    structure is deep-copied, so no tensor is copied twice.  Parameters do
+    not require gradients (LIB differentiates with respect to activations
+    only).  The copy is in eval mode: dropout and batch statistics would
+    couple samples and make the Jacobians random.
+
+    Raises
+    ------
+    TypeError
+        When the model cannot be deep-copied.
+    """
+    memo = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if id(tensor) in memo:
+            continue  # tied weights stay tied
+        target = dtype if tensor.is_floating_point() else tensor.dtype
+        data = tensor.detach().to(device=device, dtype=target, copy=True)
+        if isinstance(tensor, torch.nn.Parameter):
+            data = torch.nn.Parameter(data, requires_grad=False)
+        memo[id(tensor)] = data
+    try:
+        private = copy.deepcopy(model, memo)
+    except Exception as exc:  # any failure of a user's __deepcopy__ / __reduce__
+        raise TypeError(
+            f"sklearn-lib runs a private copy of the model so that the model itself is "
+            f"never touched, but copy.deepcopy failed on {type(model).__name__}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return private.eval()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of a pass.
+
+    Attributes
+    ----------
+    x : torch.Tensor
+        Model inputs on the session's device (floating ones in its dtype).
+    start : int
+        Index of the batch's first sample in the data, e.g. to slice labels.
+    """
+
+    x: torch.Tensor
+    start: int
+
+    @property
+    def n(self):
+        return self.x.shape[0]
+
+    @property
+    def stop(self):
+        return self.start + self.n
+
+
+def check_finite(f, layer):
+    """Raise if activations hold NaN or inf."""
+    if not torch.isfinite(f).all():
+        raise ValueError(
+            f"The activations of layer {layer!r} contain NaN or inf; check the model "
+            "and its inputs (inputs themselves were finite)"
+        )
+
+
+class ModelSession(ModelRunner):
+    """Everything one call needs to run the user's model (see the module docstring).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The user's model; only read, to make the private copy.
+    capture : {"input", "output"}, default="input"
+    device : torch.device or str, default="cpu"
+    dtype : torch.dtype, default=torch.float64
+    owner : str, default="sklearn_lib"
+        Who reports progress.
+    verbose : bool, default=False
+    random_state : int, RandomState instance or None
+        Seeds the cut check's permutations and, through :attr:`generator`,
+        random draws in passes.
+
+    Attributes
+    ----------
+    params : dict of str to torch.Tensor
+        The private copy's parameters and buffers by ``state_dict`` name, as
+        the closed-form protocol receives them.
+    tolerances : Tolerances
+        Of the compute dtype.
+    progress : Progress
+    rng : numpy.random.RandomState
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        capture="input",
+        device="cpu",
+        dtype=torch.float64,
+        owner="sklearn_lib",
+        verbose=False,
+        random_state=None,
+    ):
+        device = torch.device(device)
+        super().__init__(private_copy(model, device, dtype), capture)
+        self.device = device
+        self.dtype = dtype
+        self.params = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        self.tolerances = tolerances(dtype)
+        self.progress = Progress(owner, verbose)
+        self.rng = check_random_state(random_state)
+        self._generator = None
+
+    @property
+    def generator(self):
+        """A torch generator on the CPU, seeded from :attr:`rng` at first use.
+
+        Random draws happen on the CPU, so results are reproducible on any
+        device.
+        """
+        if self._generator is None:
+            seed = int(self.rng.randint(2**31 - 1))
+            self._generator = torch.Generator().manual_seed(seed)
+        return self._generator
+
+    def inputs(self, X):
+        """Model inputs as a tensor on the device (see :func:`~sklearn_lib._data.to_tensor`)."""
+        return to_tensor(X, self.device, self.dtype)
+
+    # -- the one loop over the data ------------------------------------------------------
+    def batches(self, source, what):
+        """Every batch of ``source`` as a :class:`Batch` on the device, reporting progress."""
+        items = self.progress.samples(
+            source.batches(), source.n_samples, what, size=lambda item: len(item[1])
+        )
+        for start, raw in items:
+            yield Batch(self.inputs(raw), start)
+
+    def run_pass(self, source, accumulators, what):
+        """Feed every batch of ``source`` to ``accumulators``; return their results.
+
+        Parameters
+        ----------
+        source : ArraySource or StreamSource
+        accumulators : list
+            See the module docstring.
+        what : str
+            Names the pass in progress lines.
+
+        Returns
+        -------
+        list
+            ``accumulator.result()`` of each, in order.
+        """
+        reads = list(dict.fromkeys(name for acc in accumulators for name in acc.reads))
+        need_output = OUTPUT_NODE in reads
+        if need_output:
+            reads.remove(OUTPUT_NODE)
+        for batch in self.batches(source, what):
+            with torch.no_grad():
+                values, output = self.run(batch.x, reads=reads, need_output=need_output)
+            acts = dict(zip(reads, values))
+            if need_output:
+                acts[OUTPUT_NODE] = output
+            for name, value in acts.items():
+                check_finite(value, "model output" if name == OUTPUT_NODE else name)
+            for acc in accumulators:
+                acc.update(batch, acts)
+        return [acc.result() for acc in accumulators]

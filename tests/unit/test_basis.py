@@ -1,0 +1,108 @@
+"""From statistics to a basis (``_basis``), and the scoped thread limit of its eigensolves."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from sklearn_lib._basis import (
+    NodeBasis,
+    eigh_descending,
+    fit_node_basis,
+    n_kept,
+    pca_output_basis,
+)
+from sklearn_lib._numerics import one_thread
+
+
+def _random_stats(rng, d=6, rank=4):
+    A = rng.normal(size=(200, rank)) @ rng.normal(size=(rank, d))  # a null space of d - rank
+    gram = np.cov(A, rowvar=False, bias=True)
+    B = rng.normal(size=(d, d))
+    return A.mean(0), gram, B @ B.T  # mean, G, M'
+
+
+@pytest.mark.parametrize("kind", ["lib", "pca"])
+def test_fitted_basis_satisfies_the_spec(rng, kind):
+    mean, gram, m_prime = _random_stats(rng)
+    basis = fit_node_basis(
+        "h",
+        (6,),
+        mean,
+        gram,
+        m_prime if kind == "lib" else None,
+        kind=kind,
+        n_components=None,
+        threshold=0.0,
+        rtol=1e-12,
+    )
+    C, C_pinv, lam = basis.matrix, basis.pinv, basis.lambdas
+    assert C.shape == (6, 4) and basis.n_components == 4  # the null space is dropped
+    np.testing.assert_allclose(C.T @ gram @ C, np.diag(lam), atol=1e-10 * lam[0])  # E[f^ f^T]
+    np.testing.assert_allclose(C_pinv @ C, np.eye(4), atol=1e-10)
+    if kind == "lib":
+        # The whitened Jacobian Gram is the identity: C+ M' C+^T = I.
+        np.testing.assert_allclose(C_pinv @ m_prime @ C_pinv.T, np.eye(4), atol=1e-9)
+    assert np.all(np.diff(lam) <= 0)
+
+
+def test_truncation_by_count_fraction_and_threshold():
+    lam = np.array([8.0, 4.0, 2.0, 1.0])
+    assert n_kept(lam, None, 0.0) == 4
+    assert n_kept(lam, None, 0.3) == 2  # keeps Lambda >= 0.3 * 8
+    assert n_kept(lam, 3, 0.0) == 3
+    assert n_kept(lam, 0.8, 0.0) == 3  # the fewest holding 80% of 15, as sklearn's PCA
+    with pytest.raises(ValueError, match="n_components=5 must be at most 4"):
+        n_kept(lam, 5, 0.0, "h")
+
+
+def test_eigenvectors_have_a_fixed_sign(rng):
+    A = rng.normal(size=(5, 5))
+    values, vectors = eigh_descending(A @ A.T)
+    assert np.all(np.diff(values) <= 0)
+    pivots = np.abs(vectors).argmax(0)
+    assert np.all(vectors[pivots, np.arange(5)] > 0)
+    with pytest.raises(ValueError, match="The test matrix has NaN"):
+        eigh_descending(np.full((2, 2), np.nan), "The test matrix")
+
+
+def test_pca_output_basis_is_orthogonal_and_complete(rng):
+    A = rng.normal(size=(50, 3)) * [3.0, 1.0, 0.0]  # one direction without variance
+    basis = pca_output_basis((3,), A.mean(0), np.cov(A, rowvar=False, bias=True))
+    assert basis.n_components == 3 and basis.kind == "pca"
+    np.testing.assert_allclose(basis.matrix.T @ basis.matrix, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(basis.pinv, basis.matrix.T)
+
+
+def test_node_basis_tensors():
+    basis = NodeBasis(
+        "h", (2, 3), np.arange(3.0), np.ones((3, 2)), np.ones((2, 3)), np.array([2.0, 1.0]), 1
+    )
+    mean, matrix, pinv = basis.tensors(torch.device("cpu"))
+    assert matrix.shape == (3, 1) and pinv.shape == (1, 3) and mean.dtype == torch.float64
+    _, matrix, pinv = basis.tensors(torch.device("cpu"), torch.float32, kept=False)
+    assert matrix.shape == (3, 2) and pinv.shape == (2, 3) and matrix.dtype == torch.float32
+    assert basis.n_positions == 2 and basis.n_features == 3
+
+
+def _openmp_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"]
+
+
+def test_the_eigensolve_thread_limit_is_scoped_to_its_thread():
+    """One thread inside the block, for the calling thread only; restored after."""
+    before, torch_threads = _openmp_threads(), torch.get_num_threads()
+    if not before or max(before) < 2:
+        pytest.skip("needs torch's OpenMP pool with at least two threads")
+    seen = {}
+    with one_thread():
+        seen["inside"] = _openmp_threads()
+        other = threading.Thread(target=lambda: seen.update(other=_openmp_threads()))
+        other.start()
+        other.join()
+    assert seen["inside"] == [1] * len(before)
+    assert seen["other"] == before  # another thread keeps its thread count
+    assert _openmp_threads() == before
+    assert torch.get_num_threads() == torch_threads

@@ -1,0 +1,48 @@
+"""Running statistics (``_stats``) and streamed scores (``_scoring``) against numpy and sklearn."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, r2_score
+
+from sklearn_lib._scoring import check_labels, make_scorer
+from sklearn_lib._session import Batch
+from sklearn_lib._stats import MomentAccumulator
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_moments_over_batches_equal_numpy(rng, center):
+    # A mean far from zero: the textbook E[ff^T] - mu mu^T would cancel digits.
+    rows = rng.normal(size=(300, 2, 3)) + 1e4
+    acc = MomentAccumulator("h", 3, torch.device("cpu"), center=center)
+    for start in range(0, 300, 70):
+        part = torch.as_tensor(rows[start : start + 70])
+        acc.update(Batch(part, start), {"h": part})
+    acc.result()
+    flat = rows.reshape(-1, 3)
+    np.testing.assert_allclose(acc.mean.numpy(), flat.mean(0), rtol=1e-14)
+    expected = np.cov(flat, rowvar=False, bias=True) if center else flat.T @ flat / len(flat)
+    np.testing.assert_allclose(acc.gram.numpy(), expected, rtol=1e-9)
+
+
+def test_streamed_scores_equal_sklearn(rng):
+    outputs = rng.normal(size=(50, 4))
+    ablated = outputs + 0.3 * rng.normal(size=(50, 4))
+    labels = rng.integers(0, 4, size=50)
+    r2, acc = make_scorer(None, False)(), make_scorer(None, True)()
+    for start in range(0, 50, 16):
+        sl = slice(start, start + 16)
+        r2.update(torch.as_tensor(ablated[sl]), torch.as_tensor(outputs[sl]), None)
+        acc.update(torch.as_tensor(ablated[sl]), None, labels[sl])
+    expected = r2_score(outputs, ablated, multioutput="variance_weighted")
+    assert r2.result() == pytest.approx(expected, rel=1e-12)
+    assert acc.result() == accuracy_score(labels, ablated.argmax(1))
+
+
+def test_labels_are_checked_against_the_outputs():
+    with pytest.raises(ValueError, match=r"y has shape \(3,\).*need class labels of shape \(4,\)"):
+        check_labels(np.zeros(3), 4, (5,))
+    with pytest.raises(ValueError, match=r"integer class labels in \[0, 5\)"):
+        check_labels(np.array([0, 5]), 2, (5,))
+    # A stream's length is not known yet: only the per-sample shape is checked.
+    assert check_labels(np.array([1.0, 2.0]), None, (5,)).dtype == np.int64
