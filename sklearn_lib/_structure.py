@@ -146,13 +146,16 @@ class LinearElementwise:
         s = s.reshape(s.shape[0], -1, s.shape[-1])  # (m, P, d_next)
         c = cotangents.reshape(cotangents.shape[0], -1, cotangents.shape[-1]).to(torch.float64)
         m, n_pos, d_next = s.shape
-        inner = 0
-        # Positions in chunks, each holding about CHUNK_ELEMENTS of (K_p, S_p).
-        chunk = max(1, CHUNK_ELEMENTS // (d_next * d_next))
-        for start in range(0, n_pos, chunk):
-            stop = min(start + chunk, n_pos)
-            K = torch.einsum("rpd,rpe->pde", c[:, start:stop], c[:, start:stop])
-            S = torch.einsum("mpd,mpe->pde", s[:, start:stop], s[:, start:stop])
-            inner = inner + (K * S).sum(0)  # (d_next, d_next)
+        if n_pos == 1:  # the common case (positions folded into samples): two products
+            inner = (c[:, 0].T @ c[:, 0]) * (s[:, 0].T @ s[:, 0])
+        else:
+            inner = 0
+            # Positions in chunks, each holding about CHUNK_ELEMENTS of (K_p, S_p).
+            chunk = max(1, CHUNK_ELEMENTS // (d_next * d_next))
+            for start in range(0, n_pos, chunk):
+                stop = min(start + chunk, n_pos)
+                K = torch.einsum("rpd,rpe->pde", c[:, start:stop], c[:, start:stop])
+                S = torch.einsum("mpd,mpe->pde", s[:, start:stop], s[:, start:stop])
+                inner = inner + (K * S).sum(0)  # (d_next, d_next)
         W = self.linear.weight.to(torch.float64)
         return W.T @ inner @ W
