@@ -2,6 +2,7 @@
 # One call on a GPU machine: the GPU tests, the GPU benchmarks, a short table.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root
+#   SCALING=1 bash benchmarks/gpu_check.sh  # with the scaling benchmark (2 more minutes)
 #
 # Uses the machine's own python3 with torch (CUDA), scikit-learn and pytest;
 # nothing is installed.  The paper's checkpoints are read from
@@ -26,11 +27,18 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 
 nvidia-smi -L | tee "$OUT/summary.txt"
 $PY -c "import torch, sklearn; print('torch', torch.__version__, 'sklearn', sklearn.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/summary.txt"
-step gpu_tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_section.py
+step gpu_tests 90 $PY -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py tests/unit/test_section.py tests/unit/test_session.py tests/integration/test_model_untouched.py tests/integration/test_streaming.py
 step bench_modadd 120 $PY benchmarks/bench_modular_addition.py --device cuda --repeat 3
 step bench_mlp 90 $PY benchmarks/bench_mlp_vs_pca.py --device cuda --n 20000 --generic
-step bench_scaling 120 $PY benchmarks/bench_scaling.py --device cuda --n-sizes 20000,40000,80000,160000,320000 --d-sizes 128,256,512,1024,2048 --n-fixed 20000
-step all_tests_on_gpu 140 $PY -m pytest -q -p no:cacheprovider tests
+if [ -n "${SCALING:-}" ]; then
+    step bench_scaling 120 $PY benchmarks/bench_scaling.py --device cuda --n-sizes 20000,40000,80000,160000,320000 --d-sizes 128,256,512,1024,2048 --n-fixed 20000
+fi
+# An optional side-by-side comparison with another version of the package:
+# AB=path/to/script.py runs it with the device and repeats as arguments.
+if [ -n "${AB:-}" ]; then
+    step ab 150 $PY "$AB" cuda 3
+fi
+step all_tests_on_gpu 180 $PY -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 echo
 echo "======== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader))"
@@ -38,4 +46,6 @@ cat "$OUT/summary.txt"
 tail -n 3 "$OUT/gpu_tests.txt" "$OUT/all_tests_on_gpu.txt"
 tail -n 8 "$OUT/bench_modadd.txt"
 tail -n 4 "$OUT/bench_mlp.txt"
-tail -n 16 "$OUT/bench_scaling.txt"
+for extra in bench_scaling:16 ab:6; do
+    if [ -f "$OUT/${extra%%:*}.txt" ]; then tail -n "${extra##*:}" "$OUT/${extra%%:*}.txt"; fi
+done

@@ -113,6 +113,7 @@ class Cotangents:
         self.n_positions = n_positions
         self.signs = signs
         self._rows = None
+        self._one_position = None
 
     @classmethod
     def sampled(cls, matrix, n_positions, n_sources, generator, over_features):
@@ -167,7 +168,9 @@ class Cotangents:
         of ``P_out * k_next``.
         """
         assert self.exact
-        return Cotangents(self.matrix, 1)
+        if self._one_position is None:
+            self._one_position = Cotangents(self.matrix, 1)
+        return self._one_position
 
     def feature_sums(self, per_row):
         """Sum (exact) or source average of per-row values ``(R, ...)`` per next feature.

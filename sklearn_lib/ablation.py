@@ -22,7 +22,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
 from ._ablate import edge_ablation_scores, node_ablation_scores
@@ -116,7 +116,6 @@ def _fitted_section(estimator, graph, section):
 
 _SCORING = [None, StrOptions(set(SCORINGS)), callable]
 _COUNTS = ["array-like", Interval(Integral, 0, None, closed="left")]
-_ESTIMATOR = [HasMethods(["fit", "transform"])]
 
 
 @validate_params(
