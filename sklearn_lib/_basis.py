@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._numerics import SMALL_EIGH, one_thread
+from ._numerics import SMALL_EIGH, one_blas_thread
 
 #: Name of the model-output node in ``bases_`` and in interaction graphs.
 OUTPUT_NODE = "output"
@@ -104,10 +104,11 @@ class NodeBasis:
 
 
 def _eigh(matrix):
+    """``(values, vectors)`` ascending, of a symmetric float64 numpy matrix."""
     if matrix.shape[0] > SMALL_EIGH:
-        return torch.linalg.eigh(matrix)
-    with one_thread():
-        return torch.linalg.eigh(matrix)
+        return tuple(t.numpy() for t in torch.linalg.eigh(torch.from_numpy(matrix)))
+    with one_blas_thread():
+        return np.linalg.eigh(matrix)
 
 
 def eigh_descending(matrix, what="The matrix to eigendecompose"):
@@ -120,7 +121,7 @@ def eigh_descending(matrix, what="The matrix to eigendecompose"):
     if not np.all(np.isfinite(matrix)):
         raise ValueError(f"{what} has NaN or infinite entries")
     matrix = (matrix + matrix.T) / 2  # symmetrise away rounding asymmetry
-    values, vectors = (t.numpy() for t in _eigh(torch.from_numpy(matrix)))
+    values, vectors = _eigh(matrix)
     values, vectors = values[::-1], vectors[:, ::-1]
     pivot = np.argmax(np.abs(vectors), axis=0)
     signs = np.sign(vectors[pivot, np.arange(vectors.shape[1])])

@@ -5,7 +5,9 @@ Every tolerance the package applies to its own computations lives in
 :data:`CHUNK_ELEMENTS`.
 """
 
+import contextlib
 import functools
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -58,11 +60,15 @@ def tolerances(dtype):
 #: and the batch size, never by the number of samples.
 CHUNK_ELEMENTS = 1 << 22
 
-#: Below this size an eigensolve runs on one thread.  Measured on the paper's
-#: model (d = 128) right after a fit's batched torch work: one thread takes
-#: 1 ms every time; a thread pool takes 1-100 ms (its workers are slow to
-#: wake).
+#: Below this size an eigensolve runs on one thread, with numpy's LAPACK.
+#: Measured on 128 x 128 right after heavy torch work (2 cores): one thread
+#: takes 2-4 ms every time; a thread pool 2-30 ms (its workers are slow to
+#: wake), whichever library runs it.
 SMALL_EIGH = 512
+
+# numpy's BLAS thread count is process-wide: blocks take turns, so that each
+# restores exactly the count it found.
+_BLAS_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -71,16 +77,16 @@ def _controller():
     return ThreadpoolController()
 
 
-def one_thread():
-    """A context in which the calling thread's OpenMP work (torch's LAPACK) uses one thread.
+@contextlib.contextmanager
+def one_blas_thread():
+    """numpy's (and scipy's) BLAS and LAPACK on one thread for the block, then restored.
 
-    OpenMP thread counts belong to the calling thread, so the limit is scoped
-    twice over: it ends with the block (also on error), and other threads,
-    a concurrent fit or the user's own torch work, keep their thread count.
-    Measured: a 1500 x 1500 ``torch.linalg.eigh`` takes twice as long inside
-    (one thread) while a matrix product in another thread keeps its speed.
+    Only numpy's BLAS is limited, for the milliseconds of a small
+    eigensolve: torch's thread counts, which belong to each thread (OpenMP,
+    MKL) and which users set for their own work, are never touched.
     """
-    return _controller().limit(limits=1, user_api="openmp")
+    with _BLAS_LOCK, _controller().limit(limits=1, user_api="blas"):
+        yield
 
 
 def max_relative_error(got, expected):

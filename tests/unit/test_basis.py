@@ -1,6 +1,7 @@
 """From statistics to a basis (``_basis``), and the scoped thread limit of its eigensolves."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ from sklearn_lib._basis import (
     n_kept,
     pca_output_basis,
 )
-from sklearn_lib._numerics import one_thread
 
 
 def _random_stats(rng, d=6, rank=4):
@@ -87,22 +87,38 @@ def test_node_basis_tensors():
     assert basis.n_positions == 2 and basis.n_features == 3
 
 
-def _openmp_threads():
-    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"]
+def _blas_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
 
-def test_the_eigensolve_thread_limit_is_scoped_to_its_thread():
-    """One thread inside the block, for the calling thread only; restored after."""
-    before, torch_threads = _openmp_threads(), torch.get_num_threads()
-    if not before or max(before) < 2:
-        pytest.skip("needs torch's OpenMP pool with at least two threads")
+def test_small_eigensolves_limit_numpy_blas_only_and_restore_it(monkeypatch):
+    """One BLAS thread inside; torch's count untouched; concurrent solves restore exactly."""
+    before, torch_threads = _blas_threads(), torch.get_num_threads()
     seen = {}
-    with one_thread():
-        seen["inside"] = _openmp_threads()
-        other = threading.Thread(target=lambda: seen.update(other=_openmp_threads()))
-        other.start()
-        other.join()
+    real = np.linalg.eigh
+
+    def watched(matrix):
+        seen.setdefault("inside", _blas_threads())
+        seen.setdefault("torch", torch.get_num_threads())
+        time.sleep(0.02)  # keeps several threads inside at once, were they allowed to be
+        return real(matrix)
+
+    monkeypatch.setattr(np.linalg, "eigh", watched)
+    workers = [threading.Thread(target=eigh_descending, args=(np.eye(4),)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     assert seen["inside"] == [1] * len(before)
-    assert seen["other"] == before  # another thread keeps its thread count
-    assert _openmp_threads() == before
-    assert torch.get_num_threads() == torch_threads
+    assert seen["torch"] == torch_threads
+    assert _blas_threads() == before and torch.get_num_threads() == torch_threads
+
+
+def test_small_eigensolves_agree_with_torch(rng):
+    """numpy's LAPACK (small matrices) gives torch's decomposition."""
+    A = rng.normal(size=(40, 40))
+    values, vectors = eigh_descending(A @ A.T)
+    ref_values, ref_vectors = (t.numpy() for t in torch.linalg.eigh(torch.as_tensor(A @ A.T)))
+    np.testing.assert_allclose(values, ref_values[::-1], rtol=0, atol=1e-13 * values[0])
+    signs = np.sign(np.sum(vectors * ref_vectors[:, ::-1], axis=0))
+    np.testing.assert_allclose(vectors, ref_vectors[:, ::-1] * signs, atol=1e-9)
