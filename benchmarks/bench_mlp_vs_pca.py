@@ -64,6 +64,10 @@ def main():
         )
         return lib.fit(X)
 
+    # One small fit first: the first autograd call of a process imports part of
+    # torch (sympy; seconds on a machine without compiled bytecode), which is
+    # not LIB's work.
+    LIBTransformer(model, layers[0], **common).fit(X[:64])
     t_pca, _ = timed(pca_all)
     t_lib, lib = timed(lambda: lib_fit(True))
     rows = [
@@ -74,10 +78,12 @@ def main():
         t_gen, generic = timed(lambda: lib_fit(False))
         rows.append(("LIB, generic per-row backward passes", t_gen, t_gen / t_pca))
         for name in lib.bases_:
+            # Relative to each layer's largest Lambda too: the smallest sit near
+            # 1e-9 of it, where sums in another order move them by 1e-9 of themselves.
+            expected = generic.bases_[name].lambdas
+            rtol = 1e-6 if args.dtype == "float32" else 1e-9
             np.testing.assert_allclose(
-                lib.bases_[name].lambdas,
-                generic.bases_[name].lambdas,
-                rtol=1e-6 if args.dtype == "float32" else 1e-9,
+                lib.bases_[name].lambdas, expected, rtol=rtol, atol=1e-3 * rtol * expected[0]
             )
     print(
         f"MLP 784-512-512-10 ReLU, N={args.n}, device={args.device}, dtype={args.dtype}, "

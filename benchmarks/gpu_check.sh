@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root
 #   SCALING=1 bash benchmarks/gpu_check.sh  # with the scaling benchmark (2 more minutes)
+#   OTHER=.device/before bash benchmarks/gpu_check.sh  # side by side with another version
 #
 # Uses the machine's own python3 with torch (CUDA), scikit-learn and pytest;
 # nothing is installed.  The paper's checkpoints are read from
@@ -34,9 +35,9 @@ if [ -n "${SCALING:-}" ]; then
     step bench_scaling 120 $PY benchmarks/bench_scaling.py --device cuda --n-sizes 20000,40000,80000,160000,320000 --d-sizes 128,256,512,1024,2048 --n-fixed 20000
 fi
 # An optional side-by-side comparison with another version of the package:
-# AB=path/to/script.py runs it with the device and repeats as arguments.
-if [ -n "${AB:-}" ]; then
-    step ab 150 $PY "$AB" cuda 3
+# OTHER=path/to/other/checkout (see benchmarks/bench_versions.py).
+if [ -n "${OTHER:-}" ]; then
+    step versions 150 $PY benchmarks/bench_versions.py --other "$OTHER" --device cuda --repeat 3
 fi
 step all_tests_on_gpu 180 $PY -m pytest -q -p no:cacheprovider -m "not slow" tests
 
@@ -46,6 +47,6 @@ cat "$OUT/summary.txt"
 tail -n 3 "$OUT/gpu_tests.txt" "$OUT/all_tests_on_gpu.txt"
 tail -n 8 "$OUT/bench_modadd.txt"
 tail -n 4 "$OUT/bench_mlp.txt"
-for extra in bench_scaling:16 ab:6; do
+for extra in bench_scaling:16 versions:7; do
     if [ -f "$OUT/${extra%%:*}.txt" ]; then tail -n "${extra##*:}" "$OUT/${extra%%:*}.txt"; fi
 done

@@ -245,8 +245,9 @@ class SectionJacobian:
             yield self._closed_rows(form, points, rows[start:stop], weights, x.shape[0])
 
     # -- routes ------------------------------------------------------------------------
-    def _autograd_rows(self, x, points, rows, weights):
-        batched = self.batched_rows
+    def _autograd_rows(self, x, points, rows, weights, batched=None):
+        if batched is None:
+            batched = self.batched_rows
         if batched is None:
             batched = x.device.type == "cuda"
         leaf = points.detach().requires_grad_(True)
@@ -330,7 +331,8 @@ class SectionJacobian:
             return self._fall_back(form, kind, f"it raised {type(exc).__name__}: {exc}")
         if closed is NotImplemented:
             return False
-        auto = torch.cat(list(self._autograd_rows(x[:k], points, rows, weights)))
+        # Three rows: a plain loop (vmap would first import functorch, seconds on a cold start).
+        auto = torch.cat(list(self._autograd_rows(x[:k], points, rows, weights, batched=False)))
         if kind == "gram":
             auto = _gram_of([auto], k, points.shape[-1])
         elif kind == "tangents":
