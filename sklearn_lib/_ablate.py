@@ -51,7 +51,12 @@ class _Ablation:
         if self.unchecked_labels:
             self.y = check_labels(self.y, self.n_samples, output_shape)
             self.unchecked_labels = False
-        return self.y[batch.start : batch.stop]
+        targets = self.y[batch.start : batch.stop]
+        if len(targets) != batch.n:
+            raise ValueError(
+                f"y has {len(self.y)} samples, but X has at least {batch.stop}; they must match"
+            )
+        return targets
 
     def result(self):
         if self.y is not None and self.count != len(self.y):
@@ -187,8 +192,17 @@ class EdgeAblation(_Ablation):
         return result
 
 
+def _check_label_order(source, y):
+    if y is not None and not source.ordered:
+        raise ValueError(
+            "y is given in data order, but X is a DataLoader that shuffles its samples, so "
+            "they would not be paired with their labels; pass a DataLoader with shuffle=False"
+        )
+
+
 def node_ablation_scores(session, source, basis, n_features, y=None, scoring=None):
     """Scores of :class:`NodeAblation` after one pass over ``source``: ``(len(n_features),)``."""
+    _check_label_order(source, y)
     n_features = np.asarray(n_features, dtype=int).reshape(-1)
     acc = NodeAblation(session, basis, n_features, y, scoring, source.n_samples)
     (scores,) = session.run_pass(source, [acc], "ablation")
@@ -213,6 +227,7 @@ def edge_ablation_scores(session, source, graph, src, dst, n_edges, y=None, scor
     -------
     ndarray of shape (len(n_edges),)
     """
+    _check_label_order(source, y)
     section = (src.name, dst.name)
     E = graph.edges[section]
     if E.shape != (dst.n_components, src.n_components):

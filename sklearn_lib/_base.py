@@ -8,6 +8,7 @@ sees an estimator.
 """
 
 import copy
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -128,6 +129,13 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         -------
         ndarray of shape (n_samples, n_out), float64
         """
+        if not source.ordered:
+            warnings.warn(
+                "X is a DataLoader that shuffles its samples: the rows come back in this "
+                "pass's random order; use shuffle=False to keep them in data order",
+                UserWarning,
+                stacklevel=3,
+            )
         session = self._session()
         (result,) = session.run_pass(
             source, [_LayerMap(self.layer, fn)], f"transform {self.layer!r}"

@@ -46,6 +46,9 @@ class ArraySource:
     batch_size : int
     """
 
+    #: Samples come in the same order in every pass.
+    ordered = True
+
     def __init__(self, X, batch_size):
         self.X = X
         self.batch_size = batch_size
@@ -81,6 +84,23 @@ class StreamSource:
         self.shape = None if shape is None else tuple(shape)
         self.fitted_by = fitted_by
         self.n_samples = None  # known after the first full pass
+
+    @property
+    def ordered(self):
+        """False for a DataLoader that shuffles: another order of samples in every pass.
+
+        Sums (fits, graphs, scores without labels) do not mind; anything
+        that pairs samples with rows (labels, ``transform``'s output) does.
+        """
+        if not isinstance(self.stream, torch.utils.data.DataLoader):
+            return True
+        sampler = self.stream.sampler
+        random = (
+            torch.utils.data.RandomSampler,
+            torch.utils.data.SubsetRandomSampler,
+            torch.utils.data.WeightedRandomSampler,
+        )
+        return not (isinstance(sampler, random) or getattr(sampler, "shuffle", False))
 
     def batches(self):
         """Yield ``(start, batch)``; the sample count must be the same in every full pass."""

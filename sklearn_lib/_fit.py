@@ -25,7 +25,7 @@ from ._capture import check_cut, inspect_node_layers
 from ._integration import rule_tensors
 from ._jacobian import Cotangents
 from ._section import SectionJacobian
-from ._stats import MomentAccumulator, all_reduce_sum, global_count
+from ._stats import MomentAccumulator, row_average
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,6 @@ class JacobianGram:
         self.session, self.src = session, src
         self.reads = (src,)
         self.what = f"Jacobians {src!r} -> {dst or OUTPUT_NODE!r}"
-        self.matrix, self.n_positions_out = matrix, n_positions_out
         self.sources = settings.n_stochastic_sources
         self.rule = rule_tensors(settings.rule, session.device)
         self.section = SectionJacobian(session, src, dst, settings.jacobian)
@@ -175,16 +174,10 @@ class JacobianGram:
         self.count = 0
 
     def update(self, batch, acts):
-        cotangents = self.exact
-        if self.sources:
-            cotangents = Cotangents.sampled(
-                self.matrix, self.n_positions_out, self.sources, self.session.generator, True
-            )
+        cotangents = self.exact.sampled(self.sources, self.session.generator, True)
         self.total += self.section.gram_sum(batch.x, acts[self.src], cotangents, self.rule)
         self.count += batch.n
 
     def result(self):
         """``M'`` averaged over all ``N * P_in`` rows (of every rank), as a numpy array."""
-        total = all_reduce_sum(self.total)
-        n = global_count(self.count, total.device)
-        return (total / (n * self.n_positions_in)).cpu().numpy()
+        return row_average(self.total, self.count, self.n_positions_in)[0]

@@ -23,7 +23,7 @@ from ._basis import OUTPUT_NODE
 from ._integration import integration_rule, rule_tensors
 from ._jacobian import Cotangents
 from ._section import SectionJacobian
-from ._stats import all_reduce_sum, global_count
+from ._stats import row_average
 
 
 @dataclass
@@ -133,18 +133,12 @@ class EdgeAccumulator:
         dst_name = None if dst.name == OUTPUT_NODE else dst.name
         self.section = SectionJacobian(session, src.name, dst_name, jacobian)
         self.src_tensors = src.tensors(session.device)
-        self.matrix = dst.tensors(session.device, session.dtype)[1]
-        self.n_positions_out = dst.n_positions
-        self.exact = Cotangents(self.matrix, self.n_positions_out)
+        self.exact = Cotangents(dst.tensors(session.device, session.dtype)[1], dst.n_positions)
         self.total = 0
         self.count = 0
 
     def update(self, batch, acts):
-        cotangents = self.exact
-        if self.sources is not None:
-            cotangents = Cotangents.sampled(
-                self.matrix, self.n_positions_out, self.sources, self.session.generator, False
-            )
+        cotangents = self.exact.sampled(self.sources, self.session.generator, False)
         f = acts[self.src.name]
         self.total = self.total + self.section.edge_sums(
             batch.x, f, self.src_tensors, cotangents, self.rule
@@ -152,11 +146,8 @@ class EdgeAccumulator:
         self.count += batch.n
 
     def result(self):
-        """Edges ``(k_out, k_in)`` averaged over all ``N * P_in`` rows (of every rank)."""
-        # Sums over every rank's shard when torch.distributed runs.
-        total = all_reduce_sum(self.total)
-        n = global_count(self.count, total.device)
-        return (total / (n * self.src.n_positions)).cpu().numpy(), n
+        """Edges ``(k_out, k_in)`` averaged over all ``N * P_in`` rows (of every rank), and N."""
+        return row_average(self.total, self.count, self.src.n_positions)
 
 
 def interaction_graph(

@@ -115,18 +115,21 @@ class Cotangents:
         self._rows = None
         self._one_position = None
 
-    @classmethod
-    def sampled(cls, matrix, n_positions, n_sources, generator, over_features):
-        """``n_sources`` random +-1 combinations of the exact rows.
+    def sampled(self, n_sources, generator, over_features):
+        """These cotangents, or with ``n_sources`` random +-1 combinations of their rows.
 
-        ``over_features`` mixes features too (signs ``(S, P_out, k_next)``,
-        for ``M'``); otherwise only output positions (``(S, P_out)``, for the
-        edges).  The signs are drawn on the CPU from ``generator``, so results
-        are reproducible on any device.
+        ``n_sources`` None keeps the exact rows.  ``over_features`` mixes
+        features too (signs ``(S, P_out, k_next)``, for ``M'``); otherwise
+        only output positions (``(S, P_out)``, for the edges).  The signs are
+        drawn on the CPU from ``generator``, so results are reproducible on
+        any device.
         """
-        shape = (n_sources, n_positions) + ((matrix.shape[1],) if over_features else ())
+        if n_sources is None:
+            return self
+        C = self.matrix
+        shape = (n_sources, self.n_positions) + ((C.shape[1],) if over_features else ())
         draws = torch.randint(0, 2, shape, generator=generator)
-        return cls(matrix, n_positions, (2 * draws - 1).to(matrix.device))
+        return Cotangents(C, self.n_positions, (2 * draws - 1).to(C.device))
 
     @property
     def exact(self):

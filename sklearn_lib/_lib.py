@@ -291,7 +291,6 @@ class LIBTransformer(_ModelLayerTransformer):
         self.mean_ = main.mean
         self.lambdas_ = main.lambdas[: main.n_components].copy()
         session.progress("done")
-        return X
 
     # -- mapping -----------------------------------------------------------------------
     @property

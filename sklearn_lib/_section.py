@@ -111,7 +111,6 @@ class SectionJacobian:
     # Samples on which a closed form is checked against autograd, and random
     # +-1 combinations of all rows checked besides the first row.
     _CHECK_POINTS, _CHECK_COMBINATIONS = 16, 2
-    _KINDS = {"rows": "vjp", "tangents": "vjp", "gram": "gram"}
 
     def __init__(self, session, src, dst, jacobian="auto", batched_rows=None):
         self.session, self.src, self.dst = session, src, dst

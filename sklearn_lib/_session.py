@@ -90,12 +90,13 @@ def resolve_dtype(dtype):
 def private_copy(model, device, dtype):
     """A copy of ``model`` that one call owns.
 
-    Parameters and buffers are new tensors (floating ones in ``dtype``, all
-    on ``device``), made directly in place of the originals while the module
-    structure is deep-copied, so no tensor is copied twice.  Parameters do
-    not require gradients (LIB differentiates with respect to activations
-    only).  The copy is in eval mode: dropout and batch statistics would
-    couple samples and make the Jacobians random.
+    Parameters, buffers and other tensors a module holds (such as the weight
+    that ``torch.nn.utils.weight_norm`` recomputes) are new tensors, floating
+    ones in ``dtype``, all on ``device``, made directly in place of the
+    originals while the module structure is deep-copied, so no tensor is
+    copied twice.  Parameters do not require gradients (LIB differentiates
+    with respect to activations only).  The copy is in eval mode: dropout and
+    batch statistics would couple samples and make the Jacobians random.
 
     Raises
     ------
@@ -103,7 +104,13 @@ def private_copy(model, device, dtype):
         When the model cannot be deep-copied.
     """
     memo = {}
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
+    attributes = (
+        value
+        for module in model.modules()
+        for value in vars(module).values()
+        if isinstance(value, torch.Tensor)
+    )
+    for tensor in itertools.chain(model.parameters(), model.buffers(), attributes):
         if id(tensor) in memo:
             continue  # tied weights stay tied
         target = dtype if tensor.is_floating_point() else tensor.dtype
@@ -177,8 +184,9 @@ class ModelSession(ModelRunner):
     Attributes
     ----------
     params : dict of str to torch.Tensor
-        The private copy's parameters and buffers by ``state_dict`` name, as
-        the closed-form protocol receives them.
+        The private copy's parameters and buffers by ``state_dict`` name
+        (tied ones under every name), as the closed-form protocol receives
+        them.
     tolerances : Tolerances
         Of the compute dtype.
     progress : Progress
@@ -200,7 +208,10 @@ class ModelSession(ModelRunner):
         super().__init__(private_copy(model, device, dtype), capture)
         self.device = device
         self.dtype = dtype
-        self.params = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        self.params = {
+            **dict(self.model.named_parameters(remove_duplicate=False)),
+            **dict(self.model.named_buffers(remove_duplicate=False)),
+        }
         self.tolerances = tolerances(dtype)
         self.progress = Progress(owner, verbose)
         self.rng = check_random_state(random_state)
@@ -252,13 +263,14 @@ class ModelSession(ModelRunner):
         if need_output:
             reads.remove(OUTPUT_NODE)
         for batch in self.batches(source, what):
+            # Accumulators that differentiate enable gradients where they do.
             with torch.no_grad():
                 values, output = self.run(batch.x, reads=reads, need_output=need_output)
-            acts = dict(zip(reads, values))
-            if need_output:
-                acts[OUTPUT_NODE] = output
-            for name, value in acts.items():
-                check_finite(value, "model output" if name == OUTPUT_NODE else name)
-            for acc in accumulators:
-                acc.update(batch, acts)
+                acts = dict(zip(reads, values))
+                if need_output:
+                    acts[OUTPUT_NODE] = output
+                for name, value in acts.items():
+                    check_finite(value, "model output" if name == OUTPUT_NODE else name)
+                for acc in accumulators:
+                    acc.update(batch, acts)
         return [acc.result() for acc in accumulators]

@@ -25,6 +25,17 @@ def global_count(count, device):
     return int(all_reduce_sum(torch.tensor(float(count), dtype=torch.float64, device=device)))
 
 
+def row_average(total, count, n_positions):
+    """``(total / (N * P), N)`` over every rank: a per-row average as numpy, and ``N``.
+
+    ``total`` is a sum over this rank's ``count`` samples of ``n_positions``
+    rows each.
+    """
+    total = all_reduce_sum(total)
+    n = global_count(count, total.device)
+    return (total / (n * n_positions)).cpu().numpy(), n
+
+
 class MomentAccumulator:
     """Running mean and Gram matrix of one node's activations, accumulated in float64.
 

@@ -234,13 +234,13 @@ class Sparsity:
 
     Attributes
     ----------
-    n_edges : int
-        The fewest strongest edges whose score stays within ``tolerance`` of
-        ``baseline``.
+    n_needed : int
+        The fewest strongest edges (or features) whose score stays within
+        ``tolerance`` of ``baseline``.
     n_total : int
-        All edges of the section (``n_out * n_in``).
+        All edges of the section (``n_out * n_in``), or all non-null features.
     score : float
-        The score with ``n_edges`` edges.
+        The score with ``n_needed`` edges (or features).
     baseline : float
         The score with every edge kept.
     """
@@ -292,11 +292,14 @@ def edges_needed(
     -------
     dict of (str, str) to Sparsity
     """
-    lib, _ = _fitted_node(estimator)
+    # Every section is checked before any work; all share one session and source.
+    fitted = [_fitted_section(estimator, graph, section) for section in sections or graph.sections]
+    if not fitted:
+        return {}
+    lib = fitted[0][0]
     session, source = lib._session(verbose=verbose), lib._source(X)
     results = {}
-    for section in sections or graph.sections:
-        _, src, dst = _fitted_section(lib, graph, section)
+    for _, src, dst in fitted:
         total = graph.edges[(src.name, dst.name)].size
 
         def score(m, src=src, dst=dst):
@@ -348,8 +351,7 @@ def features_needed(
     Returns
     -------
     Sparsity
-        With ``n_edges`` read as the number of features (``n_total``: all
-        non-null features).
+        ``n_needed`` features of ``n_total`` (all non-null features).
     """
     owner, basis = _fitted_node(estimator, layer)
     session, source = owner._session(verbose=verbose), owner._source(X)

@@ -189,3 +189,15 @@ def test_gradients_that_are_not_finite(X):
     model.add_module("fc2", torch.nn.Linear(8, 3))
     with pytest.raises(ValueError, match="Jacobian Gram M' of 'sqrt'.*NaN or infinite"):
         LIBTransformer(model.double(), "sqrt").fit(X)
+
+
+def test_outputs_in_another_dtype(X):
+    """A model that casts its output (to bfloat16 here) fits at float32's tolerances."""
+
+    class Cast(torch.nn.Module):
+        def forward(self, x):
+            return x.to(torch.bfloat16)
+
+    model = torch.nn.Sequential(tanh_mlp(), Cast())
+    lib = LIBTransformer(model, "0.fc2").fit(X)
+    assert lib.output_shape_ == (3,) and lib.n_components_ > 0

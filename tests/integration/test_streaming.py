@@ -176,9 +176,27 @@ def test_streams_are_checked_in_every_method(fitted):
         lib.interaction_graph(Batches(X, 20, "nan"))
     with pytest.raises(TypeError, match="iterator, which can be read only once"):
         lib.score(iter([X[:30], X[30:]]))
-    with pytest.raises(ValueError, match="y has 69 samples, but X has 70"):
+    with pytest.raises(ValueError, match="y has 69 samples, but X has at least 70"):
         ablation_curve(lib, _loader(X), y[:69], n_features=[1], scoring="r2")
+    with pytest.raises(ValueError, match="y has 71 samples, but X has 70"):
+        ablation_curve(lib, _loader(X), np.append(y, 0), n_features=[1], scoring="r2")
     with pytest.raises(ValueError, match=r"y has shape \(69,\)"):
         lib.score(X, y[:69])
     with pytest.raises(ValueError, match="inverse_transform expects"):
         lib.inverse_transform(Batches(np.ones((20, 5)), 9))
+
+
+def test_labels_must_match_a_stream_in_length_and_order(fitted):
+    lib, X, y = fitted
+    with pytest.raises(ValueError, match="y has 64 samples, but X has at least 70"):
+        ablation_curve(lib, _loader(X), y[:64], n_features=[1])
+    shuffled = DataLoader(TensorDataset(torch.as_tensor(X)), batch_size=16, shuffle=True)
+    with pytest.raises(ValueError, match="shuffles its samples"):
+        lib.score(shuffled, y)
+    lib.score(shuffled)  # without labels the order does not matter
+    graph = lib.interaction_graph(shuffled)
+    np.testing.assert_allclose(
+        graph.edges[("fc2", "fc3")], lib.interaction_graph(X).edges[("fc2", "fc3")], rtol=1e-10
+    )
+    with pytest.warns(UserWarning, match="random order"):
+        lib.transform(shuffled)

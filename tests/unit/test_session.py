@@ -168,3 +168,30 @@ def test_the_generator_is_seeded_from_random_state():
         for _ in range(2)
     ]
     torch.testing.assert_close(draws[0], draws[1])
+
+
+def test_tensors_held_as_attributes_are_copied_too(rng):
+    """torch.nn.utils.weight_norm keeps its recomputed weight as a plain attribute."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # weight_norm is deprecated
+        model[0] = torch.nn.utils.weight_norm(model[0])
+    x = rng.normal(size=(6, 4))
+    with torch.no_grad():
+        expected = model(torch.as_tensor(x, dtype=torch.float32)).double()
+    session = ModelSession(model)
+    _, out = session.run(session.inputs(x))
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    assert session.model[0].weight.dtype == torch.float64
+    assert model[0].weight.dtype == torch.float32
+
+
+def test_tied_parameters_are_named_under_every_name():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    model[1].weight = model[0].weight
+    params = ModelSession(model).params
+    assert params["0.weight"] is params["1.weight"]
