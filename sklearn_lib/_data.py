@@ -21,6 +21,8 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from ._numerics import all_finite
+
 
 def is_stream(X):
     """True for a DataLoader or another iterable of batches (not an array-like)."""
@@ -145,7 +147,7 @@ class StreamSource:
             if torch.is_tensor(batch)
             else np.issubdtype(batch.dtype, np.floating)
         )
-        if floating and not bool(torch.isfinite(torch.as_tensor(batch)).all()):
+        if floating and not all_finite(torch.as_tensor(batch)):
             raise ValueError("Input contains NaN or infinity (in a batch of the stream)")
         return batch
 

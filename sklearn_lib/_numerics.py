@@ -93,6 +93,15 @@ def one_blas_thread():
         yield
 
 
+def all_finite(tensor):
+    """True when no entry of ``tensor`` is NaN or inf.
+
+    A NaN or inf anywhere makes the sum NaN or inf; only then (or when a sum
+    of finite values overflows) is the elementwise check needed.
+    """
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def max_relative_error(got, expected):
     """``max |got - expected| / max |expected|`` as a float (0 where both vanish)."""
     scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)

@@ -3,9 +3,9 @@
 The estimators build one :class:`ModelSession` per call (``fit``,
 ``transform``, ``score``, ``interaction_graph``, an ablation).  It owns
 
-- a **private copy** of the user's model, with its own parameters and
-  buffers in the compute dtype on the compute device, in eval mode and
-  without gradients.  The user's module object is only read, once, to make
+- a **private copy** of the user's model, with its own parameters, buffers
+  and other tensors in the compute dtype on the compute device, in eval mode
+  and without gradients.  The user's module object is only read, once, to make
   the copy: no hook is ever registered on it, no tensor swapped, no buffer
   updated, so several threads can use one model (and one fitted estimator)
   at once;
@@ -39,7 +39,7 @@ from sklearn.utils import check_random_state
 from ._basis import OUTPUT_NODE
 from ._capture import ModelRunner
 from ._data import to_tensor
-from ._numerics import tolerances
+from ._numerics import all_finite, tolerances
 from ._progress import Progress
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -155,9 +155,7 @@ class Batch:
 
 def check_finite(f, layer):
     """Raise if activations hold NaN or inf."""
-    # A NaN or inf anywhere makes the sum NaN or inf; only then (or when a
-    # sum of finite values overflows) is the elementwise check needed.
-    if not torch.isfinite(f.sum()) and not torch.isfinite(f).all():
+    if not all_finite(f):
         raise ValueError(
             f"The activations of layer {layer!r} contain NaN or inf; check the model "
             "and its inputs (inputs themselves were finite)"
