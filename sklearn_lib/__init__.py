@@ -20,10 +20,12 @@ from .ablation import (
     n_features_scorer,
     sparsest_faithful,
 )
+from .exceptions import StaleBasisWarning
 
 __all__ = [
     "ActivationTransformer",
     "Sparsity",
+    "StaleBasisWarning",
     "InteractionGraph",
     "LIBTransformer",
     "NodeBasis",

@@ -15,6 +15,7 @@ import torch
 from ._basis import OUTPUT_NODE
 from ._numerics import CHUNK_ELEMENTS
 from ._scoring import check_labels, make_scorer
+from ._session import outside_inference_mode
 
 
 class _Ablation:
@@ -200,6 +201,7 @@ def _check_label_order(source, y):
         )
 
 
+@outside_inference_mode
 def node_ablation_scores(session, source, basis, n_features, y=None, scoring=None):
     """Scores of :class:`NodeAblation` after one pass over ``source``: ``(len(n_features),)``."""
     _check_label_order(source, y)
@@ -209,6 +211,7 @@ def node_ablation_scores(session, source, basis, n_features, y=None, scoring=Non
     return scores
 
 
+@outside_inference_mode
 def edge_ablation_scores(session, source, graph, src, dst, n_edges, y=None, scoring=None):
     """Scores with the top ``m`` edges of the section ``src -> dst`` of ``graph``, for each ``m``.
 

@@ -77,10 +77,11 @@ class ActivationTransformer(_ModelLayerTransformer):
         -------
         self : ActivationTransformer
         """
-        _, probe = self._source(X, reset=True)
-        session = self._session()
-        shapes, _ = inspect_node_layers(session, session.inputs(probe[:2]), [self.layer])
-        self.activation_shape_ = shapes[self.layer]
+        with self._restored_on_failure():
+            _, probe = self._source(X, reset=True)
+            session = self._session(fitting=True)
+            shapes, _ = inspect_node_layers(session, session.inputs(probe[:2]), [self.layer])
+            self.activation_shape_ = shapes[self.layer]
         return self
 
     @property

@@ -7,6 +7,7 @@ and a :class:`~sklearn_lib._session.ModelSession` for each call
 sees an estimator.
 """
 
+import contextlib
 import copy
 import warnings
 from numbers import Integral
@@ -14,11 +15,19 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, validate_data
 
-from ._data import ArraySource, StreamSource, is_stream
-from ._session import ModelSession, resolve_device, resolve_dtype
+from ._data import ArraySource, StreamSource, is_stream, to_numpy
+from ._session import (
+    ModelSession,
+    changed_tensors,
+    outside_inference_mode,
+    resolve_device,
+    resolve_dtype,
+)
+from ._validation import StrictInterval
+from .exceptions import StaleBasisWarning
 
 # Samples read from a stream to check call order, shapes and cuts before the real passes.
 PROBE_SIZE = 64
@@ -35,7 +44,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "model": [torch.nn.Module],
         "layer": [str],
         "capture": [StrOptions({"input", "output"})],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [StrictInterval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "dtype": [StrOptions({"float64", "float32"}), torch.dtype],
     }
@@ -84,6 +93,8 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         return (source, X[:PROBE_SIZE]) if reset else source
 
     def _validate_input(self, X, reset):
+        if torch.is_tensor(X):
+            X = to_numpy(X)
         X = validate_data(
             self,
             X,
@@ -101,8 +112,24 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             )
         return X
 
-    def _session(self, *, verbose=None, random_state=None):
-        """A :class:`ModelSession` for one call: a private copy of the model, and the settings."""
+    def _session(self, *, verbose=None, random_state=None, fitting=False):
+        """A :class:`ModelSession` for one call: a private copy of the model, and the settings.
+
+        Outside ``fit`` (``fitting=False``), warns with :class:`StaleBasisWarning`
+        when the model's parameters or buffers changed since the fit recorded
+        their fingerprint.
+        """
+        fingerprint = getattr(self, "_model_fingerprint_", None)
+        if not fitting and fingerprint is not None:
+            changed = changed_tensors(self.model, fingerprint)
+            if changed:
+                warnings.warn(
+                    f"The model changed since {type(self).__name__} was fitted ({len(changed)} "
+                    f"tensor(s), e.g. {changed[0]!r}): the fitted bases describe the model as "
+                    "it was, not as it is now; refit to analyse the current model",
+                    StaleBasisWarning,
+                    stacklevel=3,
+                )
         if verbose is None:
             verbose = getattr(self, "verbose", False)
         if random_state is None:
@@ -117,6 +144,24 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             random_state=random_state,
         )
 
+    @contextlib.contextmanager
+    def _restored_on_failure(self):
+        """Run a fit that, when it fails, leaves the estimator as it was before the call.
+
+        A fit sets some fitted attributes early (``n_features_in_`` while
+        validating the inputs); a failure later must not leave them next to
+        the bases of an earlier fit.
+        """
+        before = {k: v for k, v in vars(self).items() if _is_fitted_attribute(k)}
+        try:
+            yield
+        except BaseException:
+            for name in [k for k in vars(self) if _is_fitted_attribute(k)]:
+                delattr(self, name)
+            vars(self).update(before)
+            raise
+
+    @outside_inference_mode
     def _map_layer(self, source, fn):
         """``fn`` applied to the activations of ``layer`` in every batch of ``source``.
 
@@ -141,6 +186,11 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             source, [_LayerMap(self.layer, fn)], f"transform {self.layer!r}"
         )
         return result
+
+
+def _is_fitted_attribute(name):
+    # scikit-learn's convention, as check_is_fitted reads it.
+    return name.endswith("_") and not name.startswith("__")
 
 
 class _LayerMap:

@@ -13,6 +13,7 @@ import difflib
 
 import torch
 
+from ._failures import is_out_of_memory, model_failure
 from ._numerics import max_relative_error, tolerances
 
 
@@ -50,6 +51,8 @@ class ModelRunner:
         self.model = model
         self.capture = capture
         self._modules = dict(model.named_modules())
+        # What errors of the model name as the batch it failed on.
+        self.where = "the probe batch"
         # Per section: may the batch grow at the cut (see ``section``)?
         self._grow_at_cut = {}
 
@@ -101,7 +104,10 @@ class ModelRunner:
             if substitute is not None:
                 handles.append(self._hook(substitute[0], replace=substitute[1]))
             try:
-                output = self.model(x)
+                # A copy: a model that edits its input in place would change
+                # the batch that later runs of the same pass reuse.
+                with model_failure(x, self.where):
+                    output = self.model(x.clone())
             except _StopForward:
                 output = None
         finally:
@@ -163,7 +169,9 @@ class ModelRunner:
         ``src`` receives all copies), checks it once per section against the
         repeated run, and keeps it only where both agree.  They can disagree,
         or the fast run fail, when code after ``src`` reuses the batch size
-        or tensors computed from ``x``.
+        or tensors computed from ``x``; then the repeated run is used, and
+        an error it raises too is the caller's.  Out-of-memory errors are
+        never retried.
         """
         copies = f.shape[0] // x.shape[0]
         if copies == 1:
@@ -173,9 +181,12 @@ class ModelRunner:
         if verdict is not False:
             try:
                 fast = self._section(x, src, f, dst)
-            except torch.OutOfMemoryError:
-                raise  # the repeated run would need even more memory
-            except (RuntimeError, ValueError, IndexError):
+            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                if is_out_of_memory(exc):
+                    raise  # the repeated run would need even more memory
+                # The documented condition: code after src that uses the
+                # batch size of x fails on a grown batch.  Not swallowed:
+                # the repeated run below raises any error of its own.
                 fast = None
             if fast is not None and fast.shape[0] == f.shape[0]:
                 if verdict:
@@ -229,12 +240,8 @@ def inspect_node_layers(runner, x, names):
     if len(set(map(id, modules))) != len(modules):
         raise ValueError(f"Node layers must be distinct modules, got {list(names)}")
     order = []
-    try:
-        reads, output = runner.run(x, reads=names, need_output=True, order=order)
-    except (RuntimeError, IndexError, TypeError) as exc:
-        raise ValueError(
-            f"The model failed on a batch of inputs of shape {tuple(x.shape)}: {exc}"
-        ) from exc
+    reads, output = runner.run(x, reads=names, need_output=True, order=order)
+    again = runner.run(x, reads=names, need_output=True)
     repeated = sorted({n for n in order if order.count(n) > 1})
     if repeated:
         raise ValueError(
@@ -246,6 +253,7 @@ def inspect_node_layers(runner, x, names):
             f"Layers must be given in forward order: got {list(names)}, "
             f"but the model calls them in the order {order}"
         )
+    _check_deterministic(names, (reads, output), again)
     n = x.shape[0]
     shapes = {}
     for name, value in zip(names, reads):
@@ -257,6 +265,24 @@ def inspect_node_layers(runner, x, names):
     if problem:
         raise ValueError(problem)
     return shapes, tuple(output.shape[1:])
+
+
+def _check_deterministic(names, first, second):
+    """Raise if two forward passes on the same inputs differ: randomness in the forward pass."""
+    labels = [*names, "the model output"]
+    for name, a, b in zip(labels, [*first[0], first[1]], [*second[0], second[1]]):
+        if not (torch.is_tensor(a) and a.is_floating_point()):
+            continue  # reported as a shape or dtype problem
+        error = max_relative_error(b, a)
+        if error > tolerances(a.dtype).cut:
+            where = name if name == "the model output" else f"node layer {name!r}"
+            raise ValueError(
+                f"The forward pass is random: two runs on the same inputs give different "
+                f"activations at {where} (relative difference {float(error):.2e}), even in "
+                "eval mode. Something draws random numbers in forward, e.g. "
+                "F.dropout(x, training=True) or torch.rand; LIB needs a deterministic "
+                "forward pass (use nn.Dropout, or dropout only when self.training)."
+            )
 
 
 def check_cut(runner, x, src, dst, rng):
@@ -297,4 +323,25 @@ def check_cut(runner, x, src, dst, rng):
             f"through a path that bypasses {src!r} (for example a residual "
             "connection), or samples interact within a batch. Choose node layers that "
             f"carry the whole residual stream (relative mismatch {float(error):.2e})."
+        )
+
+
+def check_gradient_flow(runner, x, src, dst):
+    """Raise unless node layer ``dst`` (None: the output) is differentiable in ``src``.
+
+    A forward pass under ``torch.no_grad`` or a ``.detach()`` between the
+    two node layers cuts autograd's graph; the Jacobians would then be
+    missing (or silently zero), so this is refused up front.
+    """
+    dst_name = "the model output" if dst is None else f"node layer {dst!r}"
+    with torch.no_grad():
+        (f,) = runner.read(x, [src])
+    with torch.enable_grad():
+        out = runner.section(x, src, f.detach().requires_grad_(), dst)
+    if not (torch.is_tensor(out) and out.requires_grad):
+        raise ValueError(
+            f"Gradients do not flow from {dst_name} back to layer {src!r}: the forward "
+            "pass computes it without autograd (torch.no_grad or inference_mode inside "
+            "forward, or a .detach() between the two). LIB needs the Jacobian of the "
+            "next node layer with respect to this one; remove the detach / no_grad."
         )

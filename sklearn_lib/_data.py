@@ -7,15 +7,31 @@ Two forms, accepted by every method that reads data:
   scikit-learn's ``validate_data`` and sliced into batches of
   ``batch_size``;
 - **streams**: a ``torch.utils.data.DataLoader`` or any re-iterable object
-  yielding batches (arrays, tensors, or tuples/lists whose first item is
-  one, as a DataLoader over ``TensorDataset(X, y)`` yields ``[x, y]``).  A
-  stream is read once per pass, so memory is set by its batch size, never
-  by the number of samples.
+  (whose ``__iter__`` starts a new iteration on every call) yielding
+  batches.  A stream is read once per pass, so memory is set by its batch
+  size, never by the number of samples.
+
+What a batch may be:
+
+- an array or tensor of shape ``(batch_size, ...)``;
+- a tuple ``(inputs, labels, ...)``: the first item is the inputs; so is a
+  list from a ``DataLoader`` (its default collate turns the ``(x, y)`` of
+  ``TensorDataset(X, y)`` into ``[x, y]``);
+- a list of per-sample rows from any other stream, stacked into a batch,
+  as scikit-learn reads a list of samples: a list whose items all have the
+  per-sample shape (the fitted one, or the first batch's).  In the first
+  batch of a fit, where that shape is not known yet, a list of three or
+  more equally shaped items is rows and a shorter list is
+  ``(inputs, labels)``;
+- never a ``dict``: refused with an error (the model gets one tensor).
 
 Every batch of a stream is checked as it arrives: at least two dimensions,
 numbers, finite, and the per-sample shape of the data it must match (the
 fitted inputs, or the stream's first batch).
 """
+
+import itertools
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse
@@ -77,15 +93,26 @@ class StreamSource:
     """
 
     def __init__(self, stream, shape=None, fitted_by=None):
+        self.loader = isinstance(stream, torch.utils.data.DataLoader)
         if iter(stream) is stream:
             raise TypeError(
                 "X is an iterator, which can be read only once, but the data is read "
                 "once per pass; pass a re-iterable object such as a DataLoader"
             )
+        # A DataLoader makes a new iterator per call; asking it twice would
+        # start worker processes for nothing.
+        if not self.loader and iter(stream) is iter(stream):
+            raise TypeError(
+                f"X ({type(stream).__name__}) hands out one shared iterator: iter(X) returns "
+                "the same object every time, so each pass would see only what the previous "
+                "one left. Its __iter__ must start a new iteration over the data on every "
+                "call (e.g. be a generator function), or pass a DataLoader"
+            )
         self.stream = stream
         self.shape = None if shape is None else tuple(shape)
         self.fitted_by = fitted_by
         self.n_samples = None  # known after the first full pass
+        self._probed = None  # (batches read, the open iteration) after probe
 
     @property
     def ordered(self):
@@ -105,14 +132,32 @@ class StreamSource:
         return not (isinstance(sampler, random) or getattr(sampler, "shuffle", False))
 
     def batches(self):
-        """Yield ``(start, batch)``; the sample count must be the same in every full pass."""
+        """Yield ``(start, batch)``; the sample count must be the same in every full pass.
+
+        The first pass after :meth:`probe` goes on with the probe's own
+        iteration (its batches first), so the probe reads nothing twice and
+        a stream that cannot start over still gives one whole pass.
+        """
         count = 0
-        for batch in self.stream:
-            batch = self._check(batch)
+        if self._probed is not None:
+            seen, rest = self._probed
+            self._probed = None
+            checked = itertools.chain(seen, map(self._check, rest))
+        else:
+            checked = map(self._check, self.stream)
+        for batch in checked:
             yield count, batch
             count += batch.shape[0]
         if count == 0:
-            raise ValueError("The stream yielded no batch")
+            if self.n_samples:
+                raise ValueError(
+                    f"The stream yielded no batch in this pass, but {self.n_samples} samples "
+                    "in the first; its __iter__ must start over on every call"
+                )
+            raise ValueError(
+                "The stream yielded no batch: is it exhausted? Its __iter__ must start over "
+                "on every call"
+            )
         if self.n_samples is None:
             self.n_samples = count
         elif count != self.n_samples:
@@ -121,9 +166,37 @@ class StreamSource:
                 "first; every pass must see the same data"
             )
 
+    def _inputs(self, batch):
+        """The model inputs of one batch as yielded (see the module docstring)."""
+        if isinstance(batch, Mapping):
+            raise TypeError(
+                f"A batch of the stream is a {type(batch).__name__} (keys "
+                f"{list(batch)[:4]}); the model is called on one tensor of inputs per batch, "
+                "so yield arrays or tensors of inputs, or (inputs, labels) tuples"
+            )
+        if not isinstance(batch, (tuple, list)):
+            return batch
+        if not batch:
+            raise ValueError("A batch of the stream is an empty sequence")
+        if isinstance(batch, list) and not self.loader and self._rows(batch):
+            if all(torch.is_tensor(item) for item in batch):
+                return torch.stack(batch)
+            return np.stack([np.asarray(item) for item in batch])
+        return batch[0]
+
+    def _rows(self, items):
+        """Whether a list holds per-sample rows rather than (inputs, labels, ...)."""
+        shapes = {tuple(np.shape(item)) for item in items}
+        if len(shapes) != 1:
+            return False
+        (shape,) = shapes
+        if self.shape is not None:
+            return shape == self.shape
+        # The first batch of a fit: fields are few, rows usually are not.
+        return len(items) >= 3
+
     def _check(self, batch):
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
+        batch = self._inputs(batch)
         if not torch.is_tensor(batch):
             batch = np.asarray(batch)
             if not (np.issubdtype(batch.dtype, np.number) or batch.dtype == bool):
@@ -152,17 +225,31 @@ class StreamSource:
         return batch
 
     def probe(self, n):
-        """Up to ``n`` first samples, as one numpy array (a partial pass, not counted)."""
-        parts, total = [], 0
-        # Leaving the checked generator early skips its sample count.
-        for _, batch in self.batches():
-            parts.append(np.asarray(batch.cpu() if torch.is_tensor(batch) else batch))
-            total += len(parts[-1])
+        """Up to ``n`` first samples, as one numpy array.
+
+        The iteration stays open: the next :meth:`batches` goes on with it.
+        """
+        iterator = iter(self.stream)
+        seen, total = [], 0
+        for batch in map(self._check, iterator):
+            seen.append(batch)
+            total += batch.shape[0]
             if total >= n:
                 break
-        if not parts:
+        if not seen:
             raise ValueError("The stream yielded no batch")
-        return np.concatenate(parts)[:n]
+        self._probed = (seen, iterator)
+        return np.concatenate([to_numpy(batch) for batch in seen])[:n]
+
+
+def to_numpy(batch):
+    """A batch as a numpy array (float32 for floating tensors numpy lacks, as bfloat16)."""
+    if not torch.is_tensor(batch):
+        return np.asarray(batch)
+    batch = batch.detach().cpu()
+    if batch.is_floating_point() and batch.dtype not in (torch.float64, torch.float32):
+        batch = batch.to(torch.float32)  # bfloat16 and float16 have no numpy dtype here
+    return batch.numpy()
 
 
 def to_tensor(X, device, dtype):

@@ -21,10 +21,11 @@ from ._basis import (
     n_positions,
     pca_output_basis,
 )
-from ._capture import check_cut, inspect_node_layers
+from ._capture import check_cut, check_gradient_flow, inspect_node_layers
 from ._integration import rule_tensors
 from ._jacobian import Cotangents
 from ._section import SectionJacobian
+from ._session import outside_inference_mode
 from ._stats import MomentAccumulator, row_average
 
 
@@ -42,6 +43,7 @@ class FitSettings:
     jacobian: str = "auto"
 
 
+@outside_inference_mode
 def inspect(session, probe, names, settings):
     """Shapes of the node layers and the output on a probe batch; for LIB, the cut checks.
 
@@ -57,12 +59,15 @@ def inspect(session, probe, names, settings):
         )
     with torch.no_grad():
         shapes, output_shape = inspect_node_layers(session, probe, names)
-        if settings.basis == "lib":
-            for src, dst in zip(names, [*names[1:], None]):
+    if settings.basis == "lib":
+        for src, dst in zip(names, [*names[1:], None]):
+            with torch.no_grad():
                 check_cut(session, probe, src, dst, session.rng)
+            check_gradient_flow(session, probe, src, dst)
     return shapes, output_shape
 
 
+@outside_inference_mode
 def fit_bases(session, source, shapes, output_shape, settings):
     """The basis of every node layer and of the output.
 

@@ -22,7 +22,16 @@ import numpy as np
 from ._basis import OUTPUT_NODE
 from ._integration import integration_rule, rule_tensors
 from ._jacobian import Cotangents
+from ._persistence import (
+    CONTENT_ERRORS,
+    as_path,
+    check_float_dtype,
+    json_default,
+    read_npz,
+    write_atomically,
+)
 from ._section import SectionJacobian
+from ._session import outside_inference_mode
 from ._stats import row_average
 
 
@@ -86,27 +95,173 @@ class InteractionGraph:
         return self.summary()
 
     def save(self, path):
-        """Save as a compressed ``.npz`` of plain arrays and JSON (no pickle)."""
-        arrays = {f"lambdas_{i}": self.lambdas[n] for i, n in enumerate(self.nodes)}
-        arrays.update({f"edges_{i}": self.edges[s] for i, s in enumerate(self.sections)})
-        meta = json.dumps({"nodes": self.nodes, "info": self.info})
-        np.savez_compressed(path, meta=np.array(meta), **arrays)
+        """Write the graph to ``path``: a compressed ``.npz`` of plain arrays and JSON.
+
+        The archive holds float arrays ``lambdas_<i>`` (node ``i``) and
+        ``edges_<i>`` (section ``i``) and a JSON string ``meta`` with the
+        node names and ``info``; nothing is pickled.  Numpy scalars and arrays
+        in ``info`` are stored as plain Python numbers and lists.
+
+        The write is atomic: the archive goes to a temporary file in the
+        folder of ``path``, which replaces ``path`` only once complete and
+        synced to disk.  On any failure the temporary file is removed and a
+        file already at ``path`` is left as it was.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write, exactly: no suffix is appended (``"graph"``
+            writes a file named ``graph``), so :meth:`load` reads the same
+            path back.  ``.npz`` is the customary suffix.
+
+        Raises
+        ------
+        ValueError
+            If the graph would not load back (see :meth:`load`); nothing is
+            written then.
+        TypeError
+            If ``path`` is not a str or os.PathLike, or ``info`` holds a value
+            that JSON cannot store.
+        """
+        path = as_path(path)
+        arrays = _graph_arrays(self)
+        write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
 
     @classmethod
     def load(cls, path):
-        """Load a graph written by :meth:`save` (``allow_pickle=False``)."""
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            nodes = meta["nodes"]
-            lambdas = {n: data[f"lambdas_{i}"] for i, n in enumerate(nodes)}
-            edges = {s: data[f"edges_{i}"] for i, s in enumerate(zip(nodes[:-1], nodes[1:]))}
-        return cls(nodes, lambdas, edges, meta["info"])
+        """Read a graph written by :meth:`save`, checking everything in the file.
+
+        Nothing is ever unpickled: arrays other than float ones (and the JSON
+        string ``meta``) are refused from their header, before any of their
+        data is read.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to read, exactly as given to :meth:`save` (no suffix is
+            added or guessed).
+
+        Returns
+        -------
+        InteractionGraph
+
+        Raises
+        ------
+        FileNotFoundError, PermissionError, IsADirectoryError
+            If ``path`` cannot be opened (errors about the path, not the
+            content, keep their type).
+        ValueError
+            If the content is not a saved graph: not a zip archive (e.g.
+            truncated), an unreadable or unexpected array, ``meta`` not JSON
+            or lacking ``nodes``/``info``, node names not distinct strings,
+            arrays missing for a node or section, or arrays that are not
+            floating point, have the wrong shape (``edges_<i>`` is
+            ``(n_dst_features, n_src_features)`` of its section's nodes), or
+            hold negative or non-finite values.  The message names the file
+            and the problem.
+        TypeError
+            If ``path`` is not a str or os.PathLike.
+        """
+        path = as_path(path)
+        with open(path, "rb") as file:
+            try:
+                arrays = read_npz(file)
+                if "meta" not in arrays:
+                    raise ValueError("no 'meta' array")
+                nodes, info = _parse_meta(str(arrays.pop("meta")[()]))
+                _check_arrays(nodes, arrays)
+            except CONTENT_ERRORS as exc:
+                raise ValueError(f"{path!r} is not a saved InteractionGraph: {exc}") from exc
+        lambdas = {node: arrays[f"lambdas_{i}"] for i, node in enumerate(nodes)}
+        sections = zip(nodes[:-1], nodes[1:])
+        edges = {section: arrays[f"edges_{i}"] for i, section in enumerate(sections)}
+        return cls(nodes, lambdas, edges, info)
 
     def plot(self, top_edges=200, ax=None, **kwargs):
         """Layered drawing; see :func:`sklearn_lib.plotting.plot_interaction_graph`."""
         from .plotting import plot_interaction_graph
 
         return plot_interaction_graph(self, top_edges=top_edges, ax=ax, **kwargs)
+
+
+# -- persistence -----------------------------------------------------------------------
+_FORMAT_VERSION = 1  # files written before versioning have no "version" field: also 1
+_META_FIELDS = ("nodes", "info", "version")
+
+
+def _graph_arrays(graph):
+    """The arrays that :meth:`InteractionGraph.save` writes, checked as ``load`` checks them."""
+    meta = json.dumps(
+        {"nodes": graph.nodes, "info": graph.info, "version": _FORMAT_VERSION},
+        default=json_default,
+    )
+    try:
+        # The same checks as ``load``: a graph that saves also loads.
+        nodes, _ = _parse_meta(meta)
+        arrays = {f"lambdas_{i}": np.asarray(graph.lambdas[n]) for i, n in enumerate(nodes)}
+        arrays.update(
+            {f"edges_{i}": np.asarray(graph.edges[s]) for i, s in enumerate(graph.sections)}
+        )
+        _check_arrays(nodes, arrays)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"cannot save this InteractionGraph: {exc}") from exc
+    return {"meta": np.array(meta), **arrays}
+
+
+def _parse_meta(meta):
+    """``(nodes, info)`` from the ``meta`` JSON string, checked."""
+    try:
+        fields = json.loads(meta)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"'meta' is not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"'meta' is a JSON {type(fields).__name__}, not an object")
+    missing = [name for name in _META_FIELDS[:2] if name not in fields]
+    unexpected = sorted(set(fields) - set(_META_FIELDS))
+    if missing or unexpected:
+        raise ValueError(f"'meta' lacks fields {missing} or has unexpected ones {unexpected}")
+    version = fields.get("version", _FORMAT_VERSION)
+    if type(version) is not int or version != _FORMAT_VERSION:
+        raise ValueError(f"'meta' has format version {version!r}; this reads {_FORMAT_VERSION}")
+    nodes, info = fields["nodes"], fields["info"]
+    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
+        raise ValueError(f"'meta' nodes must be a non-empty list of str, not {nodes!r}")
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"'meta' nodes must be distinct: {nodes}")
+    if not isinstance(info, dict):
+        raise ValueError(f"'meta' info must be a JSON object, not {info!r}")
+    return nodes, info
+
+
+def _check_arrays(nodes, arrays):
+    """Raise ValueError unless ``arrays`` are exactly the lambdas and edges of ``nodes``."""
+    expected = {f"lambdas_{i}" for i in range(len(nodes))}
+    expected |= {f"edges_{i}" for i in range(len(nodes) - 1)}
+    missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"the {len(nodes)} nodes {nodes} need arrays lambdas_0.. and edges_0..: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    for key, values in arrays.items():
+        check_float_dtype(key, values.dtype)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"array {key!r} has non-finite values")
+        if np.any(values < 0):
+            raise ValueError(f"array {key!r} has negative values")
+    n_features = []
+    for i, node in enumerate(nodes):
+        shape = arrays[f"lambdas_{i}"].shape
+        if len(shape) != 1:
+            raise ValueError(f"array 'lambdas_{i}' of node {node!r} has shape {shape}, not 1-D")
+        n_features.append(shape[0])
+    for i, (src, dst) in enumerate(zip(nodes[:-1], nodes[1:])):
+        shape, expected_shape = arrays[f"edges_{i}"].shape, (n_features[i + 1], n_features[i])
+        if shape != expected_shape:
+            raise ValueError(
+                f"array 'edges_{i}' of {src!r} -> {dst!r} has shape {shape}, not "
+                f"{expected_shape} (features of {dst!r}, features of {src!r})"
+            )
 
 
 class EdgeAccumulator:
@@ -150,6 +305,7 @@ class EdgeAccumulator:
         return row_average(self.total, self.count, self.src.n_positions)
 
 
+@outside_inference_mode
 def interaction_graph(
     session,
     source,

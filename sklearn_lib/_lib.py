@@ -14,6 +14,8 @@ from ._fit import FitSettings, fit_bases, inspect
 from ._graph import interaction_graph
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._section import JACOBIAN_ROUTES
+from ._session import model_fingerprint
+from ._validation import StrictInterval
 
 
 class LIBTransformer(_ModelLayerTransformer):
@@ -39,7 +41,9 @@ class LIBTransformer(_ModelLayerTransformer):
         and buffers, in ``dtype`` on ``device``, in eval mode), so the model's
         parameters, buffers, flags and hooks stay as they are, even while a
         pass runs, and several threads may use one model or one fitted
-        estimator at once.
+        estimator at once.  If its parameters or floating buffers change
+        after ``fit`` (an optimiser step, a weight edit), the methods that
+        run it warn with :class:`~sklearn_lib.StaleBasisWarning`.
     layer : str
         Name of the node layer to transform, from ``model.named_modules()``.
     downstream_layers : sequence of str, default=()
@@ -178,21 +182,22 @@ class LIBTransformer(_ModelLayerTransformer):
     True
     """
 
+    # StrictInterval: sklearn's Interval takes True and False as the ints 1 and 0.
     _parameter_constraints = {
         **_ModelLayerTransformer._parameter_constraints,
         "downstream_layers": [list, tuple],
         "basis": [StrOptions({"lib", "pca"})],
         "n_components": [
-            Interval(Integral, 1, None, closed="left"),
+            StrictInterval(Integral, 1, None, closed="left"),
             Interval(RealNotInt, 0, 1, closed="neither"),
             None,
         ],
-        "truncation_threshold": [Interval(Real, 0, 1, closed="left")],
+        "truncation_threshold": [StrictInterval(Real, 0, 1, closed="left")],
         "center": ["boolean"],
         "integration": [StrOptions(set(INTEGRATION_RULES))],
-        "n_intervals": [Interval(Integral, 0, None, closed="left")],
+        "n_intervals": [StrictInterval(Integral, 0, None, closed="left")],
         "output_basis": [StrOptions({"identity", "pca"})],
-        "n_stochastic_sources": [Interval(Integral, 1, None, closed="left"), None],
+        "n_stochastic_sources": [StrictInterval(Integral, 1, None, closed="left"), None],
         "jacobian": [StrOptions(set(JACOBIAN_ROUTES))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -260,7 +265,8 @@ class LIBTransformer(_ModelLayerTransformer):
         -------
         self : LIBTransformer
         """
-        self._fit(X)
+        with self._restored_on_failure():
+            self._fit(X)
         return self
 
     def _fit(self, X):
@@ -275,12 +281,15 @@ class LIBTransformer(_ModelLayerTransformer):
             n_stochastic_sources=self.n_stochastic_sources,
             jacobian=self.jacobian,
         )
-        session = self._session()
+        session = self._session(fitting=True)
+        # Taken with the private copy: later calls warn if the model changed since.
+        fingerprint = model_fingerprint(self.model)
         names = [self.layer, *self.downstream_layers]
         shapes, output_shape = inspect(session, session.inputs(probe), names, settings)
         bases = fit_bases(session, source, shapes, output_shape, settings)
 
         self.bases_ = bases
+        self._model_fingerprint_ = fingerprint
         main = bases[self.layer]
         self.activation_shape_ = main.shape
         self.n_positions_ = main.n_positions
@@ -392,8 +401,8 @@ class LIBTransformer(_ModelLayerTransformer):
     @validate_params(
         {
             "integration": [StrOptions(set(INTEGRATION_RULES)), None],
-            "n_intervals": [Interval(Integral, 0, None, closed="left"), None],
-            "n_stochastic_sources": [Interval(Integral, 1, None, closed="left"), None],
+            "n_intervals": [StrictInterval(Integral, 0, None, closed="left"), None],
+            "n_stochastic_sources": [StrictInterval(Integral, 1, None, closed="left"), None],
             "random_state": ["random_state"],
             "verbose": ["verbose", None],
         },
@@ -474,7 +483,9 @@ class LIBTransformer(_ModelLayerTransformer):
             the coefficient of determination ``1 - SSE / SST`` of the ablated
             outputs against the original outputs, pooled over all output
             entries (``r2_score(..., multioutput="variance_weighted")``):
-            1 is perfect, higher is better.
+            1 is perfect, higher is better.  R² needs at least 2 samples
+            whose outputs vary; otherwise it is undefined and ``score``
+            raises a ``ValueError`` (give ``y`` for accuracy instead).
 
         Returns
         -------

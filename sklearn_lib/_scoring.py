@@ -11,6 +11,11 @@ import torch
 
 SCORINGS = ("accuracy", "r2")
 
+# SST below this fraction of the outputs' sum of squares means constant outputs:
+# equal float64 outputs leave an SST of about 1e-32 of it (the rounding of the
+# running means), while outputs that vary even in their 7th digit give 1e-14.
+_CONSTANT_RTOL = 1e-20
+
 
 class _Accuracy:
     """Accuracy of the argmax of the last output axis against class labels."""
@@ -36,6 +41,14 @@ class _R2:
     ``1 - SSE / SST`` over all output entries (``r2_score`` with
     ``multioutput="variance_weighted"``); SST from running sums around the
     first batch's mean, so no output is kept in memory.
+
+    R² is undefined when SST is zero, and :meth:`result` refuses it with a
+    ``ValueError`` rather than return a number that looks like a score: on
+    fewer than 2 samples (where ``r2_score`` returns NaN with a warning) and
+    on original outputs that do not vary over the samples.  ``r2_score``'s
+    ``force_finite`` convention (1.0 for a perfect fit, else 0.0) would
+    turn rounding error into a verdict: keeping every feature reproduces
+    the outputs only up to rounding, so it would score 0.0.
     """
 
     needs_original = True
@@ -59,10 +72,24 @@ class _R2:
         self.count += original.shape[0]
 
     def result(self):
+        # Called after the pass, when the count is final (a stream learns it
+        # only at the end).
+        if self.count < 2:
+            raise ValueError(
+                "R² of the outputs (the score without y, or scoring='r2') needs at least 2 "
+                f"samples, got {self.count}; pass class labels y for accuracy, or a scoring "
+                "callable"
+            )
         sst = float((self.sq_sums - self.sums**2 / self.count).sum())
-        if sst <= 0:
-            # Constant outputs, as r2_score(force_finite=True) treats them.
-            return 1.0 if self.sse == 0 else 0.0
+        # Sum of squares of the outputs themselves, from the same running sums:
+        # an SST at rounding level of it means constant outputs.
+        raw = float((self.sq_sums + 2 * self.shift * self.sums + self.count * self.shift**2).sum())
+        if sst <= _CONSTANT_RTOL * raw:
+            raise ValueError(
+                "R² of the outputs (the score without y, or scoring='r2') is undefined: the "
+                f"model's outputs do not vary over the {self.count} samples of X (zero total "
+                "variance); pass class labels y for accuracy, or a scoring callable"
+            )
         return 1.0 - self.sse / sst
 
 

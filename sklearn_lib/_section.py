@@ -45,6 +45,7 @@ import warnings
 
 import torch
 
+from ._failures import is_out_of_memory
 from ._jacobian import integrated_vjps, quadrature_sum, scaled
 from ._numerics import CHUNK_ELEMENTS, max_relative_error
 from ._structure import LinearElementwise
@@ -326,7 +327,9 @@ class SectionJacobian:
                 tangents = (tangents[0], tangents[1][:k])
                 closed = self._closed_directional(form, points, rows, weights, tangents)
         except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
-            # E.g. parameters under other names than the closed form expects.
+            if is_out_of_memory(exc):
+                raise  # autograd would need more memory, not less
+            # E.g. parameters under other names than the closed form expects: warned.
             return self._fall_back(form, kind, f"it raised {type(exc).__name__}: {exc}")
         if closed is NotImplemented:
             return False

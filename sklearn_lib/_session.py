@@ -30,6 +30,7 @@ Merging two passes is putting their accumulators in one list.
 """
 
 import copy
+import hashlib
 import itertools
 from dataclasses import dataclass
 
@@ -39,10 +40,23 @@ from sklearn.utils import check_random_state
 from ._basis import OUTPUT_NODE
 from ._capture import ModelRunner
 from ._data import to_tensor
+from ._failures import batch_range, memory_hint
 from ._numerics import all_finite, tolerances
 from ._progress import Progress
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def outside_inference_mode(fn):
+    """Decorate a function that builds tensors for a pass, or runs one, to work in any grad mode.
+
+    Under the caller's ``torch.inference_mode()`` every new tensor would be
+    an inference tensor, which autograd refuses and in-place sums cannot
+    update outside that mode; under ``torch.no_grad()`` nothing changes (an
+    accumulator enables gradients where it differentiates).  So everything
+    that makes tensors for a pass runs with inference mode off.
+    """
+    return torch.inference_mode(False)(fn)
 
 
 def resolve_device(device):
@@ -87,6 +101,7 @@ def resolve_dtype(dtype):
     return _DTYPES[dtype]
 
 
+@outside_inference_mode
 def private_copy(model, device, dtype):
     """A copy of ``model`` that one call owns.
 
@@ -102,7 +117,16 @@ def private_copy(model, device, dtype):
     ------
     TypeError
         When the model cannot be deep-copied.
+    ValueError
+        When the model's tensors are on the ``meta`` device (no data).
     """
+    meta = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta]
+    if meta:
+        raise ValueError(
+            f"The model's tensors are on the 'meta' device, which holds shapes but no "
+            f"values ({meta[:3]}{' ...' if len(meta) > 3 else ''}); materialise the model "
+            "first, e.g. model.to_empty(device='cpu') and then load_state_dict(...)"
+        )
     memo = {}
     attributes = (
         value
@@ -127,6 +151,73 @@ def private_copy(model, device, dtype):
             f"{type(exc).__name__}: {exc}"
         ) from exc
     return private.eval()
+
+
+def _watched_tensors(model):
+    """Parameters and floating buffers by name: what a fitted basis depends on.
+
+    Integer buffers are counters (BatchNorm's ``num_batches_tracked``, a
+    user's call counter) that change whenever the model runs, without
+    changing what it computes in eval mode.
+    """
+    buffers = model.named_buffers(remove_duplicate=False)
+    return itertools.chain(
+        model.named_parameters(remove_duplicate=False),
+        ((name, b) for name, b in buffers if b.is_floating_point()),
+    )
+
+
+def _stamp(tensor):
+    # Changes whenever the tensor is written in place (its version counter:
+    # optimiser steps, load_state_dict, edits under no_grad) or replaced.
+    # Inference tensors (made under torch.inference_mode) have no version
+    # counter and are always digested.
+    version = None if tensor.is_inference() else tensor._version
+    return (version, tensor.data_ptr(), tuple(tensor.shape), tensor.dtype, tensor.device)
+
+
+def _digest(tensor):
+    # Values in float64, so that model.double() or model.to("cuda") after a
+    # fit keeps the digest: the private copy would be the same.
+    data = tensor.detach().cpu()
+    if data.is_floating_point():
+        data = data.to(torch.float64)
+    data = data.contiguous().reshape(-1)
+    try:
+        raw = data.numpy().tobytes()
+    except TypeError:  # dtypes numpy lacks
+        raw = data.view(torch.uint8).numpy().tobytes()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest() + str(tuple(tensor.shape))
+
+
+def model_fingerprint(model):
+    """What identifies the values of the model's parameters and floating buffers, to detect edits.
+
+    Returns
+    -------
+    dict of str to (tuple, str)
+        Per tensor name, a cheap stamp (version counter, storage, shape,
+        dtype, device) and a digest of its values.
+    """
+    return {name: (_stamp(t), _digest(t)) for name, t in _watched_tensors(model)}
+
+
+def changed_tensors(model, fingerprint):
+    """Names of the tensors of ``model`` whose values differ from ``fingerprint``.
+
+    Cheap when nothing was written: only tensors whose stamp moved (written
+    in place, or replaced) are digested, and those that were written with
+    the same values do not count.
+    """
+    current = dict(_watched_tensors(model))
+    if current.keys() != fingerprint.keys():
+        return sorted(set(current).symmetric_difference(fingerprint))
+    return [
+        name
+        for name, tensor in current.items()
+        if (tensor.is_inference() or _stamp(tensor) != fingerprint[name][0])
+        and _digest(tensor) != fingerprint[name][1]
+    ]
 
 
 @dataclass(frozen=True)
@@ -227,6 +318,7 @@ class ModelSession(ModelRunner):
             self._generator = torch.Generator().manual_seed(seed)
         return self._generator
 
+    @outside_inference_mode
     def inputs(self, X):
         """Model inputs as a tensor on the device (see :func:`~sklearn_lib._data.to_tensor`)."""
         return to_tensor(X, self.device, self.dtype)
@@ -240,6 +332,7 @@ class ModelSession(ModelRunner):
         for start, raw in items:
             yield Batch(self.inputs(raw), start)
 
+    @outside_inference_mode
     def run_pass(self, source, accumulators, what):
         """Feed every batch of ``source`` to ``accumulators``; return their results.
 
@@ -260,15 +353,19 @@ class ModelSession(ModelRunner):
         need_output = OUTPUT_NODE in reads
         if need_output:
             reads.remove(OUTPUT_NODE)
-        for batch in self.batches(source, what):
-            # Accumulators that differentiate enable gradients where they do.
-            with torch.no_grad():
-                values, output = self.run(batch.x, reads=reads, need_output=need_output)
-                acts = dict(zip(reads, values))
-                if need_output:
-                    acts[OUTPUT_NODE] = output
-                for name, value in acts.items():
-                    check_finite(value, "model output" if name == OUTPUT_NODE else name)
-                for acc in accumulators:
-                    acc.update(batch, acts)
+        try:
+            for batch in self.batches(source, what):
+                self.where = batch_range(batch.start, batch.n)
+                # Accumulators that differentiate enable gradients where they do.
+                with memory_hint(batch.x, self.where), torch.no_grad():
+                    values, output = self.run(batch.x, reads=reads, need_output=need_output)
+                    acts = dict(zip(reads, values))
+                    if need_output:
+                        acts[OUTPUT_NODE] = output
+                    for name, value in acts.items():
+                        check_finite(value, "model output" if name == OUTPUT_NODE else name)
+                    for acc in accumulators:
+                        acc.update(batch, acts)
+        finally:
+            self.where = "the probe batch"
         return [acc.result() for acc in accumulators]

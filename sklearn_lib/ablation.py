@@ -14,6 +14,9 @@ output axis when ``y`` holds class labels, and the pooled R² of the ablated
 against the unablated outputs without ``y``.  ``"accuracy"`` and ``"r2"``
 name them; a callable ``scoring(y_true, outputs)`` receives the labels (or,
 without ``y``, the unablated outputs) and the ablated outputs as arrays.
+R² is undefined, and refused with a ``ValueError``, on fewer than 2 samples
+or when the unablated outputs do not vary over ``X``; accuracy is defined on
+any number of samples.
 """
 
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
-from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils._param_validation import StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
 from ._ablate import edge_ablation_scores, node_ablation_scores
@@ -31,6 +34,7 @@ from ._basis import OUTPUT_NODE, NodeBasis
 from ._graph import InteractionGraph
 from ._lib import LIBTransformer
 from ._scoring import SCORINGS
+from ._validation import StrictInterval, check_counts, check_section
 
 __all__ = [
     "Sparsity",
@@ -102,7 +106,7 @@ def _fitted_section(estimator, graph, section):
             "Edge ablation needs a fitted LIBTransformer (the bases of both nodes of the "
             f"section), got {type(estimator).__name__}"
         )
-    section = tuple(section)
+    section = check_section(section)
     if section not in graph.edges:
         raise ValueError(f"section={section!r} is not one of the graph's {graph.sections}")
     missing = [name for name in section if name not in lib.bases_]
@@ -115,7 +119,10 @@ def _fitted_section(estimator, graph, section):
 
 
 _SCORING = [None, StrOptions(set(SCORINGS)), callable]
-_COUNTS = ["array-like", Interval(Integral, 0, None, closed="left")]
+# One count, or an array-like of them that check_counts checks element by element.
+_COUNTS = ["array-like", StrictInterval(Integral, 0, None, closed="left")]
+# A score difference: finite (inf would keep nothing), not NaN, not a bool.
+_TOLERANCE = [StrictInterval(Real, 0, None, closed="left")]
 
 
 @validate_params(
@@ -147,7 +154,9 @@ def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None
     y : array-like, default=None
         Class labels, or None.
     n_features : int or array-like of int
-        Feature counts ``k``; 0 ablates every feature (the mean activation).
+        Feature counts ``k`` (an int, or a non-empty 1-D array-like of ints;
+        bools and floats are refused); 0 ablates every feature (the mean
+        activation).
     layer : str, optional
         For a ``LIBTransformer``: any of its fitted node layers (default: its
         ``layer``), so one fit gives the curves of every layer.
@@ -175,7 +184,7 @@ def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None
     [0.0, 1.0]
     """
     owner, basis = _fitted_node(estimator, layer)
-    n_features = np.atleast_1d(np.asarray(n_features, dtype=int))
+    n_features = check_counts(n_features, "n_features")
     session = owner._session(verbose=verbose)
     return n_features, node_ablation_scores(
         session, owner._source(X), basis, n_features, y, scoring
@@ -213,7 +222,8 @@ def edge_ablation_curve(
     section : (str, str)
         A key of ``graph.edges``, e.g. ``("fc2", "fc3")`` or ``("fc3", "output")``.
     n_edges : int or array-like of int
-        Numbers of strongest edges to keep.
+        Numbers of strongest edges to keep, as ``n_features`` of
+        :func:`ablation_curve`.
     scoring : None, "accuracy", "r2" or callable
 
     Returns
@@ -222,7 +232,7 @@ def edge_ablation_curve(
     scores : ndarray of shape (n_points,)
     """
     lib, src, dst = _fitted_section(estimator, graph, section)
-    n_edges = np.atleast_1d(np.asarray(n_edges, dtype=int))
+    n_edges = check_counts(n_edges, "n_edges")
     session = lib._session(verbose=verbose)
     scores = edge_ablation_scores(session, lib._source(X), graph, src, dst, n_edges, y, scoring)
     return n_edges, scores
@@ -260,7 +270,7 @@ class Sparsity:
         "graph": [InteractionGraph],
         "X": "no_validation",
         "y": ["array-like", None],
-        "tolerance": [Interval(Real, 0, None, closed="left")],
+        "tolerance": _TOLERANCE,
         "scoring": _SCORING,
         "sections": [list, tuple, None],
         "verbose": ["verbose"],
@@ -283,17 +293,18 @@ def edges_needed(
     graph : InteractionGraph
     X, y : model inputs and optional class labels
     tolerance : float, default=1e-3
-        The paper uses 0.001 of accuracy.
+        Finite and non-negative.  The paper uses 0.001 of accuracy.
     scoring : None, "accuracy", "r2" or callable
     sections : list of (str, str), optional
-        Default: every section of the graph.
+        Non-empty; default (None): every section of the graph.
 
     Returns
     -------
     dict of (str, str) to Sparsity
     """
     # Every section is checked before any work; all share one session and source.
-    fitted = [_fitted_section(estimator, graph, section) for section in sections or graph.sections]
+    sections = graph.sections if sections is None else _check_sections(sections)
+    fitted = [_fitted_section(estimator, graph, section) for section in sections]
     if not fitted:
         return {}
     lib = fitted[0][0]
@@ -308,6 +319,22 @@ def edges_needed(
         m, best, baseline = _smallest_within(score, total, tolerance)
         results[(src.name, dst.name)] = Sparsity(int(m), int(total), float(best), float(baseline))
     return results
+
+
+def _check_sections(sections):
+    """``sections`` of :func:`edges_needed`: a non-empty list of ``(src, dst)`` pairs."""
+    if len(sections) == 2 and all(isinstance(node, str) for node in sections):
+        # One bare pair would otherwise be read as two sections, each string
+        # split into its characters.
+        raise ValueError(
+            f"sections takes a list of (src, dst) pairs, got the single pair {sections!r}; "
+            f"for one section pass [{tuple(sections)!r}]"
+        )
+    if len(sections) == 0:
+        # An empty list is not "every section" (that is None), and scoring
+        # no section is never what a caller means.
+        raise ValueError("sections is empty; pass None for every section of the graph")
+    return [check_section(section, "each of sections") for section in sections]
 
 
 def _smallest_within(score, total, tolerance):
@@ -332,7 +359,7 @@ def _smallest_within(score, total, tolerance):
     {
         "X": "no_validation",
         "y": ["array-like", None],
-        "tolerance": [Interval(Real, 0, None, closed="left")],
+        "tolerance": _TOLERANCE,
         "layer": [str, None],
         "scoring": _SCORING,
         "verbose": ["verbose"],
@@ -387,6 +414,16 @@ def n_features_scorer(estimator, X=None, y=None):
     return -float(_fitted_node(estimator)[1].n_components)
 
 
+@validate_params(
+    {
+        # NaN would make every candidate fail the floor and silently pick the
+        # most faithful one.
+        "floor": [StrictInterval(Real, None, None, closed="neither")],
+        "faithfulness": [str],
+        "n_features": [str],
+    },
+    prefer_skip_nested_validation=True,
+)
 def sparsest_faithful(floor, *, faithfulness="faithfulness", n_features="n_features"):
     """A ``refit`` rule for GridSearchCV: the sparsest basis that stays faithful.
 
@@ -399,7 +436,7 @@ def sparsest_faithful(floor, *, faithfulness="faithfulness", n_features="n_featu
     Parameters
     ----------
     floor : float
-        Minimum mean faithfulness (e.g. 0.99 of accuracy).
+        Minimum mean faithfulness (e.g. 0.99 of accuracy); finite.
     faithfulness, n_features : str
         Names of the two scorers in ``scoring``.
 

@@ -66,13 +66,14 @@ def test_token_stream_and_pass_count(rng):
     model = TokenMixer().double()
     fitted = LIBTransformer(model, "mix", downstream_layers=["head"]).fit(stream)
     _assert_same_fit(fitted, LIBTransformer(model, "mix", downstream_layers=["head"]).fit(X))
-    # probe + statistics (with the last section's Jacobians, the output's basis
-    # being known) + one Jacobian pass per other node layer
-    assert stream.passes == 1 + 1 + 1
+    # statistics (with the last section's Jacobians, the output's basis being
+    # known; the probe's batches are its first) + one Jacobian pass per other
+    # node layer
+    assert stream.passes == 1 + 1
     # A PCA output basis needs the statistics first: one more pass.
     stream = Batches(X, 25)
     LIBTransformer(model, "mix", downstream_layers=["head"], output_basis="pca").fit(stream)
-    assert stream.passes == 1 + 1 + 2
+    assert stream.passes == 1 + 2
 
 
 def test_stream_errors(rng):
@@ -87,7 +88,7 @@ def test_stream_errors(rng):
     with pytest.raises(ValueError, match="NaN or infinity"):
         LIBTransformer(model, "fc2").fit(Batches(X, 20, "nan"))
     with pytest.raises(ValueError, match="yielded 20 samples in this pass but 60 in the first"):
-        LIBTransformer(model, "fc2").fit(Batches(X, 20, "shrink"))
+        LIBTransformer(model, "fc2", downstream_layers=["fc3"]).fit(Batches(X, 20, "shrink"))
 
 
 def _loader(X, y=None, batch_size=16):  # the estimators' batch size: the same sums

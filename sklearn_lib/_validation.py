@@ -1,0 +1,91 @@
+"""Argument checks shared by the estimators and the public analysis functions.
+
+scikit-learn's ``Interval(Integral, ...)`` and ``Interval(Real, ...)`` accept
+``True`` and ``False`` (``bool`` is a subclass of ``int``), so
+``n_stochastic_sources=True`` would pass as 1 and ``tolerance=False`` as 0.
+:class:`StrictInterval` refuses them; NaN already fails every interval.
+"""
+
+from numbers import Integral
+
+import numpy as np
+from sklearn.utils._param_validation import Interval
+
+
+class StrictInterval(Interval):
+    """An :class:`~sklearn.utils._param_validation.Interval` that refuses bools.
+
+    Usable wherever scikit-learn takes a constraint (``_parameter_constraints``
+    and ``validate_params``), with the same arguments as ``Interval``.
+    """
+
+    def is_satisfied_by(self, val):
+        if isinstance(val, (bool, np.bool_)):
+            return False
+        return super().is_satisfied_by(val)
+
+    def __str__(self):
+        return f"{super().__str__()} (not a bool)"
+
+
+def check_counts(value, name):
+    """Counts given as one int or a 1-D array-like of ints, as a 1-D int64 array.
+
+    The scalar case is left to ``validate_params`` (a
+    :class:`StrictInterval`); this checks the array-like case, which
+    ``np.asarray(value, dtype=int)`` would otherwise accept silently:
+    floats truncated (``[2.5]`` to 2), bools (``[True]`` to 1), strings
+    (``["3"]`` to 3), nested lists and an empty list (a pass over the data
+    that scores nothing).
+
+    Parameters
+    ----------
+    value : int or array-like of int
+    name : str
+        The argument's name, for the messages.
+
+    Returns
+    -------
+    ndarray of shape (n_points,), int64
+    """
+    if isinstance(value, Integral) and not isinstance(value, (bool, np.bool_)):
+        return np.array([value], dtype=np.int64)
+    array = np.asarray(value)
+    if array.ndim != 1:
+        raise ValueError(
+            f"{name} must be an int or a 1-D array-like of ints, got an array of shape "
+            f"{array.shape}"
+        )
+    if array.size == 0:
+        raise ValueError(f"{name} is empty; give at least one count")
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"{name} must hold integers, got {array.dtype} values {array.tolist()[:8]}; "
+            "convert whole numbers with .astype(int)"
+        )
+    return array.astype(np.int64)
+
+
+def check_section(section, name="section"):
+    """A section of an interaction graph, ``(src, dst)``, as a tuple of two str.
+
+    Parameters
+    ----------
+    section : tuple or list of two str
+    name : str
+        The argument's name, for the messages.
+
+    Returns
+    -------
+    tuple of (str, str)
+    """
+    if (
+        isinstance(section, (str, bytes))
+        or not isinstance(section, (tuple, list))
+        or len(section) != 2
+        or not all(isinstance(node, str) for node in section)
+    ):
+        raise ValueError(
+            f"{name} must be a pair (src, dst) of node names, e.g. ('fc2', 'fc3'), got {section!r}"
+        )
+    return tuple(section)

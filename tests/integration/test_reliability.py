@@ -1,0 +1,399 @@
+"""Faults, misuse and bad input: each gets a clear answer, and nothing is lost.
+
+One test (often parametrized) per case group of ``docs/reliability.md``.
+"""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from toy_models import TokenMixer, tanh_mlp
+
+from sklearn_lib import LIBTransformer, StaleBasisWarning, ablation_curve
+
+# -- helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def X(rng):
+    return rng.normal(size=(300, 4))
+
+
+def _fitted(X, **params):
+    return LIBTransformer(tanh_mlp(), "fc2", **params).fit(X)
+
+
+def _tokens(rng, n=300, bad_row=None):
+    ids = rng.integers(0, 7, size=(n, 3))
+    if bad_row is not None:
+        ids[bad_row, 1] = 99  # the vocabulary has 7 tokens
+    return ids
+
+
+class _Batches:
+    """A re-iterable stream of ``X`` in batches, in whatever form ``form`` makes."""
+
+    def __init__(self, X, size=64, form=lambda b: torch.as_tensor(b)):
+        self.X, self.size, self.form = X, size, form
+
+    def __iter__(self):
+        for start in range(0, len(self.X), self.size):
+            yield self.form(self.X[start : start + self.size])
+
+
+# -- the user's model and data --------------------------------------------------------
+
+
+def _step(model):
+    # One optimiser step, as a user training after the fit would take.
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(8, 4, dtype=torch.float64)).sum().backward()
+    opt.step()
+
+
+def _edit(model):
+    with torch.no_grad():
+        model.fc1.weight[0, 0] += 1.0
+
+
+def _replace(model):
+    model.fc1.weight = nn.Parameter(model.fc1.weight.detach() * 2)
+
+
+@pytest.mark.parametrize("change", [_step, _edit, _replace], ids=["optimiser", "edit", "replace"])
+@pytest.mark.parametrize("method", ["transform", "score", "interaction_graph", "ablation_curve"])
+def test_a_changed_model_makes_the_basis_stale(X, change, method):
+    lib = _fitted(X[:100], downstream_layers=["fc3"])
+    call = {
+        "transform": lambda: lib.transform(X[:10]),
+        "score": lambda: lib.score(X[:10]),
+        "interaction_graph": lambda: lib.interaction_graph(X[:10]),
+        "ablation_curve": lambda: ablation_curve(lib, X[:10], n_features=[1]),
+    }[method]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleBasisWarning)
+        call()  # unchanged: no warning
+    change(lib.model)
+    with pytest.warns(StaleBasisWarning, match=r"model changed since LIBTransformer was fitted"):
+        call()
+    lib.fit(X[:100])  # a refit describes the model as it is now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleBasisWarning)
+        call()
+
+
+def test_the_same_values_written_again_are_not_a_change(X):
+    lib = _fitted(X[:100])
+    with torch.no_grad():
+        for p in lib.model.parameters():
+            p.mul_(1.0)  # version counters move, values do not
+    lib.model.float().double()  # new storages, the same values
+    lib.model(torch.zeros(2, 4, dtype=torch.float64))  # running the model changes nothing
+    clone = pickle.loads(pickle.dumps(lib))  # another model object, the same values
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleBasisWarning)
+        lib.transform(X[:5])
+        clone.transform(X[:5])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_streamed_batches_are_never_modified(rng, dtype):
+    class EditsItsInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            x.mul_(0.5)  # in place, on what the caller passed
+            return self.fc2(torch.tanh(self.fc1(x)))
+
+    data = torch.as_tensor(rng.normal(size=(120, 4))).to(dtype)
+    before = data.clone()
+    stream = _Batches(data, size=40, form=lambda b: b)  # views of data
+    lib = LIBTransformer(EditsItsInput(), "fc2").fit(stream)
+    lib.transform(stream)
+    lib.score(stream)
+    lib.transform(data)  # as an array-like
+    torch.testing.assert_close(data, before, rtol=0, atol=0)
+
+
+# -- streams -------------------------------------------------------------------------
+
+
+class _SharedIterator:
+    """``__iter__`` hands out one iterator: a second pass sees what the first left."""
+
+    def __init__(self, X):
+        self.it = iter([torch.as_tensor(X[i : i + 50]) for i in range(0, len(X), 50)])
+
+    def __iter__(self):
+        return self.it
+
+
+class _SharedUnderneath(_SharedIterator):
+    """A new generator per call, over one shared iterator: the same fault, disguised."""
+
+    def __iter__(self):
+        yield from self.it
+
+
+def test_a_shared_iterator_is_refused(X):
+    with pytest.raises(TypeError, match=r"hands out one shared iterator"):
+        _fitted(_SharedIterator(X))
+    # Disguised, it is read once: the probe's batches belong to the first pass ...
+    once = _fitted(_SharedUnderneath(X))
+    np.testing.assert_allclose(once.lambdas_, _fitted(X).lambdas_, rtol=1e-10)
+    # ... and a second pass finds it empty.
+    with pytest.raises(ValueError, match=r"yielded no batch in this pass, but 300 samples"):
+        _fitted(_SharedUnderneath(X), downstream_layers=["fc3"])
+    with pytest.raises(ValueError, match=r"yielded no batch.*must start over"):
+        once.transform(once_more := _SharedUnderneath(X[:100]))
+        once.transform(once_more)
+
+
+def test_a_list_of_samples_is_array_like(X):
+    reference = _fitted(X).transform(X)
+    rows = [row for row in X]  # a Python list of equally shaped arrays: samples
+    np.testing.assert_allclose(_fitted(rows).transform(rows), reference, rtol=1e-10, atol=1e-12)
+    tensors = [torch.as_tensor(row) for row in X]
+    np.testing.assert_allclose(_fitted(tensors).transform(X), reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        lambda b: [row for row in b],  # a list of per-sample arrays
+        lambda b: [torch.as_tensor(row) for row in b],  # ... of tensors
+        lambda b: [list(row) for row in b],  # ... of Python lists
+        lambda b: (torch.as_tensor(b), torch.zeros(len(b))),  # (inputs, labels)
+        lambda b: [torch.as_tensor(b), torch.as_tensor(b)],  # [inputs, targets] alike
+    ],
+    ids=["arrays", "tensors", "lists", "tuple", "pair"],
+)
+def test_stream_batch_forms(X, form):
+    reference = _fitted(X)
+    stream = _Batches(X, size=60, form=form)
+    lib = _fitted(stream)
+    np.testing.assert_allclose(lib.lambdas_, reference.lambdas_, rtol=1e-9)
+    np.testing.assert_allclose(lib.transform(stream), reference.transform(X), rtol=1e-9, atol=1e-12)
+
+
+def test_a_dict_batch_is_refused_with_what_is_expected(X):
+    stream = _Batches(X, form=lambda b: {"input_ids": torch.as_tensor(b)})
+    with pytest.raises(
+        TypeError, match=r"is a dict \(keys \['input_ids'\]\).*one tensor of inputs"
+    ):
+        _fitted(stream)
+
+
+# -- errors that name the problem ------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fit", "transform", "score", "interaction_graph"])
+def test_bad_token_after_the_probe_names_the_batch(rng, method):
+    good, bad = _tokens(rng), _tokens(rng, bad_row=250)
+    lib = LIBTransformer(TokenMixer().double(), "mix", batch_size=100)
+    if method != "fit":
+        lib.fit(good)
+    call = getattr(lib, method)
+    with pytest.raises(ValueError, match=r"failed on the batch of samples 200 to 299.*IndexError"):
+        call(bad)
+
+
+def test_bad_token_in_the_probe_gives_the_same_message(rng):
+    with pytest.raises(ValueError, match=r"failed on the probe batch.*IndexError"):
+        LIBTransformer(TokenMixer().double(), "mix").fit(_tokens(rng, bad_row=3))
+
+
+def test_integer_inputs_for_a_float_model_name_the_batch(X, rng):
+    lib = _fitted(X)
+    with pytest.raises(
+        ValueError, match=r"samples 0 to 29 \(inputs of shape \(30, 4\), dtype torch.int64\)"
+    ):
+        lib.transform(rng.integers(0, 3, size=(30, 4)))
+
+
+class _Blocked(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        if self.how == "no_grad":
+            with torch.no_grad():
+                return self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+        h = torch.tanh(self.fc2(torch.tanh(self.fc1(x))))
+        return self.fc3(h.detach())
+
+
+@pytest.mark.parametrize("how", ["no_grad", "detach"])
+def test_a_forward_that_blocks_gradients_is_named(X, how):
+    model = _Blocked(how).double()
+    lib = LIBTransformer(model, "fc2", downstream_layers=["fc3"])
+    with pytest.raises(ValueError, match=r"Gradients do not flow from .* back to layer 'fc2'"):
+        lib.fit(X)
+    # The PCA baseline needs no gradients.
+    LIBTransformer(model, "fc2", downstream_layers=["fc3"], basis="pca").fit(X)
+
+
+@pytest.mark.parametrize(
+    "mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference"]
+)
+def test_everything_works_under_the_callers_grad_mode(X, mode):
+    lib = _fitted(X, downstream_layers=["fc3"], random_state=0)
+    graph = lib.interaction_graph(X)
+    with mode():
+        other = _fitted(X, downstream_layers=["fc3"], random_state=0)
+        other_graph = other.interaction_graph(X)
+        features, score = other.transform(X), other.score(X)
+        _, curve = ablation_curve(other, X, n_features=[1, 2])
+    np.testing.assert_allclose(other.lambdas_, lib.lambdas_, rtol=1e-12)
+    np.testing.assert_allclose(features, lib.transform(X), rtol=1e-12, atol=1e-14)
+    assert score == pytest.approx(lib.score(X), rel=1e-12)
+    assert other_graph.edges.keys() == graph.edges.keys()
+    for key in graph.edges:
+        np.testing.assert_allclose(other_graph.edges[key], graph.edges[key], rtol=1e-12)
+    np.testing.assert_allclose(curve, ablation_curve(lib, X, n_features=[1, 2])[1], rtol=1e-12)
+
+
+class _RunsOutOfMemory(nn.Module):
+    """Raises ``error`` on its ``fail_on``-th call with a batch of ``n`` samples."""
+
+    def __init__(self, error, fail_on=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.error, self.fail_on, self.calls = error, fail_on, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise self.error
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"),
+    ],
+    ids=["OutOfMemoryError", "cuda-message", "cpu-message"],
+)
+def test_out_of_memory_keeps_its_type_and_message(X, error):
+    # The probe takes two forward passes (and the cut checks some more): the
+    # failure comes from a pass over the data.
+    model = _RunsOutOfMemory(error, fail_on=10)
+    with pytest.raises(type(error)) as info:
+        LIBTransformer(model, "fc2", batch_size=50, jacobian="autograd").fit(X)
+    assert info.type is type(error)
+    assert str(info.value) == str(error)
+    notes = "".join(getattr(info.value, "__notes__", []))
+    if hasattr(error, "add_note"):
+        assert "lower batch_size" in notes and "samples" in notes
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError, RuntimeError],
+    ids=["OutOfMemoryError", "RuntimeError"],
+)
+def test_out_of_memory_when_growing_the_batch_is_not_retried(X, error):
+    class Head(nn.Linear):
+        def forward(self, h):
+            if h.shape[0] > self.n:  # the cut received stacked copies of one batch
+                raise error("CUDA out of memory (stacked copies)")
+            return super().forward(h)
+
+    class GrowFails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.head = nn.Linear(4, 6), Head(6, 3)
+
+        def forward(self, x):
+            self.head.n = x.shape[0]
+            return self.head(torch.tanh(self.fc1(x)))
+
+    lib = LIBTransformer(GrowFails().double(), "head").fit(X[:50])
+    with pytest.raises(error, match="stacked copies"):
+        lib.interaction_graph(X[:50], integration="trapezoidal", n_intervals=2)
+
+
+def test_an_error_after_the_cut_is_not_swallowed(X):
+    class FailsAfterCut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+            self.broken = False
+
+        def forward(self, x):
+            h = self.fc2(torch.tanh(self.fc1(x)))
+            if self.broken:
+                raise IndexError("a bug in the user's code after the cut")
+            return h
+
+    lib = LIBTransformer(FailsAfterCut().double(), "fc2").fit(X[:50])
+    lib.model.broken = True  # the next session copies the broken model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StaleBasisWarning)
+        with pytest.raises(ValueError, match="IndexError: a bug in the user's code after the cut"):
+            lib.interaction_graph(X[:50], integration="trapezoidal", n_intervals=2)
+
+
+def test_hard_coded_dropout_is_named_as_randomness(X):
+    class HardDropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc2(F.dropout(torch.tanh(self.fc1(x)), 0.5, training=True))
+
+    with pytest.raises(ValueError, match=r"forward pass is random.*F.dropout") as info:
+        LIBTransformer(HardDropout().double(), "fc2").fit(X)
+    assert "BatchNorm" not in str(info.value)
+
+
+def test_a_model_on_the_meta_device_is_named(X):
+    with torch.device("meta"):
+        model = tanh_mlp()
+    with pytest.raises(ValueError, match=r"'meta' device.*to_empty"):
+        LIBTransformer(model, "fc2").fit(X)
+
+
+def test_a_failed_fit_leaves_the_estimator_as_it_was(X, rng):
+    lib = _fitted(X)
+    state = {k: v for k, v in vars(lib).items() if k.endswith("_")}
+    features = lib.transform(X)
+    wider = np.hstack([X, X])  # a new input width, then a model failure
+    with pytest.raises(ValueError, match="model failed"):
+        lib.fit(wider)
+    assert {k for k in vars(lib) if k.endswith("_")} == state.keys()
+    assert lib.n_features_in_ == 4 and lib.input_shape_ == (4,)
+    np.testing.assert_array_equal(lib.transform(X), features)
+    fresh = LIBTransformer(tanh_mlp(), "fc2")
+    with pytest.raises(ValueError, match="model failed"):
+        fresh.fit(wider)
+    assert not [k for k in vars(fresh) if k.endswith("_")]
+
+
+def test_a_failed_fit_of_a_stream_leaves_the_estimator_as_it_was(X):
+    lib = _fitted(X)
+    before = lib.lambdas_.copy()
+    nan_late = np.hstack([X, X])  # a new width; late NaN if the model took it
+    nan_late[250] = np.nan
+    with pytest.raises(ValueError, match="model failed"):
+        lib.fit(_Batches(nan_late))
+    np.testing.assert_array_equal(lib.lambdas_, before)
+    assert lib.input_shape_ == (4,)
+    assert lib.transform(_Batches(X)).shape == (300, lib.n_components_)
