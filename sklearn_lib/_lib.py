@@ -281,9 +281,10 @@ class LIBTransformer(_ModelLayerTransformer):
             n_stochastic_sources=self.n_stochastic_sources,
             jacobian=self.jacobian,
         )
-        session = self._session(fitting=True)
-        # Taken with the private copy: later calls warn if the model changed since.
+        # Taken before the private copy: a change made while the copy is
+        # being made is one that later calls warn about.
         fingerprint = model_fingerprint(self.model)
+        session = self._session(fitting=True)
         names = [self.layer, *self.downstream_layers]
         shapes, output_shape = inspect(session, session.inputs(probe), names, settings)
         bases = fit_bases(session, source, shapes, output_shape, settings)

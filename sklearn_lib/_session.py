@@ -120,7 +120,8 @@ def private_copy(model, device, dtype):
     ValueError
         When the model's tensors are on the ``meta`` device (no data).
     """
-    meta = [name for name, t in model.state_dict(keep_vars=True).items() if t.is_meta]
+    named = itertools.chain(model.named_parameters(), model.named_buffers())
+    meta = [name for name, t in named if t.is_meta]
     if meta:
         raise ValueError(
             f"The model's tensors are on the 'meta' device, which holds shapes but no "
@@ -179,6 +180,8 @@ def _stamp(tensor):
 def _digest(tensor):
     # Values in float64, so that model.double() or model.to("cuda") after a
     # fit keeps the digest: the private copy would be the same.
+    if tensor.is_meta:
+        return "meta"  # no values; the private copy refuses such a model
     data = tensor.detach().cpu()
     if data.is_floating_point():
         data = data.to(torch.float64)
