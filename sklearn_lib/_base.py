@@ -27,7 +27,7 @@ from ._session import (
     resolve_dtype,
 )
 from ._validation import StrictInterval
-from .exceptions import StaleBasisWarning
+from .exceptions import StaleBasisWarning, user_stacklevel
 
 # Samples read from a stream to check call order, shapes and cuts before the real passes.
 PROBE_SIZE = 64
@@ -79,8 +79,9 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
         ``reset=True`` (``fit``) records ``n_features_in_`` and ``input_shape_``
         and returns ``(source, probe)``, the probe being up to
-        :data:`PROBE_SIZE` first samples; otherwise every batch must have
-        the fitted per-sample shape and the source alone is returned.
+        :data:`PROBE_SIZE` first samples (never more than one batch);
+        otherwise every batch must have the fitted per-sample shape and the
+        source alone is returned.
         Integer inputs (token ids) keep their dtype.
         """
         if is_stream(X):
@@ -90,9 +91,13 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             return source, self._validate_input(source.probe(PROBE_SIZE), reset=True)
         X = self._validate_input(X, reset=reset)
         source = ArraySource(X, self.batch_size)
-        return (source, X[:PROBE_SIZE]) if reset else source
+        # Never more than a batch (two samples at least, to compare them).
+        probe = X[: max(2, min(PROBE_SIZE, self.batch_size))]
+        return (source, probe) if reset else source
 
     def _validate_input(self, X, reset):
+        if isinstance(X, (list, tuple)) and X and all(torch.is_tensor(x) for x in X):
+            X = torch.stack([x.detach() for x in X])  # a list of samples as tensors
         if torch.is_tensor(X):
             X = to_numpy(X)
         X = validate_data(
@@ -116,25 +121,15 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         """A :class:`ModelSession` for one call: a private copy of the model, and the settings.
 
         Outside ``fit`` (``fitting=False``), warns with :class:`StaleBasisWarning`
-        when the model's parameters or buffers changed since the fit recorded
-        their fingerprint.
+        when the model's floating parameters and buffers changed since the fit
+        recorded their fingerprint (checksums of the private copy, so the
+        check costs less than the copy itself).
         """
-        fingerprint = getattr(self, "_model_fingerprint_", None)
-        if not fitting and fingerprint is not None:
-            changed = changed_tensors(self.model, fingerprint)
-            if changed:
-                warnings.warn(
-                    f"The model changed since {type(self).__name__} was fitted ({len(changed)} "
-                    f"tensor(s), e.g. {changed[0]!r}): the fitted bases describe the model as "
-                    "it was, not as it is now; refit to analyse the current model",
-                    StaleBasisWarning,
-                    stacklevel=3,
-                )
         if verbose is None:
             verbose = getattr(self, "verbose", False)
         if random_state is None:
             random_state = getattr(self, "random_state", None)
-        return ModelSession(
+        session = ModelSession(
             self.model,
             capture=self.capture,
             device=resolve_device(self.device),
@@ -143,6 +138,21 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             verbose=verbose,
             random_state=random_state,
         )
+        recorded = getattr(self, "_model_fingerprint_", None)
+        if not fitting and recorded is not None:
+            dtype, checksums = recorded
+            # Another compute dtype rounds differently: float32's tolerance.
+            compare = dtype if dtype == session.dtype else torch.float32
+            changed = changed_tensors(checksums, session.fingerprint, compare)
+            if changed:
+                warnings.warn(
+                    f"The model changed since {type(self).__name__} was fitted ({len(changed)} "
+                    f"tensor(s), e.g. {changed[0]!r}): the fitted bases describe the model as "
+                    "it was, not as it is now; refit to analyse the current model",
+                    StaleBasisWarning,
+                    stacklevel=user_stacklevel(),
+                )
+        return session
 
     @contextlib.contextmanager
     def _restored_on_failure(self):
@@ -179,7 +189,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 "X is a DataLoader that shuffles its samples: the rows come back in this "
                 "pass's random order; use shuffle=False to keep them in data order",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         session = self._session()
         (result,) = session.run_pass(

@@ -13,7 +13,7 @@ import difflib
 
 import torch
 
-from ._failures import is_out_of_memory, model_failure
+from ._failures import batch_notes, is_out_of_memory, model_failure
 from ._numerics import max_relative_error, tolerances
 
 
@@ -103,13 +103,13 @@ class ModelRunner:
                 handles.append(self._hook(name, record=record))
             if substitute is not None:
                 handles.append(self._hook(substitute[0], replace=substitute[1]))
-            try:
-                # A copy: a model that edits its input in place would change
-                # the batch that later runs of the same pass reuse.
-                with model_failure(x, self.where):
+            # A copy of x: a model that edits its input in place would change
+            # the batch that later runs of the same pass reuse.
+            with batch_notes(x, self.where), model_failure(x, self.where):
+                try:
                     output = self.model(x.clone())
-            except _StopForward:
-                output = None
+                except _StopForward:  # every read taken: not an error
+                    output = None
         finally:
             for handle in handles:
                 handle.remove()
@@ -336,12 +336,26 @@ def check_gradient_flow(runner, x, src, dst):
     dst_name = "the model output" if dst is None else f"node layer {dst!r}"
     with torch.no_grad():
         (f,) = runner.read(x, [src])
+    leaf = f.detach().requires_grad_()
     with torch.enable_grad():
-        out = runner.section(x, src, f.detach().requires_grad_(), dst)
+        out = runner.section(x, src, leaf, dst)
     if not (torch.is_tensor(out) and out.requires_grad):
         raise ValueError(
             f"Gradients do not flow from {dst_name} back to layer {src!r}: the forward "
             "pass computes it without autograd (torch.no_grad or inference_mode inside "
-            "forward, or a .detach() between the two). LIB needs the Jacobian of the "
-            "next node layer with respect to this one; remove the detach / no_grad."
+            "forward, or a .detach() of the whole path between the two). LIB needs the "
+            "Jacobian of the next node layer with respect to this one; remove the "
+            "detach / no_grad."
         )
+    # One backward pass, so that an operation without a derivative is named
+    # now rather than deep in the first Jacobian pass.
+    try:
+        with batch_notes(x, runner.where):
+            torch.autograd.grad(out.sum(), leaf, allow_unused=True)
+    except (RuntimeError, NotImplementedError) as exc:
+        if is_out_of_memory(exc):
+            raise
+        raise ValueError(
+            f"Gradients cannot be computed from {dst_name} back to layer {src!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

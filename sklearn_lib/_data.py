@@ -15,14 +15,18 @@ What a batch may be:
 
 - an array or tensor of shape ``(batch_size, ...)``;
 - a tuple ``(inputs, labels, ...)``: the first item is the inputs; so is a
-  list from a ``DataLoader`` (its default collate turns the ``(x, y)`` of
-  ``TensorDataset(X, y)`` into ``[x, y]``);
-- a list of per-sample rows from any other stream, stacked into a batch,
-  as scikit-learn reads a list of samples: a list whose items all have the
-  per-sample shape (the fitted one, or the first batch's).  In the first
-  batch of a fit, where that shape is not known yet, a list of three or
-  more equally shaped items is rows and a shorter list is
-  ``(inputs, labels)``;
+  list from a ``DataLoader`` with its default collate (which turns the
+  ``(x, y)`` of ``TensorDataset(X, y)`` into ``[x, y]``);
+- a list of per-sample rows from any other stream, stacked into a batch, as
+  scikit-learn reads a list of samples.  Once the per-sample shape is known
+  (the fitted one, or the first batch's), a list whose items have it is
+  rows and a list whose first item is a batch of them is
+  ``(inputs, labels, ...)``.  In the first batch of a fit, a list of 1-D
+  items is rows, a list of items of different shapes is
+  ``(inputs, labels, ...)``, and a list of equally shaped items of two or
+  more dimensions is refused as ambiguous (yield a tuple or a stacked
+  array);
+- ragged lists are refused, and batches of no samples are skipped;
 - never a ``dict``: refused with an error (the model gets one tensor).
 
 Every batch of a stream is checked as it arrives: at least two dimensions,
@@ -30,7 +34,7 @@ numbers, finite, and the per-sample shape of the data it must match (the
 fitted inputs, or the stream's first batch).
 """
 
-import itertools
+import contextlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -112,7 +116,7 @@ class StreamSource:
         self.shape = None if shape is None else tuple(shape)
         self.fitted_by = fitted_by
         self.n_samples = None  # known after the first full pass
-        self._probed = None  # (batches read, the open iteration) after probe
+        self._first = None  # the first batch the probe or the first pass saw
 
     @property
     def ordered(self):
@@ -132,22 +136,20 @@ class StreamSource:
         return not (isinstance(sampler, random) or getattr(sampler, "shuffle", False))
 
     def batches(self):
-        """Yield ``(start, batch)``; the sample count must be the same in every full pass.
+        """Yield ``(start, batch)`` of one pass, each checked; empty batches are skipped.
 
-        The first pass after :meth:`probe` goes on with the probe's own
-        iteration (its batches first), so the probe reads nothing twice and
-        a stream that cannot start over still gives one whole pass.
+        Every pass must see the same data: the same number of samples and,
+        for a stream that does not shuffle, the same first batch as the
+        first pass (or the probe) saw.  That also catches a stream that
+        cannot start over and goes on where the last pass stopped.
         """
         count = 0
-        if self._probed is not None:
-            seen, rest = self._probed
-            self._probed = None
-            checked = itertools.chain(seen, map(self._check, rest))
-        else:
-            checked = map(self._check, self.stream)
-        for batch in checked:
-            yield count, batch
-            count += batch.shape[0]
+        with contextlib.closing(self._checked(self.stream)) as checked:
+            for batch in checked:
+                if count == 0:
+                    self._check_first(batch)
+                yield count, batch
+                count += batch.shape[0]
         if count == 0:
             if self.n_samples:
                 raise ValueError(
@@ -166,6 +168,55 @@ class StreamSource:
                 "first; every pass must see the same data"
             )
 
+    def probe(self, n):
+        """The first samples, at most ``n``, as one numpy array.
+
+        As many batches as it takes to hold ``n`` samples or the first
+        batch's size, whichever is smaller (two at least, for the checks
+        that compare samples), so the probe is never bigger than what the
+        passes run.
+        """
+        seen, total, target = [], 0, n
+        with contextlib.closing(self._checked(self.stream)) as checked:
+            for batch in checked:
+                if not seen:
+                    self._check_first(batch)
+                    target = min(n, max(2, batch.shape[0]))
+                seen.append(batch)
+                total += batch.shape[0]
+                if total >= target:
+                    break
+        if not seen:
+            raise ValueError("The stream yielded no batch")
+        return np.concatenate([to_numpy(batch) for batch in seen])[:target]
+
+    def _check_first(self, batch):
+        if self._first is None:
+            self._first = to_numpy(batch).copy()
+        elif self.ordered and not np.array_equal(to_numpy(batch), self._first):
+            raise ValueError(
+                "The stream's first batch differs from the one an earlier pass started "
+                "with, but every pass must see the same data: its __iter__ must start "
+                "over on every call, and neither shuffle nor augment (shuffle with a "
+                "DataLoader, shuffle=True)"
+            )
+
+    def _checked(self, stream):
+        # Closed when left early (the probe, an error): a generator that
+        # entered a mode (torch.inference_mode) around its yields leaves it
+        # now, in order, not when garbage-collected.
+        iterator = iter(stream)
+        try:
+            for raw in iterator:
+                batch = self._check(raw)
+                if batch.shape[0]:
+                    yield batch
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    # -- one batch ---------------------------------------------------------------------
     def _inputs(self, batch):
         """The model inputs of one batch as yielded (see the module docstring)."""
         if isinstance(batch, Mapping):
@@ -178,22 +229,46 @@ class StreamSource:
             return batch
         if not batch:
             raise ValueError("A batch of the stream is an empty sequence")
-        if isinstance(batch, list) and not self.loader and self._rows(batch):
-            if all(torch.is_tensor(item) for item in batch):
-                return torch.stack(batch)
-            return np.stack([np.asarray(item) for item in batch])
-        return batch[0]
+        collated = self.loader and self.stream.collate_fn in (
+            torch.utils.data.default_collate,
+            torch.utils.data.default_convert,
+        )
+        if isinstance(batch, tuple) or collated:
+            return batch[0]  # (inputs, labels, ...)
+        return self._list_inputs(batch)
 
-    def _rows(self, items):
-        """Whether a list holds per-sample rows rather than (inputs, labels, ...)."""
-        shapes = {tuple(np.shape(item)) for item in items}
-        if len(shapes) != 1:
-            return False
-        (shape,) = shapes
+    def _list_inputs(self, items):
+        """The inputs of a list batch: per-sample rows, stacked, or the first of its fields."""
+        try:
+            shapes = [tuple(np.shape(item)) for item in items]
+        except ValueError:  # numpy refuses ragged nested lists
+            shapes = None
+        if shapes is None or (len(set(shapes)) > 1 and len(shapes[0]) < 2):
+            raise ValueError(
+                f"A batch of the stream is a list of {len(items)} ragged rows (shapes "
+                f"{(shapes or ['ragged'])[:4]}); rows of one batch must have one shape"
+            )
+        same = len(set(shapes)) == 1
         if self.shape is not None:
-            return shape == self.shape
-        # The first batch of a fit: fields are few, rows usually are not.
-        return len(items) >= 3
+            if same and shapes[0] == self.shape:
+                return _stack(items)
+            if shapes[0][1:] == self.shape:
+                return items[0]
+            raise ValueError(
+                f"A batch of the stream is a list of {len(items)} items of shapes "
+                f"{shapes[:4]}: neither rows of the per-sample shape {self.shape} nor "
+                f"(inputs, labels, ...) with inputs of shape (batch_size, *{self.shape})"
+            )
+        if not same:
+            return items[0]  # (inputs, labels, ...) of different shapes
+        if len(shapes[0]) <= 1:
+            return _stack(items)  # 1-D items are rows: inputs need two dimensions
+        raise ValueError(
+            f"A batch of the stream is a list of {len(items)} arrays of one shape "
+            f"{shapes[0]}: per-sample rows or (inputs, labels, ...)? Yield a tuple "
+            "(inputs, labels) for the second, or a stacked array (np.stack, torch.stack) "
+            "for the first"
+        )
 
     def _check(self, batch):
         batch = self._inputs(batch)
@@ -201,6 +276,8 @@ class StreamSource:
             batch = np.asarray(batch)
             if not (np.issubdtype(batch.dtype, np.number) or batch.dtype == bool):
                 raise ValueError(f"A batch of the stream holds {batch.dtype} values, not numbers")
+            if not batch.flags.writeable:  # e.g. a pandas frame's values; torch warns on them
+                batch = batch.copy()
         if batch.ndim < 2:
             raise ValueError(
                 f"Each batch needs shape (batch_size, ...), got shape {tuple(batch.shape)}"
@@ -224,22 +301,11 @@ class StreamSource:
             raise ValueError("Input contains NaN or infinity (in a batch of the stream)")
         return batch
 
-    def probe(self, n):
-        """Up to ``n`` first samples, as one numpy array.
 
-        The iteration stays open: the next :meth:`batches` goes on with it.
-        """
-        iterator = iter(self.stream)
-        seen, total = [], 0
-        for batch in map(self._check, iterator):
-            seen.append(batch)
-            total += batch.shape[0]
-            if total >= n:
-                break
-        if not seen:
-            raise ValueError("The stream yielded no batch")
-        self._probed = (seen, iterator)
-        return np.concatenate([to_numpy(batch) for batch in seen])[:n]
+def _stack(items):
+    if all(torch.is_tensor(item) for item in items):
+        return torch.stack([item.detach() for item in items])
+    return np.stack([to_numpy(item) for item in items])
 
 
 def to_numpy(batch):

@@ -5,7 +5,9 @@ Two kinds, kept apart on purpose:
 - **out of memory** (``torch.OutOfMemoryError``, or a ``RuntimeError`` /
   ``MemoryError`` whose message says the allocator ran out) keeps its type
   and message, gains a note naming the batch and the hint to lower
-  ``batch_size``, and is re-raised: never retried, never swallowed;
+  ``batch_size``, and is re-raised: never retried, never swallowed.  Other
+  errors met while computing on a batch (a backward pass without a
+  derivative) keep their type too, with a note naming the batch;
 - **the model failed on its inputs** (a raw ``IndexError`` from an
   embedding given an out-of-range token id, a dtype mismatch, a shape
   error deep in torch): a ``ValueError`` that names the batch and what it
@@ -38,17 +40,31 @@ def batch_range(start, n):
     return f"the batch of samples {start} to {start + n - 1}"
 
 
+def _noted(exc):
+    return any(note.startswith("sklearn-lib") for note in getattr(exc, "__notes__", ()))
+
+
 @contextlib.contextmanager
-def memory_hint(x, where):
-    """Add the batch and a ``batch_size`` hint to an out-of-memory error, keeping it as it is."""
+def batch_notes(x, where, what=None):
+    """Name the batch in a note on any error but a ``ValueError``, keeping its type and message.
+
+    An out-of-memory error's note adds the hint to lower ``batch_size``.
+    ``ValueError``\\ s already name their problem (and the batch, see
+    :func:`model_failure`).  Notes need Python >= 3.11; one note per error.
+    """
     try:
         yield
-    except (RuntimeError, MemoryError) as exc:
-        if is_out_of_memory(exc) and hasattr(exc, "add_note"):  # notes: Python >= 3.11
+    except Exception as exc:
+        if isinstance(exc, ValueError) or _noted(exc) or not hasattr(exc, "add_note"):
+            raise
+        if is_out_of_memory(exc):
             exc.add_note(
                 f"sklearn-lib ran out of memory on {describe_batch(x, where)}; lower "
                 "batch_size (or the DataLoader's batch size) to need less memory per pass"
             )
+        else:
+            during = f" while computing {what}" if what else ""
+            exc.add_note(f"sklearn-lib: raised{during} on {describe_batch(x, where)}")
         raise
 
 
@@ -56,13 +72,13 @@ def memory_hint(x, where):
 def model_failure(x, where):
     """Turn a failure of the model's forward pass on ``x`` into a ``ValueError`` naming the batch.
 
-    Out-of-memory errors pass through unchanged (see :func:`memory_hint`);
+    Out-of-memory errors pass through unchanged (see :func:`batch_notes`);
     so do ``ValueError``\\ s, which already name their problem (the package's
     own checks raise them from inside the forward pass).
     """
     try:
         yield
-    except (RuntimeError, IndexError, TypeError) as exc:
+    except (RuntimeError, IndexError, TypeError, NotImplementedError) as exc:
         if is_out_of_memory(exc):
             raise
         raise ValueError(

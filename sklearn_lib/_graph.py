@@ -165,7 +165,7 @@ class InteractionGraph:
         path = as_path(path)
         with open(path, "rb") as file:
             try:
-                arrays = read_npz(file)
+                arrays = read_npz(file, rank=_read_order, expected_shape=_expected_shape)
                 if "meta" not in arrays:
                     raise ValueError("no 'meta' array")
                 nodes, info = _parse_meta(str(arrays.pop("meta")[()]))
@@ -206,6 +206,24 @@ def _graph_arrays(graph):
     except (KeyError, ValueError) as exc:
         raise ValueError(f"cannot save this InteractionGraph: {exc}") from exc
     return {"meta": np.array(meta), **arrays}
+
+
+def _read_order(key):
+    # meta, then the lambdas (which fix the edges' shapes), then the rest.
+    kind, _, index = key.partition("_")
+    return ({"meta": 0, "lambdas": 1}.get(kind, 2), int(index) if index.isdigit() else 0, key)
+
+
+def _expected_shape(key, arrays):
+    """The shape ``edges_<i>`` must have, from the lambdas read before it (else None)."""
+    kind, _, index = key.partition("_")
+    if kind != "edges" or not index.isdigit():
+        return None
+    i = int(index)
+    src, dst = arrays.get(f"lambdas_{i}"), arrays.get(f"lambdas_{i + 1}")
+    if src is None or dst is None or src.ndim != 1 or dst.ndim != 1:
+        return None  # reported by the full check
+    return (dst.shape[0], src.shape[0])
 
 
 def _parse_meta(meta):

@@ -14,7 +14,6 @@ from ._fit import FitSettings, fit_bases, inspect
 from ._graph import interaction_graph
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._section import JACOBIAN_ROUTES
-from ._session import model_fingerprint
 from ._validation import StrictInterval
 
 
@@ -281,16 +280,14 @@ class LIBTransformer(_ModelLayerTransformer):
             n_stochastic_sources=self.n_stochastic_sources,
             jacobian=self.jacobian,
         )
-        # Taken before the private copy: a change made while the copy is
-        # being made is one that later calls warn about.
-        fingerprint = model_fingerprint(self.model)
         session = self._session(fitting=True)
         names = [self.layer, *self.downstream_layers]
         shapes, output_shape = inspect(session, session.inputs(probe), names, settings)
         bases = fit_bases(session, source, shapes, output_shape, settings)
 
         self.bases_ = bases
-        self._model_fingerprint_ = fingerprint
+        # Of the copy the bases were fitted on: later calls warn if the model changed.
+        self._model_fingerprint_ = (session.dtype, session.fingerprint)
         main = bases[self.layer]
         self.activation_shape_ = main.shape
         self.n_positions_ = main.n_positions

@@ -15,9 +15,11 @@ the same rules:
 """
 
 import contextlib
+import errno
 import math
 import os
 import secrets
+import stat
 import struct
 import zipfile
 import zlib
@@ -57,20 +59,39 @@ def json_default(value):
 
 
 def write_atomically(path, write):
-    """Call ``write(file)`` on a new file next to ``path``, then move it onto ``path``."""
-    folder, name = os.path.split(os.path.abspath(path))
-    # Hidden, random and under the name length limit; O_EXCL never reuses a file.
-    # Unlike ``tempfile.mkstemp`` (mode 0o600) the file gets the permissions of
-    # any new file (0o666 less the umask), which ``os.replace`` keeps.
-    temp = os.path.join(folder, f".{name[:100]}.{secrets.token_hex(8)}.tmp")
+    """Call ``write(file)`` on a new file next to ``path``, then move it onto ``path``.
+
+    A symbolic link is followed: its target is what gets replaced.  An
+    existing file keeps its permissions; one that is not writable, or not a
+    regular file (a folder, a device), is refused before anything is
+    written.
+    """
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"No folder {folder!r} to save {path!r} in")
+    mode = 0o666  # a new file's, less the umask (tempfile.mkstemp's would be 0o600)
+    if os.path.exists(target):
+        info = os.stat(target)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, f"{path!r} is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path!r} exists and is not a regular file; only files are replaced")
+        if not os.access(target, os.W_OK):
+            raise PermissionError(errno.EACCES, f"{path!r} is not writable")
+        mode = stat.S_IMODE(info.st_mode)
+    # Hidden and random; O_EXCL never reuses a file.
+    temp = os.path.join(folder, f".sklearn-lib-{secrets.token_hex(8)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(temp, flags, 0o666)
+    fd = os.open(temp, flags, mode)
     try:
+        if os.path.exists(target):
+            os.chmod(temp, mode)  # exactly the old file's, whatever the umask
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
+        os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temp)
@@ -86,24 +107,38 @@ def write_atomically(path, write):
                 os.close(folder_fd)
 
 
-def read_npz(file):
+def read_npz(file, rank=None, expected_shape=None):
     """Every array of an ``.npz`` archive by name, each header checked before its data.
 
-    Data is read as raw bytes, so memory follows the data actually present
-    (not a size a header claims) and no pickle is ever loaded.
+    Data is read as raw bytes, so no pickle is ever loaded.
+
+    Parameters
+    ----------
+    file : file object
+    rank : callable, optional
+        ``rank(key)`` orders the members (default: as stored), so that a
+        format can read the arrays that fix the others' shapes first.
+    expected_shape : callable, optional
+        ``expected_shape(key, arrays_so_far)`` returns the shape the member
+        must have, or None; a header claiming another one is refused before
+        its data is read, so a small file cannot claim a huge array.
     """
     arrays = {}
     with zipfile.ZipFile(file) as archive:
+        members = {}
         for info in archive.infolist():
             key = info.filename.removesuffix(".npy")
-            if key == info.filename or key in arrays:
+            if key == info.filename or key in members:
                 raise ValueError(f"unexpected member {info.filename!r} (not a distinct .npy)")
-            with archive.open(info) as member:
-                arrays[key] = read_npy(key, member)
+            members[key] = info
+        for key in sorted(members, key=rank) if rank else members:
+            expected = expected_shape(key, arrays) if expected_shape else None
+            with archive.open(members[key]) as member:
+                arrays[key] = read_npy(key, member, expected)
     return arrays
 
 
-def read_npy(key, member):
+def read_npy(key, member, expected_shape=None):
     """The array of one ``.npy`` stream, refused from its header unless float (or ``meta``)."""
     version = np.lib.format.read_magic(member)
     if version == (1, 0):
@@ -119,6 +154,8 @@ def read_npy(key, member):
         check_float_dtype(key, dtype)
     if any(size < 0 for size in shape):
         raise ValueError(f"array {key!r} has a negative size in its shape {shape}")
+    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"array {key!r} has shape {shape}, not {tuple(expected_shape)}")
     n_bytes = math.prod(shape) * dtype.itemsize
     data = member.read(n_bytes)
     # Reading on to the end also checks the member's CRC.

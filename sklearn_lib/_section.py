@@ -49,6 +49,7 @@ from ._failures import is_out_of_memory
 from ._jacobian import integrated_vjps, quadrature_sum, scaled
 from ._numerics import CHUNK_ELEMENTS, max_relative_error
 from ._structure import LinearElementwise
+from .exceptions import user_stacklevel
 
 JACOBIAN_ROUTES = ("auto", "autograd")
 
@@ -353,7 +354,7 @@ class SectionJacobian:
             f"{form.name(kind)} is not used on the section {self.src!r} -> {where}: {why}; "
             "using autograd instead",
             RuntimeWarning,
-            stacklevel=6,
+            stacklevel=user_stacklevel(),
         )
         return False
 

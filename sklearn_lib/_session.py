@@ -30,7 +30,6 @@ Merging two passes is putting their accumulators in one list.
 """
 
 import copy
-import hashlib
 import itertools
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ from sklearn.utils import check_random_state
 from ._basis import OUTPUT_NODE
 from ._capture import ModelRunner
 from ._data import to_tensor
-from ._failures import batch_range, memory_hint
+from ._failures import batch_notes, batch_range
 from ._numerics import all_finite, tolerances
 from ._progress import Progress
 
@@ -154,73 +153,67 @@ def private_copy(model, device, dtype):
     return private.eval()
 
 
-def _watched_tensors(model):
-    """Parameters and floating buffers by name: what a fitted basis depends on.
+# Relative changes of a tensor's checksums below this are rounding, not edits
+# (reductions may sum in another order with another thread count).
+_FINGERPRINT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
-    Integer buffers are counters (BatchNorm's ``num_batches_tracked``, a
-    user's call counter) that change whenever the model runs, without
-    changing what it computes in eval mode.
-    """
-    buffers = model.named_buffers(remove_duplicate=False)
-    return itertools.chain(
-        model.named_parameters(remove_duplicate=False),
-        ((name, b) for name, b in buffers if b.is_floating_point()),
+
+def _checksums(tensor):
+    # Three reductions: the sum, the sum of squares and a strided sum, which
+    # moves when values move between positions.  No copy, no conversion.
+    flat = tensor.detach().reshape(-1)
+    return (
+        float(flat.sum()),
+        float(torch.dot(flat, flat)) if flat.numel() else 0.0,
+        float(flat[::3].sum()),
+        flat.numel(),
     )
 
 
-def _stamp(tensor):
-    # Changes whenever the tensor is written in place (its version counter:
-    # optimiser steps, load_state_dict, edits under no_grad) or replaced.
-    # Inference tensors (made under torch.inference_mode) have no version
-    # counter and are always digested.
-    version = None if tensor.is_inference() else tensor._version
-    return (version, tensor.data_ptr(), tuple(tensor.shape), tensor.dtype, tensor.device)
+def fingerprint(model):
+    """Checksums of a model's persistent floating tensors, to notice later edits.
 
-
-def _digest(tensor):
-    # Values in float64, so that model.double() or model.to("cuda") after a
-    # fit keeps the digest: the private copy would be the same.
-    if tensor.is_meta:
-        return "meta"  # no values; the private copy refuses such a model
-    data = tensor.detach().cpu()
-    if data.is_floating_point():
-        data = data.to(torch.float64)
-    data = data.contiguous().reshape(-1)
-    try:
-        raw = data.numpy().tobytes()
-    except TypeError:  # dtypes numpy lacks
-        raw = data.view(torch.uint8).numpy().tobytes()
-    return hashlib.blake2b(raw, digest_size=16).hexdigest() + str(tuple(tensor.shape))
-
-
-def model_fingerprint(model):
-    """What identifies the values of the model's parameters and floating buffers, to detect edits.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A private copy (every call makes one, so checksumming it costs less
+        than the copy did).
 
     Returns
     -------
-    dict of str to (tuple, str)
-        Per tensor name, a cheap stamp (version counter, storage, shape,
-        dtype, device) and a digest of its values.
+    dict of str to tuple
+        Per ``state_dict`` name: sum, sum of squares, strided sum and size.
+        Integer buffers (counters such as BatchNorm's
+        ``num_batches_tracked``) and non-persistent buffers (caches that
+        grow with the inputs) are left out: they change when the model runs
+        without changing what it computes.
     """
-    return {name: (_stamp(t), _digest(t)) for name, t in _watched_tensors(model)}
+    with torch.no_grad():
+        return {
+            name: _checksums(t)
+            for name, t in model.state_dict(keep_vars=True).items()
+            if t.is_floating_point()
+        }
 
 
-def changed_tensors(model, fingerprint):
-    """Names of the tensors of ``model`` whose values differ from ``fingerprint``.
-
-    Cheap when nothing was written: only tensors whose stamp moved (written
-    in place, or replaced) are digested, and those that were written with
-    the same values do not count.
-    """
-    current = dict(_watched_tensors(model))
-    if current.keys() != fingerprint.keys():
-        return sorted(set(current).symmetric_difference(fingerprint))
-    return [
-        name
-        for name, tensor in current.items()
-        if (tensor.is_inference() or _stamp(tensor) != fingerprint[name][0])
-        and _digest(tensor) != fingerprint[name][1]
-    ]
+def changed_tensors(old, new, dtype):
+    """Names whose checksums differ between two :func:`fingerprint` of the same dtype."""
+    if old.keys() != new.keys():
+        return sorted(set(old).symmetric_difference(new))
+    rtol = _FINGERPRINT_RTOL.get(dtype, 1e-5)
+    changed = []
+    for name, (total, squares, strided, size) in new.items():
+        total0, squares0, strided0, size0 = old[name]
+        # |sum| and |strided sum| are at most sqrt(size * squares): the scale.
+        scale = max(size * squares, size0 * squares0) ** 0.5
+        if (
+            size != size0
+            or abs(squares - squares0) > rtol * max(squares, squares0)
+            or abs(total - total0) > rtol * scale
+            or abs(strided - strided0) > rtol * scale
+        ):
+            changed.append(name)
+    return changed
 
 
 @dataclass(frozen=True)
@@ -279,6 +272,8 @@ class ModelSession(ModelRunner):
         The private copy's parameters and buffers by ``state_dict`` name
         (tied ones under every name), as the closed-form protocol receives
         them.
+    fingerprint : dict
+        :func:`fingerprint` of the copy as made, before any pass.
     tolerances : Tolerances
         Of the compute dtype.
     progress : Progress
@@ -304,6 +299,8 @@ class ModelSession(ModelRunner):
             **dict(self.model.named_parameters(remove_duplicate=False)),
             **dict(self.model.named_buffers(remove_duplicate=False)),
         }
+        # Of the copy as made, before a forward pass updates any buffer of it.
+        self.fingerprint = fingerprint(self.model)
         self.tolerances = tolerances(dtype)
         self.progress = Progress(owner, verbose)
         self.rng = check_random_state(random_state)
@@ -359,8 +356,14 @@ class ModelSession(ModelRunner):
         try:
             for batch in self.batches(source, what):
                 self.where = batch_range(batch.start, batch.n)
-                # Accumulators that differentiate enable gradients where they do.
-                with memory_hint(batch.x, self.where), torch.no_grad():
+                # Inference mode off for each batch anew: a stream's generator
+                # may enter it around its yields.  Accumulators that
+                # differentiate enable gradients where they do.
+                with (
+                    torch.inference_mode(False),
+                    batch_notes(batch.x, self.where, what),
+                    torch.no_grad(),
+                ):
                     values, output = self.run(batch.x, reads=reads, need_output=need_output)
                     acts = dict(zip(reads, values))
                     if need_output:

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,62 @@ def test_saved_file_has_the_permissions_of_a_new_file(graph, tmp_path):
     (tmp_path / "plain").write_bytes(b"")
     mode = os.stat(tmp_path / "graph.npz").st_mode & 0o777
     assert mode == os.stat(tmp_path / "plain").st_mode & 0o777
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX links, modes and FIFOs")
+def test_save_respects_what_is_at_the_path(graph, tmp_path):
+    # A link: its target is replaced, the link stays.
+    target, link = tmp_path / "target.npz", tmp_path / "latest.npz"
+    graph.save(target)
+    os.chmod(target, 0o600)
+    link.symlink_to(target)
+    graph.save(link)
+    assert link.is_symlink() and InteractionGraph.load(link).nodes == graph.nodes
+    assert target.stat().st_mode & 0o777 == 0o600  # an existing file keeps its mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.npz", "target.npz"]
+    # Not a regular file (a FIFO, like /dev/null a special file): refused, left alone.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        graph.save(fifo)
+    assert fifo.exists() and not fifo.is_file()
+    with pytest.raises(IsADirectoryError):
+        graph.save(tmp_path)
+    # A missing folder is named as the user wrote it.
+    missing = tmp_path / "no" / "graph.npz"
+    with pytest.raises(FileNotFoundError, match=re.escape(repr(str(missing)))):
+        graph.save(missing)
+    # A long non-ASCII name (the temporary file's name does not grow with it).
+    long = tmp_path / ("図" * 80 + ".npz")
+    graph.save(long)
+    assert InteractionGraph.load(long).nodes == graph.nodes
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anyway")
+def test_a_read_only_file_is_not_replaced(graph, tmp_path):
+    path = tmp_path / "graph.npz"
+    graph.save(path)
+    os.chmod(path, 0o444)
+    with pytest.raises(PermissionError):
+        graph.save(path)
+
+
+def test_a_small_file_cannot_claim_a_huge_array(graph, tmp_path):
+    path = tmp_path / "graph.npz"
+    graph.save(path)
+    # Rewrite edges_0's header to claim 20000 x 20000 (3.2 GB) over no data.
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (20000, 20000)}
+    )
+    members["edges_0.npy"] = header.getvalue()  # magic and header, no data
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match=r"'edges_0' has shape \(20000, 20000\), not"):
+        InteractionGraph.load(path)
 
 
 def test_file_written_before_versioning_loads(graph, tmp_path):
@@ -289,12 +346,13 @@ TAMPERED = {
     "edges_transposed": (
         _set("edges_0", lambda p: np.ascontiguousarray(p["edges_0"].T)),
         None,
-        r"'edges_0' of 'fc2' -> 'fc3' has shape \(\d+, \d+\), not \(\d+, \d+\)",
+        # Refused from its header, before its data is read.
+        r"'edges_0' has shape \(\d+, \d+\), not \(\d+, \d+\)",
     ),
     "edges_wrong_rows": (
         _set("edges_1", lambda p: p["edges_1"][:-1]),
         None,
-        r"'edges_1' of 'fc3' -> 'output' has shape",
+        r"'edges_1' has shape \(\d+, \d+\), not",
     ),
     "lambdas_2d": (
         _set("lambdas_1", lambda p: p["lambdas_1"][:, None]),

@@ -5,6 +5,7 @@ One test (often parametrized) per case group of ``docs/reliability.md``.
 
 import pickle
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -64,7 +65,25 @@ def _replace(model):
     model.fc1.weight = nn.Parameter(model.fc1.weight.detach() * 2)
 
 
-@pytest.mark.parametrize("change", [_step, _edit, _replace], ids=["optimiser", "edit", "replace"])
+def _data_edit(model):
+    model.fc2.weight.data.mul_(3)  # .data: no version counter moves
+
+
+def _numpy_edit(model):
+    model.fc2.bias.detach().numpy()[0] += 5  # through numpy: no version counter moves
+
+
+def _fused_step(model):
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+    model(torch.randn(8, 4, dtype=torch.float64)).sum().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_step, _edit, _replace, _data_edit, _numpy_edit, _fused_step],
+    ids=["optimiser", "edit", "replace", "data", "numpy", "fused"],
+)
 @pytest.mark.parametrize("method", ["transform", "score", "interaction_graph", "ablation_curve"])
 def test_a_changed_model_makes_the_basis_stale(X, change, method):
     lib = _fitted(X[:100], downstream_layers=["fc3"])
@@ -78,12 +97,43 @@ def test_a_changed_model_makes_the_basis_stale(X, change, method):
         warnings.simplefilter("error", StaleBasisWarning)
         call()  # unchanged: no warning
     change(lib.model)
-    with pytest.warns(StaleBasisWarning, match=r"model changed since LIBTransformer was fitted"):
+    with pytest.warns(
+        StaleBasisWarning, match=r"model changed since LIBTransformer was fitted"
+    ) as w:
         call()
+    assert {r.filename for r in w} == {__file__}  # it points at the user's line
     lib.fit(X[:100])  # a refit describes the model as it is now
     with warnings.catch_warnings():
         warnings.simplefilter("error", StaleBasisWarning)
         call()
+
+
+def test_batch_statistics_updated_by_the_user_make_the_basis_stale(X):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OrderedDict(fc1=nn.Linear(4, 8), bn=nn.BatchNorm1d(8), act=nn.Tanh(), fc2=nn.Linear(8, 3))
+    ).double()
+    lib = LIBTransformer(model.eval(), "act").fit(X)
+    model.train()
+    model(torch.randn(64, 4, dtype=torch.float64) + 3)  # running_mean moves, in place
+    model.eval()
+    with pytest.warns(StaleBasisWarning, match=r"'bn.running_mean'"):
+        lib.transform(X[:5])
+
+
+class _GrowingCache(nn.Module):
+    """A rotary-style cache: a non-persistent buffer that grows with longer inputs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.register_buffer("cache", torch.zeros(1), persistent=False)
+
+    def forward(self, x):
+        if self.cache.numel() < x.shape[0]:
+            self.cache = torch.arange(float(x.shape[0]), dtype=x.dtype)
+        return self.fc2(torch.tanh(self.fc1(x)))
 
 
 def test_the_same_values_written_again_are_not_a_change(X):
@@ -92,12 +142,16 @@ def test_the_same_values_written_again_are_not_a_change(X):
         for p in lib.model.parameters():
             p.mul_(1.0)  # version counters move, values do not
     lib.model.float().double()  # new storages, the same values
+    lib.model.load_state_dict(tanh_mlp().state_dict())  # the same weights again
     lib.model(torch.zeros(2, 4, dtype=torch.float64))  # running the model changes nothing
     clone = pickle.loads(pickle.dumps(lib))  # another model object, the same values
+    cached = LIBTransformer(_GrowingCache().double(), "fc2").fit(X[:50])
+    cached.model(torch.zeros(500, 4, dtype=torch.float64))  # the cache grows
     with warnings.catch_warnings():
         warnings.simplefilter("error", StaleBasisWarning)
         lib.transform(X[:5])
         clone.transform(X[:5])
+        cached.transform(X[:5])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -144,15 +198,17 @@ class _SharedUnderneath(_SharedIterator):
 def test_a_shared_iterator_is_refused(X):
     with pytest.raises(TypeError, match=r"hands out one shared iterator"):
         _fitted(_SharedIterator(X))
-    # Disguised, it is read once: the probe's batches belong to the first pass ...
-    once = _fitted(_SharedUnderneath(X))
-    np.testing.assert_allclose(once.lambdas_, _fitted(X).lambdas_, rtol=1e-10)
-    # ... and a second pass finds it empty.
-    with pytest.raises(ValueError, match=r"yielded no batch in this pass, but 300 samples"):
-        _fitted(_SharedUnderneath(X), downstream_layers=["fc3"])
+    # Disguised, a pass goes on where the last one stopped: its first batch differs.
+    with pytest.raises(ValueError, match=r"first batch differs from the one an earlier pass"):
+        _fitted(_SharedUnderneath(X))
+    once = _fitted(X)
     with pytest.raises(ValueError, match=r"yielded no batch.*must start over"):
         once.transform(once_more := _SharedUnderneath(X[:100]))
         once.transform(once_more)
+    # So does a stream that augments its data anew in every pass.
+    augmented = _Batches(X, form=lambda b: torch.as_tensor(b) + torch.randn(len(b), 4) * 1e-3)
+    with pytest.raises(ValueError, match=r"neither shuffle nor augment"):
+        _fitted(augmented, downstream_layers=["fc3"])
 
 
 def test_a_list_of_samples_is_array_like(X):
@@ -161,6 +217,10 @@ def test_a_list_of_samples_is_array_like(X):
     np.testing.assert_allclose(_fitted(rows).transform(rows), reference, rtol=1e-10, atol=1e-12)
     tensors = [torch.as_tensor(row) for row in X]
     np.testing.assert_allclose(_fitted(tensors).transform(X), reference, rtol=1e-10, atol=1e-12)
+    tracked = [torch.as_tensor(row).requires_grad_() for row in X]  # e.g. a model's outputs
+    np.testing.assert_allclose(_fitted(tracked).transform(X), reference, rtol=1e-10, atol=1e-12)
+    half = [torch.as_tensor(row).to(torch.bfloat16) for row in X]
+    assert _fitted(half).transform(half).shape == reference.shape
 
 
 @pytest.mark.parametrize(
@@ -170,9 +230,10 @@ def test_a_list_of_samples_is_array_like(X):
         lambda b: [torch.as_tensor(row) for row in b],  # ... of tensors
         lambda b: [list(row) for row in b],  # ... of Python lists
         lambda b: (torch.as_tensor(b), torch.zeros(len(b))),  # (inputs, labels)
-        lambda b: [torch.as_tensor(b), torch.as_tensor(b)],  # [inputs, targets] alike
+        lambda b: (torch.as_tensor(b), torch.as_tensor(b)),  # (inputs, targets) alike
+        lambda b: [torch.as_tensor(b), torch.zeros(len(b))],  # [inputs, labels]
     ],
-    ids=["arrays", "tensors", "lists", "tuple", "pair"],
+    ids=["arrays", "tensors", "lists", "tuple", "pair", "list-pair"],
 )
 def test_stream_batch_forms(X, form):
     reference = _fitted(X)
@@ -180,6 +241,73 @@ def test_stream_batch_forms(X, form):
     lib = _fitted(stream)
     np.testing.assert_allclose(lib.lambdas_, reference.lambdas_, rtol=1e-9)
     np.testing.assert_allclose(lib.transform(stream), reference.transform(X), rtol=1e-9, atol=1e-12)
+
+
+class _FirstBatchOfTwo:
+    """Lists of per-sample rows whose first batch holds two samples."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __iter__(self):
+        yield [row for row in self.X[:2]]
+        for start in range(2, len(self.X), 32):
+            yield [row for row in self.X[start : start + 32]]
+
+
+def test_list_batches_are_never_misread(X, rng):
+    # 1-D rows: unambiguous even in a first batch of two.
+    reference = _fitted(X)
+    np.testing.assert_allclose(_fitted(_FirstBatchOfTwo(X)).lambdas_, reference.lambdas_, rtol=1e-9)
+    # Equally shaped items of two dimensions could be rows or (inputs, labels, ...).
+    ambiguous = r"list of 2 arrays of one shape \(3, 4\): per-sample rows or \(inputs, labels"
+    with pytest.raises(ValueError, match=ambiguous):
+        LIBTransformer(TokenMixer(), "mix").fit(_FirstBatchOfTwo(rng.normal(size=(90, 3, 4))))
+    fields = _Batches(X, size=50, form=lambda b: [b, np.zeros_like(b), np.ones_like(b)])
+    with pytest.raises(ValueError, match=r"list of 3 arrays of one shape \(50, 4\)"):
+        _fitted(fields)
+    listed = torch.utils.data.DataLoader(
+        torch.as_tensor(rng.normal(size=(90, 3, 4))), 30, collate_fn=list
+    )
+    with pytest.raises(ValueError, match=r"list of 30 arrays of one shape \(3, 4\)"):
+        _fitted(listed)
+    ragged = _Batches(X, form=lambda b: [row[: 3 + i % 2] for i, row in enumerate(b)])
+    with pytest.raises(ValueError, match=r"ragged rows"):
+        _fitted(ragged)
+
+
+def test_empty_batches_are_skipped(X):
+    class WithEmpty(_Batches):
+        def __iter__(self):
+            for batch in super().__iter__():
+                yield batch
+                yield batch[:0]
+
+    lib = _fitted(X, downstream_layers=["fc3"])
+    stream = WithEmpty(torch.as_tensor(X), size=50, form=lambda b: b)
+    other = _fitted(stream, downstream_layers=["fc3"])
+    np.testing.assert_allclose(other.lambdas_, lib.lambdas_, rtol=1e-10)
+    np.testing.assert_allclose(other.transform(stream), lib.transform(X), rtol=1e-9, atol=1e-12)
+    assert other.score(stream) == pytest.approx(lib.score(X), rel=1e-10)
+    graph, expected = other.interaction_graph(stream), lib.interaction_graph(X)
+    for key in expected.edges:
+        np.testing.assert_allclose(graph.edges[key], expected.edges[key], rtol=1e-9)
+
+
+def test_a_stream_made_under_inference_mode(X):
+    class Encoded(_Batches):
+        def __iter__(self):
+            with torch.inference_mode():  # held across the yields
+                yield from super().__iter__()
+
+    lib = _fitted(X, downstream_layers=["fc3"])
+    stream = Encoded(X, form=lambda b: torch.as_tensor(b) * 1.0)
+    other = _fitted(stream, downstream_layers=["fc3"])
+    np.testing.assert_allclose(other.lambdas_, lib.lambdas_, rtol=1e-10)
+    graph = other.interaction_graph(stream)
+    np.testing.assert_allclose(
+        graph.edges[("fc2", "fc3")], lib.interaction_graph(X).edges[("fc2", "fc3")], rtol=1e-9
+    )
 
 
 def test_a_dict_batch_is_refused_with_what_is_expected(X):
@@ -397,3 +525,69 @@ def test_a_failed_fit_of_a_stream_leaves_the_estimator_as_it_was(X):
     np.testing.assert_array_equal(lib.lambdas_, before)
     assert lib.input_shape_ == (4,)
     assert lib.transform(_Batches(X)).shape == (300, lib.n_components_)
+
+
+class _AtMost16(nn.Module):
+    """Runs out of memory on more than 16 samples per forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        if x.shape[0] > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (more than 16 samples)")
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def test_the_probe_is_never_bigger_than_a_batch(X):
+    reference = _fitted(X[:100])
+    model = _AtMost16().double()
+    LIBTransformer(model, "fc2", batch_size=16).fit(X[:100])
+    loader = torch.utils.data.DataLoader(torch.as_tensor(X[:100]), batch_size=16)
+    LIBTransformer(model, "fc2").fit(loader)
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        LIBTransformer(model, "fc2", batch_size=32).fit(X[:100])
+    if hasattr(info.value, "add_note"):
+        assert "the probe batch" in "".join(info.value.__notes__)
+    assert reference.n_components_ > 0
+
+
+class _FailingBackward(torch.autograd.Function):
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, h):
+        return h.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _FailingBackward.calls += 1
+        if _FailingBackward.calls > _FailingBackward.fail_after:
+            raise RuntimeError("no derivative here")
+        return grad
+
+
+class _NoDerivative(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc2(torch.tanh(self.fc1(x))))
+        return self.fc3(_FailingBackward.apply(h))
+
+
+def test_a_failing_backward_is_named(X):
+    model = _NoDerivative().double()
+    _FailingBackward.calls, _FailingBackward.fail_after = 0, 0
+    with pytest.raises(ValueError, match=r"Gradients cannot be computed from node layer 'fc3'"):
+        LIBTransformer(model, "fc2", downstream_layers=["fc3"], jacobian="autograd").fit(X)
+    # Failing later, in a Jacobian pass: the type is kept and a note names the batch.
+    _FailingBackward.calls, _FailingBackward.fail_after = 0, 1
+    with pytest.raises(RuntimeError, match="no derivative here") as info:
+        LIBTransformer(model, "fc2", downstream_layers=["fc3"], jacobian="autograd").fit(X)
+    if hasattr(info.value, "add_note"):
+        assert "the batch of samples 0 to 255" in "".join(info.value.__notes__)
