@@ -9,7 +9,7 @@ from torch import nn
 from toy_models import tanh_mlp
 
 from sklearn_lib._data import ArraySource
-from sklearn_lib._session import ModelSession, private_copy
+from sklearn_lib._session import ModelSession, changed_tensors, fingerprint, private_copy
 from sklearn_lib._stats import MomentAccumulator
 
 
@@ -195,3 +195,34 @@ def test_tied_parameters_are_named_under_every_name():
     model[1].weight = model[0].weight
     params = ModelSession(model).params
     assert params["0.weight"] is params["1.weight"]
+
+
+def test_the_fingerprint_sees_edits_and_not_rounding():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 200), nn.BatchNorm1d(200), nn.Linear(200, 3))
+    model.register_buffer("counter", torch.zeros((), dtype=torch.int64))
+    model.register_buffer("cache", torch.zeros(5), persistent=False)
+    before = fingerprint(model)
+    assert "counter" not in before and "cache" not in before and "1.running_mean" in before
+    # The same values summed in another order (other thread counts) stay equal.
+    for dtype in (torch.float64, torch.float32):
+        same = {k: (v[0] * (1 + 1e-12), *v[1:]) for k, v in fingerprint(model.to(dtype)).items()}
+        assert changed_tensors(fingerprint(model.to(dtype)), same, dtype) == []
+    model.double()
+    reference = fingerprint(model)
+    with torch.no_grad():
+        model[0].weight[3, 7] += 1e-3  # one entry of 60,000, by a small step
+        model[1].running_mean.data.add_(0.1)  # no version counter moves
+    assert changed_tensors(reference, fingerprint(model), torch.float64) == [
+        "0.weight",
+        "1.running_mean",
+    ]
+    reference = fingerprint(model)
+    with torch.no_grad():  # swapped rows: the same sum and sum of squares
+        model[0].weight.data[[0, 1]] = model[0].weight.data[[1, 0]]
+    assert changed_tensors(reference, fingerprint(model), torch.float64) == ["0.weight"]
+    model.counter += 1  # counters and caches do not count
+    model.cache = torch.ones(9)
+    assert changed_tensors(fingerprint(model), fingerprint(model), torch.float64) == []
+    del model[2]
+    assert changed_tensors(reference, fingerprint(model), torch.float64) == ["2.bias", "2.weight"]

@@ -1,0 +1,67 @@
+"""How failures of the model are reported: types kept, batches named, memory hints."""
+
+import sys
+
+import pytest
+import torch
+
+from sklearn_lib._failures import batch_notes, is_out_of_memory, model_failure
+
+X = torch.zeros(5, 3, dtype=torch.int64)
+WHERE = "the batch of samples 10 to 14"
+NOTES = pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes: Python 3.11")
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory"), True),
+        (RuntimeError("CUDA out of memory. Tried to allocate"), True),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory"), True),
+        (MemoryError(), True),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+        (ValueError("out of memory"), False),
+    ],
+)
+def test_out_of_memory_is_recognised(exc, expected):
+    assert is_out_of_memory(exc) is expected
+
+
+@NOTES
+def test_out_of_memory_keeps_its_type_and_gains_one_note():
+    error = torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        with batch_notes(X, WHERE), batch_notes(X, WHERE):  # nested: noted once
+            raise error
+    assert info.value is error and str(error) == "CUDA out of memory"
+    assert len(error.__notes__) == 1
+    assert "samples 10 to 14" in error.__notes__[0] and "lower batch_size" in error.__notes__[0]
+
+
+@NOTES
+def test_other_errors_keep_their_type_and_value_errors_pass_unchanged():
+    with pytest.raises(NotImplementedError) as info:
+        with batch_notes(X, WHERE, "Jacobians"):
+            raise NotImplementedError("no derivative")
+    assert info.value.__notes__ == [
+        f"sklearn-lib: raised while computing Jacobians on {WHERE} "
+        "(inputs of shape (5, 3), dtype torch.int64)"
+    ]
+    with pytest.raises(ValueError) as info:
+        with batch_notes(X, WHERE):
+            raise ValueError("named already")
+    assert not hasattr(info.value, "__notes__")
+
+
+@pytest.mark.parametrize("error", [IndexError, RuntimeError, TypeError, NotImplementedError])
+def test_a_failing_forward_becomes_a_value_error_naming_the_batch(error):
+    with pytest.raises(ValueError, match=rf"failed on {WHERE} \(inputs of shape \(5, 3\)") as info:
+        with model_failure(X, WHERE):
+            raise error("index out of range in self")
+    assert isinstance(info.value.__cause__, error)
+
+
+def test_a_forward_out_of_memory_is_not_turned_into_a_value_error():
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with model_failure(X, WHERE):
+            raise RuntimeError("CUDA out of memory")
