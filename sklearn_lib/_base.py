@@ -19,13 +19,8 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, validate_data
 
 from ._data import ArraySource, StreamSource, is_stream, to_numpy
-from ._session import (
-    ModelSession,
-    changed_tensors,
-    outside_inference_mode,
-    resolve_device,
-    resolve_dtype,
-)
+from ._fingerprint import changed_tensors
+from ._session import ModelSession, outside_inference_mode, resolve_device, resolve_dtype
 from ._validation import StrictInterval
 from .exceptions import StaleBasisWarning, user_stacklevel
 

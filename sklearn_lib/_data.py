@@ -22,8 +22,9 @@ What a batch may be:
   (the fitted one, or the first batch's), a list whose items have it is
   rows and a list whose first item is a batch of them is
   ``(inputs, labels, ...)``.  In the first batch of a fit, a list of 1-D
-  items is rows, a list of items of different shapes is
-  ``(inputs, labels, ...)``, and a list of equally shaped items of two or
+  items is rows, a list of one item or of items of different shapes is
+  ``(inputs, labels, ...)`` (a wrapped DataLoader's ``[x]`` and
+  ``[x, y]``), and a list of two or more equally shaped items of two or
   more dimensions is refused as ambiguous (yield a tuple or a stacked
   array);
 - ragged lists are refused, and batches of no samples are skipped;
@@ -103,15 +104,9 @@ class StreamSource:
                 "X is an iterator, which can be read only once, but the data is read "
                 "once per pass; pass a re-iterable object such as a DataLoader"
             )
-        # A DataLoader makes a new iterator per call; asking it twice would
-        # start worker processes for nothing.
-        if not self.loader and iter(stream) is iter(stream):
-            raise TypeError(
-                f"X ({type(stream).__name__}) hands out one shared iterator: iter(X) returns "
-                "the same object every time, so each pass would see only what the previous "
-                "one left. Its __iter__ must start a new iteration over the data on every "
-                "call (e.g. be a generator function), or pass a DataLoader"
-            )
+        # An object whose __iter__ hands out one shared iterator is caught by
+        # the first-batch check of every pass (not by iter(X) is iter(X):
+        # a DataLoader with persistent workers rightly reuses its iterator).
         self.stream = stream
         self.shape = None if shape is None else tuple(shape)
         self.fitted_by = fitted_by
@@ -127,13 +122,33 @@ class StreamSource:
         """
         if not isinstance(self.stream, torch.utils.data.DataLoader):
             return True
-        sampler = self.stream.sampler
         random = (
             torch.utils.data.RandomSampler,
             torch.utils.data.SubsetRandomSampler,
             torch.utils.data.WeightedRandomSampler,
         )
-        return not (isinstance(sampler, random) or getattr(sampler, "shuffle", False))
+        return not any(
+            isinstance(sampler, random) or getattr(sampler, "shuffle", False)
+            for sampler in _samplers(self.stream)
+        )
+
+    @property
+    def repeats(self):
+        """Whether every pass is known to yield the same batches in the same order.
+
+        Any stream but a ``DataLoader`` must (that is the contract); a
+        ``DataLoader`` does when it samples sequentially from a map-style
+        dataset.  A custom sampler, or an ``IterableDataset``, may shuffle.
+        """
+        if not self.loader:
+            return True
+        if isinstance(self.stream.dataset, torch.utils.data.IterableDataset):
+            return False
+        return all(
+            isinstance(sampler, (torch.utils.data.SequentialSampler, type(None)))
+            or type(sampler) is torch.utils.data.BatchSampler
+            for sampler in _samplers(self.stream)
+        )
 
     def batches(self):
         """Yield ``(start, batch)`` of one pass, each checked; empty batches are skipped.
@@ -191,9 +206,11 @@ class StreamSource:
         return np.concatenate([to_numpy(batch) for batch in seen])[:target]
 
     def _check_first(self, batch):
+        if not self.repeats:
+            return
         if self._first is None:
             self._first = to_numpy(batch).copy()
-        elif self.ordered and not np.array_equal(to_numpy(batch), self._first):
+        elif not np.array_equal(to_numpy(batch), self._first):
             raise ValueError(
                 "The stream's first batch differs from the one an earlier pass started "
                 "with, but every pass must see the same data: its __iter__ must start "
@@ -209,7 +226,7 @@ class StreamSource:
         try:
             for raw in iterator:
                 batch = self._check(raw)
-                if batch.shape[0]:
+                if batch is not None and batch.shape[0]:
                     yield batch
         finally:
             close = getattr(iterator, "close", None)
@@ -228,7 +245,7 @@ class StreamSource:
         if not isinstance(batch, (tuple, list)):
             return batch
         if not batch:
-            raise ValueError("A batch of the stream is an empty sequence")
+            return None  # no samples: skipped
         collated = self.loader and self.stream.collate_fn in (
             torch.utils.data.default_collate,
             torch.utils.data.default_convert,
@@ -263,6 +280,8 @@ class StreamSource:
             return items[0]  # (inputs, labels, ...) of different shapes
         if len(shapes[0]) <= 1:
             return _stack(items)  # 1-D items are rows: inputs need two dimensions
+        if len(items) == 1:
+            return items[0]  # [inputs], as a DataLoader over TensorDataset(X) yields
         raise ValueError(
             f"A batch of the stream is a list of {len(items)} arrays of one shape "
             f"{shapes[0]}: per-sample rows or (inputs, labels, ...)? Yield a tuple "
@@ -272,6 +291,8 @@ class StreamSource:
 
     def _check(self, batch):
         batch = self._inputs(batch)
+        if batch is None:
+            return None
         if not torch.is_tensor(batch):
             batch = np.asarray(batch)
             if not (np.issubdtype(batch.dtype, np.number) or batch.dtype == bool):
@@ -300,6 +321,12 @@ class StreamSource:
         if floating and not all_finite(torch.as_tensor(batch)):
             raise ValueError("Input contains NaN or infinity (in a batch of the stream)")
         return batch
+
+
+def _samplers(loader):
+    """A DataLoader's sampler, its batch sampler and the batch sampler's own sampler."""
+    batch_sampler = loader.batch_sampler
+    return [loader.sampler, batch_sampler, getattr(batch_sampler, "sampler", None)]
 
 
 def _stack(items):

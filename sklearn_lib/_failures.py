@@ -46,16 +46,16 @@ def _noted(exc):
 
 @contextlib.contextmanager
 def batch_notes(x, where, what=None):
-    """Name the batch in a note on any error but a ``ValueError``, keeping its type and message.
+    """Name the batch in a note on an error raised within, keeping its type and message.
 
     An out-of-memory error's note adds the hint to lower ``batch_size``.
-    ``ValueError``\\ s already name their problem (and the batch, see
-    :func:`model_failure`).  Notes need Python >= 3.11; one note per error.
+    The errors of :func:`model_failure` name the batch already.  Notes need
+    Python >= 3.11; one note per error.
     """
     try:
         yield
     except Exception as exc:
-        if isinstance(exc, ValueError) or _noted(exc) or not hasattr(exc, "add_note"):
+        if getattr(exc, "names_batch", False) or _noted(exc) or not hasattr(exc, "add_note"):
             raise
         if is_out_of_memory(exc):
             exc.add_note(
@@ -73,16 +73,19 @@ def model_failure(x, where):
     """Turn a failure of the model's forward pass on ``x`` into a ``ValueError`` naming the batch.
 
     Out-of-memory errors pass through unchanged (see :func:`batch_notes`);
-    so do ``ValueError``\\ s, which already name their problem (the package's
-    own checks raise them from inside the forward pass).
+    so do ``ValueError``\\ s, which name their problem (the package's own
+    checks raise them from inside the forward pass); :func:`batch_notes`
+    adds the batch to them.
     """
     try:
         yield
     except (RuntimeError, IndexError, TypeError, NotImplementedError) as exc:
         if is_out_of_memory(exc):
             raise
-        raise ValueError(
+        error = ValueError(
             f"The model failed on {describe_batch(x, where)}: {type(exc).__name__}: {exc}. "
             "Check these inputs: token ids within the vocabulary, the dtype the model "
             "expects, the per-sample shape."
-        ) from exc
+        )
+        error.names_batch = True
+        raise error from exc

@@ -66,6 +66,8 @@ def write_atomically(path, write):
     regular file (a folder, a device), is refused before anything is
     written.
     """
+    if path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise IsADirectoryError(errno.EISDIR, f"{path!r} ends with a separator: a folder")
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):

@@ -40,6 +40,7 @@ from ._basis import OUTPUT_NODE
 from ._capture import ModelRunner
 from ._data import to_tensor
 from ._failures import batch_notes, batch_range
+from ._fingerprint import fingerprint
 from ._numerics import all_finite, tolerances
 from ._progress import Progress
 
@@ -151,70 +152,6 @@ def private_copy(model, device, dtype):
             f"{type(exc).__name__}: {exc}"
         ) from exc
     return private.eval()
-
-
-# Relative changes of a tensor's checksums below this are rounding, not edits
-# (reductions may sum in another order with another thread count).
-_FINGERPRINT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def _checksums(tensor):
-    # Three reductions: the sum, the sum of squares and a strided sum, which
-    # moves when values move between positions (a stride of 13 divides few
-    # layer widths, so swapped rows move it too).  No copy, no conversion.
-    flat = tensor.detach().reshape(-1)
-    return (
-        float(flat.sum()),
-        float(torch.dot(flat, flat)) if flat.numel() else 0.0,
-        float(flat[::13].sum()),
-        flat.numel(),
-    )
-
-
-def fingerprint(model):
-    """Checksums of a model's persistent floating tensors, to notice later edits.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A private copy (every call makes one, so checksumming it costs less
-        than the copy did).
-
-    Returns
-    -------
-    dict of str to tuple
-        Per ``state_dict`` name: sum, sum of squares, strided sum and size.
-        Integer buffers (counters such as BatchNorm's
-        ``num_batches_tracked``) and non-persistent buffers (caches that
-        grow with the inputs) are left out: they change when the model runs
-        without changing what it computes.
-    """
-    with torch.no_grad():
-        return {
-            name: _checksums(t)
-            for name, t in model.state_dict(keep_vars=True).items()
-            if t.is_floating_point()
-        }
-
-
-def changed_tensors(old, new, dtype):
-    """Names whose checksums differ between two :func:`fingerprint` of the same dtype."""
-    if old.keys() != new.keys():
-        return sorted(set(old).symmetric_difference(new))
-    rtol = _FINGERPRINT_RTOL.get(dtype, 1e-5)
-    changed = []
-    for name, (total, squares, strided, size) in new.items():
-        total0, squares0, strided0, size0 = old[name]
-        # |sum| and |strided sum| are at most sqrt(size * squares): the scale.
-        scale = max(size * squares, size0 * squares0) ** 0.5
-        if (
-            size != size0
-            or abs(squares - squares0) > rtol * max(squares, squares0)
-            or abs(total - total0) > rtol * scale
-            or abs(strided - strided0) > rtol * scale
-        ):
-            changed.append(name)
-    return changed
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,10 @@ def test_save_respects_what_is_at_the_path(graph, tmp_path):
     assert fifo.exists() and not fifo.is_file()
     with pytest.raises(IsADirectoryError):
         graph.save(tmp_path)
+    # A path that ends with a separator names a folder, even one that does not exist.
+    with pytest.raises(IsADirectoryError, match="ends with a separator"):
+        graph.save(str(tmp_path / "out") + os.sep)
+    assert not (tmp_path / "out").exists()
     # A missing folder is named as the user wrote it.
     missing = tmp_path / "no" / "graph.npz"
     with pytest.raises(FileNotFoundError, match=re.escape(repr(str(missing)))):

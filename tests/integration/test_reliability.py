@@ -195,12 +195,46 @@ class _SharedUnderneath(_SharedIterator):
         yield from self.it
 
 
-def test_a_shared_iterator_is_refused(X):
-    with pytest.raises(TypeError, match=r"hands out one shared iterator"):
-        _fitted(_SharedIterator(X))
-    # Disguised, a pass goes on where the last one stopped: its first batch differs.
-    with pytest.raises(ValueError, match=r"first batch differs from the one an earlier pass"):
-        _fitted(_SharedUnderneath(X))
+@pytest.mark.parametrize("stream", [_SharedIterator, _SharedUnderneath], ids=["same", "disguised"])
+def test_a_shared_iterator_is_refused(X, stream):
+    # A pass goes on where the last one stopped: its first batch differs.
+    with pytest.raises(ValueError, match=r"first batch differs.*must start over on every call"):
+        _fitted(stream(X))
+
+
+def test_streams_that_start_over_or_shuffle_are_taken(X):
+    reference = _fitted(X, downstream_layers=["fc3"])
+    dataset = torch.utils.data.TensorDataset(torch.as_tensor(X))
+
+    class Shuffled(torch.utils.data.Sampler):  # a sampler of the user's own
+        def __iter__(self):
+            return iter(torch.randperm(len(X)).tolist())
+
+        def __len__(self):
+            return len(X)
+
+    class Wrapped:  # __iter__ hands out the loader's iterator
+        def __iter__(self):
+            return iter(torch.utils.data.DataLoader(dataset, batch_size=64))
+
+    streams = [
+        torch.utils.data.DataLoader(dataset, batch_size=64, sampler=Shuffled()),
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=torch.utils.data.BatchSampler(
+                torch.utils.data.RandomSampler(dataset), 64, False
+            ),
+        ),
+        Wrapped(),
+    ]
+    for stream in streams:
+        fitted = _fitted(stream, downstream_layers=["fc3"])
+        np.testing.assert_allclose(fitted.lambdas_, reference.lambdas_, rtol=1e-9)
+    with pytest.raises(ValueError, match="shuffles its samples"):
+        reference.score(streams[1], np.zeros(len(X), dtype=int))  # labels need the order
+
+
+def test_exhausted_and_augmented_streams_are_refused(X):
     once = _fitted(X)
     with pytest.raises(ValueError, match=r"yielded no batch.*must start over"):
         once.transform(once_more := _SharedUnderneath(X[:100]))
@@ -282,6 +316,7 @@ def test_empty_batches_are_skipped(X):
             for batch in super().__iter__():
                 yield batch
                 yield batch[:0]
+                yield []  # an empty list, too
 
     lib = _fitted(X, downstream_layers=["fc3"])
     stream = WithEmpty(torch.as_tensor(X), size=50, form=lambda b: b)
@@ -335,6 +370,29 @@ def test_bad_token_after_the_probe_names_the_batch(rng, method):
 def test_bad_token_in_the_probe_gives_the_same_message(rng):
     with pytest.raises(ValueError, match=r"failed on the probe batch.*IndexError"):
         LIBTransformer(TokenMixer().double(), "mix").fit(_tokens(rng, bad_row=3))
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes: Python 3.11")
+def test_value_errors_of_the_model_and_of_the_checks_name_the_batch(X):
+    class Refuses(nn.Module):
+        def __init__(self, how):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2, self.how = nn.Linear(4, 6), nn.Linear(6, 3), how
+
+        def forward(self, x):
+            if self.how == "refuse" and (x[:, 0] > 100).any():
+                raise ValueError("my model refuses this input")
+            h = self.fc1(x)
+            return self.fc2(torch.exp(h) if self.how == "overflow" else torch.tanh(h))
+
+    bad = X.copy()
+    bad[250, :] = 1e5  # exp overflows
+    for how, message in [("refuse", "refuses this input"), ("overflow", "NaN or inf")]:
+        lib = LIBTransformer(Refuses(how).double(), "fc2", batch_size=100)
+        with pytest.raises(ValueError, match=message) as info:
+            lib.fit(bad)
+        assert "the batch of samples 200 to 299" in "".join(info.value.__notes__)
 
 
 def test_integer_inputs_for_a_float_model_name_the_batch(X, rng):

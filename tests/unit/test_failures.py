@@ -39,7 +39,7 @@ def test_out_of_memory_keeps_its_type_and_gains_one_note():
 
 
 @NOTES
-def test_other_errors_keep_their_type_and_value_errors_pass_unchanged():
+def test_other_errors_keep_their_type_and_gain_a_note():
     with pytest.raises(NotImplementedError) as info:
         with batch_notes(X, WHERE, "Jacobians"):
             raise NotImplementedError("no derivative")
@@ -47,9 +47,13 @@ def test_other_errors_keep_their_type_and_value_errors_pass_unchanged():
         f"sklearn-lib: raised while computing Jacobians on {WHERE} "
         "(inputs of shape (5, 3), dtype torch.int64)"
     ]
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="a check of the package") as info:
         with batch_notes(X, WHERE):
-            raise ValueError("named already")
+            raise ValueError("a check of the package")
+    assert WHERE in info.value.__notes__[0]
+    with pytest.raises(ValueError, match=WHERE) as info:  # names its batch already
+        with batch_notes(X, WHERE), model_failure(X, WHERE):
+            raise IndexError("index out of range in self")
     assert not hasattr(info.value, "__notes__")
 
 

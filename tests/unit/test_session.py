@@ -9,7 +9,8 @@ from torch import nn
 from toy_models import tanh_mlp
 
 from sklearn_lib._data import ArraySource
-from sklearn_lib._session import ModelSession, changed_tensors, fingerprint, private_copy
+from sklearn_lib._fingerprint import changed_tensors, fingerprint
+from sklearn_lib._session import ModelSession, private_copy
 from sklearn_lib._stats import MomentAccumulator
 
 
@@ -206,7 +207,9 @@ def test_the_fingerprint_sees_edits_and_not_rounding():
     assert "counter" not in before and "cache" not in before and "1.running_mean" in before
     # The same values summed in another order (other thread counts) stay equal.
     for dtype in (torch.float64, torch.float32):
-        same = {k: (v[0] * (1 + 1e-12), *v[1:]) for k, v in fingerprint(model.to(dtype)).items()}
+        same = {
+            k: (v[0], v[1] * (1 + 1e-12), *v[2:]) for k, v in fingerprint(model.to(dtype)).items()
+        }
         assert changed_tensors(fingerprint(model.to(dtype)), same, dtype) == []
     model.double()
     reference = fingerprint(model)
@@ -226,3 +229,32 @@ def test_the_fingerprint_sees_edits_and_not_rounding():
     assert changed_tensors(fingerprint(model), fingerprint(model), torch.float64) == []
     del model[2]
     assert changed_tensors(reference, fingerprint(model), torch.float64) == ["2.bias", "2.weight"]
+
+
+def test_the_fingerprint_does_not_depend_on_the_thread_count():
+    torch.manual_seed(0)
+    big = nn.Linear(2048, 2048)  # 4M float32 values: float32 dot products would drift
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fingerprint(big)
+        torch.set_num_threads(2)
+        two = fingerprint(big)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two
+    assert changed_tensors(one, fingerprint(big.double()), torch.float32) == []
+
+
+def test_the_fingerprint_sees_swaps_and_integer_weights():
+    torch.manual_seed(0)
+    model = nn.Linear(32, 32).double()
+    model.register_buffer("qweight", torch.randint(-127, 128, (32, 32), dtype=torch.int8))
+    before = fingerprint(model)
+    with torch.no_grad():
+        model.weight[[0, 13]] = model.weight[[13, 0]]  # rows 13 apart
+        model.qweight[0, 0] += 1
+    assert sorted(changed_tensors(before, fingerprint(model), torch.float64)) == [
+        "qweight",
+        "weight",
+    ]
