@@ -36,6 +36,7 @@ fitted inputs, or the stream's first batch).
 """
 
 import contextlib
+import hashlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -99,7 +100,8 @@ class StreamSource:
 
     def __init__(self, stream, shape=None, fitted_by=None):
         self.loader = isinstance(stream, torch.utils.data.DataLoader)
-        if iter(stream) is stream:
+        # A DataLoader is never its own iterator (and iter() would start its workers).
+        if not self.loader and iter(stream) is stream:
             raise TypeError(
                 "X is an iterator, which can be read only once, but the data is read "
                 "once per pass; pass a re-iterable object such as a DataLoader"
@@ -111,7 +113,7 @@ class StreamSource:
         self.shape = None if shape is None else tuple(shape)
         self.fitted_by = fitted_by
         self.n_samples = None  # known after the first full pass
-        self._first = None  # the first batch the probe or the first pass saw
+        self._first = None  # digest of the first batch the probe or the first pass saw
 
     @property
     def ordered(self):
@@ -208,9 +210,10 @@ class StreamSource:
     def _check_first(self, batch):
         if not self.repeats:
             return
+        digest = _digest(batch)
         if self._first is None:
-            self._first = to_numpy(batch).copy()
-        elif not np.array_equal(to_numpy(batch), self._first):
+            self._first = digest
+        elif digest != self._first:
             raise ValueError(
                 "The stream's first batch differs from the one an earlier pass started "
                 "with, but every pass must see the same data: its __iter__ must start "
@@ -321,6 +324,12 @@ class StreamSource:
         if floating and not all_finite(torch.as_tensor(batch)):
             raise ValueError("Input contains NaN or infinity (in a batch of the stream)")
         return batch
+
+
+def _digest(batch):
+    """Shape, dtype and a hash of a batch's bytes: equal for equal batches, small to keep."""
+    values = np.ascontiguousarray(to_numpy(batch))
+    return values.shape, values.dtype, hashlib.blake2b(values.reshape(-1).view(np.uint8)).digest()
 
 
 def _samplers(loader):
