@@ -134,10 +134,11 @@ def counting_mlp(dtype):
     return model.to(dtype)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_buffer_updates_never_reach_the_users_buffers(rng, dtype):
+@pytest.mark.parametrize("model_dtype", ["float64", "float32", "bfloat16"])
+def test_buffer_updates_never_reach_the_users_buffers(rng, model_dtype):
     """The model's own dtype too, where no conversion would have made a copy."""
-    model = counting_mlp(getattr(torch, dtype))
+    model = counting_mlp(getattr(torch, model_dtype))
+    dtype = "float32" if model_dtype == "bfloat16" else model_dtype
     X = rng.normal(size=(64, 4)).astype(dtype)
     y = rng.integers(0, 3, size=64)
     before = _snapshot(model)
