@@ -89,3 +89,19 @@ def check_section(section, name="section"):
             f"{name} must be a pair (src, dst) of node names, e.g. ('fc2', 'fc3'), got {section!r}"
         )
     return tuple(section)
+
+
+def check_sections(sections):
+    """``sections`` of :func:`~sklearn_lib.edges_needed`: a non-empty list of pairs."""
+    if len(sections) == 2 and all(isinstance(node, str) for node in sections):
+        # One bare pair would otherwise be read as two sections, each string
+        # split into its characters.
+        raise ValueError(
+            f"sections takes a list of (src, dst) pairs, got the single pair {sections!r}; "
+            f"for one section pass [{tuple(sections)!r}]"
+        )
+    if len(sections) == 0:
+        # An empty list is not "every section" (that is None), and scoring
+        # no section is never what a caller means.
+        raise ValueError("sections is empty; pass None for every section of the graph")
+    return [check_section(section, "each of sections") for section in sections]

@@ -34,7 +34,7 @@ from ._basis import OUTPUT_NODE, NodeBasis
 from ._graph import InteractionGraph
 from ._lib import LIBTransformer
 from ._scoring import SCORINGS
-from ._validation import StrictInterval, check_counts, check_section
+from ._validation import StrictInterval, check_counts, check_section, check_sections
 
 __all__ = [
     "Sparsity",
@@ -303,7 +303,7 @@ def edges_needed(
     dict of (str, str) to Sparsity
     """
     # Every section is checked before any work; all share one session and source.
-    sections = graph.sections if sections is None else _check_sections(sections)
+    sections = graph.sections if sections is None else check_sections(sections)
     fitted = [_fitted_section(estimator, graph, section) for section in sections]
     if not fitted:
         return {}
@@ -319,22 +319,6 @@ def edges_needed(
         m, best, baseline = _smallest_within(score, total, tolerance)
         results[(src.name, dst.name)] = Sparsity(int(m), int(total), float(best), float(baseline))
     return results
-
-
-def _check_sections(sections):
-    """``sections`` of :func:`edges_needed`: a non-empty list of ``(src, dst)`` pairs."""
-    if len(sections) == 2 and all(isinstance(node, str) for node in sections):
-        # One bare pair would otherwise be read as two sections, each string
-        # split into its characters.
-        raise ValueError(
-            f"sections takes a list of (src, dst) pairs, got the single pair {sections!r}; "
-            f"for one section pass [{tuple(sections)!r}]"
-        )
-    if len(sections) == 0:
-        # An empty list is not "every section" (that is None), and scoring
-        # no section is never what a caller means.
-        raise ValueError("sections is empty; pass None for every section of the graph")
-    return [check_section(section, "each of sections") for section in sections]
 
 
 def _smallest_within(score, total, tolerance):
