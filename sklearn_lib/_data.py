@@ -20,13 +20,10 @@ What a batch may be:
 - a list of per-sample rows from any other stream, stacked into a batch, as
   scikit-learn reads a list of samples.  Once the per-sample shape is known
   (the fitted one, or the first batch's), a list whose items have it is
-  rows and a list whose first item is a batch of them is
-  ``(inputs, labels, ...)``.  In the first batch of a fit, a list of 1-D
-  items is rows, a list of one item or of items of different shapes is
-  ``(inputs, labels, ...)`` (a wrapped DataLoader's ``[x]`` and
-  ``[x, y]``), and a list of two or more equally shaped items of two or
-  more dimensions is refused as ambiguous (yield a tuple or a stacked
-  array);
+  rows, and so is a list of 1-D items; a list of one item or of items of
+  different shapes is ``(inputs, labels, ...)`` (a wrapped DataLoader's
+  ``[x]`` and ``[x, y]``); any other list of two or more equally shaped
+  items is refused as ambiguous (yield a tuple or a stacked array);
 - ragged lists are refused, and batches of no samples are skipped;
 - never a ``dict``: refused with an error (the model gets one tensor).
 
@@ -269,22 +266,16 @@ class StreamSource:
                 f"{(shapes or ['ragged'])[:4]}); rows of one batch must have one shape"
             )
         same = len(set(shapes)) == 1
-        if self.shape is not None:
-            if same and shapes[0] == self.shape:
-                return _stack(items)
-            if shapes[0][1:] == self.shape:
-                return items[0]
-            raise ValueError(
-                f"A batch of the stream is a list of {len(items)} items of shapes "
-                f"{shapes[:4]}: neither rows of the per-sample shape {self.shape} nor "
-                f"(inputs, labels, ...) with inputs of shape (batch_size, *{self.shape})"
-            )
-        if not same:
-            return items[0]  # (inputs, labels, ...) of different shapes
-        if len(shapes[0]) <= 1:
-            return _stack(items)  # 1-D items are rows: inputs need two dimensions
-        if len(items) == 1:
-            return items[0]  # [inputs], as a DataLoader over TensorDataset(X) yields
+        if same and (shapes[0] == self.shape or len(shapes[0]) <= 1):
+            # Items of the per-sample shape, or 1-D (inputs need two dimensions).
+            return _stack(items)
+        if not same or len(items) == 1:
+            # (inputs, labels, ...) of different shapes, or [inputs] as a
+            # DataLoader over TensorDataset(X) yields it; the per-sample shape
+            # of the inputs is checked next.
+            return items[0]
+        # The same rule in every batch: a later one must not be read in
+        # another way than the first.
         raise ValueError(
             f"A batch of the stream is a list of {len(items)} arrays of one shape "
             f"{shapes[0]}: per-sample rows or (inputs, labels, ...)? Yield a tuple "

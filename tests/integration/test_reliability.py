@@ -305,6 +305,17 @@ def test_list_batches_are_never_misread(X, rng):
     )
     with pytest.raises(ValueError, match=r"list of 30 arrays of one shape \(3, 4\)"):
         _fitted(listed)
+
+    # A first batch of one 2-D row reads as [inputs]; later batches are not read otherwise.
+    rows = rng.normal(size=(40, 3, 4))
+
+    class FirstOfOne:
+        def __iter__(self):
+            yield [rows[0]]
+            yield [row for row in rows[1:]]
+
+    with pytest.raises(ValueError, match=r"list of 39 arrays of one shape \(3, 4\)"):
+        _fitted(FirstOfOne())  # the first batch: 3 samples of 4 features
     ragged = _Batches(X, form=lambda b: [row[: 3 + i % 2] for i, row in enumerate(b)])
     with pytest.raises(ValueError, match=r"ragged rows"):
         _fitted(ragged)
