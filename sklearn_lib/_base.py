@@ -117,8 +117,8 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
         Outside ``fit`` (``fitting=False``), warns with :class:`StaleBasisWarning`
         when the model's floating parameters and buffers changed since the fit
-        recorded their fingerprint (checksums of the private copy, so the
-        check costs less than the copy itself).
+        recorded their fingerprint (checksums of the private copy, see
+        :mod:`~sklearn_lib._fingerprint`).
         """
         if verbose is None:
             verbose = getattr(self, "verbose", False)
@@ -136,9 +136,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         recorded = getattr(self, "_model_fingerprint_", None)
         if not fitting and recorded is not None:
             dtype, checksums = recorded
-            # Another compute dtype rounds differently: float32's tolerance.
-            compare = dtype if dtype == session.dtype else torch.float32
-            changed = changed_tensors(checksums, session.fingerprint, compare)
+            changed = changed_tensors(checksums, session.fingerprint, dtype == session.dtype)
             if changed:
                 warnings.warn(
                     f"The model changed since {type(self).__name__} was fitted ({len(changed)} "

@@ -103,9 +103,17 @@ class StreamSource:
                 "X is an iterator, which can be read only once, but the data is read "
                 "once per pass; pass a re-iterable object such as a DataLoader"
             )
-        # An object whose __iter__ hands out one shared iterator is caught by
-        # the first-batch check of every pass (not by iter(X) is iter(X):
-        # a DataLoader with persistent workers rightly reuses its iterator).
+        # One shared iterator would let a single pass (transform) see only
+        # what an earlier one left.  Disguised (a new generator over it), the
+        # first-batch check of every later pass catches it.
+        if not self.loader and iter(stream) is iter(stream):
+            raise TypeError(
+                f"X ({type(stream).__name__}) hands out one shared iterator: iter(X) returns "
+                "the same object every time, so a pass would see only what the previous one "
+                "left. Its __iter__ must start a new iteration over the data on every call "
+                "(e.g. be a generator function); pass a DataLoader itself, not an object "
+                "that returns its iterator"
+            )
         self.stream = stream
         self.shape = None if shape is None else tuple(shape)
         self.fitted_by = fitted_by
