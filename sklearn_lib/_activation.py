@@ -25,6 +25,11 @@ class ActivationTransformer(_ModelLayerTransformer):
         Name from ``model.named_modules()``.
     capture : {"input", "output"}, default="input"
         The module's first positional input, or its output.
+    output : None, str, int or callable, default=None
+        What the model returns that is its output (see
+        :class:`LIBTransformer`); only checked here.
+    forward_kwargs : dict or None, default=None
+        Keyword arguments of every call of the model.
     batch_size : int, default=256
         Samples per forward pass.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
@@ -54,11 +59,22 @@ class ActivationTransformer(_ModelLayerTransformer):
     """
 
     def __init__(
-        self, model, layer, *, capture="input", batch_size=256, device="auto", dtype="float64"
+        self,
+        model,
+        layer,
+        *,
+        capture="input",
+        output=None,
+        forward_kwargs=None,
+        batch_size=256,
+        device="auto",
+        dtype="float64",
     ):
         self.model = model
         self.layer = layer
         self.capture = capture
+        self.output = output
+        self.forward_kwargs = forward_kwargs
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype

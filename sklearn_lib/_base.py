@@ -31,14 +31,16 @@ PROBE_SIZE = 64
 class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Base for transformers that read one node layer of a torch model.
 
-    Subclasses hold ``model``, ``layer``, ``capture``, ``batch_size``,
-    ``device`` and ``dtype`` parameters.
+    Subclasses hold ``model``, ``layer``, ``capture``, ``output``,
+    ``forward_kwargs``, ``batch_size``, ``device`` and ``dtype`` parameters.
     """
 
     _parameter_constraints = {
         "model": [torch.nn.Module],
         "layer": [str],
         "capture": [StrOptions({"input", "output"})],
+        "output": [None, str, StrictInterval(Integral, None, None, closed="neither"), callable],
+        "forward_kwargs": [dict, None],
         "batch_size": [StrictInterval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "dtype": [StrOptions({"float64", "float32"}), torch.dtype],
@@ -127,6 +129,8 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         session = ModelSession(
             self.model,
             capture=self.capture,
+            output=self.output,
+            forward_kwargs=self.forward_kwargs,
             device=resolve_device(self.device),
             dtype=resolve_dtype(self.dtype),
             owner=type(self).__name__,

@@ -10,6 +10,7 @@ user's own module.
 """
 
 import difflib
+from collections.abc import Mapping
 
 import torch
 
@@ -45,11 +46,18 @@ class ModelRunner:
         Run as it is (no dtype or device conversion, no mode change).
     capture : {"input", "output"}
         Whether a node layer is a module's (first positional) input or output.
+    output : None, str, int or callable
+        Which tensor of what the model returns is the output node (see
+        :func:`select_output`).
+    forward_kwargs : dict or None
+        Keyword arguments of every call of the model.
     """
 
-    def __init__(self, model, capture="input"):
+    def __init__(self, model, capture="input", output=None, forward_kwargs=None):
         self.model = model
         self.capture = capture
+        self.output = output
+        self.forward_kwargs = dict(forward_kwargs or {})
         self._modules = dict(model.named_modules())
         # What errors of the model name as the batch it failed on.
         self.where = "the probe batch"
@@ -107,9 +115,11 @@ class ModelRunner:
             # the batch that later runs of the same pass reuse.
             with batch_notes(x, self.where), model_failure(x, self.where):
                 try:
-                    output = self.model(x.clone())
+                    raw = self.model(x.clone(), **self.forward_kwargs)
                 except _StopForward:  # every read taken: not an error
                     output = None
+                else:
+                    output = select_output(raw, self.output)
         finally:
             for handle in handles:
                 handle.remove()
@@ -210,9 +220,55 @@ class ModelRunner:
         return self.run(x, reads=[dst], substitute=(src, f), need_output=False)[0][0]
 
 
+def select_output(raw, output):
+    """The output node's tensor from what the model returned.
+
+    Parameters
+    ----------
+    raw : object
+        The model's return value.
+    output : None, str, int or callable
+        None: ``raw`` itself; a str: the key or attribute of that name (as
+        ``"logits"`` of a Hugging Face ``ModelOutput``); an int: that index
+        of a returned tuple or list; a callable: ``output(raw)``.
+    """
+    if output is None:
+        return raw
+    if callable(output):
+        return output(raw)
+    if isinstance(output, str):
+        if isinstance(raw, Mapping) and output in raw:
+            return raw[output]
+        if not isinstance(raw, Mapping) and hasattr(raw, output):
+            return getattr(raw, output)
+        names = list(raw) if isinstance(raw, Mapping) else _public_attributes(raw)
+        raise ValueError(
+            f"output={output!r}, but the model returned a {type(raw).__name__} without it "
+            f"(it has {names[:8]})"
+        )
+    if not isinstance(raw, (tuple, list)):
+        raise ValueError(
+            f"output={output!r} is an index, but the model returned a {type(raw).__name__}, "
+            "not a tuple or list"
+        )
+    if not -len(raw) <= output < len(raw):
+        raise ValueError(f"output={output!r} is out of range: the model returned {len(raw)} items")
+    return raw[output]
+
+
+def _public_attributes(value):
+    return [name for name in dir(value) if not name.startswith("_")]
+
+
 def _shape_error(name, value, n):
     if not torch.is_tensor(value):
-        return f"{name} produced {type(value).__name__}, not a tensor"
+        hint = ""
+        if name == "The model output":
+            hint = (
+                "; choose the output node with output=: a key or attribute (output='logits' "
+                "for a Hugging Face model), an index into a returned tuple, or a callable"
+            )
+        return f"{name} produced {type(value).__name__}, not a tensor{hint}"
     if value.ndim < 2 or value.shape[0] != n:
         return (
             f"{name} has activations of shape {tuple(value.shape)} for a batch of {n}; "

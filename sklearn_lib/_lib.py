@@ -53,6 +53,16 @@ class LIBTransformer(_ModelLayerTransformer):
     capture : {"input", "output"}, default="input"
         A node layer is the named module's first positional input (the paper's
         convention) or its output.
+    output : None, str, int or callable, default=None
+        The model-output node among what the model returns: the return value
+        itself (None, a tensor), the key or attribute of that name
+        (``output="logits"`` for a Hugging Face model), that index of a
+        returned tuple, or ``output(returned)``.  It is the node of the
+        identity (or PCA) output basis, ``output_shape_`` and ``score``'s
+        outputs.
+    forward_kwargs : dict or None, default=None
+        Keyword arguments of every call of the model, e.g.
+        ``{"use_cache": False}``, so that no wrapper is needed.
     basis : {"lib", "pca"}, default="lib"
         ``"pca"`` is the paper's baseline: ordinary centred PCA of every node
         layer, computed by the same machinery (no Jacobians).
@@ -211,6 +221,8 @@ class LIBTransformer(_ModelLayerTransformer):
         *,
         downstream_layers=(),
         capture="input",
+        output=None,
+        forward_kwargs=None,
         basis="lib",
         n_components=None,
         truncation_threshold=1e-10,
@@ -230,6 +242,8 @@ class LIBTransformer(_ModelLayerTransformer):
         self.layer = layer
         self.downstream_layers = downstream_layers
         self.capture = capture
+        self.output = output
+        self.forward_kwargs = forward_kwargs
         self.basis = basis
         self.n_components = n_components
         self.truncation_threshold = truncation_threshold

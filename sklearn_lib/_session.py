@@ -195,6 +195,11 @@ class ModelSession(ModelRunner):
     model : torch.nn.Module
         The user's model; only read, to make the private copy.
     capture : {"input", "output"}, default="input"
+    output : None, str, int or callable, default=None
+        The output node among what the model returns (see
+        :func:`~sklearn_lib._capture.select_output`).
+    forward_kwargs : dict or None, default=None
+        Keyword arguments of every call of the model.
     device : torch.device or str, default="cpu"
     dtype : torch.dtype, default=torch.float64
     owner : str, default="sklearn_lib"
@@ -223,6 +228,8 @@ class ModelSession(ModelRunner):
         model,
         *,
         capture="input",
+        output=None,
+        forward_kwargs=None,
         device="cpu",
         dtype=torch.float64,
         owner="sklearn_lib",
@@ -230,7 +237,7 @@ class ModelSession(ModelRunner):
         random_state=None,
     ):
         device = torch.device(device)
-        super().__init__(private_copy(model, device, dtype), capture)
+        super().__init__(private_copy(model, device, dtype), capture, output, forward_kwargs)
         self.device = device
         self.dtype = dtype
         self.params = {
