@@ -45,7 +45,9 @@ class ModelRunner:
     model : torch.nn.Module
         Run as it is (no dtype or device conversion, no mode change).
     capture : {"input", "output"}
-        Whether a node layer is a module's (first positional) input or output.
+        Whether a node layer is a module's first positional input (its
+        other arguments and keyword arguments pass through unchanged) or its
+        output (the first item of a returned tuple; the rest passes on).
     output : None, str, int or callable
         Which tensor of what the model returns is the output node (see
         :func:`select_output`).
@@ -151,13 +153,20 @@ class ModelRunner:
             return module.register_forward_pre_hook(pre_hook)
 
         def hook(mod, args, output):
+            # A block that returns a tuple (hidden states, attention weights,
+            # a cache) has its first item as the node layer; the rest passes on.
+            rest = None
+            if isinstance(output, tuple) and output and torch.is_tensor(output[0]):
+                output, rest = output[0], output[1:]
             if not torch.is_tensor(output):
                 raise ValueError(
-                    f"capture='output' needs a tensor output, but {type(mod).__name__} "
-                    f"returned {type(output).__name__}; try capture='input' of the next module"
+                    f"capture='output' needs a tensor output (or a tuple whose first item is "
+                    f"one), but {type(mod).__name__} returned {type(output).__name__}; try "
+                    "capture='input' of the next module"
                 )
             if replace is not None:
-                return replace.clone()  # a copy, as for inputs
+                replaced = replace.clone()  # a copy, as for inputs
+                return replaced if rest is None else (replaced, *rest)
             record(name, output)
             return None
 

@@ -52,7 +52,11 @@ class LIBTransformer(_ModelLayerTransformer):
         on the input only through it), which ``fit`` checks.
     capture : {"input", "output"}, default="input"
         A node layer is the named module's first positional input (the paper's
-        convention) or its output.
+        convention) or its output.  A module called with more arguments (a
+        transformer block gets the residual stream, a cache, keyword
+        arguments) has its first positional argument read and substituted,
+        the rest passed through unchanged; a module that returns a tuple has
+        its first item as the output.
     output : None, str, int or callable, default=None
         The model-output node among what the model returns: the return value
         itself (None, a tensor), the key or attribute of that name

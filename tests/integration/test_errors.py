@@ -150,11 +150,11 @@ def test_reserved_output_name(X):
 
 
 def test_output_capture_needs_a_tensor(X):
-    class TupleOut(torch.nn.Module):
+    class DictOut(torch.nn.Module):
         def forward(self, x):
-            return x, x
+            return {"hidden": x}
 
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), TupleOut())
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), DictOut())
     with pytest.raises(ValueError, match="capture='output' needs a tensor output"):
         ActivationTransformer(model, "1", capture="output").fit(X)
 

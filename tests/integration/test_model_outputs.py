@@ -138,3 +138,66 @@ def test_a_wrong_output_is_named(X, how, output, match):
 def test_bad_output_parameters_are_refused(X, params):
     with pytest.raises(ValueError, match="parameter of LIBTransformer must be"):
         LIBTransformer(Returns("dict").double(), "net.fc2", **params).fit(X)
+
+
+class Block(nn.Module):
+    """A transformer-style block: called with a cache and keyword arguments, returns a tuple."""
+
+    def __init__(self, d, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, h, cache=None, *, attention_scale=1.0):
+        if cache is None or attention_scale != 0.5:
+            raise RuntimeError("the block's other arguments did not pass through")
+        out = h + torch.tanh(self.fc(h)) * attention_scale
+        return out, {"cache": cache, "weights": out.detach() * 0}
+
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 6)
+        self.blocks = nn.ModuleList([Block(6, 1), Block(6, 2)])
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for i, block in enumerate(self.blocks):
+            h, _ = block(h, {"layer": i}, attention_scale=0.5)
+        return self.head(h)
+
+
+class PlainBlock(Block):
+    def forward(self, h):
+        return h + torch.tanh(self.fc(h)) * 0.5
+
+
+class PlainStack(Stack):
+    """The same network with blocks that take and return one tensor, as a reference."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([PlainBlock(6, 1), PlainBlock(6, 2)])
+
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("capture", ["input", "output"])
+def test_blocks_called_with_extra_arguments(X, capture):
+    layers = ["blocks.0", "blocks.1"] if capture == "input" else ["embed", "blocks.0"]
+    params = dict(downstream_layers=layers[1:], capture=capture)
+    lib = LIBTransformer(Stack().double(), layers[0], **params).fit(X)
+    plain = PlainStack().double()
+    plain.load_state_dict(lib.model.state_dict())
+    reference = LIBTransformer(plain, layers[0], **params).fit(X)
+    np.testing.assert_array_equal(lib.lambdas_, reference.lambdas_)
+    np.testing.assert_array_equal(lib.transform(X), reference.transform(X))
+    graph, expected = lib.interaction_graph(X), reference.interaction_graph(X)
+    for edges, expected_edges in zip(graph.edges.values(), expected.edges.values()):
+        np.testing.assert_array_equal(edges, expected_edges)
