@@ -98,7 +98,8 @@ class StreamSource:
     def __init__(self, stream, shape=None, fitted_by=None):
         self.loader = isinstance(stream, torch.utils.data.DataLoader)
         # A DataLoader is never its own iterator (and iter() would start its workers).
-        if not self.loader and iter(stream) is stream:
+        iterator = None if self.loader else iter(stream)
+        if iterator is stream:
             raise TypeError(
                 "X is an iterator, which can be read only once, but the data is read "
                 "once per pass; pass a re-iterable object such as a DataLoader"
@@ -106,7 +107,7 @@ class StreamSource:
         # One shared iterator would let a single pass (transform) see only
         # what an earlier one left.  Disguised (a new generator over it), the
         # first-batch check of every later pass catches it.
-        if not self.loader and iter(stream) is iter(stream):
+        if iterator is not None and iterator is iter(stream):
             raise TypeError(
                 f"X ({type(stream).__name__}) hands out one shared iterator: iter(X) returns "
                 "the same object every time, so a pass would see only what the previous one "
@@ -127,7 +128,7 @@ class StreamSource:
         Sums (fits, graphs, scores without labels) do not mind; anything
         that pairs samples with rows (labels, ``transform``'s output) does.
         """
-        if not isinstance(self.stream, torch.utils.data.DataLoader):
+        if not self.loader:
             return True
         random = (
             torch.utils.data.RandomSampler,
