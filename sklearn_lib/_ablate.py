@@ -108,7 +108,8 @@ class NodeAblation(_Ablation):
             )
             if targets is None:
                 targets = self._targets(batch, ablated.shape[1:])
-            scorer.update(ablated, original, targets)
+                valid = batch.valid(ablated.shape[1:])
+            scorer.update(ablated, original, targets, valid)
 
 
 class EdgeAblation(_Ablation):
@@ -150,7 +151,8 @@ class EdgeAblation(_Ablation):
                 output = self.session.section(batch.x, self.dst, rebuilt.to(f.dtype))
             if targets is None:
                 targets = self._targets(batch, output.shape[1:])
-            scorer.update(output, original, targets)
+                valid = batch.valid(output.shape[1:])
+            scorer.update(output, original, targets, valid)
 
     def _masked_section(self, x, f_hat, mask, dtype):
         """Next-node features, each computed from its kept input features only.
@@ -161,11 +163,11 @@ class EdgeAblation(_Ablation):
 
         Returns a float64 tensor of shape (n, *positions_out, k_out).
         """
-        n = x.shape[0]
+        n = f_hat.shape[0]
         src_mean, _, src_pinv = self.src_t
         dst_mean, dst_matrix, _ = self.dst_t
         dst = None if self.dst == OUTPUT_NODE else self.dst
-        mask = torch.as_tensor(mask, device=x.device)
+        mask = torch.as_tensor(mask, device=f_hat.device)
         patterns, which = torch.unique(mask, dim=0, return_inverse=True)  # (u, k_in), (k_out,)
         patterns = patterns.to(torch.float64)
         width = max(f_hat[0].numel() * src_pinv.shape[1] // f_hat.shape[-1], 1)
@@ -181,7 +183,7 @@ class EdgeAblation(_Ablation):
             out = out.to(torch.float64).reshape(c, n, *out.shape[1:]) - dst_mean
             if result is None:
                 result = torch.empty(
-                    *out.shape[1:-1], mask.shape[0], dtype=torch.float64, device=x.device
+                    *out.shape[1:-1], mask.shape[0], dtype=torch.float64, device=f_hat.device
                 )  # (n, *pos_out, k_out)
             # Output feature i reads its own column of C_next from its pattern's run.
             features = torch.nonzero((which >= start) & (which < start + c)).flatten()

@@ -18,7 +18,8 @@ class ActivationTransformer(_ModelLayerTransformer):
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module or skorch net
+        A skorch net is read through its ``module_``.
         Called as ``model(batch)``; never touched: every call runs a private
         copy (see :class:`LIBTransformer`).
     layer : str
@@ -30,6 +31,9 @@ class ActivationTransformer(_ModelLayerTransformer):
         :class:`LIBTransformer`); only checked here.
     forward_kwargs : dict or None, default=None
         Keyword arguments of every call of the model.
+    feature_axis : int or None, default=None
+        The axis of the activations that holds the features, for maps with
+        more than one axis besides them (see :class:`LIBTransformer`).
     batch_size : int, default=256
         Samples per forward pass.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
@@ -66,6 +70,7 @@ class ActivationTransformer(_ModelLayerTransformer):
         capture="input",
         output=None,
         forward_kwargs=None,
+        feature_axis=None,
         batch_size=256,
         device="auto",
         dtype="float64",
@@ -75,6 +80,7 @@ class ActivationTransformer(_ModelLayerTransformer):
         self.capture = capture
         self.output = output
         self.forward_kwargs = forward_kwargs
+        self.feature_axis = feature_axis
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
@@ -85,7 +91,7 @@ class ActivationTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
+        X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
             Model inputs.
         y : Ignored
 
@@ -96,7 +102,7 @@ class ActivationTransformer(_ModelLayerTransformer):
         with self._restored_on_failure():
             _, probe = self._source(X, reset=True)
             session = self._session(fitting=True)
-            shapes, _ = inspect_node_layers(session, session.inputs(probe[:2]), [self.layer])
+            shapes, _ = inspect_node_layers(session, session.inputs(probe), [self.layer])
             self.activation_shape_ = shapes[self.layer]
         return self
 
@@ -105,15 +111,16 @@ class ActivationTransformer(_ModelLayerTransformer):
         return math.prod(self.activation_shape_)
 
     def transform(self, X):
-        """Activations of ``layer``, flattened per sample (position-major).
+        """Activations of ``layer``, flattened per sample (position-major, features last).
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
+        X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
 
         Returns
         -------
         ndarray of shape (n_samples, prod(activation_shape_)), float64
+            NaN at padded positions (an ``attention_mask`` among dict inputs).
         """
         check_is_fitted(self)
         return self._map_layer(self._source(X), lambda f: f.reshape(f.shape[0], -1))

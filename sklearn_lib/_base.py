@@ -10,18 +10,21 @@ sees an estimator.
 import contextlib
 import copy
 import warnings
+from collections.abc import Mapping
 from numbers import Integral
 
 import numpy as np
+import scipy.sparse
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, validate_data
 
-from ._data import ArraySource, StreamSource, is_stream, to_numpy
+from ._data import ArraySource, StreamSource, check_fields, is_stream, stack_records, to_numpy
 from ._fingerprint import changed_tensors
+from ._inputs import n_rows, take_rows
 from ._session import ModelSession, outside_inference_mode, resolve_device, resolve_dtype
-from ._validation import StrictInterval
+from ._validation import StrictInterval, TorchModel, resolve_model
 from .exceptions import StaleBasisWarning, user_stacklevel
 
 # Samples read from a stream to check call order, shapes and cuts before the real passes.
@@ -32,15 +35,17 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
     """Base for transformers that read one node layer of a torch model.
 
     Subclasses hold ``model``, ``layer``, ``capture``, ``output``,
-    ``forward_kwargs``, ``batch_size``, ``device`` and ``dtype`` parameters.
+    ``forward_kwargs``, ``feature_axis``, ``batch_size``, ``device`` and
+    ``dtype`` parameters.
     """
 
     _parameter_constraints = {
-        "model": [torch.nn.Module],
+        "model": [TorchModel()],
         "layer": [str],
         "capture": [StrOptions({"input", "output"})],
         "output": [None, str, StrictInterval(Integral, None, None, closed="neither"), callable],
         "forward_kwargs": [dict, None],
+        "feature_axis": [StrictInterval(Integral, None, None, closed="neither"), None],
         "batch_size": [StrictInterval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "dtype": [StrOptions({"float64", "float32"}), torch.dtype],
@@ -89,10 +94,21 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         X = self._validate_input(X, reset=reset)
         source = ArraySource(X, self.batch_size)
         # Never more than a batch (two samples at least, to compare them).
-        probe = X[: max(2, min(PROBE_SIZE, self.batch_size))]
+        probe = take_rows(X, slice(0, max(2, min(PROBE_SIZE, self.batch_size))))
         return (source, probe) if reset else source
 
     def _validate_input(self, X, reset):
+        if isinstance(X, (list, tuple)) and X and all(isinstance(x, Mapping) for x in X):
+            X = stack_records(X)  # per-sample dicts, as the rows of a data set
+        if isinstance(X, Mapping) and not scipy.sparse.issparse(X):  # a DOK matrix is a dict
+            return self._validate_fields(X, reset)
+        if reset:
+            vars(self).pop("input_fields_", None)
+        elif getattr(self, "input_fields_", None) is not None:
+            raise ValueError(
+                f"X is a {type(X).__name__}, but {type(self).__name__} was fitted on a dict "
+                f"of keyword inputs {list(self.input_fields_)}; pass the same fields"
+            )
         if isinstance(X, (list, tuple)) and X and all(torch.is_tensor(x) for x in X):
             X = torch.stack([x.detach() for x in X])  # a list of samples as tensors
         if torch.is_tensor(X):
@@ -114,6 +130,28 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             )
         return X
 
+    def _validate_fields(self, X, reset):
+        """A dict of model inputs (keyword arguments), each field with one row per sample."""
+        arrays = {key: to_numpy(v) if torch.is_tensor(v) else v for key, v in X.items()}
+        fields = check_fields(arrays, "X")
+        n = n_rows(fields)
+        if reset and n < self._min_samples:
+            raise ValueError(
+                f"X has {n} sample(s), but {type(self).__name__} needs at least {self._min_samples}"
+            )
+        shapes = {key: tuple(value.shape[1:]) for key, value in fields.items()}
+        if reset:
+            # A dict has no n_features_in_ (scikit-learn's is one array's width).
+            vars(self).pop("n_features_in_", None)
+            self.input_fields_ = list(fields)
+            self.input_shape_ = shapes
+        elif shapes != self.input_shape_:
+            raise ValueError(
+                f"X has fields of per-sample shapes {shapes}, but {type(self).__name__} was "
+                f"fitted on {self.input_shape_}"
+            )
+        return fields
+
     def _session(self, *, verbose=None, random_state=None, fitting=False):
         """A :class:`ModelSession` for one call: a private copy of the model, and the settings.
 
@@ -127,10 +165,11 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         if random_state is None:
             random_state = getattr(self, "random_state", None)
         session = ModelSession(
-            self.model,
+            resolve_model(self.model),
             capture=self.capture,
             output=self.output,
             forward_kwargs=self.forward_kwargs,
+            feature_axis=self.feature_axis,
             device=resolve_device(self.device),
             dtype=resolve_dtype(self.dtype),
             owner=type(self).__name__,
@@ -175,11 +214,14 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Parameters
         ----------
         fn : callable
-            Maps a float64 tensor of shape (n, P, d) to one of shape (n, n_out).
+            Maps a float64 tensor of shape (n, P, d) to one of shape (n, n_out),
+            ``n_out`` a multiple of ``P`` (position-major columns).
 
         Returns
         -------
         ndarray of shape (n_samples, n_out), float64
+            NaN in the columns of padded positions (an ``attention_mask`` among
+            the inputs, see :mod:`~sklearn_lib._inputs`): they have no features.
         """
         if not source.ordered:
             warnings.warn(
@@ -210,8 +252,14 @@ class _LayerMap:
 
     def update(self, batch, acts):
         f = acts[self.reads[0]]
+        valid = batch.valid(f.shape[1:])
         f = f.reshape(f.shape[0], -1, f.shape[-1]).to(torch.float64)
-        self.parts.append(self.fn(f).cpu().numpy())
+        out = self.fn(f)
+        if valid is not None:
+            out = out.reshape(f.shape[0], f.shape[1], -1)  # (n, P, per position)
+            out = out.masked_fill(~valid.reshape(f.shape[0], -1, 1), float("nan"))
+            out = out.reshape(f.shape[0], -1)
+        self.parts.append(out.cpu().numpy())
 
     def result(self):
         return np.concatenate(self.parts)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import torch
 
 from ._failures import batch_notes, is_out_of_memory, model_failure
+from ._inputs import call_model, device_of, n_rows, repeat_rows, take_rows, without_padding
 from ._numerics import max_relative_error, tolerances
 
 
@@ -53,13 +54,23 @@ class ModelRunner:
         :func:`select_output`).
     forward_kwargs : dict or None
         Keyword arguments of every call of the model.
+    feature_axis : int or None
+        The axis of a node layer's activations (batch axis 0) that holds the
+        features.  Reads return activations with it moved last, ``(n,
+        *positions, d)``, and substitutions take that layout and move it
+        back, so everything after the runner sees features last.  None:
+        the last axis already (activations of 4 or more dimensions are then
+        refused by :func:`inspect_node_layers`, which cannot tell channels-
+        first from channels-last).  It applies to every node layer and to
+        the model output; 2-D activations have one feature axis either way.
     """
 
-    def __init__(self, model, capture="input", output=None, forward_kwargs=None):
+    def __init__(self, model, capture="input", output=None, forward_kwargs=None, feature_axis=None):
         self.model = model
         self.capture = capture
         self.output = output
         self.forward_kwargs = dict(forward_kwargs or {})
+        self.feature_axis = feature_axis
         self._modules = dict(model.named_modules())
         # What errors of the model name as the batch it failed on.
         self.where = "the probe batch"
@@ -78,8 +89,8 @@ class ModelRunner:
 
         Parameters
         ----------
-        x : torch.Tensor
-            A batch of model inputs.
+        x : torch.Tensor or dict of torch.Tensor
+            A batch of model inputs (see :mod:`~sklearn_lib._inputs`).
         reads : sequence of str
             Node layers whose activations to return (first call only).
         substitute : (str, torch.Tensor) or None
@@ -104,7 +115,7 @@ class ModelRunner:
             if name not in captured:
                 # A copy: the model may later change its own tensor in place
                 # (ReLU(inplace=True)); clone keeps the autograd graph.
-                captured[name] = value.clone()
+                captured[name] = self.features_last(value, f"Node layer {name!r}").clone()
             if not need_output and len(captured) == len(reads):
                 raise _StopForward
 
@@ -112,16 +123,15 @@ class ModelRunner:
             for name in reads:
                 handles.append(self._hook(name, record=record))
             if substitute is not None:
-                handles.append(self._hook(substitute[0], replace=substitute[1]))
-            # A copy of x: a model that edits its input in place would change
-            # the batch that later runs of the same pass reuse.
+                name, value = substitute
+                handles.append(self._hook(name, replace=self.features_back(value)))
             with batch_notes(x, self.where), model_failure(x, self.where):
                 try:
-                    raw = self.model(x.clone(), **self.forward_kwargs)
+                    raw = call_model(self.model, x, self.forward_kwargs)
                 except _StopForward:  # every read taken: not an error
                     output = None
                 else:
-                    output = select_output(raw, self.output)
+                    output = self.features_last(select_output(raw, self.output), "The model output")
         finally:
             for handle in handles:
                 handle.remove()
@@ -172,6 +182,31 @@ class ModelRunner:
 
         return module.register_forward_hook(hook)
 
+    # -- the feature axis --------------------------------------------------------------
+    def features_last(self, value, name):
+        """``value`` with the feature axis moved last (unchanged without ``feature_axis``)."""
+        axis = self._axis(value, name)
+        return value if axis is None else value.movedim(axis, -1)
+
+    def features_back(self, value):
+        """Features-last activations in the model's own layout again."""
+        axis = self._axis(value, "A substituted node layer")
+        return value if axis is None else value.movedim(-1, axis)
+
+    def _axis(self, value, name):
+        """The feature axis of ``value`` when it must move, else None."""
+        axis = self.feature_axis
+        if axis is None or not torch.is_tensor(value) or value.ndim < 2:
+            return None  # not activations: reported as a shape problem
+        if not -value.ndim < axis < value.ndim or axis in (0, -value.ndim):
+            raise ValueError(
+                f"feature_axis={axis} does not name a feature axis of {name}'s activations "
+                f"of shape {tuple(value.shape)}: it must be an axis other than the batch axis "
+                f"0, in 1..{value.ndim - 1} or -{value.ndim - 1}..-1"
+            )
+        axis %= value.ndim
+        return None if axis == value.ndim - 1 else axis
+
     # -- conveniences ------------------------------------------------------------------
     def read(self, x, names):
         """Activations of the node layers ``names`` on ``x``, stopping after the last one."""
@@ -192,7 +227,7 @@ class ModelRunner:
         an error it raises too is the caller's.  Out-of-memory errors are
         never retried.
         """
-        copies = f.shape[0] // x.shape[0]
+        copies = f.shape[0] // n_rows(x)
         if copies == 1:
             return self._section(x, src, f, dst)
         key = (src, dst)
@@ -221,7 +256,7 @@ class ModelRunner:
 
     @staticmethod
     def _repeat(x, copies):
-        return x.repeat(copies, *([1] * (x.ndim - 1)))  # copy-major, like the stacked f
+        return repeat_rows(x, copies)  # copy-major, like the stacked f
 
     def _section(self, x, src, f, dst):
         if dst is None:
@@ -269,7 +304,7 @@ def _public_attributes(value):
     return [name for name in dir(value) if not name.startswith("_")]
 
 
-def _shape_error(name, value, n):
+def _shape_error(name, value, n, feature_axis=None):
     if not torch.is_tensor(value):
         hint = ""
         if name == "The model output":
@@ -282,6 +317,14 @@ def _shape_error(name, value, n):
         return (
             f"{name} has activations of shape {tuple(value.shape)} for a batch of {n}; "
             "a node layer needs shape (n_samples, ..., n_features)"
+        )
+    if value.ndim >= 4 and feature_axis is None:
+        return (
+            f"{name} has activations of shape {tuple(value.shape)}: which axis holds the "
+            "features? Set feature_axis: feature_axis=1 for channels-first maps (N, C, H, W), "
+            "as PyTorch convolutions produce them, or feature_axis=-1 for channels-last maps "
+            "(N, H, W, C). The features then share one basis over the other axes (the "
+            "positions)"
         )
     if not value.is_floating_point():
         return (
@@ -319,17 +362,56 @@ def inspect_node_layers(runner, x, names):
             f"but the model calls them in the order {order}"
         )
     _check_deterministic(names, (reads, output), again)
-    n = x.shape[0]
+    n = n_rows(x)
     shapes = {}
     for name, value in zip(names, reads):
-        problem = _shape_error(f"Node layer {name!r}", value, n)
+        problem = _shape_error(f"Node layer {name!r}", value, n, runner.feature_axis)
         if problem:
             raise ValueError(problem)
         shapes[name] = tuple(value.shape[1:])
-    problem = _shape_error("The model output", output, n)
+    problem = _shape_error("The model output", output, n, runner.feature_axis)
     if problem:
         raise ValueError(problem)
+    _check_batch_independence(runner, x, names, (reads, output))
     return shapes, tuple(output.shape[1:])
+
+
+def _check_batch_independence(runner, x, names, full):
+    """Raise if a sample's activations at a node layer depend on its batch mates.
+
+    Runs the first half of the probe batch alone, in reverse order: batch
+    statistics (a BatchNorm that uses the batch's own mean and variance)
+    change with the batch, and a computation that mixes neighbouring
+    samples changes with their order.  Either makes every Jacobian depend on
+    the batch, which LIB cannot use.  The cut check covers the sections
+    between node layers; this covers everything before them.
+    """
+    n = n_rows(x)
+    if n < 2:
+        return
+    half = n // 2
+    index = torch.arange(half - 1, -1, -1, device=device_of(x))
+    try:
+        reads, output = runner.run(take_rows(x, index), reads=names, need_output=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"The model runs on a batch of {n} samples but fails on {half} of them alone: "
+            "samples interact within a batch (batch statistics, e.g. BatchNorm with "
+            "track_running_stats=False, need more than one sample). LIB needs per-sample "
+            "computations"
+        ) from exc
+    labels = [f"node layer {name!r}" for name in names] + ["the model output"]
+    for label, a, b in zip(labels, [*full[0], full[1]], [*reads, output]):
+        error = max_relative_error(b, a[:half].flip(0))
+        if error > tolerances(a.dtype).cut:
+            raise ValueError(
+                f"Samples interact within a batch before {label}: a sample's activations there "
+                "change with the other samples of its batch (its first half alone, reversed, "
+                f"gives other values; relative mismatch {float(error):.2e}). Something before "
+                "it computes statistics over the batch, e.g. BatchNorm with "
+                "track_running_stats=False (which uses batch statistics even in eval mode), "
+                "or mixes samples. LIB needs per-sample computations up to every node layer"
+            )
 
 
 def _check_deterministic(names, first, second):
@@ -360,18 +442,21 @@ def check_cut(runner, x, src, dst, rng):
     samples that interact symmetrically (batch statistics), which a
     permutation cannot see.
     """
-    n = x.shape[0]
+    n = n_rows(x)
     if n < 2:
         return
+    # Every position valid: a sample swapped into another's padding would
+    # attend differently, which is no path around src.
+    x = without_padding(x)
     dst_name = "the model output" if dst is None else f"layer {dst!r}"
     with torch.no_grad():
         (f,) = runner.read(x, [src])
         # A cyclic shift by a random offset is a permutation with no fixed point.
-        perm = torch.roll(torch.arange(n, device=x.device), int(rng.randint(1, n)))
+        perm = torch.roll(torch.arange(n, device=f.device), int(rng.randint(1, n)))
         out = runner.section(x, src, f, dst)
         out_perm = runner.section(x, src, f[perm], dst)
         half = n // 2
-        out_half = runner.section(x[:half], src, f[:half], dst)
+        out_half = runner.section(take_rows(x, slice(0, half)), src, f[:half], dst)
     rtol = tolerances(out.dtype).cut
     coupling = max_relative_error(out_half, out[:half])
     if coupling > rtol:

@@ -25,11 +25,17 @@ What a batch may be:
   ``[x]`` and ``[x, y]``); any other list of two or more equally shaped
   items is refused as ambiguous (yield a tuple or a stacked array);
 - ragged lists are refused, and batches of no samples are skipped;
-- never a ``dict``: refused with an error (the model gets one tensor).
+- a ``dict`` (any mapping, as a Hugging Face collator's batch) of arrays or
+  tensors with one row per sample each: the model is called with them as
+  keyword arguments (see :mod:`~sklearn_lib._inputs`; an
+  ``attention_mask`` marks padded positions).  A dict of array-likes is
+  also an in-memory data set, sliced into dict batches, and so is a list
+  of per-sample dicts (stacked field by field, as a list of rows is).
 
-Every batch of a stream is checked as it arrives: at least two dimensions,
-numbers, finite, and the per-sample shape of the data it must match (the
-fitted inputs, or the stream's first batch).
+Every batch of a stream is checked as it arrives: at least two dimensions
+(one for each field of a dict), numbers, finite, and the per-sample shape
+of the data it must match (the fitted inputs, or the stream's first batch;
+a dict's per-sample shape is a dict of its fields' shapes).
 """
 
 import contextlib
@@ -40,6 +46,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from ._inputs import n_rows, take_rows
 from ._numerics import all_finite
 
 
@@ -49,7 +56,7 @@ def is_stream(X):
         return True
     if scipy.sparse.issparse(X):
         return False  # validation rejects it with sklearn's own message
-    array_like = (np.ndarray, torch.Tensor, list, tuple, str, bytes, dict)
+    array_like = (np.ndarray, torch.Tensor, list, tuple, str, bytes, Mapping)
     return (
         hasattr(X, "__iter__")
         and not isinstance(X, array_like)
@@ -63,7 +70,7 @@ class ArraySource:
 
     Parameters
     ----------
-    X : ndarray or torch.Tensor of shape (n_samples, ...)
+    X : ndarray or torch.Tensor of shape (n_samples, ...), or a dict of them
     batch_size : int
     """
 
@@ -73,12 +80,12 @@ class ArraySource:
     def __init__(self, X, batch_size):
         self.X = X
         self.batch_size = batch_size
-        self.n_samples = X.shape[0]
+        self.n_samples = n_rows(X)
 
     def batches(self):
         """Yield ``(start, batch)`` with ``batch = X[start:start + batch_size]``."""
         for start in range(0, self.n_samples, self.batch_size):
-            yield start, self.X[start : start + self.batch_size]
+            yield start, take_rows(self.X, slice(start, start + self.batch_size))
 
 
 class StreamSource:
@@ -116,7 +123,9 @@ class StreamSource:
                 "that returns its iterator"
             )
         self.stream = stream
-        self.shape = None if shape is None else tuple(shape)
+        if shape is not None:
+            shape = dict(shape) if isinstance(shape, Mapping) else tuple(shape)
+        self.shape = shape
         self.fitted_by = fitted_by
         self.n_samples = None  # known after the first full pass
         self._first = None  # digest of the first batch the probe or the first pass saw
@@ -172,7 +181,7 @@ class StreamSource:
                 if count == 0:
                     self._check_first(batch)
                 yield count, batch
-                count += batch.shape[0]
+                count += n_rows(batch)
         if count == 0:
             if self.n_samples:
                 raise ValueError(
@@ -204,14 +213,16 @@ class StreamSource:
             for batch in checked:
                 if not seen:
                     self._check_first(batch)
-                    target = min(n, max(2, batch.shape[0]))
-                seen.append(batch)
-                total += batch.shape[0]
+                    target = min(n, max(2, n_rows(batch)))
+                seen.append(to_numpy(batch))
+                total += n_rows(batch)
                 if total >= target:
                     break
         if not seen:
             raise ValueError("The stream yielded no batch")
-        return np.concatenate([to_numpy(batch) for batch in seen])[:target]
+        if isinstance(seen[0], dict):
+            return {key: np.concatenate([b[key] for b in seen])[:target] for key in seen[0]}
+        return np.concatenate(seen)[:target]
 
     def _check_first(self, batch):
         if not self.repeats:
@@ -235,7 +246,7 @@ class StreamSource:
         try:
             for raw in iterator:
                 batch = self._check(raw)
-                if batch is not None and batch.shape[0]:
+                if batch is not None and n_rows(batch):
                     yield batch
         finally:
             close = getattr(iterator, "close", None)
@@ -246,11 +257,7 @@ class StreamSource:
     def _inputs(self, batch):
         """The model inputs of one batch as yielded (see the module docstring)."""
         if isinstance(batch, Mapping):
-            raise TypeError(
-                f"A batch of the stream is a {type(batch).__name__} (keys "
-                f"{list(batch)[:4]}); the model is called on one tensor of inputs per batch, "
-                "so yield arrays or tensors of inputs, or (inputs, labels) tuples"
-            )
+            return dict(batch)  # keyword arguments of the model
         if not isinstance(batch, (tuple, list)):
             return batch
         if not batch:
@@ -296,6 +303,12 @@ class StreamSource:
         batch = self._inputs(batch)
         if batch is None:
             return None
+        if isinstance(batch, Mapping):
+            batch = check_fields(batch, "A batch of the stream")
+            if not n_rows(batch):
+                return None
+            self._check_shape({key: tuple(v.shape[1:]) for key, v in batch.items()})
+            return batch
         if not torch.is_tensor(batch):
             batch = np.asarray(batch)
             if not (np.issubdtype(batch.dtype, np.number) or batch.dtype == bool):
@@ -306,7 +319,11 @@ class StreamSource:
             raise ValueError(
                 f"Each batch needs shape (batch_size, ...), got shape {tuple(batch.shape)}"
             )
-        shape = tuple(batch.shape[1:])
+        self._check_shape(tuple(batch.shape[1:]))
+        _check_finite(batch, "a batch of the stream")
+        return batch
+
+    def _check_shape(self, shape):
         if self.shape is None:
             self.shape = shape
         elif shape != self.shape:
@@ -316,18 +333,106 @@ class StreamSource:
                 else "the first batch had"
             )
             raise ValueError(f"A batch has per-sample shape {shape}, but {against} {self.shape}")
-        floating = (
-            batch.is_floating_point()
-            if torch.is_tensor(batch)
-            else np.issubdtype(batch.dtype, np.floating)
+
+
+def _check_finite(values, where):
+    floating = (
+        values.is_floating_point()
+        if torch.is_tensor(values)
+        else np.issubdtype(values.dtype, np.floating)
+    )
+    if floating and not all_finite(torch.as_tensor(values)):
+        raise ValueError(f"Input contains NaN or infinity (in {where})")
+
+
+def check_fields(batch, what):
+    """A dict batch of inputs with every field checked: arrays or tensors, one row per sample.
+
+    Parameters
+    ----------
+    batch : Mapping
+        Field name to an array-like or tensor of shape ``(n, ...)``.
+    what : str
+        Names the batch in errors ("A batch of the stream", "X").
+
+    Returns
+    -------
+    dict of str to ndarray or torch.Tensor
+        In the mapping's order; numpy arrays for array-likes.
+    """
+    if not batch:
+        raise ValueError(f"{what} is an empty dict; it needs the model's keyword inputs")
+    fields = {}
+    for key, value in batch.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{what} has the key {key!r}; keyword inputs need str keys")
+        if not torch.is_tensor(value):
+            try:
+                value = np.asarray(value)
+            except ValueError as exc:  # numpy refuses ragged nested lists
+                raise ValueError(
+                    f"{what} has a ragged field {key!r} ({exc}); pad its rows to one length "
+                    "(an attention_mask marks the padding)"
+                ) from exc
+            if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+                raise ValueError(
+                    f"{what} has the field {key!r} of {value.dtype} values, not numbers"
+                )
+            if not value.flags.writeable:
+                value = value.copy()
+        if value.ndim < 1:
+            raise ValueError(
+                f"{what} has the field {key!r} of shape {tuple(value.shape)}; every field "
+                "needs one row per sample, shape (n_samples, ...)"
+            )
+        _check_finite(value, f"the field {key!r}")
+        fields[key] = value
+    lengths = {key: value.shape[0] for key, value in fields.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"The fields of {what} have different numbers of samples: {lengths}; every "
+            "field needs one row per sample"
         )
-        if floating and not all_finite(torch.as_tensor(batch)):
-            raise ValueError("Input contains NaN or infinity (in a batch of the stream)")
-        return batch
+    return fields
+
+
+def stack_records(records):
+    """A list of per-sample dicts as one dict of fields, each stacked along a new batch axis.
+
+    Parameters
+    ----------
+    records : list of Mapping
+        One dict per sample (as the rows of a Hugging Face data set), with
+        the same keys and, per key, the same shape.
+
+    Returns
+    -------
+    dict of str to ndarray
+    """
+    keys = list(records[0])
+    for i, record in enumerate(records):
+        if list(record) != keys:
+            raise ValueError(
+                f"Sample {i} has the fields {list(record)}, but sample 0 has {keys}; every "
+                "sample needs the same fields"
+            )
+    fields = {}
+    for key in keys:
+        values = [to_numpy(record[key]) for record in records]
+        shapes = {np.shape(value) for value in values}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"The field {key!r} has different shapes across samples ({sorted(shapes)[:4]}); "
+                "pad the samples to one length (an attention_mask marks the padding)"
+            )
+        fields[key] = np.stack(values)
+    return fields
 
 
 def _digest(batch):
     """Shape, dtype and a hash of a batch's bytes: equal for equal batches, small to keep."""
+    if isinstance(batch, dict):
+        return tuple((key, _digest(value)) for key, value in batch.items())
     values = np.ascontiguousarray(to_numpy(batch))
     return values.shape, values.dtype, hashlib.blake2b(values.reshape(-1).view(np.uint8)).digest()
 
@@ -345,7 +450,12 @@ def _stack(items):
 
 
 def to_numpy(batch):
-    """A batch as a numpy array (float32 for floating tensors numpy lacks, as bfloat16)."""
+    """A batch as a numpy array (float32 for floating tensors numpy lacks, as bfloat16).
+
+    A dict batch becomes a dict of numpy arrays.
+    """
+    if isinstance(batch, dict):
+        return {key: to_numpy(value) for key, value in batch.items()}
     if not torch.is_tensor(batch):
         return np.asarray(batch)
     batch = batch.detach().cpu()
@@ -361,7 +471,10 @@ def to_tensor(X, device, dtype):
     and booleans keep their own dtype, because casting ids to float breaks
     embeddings silently.  The result never shares memory with ``X``, so a
     model that edits its input in place cannot touch the caller's data.
+    A dict batch becomes a dict of tensors, field by field.
     """
+    if isinstance(X, Mapping):
+        return {key: to_tensor(value, device, dtype) for key, value in X.items()}
     if torch.is_tensor(X):
         target = dtype if X.is_floating_point() else X.dtype
         return X.detach().to(device=device, dtype=target, copy=True)

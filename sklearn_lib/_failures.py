@@ -19,6 +19,8 @@ import contextlib
 
 import torch
 
+from ._inputs import describe
+
 # Messages of allocators that ran out: CUDA's and the CPU allocator's.
 _OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory")
 
@@ -32,7 +34,7 @@ def is_out_of_memory(exc):
 
 def describe_batch(x, where):
     """Words for a batch of model inputs, as error messages name it."""
-    return f"{where} (inputs of shape {tuple(x.shape)}, dtype {x.dtype})"
+    return f"{where} ({describe(x)})"
 
 
 def batch_range(start, n):
@@ -82,10 +84,16 @@ def model_failure(x, where):
     except (RuntimeError, IndexError, TypeError, NotImplementedError) as exc:
         if is_out_of_memory(exc):
             raise
+        keywords = (
+            " A dict batch is passed as keyword arguments, model(**batch): its keys must be "
+            "the names of the model's forward arguments."
+            if isinstance(x, dict)
+            else ""
+        )
         error = ValueError(
             f"The model failed on {describe_batch(x, where)}: {type(exc).__name__}: {exc}. "
             "Check these inputs: token ids within the vocabulary, the dtype the model "
-            "expects, the per-sample shape."
+            f"expects, the per-sample shape.{keywords}"
         )
         error.names_batch = True
         raise error from exc

@@ -174,15 +174,17 @@ class JacobianGram:
         self.rule = rule_tensors(settings.rule, session.device)
         self.section = SectionJacobian(session, src, dst, settings.jacobian)
         self.exact = Cotangents(matrix, n_positions_out)
-        self.n_positions_in = n_positions(shape)
         self.total = torch.zeros(shape[-1], shape[-1], dtype=torch.float64, device=session.device)
+        self.rows = 0
         self.count = 0
 
     def update(self, batch, acts):
         cotangents = self.exact.sampled(self.sources, self.session.generator, True)
-        self.total += self.section.gram_sum(batch.x, acts[self.src], cotangents, self.rule)
+        f = acts[self.src]
+        self.total += self.section.gram_sum(batch.x, f, cotangents, self.rule)
+        self.rows += batch.n_rows(f.shape[1:])
         self.count += batch.n
 
     def result(self):
-        """``M'`` averaged over all ``N * P_in`` rows (of every rank), as a numpy array."""
-        return row_average(self.total, self.count, self.n_positions_in)[0]
+        """``M'`` averaged over all ``N * P_in`` rows (of every rank; valid ones), as numpy."""
+        return row_average(self.total, self.rows, self.count)[0]

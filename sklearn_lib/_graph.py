@@ -308,6 +308,7 @@ class EdgeAccumulator:
         self.src_tensors = src.tensors(session.device)
         self.exact = Cotangents(dst.tensors(session.device, session.dtype)[1], dst.n_positions)
         self.total = 0
+        self.rows = 0
         self.count = 0
 
     def update(self, batch, acts):
@@ -316,11 +317,12 @@ class EdgeAccumulator:
         self.total = self.total + self.section.edge_sums(
             batch.x, f, self.src_tensors, cotangents, self.rule
         )
+        self.rows += batch.n_rows(f.shape[1:])
         self.count += batch.n
 
     def result(self):
-        """Edges ``(k_out, k_in)`` averaged over all ``N * P_in`` rows (of every rank), and N."""
-        return row_average(self.total, self.count, self.src.n_positions)
+        """Edges ``(k_out, k_in)`` averaged over all ``N * P_in`` rows (valid ones), and N."""
+        return row_average(self.total, self.rows, self.count)
 
 
 @outside_inference_mode

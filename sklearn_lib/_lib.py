@@ -34,8 +34,10 @@ class LIBTransformer(_ModelLayerTransformer):
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Called as ``model(batch)`` on a tensor made from rows of ``X``.  It is
+    model : torch.nn.Module or skorch net
+        A skorch ``NeuralNet`` (fitted or initialised) is read through its
+        ``module_``.  Called as ``model(batch)`` on a tensor made from rows of ``X``, or as
+        ``model(**batch)`` on a dict of them (keyword inputs).  It is
         never touched: every call works on a private copy (its own parameters
         and buffers, in ``dtype`` on ``device``, in eval mode), so the model's
         parameters, buffers, flags and hooks stay as they are, even while a
@@ -67,6 +69,17 @@ class LIBTransformer(_ModelLayerTransformer):
     forward_kwargs : dict or None, default=None
         Keyword arguments of every call of the model, e.g.
         ``{"use_cache": False}``, so that no wrapper is needed.
+    feature_axis : int or None, default=None
+        The axis of the activations (batch axis 0) that holds the features,
+        at every node layer and the output.  ``feature_axis=1`` makes the
+        channels of ``(N, C, H, W)`` maps the features and the ``H * W``
+        locations the positions, with one basis shared over locations.
+        None: the last axis, as for ``(N, d)`` and ``(N, T, d)``;
+        activations of 4 or more dimensions then need an explicit
+        ``feature_axis`` (channels-first, as PyTorch convolutions make
+        them: 1; channels-last: -1) and are refused without one.
+        Everything the estimator returns has the features last
+        (``activation_shape_ == (H, W, C)``).
     basis : {"lib", "pca"}, default="lib"
         ``"pca"`` is the paper's baseline: ordinary centred PCA of every node
         layer, computed by the same machinery (no Jacobians).
@@ -158,7 +171,15 @@ class LIBTransformer(_ModelLayerTransformer):
     ``(n, *positions, d)``), share one basis across positions and every
     average runs over ``n * P`` rows.  ``transform`` returns one row per
     sample with the columns in position-major order: column
-    ``p * n_components_ + j`` is feature ``j`` at position ``p``.
+    ``p * n_components_ + j`` is feature ``j`` at position ``p``, positions
+    in row-major order (``p = h * W + w`` for a map with ``feature_axis``).
+
+    Padding: when ``X`` holds dicts with an ``attention_mask`` (1 for real
+    tokens, 0 for padding), a node layer whose positions are the mask's
+    counts only real tokens, in every average (means, Grams, ``M'``, edges)
+    and score, so a padded batch gives the basis of its unpadded sequences.
+    ``transform`` returns NaN in the columns of padded positions.  Node
+    layers of other shapes (a pooled ``(n, d)``) count every sample.
 
     The constant (bias) direction of the paper is not a feature here: with
     centring, the non-constant features and their ``Lambda`` do not depend on
@@ -227,6 +248,7 @@ class LIBTransformer(_ModelLayerTransformer):
         capture="input",
         output=None,
         forward_kwargs=None,
+        feature_axis=None,
         basis="lib",
         n_components=None,
         truncation_threshold=1e-10,
@@ -248,6 +270,7 @@ class LIBTransformer(_ModelLayerTransformer):
         self.capture = capture
         self.output = output
         self.forward_kwargs = forward_kwargs
+        self.feature_axis = feature_axis
         self.basis = basis
         self.n_components = n_components
         self.truncation_threshold = truncation_threshold
@@ -270,7 +293,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
+        X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
             Model inputs (any per-sample shape; integer token ids stay
             integers).  A ``torch.utils.data.DataLoader`` or another
             re-iterable object yielding batches (arrays, tensors, or tuples
@@ -346,7 +369,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
+        X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
             Model inputs of the per-sample shape seen in ``fit``.
 
         Returns
@@ -450,7 +473,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
+        X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
             Model inputs (usually the fitting data).
         integration, n_intervals : optional
             Integration rule (defaults: the estimator's).  The paper's edges
@@ -491,7 +514,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
+        X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
             Model inputs.
         y : array-like of shape (n_samples,) or (n_samples, *output positions), default=None
             Class labels.  Given, the score is the accuracy of the argmax of

@@ -4,6 +4,13 @@ A scorer compares the ablated model outputs with a reference: the class
 labels ``y`` when given, otherwise the unablated outputs.  Built-in scores
 stream (memory does not grow with the data); a callable gets every output at
 the end, like a scikit-learn metric: ``scoring(y_true, outputs)``.
+
+Padding.  Every scorer's ``update(ablated, original, y, valid)`` takes the
+batch's valid output positions (``valid``, bool ``(n, *positions)``, or None
+when every one counts; see :mod:`~sklearn_lib._inputs`) and scores only
+those.  A callable then receives the valid positions as rows: ``y_true`` of
+shape ``(m,)`` (labels) or ``(m, d)`` (outputs) and ``outputs`` of shape
+``(m, d)``, ``m`` the number of valid positions.
 """
 
 import numpy as np
@@ -26,9 +33,18 @@ class _Accuracy:
         self.correct = 0
         self.count = 0
 
-    def update(self, ablated, original, y):
+    def update(self, ablated, original, y, valid=None):
         target = torch.as_tensor(y, device=ablated.device)
-        self.correct += int((ablated.argmax(-1) == target).sum())
+        predicted = ablated.argmax(-1)
+        if valid is not None:
+            target, predicted = target[valid], predicted[valid]
+        n_classes = ablated.shape[-1]
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= n_classes):
+            raise ValueError(
+                f"y must hold integer class labels in [0, {n_classes}) (the argmax of the "
+                "model's last output axis) at every scored position"
+            )
+        self.correct += int((predicted == target).sum())
         self.count += target.numel()
 
     def result(self):
@@ -58,18 +74,28 @@ class _R2:
         self.shift = None
         self.sums = 0.0
         self.sq_sums = 0.0
+        self.counts = 0.0  # per output entry: the samples where it counts
         self.count = 0
 
-    def update(self, ablated, original, y):
-        ablated = ablated.to(torch.float64).reshape(ablated.shape[0], -1)
-        original = original.to(torch.float64).reshape(original.shape[0], -1)
-        self.sse += float(((ablated - original) ** 2).sum())
+    def update(self, ablated, original, y, valid=None):
+        n = original.shape[0]
+        ablated = ablated.to(torch.float64).reshape(n, -1)
+        original = original.to(torch.float64).reshape(n, -1)
+        if valid is None:
+            weight = torch.ones_like(original)
+        else:
+            # Padded positions weigh 0 in every sum: each output entry (a
+            # position's output) has its own count of valid samples.
+            weight = valid.reshape(n, -1, 1).expand(n, -1, original.shape[1] // valid[0].numel())
+            weight = weight.reshape(n, -1).to(torch.float64)
+        self.sse += float((weight * (ablated - original) ** 2).sum())
         if self.shift is None:
-            self.shift = original.mean(0)
+            self.shift = (weight * original).sum(0) / weight.sum(0).clamp(min=1)
         centred = original - self.shift
-        self.sums = self.sums + centred.sum(0)
-        self.sq_sums = self.sq_sums + (centred**2).sum(0)
-        self.count += original.shape[0]
+        self.sums = self.sums + (weight * centred).sum(0)
+        self.sq_sums = self.sq_sums + (weight * centred**2).sum(0)
+        self.counts = self.counts + weight.sum(0)
+        self.count += n
 
     def result(self):
         # Called after the pass, when the count is final (a stream learns it
@@ -80,10 +106,13 @@ class _R2:
                 f"samples, got {self.count}; pass class labels y for accuracy, or a scoring "
                 "callable"
             )
-        sst = float((self.sq_sums - self.sums**2 / self.count).sum())
+        counts = torch.as_tensor(self.counts, dtype=torch.float64)
+        counts = counts.expand_as(self.sums) if counts.ndim == 0 else counts
+        sums = torch.as_tensor(self.sums)
+        sst = float((self.sq_sums - sums**2 / counts.clamp(min=1)).sum())
         # Sum of squares of the outputs themselves, from the same running sums:
         # an SST at rounding level of it means constant outputs.
-        raw = float((self.sq_sums + 2 * self.shift * self.sums + self.count * self.shift**2).sum())
+        raw = float((self.sq_sums + 2 * self.shift * sums + counts * self.shift**2).sum())
         if sst <= _CONSTANT_RTOL * raw:
             raise ValueError(
                 "R² of the outputs (the score without y, or scoring='r2') is undefined: the "
@@ -102,9 +131,14 @@ class _Callable:
         self.outputs = []
         self.references = []
 
-    def update(self, ablated, original, y):
-        self.outputs.append(ablated.to(torch.float64).cpu().numpy())
-        self.references.append(np.asarray(y) if original is None else original.cpu().numpy())
+    def update(self, ablated, original, y, valid=None):
+        reference = torch.as_tensor(np.asarray(y)) if original is None else original
+        ablated = ablated.to(torch.float64)
+        if valid is not None:  # the valid positions as rows
+            reference = reference[valid.to(reference.device)]
+            ablated = ablated[valid]
+        self.outputs.append(ablated.cpu().numpy())
+        self.references.append(reference.cpu().numpy())
 
     def result(self):
         return float(self.fn(np.concatenate(self.references), np.concatenate(self.outputs)))
@@ -148,7 +182,9 @@ def check_labels(y, n_samples, output_shape):
     is_integral = np.issubdtype(y.dtype, np.integer) or (
         np.issubdtype(y.dtype, np.floating) and np.array_equal(y, np.round(y))
     )
-    if not is_integral or y.min() < 0 or y.max() >= output_shape[-1]:
+    # The range is checked where labels are scored: labels of padded
+    # positions (as Hugging Face's -100) are never read.
+    if not is_integral:
         raise ValueError(
             f"y must hold integer class labels in [0, {output_shape[-1]}) "
             "(the argmax of the model's last output axis)"

@@ -33,6 +33,12 @@ over the rule's points ``alpha_a`` with weights ``w_a``:
 
    Either returns ``NotImplemented`` for sections it does not cover.
 
+Padding.  With an ``attention_mask`` among the inputs, padded positions
+count nowhere (see :mod:`~sklearn_lib._inputs`): the autograd route zeroes
+the section's outputs at padded output positions (so their rows vanish) and
+the gradients or feature values at padded input positions.  Closed forms
+know nothing of masks, so only autograd runs on such batches.
+
 Routes 2 and 3 are *closed forms*, under one policy: each is checked once per
 section and product against autograd on the first batch (16 samples; the
 first row and two random +-1 combinations of all rows, which test every
@@ -46,6 +52,7 @@ import warnings
 import torch
 
 from ._failures import is_out_of_memory
+from ._inputs import attention_mask, n_rows, repeat_rows, take_rows, valid_positions
 from ._jacobian import integrated_vjps, quadrature_sum, scaled
 from ._numerics import CHUNK_ELEMENTS, max_relative_error
 from ._structure import LinearElementwise
@@ -86,7 +93,10 @@ def closed_forms(session, src, dst):
     model = session.model
     if hasattr(model, "lib_section_vjp") or hasattr(model, "lib_section_gram"):
         forms.append(ModelClosedForm(session, src, dst))
-    structure = LinearElementwise.detect(model, src, dst, session.capture)
+    # The formula applies Linear layers along the last axis of the model's
+    # own layout, which is not the feature axis once feature_axis moves it.
+    moved = session.feature_axis not in (None, -1)
+    structure = None if moved else LinearElementwise.detect(model, src, dst, session.capture)
     if structure is not None:
         forms.append(structure)
     return forms
@@ -136,7 +146,7 @@ class SectionJacobian:
 
         Parameters
         ----------
-        x : torch.Tensor
+        x : torch.Tensor or dict of torch.Tensor
             The batch of model inputs.
         f : torch.Tensor of shape (n, *positions, d)
             The source's activations on ``x``.
@@ -154,7 +164,12 @@ class SectionJacobian:
         rows = cotangents.rows.to(points.dtype)
         form = self._closed("gram", x, points, rows, weights)
         if form is None:
-            gram = _gram_of(self.gradients(x, points, rows, weights), x.shape[0], points.shape[-1])
+            chunks = self.gradients(x, points, rows, weights)
+            valid = valid_positions(x, f.shape[1:])
+            if valid is not None:  # padded input positions count nowhere
+                view = valid.reshape(1, valid.shape[0], -1, 1)
+                chunks = (g * view.to(g.dtype) for g in chunks)
+            gram = _gram_of(chunks, n_rows(x), points.shape[-1])
         elif form.position_wise and cotangents.exact:
             rows = cotangents.at_one_position().rows.to(points.dtype)
             gram = self._closed_gram(form, _fold_positions(points), rows, weights)
@@ -185,6 +200,9 @@ class SectionJacobian:
         # Points a * f_hat in feature space, mapped back to activations.
         points = (scaled(f_hat, alphas) @ C_pinv + mean).to(f.dtype)  # (A*n, *positions, d)
         coefficients = f_hat.reshape(f.shape[0], -1, C.shape[1])  # (n, P_in, k_in)
+        valid = valid_positions(x, f.shape[1:])
+        if valid is not None:  # padded input positions count nowhere
+            coefficients = coefficients * valid.reshape(f.shape[0], -1, 1).to(torch.float64)
         tangents = (C_pinv, coefficients)
         form = self._closed("tangents", x, points, cotangents.rows, weights, tangents)
         if form is not None and form.position_wise and cotangents.exact:
@@ -221,7 +239,7 @@ class SectionJacobian:
 
         Parameters
         ----------
-        x : torch.Tensor
+        x : torch.Tensor or dict of torch.Tensor
             A batch of ``n`` model inputs.
         points : torch.Tensor of shape (A * n, *positions, d)
             Activations at which to take gradients, alpha-major (``A`` points
@@ -243,19 +261,26 @@ class SectionJacobian:
             yield from self._autograd_rows(x, points, rows, weights)
             return
         for start, stop in _row_chunks(points, rows):
-            yield self._closed_rows(form, points, rows[start:stop], weights, x.shape[0])
+            yield self._closed_rows(form, points, rows[start:stop], weights, n_rows(x))
 
     # -- routes ------------------------------------------------------------------------
     def _autograd_rows(self, x, points, rows, weights, batched=None):
         if batched is None:
             batched = self.batched_rows
         if batched is None:
-            batched = x.device.type == "cuda"
+            batched = points.device.type == "cuda"
         leaf = points.detach().requires_grad_(True)
+        n = n_rows(x)
         with torch.enable_grad():
             out = self.session.section(x, self.src, leaf, self.dst)
+            valid = valid_positions(x, out.shape[1:])
+            if valid is not None:
+                # Rows of padded output positions vanish: their outputs are zeroed
+                # (per sample, at every point of the rule).
+                copies = out.shape[0] // n
+                out = out * repeat_rows(valid, copies).unsqueeze(-1).to(out.dtype)
             out = out.reshape(out.shape[0], *rows.shape[1:])  # (A*n, P_out, d_next)
-            yield from integrated_vjps(out, leaf, rows, weights, x.shape[0], batched)
+            yield from integrated_vjps(out, leaf, rows, weights, n, batched)
 
     @staticmethod
     def _call(method, *args, **kwargs):
@@ -300,7 +325,12 @@ class SectionJacobian:
 
     # -- choosing a closed form once ---------------------------------------------------
     def _closed(self, kind, x, points, rows, weights, tangents=None):
-        """The closed form to use for ``kind``, or None; decided on the first call."""
+        """The closed form to use for ``kind``, or None; decided on the first call.
+
+        None on batches with an attention mask: closed forms do not mask.
+        """
+        if attention_mask(x) is not None:
+            return None
         if kind not in self._chosen:
             self._chosen[kind] = next(
                 (
@@ -314,7 +344,7 @@ class SectionJacobian:
 
     def _check(self, form, kind, x, points, rows, weights, tangents):
         """Whether ``form`` gives ``kind`` equal to autograd on the first samples."""
-        n, n_alpha = x.shape[0], weights.shape[0]
+        n, n_alpha = n_rows(x), weights.shape[0]
         k = min(n, self._CHECK_POINTS)
         rows = _probe_rows(rows.to(points.dtype), self._CHECK_COMBINATIONS)
         # The first k samples at every point of the rule, still alpha-major.
@@ -335,7 +365,9 @@ class SectionJacobian:
         if closed is NotImplemented:
             return False
         # Three rows: a plain loop (vmap would first import functorch, seconds on a cold start).
-        auto = torch.cat(list(self._autograd_rows(x[:k], points, rows, weights, batched=False)))
+        auto = torch.cat(
+            list(self._autograd_rows(take_rows(x, slice(0, k)), points, rows, weights, False))
+        )
         if kind == "gram":
             auto = _gram_of([auto], k, points.shape[-1])
         elif kind == "tangents":

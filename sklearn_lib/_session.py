@@ -36,11 +36,12 @@ from dataclasses import dataclass
 import torch
 from sklearn.utils import check_random_state
 
-from ._basis import OUTPUT_NODE
+from ._basis import OUTPUT_NODE, n_positions
 from ._capture import ModelRunner
 from ._data import to_tensor
 from ._failures import batch_notes, batch_range
 from ._fingerprint import fingerprint
+from ._inputs import n_rows, valid_positions
 from ._numerics import all_finite, tolerances
 from ._progress import Progress
 
@@ -160,18 +161,33 @@ class Batch:
 
     Attributes
     ----------
-    x : torch.Tensor
-        Model inputs on the session's device (floating ones in its dtype).
+    x : torch.Tensor or dict of torch.Tensor
+        Model inputs on the session's device (floating ones in its dtype):
+        one tensor, or keyword inputs (see :mod:`~sklearn_lib._inputs`).
     start : int
         Index of the batch's first sample in the data, e.g. to slice labels.
     """
 
-    x: torch.Tensor
+    x: object
     start: int
 
     @property
     def n(self):
-        return self.x.shape[0]
+        return n_rows(self.x)
+
+    def valid(self, shape):
+        """Which rows of activations of per-sample ``shape`` count: bool ``(n, *positions)``.
+
+        None when every row counts (no ``attention_mask``, or activations
+        whose positions are not the mask's); see
+        :func:`~sklearn_lib._inputs.valid_positions`.
+        """
+        return valid_positions(self.x, shape)
+
+    def n_rows(self, shape):
+        """The rows of activations of per-sample ``shape`` that count in averages."""
+        valid = self.valid(shape)
+        return self.n * n_positions(shape) if valid is None else int(valid.sum())
 
     @property
     def stop(self):
@@ -200,6 +216,9 @@ class ModelSession(ModelRunner):
         :func:`~sklearn_lib._capture.select_output`).
     forward_kwargs : dict or None, default=None
         Keyword arguments of every call of the model.
+    feature_axis : int or None, default=None
+        The axis of activations that holds the features (see
+        :class:`~sklearn_lib._capture.ModelRunner`).
     device : torch.device or str, default="cpu"
     dtype : torch.dtype, default=torch.float64
     owner : str, default="sklearn_lib"
@@ -230,6 +249,7 @@ class ModelSession(ModelRunner):
         capture="input",
         output=None,
         forward_kwargs=None,
+        feature_axis=None,
         device="cpu",
         dtype=torch.float64,
         owner="sklearn_lib",
@@ -237,7 +257,9 @@ class ModelSession(ModelRunner):
         random_state=None,
     ):
         device = torch.device(device)
-        super().__init__(private_copy(model, device, dtype), capture, output, forward_kwargs)
+        super().__init__(
+            private_copy(model, device, dtype), capture, output, forward_kwargs, feature_axis
+        )
         self.device = device
         self.dtype = dtype
         self.params = {

@@ -25,22 +25,24 @@ def global_count(count, device):
     return int(all_reduce_sum(torch.tensor(float(count), dtype=torch.float64, device=device)))
 
 
-def row_average(total, count, n_positions):
-    """``(total / (N * P), N)`` over every rank: a per-row average as numpy, and ``N``.
+def row_average(total, n_rows, n_samples):
+    """``(total / rows, N)`` over every rank: a per-row average as numpy, and ``N``.
 
-    ``total`` is a sum over this rank's ``count`` samples of ``n_positions``
-    rows each.
+    ``total`` is a sum over this rank's ``n_samples`` samples, which hold
+    ``n_rows`` rows that count (every position, or the valid ones of padded
+    sequences).
     """
     total = all_reduce_sum(total)
-    n = global_count(count, total.device)
-    return (total / (n * n_positions)).cpu().numpy(), n
+    rows = global_count(n_rows, total.device)
+    return (total / rows).cpu().numpy(), global_count(n_samples, total.device)
 
 
 class MomentAccumulator:
     """Running mean and Gram matrix of one node's activations, accumulated in float64.
 
     An accumulator of a pass (see ``_session``): rows are the node's
-    activations with positions flattened into samples.  Sums are taken
+    activations with positions flattened into samples (padded positions
+    left out, see :meth:`~sklearn_lib._session.Batch.valid`).  Sums are taken
     around a fixed shift (the first batch's mean when centring): the centred
     Gram is then ``S2/N - m m^T`` with a small ``m``, which avoids the
     cancellation of the textbook ``E[f f^T] - mu mu^T``.
@@ -72,10 +74,14 @@ class MomentAccumulator:
 
     def update(self, batch, acts):
         """Add the rows of ``acts[name]``."""
-        rows = acts[self.name].detach().to(torch.float64)
-        rows = rows.reshape(-1, self.sum.shape[0])  # (m, d)
+        f = acts[self.name].detach()
+        rows = f.to(torch.float64).reshape(-1, self.sum.shape[0])  # (m, d)
+        valid = batch.valid(f.shape[1:])
+        if valid is not None:
+            rows = rows[valid.reshape(-1)]
         if self.shift is None:
-            self.shift = rows.mean(0) if self.center else torch.zeros_like(self.sum)
+            centre = self.center and rows.shape[0] > 0  # not a batch of padding only
+            self.shift = rows.mean(0) if centre else torch.zeros_like(self.sum)
             if distributed():
                 # Every rank must use the same shift for the sums to add up:
                 # the average of the ranks' first-batch means.

@@ -9,7 +9,8 @@ scikit-learn's ``Interval(Integral, ...)`` and ``Interval(Real, ...)`` accept
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils._param_validation import Interval
+import torch
+from sklearn.utils._param_validation import HasMethods, Interval
 
 
 class StrictInterval(Interval):
@@ -26,6 +27,49 @@ class StrictInterval(Interval):
 
     def __str__(self):
         return f"{super().__str__()} (not a bool)"
+
+
+class TorchModel(HasMethods):
+    """The ``model`` parameter: a ``torch.nn.Module``, or a skorch net wrapping one.
+
+    A skorch ``NeuralNet`` (``NeuralNetClassifier``, ...) is read through its
+    ``module_``, the module it trained; see :func:`resolve_model`.  (A
+    ``HasMethods`` because scikit-learn takes only its own constraint types.)
+    """
+
+    def __init__(self):
+        super().__init__(["__call__"])
+
+    def is_satisfied_by(self, val):
+        return isinstance(val, torch.nn.Module) or _is_skorch_net(val)
+
+    def __str__(self):
+        return "a torch.nn.Module (or a skorch net, whose module_ is used)"
+
+
+def _is_skorch_net(value):
+    # Duck-typed: skorch is optional, and its nets are sklearn estimators
+    # holding the module class (module) and, once initialised, the module (module_).
+    return all(hasattr(value, name) for name in ("initialize", "module", "get_params"))
+
+
+def resolve_model(model):
+    """The ``torch.nn.Module`` to analyse: ``model``, or a skorch net's ``module_``.
+
+    Raises
+    ------
+    ValueError
+        For a skorch net that is not initialised yet (it has no module).
+    """
+    if isinstance(model, torch.nn.Module):
+        return model
+    module = getattr(model, "module_", None)
+    if isinstance(module, torch.nn.Module):
+        return module
+    raise ValueError(
+        f"model is a skorch {type(model).__name__} that is not initialised, so it holds no "
+        "module yet: fit it (or call net.initialize()) first, or pass net.module_"
+    )
 
 
 def check_counts(value, name):

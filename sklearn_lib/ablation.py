@@ -149,7 +149,7 @@ def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None
     estimator : LIBTransformer or Pipeline
         Fitted: a ``LIBTransformer`` (any ``basis``), a ``Pipeline`` starting
         with one, or ``Pipeline([ActivationTransformer, PCA, ...])``.
-    X : array-like of shape (n_samples, ...), DataLoader or iterable of batches
+    X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
         Model inputs (the paper evaluates on the test split).
     y : array-like, default=None
         Class labels, or None.

@@ -361,10 +361,10 @@ def test_a_stream_made_under_inference_mode(X):
     )
 
 
-def test_a_dict_batch_is_refused_with_what_is_expected(X):
+def test_a_dict_batch_for_a_model_without_keywords_says_how_it_was_called(X):
     stream = _Batches(X, form=lambda b: {"input_ids": torch.as_tensor(b)})
     with pytest.raises(
-        TypeError, match=r"is a dict \(keys \['input_ids'\]\).*one tensor of inputs"
+        ValueError, match=r"unexpected keyword argument 'input_ids'.*model\(\*\*batch\)"
     ):
         _fitted(stream)
 

@@ -43,6 +43,10 @@ def test_labels_are_checked_against_the_outputs():
     with pytest.raises(ValueError, match=r"y has shape \(3,\).*need class labels of shape \(4,\)"):
         check_labels(np.zeros(3), 4, (5,))
     with pytest.raises(ValueError, match=r"integer class labels in \[0, 5\)"):
-        check_labels(np.array([0, 5]), 2, (5,))
+        check_labels(np.array([0, 1.5]), 2, (5,))
+    # The range is checked where labels are scored (padded positions never are).
+    accuracy = make_scorer("accuracy", True)()
+    with pytest.raises(ValueError, match=r"integer class labels in \[0, 5\)"):
+        accuracy.update(torch.zeros(2, 5), None, np.array([0, 5]))
     # A stream's length is not known yet: only the per-sample shape is checked.
     assert check_labels(np.array([1.0, 2.0]), None, (5,)).dtype == np.int64

@@ -1,0 +1,124 @@
+"""Model inputs: one tensor, or a dict of tensors passed as keyword arguments.
+
+A batch of model inputs is either a tensor ``x`` (the model is called as
+``model(x)``) or a dict of tensors with one row per sample in each, as
+Hugging Face tokenizers and collators make them (``input_ids``,
+``attention_mask``, ...), and the model is called as ``model(**x)``.  Every
+function that handles a batch of inputs (slicing, repeating, calling the
+model, naming it in an error) takes both forms through this module.
+
+Padding.  A dict with an ``attention_mask`` of shape ``(n, T)`` (1 for real
+tokens, 0 for padding) marks padded positions.  A node layer whose
+activations have shape ``(n, T, d)`` (positions equal to the mask's
+per-sample shape) then counts only its valid rows in every average and
+score: :func:`valid_positions` is the one place that decides which rows
+count.
+"""
+
+import torch
+
+#: The key whose 0 entries mark padded positions.
+MASK_KEY = "attention_mask"
+
+
+def is_dict(x):
+    """True for a dict batch of inputs (passed to the model as keyword arguments)."""
+    return isinstance(x, dict)
+
+
+def n_rows(x):
+    """The number of samples in a batch of inputs."""
+    if is_dict(x):
+        return next(iter(x.values())).shape[0]
+    return x.shape[0]
+
+
+def take_rows(x, index):
+    """The samples ``index`` (a slice or an index tensor) of a batch of inputs."""
+    if is_dict(x):
+        return {key: value[index] for key, value in x.items()}
+    return x[index]
+
+
+def repeat_rows(x, copies):
+    """A batch of inputs repeated ``copies`` times along the batch axis, copy-major."""
+
+    def repeat(value):
+        return value.repeat(copies, *([1] * (value.ndim - 1)))
+
+    if is_dict(x):
+        return {key: repeat(value) for key, value in x.items()}
+    return repeat(x)
+
+
+def device_of(x):
+    """The device of a batch of inputs."""
+    return next(iter(x.values())).device if is_dict(x) else x.device
+
+
+def call_model(model, x, kwargs):
+    """``model(x, **kwargs)`` or ``model(**x, **kwargs)`` on copies of the inputs.
+
+    Copies, so that a model that edits its inputs in place cannot change the
+    batch that later runs of the same pass reuse.
+    """
+    if is_dict(x):
+        clash = sorted(set(x) & set(kwargs))
+        if clash:
+            raise ValueError(
+                f"The batch and forward_kwargs both give the keyword argument(s) {clash}; "
+                "give each one in one place"
+            )
+        return model(**{key: value.clone() for key, value in x.items()}, **kwargs)
+    return model(x.clone(), **kwargs)
+
+
+def describe(x):
+    """The shape and dtype of a batch of inputs, for error messages."""
+    if is_dict(x):
+        fields = ", ".join(f"{key}: {tuple(value.shape)} {value.dtype}" for key, value in x.items())
+        return f"inputs {{{fields}}}"
+    return f"inputs of shape {tuple(x.shape)}, dtype {x.dtype}"
+
+
+def attention_mask(x):
+    """The batch's padding mask as a bool tensor ``(n, *positions)``, or None."""
+    if not is_dict(x) or MASK_KEY not in x:
+        return None
+    return x[MASK_KEY] != 0
+
+
+def valid_positions(x, shape):
+    """Which rows of activations of per-sample ``shape`` count, or None for all.
+
+    Parameters
+    ----------
+    x : torch.Tensor or dict of torch.Tensor
+        The batch of inputs.
+    shape : tuple
+        Per-sample activation shape ``(*positions, d)`` (features last).
+
+    Returns
+    -------
+    torch.Tensor of bool, shape (n, *positions), or None
+        The attention mask when the activations' positions are the mask's
+        (padded positions are left out), else None: every row counts.
+    """
+    mask = attention_mask(x)
+    if mask is None or tuple(mask.shape[1:]) != tuple(shape[:-1]):
+        return None
+    return mask
+
+
+def without_padding(x):
+    """The batch with every position marked valid (for checks that compare samples).
+
+    The cut check swaps activations between samples; with different masks,
+    the swapped sample would also attend differently, which is not a path
+    around the node layer.  With every position valid the padding tokens are
+    ordinary tokens and the comparison is exact.
+    """
+    mask = attention_mask(x)
+    if mask is None:
+        return x
+    return {**x, MASK_KEY: torch.ones_like(x[MASK_KEY])}
