@@ -280,13 +280,32 @@ def check_activations(A, shape, owner):
     """Validate user-given activations against the fitted per-sample ``shape``.
 
     Accepts ``(n, *shape)`` or flattened ``(n, prod(shape))``; returns a
-    float64 array of shape ``(n, P, d)``.
+    float64 array of shape ``(n, P, d)``.  NaN may fill whole positions
+    (padded ones, as :class:`ActivationTransformer` returns them).
     """
-    A = check_array(A, allow_nd=True, dtype=np.float64, input_name="A")
+    A = check_array(
+        A, allow_nd=True, dtype=np.float64, input_name="A", ensure_all_finite="allow-nan"
+    )
     flat = int(np.prod(shape))
     if tuple(A.shape[1:]) != tuple(shape) and not (A.ndim == 2 and A.shape[1] == flat):
         raise ValueError(
             f"Activations of per-sample shape {tuple(A.shape[1:])} do not match the "
             f"layer {owner} was fitted on: {tuple(shape)} (or {flat} flattened)"
         )
-    return A.reshape(A.shape[0], -1, shape[-1])
+    return check_padded_positions(A.reshape(A.shape[0], -1, shape[-1]), "A")
+
+
+def check_padded_positions(values, name):
+    """Refuse NaN except in whole positions of ``values`` ``(n, P, width)``: padding passes through.
+
+    ``transform`` returns padded positions as NaN in all their columns; the
+    methods that take such values back keep them NaN.  Any other NaN is a
+    missing value, which LIB has no meaning for.
+    """
+    missing = np.isnan(values)
+    if missing.any() and not np.array_equal(missing.any(-1), missing.all(-1)):
+        raise ValueError(
+            f"Input {name} contains NaN outside whole positions; NaN may only fill every "
+            "column of a position (a padded position, as transform returns it)"
+        )
+    return values

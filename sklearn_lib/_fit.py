@@ -9,6 +9,8 @@ data is read, the last section's ``M'`` joins the statistics pass, so ``k``
 node layers take ``k`` passes.
 """
 
+import functools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +26,8 @@ from ._basis import (
 from ._capture import check_cut, check_gradient_flow, inspect_node_layers
 from ._integration import rule_tensors
 from ._jacobian import Cotangents
-from ._section import SectionJacobian
+from ._plan import fit_plan
+from ._section import SectionJacobian, closed_forms
 from ._session import outside_inference_mode
 from ._stats import MomentAccumulator, row_average
 
@@ -65,6 +68,51 @@ def inspect(session, probe, names, settings):
                 check_cut(session, probe, src, dst, session.rng)
             check_gradient_flow(session, probe, src, dst)
     return shapes, output_shape
+
+
+@outside_inference_mode
+def plan(session, owner, source, probe, shapes, output_shape, settings):
+    """The :class:`~sklearn_lib._plan.FitPlan` of :func:`fit_bases` on ``source``.
+
+    Sections that autograd serves are priced by timing Jacobian rows on the
+    probe (see :func:`~sklearn_lib._plan.fit_plan`).
+    """
+    names = list(shapes)
+    seconds = {}
+    for src, dst in zip(names, [*names[1:], None]):
+        closed = settings.jacobian != "autograd" and bool(closed_forms(session, src, dst))
+        if settings.basis == "lib" and not closed:
+            seconds[src] = functools.partial(
+                _row_seconds, session, probe, src, dst, shapes, output_shape, settings
+            )
+    return fit_plan(owner, names, shapes, output_shape, settings, source, seconds)
+
+
+def _row_seconds(session, probe, src, dst, shapes, output_shape, settings, n_rows):
+    """Seconds per Jacobian row and probe sample of a section's ``M'``, by autograd.
+
+    Timed on the real computation (``n_rows`` random rows of the section's
+    own width, the integration rule's points, the Gram), best of three for
+    more than one row.  None when it fails: pricing never stops a fit, and
+    the pass that meets the same failure reports it, naming its batch.
+    """
+    dst_shape = output_shape if dst is None else shapes[dst]
+    eye = torch.eye(dst_shape[-1], dtype=session.dtype, device=session.device)
+    generator = torch.Generator().manual_seed(0)
+    cotangents = Cotangents(eye, n_positions(dst_shape)).sampled(n_rows, generator, True)
+    rule = rule_tensors(settings.rule, session.device)
+    section = SectionJacobian(session, src, dst, "autograd")
+    with torch.no_grad():
+        (f,) = session.read(probe, [src])
+    best = float("inf")
+    for _ in range(3 if n_rows > 1 else 1):
+        start = time.perf_counter()
+        try:
+            section.gram_sum(probe, f, cotangents, rule)
+        except Exception:  # any failure of the model: no price
+            return None
+        best = min(best, time.perf_counter() - start)
+    return best / (n_rows * f.shape[0])
 
 
 @outside_inference_mode

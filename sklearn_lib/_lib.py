@@ -9,10 +9,16 @@ from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions, va
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._ablate import node_ablation_scores
-from ._base import _ModelLayerTransformer, check_activations, map_arrays
-from ._fit import FitSettings, fit_bases, inspect
+from ._base import (
+    _ModelLayerTransformer,
+    check_activations,
+    check_padded_positions,
+    map_arrays,
+)
+from ._fit import FitSettings, fit_bases, inspect, plan
 from ._graph import interaction_graph
 from ._integration import INTEGRATION_RULES, integration_rule
+from ._plan import announce
 from ._section import JACOBIAN_ROUTES
 from ._validation import StrictInterval
 
@@ -323,7 +329,12 @@ class LIBTransformer(_ModelLayerTransformer):
         )
         session = self._session(fitting=True)
         names = [self.layer, *self.downstream_layers]
-        shapes, output_shape = inspect(session, session.inputs(probe), names, settings)
+        probe = session.inputs(probe)
+        shapes, output_shape = inspect(session, probe, names, settings)
+        owner = type(self).__name__
+        announce(
+            plan(session, owner, source, probe, shapes, output_shape, settings), session.progress
+        )
         bases = fit_bases(session, source, shapes, output_shape, settings)
 
         self.bases_ = bases
@@ -414,7 +425,8 @@ class LIBTransformer(_ModelLayerTransformer):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_positions_ * n_components_)
-            Or a stream of such batches.
+            Or a stream of such batches.  Positions whose columns are all NaN
+            (padded ones, as ``transform`` returns them) stay NaN.
 
         Returns
         -------
@@ -425,13 +437,14 @@ class LIBTransformer(_ModelLayerTransformer):
         check_is_fitted(self)
 
         def reconstruct(batch):
-            Z = check_array(batch, dtype=np.float64, input_name="X")
+            Z = check_array(batch, dtype=np.float64, input_name="X", ensure_all_finite="allow-nan")
             if Z.shape[1] != self._n_features_out:
                 raise ValueError(
                     f"X has {Z.shape[1]} features, but inverse_transform expects "
                     f"{self._n_features_out} (n_positions_ * n_components_)"
                 )
             Z = Z.reshape(Z.shape[0], self.n_positions_, self.n_components_)
+            Z = check_padded_positions(Z, "X")  # NaN positions stay NaN
             return (Z @ self.inverse_components_ + self.mean_).reshape(Z.shape[0], -1)
 
         return map_arrays(X, reconstruct)

@@ -113,3 +113,63 @@ def independent_rule(integration, n):
         return alphas, weights
     x, w = np.polynomial.legendre.leggauss(n + 1)
     return (x + 1) / 2, w / 2
+
+
+def masked_brute_force_m_prime(
+    section, acts, basis_next, mask=None, out_mask=None, alphas=(1.0,), weights=(1.0,)
+):
+    """``M'`` over the valid positions only, from full per-sample Jacobians.
+
+    Padded positions (mask 0) are neither output rows nor input positions:
+    ``M' = 1 / (number of valid input rows) * sum_x sum_{valid t} sum_rows
+    sum_{valid s} g g^T``.  Without masks every position is valid (the plain
+    ``M'`` of :func:`brute_force_m_prime`).
+
+    The Jacobians are taken for the whole batch at once, one backward pass per
+    output row (position, next-layer feature): the section must treat samples
+    independently (a model in eval mode does), so the gradient of the batch
+    sum of one output row is every sample's own Jacobian row.
+
+    Parameters
+    ----------
+    section : callable
+        Maps (N, T, d) activations (the shape of ``acts``) to the
+        (N, T_out, d_next) (or any (N, *positions, d_next)) activations of
+        the next node (it may close over per-sample inputs such as an
+        attention mask).
+    acts : ndarray of shape (N, T, d) or (N, *positions, d)
+    basis_next : ndarray of shape (d_next, k)
+    mask : array of shape (N, T) or (N, *positions), optional
+        1 for a real position, 0 for padding; all ones by default.
+    out_mask : array of shape (N, T_out) or (N, *positions_out), optional
+        Valid output positions; ``mask`` by default (all ones without it).
+    """
+    acts = torch.as_tensor(acts, dtype=torch.float64)
+    n, d = acts.shape[0], acts.shape[-1]
+    n_pos = acts[0].numel() // d
+    C = torch.as_tensor(basis_next, dtype=torch.float64)
+    mask = torch.ones(n, n_pos) if mask is None else torch.as_tensor(np.asarray(mask))
+    mask = mask.reshape(n, n_pos)
+    g = 0
+    for a, w in zip(alphas, weights):
+        z = (a * acts).detach().requires_grad_(True)
+        out = section(z).reshape(n, -1, C.shape[0]) @ C  # (N, T_out, k)
+        rows = [
+            torch.autograd.grad(out[:, t, i].sum(), z, retain_graph=True)[0]
+            for t in range(out.shape[1])
+            for i in range(out.shape[2])
+        ]
+        g = g + w * torch.stack(rows, 1).reshape(n, out.shape[1], out.shape[2], n_pos, d)
+    if out_mask is None:
+        out_mask = mask if g.shape[1] == n_pos else torch.ones(n, g.shape[1])
+    out_mask = torch.as_tensor(np.asarray(out_mask)).to(torch.float64).reshape(n, -1)
+    valid = mask.to(torch.float64)
+    g = g * out_mask[:, :, None, None, None] * valid[:, None, None, :, None]  # masks are 0/1
+    g = g.reshape(-1, d)
+    return (g.T @ g / valid.sum()).numpy()
+
+
+def masked_reference_lambdas(acts, mask, m_prime, rtol=1e-12, center=True):
+    """:func:`reference_lambdas` with means and Grams over the valid (mask 1) rows only."""
+    rows = np.asarray(acts)[np.asarray(mask).astype(bool)]  # (n_valid, d)
+    return reference_lambdas(rows, m_prime, rtol=rtol, center=center)

@@ -236,3 +236,76 @@ def _tokens_case(rng):
 
 
 CASES = {"mlp": _mlp_case, "positions": _positions_case, "tokens": _tokens_case}
+
+
+# -- a small residual conv net (channels-first feature maps) ---------------------------
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv-bn-relu-conv-bn plus the skip, then ReLU.
+
+    With ``stride != 1`` or a change of width the skip is a 1x1 conv + bn projection.
+    """
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        else:
+            self.shortcut = nn.Identity()
+        self.act2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        return self.act2(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """(n, 3, H, W) images -> (n, n_classes) logits.
+
+    ``stem`` (conv-bn-relu, ``width`` channels), ``stage1`` (basic block),
+    ``stage2`` (basic block, stride 2, ``2 * width`` channels), ``pool``
+    (global average), ``flatten``, ``fc``.  Node layers (inputs): ``stage2``
+    (n, width, H, W), ``pool`` (n, 2 * width, H / 2, W / 2), ``fc`` (n, 2 * width).
+    """
+
+    def __init__(self, n_classes=5, width=8):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.stage1 = BasicBlock(width, width)
+        self.stage2 = BasicBlock(width, 2 * width, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(2 * width, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.pool(self.stage2(self.stage1(self.stem(x))))))
+
+
+def small_resnet(n_classes=5, width=8, seed=0):
+    """A :class:`SmallResNet` in float64 and eval mode whose BatchNorms matter.
+
+    Random affine BatchNorm parameters, and running statistics far from
+    (0, 1) from a few training-mode passes on shifted, scaled random images,
+    so that eval mode (running statistics) differs from batch statistics.
+    """
+    torch.manual_seed(seed)
+    model = SmallResNet(n_classes, width).double()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.2)
+        model.train()
+        for _ in range(5):
+            model(2.0 * torch.randn(32, 3, 8, 8, dtype=torch.float64) + 0.5)
+    return model.eval()

@@ -369,3 +369,60 @@ def test_a_model_that_is_no_module_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"must be a torch.nn.Module \(or a skorch net") as info:
         LIBTransformer(object(), "fc2").fit(np.zeros((4, 4)))
     assert "\n" not in str(info.value)
+
+
+def test_padded_positions_survive_the_way_back(rng):
+    X = _sequences(rng)
+    lib = _mixer_lib(MaskedMixer()).fit(X)
+    valid = X["attention_mask"] == 1
+    rebuilt = lib.inverse_transform(lib.transform(X)).reshape(*valid.shape, -1)
+    raw = ActivationTransformer(lib.model, "block", device="cpu").fit_transform(X)
+    np.testing.assert_allclose(rebuilt[valid], raw.reshape(*valid.shape, -1)[valid], atol=1e-12)
+    assert np.isnan(rebuilt[~valid]).all()
+    Z = lib.transform_activations(raw).reshape(*valid.shape, -1)
+    assert np.isnan(Z[~valid]).all() and np.isfinite(Z[valid]).all()
+    stray = lib.transform(X)
+    stray[0, 0] = np.nan  # one column of a valid position: a missing value
+    with pytest.raises(ValueError, match="NaN outside whole positions"):
+        lib.inverse_transform(stray)
+
+
+# -- what a fit will run ----------------------------------------------------------------
+
+
+def test_a_long_fit_says_its_passes_and_rows_at_the_start(rng, monkeypatch, caplog):
+    import sklearn_lib._plan as plan
+
+    X = _sequences(rng)
+    with caplog.at_level("WARNING", logger="sklearn_lib"):
+        _mixer_lib(MaskedMixer(), downstream_layers=[]).fit(X)
+    assert not caplog.records  # a short fit prints nothing
+    monkeypatch.setattr(plan, "LONG_FIT_SECONDS", 0.0)
+    with caplog.at_level("WARNING", logger="sklearn_lib"):
+        _mixer_lib(MaskedMixer()).fit(X)
+    (record,) = caplog.records
+    # T = 6 output positions times 5 classes: 30 rows per batch, exact.
+    assert record.getMessage().startswith("[LIBTransformer] fitting runs 1 pass(es) over 30")
+    assert "'block' -> 'output': up to 30 backward rows per batch; estimated" in record.getMessage()
+    assert "n_stochastic_sources=S" in record.getMessage()
+
+
+def test_the_plan_counts_passes_and_rows():
+    from sklearn_lib._fit import FitSettings
+    from sklearn_lib._plan import fit_plan
+
+    class Source:
+        n_samples, batch_size = 1000, 100
+
+    shapes = {"a": (16, 8), "b": (16, 4)}
+    priced = fit_plan("X", ["a", "b"], shapes, (16, 10), FitSettings(), Source(), {})
+    assert priced.passes == 2  # statistics (with b's M') and a's M'
+    assert [s.rows for s in priced.sections] == [16 * 4, 16 * 10]
+    assert priced.seconds is None  # nothing timed: no estimate
+    timed = {"a": lambda n: 1e-6, "b": lambda n: 2e-6}
+    priced = fit_plan("X", ["a", "b"], shapes, (16, 10), FitSettings(), Source(), timed)
+    assert priced.seconds == pytest.approx(64 * 1000 * 1e-6 + 160 * 1000 * 2e-6)
+    sampled = FitSettings(n_stochastic_sources=8, output_basis="pca")
+    priced = fit_plan("X", ["a", "b"], shapes, (16, 10), sampled, Source(), timed)
+    assert priced.passes == 3 and [s.rows for s in priced.sections] == [8, 8]
+    assert "8 backward rows per batch" in priced.describe()

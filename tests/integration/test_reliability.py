@@ -465,17 +465,16 @@ def test_everything_works_under_the_callers_grad_mode(X, mode):
 
 
 class _RunsOutOfMemory(nn.Module):
-    """Raises ``error`` on its ``fail_on``-th call with a batch of ``n`` samples."""
+    """Raises ``error`` on any batch that holds the input row ``trigger``."""
 
-    def __init__(self, error, fail_on=3):
+    def __init__(self, error, trigger):
         super().__init__()
         torch.manual_seed(0)
         self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
-        self.error, self.fail_on, self.calls = error, fail_on, 0
+        self.error, self.trigger = error, trigger
 
     def forward(self, x):
-        self.calls += 1
-        if self.calls == self.fail_on:
+        if (x == torch.as_tensor(self.trigger, dtype=x.dtype)).all(-1).any():
             raise self.error
         return self.fc2(torch.tanh(self.fc1(x)))
 
@@ -490,9 +489,8 @@ class _RunsOutOfMemory(nn.Module):
     ids=["OutOfMemoryError", "cuda-message", "cpu-message"],
 )
 def test_out_of_memory_keeps_its_type_and_message(X, error):
-    # The probe takes two forward passes (and the cut checks some more): the
-    # failure comes from a pass over the data.
-    model = _RunsOutOfMemory(error, fail_on=10)
+    # A row after the probe's: the failure comes from a pass over the data.
+    model = _RunsOutOfMemory(error, X[120])
     with pytest.raises(type(error)) as info:
         LIBTransformer(model, "fc2", batch_size=50, jacobian="autograd").fit(X)
     assert info.type is type(error)
