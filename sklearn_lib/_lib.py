@@ -136,7 +136,10 @@ class LIBTransformer(_ModelLayerTransformer):
     random_state : int, RandomState instance or None, default=None
         Seeds the permutation of the cut check and the stochastic sources.
     verbose : bool, default=False
-        Print progress of each pass to stderr.
+        Print the fit's plan (passes, Jacobian rows per batch, an estimate
+        of the time) and the progress of each pass to stderr.  Without it, a
+        fit estimated to take more than 10 s still says its plan once,
+        through the ``"sklearn_lib"`` logger at level WARNING.
 
     Attributes
     ----------
