@@ -31,7 +31,7 @@ class ActivationTransformer(_ModelLayerTransformer):
         :class:`LIBTransformer`); only checked here.
     forward_kwargs : dict or None, default=None
         Keyword arguments of every call of the model.
-    feature_axis : int or None, default=None
+    feature_axis : int, dict or None, default=None
         The axis of the activations that holds the features, for maps with
         more than one axis besides them (see :class:`LIBTransformer`).
     batch_size : int, default=256

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
+from ._basis import OUTPUT_NODE
 from ._failures import batch_notes, is_out_of_memory, model_failure
 from ._inputs import call_model, device_of, n_rows, repeat_rows, take_rows, without_padding
 from ._numerics import max_relative_error, tolerances
@@ -54,15 +55,17 @@ class ModelRunner:
         :func:`select_output`).
     forward_kwargs : dict or None
         Keyword arguments of every call of the model.
-    feature_axis : int or None
+    feature_axis : int, dict or None
         The axis of a node layer's activations (batch axis 0) that holds the
         features.  Reads return activations with it moved last, ``(n,
         *positions, d)``, and substitutions take that layout and move it
         back, so everything after the runner sees features last.  None:
         the last axis already (activations of 4 or more dimensions are then
         refused by :func:`inspect_node_layers`, which cannot tell channels-
-        first from channels-last).  It applies to every node layer and to
-        the model output; 2-D activations have one feature axis either way.
+        first from channels-last).  An int applies to every node layer and
+        to the model output; a dict maps node-layer names (and ``"output"``)
+        to their axes, the others keeping None.  2-D activations have one
+        feature axis whatever is given.
     """
 
     def __init__(self, model, capture="input", output=None, forward_kwargs=None, feature_axis=None):
@@ -115,7 +118,7 @@ class ModelRunner:
             if name not in captured:
                 # A copy: the model may later change its own tensor in place
                 # (ReLU(inplace=True)); clone keeps the autograd graph.
-                captured[name] = self.features_last(value, f"Node layer {name!r}").clone()
+                captured[name] = self.features_last(value, name).clone()
             if not need_output and len(captured) == len(reads):
                 raise _StopForward
 
@@ -124,14 +127,14 @@ class ModelRunner:
                 handles.append(self._hook(name, record=record))
             if substitute is not None:
                 name, value = substitute
-                handles.append(self._hook(name, replace=self.features_back(value)))
+                handles.append(self._hook(name, replace=self.features_back(value, name)))
             with batch_notes(x, self.where), model_failure(x, self.where):
                 try:
                     raw = call_model(self.model, x, self.forward_kwargs)
                 except _StopForward:  # every read taken: not an error
                     output = None
                 else:
-                    output = self.features_last(select_output(raw, self.output), "The model output")
+                    output = self.features_last(select_output(raw, self.output), OUTPUT_NODE)
         finally:
             for handle in handles:
                 handle.remove()
@@ -183,29 +186,51 @@ class ModelRunner:
         return module.register_forward_hook(hook)
 
     # -- the feature axis --------------------------------------------------------------
-    def features_last(self, value, name):
-        """``value`` with the feature axis moved last (unchanged without ``feature_axis``)."""
-        axis = self._axis(value, name)
+    def axis_of(self, node):
+        """The ``feature_axis`` given for ``node`` (a node layer or ``"output"``), or None."""
+        if isinstance(self.feature_axis, dict):
+            return self.feature_axis.get(node)
+        return self.feature_axis
+
+    def features_last(self, value, node):
+        """``value`` with ``node``'s feature axis moved last (unchanged where none is given)."""
+        axis = self._axis(value, node)
         return value if axis is None else value.movedim(axis, -1)
 
-    def features_back(self, value):
-        """Features-last activations in the model's own layout again."""
-        axis = self._axis(value, "A substituted node layer")
+    def features_back(self, value, node):
+        """Features-last activations of ``node`` in the model's own layout again."""
+        axis = self._axis(value, node)
         return value if axis is None else value.movedim(-1, axis)
 
-    def _axis(self, value, name):
-        """The feature axis of ``value`` when it must move, else None."""
-        axis = self.feature_axis
-        if axis is None or not torch.is_tensor(value) or value.ndim < 2:
-            return None  # not activations: reported as a shape problem
+    def _axis(self, value, node):
+        """The feature axis of ``node``'s ``value`` when it must move, else None."""
+        axis = self.axis_of(node)
+        if axis is None or not torch.is_tensor(value) or value.ndim <= 2:
+            return None  # one feature axis, or not activations (a shape problem)
         if not -value.ndim < axis < value.ndim or axis in (0, -value.ndim):
+            what = "the model output" if node == OUTPUT_NODE else f"node layer {node!r}"
             raise ValueError(
-                f"feature_axis={axis} does not name a feature axis of {name}'s activations "
-                f"of shape {tuple(value.shape)}: it must be an axis other than the batch axis "
-                f"0, in 1..{value.ndim - 1} or -{value.ndim - 1}..-1"
+                f"feature_axis={axis} does not name a feature axis of the activations of "
+                f"{what}, of shape {tuple(value.shape)}: it must be an axis other than the "
+                f"batch axis 0, in 1..{value.ndim - 1} or -{value.ndim - 1}..-1 (a dict "
+                "feature_axis gives each node layer and 'output' its own)"
             )
         axis %= value.ndim
         return None if axis == value.ndim - 1 else axis
+
+    def check_feature_axes(self, names):
+        """Refuse a dict ``feature_axis`` that names no node layer of this fit."""
+        if not isinstance(self.feature_axis, dict):
+            return
+        unknown = sorted(set(self.feature_axis) - {*names, OUTPUT_NODE}, key=str)
+        if unknown:
+            raise ValueError(
+                f"feature_axis names {unknown}, which are not node layers of this fit "
+                f"({[*names, OUTPUT_NODE]})"
+            )
+        bad = {k: v for k, v in self.feature_axis.items() if not _is_axis(v)}
+        if bad:
+            raise ValueError(f"feature_axis must map node layers to int axes or None, got {bad}")
 
     # -- conveniences ------------------------------------------------------------------
     def read(self, x, names):
@@ -304,6 +329,10 @@ def _public_attributes(value):
     return [name for name in dir(value) if not name.startswith("_")]
 
 
+def _is_axis(value):
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def _shape_error(name, value, n, feature_axis=None):
     if not torch.is_tensor(value):
         hint = ""
@@ -344,6 +373,7 @@ def inspect_node_layers(runner, x, names):
     output_shape : tuple
         Per-sample shape of the model output.
     """
+    runner.check_feature_axes(names)
     modules = [runner.module(name) for name in names]
     if len(set(map(id, modules))) != len(modules):
         raise ValueError(f"Node layers must be distinct modules, got {list(names)}")
@@ -365,11 +395,11 @@ def inspect_node_layers(runner, x, names):
     n = n_rows(x)
     shapes = {}
     for name, value in zip(names, reads):
-        problem = _shape_error(f"Node layer {name!r}", value, n, runner.feature_axis)
+        problem = _shape_error(f"Node layer {name!r}", value, n, runner.axis_of(name))
         if problem:
             raise ValueError(problem)
         shapes[name] = tuple(value.shape[1:])
-    problem = _shape_error("The model output", output, n, runner.feature_axis)
+    problem = _shape_error("The model output", output, n, runner.axis_of(OUTPUT_NODE))
     if problem:
         raise ValueError(problem)
     _check_batch_independence(runner, x, names, (reads, output))

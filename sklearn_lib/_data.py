@@ -33,9 +33,11 @@ What a batch may be:
   of per-sample dicts (stacked field by field, as a list of rows is).
 
 Every batch of a stream is checked as it arrives: at least two dimensions
-(one for each field of a dict), numbers, finite, and the per-sample shape
-of the data it must match (the fitted inputs, or the stream's first batch;
-a dict's per-sample shape is a dict of its fields' shapes).
+(a dict: one row per sample in each field, and not only 1-D fields, which
+look like one sample of a data set rather than a batch), numbers, finite,
+and the per-sample shape of the data it must match (the fitted inputs, or
+the stream's first batch; a dict's per-sample shape is a dict of its
+fields' shapes).  A list of per-sample dicts is stacked into a dict batch.
 """
 
 import contextlib
@@ -258,6 +260,8 @@ class StreamSource:
         """The model inputs of one batch as yielded (see the module docstring)."""
         if isinstance(batch, Mapping):
             return dict(batch)  # keyword arguments of the model
+        if isinstance(batch, list) and batch and all(isinstance(b, Mapping) for b in batch):
+            return stack_records(batch)  # per-sample dicts, as rows are stacked
         if not isinstance(batch, (tuple, list)):
             return batch
         if not batch:
@@ -305,6 +309,14 @@ class StreamSource:
             return None
         if isinstance(batch, Mapping):
             batch = check_fields(batch, "A batch of the stream")
+            if all(value.ndim == 1 for value in batch.values()):
+                shapes = {key: tuple(value.shape) for key, value in batch.items()}
+                raise ValueError(
+                    f"A batch of the stream is a dict of 1-D fields {shapes}: one sample (as "
+                    "the rows of a Hugging Face data set are), or a batch of one number per "
+                    "sample? A stream must yield batches: collate the samples (a DataLoader "
+                    "over them does), or pass a dict of arrays or a list of per-sample dicts"
+                )
             if not n_rows(batch):
                 return None
             self._check_shape({key: tuple(v.shape[1:]) for key, v in batch.items()})

@@ -75,9 +75,11 @@ class LIBTransformer(_ModelLayerTransformer):
     forward_kwargs : dict or None, default=None
         Keyword arguments of every call of the model, e.g.
         ``{"use_cache": False}``, so that no wrapper is needed.
-    feature_axis : int or None, default=None
+    feature_axis : int, dict or None, default=None
         The axis of the activations (batch axis 0) that holds the features,
-        at every node layer and the output.  ``feature_axis=1`` makes the
+        at every node layer and the output (an int), or per node layer (a
+        dict of node-layer names and ``"output"`` to axes; the others keep
+        the last axis).  ``feature_axis=1`` makes the
         channels of ``(N, C, H, W)`` maps the features and the ``H * W``
         locations the positions, with one basis shared over locations.
         None: the last axis, as for ``(N, d)`` and ``(N, T, d)``;

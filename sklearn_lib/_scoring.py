@@ -18,6 +18,9 @@ import torch
 
 SCORINGS = ("accuracy", "r2")
 
+#: Labels of this value are not scored (``torch.nn.CrossEntropyLoss``'s default ``ignore_index``).
+IGNORE_INDEX = -100
+
 # SST below this fraction of the outputs' sum of squares means constant outputs:
 # equal float64 outputs leave an SST of about 1e-32 of it (the rounding of the
 # running means), while outputs that vary even in their 7th digit give 1e-14.
@@ -38,11 +41,16 @@ class _Accuracy:
         predicted = ablated.argmax(-1)
         if valid is not None:
             target, predicted = target[valid], predicted[valid]
+        # PyTorch's and Hugging Face's ignore_index: special tokens, continuation
+        # sub-words and padding are labelled -100 and never scored.
+        scored = target != IGNORE_INDEX
+        target, predicted = target[scored], predicted[scored]
         n_classes = ablated.shape[-1]
         if target.numel() and (int(target.min()) < 0 or int(target.max()) >= n_classes):
             raise ValueError(
                 f"y must hold integer class labels in [0, {n_classes}) (the argmax of the "
-                "model's last output axis) at every scored position"
+                "model's last output axis) at every scored position, or -100 where a position "
+                "is not scored"
             )
         self.correct += int((predicted == target).sum())
         self.count += target.numel()

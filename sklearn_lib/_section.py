@@ -51,6 +51,7 @@ import warnings
 
 import torch
 
+from ._basis import OUTPUT_NODE
 from ._failures import is_out_of_memory
 from ._inputs import attention_mask, n_rows, repeat_rows, take_rows, valid_positions
 from ._jacobian import integrated_vjps, quadrature_sum, scaled
@@ -95,7 +96,7 @@ def closed_forms(session, src, dst):
         forms.append(ModelClosedForm(session, src, dst))
     # The formula applies Linear layers along the last axis of the model's
     # own layout, which is not the feature axis once feature_axis moves it.
-    moved = session.feature_axis not in (None, -1)
+    moved = any(session.axis_of(node) not in (None, -1) for node in (src, dst or OUTPUT_NODE))
     structure = None if moved else LinearElementwise.detect(model, src, dst, session.capture)
     if structure is not None:
         forms.append(structure)
@@ -327,9 +328,10 @@ class SectionJacobian:
     def _closed(self, kind, x, points, rows, weights, tangents=None):
         """The closed form to use for ``kind``, or None; decided on the first call.
 
-        None on batches with an attention mask: closed forms do not mask.
+        None on batches whose attention mask applies to the section's input or
+        output positions: closed forms do not mask.
         """
-        if attention_mask(x) is not None:
+        if _masked(x, points, rows):
             return None
         if kind not in self._chosen:
             self._chosen[kind] = next(
@@ -389,6 +391,15 @@ class SectionJacobian:
             stacklevel=user_stacklevel(),
         )
         return False
+
+
+def _masked(x, points, rows):
+    """Whether padding applies to a section with these input points and cotangent rows."""
+    mask = attention_mask(x)
+    if mask is None:
+        return False
+    output_positions = rows.shape[1]  # (R, P_out, d_next): positions flattened
+    return valid_positions(x, points.shape[1:]) is not None or output_positions == mask[0].numel()
 
 
 def _row_chunks(points, rows):

@@ -426,3 +426,69 @@ def test_the_plan_counts_passes_and_rows():
     priced = fit_plan("X", ["a", "b"], shapes, (16, 10), sampled, Source(), timed)
     assert priced.passes == 3 and [s.rows for s in priced.sections] == [8, 8]
     assert "8 backward rows per batch" in priced.describe()
+
+
+# -- review findings -----------------------------------------------------------------
+
+
+def test_a_negative_feature_axis_leaves_a_2d_output_alone():
+    X = np.random.default_rng(1).normal(size=(12, 3, 4, 4))
+    a = LIBTransformer(ConvNet().double(), "node", feature_axis=-3, device="cpu").fit(X)
+    b = LIBTransformer(ConvNet().double(), "node", feature_axis=1, device="cpu").fit(X)
+    np.testing.assert_allclose(a.lambdas_, b.lambdas_, rtol=1e-12)
+
+
+class PerPositionHead(nn.Module):
+    """Conv1d body (channels-first) and a per-position head: a features-last output."""
+
+    def __init__(self, classes=6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.node = nn.Conv1d(3, 5, 3, padding=1), nn.Identity()
+        self.head = nn.Linear(5, classes)
+
+    def forward(self, x):
+        return self.head(self.node(torch.tanh(self.stem(x))).transpose(1, 2))  # (n, L, classes)
+
+
+def test_a_dict_feature_axis_gives_each_node_its_own():
+    X = np.random.default_rng(1).normal(size=(12, 3, 6))
+    model = PerPositionHead().double()
+    with torch.no_grad():
+        y = model(torch.as_tensor(X)).argmax(-1).numpy()  # (n, L)
+    lib = LIBTransformer(model, "node", feature_axis={"node": 1}, device="cpu").fit(X)
+    assert lib.activation_shape_ == (6, 5) and lib.output_shape_ == (6, 6)
+    assert lib.score(X, y) == 1.0
+    with pytest.raises(ValueError, match=r"feature_axis names \['nod'\]"):
+        LIBTransformer(model, "node", feature_axis={"nod": 1}, device="cpu").fit(X)
+
+
+def test_hugging_face_ignore_labels_are_not_scored_anywhere(rng):
+    X = _sequences(rng)
+    model = MaskedMixer().double()
+    lib = _mixer_lib(model).fit(X)
+    valid = X["attention_mask"] == 1
+    with torch.no_grad():
+        predicted = model(**{k: torch.as_tensor(v) for k, v in X.items()}).argmax(-1).numpy()
+    y = np.where(valid, rng.integers(0, 5, size=valid.shape), -100)
+    y[:, 0] = -100  # a special token: a real position, not scored
+    scored = y != -100
+    assert lib.score(X, y) == pytest.approx((predicted == y)[scored].mean(), abs=1e-12)
+    with pytest.raises(ValueError, match="or -100 where a position is not scored"):
+        lib.score(X, np.where(valid, -1, -100))
+
+
+def test_a_stream_of_single_samples_is_refused_and_a_list_of_them_is_a_batch(rng):
+    X = _sequences(rng, n=12)
+
+    class Rows:  # iterates like a Hugging Face data set: one dict per sample
+        def __iter__(self):
+            for i in range(12):
+                yield {key: value[i] for key, value in X.items()}
+
+    with pytest.raises(ValueError, match="dict of 1-D fields.*collate the samples"):
+        _mixer_lib(MaskedMixer()).fit(Rows())
+    records = [{key: value[i] for key, value in X.items()} for i in range(12)]
+    listed = torch.utils.data.DataLoader(records, batch_size=5, collate_fn=lambda b: b)
+    expected = _mixer_lib(MaskedMixer()).fit(X).lambdas_
+    np.testing.assert_allclose(_mixer_lib(MaskedMixer()).fit(listed).lambdas_, expected, rtol=1e-10)
