@@ -13,7 +13,11 @@ Scores (``scoring``): None means accuracy of the argmax of the model's last
 output axis when ``y`` holds class labels, and the pooled R² of the ablated
 against the unablated outputs without ``y``.  ``"accuracy"`` and ``"r2"``
 name them; a callable ``scoring(y_true, outputs)`` receives the labels (or,
-without ``y``, the unablated outputs) and the ablated outputs as arrays.
+without ``y``, the unablated outputs) and the ablated outputs as arrays, and
+returns one float where **higher is better** (``edges_needed`` and
+``features_needed`` keep the score within a tolerance below the unablated
+one): return the negated loss for a loss.  With padded dict inputs it gets
+the valid positions as rows (see :mod:`~sklearn_lib._scoring`).
 R² is undefined, and refused with a ``ValueError``, on fewer than 2 samples
 or when the unablated outputs do not vary over ``X``; accuracy is defined on
 any number of samples.

@@ -100,7 +100,9 @@ def plot_edges_needed(results, *, ax=None):
         ax.bar_label(bars, fontsize=8)
     ax.set_xticks(x + width * (len(labels) - 1) / 2)
     ax.set_xticklabels([f"{a} ->\n{b}" for a, b in sections], fontsize=8)
-    ax.set_yscale("log")
+    # Counts span orders of magnitude; symlog keeps a section that needs
+    # no edge at all (a valid result) on the axis, where log cannot.
+    ax.set_yscale("symlog", linthresh=1)
     ax.set_ylabel("edges needed")
     ax.set_title("Edges needed to keep the score")
     ax.legend()
