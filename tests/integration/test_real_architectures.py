@@ -636,3 +636,28 @@ def test_resnet_feature_maps_need_feature_axis(rng, estimator):
         estimator(small_resnet(), "stage2").fit(X)
     message = str(info.value)
     assert "channels-first" in message and "channels-last" in message, message
+
+
+def _torchvision():
+    """torchvision, or skip: the registry's wheels may not match this torch build."""
+    try:
+        import torchvision
+    except Exception as exc:  # e.g. RuntimeError: operator torchvision::nms does not exist
+        pytest.skip(f"torchvision does not import here ({type(exc).__name__}: {exc})")
+    return torchvision
+
+
+def test_torchvision_resnet18_at_its_last_stage():
+    torchvision = _torchvision()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).double().eval()
+    before = _snapshot(model)
+    X = np.random.default_rng(0).normal(size=(6, 3, 64, 64))
+    lib = LIBTransformer(
+        model, "avgpool", downstream_layers=["fc"], feature_axis=1, device="cpu"
+    ).fit(X)
+    assert lib.activation_shape_ == (2, 2, 512) and lib.n_positions_ == 4
+    assert lib.score(X) >= 1 - 1e-9
+    _assert_untouched(model, before)
+    with pytest.raises(ValueError, match="feature_axis=1 for channels-first"):
+        LIBTransformer(model, "avgpool", device="cpu").fit(X)
