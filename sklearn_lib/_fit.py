@@ -7,6 +7,12 @@ over the data, in the next basis.  An accumulator whose inputs are known
 before a pass joins it: with the identity output basis, known before any
 data is read, the last section's ``M'`` joins the statistics pass, so ``k``
 node layers take ``k`` passes.
+
+A Linear -> elementwise section (:mod:`~sklearn_lib._structure`) needs no
+pass of its own: its ``M'`` is ``W^T ((C C^T) * S) W`` with ``S = sum s s^T``
+over the integrated slopes, which do not depend on any basis, so the
+statistics pass gathers ``S`` and the ``M'`` follows from the next basis
+``C`` at no cost.  A chain of such sections (an MLP) fits in one pass.
 """
 
 import functools
@@ -25,11 +31,12 @@ from ._basis import (
 )
 from ._capture import check_cut, check_gradient_flow, inspect_node_layers
 from ._integration import rule_tensors
-from ._jacobian import Cotangents
+from ._jacobian import Cotangents, scaled
 from ._plan import fit_plan
 from ._section import SectionJacobian, closed_forms
 from ._session import outside_inference_mode
-from ._stats import MomentAccumulator, row_average
+from ._stats import MomentAccumulator, all_reduce_sum, global_count, row_average
+from ._structure import LinearElementwise
 
 
 @dataclass(frozen=True)
@@ -71,11 +78,12 @@ def inspect(session, probe, names, settings):
 
 
 @outside_inference_mode
-def plan(session, owner, source, probe, shapes, output_shape, settings):
+def plan(session, owner, source, probe, shapes, output_shape, settings, one_pass=()):
     """The :class:`~sklearn_lib._plan.FitPlan` of :func:`fit_bases` on ``source``.
 
     Sections that autograd serves are priced by timing Jacobian rows on the
-    probe (see :func:`~sklearn_lib._plan.fit_plan`).
+    probe (see :func:`~sklearn_lib._plan.fit_plan`); ``one_pass`` sections
+    (:func:`one_pass_sections`) take no pass of their own.
     """
     names = list(shapes)
     seconds = {}
@@ -85,7 +93,7 @@ def plan(session, owner, source, probe, shapes, output_shape, settings):
             seconds[src] = functools.partial(
                 _row_seconds, session, probe, src, dst, shapes, output_shape, settings
             )
-    return fit_plan(owner, names, shapes, output_shape, settings, source, seconds)
+    return fit_plan(owner, names, shapes, output_shape, settings, source, seconds, one_pass)
 
 
 def _row_seconds(session, probe, src, dst, shapes, output_shape, settings, n_rows):
@@ -116,7 +124,44 @@ def _row_seconds(session, probe, src, dst, shapes, output_shape, settings, n_row
 
 
 @outside_inference_mode
-def fit_bases(session, source, shapes, output_shape, settings):
+def one_pass_sections(session, probe, shapes, output_shape, settings):
+    """The sections whose ``M'`` the statistics pass can gather, by node layer.
+
+    Those with the Linear -> elementwise closed form, when ``M'`` is exact
+    and closed forms are allowed, each checked against autograd on the probe
+    (with a random next basis: the check does not depend on the basis) as
+    every closed form is before use.
+
+    Returns
+    -------
+    dict of str to LinearElementwise
+    """
+    if settings.basis != "lib" or settings.jacobian == "autograd":
+        return {}
+    if settings.n_stochastic_sources is not None:
+        return {}  # the estimate the user asked for is another computation
+    names = list(shapes)
+    rule = rule_tensors(settings.rule, session.device)
+    generator = torch.Generator().manual_seed(0)
+    found = {}
+    for src, dst in zip(names, [*names[1:], None]):
+        forms = closed_forms(session, src, dst)
+        if not forms or not isinstance(forms[0], LinearElementwise):
+            continue  # none, or the model's own form comes first
+        dst_shape = output_shape if dst is None else shapes[dst]
+        matrix = torch.randn(dst_shape[-1], min(dst_shape[-1], 4), generator=generator)
+        matrix = matrix.to(device=session.device, dtype=session.dtype)
+        section = SectionJacobian(session, src, dst)
+        with torch.no_grad():
+            (f,) = session.read(probe, [src])
+        section.gram_sum(probe, f, Cotangents(matrix, n_positions(dst_shape)), rule)
+        if isinstance(section.route("gram"), LinearElementwise):  # it passed its check
+            found[src] = section.route("gram")
+    return found
+
+
+@outside_inference_mode
+def fit_bases(session, source, shapes, output_shape, settings, one_pass=None):
     """The basis of every node layer and of the output.
 
     Parameters
@@ -127,6 +172,8 @@ def fit_bases(session, source, shapes, output_shape, settings):
         Node layers in forward order with their per-sample activation shapes.
     output_shape : tuple
     settings : FitSettings
+    one_pass : dict of str to LinearElementwise, optional
+        :func:`one_pass_sections`: their ``M'`` comes from the statistics pass.
 
     Returns
     -------
@@ -134,6 +181,7 @@ def fit_bases(session, source, shapes, output_shape, settings):
         Forward order: the node layers, then ``"output"``.
     """
     names = list(shapes)
+    one_pass = one_pass or {}
     moments = {
         name: MomentAccumulator(name, shapes[name][-1], session.device, settings.center)
         for name in names
@@ -142,8 +190,11 @@ def fit_bases(session, source, shapes, output_shape, settings):
         OUTPUT_NODE, output_shape[-1], session.device, gram=settings.output_basis == "pca"
     )
     lib = settings.basis == "lib"
-    early = []
-    if lib and settings.output_basis == "identity":
+    following = dict(zip(names, [*names[1:], None]))
+    early = [
+        SlopeGram(session, src, following[src], form, settings) for src, form in one_pass.items()
+    ]
+    if lib and settings.output_basis == "identity" and names[-1] not in one_pass:
         # The output's basis is known before any data is read: the last
         # section's M' joins the statistics pass.
         eye = torch.eye(output_shape[-1], device=session.device, dtype=session.dtype)
@@ -157,6 +208,7 @@ def fit_bases(session, source, shapes, output_shape, settings):
     what = "activation statistics" + "".join(f" and {acc.what}" for acc in early)
     results = session.run_pass(source, [*statistics, *early], what)
     m_primes = {acc.src: m_prime for acc, m_prime in zip(early, results[len(statistics) :])}
+    slopes = {src: m_primes.pop(src) for src in one_pass}
 
     output_mean = output.mean.cpu().numpy()
     if settings.output_basis == "identity":
@@ -169,7 +221,10 @@ def fit_bases(session, source, shapes, output_shape, settings):
         m_prime = None
         if lib:
             m_prime = m_primes.get(name)
-            if m_prime is None:
+            if name in slopes:
+                matrix = next_basis.tensors(session.device, session.dtype)[1]
+                m_prime = slopes[name].m_prime(matrix)
+            elif m_prime is None:
                 dst = names[i + 1] if i + 1 < len(names) else None
                 matrix = next_basis.tensors(session.device, session.dtype)[1]
                 acc = JacobianGram(
@@ -190,6 +245,56 @@ def fit_bases(session, source, shapes, output_shape, settings):
         )
         bases[name] = next_basis
     return {name: bases[name] for name in [*names, OUTPUT_NODE]}
+
+
+class SlopeGram:
+    """Accumulator of ``S = sum s s^T`` of a Linear -> elementwise section (see ``_session``).
+
+    Its result gives the section's exact ``M'`` for any next basis
+    (:meth:`m_prime`), so it joins the statistics pass.  With the plain
+    gradient rule the slopes come from the next node's activations where the
+    activation allows it (:meth:`LinearElementwise.slopes_from_outputs`),
+    else from running the Linear layer again.
+    """
+
+    def __init__(self, session, src, dst, form, settings):
+        self.src, self.dst, self.form = src, dst or OUTPUT_NODE, form
+        self.what = f"slopes {src!r}"
+        self.rule = rule_tensors(settings.rule, session.device)
+        alphas, weights = (np.asarray(t, dtype=float) for t in settings.rule)
+        plain = alphas.tolist() == [1.0] and weights.tolist() == [1.0]  # the plain gradient
+        self.from_outputs = plain and form.slopes_from_outputs(torch.zeros(1)) is not None
+        self.binary = self.from_outputs and form.binary_slopes
+        self.reads = (src, self.dst) if self.from_outputs else (src,)
+        width = form.linear.out_features
+        self.total = torch.zeros(width, width, dtype=torch.float64, device=session.device)
+        self.rows = 0
+
+    def update(self, batch, acts):
+        f = acts[self.src]
+        if self.from_outputs:
+            s = self.form.slopes_from_outputs(acts[self.dst])
+        else:
+            alphas, weights = self.rule
+            s = self.form.integrated_slopes(scaled(f, alphas), weights)
+        s = s.reshape(-1, s.shape[-1])  # (n * P, d_next): positions are samples here
+        if (self.binary and s.shape[0] < 2**24) or s.dtype != torch.float64:
+            # 0/1 slopes (ReLU) have exact float32 products (counts below 2^24 per
+            # batch); a float32 fit takes its own dtype's.  Sums stay float64.
+            low = s.to(torch.float32)
+            self.total += (low.T @ low).to(torch.float64)
+        else:
+            self.total.addmm_(s.T, s)
+        self.rows += batch.n_rows(f.shape[1:])
+
+    def result(self):
+        all_reduce_sum(self.total)
+        self.rows = global_count(self.rows, self.total.device)
+        return self
+
+    def m_prime(self, matrix):
+        """``M'`` in the next basis ``matrix`` ``(d_next, k_next)``, per row, as numpy."""
+        return (self.form.gram_from_slopes(self.total, matrix) / self.rows).cpu().numpy()
 
 
 class JacobianGram:

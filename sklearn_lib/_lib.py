@@ -15,7 +15,7 @@ from ._base import (
     check_padded_positions,
     map_arrays,
 )
-from ._fit import FitSettings, fit_bases, inspect, plan
+from ._fit import FitSettings, fit_bases, inspect, one_pass_sections, plan
 from ._graph import interaction_graph
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._plan import announce
@@ -337,10 +337,12 @@ class LIBTransformer(_ModelLayerTransformer):
         probe = session.inputs(probe)
         shapes, output_shape = inspect(session, probe, names, settings)
         owner = type(self).__name__
+        one_pass = one_pass_sections(session, probe, shapes, output_shape, settings)
         announce(
-            plan(session, owner, source, probe, shapes, output_shape, settings), session.progress
+            plan(session, owner, source, probe, shapes, output_shape, settings, one_pass),
+            session.progress,
         )
-        bases = fit_bases(session, source, shapes, output_shape, settings)
+        bases = fit_bases(session, source, shapes, output_shape, settings, one_pass)
 
         self.bases_ = bases
         # Of the copy the bases were fitted on: later calls warn if the model changed.

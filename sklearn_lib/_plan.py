@@ -84,7 +84,7 @@ class FitPlan:
         return line
 
 
-def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds):
+def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, one_pass=()):
     """The plan of a fit (see :class:`FitPlan`).
 
     Parameters
@@ -104,14 +104,21 @@ def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds):
         roughly; a fit that might be long (over a tenth of
         :data:`LONG_FIT_SECONDS`) is priced again with more rows, best of
         three.
+    one_pass : collection of str
+        Section sources whose ``M'`` the statistics pass gathers (a closed
+        form): no pass and no rows of their own.
     """
     if settings.basis != "lib":
         return FitPlan(owner, 1, _n_samples(source), _batch_size(source), ())
     # The statistics pass; the last section joins it when the output basis is known.
-    passes = 1 + len(names) - (settings.output_basis == "identity")
+    own = [name for name in names if name not in one_pass]
+    joins = settings.output_basis == "identity" and names[-1] in own
+    passes = 1 + len(own) - joins
     n_samples = _n_samples(source)
     sections = []
     for src, dst in zip(names, [*names[1:], OUTPUT_NODE]):
+        if src in one_pass:
+            continue
         dst_shape = output_shape if dst == OUTPUT_NODE else shapes[dst]
         exact = settings.n_stochastic_sources is None
         rows = n_positions(dst_shape) * dst_shape[-1] if exact else settings.n_stochastic_sources

@@ -73,24 +73,33 @@ class MomentAccumulator:
         )
 
     def update(self, batch, acts):
-        """Add the rows of ``acts[name]``."""
+        """Add the rows of ``acts[name]``.
+
+        Rows are centred and multiplied in the compute dtype (a float32 fit's
+        Gram per batch in float32, twice as fast), around a shift that dtype
+        holds exactly; the sums over batches are float64.
+        """
         f = acts[self.name].detach()
-        rows = f.to(torch.float64).reshape(-1, self.sum.shape[0])  # (m, d)
+        rows = f.reshape(-1, self.sum.shape[0])  # (m, d)
         valid = batch.valid(f.shape[1:])
         if valid is not None:
             rows = rows[valid.reshape(-1)]
         if self.shift is None:
             centre = self.center and rows.shape[0] > 0  # not a batch of padding only
-            self.shift = rows.mean(0) if centre else torch.zeros_like(self.sum)
+            shift = rows.to(torch.float64).mean(0) if centre else torch.zeros_like(self.sum)
             if distributed():
                 # Every rank must use the same shift for the sums to add up:
                 # the average of the ranks' first-batch means.
-                all_reduce_sum(self.shift)
-                self.shift /= torch.distributed.get_world_size()
-        centred = rows - self.shift  # (m, d)
-        self.sum += centred.sum(0)
+                all_reduce_sum(shift)
+                shift /= torch.distributed.get_world_size()
+            self.shift = shift.to(f.dtype).to(torch.float64)  # exact in both dtypes
+        centred = rows - self.shift.to(rows.dtype)  # (m, d)
+        self.sum += centred.sum(0, dtype=torch.float64)
         if self.sq is not None:
-            self.sq += centred.T @ centred
+            if centred.dtype == torch.float64:
+                self.sq.addmm_(centred.T, centred)
+            else:
+                self.sq += (centred.T @ centred).to(torch.float64)
         self.count += rows.shape[0]
 
     def result(self):

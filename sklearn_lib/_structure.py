@@ -137,12 +137,61 @@ class LinearElementwise:
         along = along.reshape(along.shape[0], along.shape[1], -1, along.shape[-1])
         return (along * coef.reshape(coef.shape[0], -1, coef.shape[-1])).sum(2)
 
+    def integrated_slopes(self, points, weights):
+        """``s = sum_a w_a phi'(alpha_a f W^T + b)``, float64 ``(m, *pos, d_next)``.
+
+        ``points`` are alpha-major, ``(A * m, *pos, d)``.
+        """
+        slope = self._derivative(points).to(torch.float64)
+        slope = slope.reshape(weights.shape[0], -1, *slope.shape[1:])  # (A, m, *pos, d_next)
+        return torch.einsum("a,am...->m...", weights.to(torch.float64), slope)
+
+    def slopes_from_outputs(self, h):
+        """``phi'(z)`` from the section's outputs ``h = phi(z)``, or None where it cannot be read.
+
+        For the plain gradient rule the slopes are those at the data, and a
+        ReLU, tanh or sigmoid has its derivative as a function of its own
+        output: ``1[h > 0]``, ``1 - h^2``, ``h (1 - h)``; no activation at all
+        has slope 1.  So the statistics pass, which reads the next node layer
+        anyway, needs no second run of the Linear layer.  Only the exact
+        module types qualify (a subclass may compute something else).
+        """
+        kinds = [type(m) for m in self.activations if type(m) not in (nn.Identity, nn.Dropout)]
+        if len(kinds) > 1:
+            return None
+        kind = kinds[0] if kinds else None
+        if kind is None:
+            return torch.ones_like(h)
+        if kind is nn.ReLU:
+            return (h > 0).to(h.dtype)
+        if kind is nn.Tanh:
+            return 1 - h * h
+        if kind is nn.Sigmoid:
+            return h * (1 - h)
+        return None
+
+    @property
+    def binary_slopes(self):
+        """True when every slope is 0 or 1 (ReLU, or no activation)."""
+        kinds = {type(m) for m in self.activations} - {nn.Identity, nn.Dropout}
+        return kinds <= {nn.ReLU}
+
+    def gram_from_slopes(self, S, matrix):
+        """``W^T ((C C^T) * S) W``, float64: the Gram of the exact rows from ``S = sum s s^T``.
+
+        The section acts on each position separately, so the exact rows of a
+        position are the columns of the next basis ``C`` (``matrix``, shape
+        ``(d_next, k_next)``) and ``K = sum_r c_r c_r^T = C C^T``; ``S``
+        summed over rows (samples and positions) needs no basis, which is
+        why a fit can gather it in its statistics pass.
+        """
+        C = matrix.to(torch.float64)
+        W = self.linear.weight.to(torch.float64)
+        return W.T @ ((C @ C.T) * S) @ W
+
     def gram(self, points, weights, cotangents):
         """``W^T (sum_p K_p * S_p) W`` in float64, with ``S_p = sum_x s s^T`` per position."""
-        n_alpha = weights.shape[0]
-        slope = self._derivative(points).to(torch.float64)
-        slope = slope.reshape(n_alpha, -1, *slope.shape[1:])  # (A, m, *pos, d_next)
-        s = torch.einsum("a,am...->m...", weights.to(torch.float64), slope)
+        s = self.integrated_slopes(points, weights)
         s = s.reshape(s.shape[0], -1, s.shape[-1])  # (m, P, d_next)
         c = cotangents.reshape(cotangents.shape[0], -1, cotangents.shape[-1]).to(torch.float64)
         m, n_pos, d_next = s.shape

@@ -86,8 +86,29 @@ def test_stream_errors(rng):
         LIBTransformer(model, "fc2").fit(Batches(X, 20, "shape"))
     with pytest.raises(ValueError, match="NaN or infinity"):
         LIBTransformer(model, "fc2").fit(Batches(X, 20, "nan"))
+    # Autograd: a Jacobian pass after the statistics pass, which sees the stream shrink.
     with pytest.raises(ValueError, match="yielded 20 samples in this pass but 60 in the first"):
-        LIBTransformer(model, "fc2", downstream_layers=["fc3"]).fit(Batches(X, 20, "shrink"))
+        LIBTransformer(model, "fc2", downstream_layers=["fc3"], jacobian="autograd").fit(
+            Batches(X, 20, "shrink")
+        )
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_an_mlp_chain_fits_in_one_pass(rng, dtype):
+    """Linear -> elementwise sections gather their M' in the statistics pass."""
+    X = rng.normal(size=(60, 4))
+    stream = Batches(X, 20)
+    model = tanh_mlp()
+    one_pass = LIBTransformer(model, "fc1", downstream_layers=["fc2"], dtype=dtype).fit(stream)
+    assert stream.passes == 1 + 1  # the probe and the statistics pass
+    autograd = LIBTransformer(model, "fc1", downstream_layers=["fc2"], jacobian="autograd")
+    autograd.set_params(dtype=dtype).fit(X)
+    rtol = 1e-9 if dtype == "float64" else 1e-4
+    for name in ("fc1", "fc2"):
+        expected = autograd.bases_[name].lambdas
+        np.testing.assert_allclose(
+            one_pass.bases_[name].lambdas, expected, rtol=rtol, atol=rtol * expected[0]
+        )
 
 
 def _loader(X, y=None, batch_size=16):  # the estimators' batch size: the same sums

@@ -11,7 +11,7 @@ import numpy as np
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/, for toy_models
-from toy_models import PositionMixer  # noqa: E402
+from toy_models import PositionMixer, tanh_mlp  # noqa: E402
 
 from sklearn_lib import LIBTransformer  # noqa: E402
 
@@ -24,7 +24,16 @@ def main(out_path):
     params = dict(downstream_layers=["head"], batch_size=16, device="cpu")
     sharded = LIBTransformer(model, "mix", **params).fit(X[rank::world])
     graph = sharded.interaction_graph(X[rank::world])
-    dist.destroy_process_group()  # the reference below runs as one process
+    # An MLP chain: its sections' M' come from the statistics pass (one pass).
+    Y = X.reshape(len(X), -1)[:, :4]
+    chain = dict(downstream_layers=["fc2"], batch_size=16, device="cpu")
+    sharded_chain = LIBTransformer(tanh_mlp(), "fc1", **chain).fit(Y[rank::world])
+    dist.destroy_process_group()  # the references below run as one process
+    whole_chain = LIBTransformer(tanh_mlp(), "fc1", **chain).fit(Y)
+    for name in whole_chain.bases_:
+        np.testing.assert_allclose(
+            sharded_chain.bases_[name].lambdas, whole_chain.bases_[name].lambdas, rtol=1e-10
+        )
     whole = LIBTransformer(model, "mix", **params).fit(X)
     whole_graph = whole.interaction_graph(X)
     for name in whole.bases_:
