@@ -20,6 +20,8 @@ bandwidth that the CPU does not have to spare.
 no closed form of its own.
 """
 
+import math
+
 import torch
 
 from ._numerics import CHUNK_ELEMENTS
@@ -52,7 +54,18 @@ def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows)
         chunk = max(1, CHUNK_ELEMENTS // max(per_row, 1))
     else:
         chunk = 1
-    for start in range(0, n_rows, chunk):
+    # Rows are made a block at a time (exact rows exist only when sliced, see
+    # ExactRows), a block of at most CHUNK_ELEMENTS, and run a chunk at a time.
+    row_size = max(math.prod(cotangent_rows.shape[1:]), 1)
+    block_rows = max(chunk, CHUNK_ELEMENTS // row_size // chunk * chunk)
+    for start in range(0, n_rows, block_rows):
+        block = cotangent_rows[start : start + block_rows]
+        yield from _vjp_chunks(out, leaf, block, weights, n_samples, batched_rows, chunk)
+
+
+def _vjp_chunks(out, leaf, cotangent_rows, weights, n_samples, batched_rows, chunk):
+    """:func:`integrated_vjps` of one block of rows held in memory."""
+    for start in range(0, cotangent_rows.shape[0], chunk):
         rows = cotangent_rows[start : start + chunk]  # (r, P_out, d_next)
         cot = rows.unsqueeze(1).expand(-1, out.shape[0], -1, -1)  # (r, A*n, P_out, d_next)
         if batched_rows:
@@ -151,13 +164,12 @@ class Cotangents:
     def _build(self):
         C = self.matrix
         d_next, k_next = C.shape
-        if self.signs is not None and self.signs.ndim == 3:
+        if self.signs is None:
+            return ExactRows(C, self.n_positions)  # built chunk by chunk, when used
+        if self.signs.ndim == 3:
             # (S, P_out, k_next) signs mix features too: (S, P_out, d_next).
             return torch.einsum("stk,dk->std", self.signs.to(C.dtype), C)
-        signs = self.signs
-        if signs is None:
-            signs = torch.eye(self.n_positions, dtype=C.dtype, device=C.device)
-        signs = signs.to(C.dtype)
+        signs = self.signs.to(C.dtype)
         # (S, 1, P_out, 1) * (1, k_next, 1, d_next) -> (S, k_next, P_out, d_next)
         rows = signs[:, None, :, None] * C.T[None, :, None, :]
         return rows.reshape(-1, self.n_positions, d_next)
@@ -183,6 +195,58 @@ class Cotangents:
         k_next = self.matrix.shape[1]
         per_feature = per_row.reshape(-1, k_next, *per_row.shape[1:])
         return per_feature.sum(0) * self.scale
+
+
+class ExactRows:
+    """The exact cotangent rows ``e_t (x) C[:, i]`` (row ``t * k + i``), made when sliced.
+
+    Held whole they would take ``P_out^2 * k_next * d_next`` numbers, mostly
+    zeros: 2 GiB at 256 positions and 64 features.  A pass only ever uses a
+    chunk of rows at a time, so this object gives them chunk by chunk: it
+    has the ``shape``, ``dtype``, ``to`` and slicing of the tensor it stands
+    for, and :meth:`combine` for signed sums of all rows.  ``rows[:]`` makes
+    the whole tensor, for a closed form that takes every row at once.
+
+    Parameters
+    ----------
+    matrix : torch.Tensor of shape (d_next, k_next)
+    n_positions : int
+    """
+
+    def __init__(self, matrix, n_positions):
+        self.matrix = matrix
+        self.n_positions = n_positions
+        d_next, k_next = matrix.shape
+        self.shape = torch.Size((n_positions * k_next, n_positions, d_next))
+        self.dtype, self.device = matrix.dtype, matrix.device
+
+    def __len__(self):
+        return self.shape[0]
+
+    def to(self, dtype):
+        """These rows in ``dtype``."""
+        return self if dtype == self.dtype else ExactRows(self.matrix.to(dtype), self.n_positions)
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            index %= self.shape[0]
+            return self[index : index + 1][0]
+        if not isinstance(index, slice):
+            raise TypeError("exact rows are taken by an int or a slice")
+        start, stop, step = index.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("exact rows are taken by contiguous slices")
+        k_next = self.matrix.shape[1]
+        r = torch.arange(start, max(start, stop), device=self.device)
+        rows = torch.zeros(len(r), *self.shape[1:], dtype=self.dtype, device=self.device)
+        rows[torch.arange(len(r), device=self.device), r // k_next] = self.matrix[:, r % k_next].T
+        return rows
+
+    def combine(self, signs):
+        """``signs @ rows.flatten(1)`` reshaped, ``(c, P_out, d_next)``, without the rows."""
+        k_next = self.matrix.shape[1]
+        per_position = signs.to(self.dtype).reshape(signs.shape[0], self.n_positions, k_next)
+        return per_position @ self.matrix.T
 
 
 def scaled(f, alphas):

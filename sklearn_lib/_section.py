@@ -54,7 +54,7 @@ import torch
 from ._basis import OUTPUT_NODE
 from ._failures import is_out_of_memory
 from ._inputs import attention_mask, n_rows, repeat_rows, take_rows, valid_positions
-from ._jacobian import integrated_vjps, quadrature_sum, scaled
+from ._jacobian import ExactRows, integrated_vjps, quadrature_sum, scaled
 from ._numerics import CHUNK_ELEMENTS, max_relative_error
 from ._structure import LinearElementwise
 from .exceptions import user_stacklevel
@@ -299,6 +299,7 @@ class SectionJacobian:
         return quadrature_sum(g, weights, n_samples)
 
     def _closed_gram(self, form, points, rows, weights):
+        rows = rows[:] if isinstance(rows, ExactRows) else rows  # a closed form takes all at once
         gram = self._call(form.gram, points, weights, rows)
         return gram if gram is NotImplemented else gram.to(torch.float64)
 
@@ -422,7 +423,10 @@ def _probe_rows(rows, n_combinations):
     """
     generator = torch.Generator().manual_seed(0)
     signs = 2 * torch.randint(0, 2, (n_combinations, rows.shape[0]), generator=generator) - 1
-    mixed = (signs.to(rows) @ rows.flatten(1)).view(n_combinations, *rows.shape[1:])
+    if isinstance(rows, ExactRows):
+        mixed = rows.combine(signs.to(rows.device))
+    else:
+        mixed = (signs.to(rows) @ rows.flatten(1)).view(n_combinations, *rows.shape[1:])
     return torch.cat([rows[:1], mixed])
 
 

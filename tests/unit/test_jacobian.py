@@ -77,3 +77,25 @@ def test_stochastic_sources_are_unbiased(rng):
     signs = 2 * torch.randint(0, 2, (4000, 3, 3), generator=gen) - 1
     mean = section.gram_sum(x, f, Cotangents(C, 3, signs), rule)
     assert float((mean - exact).abs().max() / exact.abs().max()) < 0.05
+
+
+def test_exact_rows_are_made_chunk_by_chunk():
+    """Slices and signed sums of the exact rows equal those of the whole tensor, never made."""
+    generator = torch.Generator().manual_seed(0)
+    C = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    P = 4
+    whole = torch.zeros(P, 3, P, 5, dtype=torch.float64)  # (t, i, t', d): e_t (x) C[:, i]
+    for t in range(P):
+        whole[t, :, t, :] = C.T
+    whole = whole.reshape(P * 3, P, 5)
+    rows = Cotangents(C, P).rows
+    assert rows.shape == whole.shape and len(rows) == 12
+    for start, stop in [(0, 12), (0, 1), (5, 9), (11, 12), (3, 3)]:
+        torch.testing.assert_close(rows[start:stop], whole[start:stop])
+    torch.testing.assert_close(rows[-1], whole[-1])
+    signs = (2 * torch.randint(0, 2, (2, 12), generator=generator) - 1).to(torch.float64)
+    torch.testing.assert_close(rows.combine(signs), (signs @ whole.flatten(1)).view(2, P, 5))
+    assert rows.to(torch.float32)[0:2].dtype == torch.float32
+    # 256 positions x 64 features: 2 GiB whole, nothing until sliced.
+    big = Cotangents(torch.eye(64, dtype=torch.float64), 256).rows
+    assert big.shape == (256 * 64, 256, 64) and big[100:102].shape == (2, 256, 64)
