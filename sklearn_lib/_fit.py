@@ -17,10 +17,13 @@ statistics pass gathers ``S`` and the ``M'`` follows from the next basis
 
 import functools
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from ._basis import (
     OUTPUT_NODE,
@@ -37,6 +40,7 @@ from ._section import SectionJacobian, closed_forms
 from ._session import outside_inference_mode
 from ._stats import MomentAccumulator, all_reduce_sum, global_count, row_average
 from ._structure import LinearElementwise
+from .exceptions import user_stacklevel
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ def one_pass_sections(session, probe, shapes, output_shape, settings):
 
 
 @outside_inference_mode
-def fit_bases(session, source, shapes, output_shape, settings, one_pass=None):
+def fit_bases(session, source, shapes, output_shape, settings, one_pass=None, report=None):
     """The basis of every node layer and of the output.
 
     Parameters
@@ -174,6 +178,9 @@ def fit_bases(session, source, shapes, output_shape, settings, one_pass=None):
     settings : FitSettings
     one_pass : dict of str to LinearElementwise, optional
         :func:`one_pass_sections`: their ``M'`` comes from the statistics pass.
+    report : dict, optional
+        With ``n_stochastic_sources="auto"``, filled with each section's
+        :class:`SourceRounds` (by source node layer).
 
     Returns
     -------
@@ -194,7 +201,8 @@ def fit_bases(session, source, shapes, output_shape, settings, one_pass=None):
     early = [
         SlopeGram(session, src, following[src], form, settings) for src, form in one_pass.items()
     ]
-    if lib and settings.output_basis == "identity" and names[-1] not in one_pass:
+    auto = settings.n_stochastic_sources == "auto"  # rounds of passes, not one early pass
+    if lib and settings.output_basis == "identity" and names[-1] not in one_pass and not auto:
         # The output's basis is known before any data is read: the last
         # section's M' joins the statistics pass.
         eye = torch.eye(output_shape[-1], device=session.device, dtype=session.dtype)
@@ -218,31 +226,39 @@ def fit_bases(session, source, shapes, output_shape, settings, one_pass=None):
     bases = {OUTPUT_NODE: next_basis}
     for i in reversed(range(len(names))):
         name = names[i]
+        stats = moments[name]
+
+        def basis_of(m_prime, name=name, stats=stats, first=i == 0):
+            return fit_node_basis(
+                name,
+                shapes[name],
+                stats.mean.cpu().numpy() if settings.center else np.zeros(shapes[name][-1]),
+                stats.gram.cpu().numpy(),
+                m_prime,
+                kind=settings.basis,
+                n_components=settings.n_components if first else None,
+                threshold=settings.truncation_threshold,
+                rtol=session.tolerances.null_space,
+            )
+
         m_prime = None
         if lib:
             m_prime = m_primes.get(name)
+            dst = names[i + 1] if i + 1 < len(names) else None
+            matrix = next_basis.tensors(session.device, session.dtype)[1]
             if name in slopes:
-                matrix = next_basis.tensors(session.device, session.dtype)[1]
                 m_prime = slopes[name].m_prime(matrix)
             elif m_prime is None:
-                dst = names[i + 1] if i + 1 < len(names) else None
-                matrix = next_basis.tensors(session.device, session.dtype)[1]
                 acc = JacobianGram(
                     session, name, dst, shapes[name], matrix, next_basis.n_positions, settings
                 )
-                (m_prime,) = session.run_pass(source, [acc], acc.what)
-        stats = moments[name]
-        next_basis = fit_node_basis(
-            name,
-            shapes[name],
-            stats.mean.cpu().numpy() if settings.center else np.zeros(shapes[name][-1]),
-            stats.gram.cpu().numpy(),
-            m_prime,
-            kind=settings.basis,
-            n_components=settings.n_components if i == 0 else None,
-            threshold=settings.truncation_threshold,
-            rtol=session.tolerances.null_space,
-        )
+                if settings.n_stochastic_sources == "auto":
+                    m_prime, sources = converged_m_prime(session, source, acc, basis_of)
+                    if report is not None:
+                        report[name] = sources
+                else:
+                    (m_prime,) = session.run_pass(source, [acc], acc.what)
+        next_basis = basis_of(m_prime)
         bases[name] = next_basis
     return {name: bases[name] for name in [*names, OUTPUT_NODE]}
 
@@ -297,6 +313,102 @@ class SlopeGram:
         return (self.form.gram_from_slopes(self.total, matrix) / self.rows).cpu().numpy()
 
 
+#: Sources per batch in each round of ``n_stochastic_sources="auto"``, and its limits.
+AUTO_SOURCES, AUTO_MIN_ROUNDS, AUTO_MAX_ROUNDS = 16, 4, 64
+#: What "stopped moving" means: the estimated error of the top Lambdas (relative to
+#: the largest) and the estimated smallest principal cosine of the top-k subspace.
+AUTO_LAMBDA_TOLERANCE, AUTO_COSINE, AUTO_TOP_K = 0.01, 0.99, 5
+
+
+@dataclass(frozen=True)
+class SourceRounds:
+    """How ``n_stochastic_sources="auto"`` ended for one section.
+
+    Attributes
+    ----------
+    n_sources : int
+        Random sources per batch in all (rounds times :data:`AUTO_SOURCES`).
+    rounds : int
+        Passes over the data.
+    lambda_error : float
+        Estimated error of the top Lambdas, relative to the largest.
+    cosine : float
+        Estimated smallest principal cosine between the top-k subspace and
+        the exact one.
+    converged : bool
+        False when :data:`AUTO_MAX_ROUNDS` ran out first.
+    """
+
+    n_sources: int
+    rounds: int
+    lambda_error: float
+    cosine: float
+    converged: bool
+
+
+def converged_m_prime(session, source, acc, basis_of):
+    """``M'`` from rounds of random sources until the basis it gives stops moving.
+
+    Each round is one pass with :data:`AUTO_SOURCES` sources per batch (new
+    draws every batch), an independent estimate of ``M'``; the result is
+    their mean.  Its Lambda error is estimated from the spread of the
+    rounds' own top-``k`` Lambdas (twice their standard error, relative to
+    the largest Lambda), and its subspace from two halves of the rounds
+    (their mean's angle is about half theirs).  Rounds go on, in pairs, from
+    :data:`AUTO_MIN_ROUNDS`, until the Lambda error is within
+    :data:`AUTO_LAMBDA_TOLERANCE` and the cosine at least :data:`AUTO_COSINE`,
+    or :data:`AUTO_MAX_ROUNDS` have run.
+
+    The estimate covers this section's own sources.  The next node's basis,
+    itself estimated, moves this one too; that part is not in the estimate.
+
+    Returns
+    -------
+    m_prime : ndarray
+    rounds : SourceRounds
+    """
+    halves = [0, 0]
+    tops = []
+    while True:
+        for half in (0, 1):
+            acc.reset(AUTO_SOURCES)
+            what = f"{acc.what} (round {len(tops) + 1})"
+            (m_round,) = session.run_pass(source, [acc], what)
+            halves[half] = halves[half] + m_round
+            tops.append(basis_of(m_round).lambdas[:AUTO_TOP_K])
+        rounds = len(tops)
+        mean = basis_of((halves[0] + halves[1]) / rounds)
+        k = min(len(top) for top in tops)
+        spread = np.std([top[:k] for top in tops], axis=0, ddof=1).max()
+        lambda_error = float(2 * spread / np.sqrt(rounds) / max(mean.lambdas[0], _TINY))
+        cosine = _mean_cosine(*(basis_of(m / (rounds // 2)) for m in halves))
+        converged = lambda_error <= AUTO_LAMBDA_TOLERANCE and cosine >= AUTO_COSINE
+        if (converged and rounds >= AUTO_MIN_ROUNDS) or rounds >= AUTO_MAX_ROUNDS:
+            break
+    report = SourceRounds(rounds * AUTO_SOURCES, rounds, lambda_error, cosine, converged)
+    if not converged:
+        warnings.warn(
+            f"n_stochastic_sources='auto' did not converge on {acc.what} after {rounds} rounds "
+            f"({report.n_sources} sources per batch): estimated Lambda error {lambda_error:.1%} "
+            f"of the largest, top-{AUTO_TOP_K} cosine {cosine:.3f}. More samples (or a "
+            "smaller batch_size: more draws per pass) help; n_stochastic_sources=None is exact",
+            ConvergenceWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return (halves[0] + halves[1]) / rounds, report
+
+
+_TINY = np.finfo(float).tiny
+
+
+def _mean_cosine(a, b):
+    """The estimated smallest principal cosine of the top-k subspace of the mean of two halves."""
+    k = max(1, min(AUTO_TOP_K, a.n_components, b.n_components))
+    # The halves' angle shrinks by half in the mean of both: sin(theta) / 2.
+    sine = np.sin(float(np.max(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k]))))
+    return float(np.sqrt(max(0.0, 1 - (sine / 2) ** 2)))
+
+
 class JacobianGram:
     """Accumulator of ``M'`` of one section (see ``_session`` for the protocol).
 
@@ -330,6 +442,12 @@ class JacobianGram:
         self.total = torch.zeros(shape[-1], shape[-1], dtype=torch.float64, device=session.device)
         self.rows = 0
         self.count = 0
+
+    def reset(self, sources):
+        """Start over with ``sources`` random sources per batch (a new round)."""
+        self.sources = sources
+        self.total = torch.zeros_like(self.total)
+        self.rows = self.count = 0
 
     def update(self, batch, acts):
         cotangents = self.exact.sampled(self.sources, self.session.generator, True)

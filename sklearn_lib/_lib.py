@@ -122,12 +122,17 @@ class LIBTransformer(_ModelLayerTransformer):
         Precision of the forward and backward passes.  ``"float64"``
         reproduces the paper; ``"float32"`` is faster.  Accumulators and
         eigensolves are float64 either way.  Integer inputs are never cast.
-    n_stochastic_sources : int or None, default=None
+    n_stochastic_sources : int, "auto" or None, default=None
         None computes ``M'`` exactly, with one backward pass per output
         position and next-layer feature.  An int ``S`` uses ``S`` random +-1
         combinations of all of them per batch instead: an unbiased estimate
         of ``M'`` at a fraction of the cost for wide outputs or many
         positions (its error shrinks like ``1 / sqrt(S * n_batches)``).
+        ``"auto"`` draws sources in rounds (one pass of 16 per batch each)
+        until the top-5 features stop moving: the estimated error of their
+        Lambda within 1% of the largest and the estimated cosine of their
+        subspace with the exact one at least 0.99 (at most 64 rounds); see
+        ``n_stochastic_sources_`` and ``stochastic_rounds_``.
     jacobian : {"auto", "autograd"}, default="auto"
         How Jacobian products are computed, for ``M'`` and for the edges.
         ``"auto"`` uses a closed form where one applies (the Linear ->
@@ -167,6 +172,13 @@ class LIBTransformer(_ModelLayerTransformer):
         ``Lambda`` and the kept count, so interaction graphs need no refit.
     output_shape_ : tuple
         Per-sample shape of the model output.
+    n_stochastic_sources_ : dict of str to int or None
+        Random sources per batch behind each section's ``M'``, by its
+        source node layer (None: exact).
+    stochastic_rounds_ : dict of str to SourceRounds
+        With ``n_stochastic_sources="auto"``: per section, the rounds run,
+        the sources in all, the estimated Lambda error and subspace cosine,
+        and whether it converged.
     input_shape_ : tuple
         Per-sample shape of ``X``.
     n_features_in_ : int
@@ -242,7 +254,11 @@ class LIBTransformer(_ModelLayerTransformer):
         "integration": [StrOptions(set(INTEGRATION_RULES))],
         "n_intervals": [StrictInterval(Integral, 0, None, closed="left")],
         "output_basis": [StrOptions({"identity", "pca"})],
-        "n_stochastic_sources": [StrictInterval(Integral, 1, None, closed="left"), None],
+        "n_stochastic_sources": [
+            StrictInterval(Integral, 1, None, closed="left"),
+            StrOptions({"auto"}),
+            None,
+        ],
         "jacobian": [StrOptions(set(JACOBIAN_ROUTES))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -342,7 +358,8 @@ class LIBTransformer(_ModelLayerTransformer):
             plan(session, owner, source, probe, shapes, output_shape, settings, one_pass),
             session.progress,
         )
-        bases = fit_bases(session, source, shapes, output_shape, settings, one_pass)
+        rounds = {}
+        bases = fit_bases(session, source, shapes, output_shape, settings, one_pass, rounds)
 
         self.bases_ = bases
         # Of the copy the bases were fitted on: later calls warn if the model changed.
@@ -351,6 +368,14 @@ class LIBTransformer(_ModelLayerTransformer):
         self.activation_shape_ = main.shape
         self.n_positions_ = main.n_positions
         self.output_shape_ = output_shape
+        self.stochastic_rounds_ = rounds
+        sources = None if self.basis == "pca" else self.n_stochastic_sources
+        self.n_stochastic_sources_ = {
+            name: rounds[name].n_sources
+            if name in rounds
+            else (None if name in one_pass or sources == "auto" else sources)
+            for name in names
+        }
         self.n_components_ = main.n_components
         self.components_ = main.kept_matrix.T.copy()
         self.inverse_components_ = main.kept_pinv.copy()

@@ -33,9 +33,10 @@ class SectionPlan:
     ----------
     src, dst : str
         The section's node layers (``dst`` may be ``"output"``).
-    rows : int
+    rows : int or None
         Backward passes per batch (an upper bound when exact: the next
-        node's kept features are not known before it is fitted).
+        node's kept features are not known before it is fitted); None for
+        ``n_stochastic_sources="auto"``, which runs rounds until it converges.
     exact : bool
     seconds : float or None
         Estimated time of the pass; None where a closed form may serve the
@@ -71,10 +72,15 @@ class FitPlan:
         samples = "a stream" if self.n_samples is None else f"{self.n_samples:,} samples"
         parts = [
             f"{section.src!r} -> {section.dst!r}: "
-            f"{'up to ' if section.exact else ''}{section.rows:,} backward rows per batch"
+            + (
+                "rounds of random sources until the basis stops moving"
+                if section.rows is None
+                else f"{'up to ' if section.exact else ''}{section.rows:,} backward rows per batch"
+            )
             for section in self.sections
         ]
-        line = f"fitting runs {self.passes} pass(es) over {samples}"
+        at_least = "at least " if any(s.rows is None for s in self.sections) else ""
+        line = f"fitting runs {at_least}{self.passes} pass(es) over {samples}"
         if parts:
             line += "; " + ", ".join(parts)
         if self.seconds is not None:
@@ -120,10 +126,13 @@ def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, 
         if src in one_pass:
             continue
         dst_shape = output_shape if dst == OUTPUT_NODE else shapes[dst]
-        exact = settings.n_stochastic_sources is None
-        rows = n_positions(dst_shape) * dst_shape[-1] if exact else settings.n_stochastic_sources
+        sources = settings.n_stochastic_sources
+        exact = sources is None
+        rows = n_positions(dst_shape) * dst_shape[-1] if exact else sources
         seconds = None
-        if n_samples is not None and src in row_seconds:
+        if sources == "auto":
+            rows = None  # rounds until the basis stops moving: not known before
+        elif n_samples is not None and src in row_seconds:
             # One backward pass per row and batch: the cost grows as rows * samples.
             seconds = _price(rows * n_samples, row_seconds[src](1))
             if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
