@@ -18,7 +18,7 @@ statistics pass gathers ``S`` and the ``M'`` follows from the next basis
 import functools
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg
@@ -35,7 +35,7 @@ from ._basis import (
 from ._capture import check_cut, check_gradient_flow, inspect_node_layers
 from ._integration import rule_tensors
 from ._jacobian import Cotangents, scaled
-from ._plan import fit_plan
+from ._plan import AUTO_MAX_ROUNDS, AUTO_MIN_ROUNDS, AUTO_SOURCES, fit_plan
 from ._section import SectionJacobian, closed_forms
 from ._session import outside_inference_mode
 from ._stats import MomentAccumulator, all_reduce_sum, global_count, row_average
@@ -142,7 +142,7 @@ def one_pass_sections(session, probe, shapes, output_shape, settings):
     """
     if settings.basis != "lib" or settings.jacobian == "autograd":
         return {}
-    if settings.n_stochastic_sources is not None:
+    if settings.n_stochastic_sources not in (None, "auto"):
         return {}  # the estimate the user asked for is another computation
     names = list(shapes)
     rule = rule_tensors(settings.rule, session.device)
@@ -158,7 +158,10 @@ def one_pass_sections(session, probe, shapes, output_shape, settings):
         section = SectionJacobian(session, src, dst)
         with torch.no_grad():
             (f,) = session.read(probe, [src])
-        section.gram_sum(probe, f, Cotangents(matrix, n_positions(dst_shape)), rule)
+        with warnings.catch_warnings():
+            # A form that fails here falls back in its pass, which warns then.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            section.gram_sum(probe, f, Cotangents(matrix, n_positions(dst_shape)), rule)
         if isinstance(section.route("gram"), LinearElementwise):  # it passed its check
             found[src] = section.route("gram")
     return found
@@ -201,17 +204,27 @@ def fit_bases(session, source, shapes, output_shape, settings, one_pass=None, re
     early = [
         SlopeGram(session, src, following[src], form, settings) for src, form in one_pass.items()
     ]
-    auto = settings.n_stochastic_sources == "auto"  # rounds of passes, not one early pass
-    if lib and settings.output_basis == "identity" and names[-1] not in one_pass and not auto:
+    auto = settings.n_stochastic_sources == "auto"
+    # Under "auto", exact M' wherever its rows are no more than one round's sources.
+    exact = replace(settings, n_stochastic_sources=None)
+    cheap = n_positions(output_shape) * output_shape[-1] <= AUTO_SOURCES
+    if lib and settings.output_basis == "identity" and names[-1] not in one_pass:
         # The output's basis is known before any data is read: the last
         # section's M' joins the statistics pass.
         eye = torch.eye(output_shape[-1], device=session.device, dtype=session.dtype)
         last = names[-1]
-        early.append(
-            JacobianGram(
-                session, last, None, shapes[last], eye, n_positions(output_shape), settings
+        if not auto or cheap:  # rounds of sources need passes of their own
+            early.append(
+                JacobianGram(
+                    session,
+                    last,
+                    None,
+                    shapes[last],
+                    eye,
+                    n_positions(output_shape),
+                    exact if auto else settings,
+                )
             )
-        )
     statistics = [*moments.values(), output]  # their results are themselves, reduced
     what = "activation statistics" + "".join(f" and {acc.what}" for acc in early)
     results = session.run_pass(source, [*statistics, *early], what)
@@ -249,10 +262,17 @@ def fit_bases(session, source, shapes, output_shape, settings, one_pass=None, re
             if name in slopes:
                 m_prime = slopes[name].m_prime(matrix)
             elif m_prime is None:
+                rows = next_basis.n_positions * matrix.shape[1]
                 acc = JacobianGram(
-                    session, name, dst, shapes[name], matrix, next_basis.n_positions, settings
+                    session,
+                    name,
+                    dst,
+                    shapes[name],
+                    matrix,
+                    next_basis.n_positions,
+                    exact if auto and rows <= AUTO_SOURCES else settings,
                 )
-                if settings.n_stochastic_sources == "auto":
+                if auto and rows > AUTO_SOURCES:
                     m_prime, sources = converged_m_prime(session, source, acc, basis_of)
                     if report is not None:
                         report[name] = sources
@@ -313,8 +333,6 @@ class SlopeGram:
         return (self.form.gram_from_slopes(self.total, matrix) / self.rows).cpu().numpy()
 
 
-#: Sources per batch in each round of ``n_stochastic_sources="auto"``, and its limits.
-AUTO_SOURCES, AUTO_MIN_ROUNDS, AUTO_MAX_ROUNDS = 16, 4, 64
 #: What "stopped moving" means: the estimated error of the top Lambdas (relative to
 #: the largest) and the estimated smallest principal cosine of the top-k subspace.
 AUTO_LAMBDA_TOLERANCE, AUTO_COSINE, AUTO_TOP_K = 0.01, 0.99, 5
@@ -369,6 +387,7 @@ def converged_m_prime(session, source, acc, basis_of):
     """
     halves = [0, 0]
     tops = []
+    passed = 0  # consecutive checks passed: one is too easily passed by chance
     while True:
         for half in (0, 1):
             acc.reset(AUTO_SOURCES)
@@ -381,16 +400,18 @@ def converged_m_prime(session, source, acc, basis_of):
         k = min(len(top) for top in tops)
         spread = np.std([top[:k] for top in tops], axis=0, ddof=1).max()
         lambda_error = float(2 * spread / np.sqrt(rounds) / max(mean.lambdas[0], _TINY))
-        cosine = _mean_cosine(*(basis_of(m / (rounds // 2)) for m in halves))
+        cut = _gapped_top(mean.lambdas[: mean.n_components], lambda_error * mean.lambdas[0])
+        cosine = _mean_cosine(cut, *(basis_of(m / (rounds // 2)) for m in halves))
         converged = lambda_error <= AUTO_LAMBDA_TOLERANCE and cosine >= AUTO_COSINE
-        if (converged and rounds >= AUTO_MIN_ROUNDS) or rounds >= AUTO_MAX_ROUNDS:
+        passed = passed + 1 if converged else 0
+        if (passed >= 2 and rounds >= AUTO_MIN_ROUNDS) or rounds >= AUTO_MAX_ROUNDS:
             break
     report = SourceRounds(rounds * AUTO_SOURCES, rounds, lambda_error, cosine, converged)
     if not converged:
         warnings.warn(
             f"n_stochastic_sources='auto' did not converge on {acc.what} after {rounds} rounds "
             f"({report.n_sources} sources per batch): estimated Lambda error {lambda_error:.1%} "
-            f"of the largest, top-{AUTO_TOP_K} cosine {cosine:.3f}. More samples (or a "
+            f"of the largest, top features' cosine {cosine:.3f}. More samples (or a "
             "smaller batch_size: more draws per pass) help; n_stochastic_sources=None is exact",
             ConvergenceWarning,
             stacklevel=user_stacklevel(),
@@ -401,9 +422,22 @@ def converged_m_prime(session, source, acc, basis_of):
 _TINY = np.finfo(float).tiny
 
 
-def _mean_cosine(a, b):
+def _gapped_top(lambdas, error):
+    """The top features' count: :data:`AUTO_TOP_K`, grown past Lambdas the error cannot tell apart.
+
+    Features whose Lambdas lie within the estimated error (or 10%) of the
+    one before are one subspace whose split is arbitrary: a cut between
+    them would make every comparison of top-k subspaces a coin toss.
+    """
+    k = min(AUTO_TOP_K, len(lambdas))
+    while k < len(lambdas) and lambdas[k - 1] - lambdas[k] <= max(error, 0.1 * lambdas[k - 1]):
+        k += 1
+    return max(k, 1)
+
+
+def _mean_cosine(k, a, b):
     """The estimated smallest principal cosine of the top-k subspace of the mean of two halves."""
-    k = max(1, min(AUTO_TOP_K, a.n_components, b.n_components))
+    k = max(1, min(k, a.n_components, b.n_components))
     # The halves' angle shrinks by half in the mean of both: sin(theta) / 2.
     sine = np.sin(float(np.max(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k]))))
     return float(np.sqrt(max(0.0, 1 - (sine / 2) ** 2)))

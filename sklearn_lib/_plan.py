@@ -22,6 +22,11 @@ from ._basis import OUTPUT_NODE, n_positions
 #: Fits estimated to take longer than this announce their plan even when not verbose.
 LONG_FIT_SECONDS = 10.0
 
+#: ``n_stochastic_sources="auto"``: sources per batch in each round (one pass), and the
+#: fewest and most rounds.  Sections whose exact rows are no more than one round's
+#: sources are computed exactly.
+AUTO_SOURCES, AUTO_MIN_ROUNDS, AUTO_MAX_ROUNDS = 16, 4, 64
+
 logger = logging.getLogger("sklearn_lib")
 
 
@@ -117,18 +122,21 @@ def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, 
     if settings.basis != "lib":
         return FitPlan(owner, 1, _n_samples(source), _batch_size(source), ())
     # The statistics pass; the last section joins it when the output basis is known.
-    own = [name for name in names if name not in one_pass]
-    joins = settings.output_basis == "identity" and names[-1] in own
-    passes = 1 + len(own) - joins
     n_samples = _n_samples(source)
     sections = []
+    passes = 1
     for src, dst in zip(names, [*names[1:], OUTPUT_NODE]):
         if src in one_pass:
             continue
         dst_shape = output_shape if dst == OUTPUT_NODE else shapes[dst]
         sources = settings.n_stochastic_sources
+        exact_rows = n_positions(dst_shape) * dst_shape[-1]
+        if sources == "auto" and exact_rows <= AUTO_SOURCES:
+            sources = None  # exact: fewer rows than one round of sources
         exact = sources is None
-        rows = n_positions(dst_shape) * dst_shape[-1] if exact else sources
+        rows = exact_rows if exact else sources
+        joins = dst == OUTPUT_NODE and settings.output_basis == "identity" and exact
+        passes += AUTO_MIN_ROUNDS if sources == "auto" else (0 if joins else 1)
         seconds = None
         if sources == "auto":
             rows = None  # rounds until the basis stops moving: not known before

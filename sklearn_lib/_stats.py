@@ -81,6 +81,8 @@ class MomentAccumulator:
         """
         f = acts[self.name].detach()
         rows = f.reshape(-1, self.sum.shape[0])  # (m, d)
+        if rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.to(torch.float32)  # float16 / bfloat16 activations: products in float32
         valid = batch.valid(f.shape[1:])
         if valid is not None:
             rows = rows[valid.reshape(-1)]
@@ -92,7 +94,7 @@ class MomentAccumulator:
                 # the average of the ranks' first-batch means.
                 all_reduce_sum(shift)
                 shift /= torch.distributed.get_world_size()
-            self.shift = shift.to(f.dtype).to(torch.float64)  # exact in both dtypes
+            self.shift = shift.to(rows.dtype).to(torch.float64)  # exact in both dtypes
         centred = rows - self.shift.to(rows.dtype)  # (m, d)
         self.sum += centred.sum(0, dtype=torch.float64)
         if self.sq is not None:

@@ -85,3 +85,63 @@ def test_auto_that_runs_out_of_rounds_says_so():
         lib.fit(X)
     rounds = lib.stochastic_rounds_["mix"]
     assert not rounds.converged and rounds.rounds == 64 and rounds.lambda_error > 0.01
+
+
+class Spectrum(nn.Module):
+    """A linear map with singular values 8, 7, 6, 5, 4, 4, 2, 1 (a tie at the 5th)."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        Q = torch.linalg.qr(torch.randn(8, 8, generator=generator, dtype=torch.float64))[0]
+        P = torch.linalg.qr(torch.randn(32, 8, generator=generator, dtype=torch.float64))[0]
+        scales = torch.tensor([8.0, 7, 6, 5, 4, 4, 2, 1], dtype=torch.float64)
+        self.fc = nn.Linear(8, 32, bias=False).double()
+        with torch.no_grad():
+            self.fc.weight.copy_(P @ torch.diag(scales) @ Q.T)
+
+    def forward(self, x):  # not an nn.Sequential: autograd rows, 32 per batch
+        return self.fc(x)
+
+
+def test_the_top_features_grow_past_ties():
+    from sklearn_lib._fit import _gapped_top
+
+    assert _gapped_top(np.array([64, 49, 36, 25, 16, 16, 4, 1.0]), 0.0) == 6
+    assert _gapped_top(np.array([64, 49, 36, 25, 16, 8, 4, 1.0]), 0.0) == 5
+    assert _gapped_top(np.array([64, 49, 36, 25, 16, 10, 2, 1.0]), 7.0) == 6  # within the error
+    assert _gapped_top(np.array([3.0, 2.9]), 0.0) == 2 and _gapped_top(np.array([1.0]), 0.0) == 1
+
+
+@pytest.mark.slow
+def test_a_tie_at_the_top_k_cut_is_one_subspace():
+    X = np.random.default_rng(0).normal(size=(4000, 8))
+    X = (X - X.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(X.T, bias=True))).T
+    exact = LIBTransformer(Spectrum(), "fc", device="cpu").fit(X)
+    np.testing.assert_allclose(exact.lambdas_[:6], [64, 49, 36, 25, 16, 16], rtol=1e-9)
+    for seed in (1,):  # seed 1 once stopped on a chance agreement of half the pair
+        auto = LIBTransformer(
+            Spectrum(), "fc", n_stochastic_sources="auto", batch_size=16, random_state=seed
+        ).fit(X)
+        rounds = auto.stochastic_rounds_["fc"]
+        assert rounds.converged
+        # The tied pair is compared whole: the top-6 subspace, not half of the pair.
+        a, b = exact.bases_["fc"].matrix[:, :6], auto.bases_["fc"].matrix[:, :6]
+        assert np.cos(scipy.linalg.subspace_angles(a, b)).min() >= 0.99
+
+
+def test_auto_computes_cheap_sections_exactly():
+    """Never costlier than exact: closed forms and sections of at most 16 rows stay exact."""
+    from toy_models import PositionMixer, tanh_mlp
+
+    X = np.random.default_rng(0).normal(size=(200, 4))
+    params = dict(downstream_layers=["fc2", "fc3"], device="cpu")
+    auto = LIBTransformer(tanh_mlp(), "fc1", n_stochastic_sources="auto", **params).fit(X)
+    exact = LIBTransformer(tanh_mlp(), "fc1", **params).fit(X)
+    assert auto.n_stochastic_sources_ == {"fc1": None, "fc2": None, "fc3": None}
+    assert auto.stochastic_rounds_ == {}
+    np.testing.assert_allclose(auto.lambdas_, exact.lambdas_, rtol=1e-12)
+    # A section of 3 outputs x 4 positions = 12 exact rows: exact under "auto" too.
+    Y = np.random.default_rng(0).normal(size=(60, 4, 3))
+    mixer = LIBTransformer(PositionMixer().double(), "mix", n_stochastic_sources="auto").fit(Y)
+    assert mixer.n_stochastic_sources_ == {"mix": None} and mixer.stochastic_rounds_ == {}
