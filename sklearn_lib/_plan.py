@@ -65,6 +65,7 @@ class FitPlan:
     n_samples: int | None
     batch_size: int | None
     sections: tuple
+    gathered: tuple = ()  # section sources whose M' the statistics pass gathers
 
     @property
     def seconds(self):
@@ -88,6 +89,9 @@ class FitPlan:
         line = f"fitting runs {at_least}{self.passes} pass(es) over {samples}"
         if parts:
             line += "; " + ", ".join(parts)
+        if self.gathered:
+            names = ", ".join(repr(name) for name in self.gathered)
+            line += f"; the M' of {names} by closed form within the first pass"
         if self.seconds is not None:
             line += f"; estimated {_duration(self.seconds)}"
             if any(section.exact for section in self.sections):
@@ -146,7 +150,8 @@ def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, 
             if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
                 seconds = _price(rows * n_samples, row_seconds[src](4))
         sections.append(SectionPlan(src, dst, rows, exact, seconds))
-    return FitPlan(owner, passes, n_samples, _batch_size(source), tuple(sections))
+    gathered = tuple(name for name in names if name in one_pass)
+    return FitPlan(owner, passes, n_samples, _batch_size(source), tuple(sections), gathered)
 
 
 def _price(row_samples, seconds_per_row_sample):

@@ -492,3 +492,16 @@ def test_a_stream_of_single_samples_is_refused_and_a_list_of_them_is_a_batch(rng
     listed = torch.utils.data.DataLoader(records, batch_size=5, collate_fn=lambda b: b)
     expected = _mixer_lib(MaskedMixer()).fit(X).lambdas_
     np.testing.assert_allclose(_mixer_lib(MaskedMixer()).fit(listed).lambdas_, expected, rtol=1e-10)
+
+
+def test_the_plan_names_the_sections_gathered_in_the_first_pass():
+    from sklearn_lib._fit import FitSettings
+    from sklearn_lib._plan import fit_plan
+
+    class Source:
+        n_samples, batch_size = 100, 10
+
+    shapes = {"a": (8,), "b": (8,)}
+    priced = fit_plan("X", ["a", "b"], shapes, (3,), FitSettings(), Source(), {}, {"a": None})
+    assert priced.passes == 1 and [s.src for s in priced.sections] == ["b"]
+    assert "the M' of 'a' by closed form within the first pass" in priced.describe()
