@@ -145,19 +145,24 @@ def one_pass_sections(session, probe, shapes, output_shape, settings):
     if settings.n_stochastic_sources not in (None, "auto"):
         return {}  # the estimate the user asked for is another computation
     names = list(shapes)
-    rule = rule_tensors(settings.rule, session.device)
-    generator = torch.Generator().manual_seed(0)
-    found = {}
+    candidates = {}
     for src, dst in zip(names, [*names[1:], None]):
         forms = closed_forms(session, src, dst)
-        if not forms or not isinstance(forms[0], LinearElementwise):
-            continue  # none, or the model's own form comes first
+        if forms and isinstance(forms[0], LinearElementwise):  # not the model's own first
+            candidates[src] = dst
+    if not candidates:
+        return {}
+    rule = rule_tensors(settings.rule, session.device)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # one forward pass reads every candidate's input
+        acts = dict(zip(candidates, session.read(probe, list(candidates))))
+    found = {}
+    for src, dst in candidates.items():
         dst_shape = output_shape if dst is None else shapes[dst]
         matrix = torch.randn(dst_shape[-1], min(dst_shape[-1], 4), generator=generator)
         matrix = matrix.to(device=session.device, dtype=session.dtype)
         section = SectionJacobian(session, src, dst)
-        with torch.no_grad():
-            (f,) = session.read(probe, [src])
+        f = acts[src]
         with warnings.catch_warnings():
             # A form that fails here falls back in its pass, which warns then.
             warnings.simplefilter("ignore", RuntimeWarning)

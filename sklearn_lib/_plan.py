@@ -63,7 +63,6 @@ class FitPlan:
     owner: str
     passes: int
     n_samples: int | None
-    batch_size: int | None
     sections: tuple
     gathered: tuple = ()  # section sources whose M' the statistics pass gathers
 
@@ -124,7 +123,7 @@ def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, 
         form): no pass and no rows of their own.
     """
     if settings.basis != "lib":
-        return FitPlan(owner, 1, _n_samples(source), _batch_size(source), ())
+        return FitPlan(owner, 1, _n_samples(source), ())
     # The statistics pass; the last section joins it when the output basis is known.
     n_samples = _n_samples(source)
     sections = []
@@ -151,7 +150,7 @@ def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, 
                 seconds = _price(rows * n_samples, row_seconds[src](4))
         sections.append(SectionPlan(src, dst, rows, exact, seconds))
     gathered = tuple(name for name in names if name in one_pass)
-    return FitPlan(owner, passes, n_samples, _batch_size(source), tuple(sections), gathered)
+    return FitPlan(owner, passes, n_samples, tuple(sections), gathered)
 
 
 def _price(row_samples, seconds_per_row_sample):
@@ -176,10 +175,6 @@ def _n_samples(source):
         return len(dataset) if dataset is not None else None
     except TypeError:  # an IterableDataset without a length
         return None
-
-
-def _batch_size(source):
-    return getattr(source, "batch_size", None)
 
 
 def _duration(seconds):

@@ -114,9 +114,8 @@ class _R2:
                 f"samples, got {self.count}; pass class labels y for accuracy, or a scoring "
                 "callable"
             )
-        counts = torch.as_tensor(self.counts, dtype=torch.float64)
-        counts = counts.expand_as(self.sums) if counts.ndim == 0 else counts
-        sums = torch.as_tensor(self.sums)
+        # Two samples or more: every running sum is a tensor by now.
+        sums, counts = self.sums, self.counts
         sst = float((self.sq_sums - sums**2 / counts.clamp(min=1)).sum())
         # Sum of squares of the outputs themselves, from the same running sums:
         # an SST at rounding level of it means constant outputs.
