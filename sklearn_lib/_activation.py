@@ -6,6 +6,7 @@ from sklearn.base import _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import _ModelLayerTransformer
+from ._batching import saved_bytes_per_sample
 from ._capture import inspect_node_layers
 
 
@@ -34,8 +35,9 @@ class ActivationTransformer(_ModelLayerTransformer):
     feature_axis : int, dict or None, default=None
         The axis of the activations that holds the features, for maps with
         more than one axis besides them (see :class:`LIBTransformer`).
-    batch_size : int, default=256
-        Samples per forward pass.
+    batch_size : int or "auto", default="auto"
+        Samples per forward pass.  ``"auto"``: the largest that a memory
+        budget allows (512 MiB on the CPU, see ``batch_size_``).
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
     dtype : {"float64", "float32"}, default="float64"
         Precision of the forward pass; the result is float64 either way.
@@ -44,6 +46,9 @@ class ActivationTransformer(_ModelLayerTransformer):
     ----------
     activation_shape_ : tuple
         Per-sample activation shape ``(*positions, d)``.
+    batch_size_ : int
+        Samples per batch of array data (``batch_size``, or the one
+        ``"auto"`` chose).
     input_shape_ : tuple
         Per-sample shape of ``X``.
     n_features_in_ : int
@@ -71,7 +76,7 @@ class ActivationTransformer(_ModelLayerTransformer):
         output=None,
         forward_kwargs=None,
         feature_axis=None,
-        batch_size=256,
+        batch_size="auto",
         device="auto",
         dtype="float64",
     ):
@@ -100,10 +105,16 @@ class ActivationTransformer(_ModelLayerTransformer):
         self : ActivationTransformer
         """
         with self._restored_on_failure():
-            _, probe = self._source(X, reset=True)
+            source, probe = self._source(X, reset=True)
             session = self._session(fitting=True)
-            shapes, _ = inspect_node_layers(session, session.inputs(probe), [self.layer])
+            probe = session.inputs(probe)
+            shapes, _ = inspect_node_layers(session, probe, [self.layer])
             self.activation_shape_ = shapes[self.layer]
+            self._choose_batch_size(
+                source,
+                session,
+                lambda: saved_bytes_per_sample(probe, lambda: session.read(probe, [self.layer])),
+            )
         return self
 
     @property

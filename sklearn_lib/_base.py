@@ -20,6 +20,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, validate_data
 
+from ._batching import DEFAULT_BATCH_SIZE, auto_batch_size
 from ._data import ArraySource, StreamSource, check_fields, is_stream, stack_records, to_numpy
 from ._fingerprint import changed_tensors
 from ._inputs import n_rows, take_rows
@@ -46,7 +47,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         "output": [None, str, StrictInterval(Integral, None, None, closed="neither"), callable],
         "forward_kwargs": [dict, None],
         "feature_axis": [StrictInterval(Integral, None, None, closed="neither"), dict, None],
-        "batch_size": [StrictInterval(Integral, 1, None, closed="left")],
+        "batch_size": [StrictInterval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "device": [str, torch.device],
         "dtype": [StrOptions({"float64", "float32"}), torch.dtype],
     }
@@ -92,10 +93,40 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             source = StreamSource(X)
             return source, self._validate_input(source.probe(PROBE_SIZE), reset=True)
         X = self._validate_input(X, reset=reset)
-        source = ArraySource(X, self.batch_size)
+        source = ArraySource(X, self._batch_size(reset))
         # Never more than a batch (two samples at least, to compare them).
-        probe = take_rows(X, slice(0, max(2, min(PROBE_SIZE, self.batch_size))))
+        probe = take_rows(X, slice(0, max(2, min(PROBE_SIZE, source.batch_size))))
         return (source, probe) if reset else source
+
+    def _batch_size(self, reset=False):
+        """Samples per batch of array data: ``batch_size``, or for ``"auto"`` the fit's choice.
+
+        Before a fit has chosen (``reset``), ``"auto"`` reads the probe in one
+        batch; the fit then sets its source's batch size (:meth:`_choose_batch_size`).
+        """
+        if self.batch_size != "auto":
+            return self.batch_size
+        if reset or not hasattr(self, "batch_size_"):
+            return max(PROBE_SIZE, DEFAULT_BATCH_SIZE)
+        return self.batch_size_
+
+    def _choose_batch_size(self, source, session, per_sample):
+        """Set ``batch_size_`` (and the batches of an array ``source``) at the fit.
+
+        ``"auto"``: the largest batch whose working set fits the device's
+        memory budget (:func:`~sklearn_lib._batching.auto_batch_size`), for
+        ``per_sample()`` bytes that autograd saves per sample, or the int it
+        returns where the fit needs that size.
+        """
+        if self.batch_size != "auto":
+            self.batch_size_ = self.batch_size
+            return
+        size = per_sample()
+        if isinstance(size, float):
+            size = auto_batch_size(size, session.device, source.n_samples)
+        self.batch_size_ = size
+        if isinstance(source, ArraySource):
+            source.batch_size = size
 
     def _validate_input(self, X, reset):
         if isinstance(X, (list, tuple)) and X and all(isinstance(x, Mapping) for x in X):

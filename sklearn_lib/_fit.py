@@ -32,9 +32,11 @@ from ._basis import (
     n_positions,
     pca_output_basis,
 )
+from ._batching import STOCHASTIC_BATCH_SIZE, saved_bytes_per_sample
 from ._capture import check_cut, check_gradient_flow, inspect_node_layers
 from ._integration import rule_tensors
 from ._jacobian import Cotangents, scaled
+from ._numerics import ROW_REUSE_BYTES, max_relative_error
 from ._plan import AUTO_MAX_ROUNDS, AUTO_MIN_ROUNDS, AUTO_SOURCES, fit_plan
 from ._section import SectionJacobian, closed_forms
 from ._session import outside_inference_mode
@@ -79,6 +81,31 @@ def inspect(session, probe, names, settings):
                 check_cut(session, probe, src, dst, session.rng)
             check_gradient_flow(session, probe, src, dst)
     return shapes, output_shape
+
+
+@outside_inference_mode
+def bytes_per_sample(session, probe, shapes, settings):
+    """What a fit's passes make autograd save per sample, at most, measured on the probe.
+
+    Each section's graph, as its ``M'`` pass builds it (one at a time); PCA
+    bases only run forward passes, measured as a forward pass with gradients.
+    Fits with stochastic sources keep :data:`~sklearn_lib._batching.STOCHASTIC_BATCH_SIZE`
+    (returned as an int): their error shrinks with the number of batches.
+    """
+    if settings.basis == "lib" and settings.n_stochastic_sources is not None:
+        return STOCHASTIC_BATCH_SIZE
+    names = list(shapes)
+    if settings.basis != "lib":
+        return saved_bytes_per_sample(probe, lambda: session.run(probe))
+    with torch.no_grad():
+        acts = session.read(probe, names)
+    return max(
+        saved_bytes_per_sample(
+            probe,
+            functools.partial(session.section, probe, src, f.detach().requires_grad_(True), dst),
+        )
+        for src, dst, f in zip(names, [*names[1:], None], acts)
+    )
 
 
 @outside_inference_mode
@@ -173,7 +200,9 @@ def one_pass_sections(session, probe, shapes, output_shape, settings):
 
 
 @outside_inference_mode
-def fit_bases(session, source, shapes, output_shape, settings, one_pass=None, report=None):
+def fit_bases(
+    session, source, shapes, output_shape, settings, one_pass=None, report=None, edges=None
+):
     """The basis of every node layer and of the output.
 
     Parameters
@@ -189,6 +218,10 @@ def fit_bases(session, source, shapes, output_shape, settings, one_pass=None, re
     report : dict, optional
         With ``n_stochastic_sources="auto"``, filled with each section's
         :class:`SourceRounds` (by source node layer).
+    edges : dict, optional
+        Filled with the edges ``(E, N)`` of the sections whose Jacobian rows
+        the fit made and could keep (:meth:`JacobianGram.edges`), by
+        ``(src, dst)`` node names: they need no pass of their own.
 
     Returns
     -------
@@ -228,12 +261,14 @@ def fit_bases(session, source, shapes, output_shape, settings, one_pass=None, re
                     eye,
                     n_positions(output_shape),
                     exact if auto else settings,
+                    keep_rows=edges is not None,
                 )
             )
     statistics = [*moments.values(), output]  # their results are themselves, reduced
     what = "activation statistics" + "".join(f" and {acc.what}" for acc in early)
     results = session.run_pass(source, [*statistics, *early], what)
     m_primes = {acc.src: m_prime for acc, m_prime in zip(early, results[len(statistics) :])}
+    grams = {acc.src: acc for acc in early if isinstance(acc, JacobianGram)}
     slopes = {src: m_primes.pop(src) for src in one_pass}
 
     output_mean = output.mean.cpu().numpy()
@@ -276,15 +311,22 @@ def fit_bases(session, source, shapes, output_shape, settings, one_pass=None, re
                     matrix,
                     next_basis.n_positions,
                     exact if auto and rows <= AUTO_SOURCES else settings,
+                    keep_rows=edges is not None,
                 )
+                grams[name] = acc
                 if auto and rows > AUTO_SOURCES:
                     m_prime, sources = converged_m_prime(session, source, acc, basis_of)
                     if report is not None:
                         report[name] = sources
                 else:
                     (m_prime,) = session.run_pass(source, [acc], acc.what)
+        dst_name = next_basis.name
         next_basis = basis_of(m_prime)
         bases[name] = next_basis
+        if edges is not None and name in grams:
+            found = grams.pop(name).edges(next_basis)
+            if found is not None:
+                edges[(name, dst_name)] = found
     return {name: bases[name] for name in [*names, OUTPUT_NODE]}
 
 
@@ -468,10 +510,16 @@ class JacobianGram:
     n_positions_out : int
         Positions of the next node.
     settings : FitSettings
+    keep_rows : bool, default=False
+        Keep the exact Jacobian rows the pass makes (up to
+        :data:`~sklearn_lib._numerics.ROW_REUSE_BYTES`), so that
+        :meth:`edges` gives the section's edges without a pass of its own.
     """
 
-    def __init__(self, session, src, dst, shape, matrix, n_positions_out, settings):
-        self.session, self.src = session, src
+    def __init__(
+        self, session, src, dst, shape, matrix, n_positions_out, settings, keep_rows=False
+    ):
+        self.session, self.src, self.dst = session, src, dst
         self.reads = (src,)
         self.what = f"Jacobians {src!r} -> {dst or OUTPUT_NODE!r}"
         self.sources = settings.n_stochastic_sources
@@ -481,20 +529,80 @@ class JacobianGram:
         self.total = torch.zeros(shape[-1], shape[-1], dtype=torch.float64, device=session.device)
         self.rows = 0
         self.count = 0
+        # The edges are taken at the reconstruction from the kept features, and
+        # along the rule's path over centred features: only the plain gradient
+        # has the fit's own points.
+        alphas, weights = self.rule
+        plain = alphas.numel() == 1 and float(alphas[0]) == 1.0 and float(weights[0]) == 1.0
+        self.kept = [] if keep_rows and plain and self.sources is None else None
+        self.kept_bytes = 0
 
     def reset(self, sources):
         """Start over with ``sources`` random sources per batch (a new round)."""
         self.sources = sources
         self.total = torch.zeros_like(self.total)
         self.rows = self.count = 0
+        self.kept = None  # sampled rows are not the edges' rows
 
     def update(self, batch, acts):
         cotangents = self.exact.sampled(self.sources, self.session.generator, True)
         f = acts[self.src]
-        self.total += self.section.gram_sum(batch.x, f, cotangents, self.rule)
+        made = None if self.kept is None else []
+        keep = None if made is None else made.extend
+        self.total += self.section.gram_sum(batch.x, f, cotangents, self.rule, keep=keep)
         self.rows += batch.n_rows(f.shape[1:])
         self.count += batch.n
+        if made is not None:
+            self._keep(batch, f, made)
+
+    def _keep(self, batch, f, chunks):
+        size = f.numel() * f.element_size() + sum(g.numel() * g.element_size() for g in chunks)
+        if not chunks or self.kept_bytes + size > ROW_REUSE_BYTES:
+            # A closed form gave the Gram without rows, or the rows are over
+            # the budget: the edges take a pass of their own.
+            self.kept = None
+            return
+        self.kept.append((batch, f, chunks))
+        self.kept_bytes += size
 
     def result(self):
         """``M'`` averaged over all ``N * P_in`` rows (of every rank; valid ones), as numpy."""
         return row_average(self.total, self.rows, self.count)[0]
+
+    def edges(self, src):
+        """The section's edges from the kept rows, ``(E, N)`` as :func:`row_average` gives them.
+
+        None, on every rank alike, where some rank kept no rows or its points
+        are not those of the edges: activations that the kept features do
+        not reconstruct (a truncation that drops variance).  The kept rows
+        are released either way.
+
+        Parameters
+        ----------
+        src : NodeBasis
+            The section's source basis, just fitted.
+        """
+        kept, self.kept = self.kept, None
+        tensors = src.tensors(self.session.device)
+        usable = kept is not None and all(
+            _same_points(f, tensors, self.session.tolerances.same_points) for _, f, _ in kept
+        )
+        # Every rank decides alike, or some would run a pass that others skip.
+        unusable = all_reduce_sum(torch.tensor(float(not usable), device=self.session.device))
+        if float(unusable) > 0:
+            return None
+        total, rows, count = 0, 0, 0
+        for batch, f, chunks in kept:
+            total = total + self.section.edge_sums(
+                batch.x, f, tensors, self.exact, self.rule, rows=chunks
+            )
+            rows += batch.n_rows(f.shape[1:])
+            count += batch.n
+        return row_average(total, rows, count)
+
+
+def _same_points(f, src, rtol):
+    """Whether the kept features of basis ``src`` reconstruct activations ``f``."""
+    mean, C, C_pinv = src
+    f = f.to(torch.float64)
+    return max_relative_error((f - mean) @ C @ C_pinv + mean, f) <= rtol

@@ -335,6 +335,7 @@ def interaction_graph(
     n_intervals=0,
     n_stochastic_sources=None,
     jacobian="auto",
+    known=None,
 ):
     """The interaction graph of consecutive fitted nodes, from one pass over the data.
 
@@ -348,20 +349,30 @@ def interaction_graph(
         The integration rule (:func:`~sklearn_lib.integration_rule`).
     n_stochastic_sources : int or None
     jacobian : {"auto", "autograd"}
+    known : dict, optional
+        Edges ``(E, N)`` of sections found already on the same data and
+        rule, by ``(src, dst)`` names (a fit's, see
+        :func:`~sklearn_lib._fit.fit_bases`); only the others take the pass,
+        and none is run when every section is known.
 
     Returns
     -------
     InteractionGraph
     """
     rule = rule_tensors(integration_rule(integration, n_intervals), session.device)
+    found = dict(known or {})
     accumulators = [
         EdgeAccumulator(session, src, dst, rule, n_stochastic_sources, jacobian)
         for src, dst in zip(bases[:-1], bases[1:])
+        if (src.name, dst.name) not in found
     ]
-    # One forward pass per batch reads every section's input.
-    what = "edges " + ", ".join(f"{acc.key[0]!r} -> {acc.key[1]!r}" for acc in accumulators)
-    results = session.run_pass(source, accumulators, what)
-    edges = {acc.key: E for acc, (E, _) in zip(accumulators, results)}
+    if accumulators:
+        # One forward pass per batch reads every section's input.
+        what = "edges " + ", ".join(f"{acc.key[0]!r} -> {acc.key[1]!r}" for acc in accumulators)
+        results = session.run_pass(source, accumulators, what)
+        found.update((acc.key, result) for acc, result in zip(accumulators, results))
+    keys = [(src.name, dst.name) for src, dst in zip(bases[:-1], bases[1:])]
+    edges = {key: found[key][0] for key in keys}
     nodes = [basis.name for basis in bases]
     lambdas = {basis.name: basis.lambdas[: basis.n_components].copy() for basis in bases}
     info = {
@@ -369,6 +380,6 @@ def interaction_graph(
         "integration": integration,
         "n_intervals": int(n_intervals),
         "n_stochastic_sources": n_stochastic_sources,
-        "n_samples": results[0][1],
+        "n_samples": found[keys[0]][1],
     }
     return InteractionGraph(nodes, lambdas, edges, info)

@@ -15,7 +15,7 @@ from ._base import (
     check_padded_positions,
     map_arrays,
 )
-from ._fit import FitSettings, fit_bases, inspect, one_pass_sections, plan
+from ._fit import FitSettings, bytes_per_sample, fit_bases, inspect, one_pass_sections, plan
 from ._graph import interaction_graph
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._plan import announce
@@ -113,9 +113,17 @@ class LIBTransformer(_ModelLayerTransformer):
         Basis of the model-output node.  It is orthogonal and never truncated,
         so it leaves every upstream basis unchanged; it matters for the
         interaction graph's last edges.
-    batch_size : int, default=256
-        Samples per forward/backward pass.  Peak memory is set by this and a
-        fixed chunk of Jacobian rows, never by the number of samples.
+    batch_size : int or "auto", default="auto"
+        Samples per forward/backward pass of array data (a stream brings its
+        own batches).  Peak memory is set by this and a fixed chunk of
+        Jacobian rows, never by the number of samples.  ``"auto"`` takes the
+        largest power of two from 64 to 4096 whose working set (four times
+        what autograd saves per sample in the costliest section, measured on
+        the first 64 samples) fits 512 MiB on the CPU, or a quarter of the
+        free memory, at most 8 GiB, on a GPU; larger batches amortise the
+        fixed cost of every operation.  With ``n_stochastic_sources`` it is
+        256, since the estimate's error shrinks with the number of batches.
+        ``batch_size_`` holds the size used.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         Where passes run; ``"auto"`` uses CUDA when available.
     dtype : {"float64", "float32"}, default="float64"
@@ -140,6 +148,16 @@ class LIBTransformer(_ModelLayerTransformer):
         model's own ``lib_section_vjp`` / ``lib_section_gram``), each checked
         against autograd once per section and used only if it agrees;
         ``"autograd"`` always uses autograd (the reference, slower).
+    compute_graph : bool, default=False
+        Also compute the interaction graph of the fitting data during
+        ``fit``, as ``interaction_graph_`` (like ``interaction_graph(X)``
+        with its defaults).  Faster than the two calls: a section whose
+        ``M'`` takes Jacobian rows by autograd gives its edges from the same
+        rows, kept for the length of its pass (up to 1 GiB per section;
+        beyond it, or where points differ, the section's edges take a pass
+        of their own).  The rows serve only the plain gradient
+        (``integration="gradient"``), exact ``M'`` and a truncation that
+        drops no variance of the activations.
     random_state : int, RandomState instance or None, default=None
         Seeds the permutation of the cut check and the stochastic sources.
     verbose : bool, default=False
@@ -179,6 +197,11 @@ class LIBTransformer(_ModelLayerTransformer):
         With ``n_stochastic_sources="auto"``: per section, the rounds run,
         the sources in all, the estimated Lambda error and subspace cosine,
         and whether it converged.
+    batch_size_ : int
+        Samples per batch of array data (``batch_size``, or the one
+        ``"auto"`` chose).
+    interaction_graph_ : InteractionGraph
+        With ``compute_graph=True``: the interaction graph of the fitting data.
     input_shape_ : tuple
         Per-sample shape of ``X``.
     n_features_in_ : int
@@ -260,6 +283,7 @@ class LIBTransformer(_ModelLayerTransformer):
             None,
         ],
         "jacobian": [StrOptions(set(JACOBIAN_ROUTES))],
+        "compute_graph": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -283,11 +307,12 @@ class LIBTransformer(_ModelLayerTransformer):
         integration="gradient",
         n_intervals=0,
         output_basis="identity",
-        batch_size=256,
+        batch_size="auto",
         device="auto",
         dtype="float64",
         n_stochastic_sources=None,
         jacobian="auto",
+        compute_graph=False,
         random_state=None,
         verbose=False,
     ):
@@ -310,6 +335,7 @@ class LIBTransformer(_ModelLayerTransformer):
         self.dtype = dtype
         self.n_stochastic_sources = n_stochastic_sources
         self.jacobian = jacobian
+        self.compute_graph = compute_graph
         self.random_state = random_state
         self.verbose = verbose
 
@@ -352,6 +378,9 @@ class LIBTransformer(_ModelLayerTransformer):
         names = [self.layer, *self.downstream_layers]
         probe = session.inputs(probe)
         shapes, output_shape = inspect(session, probe, names, settings)
+        self._choose_batch_size(
+            source, session, lambda: bytes_per_sample(session, probe, shapes, settings)
+        )
         owner = type(self).__name__
         one_pass = one_pass_sections(session, probe, shapes, output_shape, settings)
         announce(
@@ -359,7 +388,20 @@ class LIBTransformer(_ModelLayerTransformer):
             session.progress,
         )
         rounds = {}
-        bases = fit_bases(session, source, shapes, output_shape, settings, one_pass, rounds)
+        edges = {} if self.compute_graph else None
+        bases = fit_bases(session, source, shapes, output_shape, settings, one_pass, rounds, edges)
+        if self.compute_graph:
+            self.interaction_graph_ = interaction_graph(
+                session,
+                source,
+                list(bases.values()),
+                integration=self.integration,
+                n_intervals=self.n_intervals,
+                jacobian=self.jacobian,
+                known=edges,
+            )
+        else:
+            vars(self).pop("interaction_graph_", None)
 
         self.bases_ = bases
         # Of the copy the bases were fitted on: later calls warn if the model changed.

@@ -23,10 +23,15 @@ class Tolerances:
     null_space : float
         Eigenvalues at or below ``null_space * max`` of the activations' Gram
         and of the rotated Jacobian Gram are numerical zeros.  Numerical only,
-        never the user's truncation: float64 eigenvalue noise sits near 1e-16
-        of the largest eigenvalue, float32 activations carry rounding noise
-        near 1e-13..1e-11, so each cut leaves three orders of magnitude of
-        margin.
+        never the user's truncation.  float64 eigenvalue noise sits near
+        1e-16 of the largest eigenvalue.  A float32 forward pass rounds each
+        activation to about 6e-8 relative, spread over every direction, so
+        its noise in any one direction's variance sits near 1e-14 of the
+        largest (Grams are summed in float64): 1e-12 leaves two orders of
+        margin and keeps directions that matter.  On the paper's attention
+        input a cut at 1e-9 dropped directions whose variance is 1e-11..1e-9
+        of the largest but whose gradients are large, and moved the top
+        Lambda by 0.1% from float64's; at 1e-12, by 1e-6.
     closed_form : float
         A closed-form Jacobian (a model's ``lib_section_*`` methods, the
         Linear -> elementwise formula) must agree with autograd to this.
@@ -36,17 +41,26 @@ class Tolerances:
     cut : float
         The cut check: permuted (or halved) batches must give permuted (or
         the same) outputs to this.
+    same_points : float
+        Activations and their reconstruction from the kept features are the
+        same points (so a fit's Jacobian rows serve the edges) when they
+        agree to this, relative to the largest activation.
     """
 
     null_space: float
     closed_form: float
     batch_growth: float
     cut: float
+    same_points: float
 
 
 TOLERANCES = {
-    torch.float64: Tolerances(null_space=1e-12, closed_form=1e-8, batch_growth=1e-9, cut=1e-8),
-    torch.float32: Tolerances(null_space=1e-9, closed_form=1e-3, batch_growth=1e-4, cut=1e-3),
+    torch.float64: Tolerances(
+        null_space=1e-12, closed_form=1e-8, batch_growth=1e-9, cut=1e-8, same_points=1e-10
+    ),
+    torch.float32: Tolerances(
+        null_space=1e-12, closed_form=1e-3, batch_growth=1e-4, cut=1e-3, same_points=1e-5
+    ),
 }
 
 
@@ -63,6 +77,11 @@ def tolerances(dtype):
 #: masked copies of a batch): 32 MiB in float64.  Peak memory is set by this
 #: and the batch size, never by the number of samples.
 CHUNK_ELEMENTS = 1 << 22
+
+#: Jacobian rows a fit may keep for the edges of ``compute_graph=True``,
+#: per section, on the compute device.  Rows beyond it are dropped and the
+#: section's edges take a pass of their own.
+ROW_REUSE_BYTES = 1 << 30
 
 #: Below this size an eigensolve runs on one thread, with numpy's LAPACK.
 #: Measured on 128 x 128 right after heavy torch work (2 cores): one thread

@@ -57,6 +57,7 @@ from ._inputs import attention_mask, n_rows, repeat_rows, take_rows, valid_posit
 from ._jacobian import ExactRows, integrated_vjps, quadrature_sum, scaled
 from ._numerics import CHUNK_ELEMENTS, max_relative_error
 from ._structure import LinearElementwise
+from ._traced import ResidualMLP
 from .exceptions import user_stacklevel
 
 JACOBIAN_ROUTES = ("auto", "autograd")
@@ -94,13 +95,32 @@ def closed_forms(session, src, dst):
     model = session.model
     if hasattr(model, "lib_section_vjp") or hasattr(model, "lib_section_gram"):
         forms.append(ModelClosedForm(session, src, dst))
-    # The formula applies Linear layers along the last axis of the model's
-    # own layout, which is not the feature axis once feature_axis moves it.
-    moved = any(session.axis_of(node) not in (None, -1) for node in (src, dst or OUTPUT_NODE))
-    structure = None if moved else LinearElementwise.detect(model, src, dst, session.capture)
+    structure = _structure(session, src, dst)
     if structure is not None:
         forms.append(structure)
     return forms
+
+
+def _structure(session, src, dst):
+    """The structural closed form of a section, or None; found once per session.
+
+    Recognising a residual MLP traces the model with ``torch.fx``, which
+    takes a fraction of a second: every pass of a fit asks again.
+    """
+    key = (src, dst)
+    if key not in session.structures:
+        # The formulas apply Linear layers along the last axis of the model's
+        # own layout, which is not the feature axis once feature_axis moves it.
+        moved = any(session.axis_of(node) not in (None, -1) for node in (src, dst or OUTPUT_NODE))
+        found = None
+        if not moved:
+            found = LinearElementwise.detect(session.model, src, dst, session.capture)
+        if found is None and not moved:
+            with warnings.catch_warnings():  # what fx says of user code is no news
+                warnings.simplefilter("ignore")
+                found = ResidualMLP.detect(session, src, dst)
+        session.structures[key] = found
+    return session.structures[key]
 
 
 class SectionJacobian:
@@ -131,6 +151,10 @@ class SectionJacobian:
         self._forms = [] if jacobian == "autograd" else closed_forms(session, src, dst)
         # Per product kind: the closed form that passed its check, or None (autograd).
         self._chosen = {}
+        # Never looked for with jacobian="autograd": whether the Jacobian is the
+        # same at every point (see _is_affine), and the last rows made so.
+        self._affine_allowed = jacobian != "autograd"
+        self._affine_rows = (None, None)
 
     def route(self, kind):
         """The closed form in use for ``kind`` ("rows", "tangents", "gram"), None for autograd.
@@ -140,7 +164,7 @@ class SectionJacobian:
         return self._chosen.get(kind)
 
     # -- what the analyses call --------------------------------------------------------
-    def gram_sum(self, x, f, cotangents, rule):
+    def gram_sum(self, x, f, cotangents, rule, keep=None):
         """Un-normalised ``M'`` contribution of one batch: ``sum_x sum_rows sum_s g g^T``.
 
         Gradients are taken at ``alpha * f`` (raw activations), as in the spec.
@@ -154,6 +178,11 @@ class SectionJacobian:
         cotangents : Cotangents
         rule : (torch.Tensor, torch.Tensor)
             Integration points ``alphas`` and ``weights``.
+        keep : callable or None
+            Called with the list of row chunks ``(r, n or 1, P_in, d)`` where
+            the rows are made (the autograd route), so that the edges can
+            reuse them (:meth:`edge_sums` with ``rows=``); not called where a
+            closed form gives the Gram without rows.
 
         Returns
         -------
@@ -170,6 +199,9 @@ class SectionJacobian:
             if valid is not None:  # padded input positions count nowhere
                 view = valid.reshape(1, valid.shape[0], -1, 1)
                 chunks = (g * view.to(g.dtype) for g in chunks)
+            if keep is not None:
+                chunks = list(chunks)
+                keep(chunks)
             gram = _gram_of(chunks, n_rows(x), points.shape[-1])
         elif form.position_wise and cotangents.exact:
             rows = cotangents.at_one_position().rows.to(points.dtype)
@@ -178,7 +210,7 @@ class SectionJacobian:
             gram = self._closed_gram(form, points, rows, weights)
         return cotangents.scale * gram
 
-    def edge_sums(self, x, f, src, cotangents, rule):
+    def edge_sums(self, x, f, src, cotangents, rule, rows=None):
         """Un-normalised squared edges of one batch, shape (k_out, k_in), float64.
 
         ``sum_x sum_t (sum_s sum_a w_a dF_hat_{i,t}/df_hat_{j,s}(a f_hat) f_hat_{j,s})^2``:
@@ -194,6 +226,9 @@ class SectionJacobian:
         cotangents : Cotangents
             Exact, or with ``(S, P_out)`` signs (sources over output positions).
         rule : (torch.Tensor, torch.Tensor)
+        rows : list of torch.Tensor or None
+            The rows of ``cotangents`` at these points, made already (by a
+            fit's :meth:`gram_sum` at the same points): no Jacobian work then.
         """
         alphas, weights = rule
         mean, C, C_pinv = src
@@ -205,6 +240,9 @@ class SectionJacobian:
         if valid is not None:  # padded input positions count nowhere
             coefficients = coefficients * valid.reshape(f.shape[0], -1, 1).to(torch.float64)
         tangents = (C_pinv, coefficients)
+        if rows is not None:
+            sums = torch.cat([_square_sums(g, *tangents) for g in rows])
+            return cotangents.feature_sums(sums)
         form = self._closed("tangents", x, points, cotangents.rows, weights, tangents)
         if form is not None and form.position_wise and cotangents.exact:
             # Folded rows are the exact rows of every position at once, so the
@@ -258,6 +296,9 @@ class SectionJacobian:
         """
         rows = rows.to(points.dtype)
         form = self._closed("rows", x, points, rows, weights)
+        if form is None and self._is_affine(x, points, rows, weights):
+            yield from self._rows_of_affine(x, points, rows, weights)
+            return
         if form is None:
             yield from self._autograd_rows(x, points, rows, weights)
             return
@@ -282,6 +323,61 @@ class SectionJacobian:
                 out = out * repeat_rows(valid, copies).unsqueeze(-1).to(out.dtype)
             out = out.reshape(out.shape[0], *rows.shape[1:])  # (A*n, P_out, d_next)
             yield from integrated_vjps(out, leaf, rows, weights, n, batched)
+
+    def _rows_of_affine(self, x, points, rows, weights):
+        """The rows of an affine section: autograd on one sample, shared by all.
+
+        Shape ``(r, 1, P_in, d)`` (a sample axis of size 1); made once per
+        set of cotangent rows (the exact rows of a pass are one object), so
+        a pass over an affine section costs no Jacobian work after its first
+        batch.
+        """
+        made_for, chunks = self._affine_rows
+        if made_for is not rows:
+            n = n_rows(x)
+            one = points.reshape(weights.shape[0], n, *points.shape[1:])[:, :1].flatten(0, 1)
+            chunks = list(self._autograd_rows(take_rows(x, slice(0, 1)), one, rows, weights))
+            self._affine_rows = (rows, chunks)
+        return chunks
+
+    def _is_affine(self, x, points, rows, weights):
+        """Whether the section's Jacobian is the same at every point; decided on the first batch.
+
+        Autograd rows (the first and two random combinations of all) of up to
+        16 samples, at their points and at the points scaled by -1 and 2,
+        must all equal those of the first sample: a nonlinearity that the
+        data's spread leaves unseen (a ReLU whose units all fire on these
+        samples) shows when the points flip sign or grow.  A section that is
+        not affine is the common case, so failing says nothing.
+        """
+        if not self._affine_allowed or _masked(x, points, rows):
+            return False
+        # A property of the section, found once per session for all its passes.
+        key = ("affine", self.src, self.dst)
+        if key not in self.session.structures:
+            n, n_alpha = n_rows(x), weights.shape[0]
+            k = min(n, self._CHECK_POINTS)
+            if k < 2:  # rows that depend on the sample itself need two to show
+                return False
+            probe = _probe_rows(rows, self._CHECK_COMBINATIONS)
+            first = points.reshape(n_alpha, n, *points.shape[1:])[:, :k].flatten(0, 1)
+            x_first = take_rows(x, slice(0, k))
+            try:
+                found = [
+                    torch.cat(list(self._autograd_rows(x_first, a * first, probe, weights, False)))
+                    for a in (1.0, -1.0, 2.0)
+                ]
+            except (RuntimeError, ValueError) as exc:
+                if is_out_of_memory(exc):
+                    raise
+                found = None  # the model refuses such points: decide by its own rows
+            self.session.structures[key] = found is not None and all(
+                bool(torch.isfinite(g).all())
+                and max_relative_error(g, found[0][:, :1].expand_as(g))
+                <= self.session.tolerances.closed_form
+                for g in found
+            )
+        return self.session.structures[key]
 
     @staticmethod
     def _call(method, *args, **kwargs):

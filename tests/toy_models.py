@@ -5,6 +5,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from sklearn_lib.models._modular_addition import Attention, Embed, PosEmbed, Unembed
+
 
 def tanh_mlp(d_in=4, hidden=8, d_out=3, seed=0):
     """in -> fc1 -> tanh -> fc2 -> tanh -> fc3 (named layers)."""
@@ -218,6 +220,59 @@ def modadd_tokens(n=40, p=7, seed=0):
     gen = torch.Generator().manual_seed(seed)
     pairs = torch.randint(0, p, (n, 2), generator=gen)
     return torch.cat([pairs, torch.full((n, 1), p)], dim=1)
+
+
+# -- a user's own transformer: the paper's architecture, no closed forms of its own --
+class RawMLP(nn.Module):
+    """The paper's MLP in raw tensor ops, as a user writes it."""
+
+    def __init__(self, d_model, d_mlp):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(d_model, d_mlp) * d_model**-0.5)
+        self.b_in = nn.Parameter(torch.randn(d_mlp) * 0.3)
+        self.W_out = nn.Parameter(torch.randn(d_mlp, d_model) * d_mlp**-0.5)
+        self.b_out = nn.Parameter(torch.randn(d_model) * 0.3)
+
+    def forward(self, resid):
+        return resid + torch.relu(resid @ self.W_in + self.b_in) @ self.W_out + self.b_out
+
+
+class UserBlock(nn.Module):
+    def __init__(self, d_model, n_heads, d_head, d_mlp, n_ctx):
+        super().__init__()
+        self.attn = Attention(d_model, n_heads, d_head, n_ctx)
+        self.mlp = RawMLP(d_model, d_mlp)
+
+    def forward(self, resid):
+        return self.mlp(self.attn(resid)[:, -1])
+
+
+class UserTransformer(nn.Module):
+    """A modular-addition transformer of the user's own class (no ``lib_section_*``)."""
+
+    def __init__(self, p=7, d_model=8, n_heads=2, d_head=4, d_mlp=16):
+        super().__init__()
+        self.embed = Embed(p + 1, d_model)
+        self.pos_embed = PosEmbed(3, d_model)
+        self.blocks = nn.ModuleList([UserBlock(d_model, n_heads, d_head, d_mlp, 3)])
+        self.unembed = Unembed(d_model, p + 1)
+
+    def forward(self, tokens):
+        resid = self.pos_embed(self.embed(tokens))
+        for block in self.blocks:
+            resid = block(resid)
+        return self.unembed(resid)
+
+
+def user_transformer(seed=0, **sizes):
+    """A random :class:`UserTransformer`, float64, with non-zero biases."""
+    torch.manual_seed(seed)
+    model = UserTransformer(**sizes)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.split(".")[-1].startswith("b_"):
+                param.normal_(0, 0.3)
+    return model.double()
 
 
 # -- fits of the identity tests: (model, layer, downstream layers, X) ------------------

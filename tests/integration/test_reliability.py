@@ -660,6 +660,8 @@ def test_a_failing_backward_is_named(X):
     # Failing later, in a Jacobian pass: the type is kept and a note names the batch.
     _FailingBackward.calls, _FailingBackward.fail_after = 0, 1
     with pytest.raises(RuntimeError, match="no derivative here") as info:
-        LIBTransformer(model, "fc2", downstream_layers=["fc3"], jacobian="autograd").fit(X)
+        LIBTransformer(
+            model, "fc2", downstream_layers=["fc3"], jacobian="autograd", batch_size=256
+        ).fit(X)
     if hasattr(info.value, "add_note"):
         assert "the batch of samples 0 to 255" in "".join(info.value.__notes__)

@@ -1,0 +1,277 @@
+"""Fast routes for a user's own model (issue 12): each gives autograd's results.
+
+- affine sections: rows from one sample, found by a probe at scaled points;
+- the residual MLP formula, recognised by ``torch.fx`` in a user's module;
+- ``compute_graph=True``: the edges from the fit's own Jacobian rows;
+- ``batch_size="auto"``: a batch from a memory budget.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from toy_models import modadd_tokens, tanh_mlp, user_transformer
+
+from sklearn_lib import LIBTransformer, _batching, _fit
+from sklearn_lib._session import ModelSession
+from sklearn_lib._traced import ResidualMLP
+
+LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
+
+
+def relative(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def fit(model, X, layers, **params):
+    lib = LIBTransformer(model, layers[0], downstream_layers=layers[1:], **params).fit(X)
+    return lib
+
+
+def assert_same_fit(fast, slow, rtol):
+    for name in slow.bases_:
+        np.testing.assert_allclose(
+            fast.bases_[name].lambdas, slow.bases_[name].lambdas, rtol=rtol, atol=0
+        )
+
+
+def assert_same_graph(fast, slow, rtol):
+    assert list(fast.edges) == list(slow.edges)
+    for key in slow.edges:
+        assert relative(fast.edges[key], slow.edges[key]) < rtol, key
+
+
+class PassCounter:
+    """Counts the passes over the data (``ModelSession.run_pass`` calls) and what they were."""
+
+    def __init__(self, monkeypatch):
+        self.names = []
+        original = ModelSession.run_pass
+
+        def run_pass(session, source, accumulators, what):
+            self.names.append(what)
+            return original(session, source, accumulators, what)
+
+        monkeypatch.setattr(ModelSession, "run_pass", run_pass)
+
+
+# -- a user's own transformer, by the default route ----------------------------------------
+def test_a_user_transformer_by_the_default_route_equals_autograd():
+    model, X = user_transformer(), modadd_tokens(120)
+    slow = fit(model, X, LAYERS, jacobian="autograd", batch_size=32)
+    fast = fit(model, X, LAYERS, compute_graph=True)
+    assert_same_fit(fast, slow, 1e-9)
+    assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-9)
+    assert_same_graph(fast.interaction_graph(X), slow.interaction_graph(X), 1e-9)
+
+
+def test_the_routes_the_user_transformer_takes():
+    from sklearn_lib._section import SectionJacobian, closed_forms
+
+    model, X = user_transformer(), modadd_tokens(40)
+    session = ModelSession(model)
+    # The MLP block is recognised; the attention and the unembedding are not.
+    assert [type(f) for f in closed_forms(session, "blocks.0.mlp", "unembed")] == [ResidualMLP]
+    assert closed_forms(session, "blocks.0.attn", "blocks.0.mlp") == []
+    assert closed_forms(session, "unembed", None) == []
+    # The unembedding is affine: its rows are made once, for one sample.
+    section = SectionJacobian(session, "unembed", None)
+    (f,) = session.read(X, ["unembed"])
+    rows = torch.eye(8, dtype=torch.float64).reshape(8, 1, 8)
+    ones = torch.ones(1, dtype=torch.float64)
+    chunks = list(section.gradients(X, f, rows, ones))
+    assert all(g.shape[1] == 1 for g in chunks)
+    np.testing.assert_allclose(torch.cat(chunks)[:, 0, 0].T, model.unembed.W_U.detach())
+    # The attention is not.
+    section = SectionJacobian(session, "blocks.0.attn", "blocks.0.mlp")
+    (f,) = session.read(X, ["blocks.0.attn"])
+    rows = torch.eye(8, dtype=torch.float64)[:3].reshape(3, 1, 8)
+    assert all(g.shape[1] == len(X) for g in section.gradients(X, f, rows, ones))
+
+
+# -- affine sections -----------------------------------------------------------------------
+class AllPositive(nn.Module):
+    """A ReLU section whose units all fire on positive data: linear there, not affine."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(3, 3)
+        self.fc2 = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.eye(3))
+            self.fc1.bias.zero_()
+            self.fc2.weight.abs_()
+            self.fc2.bias.fill_(0.5)
+
+    def forward(self, x):
+        h = self.fc1(x)  # the node layer 'fc2' reads relu(h) and its own copy of x[:, :1]
+        return self.fc2(torch.relu(torch.cat([h, h[:, :1] ** 2], dim=1)))
+
+
+def test_a_section_linear_on_the_probe_is_not_taken_for_affine():
+    # All probe samples positive: every ReLU fires and the square's slope
+    # varies, and flipping the points' sign shows the ReLU too.
+    X = np.abs(np.random.default_rng(0).normal(size=(200, 3))) + 0.1
+    model = AllPositive().double()
+    session = ModelSession(model)
+    fast = fit(model, X, ["fc1", "fc2"], batch_size=50, compute_graph=True)
+    slow = fit(model, X, ["fc1", "fc2"], jacobian="autograd", batch_size=50)
+    assert_same_fit(fast, slow, 1e-10)
+    assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-10)
+    # And the verdict itself.
+    from sklearn_lib._section import SectionJacobian
+
+    section = SectionJacobian(session, "fc1", "fc2")
+    (f,) = session.read(torch.as_tensor(X), ["fc1"])
+    rows = torch.eye(3, dtype=torch.float64).reshape(3, 1, 3)
+    ones = torch.ones(1, dtype=torch.float64)
+    assert not section._is_affine(torch.as_tensor(X), f, rows, ones)
+
+
+class TanhThenLinear(nn.Module):
+    """A head that is one ``nn.Linear``, outside any ``nn.Sequential``: no formula serves it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(3, 5)
+        self.head = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+
+def test_an_affine_head_is_served_by_one_sample(monkeypatch):
+    # A linear head with positions: every sample's rows are the first one's.
+    model = TanhThenLinear().double()
+    X = np.random.default_rng(2).normal(size=(64, 6, 3))
+    calls = []
+    from sklearn_lib._section import SectionJacobian
+
+    original = SectionJacobian._autograd_rows
+
+    def counting(self, x, points, rows, weights, batched=None):
+        calls.append(points.shape[0])
+        yield from original(self, x, points, rows, weights, batched)
+
+    monkeypatch.setattr(SectionJacobian, "_autograd_rows", counting)
+    fast = fit(model, X, ["head"], batch_size=16)
+    # The check runs 16 samples at three scales, then the pass makes one sample's rows
+    # once for all four batches.
+    assert calls[-4:] == [16, 16, 16, 1]
+    monkeypatch.undo()
+    slow = fit(model, X, ["head"], jacobian="autograd", batch_size=16)
+    assert_same_fit(fast, slow, 1e-10)
+
+
+# -- compute_graph --------------------------------------------------------------------------
+def test_compute_graph_reuses_the_fits_rows(monkeypatch):
+    # No truncation drops variance here (all features kept), so the points of
+    # the edges are the fit's: no section of autograd rows takes an edge pass.
+    model, X = user_transformer(), modadd_tokens(120)
+    passes = PassCounter(monkeypatch)
+    fast = fit(model, X, LAYERS, compute_graph=True, truncation_threshold=0.0)
+    assert all(fast.bases_[n].n_components == fast.bases_[n].lambdas.size for n in LAYERS[:1])
+    edge_passes = [what for what in passes.names if what.startswith("edges")]
+    # The attention's and the affine unembedding's edges come from the fit's rows;
+    # only the section the residual MLP formula serves (no rows) takes a pass.
+    assert edge_passes == ["edges 'blocks.0.mlp' -> 'unembed'"]
+    monkeypatch.undo()
+    slow = fit(model, X, LAYERS, jacobian="autograd", truncation_threshold=0.0)
+    assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-9)
+
+
+@pytest.mark.parametrize(
+    "case", ["truncated", "over the budget", "integration rule", "stochastic M'"]
+)
+def test_compute_graph_falls_back_where_rows_cannot_serve(case, monkeypatch):
+    model, X = tanh_mlp(d_in=4, hidden=8, d_out=3), np.random.default_rng(0).normal(size=(300, 4))
+    params = dict(jacobian="autograd", batch_size=100)
+    if case == "truncated":
+        params["n_components"] = 2  # the kept features do not reconstruct the activations
+    elif case == "over the budget":
+        monkeypatch.setattr(_fit, "ROW_REUSE_BYTES", 20_000)
+    elif case == "integration rule":
+        params.update(integration="trapezoidal", n_intervals=2)
+    else:
+        params["n_stochastic_sources"] = 2
+    passes = PassCounter(monkeypatch)
+    fast = fit(model, X, ["fc1", "fc2", "fc3"], compute_graph=True, random_state=0, **params)
+    assert any(what.startswith("edges") for what in passes.names)
+    monkeypatch.undo()
+    reference = fit(model, X, ["fc1", "fc2", "fc3"], random_state=0, **params)
+    assert_same_fit(fast, reference, 1e-12)
+    assert_same_graph(fast.interaction_graph_, reference.interaction_graph(X), 1e-9)
+
+
+def test_compute_graph_off_leaves_no_graph():
+    model, X = tanh_mlp(), np.random.default_rng(0).normal(size=(50, 4))
+    lib = fit(model, X, ["fc2"], compute_graph=True)
+    assert hasattr(lib, "interaction_graph_")
+    lib.set_params(compute_graph=False).fit(X)
+    assert not hasattr(lib, "interaction_graph_")
+
+
+# -- batch_size="auto" ----------------------------------------------------------------------
+def test_auto_batches_give_the_same_fit():
+    model, X = user_transformer(), modadd_tokens(300)
+    auto = fit(model, X, LAYERS)
+    assert auto.get_params()["batch_size"] == "auto"
+    assert auto.batch_size_ == 300  # small activations: one batch of all samples
+    small = fit(model, X, LAYERS, batch_size=7)
+    assert small.batch_size_ == 7
+    assert_same_fit(auto, small, 1e-10)
+    np.testing.assert_allclose(auto.transform(X), small.transform(X), rtol=1e-9, atol=1e-12)
+
+
+def test_auto_batches_follow_the_budget(monkeypatch):
+    model, X = tanh_mlp(d_in=4, hidden=8, d_out=3), np.random.default_rng(0).normal(size=(5000, 4))
+    measured = []
+    original = _batching.auto_batch_size
+
+    def spy(per_sample, device, n_samples=None):
+        measured.append(per_sample)
+        return original(per_sample, device, n_samples)
+
+    monkeypatch.setattr("sklearn_lib._base.auto_batch_size", spy)
+    assert fit(model, X, ["fc2"]).batch_size_ == 4096
+    # A budget of a few samples' working sets gives the smallest power of two above 64 that fits.
+    monkeypatch.setattr(_batching, "CPU_BUDGET_BYTES", int(measured[0] * 4 * 200))
+    assert fit(model, X, ["fc2"]).batch_size_ == 128
+    monkeypatch.setattr(_batching, "CPU_BUDGET_BYTES", 1)
+    assert fit(model, X, ["fc2"]).batch_size_ == 64
+
+
+def test_auto_batches_with_stochastic_sources_stay_small():
+    model, X = tanh_mlp(), np.random.default_rng(0).normal(size=(600, 4))
+    lib = fit(model, X, ["fc2"], n_stochastic_sources=2, random_state=0)
+    assert lib.batch_size_ == _batching.STOCHASTIC_BATCH_SIZE
+
+
+def test_saved_bytes_grow_with_the_graph():
+    x = torch.randn(10, 6, dtype=torch.float64)
+    w = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    one = _batching.saved_bytes_per_sample(x, lambda: torch.tanh(x @ w))
+    two = _batching.saved_bytes_per_sample(x, lambda: torch.tanh(torch.tanh(x @ w) @ w))
+    assert one >= 6 * 8 and two > one
+
+
+def test_auto_batch_sizes_are_powers_of_two_in_range():
+    budget = _batching.CPU_BUDGET_BYTES
+    factor = _batching.WORKING_SET_FACTOR
+    assert _batching.auto_batch_size(budget / factor / 1000, "cpu") == 512
+    assert _batching.auto_batch_size(budget / factor / 1000, "cpu", n_samples=300) == 300
+    assert _batching.auto_batch_size(1.0, "cpu") == _batching.MAX_BATCH_SIZE
+    assert _batching.auto_batch_size(float(budget), "cpu") == _batching.MIN_BATCH_SIZE
+
+
+def test_activation_transformer_batches_automatically():
+    from sklearn_lib import ActivationTransformer
+
+    model, X = tanh_mlp(), np.random.default_rng(0).normal(size=(70, 4))
+    acts = ActivationTransformer(model, "fc2").fit(X)
+    assert acts.batch_size_ == 70
+    np.testing.assert_allclose(
+        acts.transform(X), ActivationTransformer(model, "fc2", batch_size=3).fit_transform(X)
+    )
