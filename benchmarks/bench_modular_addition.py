@@ -61,16 +61,17 @@ def reference(model, X, batch_size, device="cpu"):
     ]
     funcs = sections(model)
     n = len(X)
+    dtype = model.unembed.W_U.dtype  # of the forward and backward passes
     # Means and Grams of every node, float64 sums.
     acts = [node_activations(model, x) for x in batches]
     means, grams = [], []
     for layer in range(4):
-        rows = torch.cat([a[layer].reshape(-1, a[layer].shape[-1]) for a in acts])
+        rows = torch.cat([a[layer].reshape(-1, a[layer].shape[-1]) for a in acts]).double()
         means.append(rows.mean(0))
         centred = rows - means[-1]
         grams.append(centred.T @ centred / rows.shape[0])
     vocab = acts[0][3].shape[-1]
-    eye = torch.eye(vocab, dtype=torch.float64, device=device)
+    eye = torch.eye(vocab, dtype=dtype, device=device)
     bases = [None, None, None, (means[3], eye, eye)]  # the output's basis: identity
     lambdas = [None] * 3
     for layer in reversed(range(3)):
@@ -78,30 +79,31 @@ def reference(model, X, batch_size, device="cpu"):
         m_prime = torch.zeros_like(grams[layer])
         for a in acts:
             f = a[layer].clone().requires_grad_(True)
-            out_hat = (funcs[layer](f) - mean_next) @ C_next  # (n, k_next)
+            out_hat = (funcs[layer](f) - mean_next.to(dtype)) @ C_next  # (n, k_next)
             for i in range(out_hat.shape[-1]):
                 (g,) = torch.autograd.grad(out_hat[:, i].sum(), f, retain_graph=True)
                 g = g.reshape(-1, g.shape[-1])
-                m_prime += g.T @ g
+                m_prime += (g.T @ g).double()
         n_pos = acts[0][layer][0].numel() // acts[0][layer].shape[-1]
         D, U = orthogonal_step(grams[layer].cpu().numpy(), NULL_RTOL)
         lam, C, C_pinv = lib_rotation(D, U, (m_prime / (n * n_pos)).cpu().numpy(), NULL_RTOL)
         k = n_kept(lam, None, THRESHOLD)
         lambdas[layer] = lam
-        kept = [torch.as_tensor(a, device=device) for a in (C[:, :k], C_pinv[:k])]
+        kept = [torch.as_tensor(a, device=device, dtype=dtype) for a in (C[:, :k], C_pinv[:k])]
         bases[layer] = (means[layer], *kept)
     edges = []
     for layer in range(3):
         mean, C, C_pinv = bases[layer]
         mean_next, C_next, _ = bases[layer + 1]
         E = torch.zeros(C_next.shape[1], C.shape[1], dtype=torch.float64, device=device)
+        mean, mean_next = mean.to(dtype), mean_next.to(dtype)
         for a in acts:
             f_hat = ((a[layer] - mean) @ C).requires_grad_(True)
             out_hat = (funcs[layer](f_hat @ C_pinv + mean) - mean_next) @ C_next
             for i in range(out_hat.shape[-1]):
                 (g,) = torch.autograd.grad(out_hat[:, i].sum(), f_hat, retain_graph=True)
                 inner = (g * f_hat.detach()).reshape(len(f_hat), -1, C.shape[1]).sum(1)
-                E[i] += (inner**2).sum(0)
+                E[i] += (inner.double() ** 2).sum(0)
         n_pos = acts[0][layer][0].numel() // acts[0][layer].shape[-1]
         edges.append((E / (n * n_pos)).cpu().numpy())
     return lambdas, edges

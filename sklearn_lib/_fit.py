@@ -37,7 +37,7 @@ from ._capture import check_cut, check_gradient_flow, inspect_node_layers
 from ._integration import rule_tensors
 from ._jacobian import Cotangents, scaled
 from ._numerics import ROW_REUSE_BYTES, max_relative_error
-from ._plan import AUTO_MAX_ROUNDS, AUTO_MIN_ROUNDS, AUTO_SOURCES, fit_plan
+from ._plan import AUTO_MAX_ROUNDS, AUTO_MIN_ROUNDS, AUTO_SOURCES, auto_stays_exact, fit_plan
 from ._section import SectionJacobian, closed_forms
 from ._session import outside_inference_mode
 from ._stats import MomentAccumulator, all_reduce_sum, global_count, row_average
@@ -118,13 +118,42 @@ def plan(session, owner, source, probe, shapes, output_shape, settings, one_pass
     """
     names = list(shapes)
     seconds = {}
+    if settings.basis == "lib" and settings.jacobian != "autograd":
+        find_affine_sections(session, probe, shapes, output_shape)
     for src, dst in zip(names, [*names[1:], None]):
-        closed = settings.jacobian != "autograd" and bool(closed_forms(session, src, dst))
+        closed = settings.jacobian != "autograd" and exact_is_cheap(session, src, dst)
         if settings.basis == "lib" and not closed:
             seconds[src] = functools.partial(
                 _row_seconds, session, probe, src, dst, shapes, output_shape, settings
             )
     return fit_plan(owner, names, shapes, output_shape, settings, source, seconds, one_pass)
+
+
+def find_affine_sections(session, probe, shapes, output_shape):
+    """Decide on the probe which sections without a closed form are affine (see ``_section``).
+
+    The verdicts stay in the session, for the fit's plan and for
+    ``n_stochastic_sources="auto"``, which keeps such sections exact.
+    """
+    names = list(shapes)
+    pairs = [(s, d) for s, d in zip(names, [*names[1:], None]) if not closed_forms(session, s, d)]
+    if not pairs:
+        return
+    with torch.no_grad():
+        acts = dict(zip(names, session.read(probe, names)))
+    for src, dst in pairs:
+        dst_shape = output_shape if dst is None else shapes[dst]
+        eye = torch.eye(dst_shape[-1], dtype=session.dtype, device=session.device)
+        rows = Cotangents(eye, n_positions(dst_shape)).rows
+        weights = torch.ones(1, dtype=session.dtype, device=session.device)
+        SectionJacobian(session, src, dst).is_affine(probe, acts[src], rows, weights)
+
+
+def exact_is_cheap(session, src, dst):
+    """Whether a closed form may serve the section, or it was found affine."""
+    return bool(closed_forms(session, src, dst)) or bool(
+        session.structures.get(("affine", src, dst))
+    )
 
 
 def _row_seconds(session, probe, src, dst, shapes, output_shape, settings, n_rows):
@@ -243,15 +272,21 @@ def fit_bases(
         SlopeGram(session, src, following[src], form, settings) for src, form in one_pass.items()
     ]
     auto = settings.n_stochastic_sources == "auto"
-    # Under "auto", exact M' wherever its rows are no more than one round's sources.
+    # Under "auto", exact M' wherever rounds would cost as much (few rows), or a
+    # closed form or the affine route makes the exact rows cheap.
     exact = replace(settings, n_stochastic_sources=None)
-    cheap = n_positions(output_shape) * output_shape[-1] <= AUTO_SOURCES
+
+    def cheap(src, dst, rows):
+        routes = settings.jacobian != "autograd" and exact_is_cheap(session, src, dst)
+        return auto_stays_exact(rows) or routes
+
+    last_cheap = cheap(names[-1], None, n_positions(output_shape) * output_shape[-1])
     if lib and settings.output_basis == "identity" and names[-1] not in one_pass:
         # The output's basis is known before any data is read: the last
         # section's M' joins the statistics pass.
         eye = torch.eye(output_shape[-1], device=session.device, dtype=session.dtype)
         last = names[-1]
-        if not auto or cheap:  # rounds of sources need passes of their own
+        if not auto or last_cheap:  # rounds of sources need passes of their own
             early.append(
                 JacobianGram(
                     session,
@@ -302,7 +337,7 @@ def fit_bases(
             if name in slopes:
                 m_prime = slopes[name].m_prime(matrix)
             elif m_prime is None:
-                rows = next_basis.n_positions * matrix.shape[1]
+                rounds = auto and not cheap(name, dst, next_basis.n_positions * matrix.shape[1])
                 acc = JacobianGram(
                     session,
                     name,
@@ -310,11 +345,11 @@ def fit_bases(
                     shapes[name],
                     matrix,
                     next_basis.n_positions,
-                    exact if auto and rows <= AUTO_SOURCES else settings,
+                    exact if auto and not rounds else settings,
                     keep_rows=edges is not None,
                 )
                 grams[name] = acc
-                if auto and rows > AUTO_SOURCES:
+                if rounds:
                     m_prime, sources = converged_m_prime(session, source, acc, basis_of)
                     if report is not None:
                         report[name] = sources

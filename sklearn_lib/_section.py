@@ -152,7 +152,7 @@ class SectionJacobian:
         # Per product kind: the closed form that passed its check, or None (autograd).
         self._chosen = {}
         # Never looked for with jacobian="autograd": whether the Jacobian is the
-        # same at every point (see _is_affine), and the last rows made so.
+        # same at every point (see is_affine), and the last rows made so.
         self._affine_allowed = jacobian != "autograd"
         self._affine_rows = (None, None)
 
@@ -296,7 +296,7 @@ class SectionJacobian:
         """
         rows = rows.to(points.dtype)
         form = self._closed("rows", x, points, rows, weights)
-        if form is None and self._is_affine(x, points, rows, weights):
+        if form is None and self.is_affine(x, points, rows, weights):
             yield from self._rows_of_affine(x, points, rows, weights)
             return
         if form is None:
@@ -340,7 +340,7 @@ class SectionJacobian:
             self._affine_rows = (rows, chunks)
         return chunks
 
-    def _is_affine(self, x, points, rows, weights):
+    def is_affine(self, x, points, rows, weights):
         """Whether the section's Jacobian is the same at every point; decided on the first batch.
 
         Autograd rows (the first and two random combinations of all) of up to

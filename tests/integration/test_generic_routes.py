@@ -6,9 +6,12 @@
 - ``batch_size="auto"``: a batch from a memory budget.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from toy_models import modadd_tokens, tanh_mlp, user_transformer
 
@@ -126,7 +129,7 @@ def test_a_section_linear_on_the_probe_is_not_taken_for_affine():
     (f,) = session.read(torch.as_tensor(X), ["fc1"])
     rows = torch.eye(3, dtype=torch.float64).reshape(3, 1, 3)
     ones = torch.ones(1, dtype=torch.float64)
-    assert not section._is_affine(torch.as_tensor(X), f, rows, ones)
+    assert not section.is_affine(torch.as_tensor(X), f, rows, ones)
 
 
 class TanhThenLinear(nn.Module):
@@ -275,3 +278,20 @@ def test_activation_transformer_batches_automatically():
     np.testing.assert_allclose(
         acts.transform(X), ActivationTransformer(model, "fc2", batch_size=3).fit_transform(X)
     )
+
+
+def test_auto_sources_keep_cheap_exact_sections_exact():
+    # A linear head of 12 positions x 8 outputs = 96 exact rows: rounds of
+    # sources would run by autograd, but the affine route makes exact free.
+    model = TanhThenLinear().double()
+    model.head = nn.Linear(5, 8).double()
+    X = np.random.default_rng(3).normal(size=(64, 12, 3))
+    auto = fit(model, X, ["head"], n_stochastic_sources="auto", random_state=0)
+    assert auto.n_stochastic_sources_ == {"head": None} and auto.stochastic_rounds_ == {}
+    exact = fit(model, X, ["head"], batch_size=16)
+    assert_same_fit(auto, exact, 1e-10)
+    # With jacobian="autograd" the same section runs rounds (converged or not).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        rounds = fit(model, X, ["head"], n_stochastic_sources="auto", jacobian="autograd")
+    assert rounds.stochastic_rounds_["head"].rounds >= 4
