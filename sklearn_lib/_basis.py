@@ -129,16 +129,18 @@ def eigh_descending(matrix, what="The matrix to eigendecompose"):
     return values.copy(), vectors * signs
 
 
-def _nonnull_eigh(matrix, rtol, empty_message, what):
-    """Eigenpairs (descending) above ``rtol * max``; raise if all vanish or any is not finite."""
+def _nonnull_eigh(matrix, rtol, empty_message, what, floor=0.0):
+    """Eigenpairs (descending) above ``rtol * max`` and ``floor``; raise if all vanish."""
     values, vectors = eigh_descending(matrix, what)
     if not values[0] > 0:
         raise ValueError(empty_message)
-    keep = values > rtol * values[0]
+    keep = values > max(rtol * values[0], floor)
+    if not keep.any():
+        raise ValueError(empty_message)
     return values[keep], vectors[:, keep]
 
 
-def orthogonal_step(gram, rtol, name="layer"):
+def orthogonal_step(gram, rtol, name="layer", floor=0.0):
     """``G = U diag(D) U^T`` with the numerical null space dropped.
 
     Parameters
@@ -146,6 +148,9 @@ def orthogonal_step(gram, rtol, name="layer"):
     gram : ndarray of shape (d, d)
     rtol : float
         Eigenvalues at or below ``rtol * max(D)`` are numerical zeros.
+    floor : float, default=0.0
+        And so are eigenvalues at or below this: the rounding noise of the
+        activations themselves (see :meth:`~sklearn_lib._numerics.Tolerances.noise_floor`).
 
     Returns
     -------
@@ -158,6 +163,7 @@ def orthogonal_step(gram, rtol, name="layer"):
         f"The activations of {name!r} have no variance on the fitting data; "
         "there is nothing to find a basis for",
         f"The Gram matrix of the activations of {name!r}",
+        floor,
     )
 
 
@@ -220,7 +226,9 @@ def n_kept(lambdas, n_components, threshold, name="layer"):
     return min(k, int(n_components))
 
 
-def fit_node_basis(name, shape, mean, gram, m_prime, *, kind, n_components, threshold, rtol):
+def fit_node_basis(
+    name, shape, mean, gram, m_prime, *, kind, n_components, threshold, rtol, floor=0.0
+):
     """The :class:`NodeBasis` of one node layer from its statistics.
 
     Parameters
@@ -239,8 +247,10 @@ def fit_node_basis(name, shape, mean, gram, m_prime, *, kind, n_components, thre
         Truncation, see :func:`n_kept`.
     rtol : float
         The numerical null-space tolerance.
+    floor : float, default=0.0
+        The Gram's noise floor (see :func:`orthogonal_step`).
     """
-    D, U = orthogonal_step(gram, rtol, name)
+    D, U = orthogonal_step(gram, rtol, name, floor)
     if kind == "pca":
         lambdas, C, C_pinv = D, U, U.T.copy()
     else:

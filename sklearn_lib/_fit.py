@@ -119,7 +119,7 @@ def plan(session, owner, source, probe, shapes, output_shape, settings, one_pass
     names = list(shapes)
     seconds = {}
     if settings.basis == "lib" and settings.jacobian != "autograd":
-        find_affine_sections(session, probe, shapes, output_shape)
+        find_routes(session, probe, shapes, output_shape, settings)
     for src, dst in zip(names, [*names[1:], None]):
         closed = settings.jacobian != "autograd" and exact_is_cheap(session, src, dst)
         if settings.basis == "lib" and not closed:
@@ -129,30 +129,33 @@ def plan(session, owner, source, probe, shapes, output_shape, settings, one_pass
     return fit_plan(owner, names, shapes, output_shape, settings, source, seconds, one_pass)
 
 
-def find_affine_sections(session, probe, shapes, output_shape):
-    """Decide on the probe which sections without a closed form are affine (see ``_section``).
+def find_routes(session, probe, shapes, output_shape, settings):
+    """Decide on the probe, once per session, the route of each section's ``M'``.
 
-    The verdicts stay in the session, for the fit's plan and for
-    ``n_stochastic_sources="auto"``, which keeps such sections exact.
+    The closed form that passes its check against autograd (see
+    ``_section``), else whether the section is affine.  The verdicts stay in
+    the session, for the passes, the fit's plan and
+    ``n_stochastic_sources="auto"`` (:func:`exact_is_cheap`).
     """
     names = list(shapes)
-    pairs = [(s, d) for s, d in zip(names, [*names[1:], None]) if not closed_forms(session, s, d)]
-    if not pairs:
-        return
+    alphas, weights = rule_tensors(settings.rule, session.device)
     with torch.no_grad():
         acts = dict(zip(names, session.read(probe, names)))
-    for src, dst in pairs:
+    for src, dst in zip(names, [*names[1:], None]):
         dst_shape = output_shape if dst is None else shapes[dst]
         eye = torch.eye(dst_shape[-1], dtype=session.dtype, device=session.device)
         rows = Cotangents(eye, n_positions(dst_shape)).rows
-        weights = torch.ones(1, dtype=session.dtype, device=session.device)
-        SectionJacobian(session, src, dst).is_affine(probe, acts[src], rows, weights)
+        section = SectionJacobian(session, src, dst)
+        points = scaled(acts[src], alphas)
+        if section._closed("gram", probe, points, rows, weights) is None:
+            section.is_affine(probe, points, rows, weights)
 
 
 def exact_is_cheap(session, src, dst):
-    """Whether a closed form may serve the section, or it was found affine."""
-    return bool(closed_forms(session, src, dst)) or bool(
-        session.structures.get(("affine", src, dst))
+    """Whether a closed form serves the section's ``M'``, or it is affine (:func:`find_routes`)."""
+    structures = session.structures
+    return structures.get(("route", "gram", src, dst)) is not None or bool(
+        structures.get(("affine", src, dst)) and structures.get(("affine checked", src, dst))
     )
 
 
@@ -277,8 +280,12 @@ def fit_bases(
     exact = replace(settings, n_stochastic_sources=None)
 
     def cheap(src, dst, rows):
+        if auto_stays_exact(rows):
+            return True
         routes = settings.jacobian != "autograd" and exact_is_cheap(session, src, dst)
-        return auto_stays_exact(rows) or routes
+        # The same on every rank (each checked its own probe), or the passes would differ.
+        doubts = all_reduce_sum(torch.tensor(float(not routes), device=session.device))
+        return float(doubts) == 0
 
     last_cheap = cheap(names[-1], None, n_positions(output_shape) * output_shape[-1])
     if lib and settings.output_basis == "identity" and names[-1] not in one_pass:
@@ -317,16 +324,19 @@ def fit_bases(
         stats = moments[name]
 
         def basis_of(m_prime, name=name, stats=stats, first=i == 0):
+            mean = stats.mean.cpu().numpy() if settings.center else np.zeros(shapes[name][-1])
+            gram = stats.gram.cpu().numpy()
             return fit_node_basis(
                 name,
                 shapes[name],
-                stats.mean.cpu().numpy() if settings.center else np.zeros(shapes[name][-1]),
-                stats.gram.cpu().numpy(),
+                mean,
+                gram,
                 m_prime,
                 kind=settings.basis,
                 n_components=settings.n_components if first else None,
                 threshold=settings.truncation_threshold,
                 rtol=session.tolerances.null_space,
+                floor=session.tolerances.noise_floor(gram, mean),
             )
 
         m_prime = None
@@ -582,23 +592,34 @@ class JacobianGram:
     def update(self, batch, acts):
         cotangents = self.exact.sampled(self.sources, self.session.generator, True)
         f = acts[self.src]
-        made = None if self.kept is None else []
-        keep = None if made is None else made.extend
+        # The batch's rows, (R, n, P_in, d) at most: over the budget before they
+        # are made, none is kept.
+        size = (1 + len(cotangents.rows)) * f.numel() * f.element_size()
+        if self.kept is not None and self.kept_bytes + size > ROW_REUSE_BYTES:
+            self.kept = None
+        self._made = None if self.kept is None else []
+        keep = None if self.kept is None else self._keep
         self.total += self.section.gram_sum(batch.x, f, cotangents, self.rule, keep=keep)
         self.rows += batch.n_rows(f.shape[1:])
         self.count += batch.n
-        if made is not None:
-            self._keep(batch, f, made)
+        if self.kept is not None:
+            if not self._made:  # a closed form gave the Gram without rows
+                self.kept = None
+            else:
+                self.kept.append((batch, f, self._made))
+                self.kept_bytes += f.numel() * f.element_size()
+        self._made = None
 
-    def _keep(self, batch, f, chunks):
-        size = f.numel() * f.element_size() + sum(g.numel() * g.element_size() for g in chunks)
-        if not chunks or self.kept_bytes + size > ROW_REUSE_BYTES:
-            # A closed form gave the Gram without rows, or the rows are over
-            # the budget: the edges take a pass of their own.
+    def _keep(self, g):
+        """Keep one chunk of this batch's rows; False (and keep none) over the budget."""
+        size = g.numel() * g.element_size()
+        if self.kept is None or self.kept_bytes + size > ROW_REUSE_BYTES:
+            # Over the budget: the edges take a pass of their own.
             self.kept = None
-            return
-        self.kept.append((batch, f, chunks))
+            return False
+        self._made.append(g)
         self.kept_bytes += size
+        return True
 
     def result(self):
         """``M'`` averaged over all ``N * P_in`` rows (of every rank; valid ones), as numpy."""

@@ -10,6 +10,7 @@ import functools
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
 
@@ -25,13 +26,14 @@ class Tolerances:
         and of the rotated Jacobian Gram are numerical zeros.  Numerical only,
         never the user's truncation.  float64 eigenvalue noise sits near
         1e-16 of the largest eigenvalue.  A float32 forward pass rounds each
-        activation to about 6e-8 relative, spread over every direction, so
-        its noise in any one direction's variance sits near 1e-14 of the
-        largest (Grams are summed in float64): 1e-12 leaves two orders of
-        margin and keeps directions that matter.  On the paper's attention
-        input a cut at 1e-9 dropped directions whose variance is 1e-11..1e-9
-        of the largest but whose gradients are large, and moved the top
-        Lambda by 0.1% from float64's; at 1e-12, by 1e-6.
+        activation by about 6e-8 of its magnitude; for centred activations
+        that noise, spread over every direction, sits near 1e-14 of the
+        largest variance (Grams are summed in float64), so 1e-12 keeps the
+        directions that matter: on the paper's attention input a cut at 1e-9
+        dropped directions whose variance is 1e-11..1e-9 of the largest but
+        whose gradients are large, and moved the top Lambda by 0.1% from
+        float64's; at 1e-12, by 1e-6.  Activations far from zero carry more
+        noise than their spread shows: :meth:`noise_floor` cuts that too.
     closed_form : float
         A closed-form Jacobian (a model's ``lib_section_*`` methods, the
         Linear -> elementwise formula) must agree with autograd to this.
@@ -45,6 +47,9 @@ class Tolerances:
         Activations and their reconstruction from the kept features are the
         same points (so a fit's Jacobian rows serve the edges) when they
         agree to this, relative to the largest activation.
+    roundoff : float
+        The dtype's unit roundoff: an activation computed in it is off by
+        about this much of its magnitude.
     """
 
     null_space: float
@@ -52,14 +57,49 @@ class Tolerances:
     batch_growth: float
     cut: float
     same_points: float
+    roundoff: float
+
+    #: Noise variance per direction, in units of ``roundoff**2 * max E[f_i^2]``,
+    #: below which a Gram's eigenvalue is rounding: a forward pass rounds many
+    #: times over, and a margin.
+    NOISE_FACTOR = 100.0
+
+    def noise_floor(self, gram, mean):
+        """The variance that rounding alone gives a direction of these activations.
+
+        Rounding errors scale with the activations' magnitude, not their
+        spread: ``roundoff * |f|`` per entry.  So for activations far from
+        zero (a large mean, as after a ReLU or in a residual stream) the
+        noise in each direction's variance is ``~ roundoff^2 * E[f_i^2]``,
+        which a cut relative to the largest variance alone does not see.
+
+        Parameters
+        ----------
+        gram : ndarray of shape (d, d)
+            The centred (or uncentred) Gram of the activations.
+        mean : ndarray of shape (d,)
+            Their mean (zeros for the uncentred Gram).
+        """
+        second_moment = float(np.max(np.diag(gram) + np.asarray(mean) ** 2))
+        return self.NOISE_FACTOR * self.roundoff**2 * second_moment
 
 
 TOLERANCES = {
     torch.float64: Tolerances(
-        null_space=1e-12, closed_form=1e-8, batch_growth=1e-9, cut=1e-8, same_points=1e-10
+        null_space=1e-12,
+        closed_form=1e-8,
+        batch_growth=1e-9,
+        cut=1e-8,
+        same_points=1e-10,
+        roundoff=2.0**-53,
     ),
     torch.float32: Tolerances(
-        null_space=1e-12, closed_form=1e-3, batch_growth=1e-4, cut=1e-3, same_points=1e-5
+        null_space=1e-12,
+        closed_form=1e-3,
+        batch_growth=1e-4,
+        cut=1e-3,
+        same_points=1e-5,
+        roundoff=2.0**-24,
     ),
 }
 

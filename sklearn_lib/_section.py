@@ -57,10 +57,28 @@ from ._inputs import attention_mask, n_rows, repeat_rows, take_rows, valid_posit
 from ._jacobian import ExactRows, integrated_vjps, quadrature_sum, scaled
 from ._numerics import CHUNK_ELEMENTS, max_relative_error
 from ._structure import LinearElementwise
-from ._traced import ResidualMLP
+from ._traced import ResidualMLP, is_affine_section
 from .exceptions import user_stacklevel
 
 JACOBIAN_ROUTES = ("auto", "autograd")
+
+
+class _AffineForm:
+    """How warnings name the affine route."""
+
+    @staticmethod
+    def name(kind):
+        return "The affine-section route (rows of one sample for all)"
+
+
+_AFFINE = _AffineForm()
+
+
+def affine_structure(session, src, dst):
+    """Whether the code shows the section affine (fx); False without structural routes."""
+    with warnings.catch_warnings():  # what fx says of user code is no news
+        warnings.simplefilter("ignore")
+        return is_affine_section(session, src, dst)
 
 
 class ModelClosedForm:
@@ -179,10 +197,10 @@ class SectionJacobian:
         rule : (torch.Tensor, torch.Tensor)
             Integration points ``alphas`` and ``weights``.
         keep : callable or None
-            Called with the list of row chunks ``(r, n or 1, P_in, d)`` where
-            the rows are made (the autograd route), so that the edges can
-            reuse them (:meth:`edge_sums` with ``rows=``); not called where a
-            closed form gives the Gram without rows.
+            Offered each chunk of rows ``(r, n or 1, P_in, d)`` as it is made
+            (the autograd route), so that the edges can reuse them
+            (:meth:`edge_sums` with ``rows=``), until it returns False; never
+            called where a closed form gives the Gram without rows.
 
         Returns
         -------
@@ -200,8 +218,7 @@ class SectionJacobian:
                 view = valid.reshape(1, valid.shape[0], -1, 1)
                 chunks = (g * view.to(g.dtype) for g in chunks)
             if keep is not None:
-                chunks = list(chunks)
-                keep(chunks)
+                chunks = _offered(chunks, keep)
             gram = _gram_of(chunks, n_rows(x), points.shape[-1])
         elif form.position_wise and cotangents.exact:
             rows = cotangents.at_one_position().rows.to(points.dtype)
@@ -341,20 +358,26 @@ class SectionJacobian:
         return chunks
 
     def is_affine(self, x, points, rows, weights):
-        """Whether the section's Jacobian is the same at every point; decided on the first batch.
+        """Whether the section is affine: its rows the same for every sample and point.
 
-        Autograd rows (the first and two random combinations of all) of up to
-        16 samples, at their points and at the points scaled by -1 and 2,
-        must all equal those of the first sample: a nonlinearity that the
-        data's spread leaves unseen (a ReLU whose units all fire on these
-        samples) shows when the points flip sign or grow.  A section that is
-        not affine is the common case, so failing says nothing.
+        Shown from the code (:func:`~sklearn_lib._traced.is_affine_section`:
+        every operation on the input affine), then, like every closed form,
+        checked against autograd once per session: the rows (the first and
+        two random combinations of all) of up to 16 samples at their points
+        and at the points scaled by -1 and 2 must all be the first sample's.
+        No probe alone decides: a kink beyond the probe's samples (a clip
+        they do not reach) would not show.
         """
         if not self._affine_allowed or _masked(x, points, rows):
             return False
         # A property of the section, found once per session for all its passes.
         key = ("affine", self.src, self.dst)
         if key not in self.session.structures:
+            self.session.structures[key] = affine_structure(self.session, self.src, self.dst)
+        if not self.session.structures[key]:
+            return False
+        checked = ("affine checked", self.src, self.dst)
+        if checked not in self.session.structures:
             n, n_alpha = n_rows(x), weights.shape[0]
             k = min(n, self._CHECK_POINTS)
             if k < 2:  # rows that depend on the sample itself need two to show
@@ -370,14 +393,14 @@ class SectionJacobian:
             except (RuntimeError, ValueError) as exc:
                 if is_out_of_memory(exc):
                     raise
-                found = None  # the model refuses such points: decide by its own rows
-            self.session.structures[key] = found is not None and all(
-                bool(torch.isfinite(g).all())
-                and max_relative_error(g, found[0][:, :1].expand_as(g))
-                <= self.session.tolerances.closed_form
-                for g in found
-            )
-        return self.session.structures[key]
+                passed = self._fall_back(_AFFINE, "rows", f"it raised {type(exc).__name__}: {exc}")
+            else:
+                error = max(max_relative_error(g, found[0][:, :1].expand_as(g)) for g in found)
+                passed = error <= self.session.tolerances.closed_form or self._fall_back(
+                    _AFFINE, "rows", f"its rows differ between samples (relative {error:.2e})"
+                )
+            self.session.structures[checked] = passed
+        return self.session.structures[checked]
 
     @staticmethod
     def _call(method, *args, **kwargs):
@@ -415,11 +438,16 @@ class SectionJacobian:
 
     def _directional(self, form, points, rows, weights, tangents):
         """Square sums ``(R, J)`` of a closed form's directional derivatives, chunked by rows."""
-        chunks = [
-            self._closed_directional(form, points, rows[start:stop], weights, tangents)
-            for start, stop in _row_chunks(points, rows)
-        ]
-        return torch.cat([(out**2).sum(1) for out in chunks])
+        # Squared and summed chunk by chunk: the derivatives of all rows at once
+        # would take R * n * J numbers (2 GiB at 256 rows, 4096 samples, 256 features).
+        return torch.cat(
+            [
+                (
+                    self._closed_directional(form, points, rows[start:stop], weights, tangents) ** 2
+                ).sum(1)
+                for start, stop in _row_chunks(points, rows)
+            ]
+        )
 
     # -- choosing a closed form once ---------------------------------------------------
     def _closed(self, kind, x, points, rows, weights, tangents=None):
@@ -428,17 +456,23 @@ class SectionJacobian:
         None on batches whose attention mask applies to the section's input or
         output positions: closed forms do not mask.
         """
-        if _masked(x, points, rows):
+        if _masked(x, points, rows) or not self._forms:
             return None
         if kind not in self._chosen:
-            self._chosen[kind] = next(
-                (
-                    form
-                    for form in self._forms
-                    if self._check(form, kind, x, points, rows, weights, tangents)
-                ),
-                None,
-            )
+            # Once per session: every pass of a fit builds its own SectionJacobian,
+            # and the forms are made in the same order each time.
+            key = ("route", kind, self.src, self.dst)
+            if key not in self.session.structures:
+                self.session.structures[key] = next(
+                    (
+                        i
+                        for i, form in enumerate(self._forms)
+                        if self._check(form, kind, x, points, rows, weights, tangents)
+                    ),
+                    None,
+                )
+            index = self.session.structures[key]
+            self._chosen[kind] = None if index is None else self._forms[index]
         return self._chosen[kind]
 
     def _check(self, form, kind, x, points, rows, weights, tangents):
@@ -497,6 +531,14 @@ def _masked(x, points, rows):
         return False
     output_positions = rows.shape[1]  # (R, P_out, d_next): positions flattened
     return valid_positions(x, points.shape[1:]) is not None or output_positions == mask[0].numel()
+
+
+def _offered(chunks, keep):
+    """``chunks`` passed through, each offered to ``keep`` until it declines one."""
+    taking = True
+    for g in chunks:
+        taking = taking and keep(g)
+        yield g
 
 
 def _row_chunks(points, rows):

@@ -431,3 +431,131 @@ def _activation(node, root):
     if kwargs or approximate not in ("none", "tanh"):
         return None
     return node.args[0], (name, approximate)
+
+
+# -- affine sections -----------------------------------------------------------------------
+# Operations affine in their tensor arguments.  "Products" are affine only when
+# at most one tensor argument depends on the section's input (x @ W, 2 * x);
+# a quotient only when the input is in the numerator.
+_SUMS = {
+    operator.add,
+    operator.sub,
+    operator.neg,
+    operator.pos,
+    torch.add,
+    torch.sub,
+    torch.cat,
+    torch.stack,
+}
+_PRODUCTS = {operator.mul, operator.matmul, torch.mul, torch.matmul, torch.einsum, F.linear}
+_QUOTIENTS = {operator.truediv, torch.div}
+_RESHAPES = {
+    operator.getitem,
+    torch.reshape,
+    torch.flatten,
+    torch.transpose,
+    torch.permute,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.sum,
+    torch.mean,
+}
+_SUM_METHODS = {"add", "sub", "neg"}
+_PRODUCT_METHODS = {"mul", "matmul"}
+_RESHAPE_METHODS = {
+    "reshape",
+    "view",
+    "permute",
+    "transpose",
+    "flatten",
+    "unsqueeze",
+    "squeeze",
+    "contiguous",
+    "expand",
+    "sum",
+    "mean",
+    "t",
+    "__getitem__",
+}
+_LINEAR_MODULES = (nn.Linear, nn.Identity, nn.Flatten)
+
+
+def is_affine_section(session, src, dst):
+    """Whether the section ``src -> dst`` is provably affine in its input, by ``torch.fx``.
+
+    The section must be exactly ``src``'s forward (see :func:`_feeds`), and
+    every operation of that forward that depends on the input must be
+    affine in it: sums, products and quotients by constants (parameters,
+    buffers, literals), reshapes, slices and reductions, an exact
+    ``nn.Linear``.  A proof from the code, not from data: no probe can show
+    a kink that its samples do not reach (a clip beyond them, a ReLU they
+    all switch on).  Never raises; a model fx cannot trace is not affine.
+    """
+    if session.capture != "input" or session.forward_kwargs or session.output is not None:
+        return False
+    if any(session.axis_of(node) not in (None, -1) for node in (src, dst or OUTPUT_NODE)):
+        return False
+    try:
+        module = session.model.get_submodule(src)
+        return _affine_graph(module) and _feeds(session.model, src, dst)
+    except Exception:  # any failure of fx on user code means "not shown affine"
+        return False
+
+
+def _affine_graph(module):
+    """Whether ``module``'s traced forward is affine in its one input."""
+    if isinstance(module, _LINEAR_MODULES) and type(module) in _LINEAR_MODULES:
+        return not _hooked(module)
+    graph = _trace(_LeafTracer(()), module)
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        return False
+    dependent = set(inputs)
+    for node in graph.nodes:
+        if node.op in ("placeholder", "get_attr", "output"):
+            continue
+        if _metadata(node):
+            continue  # x.shape, x.size(0): sizes, not values
+        operands = []
+        fx.node.map_arg((node.args, node.kwargs), operands.append)  # nested lists too
+        moving = [a for a in operands if a in dependent]
+        if not moving:
+            continue  # a constant: computed from parameters alone
+        if not _affine_step(node, moving, module):
+            return False
+        dependent.add(node)
+    return True
+
+
+def _metadata(node):
+    """Whether ``node`` reads a tensor's size, dtype or device (no value of it)."""
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("shape", "dtype", "device", "ndim")
+    return node.op == "call_method" and node.target in ("size", "dim")
+
+
+def _affine_step(node, moving, root):
+    """Whether ``node`` is affine in the operands ``moving`` (those that depend on the input)."""
+    if node.op == "call_module":
+        submodule = root.get_submodule(node.target)
+        return type(submodule) in _LINEAR_MODULES and not _hooked(submodule)
+    if node.op == "call_function":
+        target = node.target
+        if target in _SUMS:
+            return True
+        if target in _PRODUCTS:
+            return len(moving) == 1
+        if target in _QUOTIENTS:
+            return len(moving) == 1 and node.args[0] is moving[0]
+        if target in _RESHAPES:
+            # Only the tensor itself may move, never an index or a shape.
+            return len(moving) == 1 and node.args[0] is moving[0]
+        return False
+    if node.op == "call_method":
+        if node.target in _SUM_METHODS:
+            return True
+        if node.target in _PRODUCT_METHODS:
+            return len(moving) == 1
+        if node.target in _RESHAPE_METHODS:
+            return len(moving) == 1 and node.args[0] is moving[0]
+    return False

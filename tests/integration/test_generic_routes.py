@@ -7,6 +7,7 @@
 """
 
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -295,3 +296,108 @@ def test_auto_sources_keep_cheap_exact_sections_exact():
         warnings.simplefilter("ignore", ConvergenceWarning)
         rounds = fit(model, X, ["head"], n_stochastic_sources="auto", jacobian="autograd")
     assert rounds.stochastic_rounds_["head"].rounds >= 4
+
+
+# -- what the review found ------------------------------------------------------------------
+class Clip(nn.Module):
+    """Piecewise linear, with kinks at +-3: no closed form, and not affine."""
+
+    def forward(self, x):
+        return torch.clamp(x, -3.0, 3.0)
+
+
+@pytest.mark.parametrize("data", ["sorted by size", "blank first samples"])
+def test_a_kink_the_probe_does_not_reach_is_never_taken_for_affine(data):
+    # The first 16 samples, even at -1x and 2x, stay inside the linear range
+    # (or are all zero): only the code can show the section is not affine.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), Clip(), nn.Linear(8, 3)).double()
+    X = np.random.default_rng(0).normal(size=(400, 4))
+    if data == "sorted by size":
+        X = X[np.argsort(np.linalg.norm(X, axis=1))]
+        X[200:] *= 5
+    else:
+        X[:32] = 0.0
+        X[32:] *= 5
+    fast = fit(model, X, ["1", "2"], compute_graph=True)
+    slow = fit(model, X, ["1", "2"], jacobian="autograd")
+    assert_same_fit(fast, slow, 1e-10)
+    assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-9)
+
+
+def test_affinity_is_shown_from_the_code():
+    from sklearn_lib._traced import is_affine_section
+
+    torch.manual_seed(0)
+    clipped = ModelSession(nn.Sequential(nn.Linear(4, 8), Clip(), nn.Linear(8, 3)).double())
+    assert not is_affine_section(clipped, "1", "2")  # clamp is not affine
+    assert is_affine_section(clipped, "2", None)  # an nn.Linear is
+    user = ModelSession(user_transformer())
+    assert is_affine_section(user, "unembed", None)  # x @ W_U + b_U
+    assert not is_affine_section(user, "blocks.0.mlp", "unembed")
+    assert not is_affine_section(user, "blocks.0.attn", "blocks.0.mlp")
+
+
+class OwnFormsElsewhere(nn.Sequential):
+    """A model whose own closed forms serve other node layers (NotImplemented here)."""
+
+    def lib_section_vjp(self, params, src, dst, capture, points, cotangents, tangents=None):
+        return NotImplemented
+
+
+def test_auto_sources_count_only_closed_forms_that_serve():
+    # 12 positions x 8 outputs = 96 exact rows through a clip: rounds, even
+    # though the model has lib_section_vjp (it serves no section here).
+    torch.manual_seed(0)
+    model = OwnFormsElsewhere(nn.Linear(3, 8), Clip(), nn.Linear(8, 8)).double()
+    X = np.random.default_rng(0).normal(size=(64, 12, 3)) * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lib = fit(model, X, ["1", "2"], n_stochastic_sources="auto", random_state=0)
+    assert lib.n_stochastic_sources_["1"] is not None  # rounds of sources
+    assert lib.n_stochastic_sources_["2"] is None  # an nn.Linear: affine, exact
+
+
+def test_float32_drops_the_rounding_noise_of_activations_far_from_zero():
+    # Activations spanning 4 of 8 dimensions at a mean of 100 and a spread of
+    # 1, read by a layer that also weighs the 4 unused directions: float32
+    # rounding gives those a variance near 1e-11 of the largest, which is
+    # noise, not features.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OrderedDict(
+            up=nn.Linear(4, 8, bias=False), fc=nn.Linear(8, 8), act=nn.Tanh(), out=nn.Linear(8, 8)
+        )
+    ).double()
+    W = model.up.weight.detach()
+    Q, _ = torch.linalg.qr(torch.cat([W, torch.randn(8, 4, dtype=W.dtype)], 1))
+    span, null = Q[:, :4], Q[:, 4:]
+    with torch.no_grad():
+        weight = 0.002 * torch.randn(8, 8, dtype=W.dtype) @ span @ span.T
+        model.fc.weight.copy_(weight + torch.randn(8, 8, dtype=W.dtype) @ null @ null.T)
+        model.fc.bias.copy_(-(model.fc.weight @ W).sum(1) * 100.0)
+    X = 100 + np.random.default_rng(0).normal(size=(2000, 4))
+    f64 = fit(model, X, ["fc", "out"])
+    f32 = fit(model, X, ["fc", "out"], dtype="float32")
+    assert f64.n_components_ == f32.n_components_ == 4
+    np.testing.assert_allclose(f32.lambdas_, f64.lambdas_, rtol=1e-3)
+
+
+def test_kept_rows_never_exceed_the_budget(monkeypatch):
+    model, X = user_transformer(), modadd_tokens(120)
+    budget = 200_000
+    monkeypatch.setattr(_fit, "ROW_REUSE_BYTES", budget)
+    held = []
+    original = _fit.JacobianGram._keep
+
+    def spy(self, g):
+        result = original(self, g)
+        held.append(self.kept_bytes if self.kept is not None else 0)
+        return result
+
+    monkeypatch.setattr(_fit.JacobianGram, "_keep", spy)
+    fast = fit(model, X, LAYERS, compute_graph=True, truncation_threshold=0.0)
+    assert held and max(held) <= budget
+    monkeypatch.undo()
+    slow = fit(model, X, LAYERS, jacobian="autograd", truncation_threshold=0.0)
+    assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-9)
