@@ -120,13 +120,17 @@ def plan(session, owner, source, probe, shapes, output_shape, settings, one_pass
     seconds = {}
     if settings.basis == "lib" and settings.jacobian != "autograd":
         find_routes(session, probe, shapes, output_shape, settings)
+    routes = {}
     for src, dst in zip(names, [*names[1:], None]):
         closed = settings.jacobian != "autograd" and exact_is_cheap(session, src, dst)
         if settings.basis == "lib" and not closed:
             seconds[src] = functools.partial(
                 _row_seconds, session, probe, src, dst, shapes, output_shape, settings
             )
-    return fit_plan(owner, names, shapes, output_shape, settings, source, seconds, one_pass)
+        elif closed:
+            affine = session.structures.get(("route", "gram", src, dst)) is None
+            routes[src] = "affine, its rows made once" if affine else "by closed form"
+    return fit_plan(owner, names, shapes, output_shape, settings, source, seconds, one_pass, routes)
 
 
 def find_routes(session, probe, shapes, output_shape, settings):

@@ -57,6 +57,9 @@ class SectionPlan:
         Estimated time of the pass; None where a closed form may serve the
         section (then it is much faster than autograd) or the data's size
         is not known.
+    route : str or None
+        How the section is served without a backward pass per row (a closed
+        form, the affine route), or None for autograd rows.
     """
 
     src: str
@@ -64,6 +67,7 @@ class SectionPlan:
     rows: int
     exact: bool
     seconds: float | None
+    route: str | None = None  # a route without a backward pass per row, when one serves
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,12 @@ class FitPlan:
 
     @property
     def seconds(self):
-        """Estimated time of the ``M'`` passes, or None when not known."""
-        times = [section.seconds for section in self.sections]
+        """Estimated time of the ``M'`` passes by autograd rows, or None when not known.
+
+        Sections that a route without rows serves count as free: they cost a
+        forward pass, which the estimate leaves out everywhere.
+        """
+        times = [s.seconds for s in self.sections if s.route is None]
         return None if not times or None in times else sum(times)
 
     def describe(self):
@@ -88,7 +96,9 @@ class FitPlan:
         parts = [
             f"{section.src!r} -> {section.dst!r}: "
             + (
-                "rounds of random sources until the basis stops moving"
+                section.route
+                if section.route is not None
+                else "rounds of random sources until the basis stops moving"
                 if section.rows is None
                 else f"{'up to ' if section.exact else ''}{section.rows:,} backward rows per batch"
             )
@@ -103,12 +113,14 @@ class FitPlan:
             line += f"; the M' of {names} by closed form within the first pass"
         if self.seconds is not None:
             line += f"; estimated {_duration(self.seconds)}"
-            if any(section.exact for section in self.sections):
+            if any(section.exact and section.route is None for section in self.sections):
                 line += " (n_stochastic_sources=S runs S rows per batch instead)"
         return line
 
 
-def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, one_pass=()):
+def fit_plan(
+    owner, names, shapes, output_shape, settings, source, row_seconds, one_pass=(), routes=None
+):
     """The plan of a fit (see :class:`FitPlan`).
 
     Parameters
@@ -131,7 +143,11 @@ def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, 
     one_pass : collection of str
         Section sources whose ``M'`` the statistics pass gathers (a closed
         form): no pass and no rows of their own.
+    routes : dict of str to str, optional
+        Per section source, how a route without a backward pass per row
+        serves it (see :attr:`SectionPlan.route`).
     """
+    routes = routes or {}
     if settings.basis != "lib":
         return FitPlan(owner, 1, _n_samples(source), ())
     # The statistics pass; the last section joins it when the output basis is known.
@@ -158,7 +174,7 @@ def fit_plan(owner, names, shapes, output_shape, settings, source, row_seconds, 
             seconds = _price(rows * n_samples, row_seconds[src](1))
             if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
                 seconds = _price(rows * n_samples, row_seconds[src](4))
-        sections.append(SectionPlan(src, dst, rows, exact, seconds))
+        sections.append(SectionPlan(src, dst, rows, exact, seconds, routes.get(src)))
     gathered = tuple(name for name in names if name in one_pass)
     return FitPlan(owner, passes, n_samples, tuple(sections), gathered)
 

@@ -401,3 +401,12 @@ def test_kept_rows_never_exceed_the_budget(monkeypatch):
     monkeypatch.undo()
     slow = fit(model, X, LAYERS, jacobian="autograd", truncation_threshold=0.0)
     assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-9)
+
+
+def test_the_plan_names_the_routes(capsys):
+    model, X = user_transformer(), modadd_tokens(60)
+    fit(model, X, LAYERS, verbose=True)
+    plan = next(line for line in capsys.readouterr().err.splitlines() if "fitting runs" in line)
+    assert "'blocks.0.attn' -> 'blocks.0.mlp': up to 8 backward rows per batch" in plan
+    assert "'blocks.0.mlp' -> 'unembed': by closed form" in plan
+    assert "'unembed' -> 'output': affine, its rows made once" in plan
