@@ -194,17 +194,33 @@ class LinearElementwise:
         s = self.integrated_slopes(points, weights)
         s = s.reshape(s.shape[0], -1, s.shape[-1])  # (m, P, d_next)
         c = cotangents.reshape(cotangents.shape[0], -1, cotangents.shape[-1]).to(torch.float64)
-        m, n_pos, d_next = s.shape
-        if n_pos == 1:  # the common case (positions folded into samples): two products
-            inner = (c[:, 0].T @ c[:, 0]) * (s[:, 0].T @ s[:, 0])
-        else:
-            inner = 0
-            # Positions in chunks, each holding about CHUNK_ELEMENTS of (K_p, S_p).
-            chunk = max(1, CHUNK_ELEMENTS // (d_next * d_next))
-            for start in range(0, n_pos, chunk):
-                stop = min(start + chunk, n_pos)
-                K = torch.einsum("rpd,rpe->pde", c[:, start:stop], c[:, start:stop])
-                S = torch.einsum("mpd,mpe->pde", s[:, start:stop], s[:, start:stop])
-                inner = inner + (K * S).sum(0)  # (d_next, d_next)
         W = self.linear.weight.to(torch.float64)
-        return W.T @ inner @ W
+        return W.T @ weighted_slope_gram(c, s) @ W
+
+
+def weighted_slope_gram(w, s):
+    """``sum_p (sum_r w_rp w_rp^T) * (sum_m s_mp s_mp^T)``, float64 ``(k, k)``.
+
+    The Gram of Jacobian rows ``W^T (s * w)`` over rows ``r``, samples ``m``
+    and positions ``p``, before the outer weights: the inner product of the
+    Linear -> elementwise and residual MLP formulas.
+
+    Parameters
+    ----------
+    w : torch.Tensor of shape (R, P, k)
+        Rows in the hidden units' space (cotangents, or mapped back to it).
+    s : torch.Tensor of shape (m, P, k)
+        Integrated slopes.
+    """
+    n_pos, k = s.shape[1], s.shape[-1]
+    if n_pos == 1:  # the common case (positions folded into samples): two products
+        return (w[:, 0].T @ w[:, 0]) * (s[:, 0].T @ s[:, 0])
+    inner = 0
+    # Positions in chunks, each holding about CHUNK_ELEMENTS of the per-position Grams.
+    chunk = max(1, CHUNK_ELEMENTS // (k * k))
+    for start in range(0, n_pos, chunk):
+        part = slice(start, start + chunk)
+        K = torch.einsum("rpd,rpe->pde", w[:, part], w[:, part])
+        S = torch.einsum("mpd,mpe->pde", s[:, part], s[:, part])
+        inner = inner + (K * S).sum(0)
+    return inner

@@ -44,6 +44,7 @@ from torch import fx, nn
 
 from ._basis import OUTPUT_NODE
 from ._numerics import CHUNK_ELEMENTS
+from ._structure import weighted_slope_gram
 
 _FUNCTIONS = {
     torch.relu: "relu",
@@ -206,18 +207,7 @@ class ResidualMLP:
         c = cotangents.reshape(cotangents.shape[0], n_pos, -1).to(torch.float64)  # (R, P, d_out)
         A, B = self.A.to(torch.float64), self.B.to(torch.float64)
         w = c @ B.T  # (R, P, k); sum_r w_rp w_rp^T = B K_p B^T
-        if n_pos == 1:  # the common case (positions folded into samples): two products
-            inner = (w[:, 0].T @ w[:, 0]) * (s[:, 0].T @ s[:, 0])
-        else:
-            inner = 0
-            # Positions in chunks, each holding about CHUNK_ELEMENTS of (B K_p B^T, S_p).
-            chunk = max(1, CHUNK_ELEMENTS // (k * k))
-            for start in range(0, n_pos, chunk):
-                part = slice(start, start + chunk)
-                BKB = torch.einsum("rpk,rpl->pkl", w[:, part], w[:, part])
-                S = torch.einsum("mpk,mpl->pkl", s[:, part], s[:, part])
-                inner = inner + (BKB * S).sum(0)  # (k, k)
-        gram = A @ inner @ A.T
+        gram = A @ weighted_slope_gram(w, s) @ A.T
         if self.residual:
             total = weights.to(c).sum()  # the identity's integral
             flat = c.reshape(-1, c.shape[-1])  # (R P, d)
