@@ -19,6 +19,9 @@ from ._fit import FitSettings, bytes_per_sample, fit_bases, inspect, one_pass_se
 from ._graph import interaction_graph
 from ._integration import INTEGRATION_RULES, integration_rule
 from ._plan import announce
+from ._saved import input_dtypes
+from ._saved import load as _load
+from ._saved import save as _save
 from ._section import JACOBIAN_ROUTES
 from ._validation import StrictInterval
 
@@ -403,13 +406,10 @@ class LIBTransformer(_ModelLayerTransformer):
         else:
             vars(self).pop("interaction_graph_", None)
 
-        self.bases_ = bases
+        self._set_bases(bases, output_shape)
         # Of the copy the bases were fitted on: later calls warn if the model changed.
         self._model_fingerprint_ = (session.dtype, session.fingerprint)
-        main = bases[self.layer]
-        self.activation_shape_ = main.shape
-        self.n_positions_ = main.n_positions
-        self.output_shape_ = output_shape
+        self._input_dtypes_ = input_dtypes(probe)
         self.stochastic_rounds_ = rounds
         sources = None if self.basis == "pca" else self.n_stochastic_sources
         self.n_stochastic_sources_ = {
@@ -418,12 +418,76 @@ class LIBTransformer(_ModelLayerTransformer):
             else (None if name in one_pass or sources == "auto" else sources)
             for name in names
         }
+        session.progress("done")
+
+    def _set_bases(self, bases, output_shape):
+        """The fitted attributes that follow from the bases (a fit's, or a saved file's)."""
+        self.bases_ = bases
+        main = bases[self.layer]
+        self.activation_shape_ = main.shape
+        self.n_positions_ = main.n_positions
+        self.output_shape_ = tuple(output_shape)
         self.n_components_ = main.n_components
         self.components_ = main.kept_matrix.T.copy()
         self.inverse_components_ = main.kept_pinv.copy()
         self.mean_ = main.mean
         self.lambdas_ = main.lambdas[: main.n_components].copy()
-        session.progress("done")
+
+    # -- saving -----------------------------------------------------------------------
+    def save(self, path):
+        """Write the fitted bases, attributes and parameters to ``path``, without the model.
+
+        A compressed ``.npz`` of float arrays and one JSON string: the file is
+        about the size of the bases (not of the model), and :meth:`load`
+        never unpickles anything.  The write is atomic: a failure leaves a
+        file already at ``path`` as it was.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write, exactly (no suffix is appended); :meth:`load`
+            takes the same string.  ``.npz`` is the customary suffix.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the estimator is not fitted.
+        TypeError
+            If a parameter cannot be stored as JSON (a callable ``output``, a
+            tensor in ``forward_kwargs``, a ``RandomState`` instance).
+        """
+        check_is_fitted(self)
+        _save(self, path)
+
+    @classmethod
+    def load(cls, path, model):
+        """A fitted estimator from a file of :meth:`save` and the model it describes.
+
+        The model is checked: it must have the saved node layers, in order,
+        with the saved activation shapes, and the saved output shape (one
+        forward pass on a probe of zeros of the saved input shape).  If its
+        weights differ from those the bases were fitted on, later calls warn
+        with :class:`~sklearn_lib.exceptions.StaleBasisWarning`, as after a
+        fit.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file, exactly as given to :meth:`save`.
+        model : torch.nn.Module or skorch net
+
+        Returns
+        -------
+        LIBTransformer
+
+        Raises
+        ------
+        ValueError
+            If the file is not a saved LIBTransformer (truncated, tampered
+            with, another format: the message names the file and the
+            problem), or the model does not fit its bases.
+        """
+        return _load(cls, path, model)
 
     # -- mapping -----------------------------------------------------------------------
     @property
