@@ -39,7 +39,7 @@ from sklearn_lib.demo import train_digits_mlp
 parser = argparse.ArgumentParser()
 parser.add_argument("--smoke", action="store_true", help="tiny run for the tests")
 parser.add_argument("--output-dir", default="figures")
-args, _ = parser.parse_known_args()
+args = parser.parse_args()  # an unknown flag is an error, not ignored
 
 X, y = load_digits(return_X_y=True)
 X = X / 16.0
@@ -104,6 +104,7 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
+    print("\nmatplotlib is not installed: no figures drawn (the numbers above are the result)")
     plt = None
 if plt is not None:
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -34,7 +34,7 @@ parser.add_argument("--data-dir", default="data")
 parser.add_argument("--smoke", action="store_true", help="tiny run for the tests")
 parser.add_argument("--output-dir", default="figures")
 parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy tolerance")
-args, _ = parser.parse_known_args()
+args = parser.parse_args()  # an unknown flag is an error, not ignored
 os.makedirs(args.output_dir, exist_ok=True)
 
 
@@ -104,6 +104,7 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
+    print("\nmatplotlib is not installed: no figures drawn (the numbers above are the result)")
     plt = None
 if plt is not None:
     from sklearn_lib.plotting import (

@@ -49,7 +49,7 @@ parser.add_argument("--smoke", action="store_true", help="tiny run for the tests
 parser.add_argument("--output-dir", default="figures")
 parser.add_argument("--report", default=None, help="write a markdown reproduction report here")
 parser.add_argument("--tolerance", type=float, default=1e-3, help="accuracy tolerance")
-args, _ = parser.parse_known_args()
+args = parser.parse_args()  # an unknown flag is an error, not ignored
 seeds = [int(s) for s in args.seeds.split(",")]
 if args.smoke:
     seeds = seeds[:1]
@@ -172,6 +172,7 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:  # the numbers above are the result; figures are optional
+    print("\nmatplotlib is not installed: no figures drawn (the numbers above are the result)")
     plt = None
 
 if plt is not None:

@@ -13,12 +13,14 @@ the model output) with its fitted basis.
 """
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ._numerics import SMALL_EIGH, one_blas_thread
+from .exceptions import user_stacklevel
 
 #: Name of the model-output node in ``bases_`` and in interaction graphs.
 OUTPUT_NODE = "output"
@@ -222,6 +224,14 @@ def n_kept(lambdas, n_components, threshold, name="layer"):
         raise ValueError(
             f"n_components={n_components} must be at most {total}, the number of "
             f"non-null features of {name!r}"
+        )
+    if k < n_components:
+        warnings.warn(
+            f"n_components={n_components} asks for {n_components} features of {name!r}, but "
+            f"only {k} have Lambda at or above truncation_threshold={threshold:g} times the "
+            f"largest: {k} kept (lower truncation_threshold to keep more)",
+            UserWarning,
+            stacklevel=user_stacklevel(),
         )
     return min(k, int(n_components))
 

@@ -83,7 +83,8 @@ class InteractionGraph:
             share = np.cumsum(flat) / max(flat.sum(), np.finfo(float).tiny)
             n90 = int(np.searchsorted(share, 0.9)) + 1
             lines.append(
-                f"  edges {src!r} -> {dst!r}: {E.shape[1]} x {E.shape[0]}, total {E.sum():.4g}, "
+                f"  edges {src!r} -> {dst!r}: {E.shape[0]} x {E.shape[1]} (out x in, as the "
+                f"array), total {E.sum():.4g}, "
                 f"{n90} of {E.size} edges carry 90% of it"
             )
             for idx in np.argsort(-E, axis=None, kind="stable")[:top]:

@@ -106,6 +106,14 @@ class LIBTransformer(_ModelLayerTransformer):
     center : bool, default=True
         Centre activations (``mu = E[f]``); False uses ``mu = 0`` and the
         uncentred Gram.
+    whiten : bool, default=False
+        As in :class:`~sklearn.decomposition.PCA`: ``transform`` divides each
+        feature by ``sqrt(Lambda)``, so that the features have unit variance
+        on the fitting data (Lambda is their variance), and
+        ``inverse_transform`` multiplies it back.  LIB features' variances
+        span orders of magnitude; a downstream linear model converges much
+        faster on whitened ones.  The bases, ``components_`` and every
+        analysis (scores, ablations, graphs) are unchanged.
     integration : {"gradient", "trapezoidal", "gauss-legendre"}, default="gradient"
         How Jacobians are integrated along ``alpha * f`` for ``alpha`` in
         [0, 1].  ``"gradient"`` (the paper's default) is the plain Jacobian.
@@ -277,6 +285,7 @@ class LIBTransformer(_ModelLayerTransformer):
         ],
         "truncation_threshold": [StrictInterval(Real, 0, 1, closed="left")],
         "center": ["boolean"],
+        "whiten": ["boolean"],
         "integration": [StrOptions(set(INTEGRATION_RULES))],
         "n_intervals": [StrictInterval(Integral, 0, None, closed="left")],
         "output_basis": [StrOptions({"identity", "pca"})],
@@ -307,6 +316,7 @@ class LIBTransformer(_ModelLayerTransformer):
         n_components=None,
         truncation_threshold=1e-10,
         center=True,
+        whiten=False,
         integration="gradient",
         n_intervals=0,
         output_basis="identity",
@@ -330,6 +340,7 @@ class LIBTransformer(_ModelLayerTransformer):
         self.n_components = n_components
         self.truncation_threshold = truncation_threshold
         self.center = center
+        self.whiten = whiten
         self.integration = integration
         self.n_intervals = n_intervals
         self.output_basis = output_basis
@@ -532,6 +543,8 @@ class LIBTransformer(_ModelLayerTransformer):
     def transform_activations(self, A):
         """LIB features of raw activations: ``(A - mean_) @ components_.T``.
 
+        Divided by ``sqrt(lambdas_)`` with ``whiten=True``.
+
         Parameters
         ----------
         A : array-like of shape (n_samples, *activation_shape_) or (n_samples, P * d)
@@ -552,7 +565,10 @@ class LIBTransformer(_ModelLayerTransformer):
     def _project(self, f):
         """(n, P, d) float64 tensor -> (n, P * k) features."""
         mean, matrix, _ = self.bases_[self.layer].tensors(f.device)
-        return ((f - mean) @ matrix).reshape(f.shape[0], -1)
+        features = (f - mean) @ matrix
+        if self.whiten:
+            features = features / torch.from_numpy(np.sqrt(self.lambdas_)).to(features)
+        return features.reshape(f.shape[0], -1)
 
     def inverse_transform(self, X):
         """Activations reconstructed from LIB features.
@@ -583,6 +599,8 @@ class LIBTransformer(_ModelLayerTransformer):
                 )
             Z = Z.reshape(Z.shape[0], self.n_positions_, self.n_components_)
             Z = check_padded_positions(Z, "X")  # NaN positions stay NaN
+            if self.whiten:
+                Z = Z * np.sqrt(self.lambdas_)
             return (Z @ self.inverse_components_ + self.mean_).reshape(Z.shape[0], -1)
 
         return map_arrays(X, reconstruct)
