@@ -33,9 +33,10 @@ def test_plot_spectrum(lib_and_graph):
     assert len(lines) == 3
     np.testing.assert_allclose(lines[0].get_ydata(), lib.bases_["fc2"].lambdas / lib.lambdas_[0])
     assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == [
-        "LIB Lambda",
+        "LIB Lambda of 'fc2'",
         "PCA variance (sklearn)",
     ]
+    assert ax.get_title() == "Spectrum of 'fc2'"  # the layer is named
     plt.close("all")
 
 
@@ -58,14 +59,32 @@ def test_plot_edges_needed():
     plt.close("all")
 
 
+def _edges_drawn(ax):
+    return [line for line in ax.get_lines() if len(line.get_xdata())]
+
+
 def test_plot_interaction_graph(lib_and_graph):
     _, graph, _ = lib_and_graph
     ax = graph.plot(top_edges=5)
     # 5 edges per section, 2 sections; one scatter per node layer.
-    assert len(ax.get_lines()) == 10
+    assert len(_edges_drawn(ax)) == 10
     assert len(ax.collections) == 3
     ax = plot_interaction_graph(graph, top_edges=1000)
-    assert len(ax.get_lines()) == 8 * 3 + 3 * 3
+    assert len(_edges_drawn(ax)) == 8 * 3 + 3 * 3
+    plt.close("all")
+
+
+def test_the_graph_plot_labels_its_nodes_and_explains_itself(lib_and_graph):
+    _, graph, _ = lib_and_graph
+    ax = plot_interaction_graph(graph, max_features=2)
+    # Feature indices next to the dots: 2 + 2 + 2 shown.
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "0", "0", "1", "1", "1"]
+    # A layer cut to its top features says so; the output (3 features) is cut too.
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "fc2\n(top 2 of 8)" and labels[2] == "output\n(top 2 of 3)"
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "edge" and len(legend.get_texts()) == 3
+    assert any(other.get_ylabel() == "log10 Lambda" for other in ax.figure.axes)  # colour bar
     plt.close("all")
 
 
