@@ -1,14 +1,18 @@
 """Progress of long passes, on stderr, only when asked for."""
 
+import importlib.util
 import sys
 import time
 
 
 class Progress:
-    """Minimal progress lines on stderr, shown only when ``enabled``.
+    """Progress of passes on stderr, shown only when ``enabled``.
 
-    Kept dependency-free on purpose: long work prints a line every ~10% of a
-    pass, which works in terminals, notebooks and CI logs alike.
+    With ``tqdm`` installed (an optional extra: ``pip install -e ".[progress]"``)
+    each pass is a bar: samples done, rate and time left.  Without it, a
+    plain line every ~10% of a pass, which works in terminals, notebooks and
+    CI logs alike.  Other messages (the fit's plan, "done") are plain lines
+    either way.
 
     Parameters
     ----------
@@ -29,6 +33,9 @@ class Progress:
 
     def samples(self, batches, n_samples, what, size=len):
         """Wrap an iterable of batches; ``n_samples`` may be None (not known yet)."""
+        if self.enabled and _has_tqdm():
+            yield from self._bar(batches, n_samples, what, size)
+            return
         done = 0
         step = max((n_samples or 0) // 10, 1)
         next_report = step
@@ -41,3 +48,26 @@ class Progress:
             elif done >= next_report or done == n_samples:
                 self(f"{what}: {done}/{n_samples} samples")
                 next_report = done + step
+
+    def _bar(self, batches, n_samples, what, size):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=n_samples,
+            desc=f"[{self.owner}] {what}",
+            unit="sample",
+            unit_scale=True,
+            file=sys.stderr,
+            leave=True,
+            dynamic_ncols=True,
+        )
+        try:
+            for batch in batches:
+                yield batch
+                bar.update(size(batch))
+        finally:
+            bar.close()
+
+
+def _has_tqdm():
+    return importlib.util.find_spec("tqdm") is not None

@@ -201,7 +201,8 @@ def test_ablation_errors(fitted, rng):
         edge_ablation_curve(lib, graph, X, section=("fc2", "fc3"), n_edges=25)
 
 
-def test_progress_is_off_by_default_and_on_with_verbose(fitted, capsys):
+def test_progress_is_off_by_default_and_on_with_verbose(fitted, capsys, monkeypatch):
+    monkeypatch.setattr("sklearn_lib._progress._has_tqdm", lambda: False)  # plain lines
     model, X, y, _ = fitted
     lib = LIBTransformer(model, "fc2", downstream_layers=["fc3"]).fit(X)
     graph = lib.interaction_graph(X)
@@ -238,3 +239,14 @@ def test_ablation_of_a_downstream_layer_from_one_fit(fitted):
     )
     with pytest.raises(ValueError, match="layer='output' is not a fitted node layer"):
         ablation_curve(lib, X, y, n_features=ks, layer="output")
+
+
+def test_verbose_passes_are_progress_bars_with_tqdm(fitted, capsys):
+    pytest.importorskip("tqdm")
+    model, X, y, lib = fitted
+    ablation_curve(lib, X, y, n_features=[1])
+    assert capsys.readouterr().err == ""  # nothing by default, bars or not
+    ablation_curve(lib, X, y, n_features=[1], verbose=True)
+    err = capsys.readouterr().err
+    # tqdm's bar: what, samples done of all, and a rate.
+    assert "ablation: 100%" in err and "200/200" in err and "sample/s" in err
