@@ -165,6 +165,26 @@ for section in main[("lib", "graph")].sections:
     )
 
 # %%
+# Modules of LIB's interaction graph: are the features of one Fourier
+# frequency (a cos/sin pair) one module?
+modules = main[("lib", "graph")].modules(random_state=0)
+print(
+    f"\nModules of LIB's interaction graph ({modules.method}): {modules.n_modules} modules, "
+    f"modularity {modules.modularity:.3f}"
+)
+for layer in LAYERS[1:]:
+    groups = main[("lib", layer, "fourier")].pairs()  # frequency -> top features dominated by it
+    homes = {k: sorted({int(modules.labels[layer][j]) for j in js}) for k, js in groups.items()}
+    shared = [k for k, js in groups.items() if len(js) > 1]
+    together = [k for k in shared if len(homes[k]) == 1]
+    cells = ", ".join(f"k={k}: features {groups[k]} in module(s) {homes[k]}" for k in groups)
+    print(f"  {layer:14s} {cells}")
+    print(
+        f"  {'':14s} frequencies with two or more top features: {len(shared)}, "
+        f"all in one module: {len(together)}"
+    )
+
+# %%
 # Figures: spectra, ablation curves, Fourier shares, edges needed, graph.
 try:
     import matplotlib

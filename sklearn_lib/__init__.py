@@ -10,6 +10,7 @@ from ._basis import NodeBasis
 from ._graph import InteractionGraph
 from ._integration import integration_rule
 from ._lib import LIBTransformer
+from ._modules import GraphModules
 from .ablation import (
     Sparsity,
     ablation_curve,
@@ -24,6 +25,7 @@ from .exceptions import StaleBasisWarning
 
 __all__ = [
     "ActivationTransformer",
+    "GraphModules",
     "Sparsity",
     "StaleBasisWarning",
     "InteractionGraph",

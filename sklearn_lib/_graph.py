@@ -22,6 +22,7 @@ import numpy as np
 from ._basis import OUTPUT_NODE
 from ._integration import integration_rule, rule_tensors
 from ._jacobian import Cotangents
+from ._modules import graph_modules, to_networkx
 from ._persistence import (
     CONTENT_ERRORS,
     as_path,
@@ -177,6 +178,36 @@ class InteractionGraph:
         sections = zip(nodes[:-1], nodes[1:])
         edges = {section: arrays[f"edges_{i}"] for i, section in enumerate(sections)}
         return cls(nodes, lambdas, edges, info)
+
+    def to_networkx(self):
+        """The graph of features as a ``networkx.DiGraph``.
+
+        Nodes are ``(layer, feature)`` with attributes ``layer``, ``feature``
+        and ``lambda``; an edge ``(src, j) -> (dst, i)`` has ``weight``
+        ``E[i, j]`` (zero edges are left out).  networkx comes with torch.
+        """
+        return to_networkx(self)
+
+    def modules(self, resolution=1.0, random_state=None):
+        """Communities of features across layers, by modularity.
+
+        Leiden where ``leidenalg`` is installed, else networkx' Louvain, on the
+        undirected graph weighted by the edges.
+
+        Parameters
+        ----------
+        resolution : float, default=1.0
+            Larger values give more, smaller modules.
+        random_state : int or None, default=None
+            Seeds the algorithm: the same seed, the same modules.
+
+        Returns
+        -------
+        GraphModules
+            ``labels`` (per node layer, each feature's module, numbered by
+            decreasing size), ``modularity`` and ``method``.
+        """
+        return graph_modules(self, resolution, random_state)
 
     def plot(self, top_edges=200, ax=None, **kwargs):
         """Layered drawing; see :func:`sklearn_lib.plotting.plot_interaction_graph`."""
