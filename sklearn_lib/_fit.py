@@ -38,7 +38,7 @@ from ._integration import rule_tensors
 from ._jacobian import Cotangents, scaled
 from ._numerics import ROW_REUSE_BYTES, max_relative_error
 from ._plan import AUTO_MAX_ROUNDS, AUTO_MIN_ROUNDS, AUTO_SOURCES, auto_stays_exact, fit_plan
-from ._section import SectionJacobian, closed_forms
+from ._section import SectionJacobian, closed_forms, row_free_route
 from ._session import outside_inference_mode
 from ._stats import MomentAccumulator, all_reduce_sum, global_count, row_average
 from ._structure import LinearElementwise
@@ -128,7 +128,7 @@ def plan(session, owner, source, probe, shapes, output_shape, settings, one_pass
                 _row_seconds, session, probe, src, dst, shapes, output_shape, settings
             )
         elif closed:
-            affine = session.structures.get(("route", "gram", src, dst)) is None
+            affine = row_free_route(session, src, dst) == "affine"
             routes[src] = "affine, its rows made once" if affine else "by closed form"
     return fit_plan(owner, names, shapes, output_shape, settings, source, seconds, one_pass, routes)
 
@@ -157,10 +157,7 @@ def find_routes(session, probe, shapes, output_shape, settings):
 
 def exact_is_cheap(session, src, dst):
     """Whether a closed form serves the section's ``M'``, or it is affine (:func:`find_routes`)."""
-    structures = session.structures
-    return structures.get(("route", "gram", src, dst)) is not None or bool(
-        structures.get(("affine", src, dst)) and structures.get(("affine checked", src, dst))
-    )
+    return row_free_route(session, src, dst) is not None
 
 
 def _row_seconds(session, probe, src, dst, shapes, output_shape, settings, n_rows):

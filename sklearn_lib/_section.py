@@ -74,11 +74,26 @@ class _AffineForm:
 _AFFINE = _AffineForm()
 
 
-def affine_structure(session, src, dst):
-    """Whether the code shows the section affine (fx); False without structural routes."""
-    with warnings.catch_warnings():  # what fx says of user code is no news
+def _quietly(detect, session, src, dst):
+    """``detect(session, src, dst)``, silenced: what fx says of user code is no news."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return is_affine_section(session, src, dst)
+        return detect(session, src, dst)
+
+
+def row_free_route(session, src, dst):
+    """How the section's ``M'`` is served without a backward pass per row, or None.
+
+    ``"closed form"`` where a closed form passed its check, ``"affine"``
+    where the section was shown and checked affine (decided on the probe,
+    see ``_fit.find_routes``).
+    """
+    structures = session.structures
+    if structures.get(("route", "gram", src, dst)) is not None:
+        return "closed form"
+    if structures.get(("affine", src, dst)) and structures.get(("affine checked", src, dst)):
+        return "affine"
+    return None
 
 
 class ModelClosedForm:
@@ -134,9 +149,7 @@ def _structure(session, src, dst):
         if not moved:
             found = LinearElementwise.detect(session.model, src, dst, session.capture)
         if found is None and not moved:
-            with warnings.catch_warnings():  # what fx says of user code is no news
-                warnings.simplefilter("ignore")
-                found = ResidualMLP.detect(session, src, dst)
+            found = _quietly(ResidualMLP.detect, session, src, dst)
         session.structures[key] = found
     return session.structures[key]
 
@@ -250,16 +263,15 @@ class SectionJacobian:
         alphas, weights = rule
         mean, C, C_pinv = src
         f_hat = (f.to(torch.float64) - mean) @ C  # (n, *positions, k_in)
-        # Points a * f_hat in feature space, mapped back to activations.
-        points = (scaled(f_hat, alphas) @ C_pinv + mean).to(f.dtype)  # (A*n, *positions, d)
         coefficients = f_hat.reshape(f.shape[0], -1, C.shape[1])  # (n, P_in, k_in)
         valid = valid_positions(x, f.shape[1:])
         if valid is not None:  # padded input positions count nowhere
             coefficients = coefficients * valid.reshape(f.shape[0], -1, 1).to(torch.float64)
         tangents = (C_pinv, coefficients)
         if rows is not None:
-            sums = torch.cat([_square_sums(g, *tangents) for g in rows])
-            return cotangents.feature_sums(sums)
+            return cotangents.feature_sums(_square_sums_of(rows, tangents, len(cotangents.rows)))
+        # Points a * f_hat in feature space, mapped back to activations.
+        points = (scaled(f_hat, alphas) @ C_pinv + mean).to(f.dtype)  # (A*n, *positions, d)
         form = self._closed("tangents", x, points, cotangents.rows, weights, tangents)
         if form is not None and form.position_wise and cotangents.exact:
             # Folded rows are the exact rows of every position at once, so the
@@ -286,12 +298,8 @@ class SectionJacobian:
         tangents = (directions, coefficients)
         form = self._closed("tangents", x, points, rows, weights, tangents)
         if form is None:
-            sums = _new_sums(rows.shape[0], directions.shape[0], points.device)
-            start = 0
-            for g in self.gradients(x, points, rows, weights):
-                sums[start : start + g.shape[0]] = _square_sums(g, *tangents)
-                start += g.shape[0]
-            return sums
+            chunks = self.gradients(x, points, rows, weights)
+            return _square_sums_of(chunks, tangents, rows.shape[0])
         return self._directional(form, points, rows, weights, tangents)
 
     def gradients(self, x, points, rows, weights):
@@ -377,7 +385,9 @@ class SectionJacobian:
         # A property of the section, found once per session for all its passes.
         key = ("affine", self.src, self.dst)
         if key not in self.session.structures:
-            self.session.structures[key] = affine_structure(self.session, self.src, self.dst)
+            self.session.structures[key] = _quietly(
+                is_affine_section, self.session, self.src, self.dst
+            )
         if not self.session.structures[key]:
             return False
         checked = ("affine checked", self.src, self.dst)
@@ -543,6 +553,17 @@ def _new_sums(n_rows, n_directions, device):
     2.5 GiB instead of 0.6 GiB for 256 rows of 4096 samples of width 256).
     """
     return torch.empty(n_rows, n_directions, dtype=torch.float64, device=device)
+
+
+def _square_sums_of(chunks, tangents, n_rows):
+    """:func:`_square_sums` of every chunk of rows, written into one ``(R, J)`` tensor."""
+    directions, coefficients = tangents
+    sums = _new_sums(n_rows, directions.shape[0], coefficients.device)
+    start = 0
+    for g in chunks:
+        sums[start : start + g.shape[0]] = _square_sums(g, *tangents)
+        start += g.shape[0]
+    return sums
 
 
 def _offered(chunks, keep):
