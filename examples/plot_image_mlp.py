@@ -24,7 +24,14 @@ import sys
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from sklearn_lib import LIBTransformer, ablation_curve, edges_needed, features_needed
+from sklearn_lib import (
+    AblationCurveDisplay,
+    InteractionGraphDisplay,
+    LIBTransformer,
+    SpectrumDisplay,
+    edges_needed,
+    features_needed,
+)
 from sklearn_lib.datasets import load_digit_images
 from sklearn_lib.models import accuracy, train_image_mlp
 
@@ -97,7 +104,8 @@ for section in graphs["lib"].sections:
     )
 
 # %%
-# Figures: ablation curves per layer, edges needed, LIB's interaction graph.
+# Figures: spectra and ablation curves per layer (LIB and PCA on each axis),
+# edges needed, LIB's interaction graph.
 try:
     import matplotlib
 
@@ -107,28 +115,32 @@ except ImportError:
     print("\nmatplotlib is not installed: no figures drawn (the numbers above are the result)")
     plt = None
 if plt is not None:
-    from sklearn_lib.plotting import (
-        plot_ablation_curves,
-        plot_edges_needed,
-        plot_interaction_graph,
-    )
+    from sklearn_lib.plotting import plot_edges_needed
 
-    fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4))
-    for ax, layer in zip(axes, layers):
+    # Top row: LIB's Lambda next to PCA's variances; bottom row: both bases'
+    # ablation curves on one axis per layer.
+    fig, axes = plt.subplots(2, len(layers), figsize=(5 * len(layers), 8), squeeze=False)
+    for col, layer in enumerate(layers):
+        SpectrumDisplay.from_estimator(fits["lib"], fits["pca"], layer=layer, ax=axes[0, col])
         K = min(fits["lib"].bases_[layer].lambdas.size, fits["pca"].bases_[layer].lambdas.size)
         ks = [k for k in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= K]
-        curves = {
-            name.upper(): ablation_curve(est, X_test, y_test, n_features=ks, layer=layer)
-            for name, est in fits.items()
-        }
-        plot_ablation_curves(curves, baseline=baseline, ax=ax, ylabel="test accuracy")
-        ax.set_title(f"Node ablation of {layer}")
+        for basis, est in fits.items():
+            AblationCurveDisplay.from_estimator(
+                est,
+                X_test,
+                y_test,
+                n_features=ks,
+                layer=layer,
+                baseline=baseline if basis == "pca" else None,  # the dashed line once
+                ax=axes[1, col],
+            )
+        axes[1, col].set_ylabel("test accuracy")
     fig.tight_layout()
     fig.savefig(os.path.join(args.output_dir, f"image_mlp_{args.dataset}_ablation.png"), dpi=110)
 
     fig, axes = plt.subplots(1, 2, figsize=(15, 5))
     plot_edges_needed(edges, ax=axes[0])
-    plot_interaction_graph(graphs["lib"], top_edges=80, max_features=20, ax=axes[1])
+    InteractionGraphDisplay.from_graph(graphs["lib"], top_edges=80, max_features=20, ax=axes[1])
     fig.tight_layout()
     fig.savefig(os.path.join(args.output_dir, f"image_mlp_{args.dataset}_graph.png"), dpi=110)
     print(f"\nSaved figures in {args.output_dir}/")

@@ -27,9 +27,11 @@ import time
 import numpy as np
 
 from sklearn_lib import (
+    AblationCurveDisplay,
     ActivationTransformer,
+    InteractionGraphDisplay,
     LIBTransformer,
-    ablation_curve,
+    SpectrumDisplay,
     edges_needed,
     features_needed,
 )
@@ -196,33 +198,22 @@ except ImportError:  # the numbers above are the result; figures are optional
     plt = None
 
 if plt is not None:
-    from sklearn_lib.plotting import (
-        plot_ablation_curves,
-        plot_edges_needed,
-        plot_interaction_graph,
-        plot_spectrum,
-    )
+    from sklearn_lib.plotting import plot_edges_needed
 
+    # Top row: LIB's Lambda next to PCA's variances; bottom row: both bases'
+    # ablation curves (test split) on one axis per layer.
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
-    for ax, layer in zip(axes[0], LAYERS):
-        plot_spectrum(
-            lib.bases_[layer].lambdas,
-            pca.bases_[layer].lambdas,
-            labels=["LIB Lambda", "PCA variance"],
-            ax=ax,
-        )
-        ax.set_title(f"Spectrum of {layer}")
-    for ax, layer in zip(axes[1], LAYERS):
+    for col, layer in enumerate(LAYERS):
+        SpectrumDisplay.from_estimator(lib, pca, layer=layer, ax=axes[0, col])
         K = min(lib.bases_[layer].lambdas.size, pca.bases_[layer].lambdas.size)
         ks = sorted(
             {k for k in (0, 1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64) if k <= K}
         )
-        curves = {
-            name: ablation_curve(est, X_test, y_test, n_features=ks, layer=layer)
-            for name, est in [("LIB", lib), ("PCA", pca)]
-        }
-        plot_ablation_curves(curves, baseline=main["test_accuracy"], ax=ax, ylabel="test accuracy")
-        ax.set_title(f"Node ablation of {layer}")
+        for est, baseline in [(lib, None), (pca, main["test_accuracy"])]:
+            AblationCurveDisplay.from_estimator(
+                est, X_test, y_test, n_features=ks, layer=layer, baseline=baseline, ax=axes[1, col]
+            )
+        axes[1, col].set_ylabel("test accuracy")
     fig.tight_layout()
     fig.savefig(os.path.join(args.output_dir, "modadd_spectra_ablation.png"), dpi=110)
 
@@ -240,7 +231,9 @@ if plt is not None:
 
     fig, axes = plt.subplots(1, 2, figsize=(16, 5), gridspec_kw={"width_ratios": [1, 1.4]})
     plot_edges_needed({"LIB": main[("lib", "edges")], "PCA": main[("pca", "edges")]}, ax=axes[0])
-    plot_interaction_graph(main[("lib", "graph")], top_edges=60, max_features=20, ax=axes[1])
+    InteractionGraphDisplay.from_graph(
+        main[("lib", "graph")], top_edges=60, max_features=20, ax=axes[1]
+    )
     fig.tight_layout()
     fig.savefig(os.path.join(args.output_dir, "modadd_edges_graph.png"), dpi=110)
     print(f"\nSaved figures in {args.output_dir}/")

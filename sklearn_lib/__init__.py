@@ -7,6 +7,7 @@ rotated onto the directions that matter to the next layer.
 
 from ._activation import ActivationTransformer
 from ._basis import NodeBasis
+from ._display import AblationCurveDisplay, InteractionGraphDisplay, SpectrumDisplay
 from ._graph import InteractionGraph
 from ._integration import integration_rule
 from ._lib import LIBTransformer
@@ -24,7 +25,10 @@ from .ablation import (
 from .exceptions import StaleBasisWarning
 
 __all__ = [
+    "AblationCurveDisplay",
     "ActivationTransformer",
+    "InteractionGraphDisplay",
+    "SpectrumDisplay",
     "GraphModules",
     "Sparsity",
     "StaleBasisWarning",

@@ -210,10 +210,27 @@ class InteractionGraph:
         return graph_modules(self, resolution, random_state)
 
     def plot(self, top_edges=200, ax=None, **kwargs):
-        """Layered drawing; see :func:`sklearn_lib.plotting.plot_interaction_graph`."""
-        from .plotting import plot_interaction_graph
+        """Layered drawing; see :class:`~sklearn_lib.InteractionGraphDisplay`.
 
-        return plot_interaction_graph(self, top_edges=top_edges, ax=ax, **kwargs)
+        Parameters
+        ----------
+        top_edges : int, default=200
+            Edges drawn per section, strongest first.
+        ax : matplotlib Axes, optional
+            Draw here (a new figure when None).
+        **kwargs
+            ``max_features`` and ``cmap`` of
+            :meth:`InteractionGraphDisplay.from_graph
+            <sklearn_lib.InteractionGraphDisplay.from_graph>`.
+
+        Returns
+        -------
+        InteractionGraphDisplay
+            The display; its ``ax_`` holds the drawing.
+        """
+        from ._graph_display import InteractionGraphDisplay
+
+        return InteractionGraphDisplay.from_graph(self, top_edges=top_edges, ax=ax, **kwargs)
 
 
 # -- persistence -----------------------------------------------------------------------

@@ -6,7 +6,8 @@ in a few seconds.  For the hidden layer ``fc2`` (the input of the second
 Linear layer) it fits LIB and the PCA
 baseline on the training split, then keeps the top ``k`` features of each
 (the others mean-ablated), runs the rest of the network and prints the
-test accuracy side by side.
+test accuracy side by side.  ``--plot FILE`` also saves the two spectra and
+the two ablation curves, each pair on one axis (needs matplotlib).
 """
 
 import argparse
@@ -34,6 +35,7 @@ def main(argv=None):
     parser.add_argument("--layer", default="fc2", help="node layer (default: fc2)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ks", default="1,2,3,4,6,8,12,16", help="feature counts to keep")
+    parser.add_argument("--plot", default=None, metavar="FILE", help="save the figures here")
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
 
@@ -79,6 +81,27 @@ def main(argv=None):
             cells.append(f"{est.fit(X_train).score(X_test, y_test):7.4f}")
         print(f"  {k:>3}  {cells[0]}  {cells[1]}")
     print(f"  all  {acc.mean():7.4f}  {acc.mean():7.4f}  (unablated model)")
+    if args.plot:
+        _plot(fits, X_test, y_test, ks, acc.mean(), args.plot)
+
+
+def _plot(fits, X_test, y_test, ks, baseline, path):
+    """LIB next to PCA: spectra on one axis, ablation curves on another; saved to ``path``."""
+    import matplotlib.pyplot as plt
+
+    from ._display import AblationCurveDisplay, SpectrumDisplay
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    SpectrumDisplay.from_estimator(fits["lib"], fits["pca"], ax=left)
+    for basis, fit in fits.items():
+        n = [k for k in ks if k <= fit.n_components_]
+        last = basis == "pca"  # the unablated line once
+        AblationCurveDisplay.from_estimator(
+            fit, X_test, y_test, n_features=n, baseline=baseline if last else None, ax=right
+        )
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"\nSaved the spectra and ablation curves to {path}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,18 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).parents[2] / "sklearn_lib"
 #: Modules that know the estimator classes: the estimators, and the public
-#: functions that dispatch on them (``plotting`` takes estimators too, but
-#: only reads their fitted attributes and imports none).
-ESTIMATOR_LEVEL = {"_lib", "_activation", "_base", "ablation", "demo", "__init__"}
+#: functions and displays that dispatch on them (the graph's drawing,
+#: ``_graph_display``, takes only a graph and stays below).
+ESTIMATOR_LEVEL = {
+    "_lib",
+    "_activation",
+    "_base",
+    "ablation",
+    "_display",
+    "plotting",
+    "demo",
+    "__init__",
+}
 
 
 def _imports():

@@ -1,0 +1,389 @@
+"""Displays in scikit-learn's style: spectra, ablation curves and interaction graphs.
+
+As with :class:`sklearn.metrics.RocCurveDisplay`, each display holds the data
+it draws (its constructor's parameters) and draws it with ``plot``; the
+``from_*`` class methods compute the data and plot in one call.  After
+``plot`` the display carries the matplotlib objects it drew, ``ax_`` and
+``figure_`` among them, so figures can be adjusted afterwards.  Passing
+``ax=display.ax_`` to another ``from_estimator`` draws a second estimator on
+the same axes (LIB next to PCA).
+
+matplotlib is imported only when something is drawn (``pip install -e
+".[plot]"`` in a checkout).
+"""
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+
+from ._figure import axes_or_new
+from ._graph_display import InteractionGraphDisplay
+from .ablation import _fitted_node, ablation_curve  # the one place that knows estimators
+
+__all__ = ["AblationCurveDisplay", "InteractionGraphDisplay", "SpectrumDisplay"]
+
+_TINY = np.finfo(float).tiny
+
+
+def _curve(values, name):
+    """A 1-D float array of finite values, refused with a message naming ``name``."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array; got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return values
+
+
+# -- spectra ---------------------------------------------------------------------------
+
+
+def _spectrum_of(source, layer=None):
+    """``(values, label, layer)`` of a fitted estimator's spectrum, or of an array.
+
+    LIB's Lambda for a ``LIBTransformer`` (``basis="lib"``; the variances for
+    ``basis="pca"``), the variances of a ``PCA`` or of
+    ``Pipeline([ActivationTransformer, PCA])``; an array is taken as it is.
+    """
+    if isinstance(source, PCA):
+        return source.explained_variance_, "PCA variance (sklearn)", None
+    if isinstance(source, (np.ndarray, list, tuple)):
+        return _curve(source, "a spectrum"), "spectrum", None
+    _, basis = _fitted_node(source, layer)  # refuses other types and unfitted estimators
+    kind = "LIB Lambda" if basis.kind == "lib" else "PCA variance"
+    return basis.lambdas, f"{kind} of {basis.name!r}", basis.name
+
+
+def _spectra(sources, names=None, layer=None):
+    """``({label: values}, layer)`` of several sources, for one display.
+
+    ``names`` (one per source, None for the default label) label the legend;
+    ``layer`` picks the node layer of every source fitted at several.  The layer is returned
+    when the sources name exactly one.
+    """
+    spectra, layers = {}, set()
+    for i, source in enumerate(sources):
+        values, label, node = _spectrum_of(source, layer)
+        if names is not None and names[i] is not None:
+            label = names[i]
+        if label in spectra:  # two sources of one kind: tell them apart
+            label = f"{label} ({i + 1})"
+        spectra[label] = np.asarray(values, dtype=float)
+        layers.add(node)
+    named = layers - {None}
+    return spectra, (named.pop() if len(named) == 1 else None)
+
+
+class SpectrumDisplay:
+    """Eigenvalue spectra on a log scale: LIB's Lambda next to PCA's variances.
+
+    Build it with :meth:`from_estimator`; the constructor takes spectra that
+    are already computed.
+
+    Parameters
+    ----------
+    spectra : dict of str to array-like of shape (n_features,)
+        Name (the legend's label) to eigenvalues, largest first.
+    layer : str, optional
+        The node layer the spectra belong to, named in the title.
+    normalize : bool, default=True
+        Divide each spectrum by its largest value, so that shapes compare
+        across bases whose scales differ (Lambda and variances).
+
+    Attributes
+    ----------
+    lines_ : dict of str to matplotlib Line2D
+        One line per spectrum.
+    ax_ : matplotlib Axes
+    figure_ : matplotlib Figure
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.decomposition import PCA
+    >>> from sklearn_lib import ActivationTransformer, LIBTransformer, SpectrumDisplay
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> X = np.random.default_rng(0).normal(size=(100, 4))
+    >>> lib = LIBTransformer(model, "2").fit(X)
+    >>> pca = make_pipeline(ActivationTransformer(model, "2"), PCA()).fit(X)
+    >>> display = SpectrumDisplay.from_estimator(lib, pca)
+    >>> list(display.lines_)
+    ["LIB Lambda of '2'", "PCA variance of '2'"]
+    >>> display.ax_.get_title()
+    "Spectrum of '2'"
+    """
+
+    def __init__(self, spectra, *, layer=None, normalize=True):
+        self.spectra = spectra
+        self.layer = layer
+        self.normalize = normalize
+
+    def plot(self, ax=None, **kwargs):
+        """Draw the spectra on ``ax`` (a new figure when None).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Draw here, next to what the axes already hold.
+        **kwargs
+            Passed to ``ax.semilogy`` for every line (e.g. ``marker``).
+
+        Returns
+        -------
+        SpectrumDisplay
+            ``self``, with ``lines_``, ``ax_`` and ``figure_`` set.
+        """
+        ax = axes_or_new(ax)
+        style = {"marker": ".", **kwargs}
+        self.lines_ = {}
+        for name, values in self.spectra.items():
+            values = np.clip(_curve(values, f"the spectrum {name!r}"), _TINY, None)
+            if self.normalize:
+                values = values / values.max()
+            (self.lines_[name],) = ax.semilogy(np.arange(len(values)), values, label=name, **style)
+        ax.set_xlabel("feature (sorted)")
+        ax.set_ylabel("eigenvalue / max" if self.normalize else "eigenvalue")
+        # A second display on the same axes keeps the title of the first unless
+        # both name the same layer.
+        title = f"Spectrum of {self.layer!r}" if self.layer is not None else "Spectrum"
+        if ax.get_title() not in ("", title):
+            title = "Spectrum"
+        ax.set_title(title)
+        ax.legend()
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+    @classmethod
+    def from_estimator(
+        cls, lib, pca=None, *, layer=None, name=None, normalize=True, ax=None, **kwargs
+    ):
+        """Spectra of fitted estimators: Lambda of a LIB fit, next to PCA's variances.
+
+        Parameters
+        ----------
+        lib : LIBTransformer, Pipeline or PCA
+            Fitted.  A ``LIBTransformer`` gives the Lambda of ``layer`` (the
+            variances for ``basis="pca"``); a ``Pipeline`` starting with one
+            gives the same; ``Pipeline([ActivationTransformer, PCA])`` and a
+            ``PCA`` give their variances.
+        pca : same types as ``lib``, optional
+            A second spectrum on the same axes, typically a PCA of the same
+            layer.
+        layer : str, optional
+            For a ``LIBTransformer``: any of its fitted node layers (default:
+            its ``layer``), for ``lib`` and ``pca`` alike (a PCA pipeline must
+            read this layer).
+        name : str, optional
+            Legend label of ``lib`` (default: what it is and its layer).
+        normalize : bool, default=True
+            Divide each spectrum by its largest value.
+        ax : matplotlib Axes, optional
+            Draw here, e.g. ``ax=display.ax_`` to add a third estimator.
+        **kwargs
+            Passed to :meth:`plot`.
+
+        Returns
+        -------
+        SpectrumDisplay
+        """
+        sources = [lib] if pca is None else [lib, pca]
+        spectra, node = _spectra(sources, [name, None], layer)
+        display = cls(spectra, layer=node, normalize=normalize)
+        return display.plot(ax=ax, **kwargs)
+
+
+# -- ablation curves -------------------------------------------------------------------
+
+
+class AblationCurveDisplay:
+    """Score against the number of kept features (node ablation), one line per basis.
+
+    Build it with :meth:`from_estimator` (computes the curve with
+    :func:`~sklearn_lib.ablation_curve`) or :meth:`from_curves` (curves that
+    are already computed).
+
+    Parameters
+    ----------
+    curves : dict of str to (array-like, array-like)
+        Name (the legend's label) to ``(n_features, scores)``, as
+        :func:`~sklearn_lib.ablation_curve` returns them.
+    baseline : float, optional
+        The unablated score, drawn as a dashed line.
+    score_name : str, default="score"
+        The y-axis label.
+    layer : str, optional
+        The ablated node layer, named in the title.
+
+    Attributes
+    ----------
+    lines_ : dict of str to matplotlib Line2D
+        One line per curve.
+    baseline_line_ : matplotlib Line2D or None
+    ax_ : matplotlib Axes
+    figure_ : matplotlib Figure
+
+    Examples
+    --------
+    >>> from sklearn_lib import AblationCurveDisplay
+    >>> display = AblationCurveDisplay.from_curves(
+    ...     {"LIB": ([0, 1, 2], [0.1, 0.8, 0.9]), "PCA": ([0, 1, 2], [0.1, 0.3, 0.9])},
+    ...     baseline=0.9, score_name="accuracy")
+    >>> display.lines_["PCA"].get_ydata()
+    array([0.1, 0.3, 0.9])
+    """
+
+    def __init__(self, curves, *, baseline=None, score_name="score", layer=None):
+        self.curves = curves
+        self.baseline = baseline
+        self.score_name = score_name
+        self.layer = layer
+
+    def plot(self, ax=None, **kwargs):
+        """Draw the curves on ``ax`` (a new figure when None).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Draw here, next to what the axes already hold.
+        **kwargs
+            Passed to ``ax.plot`` for every curve (e.g. ``marker``).
+
+        Returns
+        -------
+        AblationCurveDisplay
+            ``self``, with ``lines_``, ``baseline_line_``, ``ax_`` and ``figure_`` set.
+        """
+        ax = axes_or_new(ax)
+        style = {"marker": "o", **kwargs}
+        self.lines_ = {
+            name: ax.plot(n, scores, label=name, **style)[0]
+            for name, (n, scores) in self.curves.items()
+        }
+        self.baseline_line_ = None
+        if self.baseline is not None:
+            self.baseline_line_ = ax.axhline(
+                self.baseline, color="grey", linestyle="--", label="unablated"
+            )
+        # Feature counts run from 0 (everything ablated) over orders of
+        # magnitude; symlog shows both, where log cannot show 0.
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("features kept")
+        ax.set_ylabel(self.score_name)
+        title = "Node ablation" + (f" of {self.layer!r}" if self.layer is not None else "")
+        if ax.get_title() not in ("", title):  # another layer already drawn here
+            title = "Node ablation"
+        ax.set_title(title)
+        ax.legend()
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+    @classmethod
+    def from_estimator(
+        cls,
+        estimator,
+        X,
+        y=None,
+        *,
+        n_features,
+        layer=None,
+        scoring=None,
+        name=None,
+        baseline=None,
+        ax=None,
+        verbose=False,
+        **kwargs,
+    ):
+        """Ablation curve of a fitted estimator (see :func:`~sklearn_lib.ablation_curve`).
+
+        Parameters
+        ----------
+        estimator : LIBTransformer or Pipeline
+            Fitted: a ``LIBTransformer``, a ``Pipeline`` starting with one, or
+            ``Pipeline([ActivationTransformer, PCA, ...])``.
+        X : array-like, dict of them, DataLoader or iterable of batches
+            Model inputs (the paper evaluates on the test split).
+        y : array-like, default=None
+            Class labels, or None (R² against the unablated outputs).
+        n_features : int or array-like of int
+            Feature counts ``k`` to keep.
+        layer : str, optional
+            For a ``LIBTransformer``: any of its fitted node layers.
+        scoring : None, "accuracy", "r2" or callable, default=None
+            As in :func:`~sklearn_lib.ablation_curve`.
+        name : str, optional
+            Legend label (default: "LIB" or "PCA", from the estimator's basis).
+        baseline : float, optional
+            The unablated score, drawn as a dashed line.
+        ax : matplotlib Axes, optional
+            Draw here, e.g. ``ax=display.ax_`` to add PCA next to LIB.
+        verbose : bool, default=False
+            Progress of the ablation passes.
+        **kwargs
+            Passed to :meth:`plot`.
+
+        Returns
+        -------
+        AblationCurveDisplay
+        """
+        _, basis = _fitted_node(estimator, layer)
+        n, scores = ablation_curve(
+            estimator, X, y, n_features=n_features, layer=layer, scoring=scoring, verbose=verbose
+        )
+        if isinstance(scoring, str):
+            score_name = scoring
+        elif scoring is None:
+            score_name = "accuracy" if y is not None else "R² of the outputs"
+        else:
+            score_name = getattr(scoring, "__name__", "score")
+        display = cls(
+            {basis.kind.upper() if name is None else name: (n, scores)},
+            baseline=baseline,
+            score_name=score_name,
+            layer=basis.name,
+        )
+        return display.plot(ax=ax, **kwargs)
+
+    @classmethod
+    def from_curves(
+        cls, curves, *, baseline=None, score_name="score", layer=None, ax=None, **kwargs
+    ):
+        """Curves that are already computed, e.g. by :func:`~sklearn_lib.ablation_curve`.
+
+        Parameters
+        ----------
+        curves : dict of str to (array-like, array-like)
+            Name to ``(n_features, scores)``, e.g.
+            ``{"LIB": ablation_curve(lib, ...), "PCA": ablation_curve(pca, ...)}``.
+        baseline : float, optional
+            The unablated score, drawn as a dashed line.
+        score_name : str, default="score"
+            The y-axis label.
+        layer : str, optional
+            The ablated node layer, named in the title.
+        ax : matplotlib Axes, optional
+            Draw here.
+        **kwargs
+            Passed to :meth:`plot`.
+
+        Returns
+        -------
+        AblationCurveDisplay
+        """
+        checked = {}
+        for name, curve in dict(curves).items():
+            if len(curve) != 2:
+                raise ValueError(f"curve {name!r} must be a pair (n_features, scores)")
+            n = _curve(curve[0], f"n_features of {name!r}")
+            scores = _curve(curve[1], f"scores of {name!r}")
+            if n.shape != scores.shape:
+                raise ValueError(
+                    f"curve {name!r}: {n.size} feature counts but {scores.size} scores"
+                )
+            checked[name] = (n, scores)
+        if not checked:
+            raise ValueError("curves is empty: give at least one (n_features, scores) pair")
+        display = cls(checked, baseline=baseline, score_name=score_name, layer=layer)
+        return display.plot(ax=ax, **kwargs)

@@ -1,0 +1,270 @@
+"""The displays hold the data they draw, checked against independent computations."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.exceptions import NotFittedError  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from toy_models import tanh_mlp  # noqa: E402
+
+from sklearn_lib import (  # noqa: E402
+    AblationCurveDisplay,
+    ActivationTransformer,
+    InteractionGraphDisplay,
+    LIBTransformer,
+    SpectrumDisplay,
+    ablation_curve,
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X = np.random.default_rng(0).normal(size=(80, 4))
+    model = tanh_mlp()
+    lib = LIBTransformer(model, "fc2", downstream_layers=["fc3"]).fit(X)
+    pca = make_pipeline(ActivationTransformer(model, "fc2"), PCA()).fit(X)
+    return model, X, lib, pca
+
+
+def _legend(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+# -- SpectrumDisplay -------------------------------------------------------------------
+
+
+def test_spectrum_display_draws_lambda_next_to_pca_of_the_same_activations(fitted):
+    model, X, lib, pca = fitted
+    display = SpectrumDisplay.from_estimator(lib, pca)
+    assert display.layer == "fc2"
+    assert display.ax_.get_title() == "Spectrum of 'fc2'"
+    assert display.figure_ is display.ax_.figure
+    assert list(display.lines_) == ["LIB Lambda of 'fc2'", "PCA variance of 'fc2'"]
+    # Independent references: Lambda as fitted, and a plain PCA of the layer's
+    # activations captured by a forward hook.
+    captured = []
+    hook = model.fc2.register_forward_pre_hook(lambda m, a: captured.append(a[0].detach()))
+    with torch.no_grad():
+        model(torch.as_tensor(X))
+    hook.remove()
+    variances = PCA().fit(captured[0].double().numpy()).explained_variance_
+    lam = lib.bases_["fc2"].lambdas
+    lines = display.lines_
+    np.testing.assert_allclose(lines["LIB Lambda of 'fc2'"].get_ydata(), lam / lam.max())
+    np.testing.assert_allclose(
+        lines["PCA variance of 'fc2'"].get_ydata(), variances / variances.max(), rtol=1e-5
+    )
+    assert _legend(display.ax_) == list(lines)
+
+
+def test_spectrum_display_of_a_downstream_layer_and_unnormalised(fitted):
+    _, _, lib, _ = fitted
+    display = SpectrumDisplay.from_estimator(lib, layer="fc3", normalize=False, name="mine")
+    np.testing.assert_allclose(display.lines_["mine"].get_ydata(), lib.bases_["fc3"].lambdas)
+    assert display.ax_.get_ylabel() == "eigenvalue"
+    assert display.ax_.get_title() == "Spectrum of 'fc3'"
+
+
+def test_the_layer_applies_to_both_estimators(fitted):
+    _, X, lib, pca = fitted
+    pca_lib = LIBTransformer(lib.model, "fc2", downstream_layers=["fc3"], basis="pca").fit(X)
+    display = SpectrumDisplay.from_estimator(lib, pca_lib, layer="fc3")
+    variances = pca_lib.bases_["fc3"].lambdas
+    np.testing.assert_allclose(
+        display.lines_["PCA variance of 'fc3'"].get_ydata(), variances / variances.max()
+    )
+    assert display.ax_.get_title() == "Spectrum of 'fc3'"
+    with pytest.raises(ValueError, match="this PCA pipeline reads 'fc2'"):
+        SpectrumDisplay.from_estimator(lib, pca, layer="fc3")
+
+
+def test_several_spectrum_displays_share_one_axis(fitted):
+    _, X, lib, pca = fitted
+    first = SpectrumDisplay.from_estimator(lib)
+    second = SpectrumDisplay.from_estimator(pca, ax=first.ax_)
+    third = SpectrumDisplay.from_estimator(lib, layer="fc3", ax=first.ax_)
+    assert second.ax_ is first.ax_ is third.ax_
+    assert len(first.ax_.get_lines()) == 3
+    assert _legend(first.ax_) == [
+        "LIB Lambda of 'fc2'",
+        "PCA variance of 'fc2'",
+        "LIB Lambda of 'fc3'",
+    ]
+    # Layers differ now, so the title names none.
+    assert first.ax_.get_title() == "Spectrum"
+
+
+def test_spectrum_display_takes_a_sklearn_pca_and_arrays(fitted):
+    _, X, lib, _ = fitted
+    raw = PCA().fit(X)
+    display = SpectrumDisplay.from_estimator(lib, raw)
+    np.testing.assert_allclose(
+        display.lines_["PCA variance (sklearn)"].get_ydata(),
+        raw.explained_variance_ / raw.explained_variance_.max(),
+    )
+    drawn = SpectrumDisplay({"given": [4.0, 2.0, 1.0]}, normalize=True).plot()
+    np.testing.assert_allclose(drawn.lines_["given"].get_ydata(), [1.0, 0.5, 0.25])
+
+
+def test_spectrum_display_refuses_bad_input(fitted):
+    model, _, lib, _ = fitted
+    with pytest.raises(NotFittedError):
+        SpectrumDisplay.from_estimator(LIBTransformer(model, "fc2"))
+    with pytest.raises(ValueError, match="not a fitted node layer"):
+        SpectrumDisplay.from_estimator(lib, layer="fc1")
+    with pytest.raises(TypeError, match="Expected a fitted LIBTransformer"):
+        SpectrumDisplay.from_estimator(object())
+    with pytest.raises(ValueError, match="NaN"):
+        SpectrumDisplay({"bad": [1.0, np.nan]}).plot()
+
+
+# -- AblationCurveDisplay --------------------------------------------------------------
+
+
+def test_ablation_display_holds_the_curve_it_draws(fitted):
+    _, X, lib, pca = fitted
+    width = lib.bases_["fc2"].matrix.shape[1]
+    display = AblationCurveDisplay.from_estimator(lib, X, n_features=[0, 1, 2, width])
+    n, scores = ablation_curve(lib, X, n_features=[0, 1, 2, width])
+    line = display.lines_["LIB"]
+    np.testing.assert_array_equal(line.get_xdata(), n)
+    np.testing.assert_allclose(line.get_ydata(), scores)
+    # Every feature kept gives the model back: R² 1.
+    np.testing.assert_allclose(line.get_ydata()[-1], 1.0, atol=1e-9)
+    assert display.ax_.get_ylabel() == "R² of the outputs"
+    assert display.ax_.get_title() == "Node ablation of 'fc2'"
+    assert display.baseline_line_ is None
+
+
+def test_lib_and_pca_ablation_curves_on_one_axis(fitted):
+    _, X, lib, pca = fitted
+    y = np.arange(len(X)) % 3
+    first = AblationCurveDisplay.from_estimator(lib, X, y, n_features=[1, 2])
+    second = AblationCurveDisplay.from_estimator(
+        pca, X, y, n_features=[1, 2], baseline=0.5, ax=first.ax_
+    )
+    assert second.ax_ is first.ax_
+    assert _legend(first.ax_) == ["LIB", "PCA", "unablated"]
+    assert first.ax_.get_ylabel() == "accuracy"
+    np.testing.assert_allclose(
+        second.lines_["PCA"].get_ydata(), ablation_curve(pca, X, y, n_features=[1, 2])[1]
+    )
+    np.testing.assert_allclose(second.baseline_line_.get_ydata(), [0.5, 0.5])
+
+
+def test_ablation_from_curves_checks_its_curves():
+    display = AblationCurveDisplay.from_curves(
+        {"a": ([0, 2], [0.1, 0.9]), "b": (np.array([0, 1, 2]), [0.2, 0.4, 0.8])},
+        baseline=0.95,
+        score_name="test accuracy",
+        layer="fc2",
+    )
+    np.testing.assert_allclose(display.lines_["b"].get_ydata(), [0.2, 0.4, 0.8])
+    assert display.ax_.get_ylabel() == "test accuracy"
+    assert display.ax_.get_title() == "Node ablation of 'fc2'"
+    with pytest.raises(ValueError, match="2 feature counts but 3 scores"):
+        AblationCurveDisplay.from_curves({"a": ([0, 1], [0.1, 0.2, 0.3])})
+    with pytest.raises(ValueError, match="NaN"):
+        AblationCurveDisplay.from_curves({"a": ([0, 1], [0.1, np.nan])})
+    with pytest.raises(ValueError, match="pair"):
+        AblationCurveDisplay.from_curves({"a": ([0, 1],)})
+    with pytest.raises(ValueError, match="empty"):
+        AblationCurveDisplay.from_curves({})
+
+
+def test_the_digits_demo_draws_lib_and_pca_on_one_axis(tmp_path):
+    # The digits demo's MLP and split; the unablated accuracy is the model's own.
+    from sklearn_lib.demo import main, train_digits_mlp
+
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.3, random_state=0)
+    model = train_digits_mlp(X_train, y_train, epochs=150)
+    with torch.no_grad():
+        out = model(torch.as_tensor(X_test, dtype=torch.float32))
+    accuracy = float((out.argmax(1).numpy() == y_test).mean())
+    lib = LIBTransformer(model, "fc2", downstream_layers=["out"]).fit(X_train)
+    pca = make_pipeline(ActivationTransformer(model, "fc2"), PCA()).fit(X_train)
+    n_lib = lib.bases_["fc2"].matrix.shape[1]  # dead ReLUs leave fewer than 32
+    curves = AblationCurveDisplay.from_estimator(lib, X_test, y_test, n_features=[1, 4, n_lib])
+    AblationCurveDisplay.from_estimator(
+        pca, X_test, y_test, n_features=[1, 4, 32], baseline=accuracy, ax=curves.ax_
+    )
+    lines = {line.get_label(): line.get_ydata() for line in curves.ax_.get_lines()}
+    assert set(lines) == {"LIB", "PCA", "unablated"}
+    # Every feature kept: both bases give the model back.
+    np.testing.assert_allclose([lines["LIB"][-1], lines["PCA"][-1]], accuracy, atol=1e-12)
+    spectra = SpectrumDisplay.from_estimator(lib, pca)
+    assert [len(line.get_ydata()) for line in spectra.lines_.values()] == [
+        lib.bases_["fc2"].lambdas.size,
+        32,
+    ]
+    # The demo's own figure (--plot): two axes, each with LIB and PCA.
+    main(["--ks", "1,4", "--plot", str(tmp_path / "demo.png")])
+    assert (tmp_path / "demo.png").stat().st_size > 0
+
+
+# -- InteractionGraphDisplay -----------------------------------------------------------
+
+
+def test_graph_display_draws_the_strongest_edges(fitted):
+    _, X, lib, _ = fitted
+    graph = lib.interaction_graph(X)
+    display = InteractionGraphDisplay.from_graph(graph, top_edges=4, max_features=3)
+    assert display.features_shown_ == {
+        node: min(3, len(graph.lambdas[node])) for node in graph.nodes
+    }
+    for section in graph.sections:
+        src, dst = section
+        E = graph.edges[section][: display.features_shown_[dst], : display.features_shown_[src]]
+        i, j, share = display.edges_shown_[section]
+        # Brute force: the 4 largest entries of E, as (out, in) pairs.
+        expected = sorted(zip(*np.unravel_index(np.argsort(E, axis=None)[-4:], E.shape)))
+        assert sorted(zip(i.tolist(), j.tolist())) == [(int(a), int(b)) for a, b in expected]
+        np.testing.assert_allclose(share, E[i, j] / E.max())
+        assert np.all(np.diff(share) >= 0)  # weakest first: strong edges drawn on top
+    assert len(display.edge_lines_) == sum(len(v[0]) for v in display.edges_shown_.values())
+    assert list(display.nodes_) == list(graph.nodes)
+    assert display.colorbar_ is not None
+    assert display.ax_.figure is display.figure_
+
+
+def test_graph_plot_returns_its_display(fitted):
+    _, X, lib, _ = fitted
+    graph = lib.interaction_graph(X)
+    display = graph.plot(top_edges=2, max_features=2)
+    assert isinstance(display, InteractionGraphDisplay)
+    assert display.top_edges == 2
+    assert all(len(v[0]) <= 2 for v in display.edges_shown_.values())
+
+
+def test_graph_display_refuses_bad_input(fitted):
+    _, X, lib, _ = fitted
+    graph = lib.interaction_graph(X)
+    with pytest.raises(ValueError, match="top_edges must be an int >= 1"):
+        InteractionGraphDisplay.from_graph(graph, top_edges=0)
+    with pytest.raises(ValueError, match="max_features must be an int >= 1"):
+        InteractionGraphDisplay(graph, max_features=2.5).plot()
+    with pytest.raises(TypeError, match="InteractionGraph"):
+        InteractionGraphDisplay.from_graph(lib)
+
+
+def test_importing_the_package_does_not_import_matplotlib():
+    code = "import sys, sklearn_lib; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
