@@ -317,8 +317,17 @@ def write_report(path):
                 )
                 lines.append(f"| {r['seed']} | {layer} | {basis.upper()} | {cells} |")
     lines += ["", *comparison_lines(), ""]
+    text = "\n".join(lines)
+    # Sections written by other runs (the language model's, from its own
+    # example) follow this example's; a regenerated report keeps them.
+    if os.path.exists(path):
+        with open(path) as handle:
+            old = handle.read()
+        kept = old.find("\n## Language model")
+        if kept >= 0:
+            text = text.rstrip("\n") + "\n" + old[kept:]
     with open(path, "w") as handle:
-        handle.write("\n".join(lines))
+        handle.write(text)
     print(f"\nWrote {path}")
 
 
@@ -373,8 +382,8 @@ def comparison_lines():
         )
     rows += [
         "",
-        "Where these runs and the paper differ, the README's *Reproduction* section says "
-        "why we think so.",
+        "Where these runs and the paper differ, the README's [Reproduction of the paper]"
+        "(../README.md#reproduction-of-the-paper) section says why we think so.",
     ]
     return rows
 

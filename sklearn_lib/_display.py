@@ -13,16 +13,16 @@ matplotlib is imported only when something is drawn (``pip install -e
 """
 
 import numpy as np
-from sklearn.decomposition import PCA
+from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
 
-from ._figure import axes_or_new
+from ._figure import axes_or_new, pyplot
 from ._graph_display import InteractionGraphDisplay
+from ._lib import LIBTransformer
 from .ablation import _fitted_node, ablation_curve  # the one place that knows estimators
 
 __all__ = ["AblationCurveDisplay", "InteractionGraphDisplay", "SpectrumDisplay"]
-
-_TINY = np.finfo(float).tiny
 
 
 def _curve(values, name):
@@ -35,6 +35,39 @@ def _curve(values, name):
     return values
 
 
+def _label_of(kwargs, names):
+    """The line label a caller passed as matplotlib's ``label``, for a display of one line.
+
+    scikit-learn's displays accept ``label`` among the line keywords; a
+    display of several lines names them in its data instead.
+    """
+    label = kwargs.pop("label", None)
+    if label is not None and len(names) != 1:
+        raise ValueError(
+            f"label={label!r} names one line, but this display draws {len(names)}: "
+            "name them in its data (the keys) instead"
+        )
+    return label
+
+
+def _label_axes(ax, xlabel, ylabel, title, generic_title):
+    """Axis labels and title, without overwriting what the axes already say.
+
+    A second display on the same axes keeps the first one's labels; a title
+    of this kind of display for another layer becomes ``generic_title``, and
+    a title of the user's own is kept.
+    """
+    if not ax.get_xlabel():
+        ax.set_xlabel(xlabel)
+    if not ax.get_ylabel():
+        ax.set_ylabel(ylabel)
+    current = ax.get_title()
+    if not current:
+        ax.set_title(title)
+    elif current != title and current.startswith(generic_title):
+        ax.set_title(generic_title)
+
+
 # -- spectra ---------------------------------------------------------------------------
 
 
@@ -42,16 +75,32 @@ def _spectrum_of(source, layer=None):
     """``(values, label, layer)`` of a fitted estimator's spectrum, or of an array.
 
     LIB's Lambda for a ``LIBTransformer`` (``basis="lib"``; the variances for
-    ``basis="pca"``), the variances of a ``PCA`` or of
-    ``Pipeline([ActivationTransformer, PCA])``; an array is taken as it is.
+    ``basis="pca"``) or a ``Pipeline`` starting with one, the variances of
+    ``Pipeline([ActivationTransformer, PCA])`` or of a fitted scikit-learn
+    decomposition with ``explained_variance_`` (``PCA``, ``IncrementalPCA``,
+    ``TruncatedSVD``); anything else is taken as an array of eigenvalues.
     """
-    if isinstance(source, PCA):
-        return source.explained_variance_, "PCA variance (sklearn)", None
-    if isinstance(source, (np.ndarray, list, tuple)):
-        return _curve(source, "a spectrum"), "spectrum", None
-    _, basis = _fitted_node(source, layer)  # refuses other types and unfitted estimators
-    kind = "LIB Lambda" if basis.kind == "lib" else "PCA variance"
-    return basis.lambdas, f"{kind} of {basis.name!r}", basis.name
+    if isinstance(source, (LIBTransformer, Pipeline)):
+        _, basis = _fitted_node(source, layer)  # refuses unfitted estimators by name
+        kind = "LIB Lambda" if basis.kind == "lib" else "PCA variance"
+        return basis.lambdas, f"{kind} of {basis.name!r}", basis.name
+    if isinstance(source, BaseEstimator):
+        check_is_fitted(source)
+        if not hasattr(source, "explained_variance_"):
+            raise TypeError(
+                f"{type(source).__name__} has no spectrum: expected a fitted LIBTransformer, "
+                "a Pipeline, an estimator with explained_variance_ (PCA) or an array"
+            )
+        name = type(source).__name__
+        return source.explained_variance_, f"{name} variance (sklearn)", None
+    try:
+        values = np.asarray(source, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            "Expected a fitted LIBTransformer, a Pipeline, an estimator with "
+            f"explained_variance_ (PCA) or an array of eigenvalues; got {type(source).__name__}"
+        ) from exc
+    return _curve(values, "a spectrum"), "spectrum", None
 
 
 def _spectra(sources, names=None, layer=None):
@@ -61,10 +110,12 @@ def _spectra(sources, names=None, layer=None):
     ``layer`` picks the node layer of every source fitted at several.  The layer is returned
     when the sources name exactly one.
     """
+    if names and len(names) != len(sources):
+        raise ValueError(f"{len(names)} labels for {len(sources)} spectra")
     spectra, layers = {}, set()
     for i, source in enumerate(sources):
         values, label, node = _spectrum_of(source, layer)
-        if names is not None and names[i] is not None:
+        if names and names[i] is not None:
             label = names[i]
         if label in spectra:  # two sources of one kind: tell them apart
             label = f"{label} ({i + 1})"
@@ -72,6 +123,17 @@ def _spectra(sources, names=None, layer=None):
         layers.add(node)
     named = layers - {None}
     return spectra, (named.pop() if len(named) == 1 else None)
+
+
+def _positive_spectrum(values, name, normalize):
+    """Eigenvalues to draw on a log axis: zeros and negatives (roundoff of a
+    null space) become gaps, not points at 1e-308; optionally over the largest."""
+    values = _curve(values, f"the spectrum {name!r}")
+    positive = values > 0
+    if not positive.any():
+        raise ValueError(f"the spectrum {name!r} has no positive value to draw on a log axis")
+    values = np.where(positive, values, np.nan)
+    return values / np.nanmax(values) if normalize else values
 
 
 class SpectrumDisplay:
@@ -135,22 +197,20 @@ class SpectrumDisplay:
         SpectrumDisplay
             ``self``, with ``lines_``, ``ax_`` and ``figure_`` set.
         """
+        label = _label_of(kwargs, self.spectra)
+        spectra = {
+            label or name: _positive_spectrum(values, name, self.normalize)
+            for name, values in self.spectra.items()
+        }
         ax = axes_or_new(ax)
         style = {"marker": ".", **kwargs}
-        self.lines_ = {}
-        for name, values in self.spectra.items():
-            values = np.clip(_curve(values, f"the spectrum {name!r}"), _TINY, None)
-            if self.normalize:
-                values = values / values.max()
-            (self.lines_[name],) = ax.semilogy(np.arange(len(values)), values, label=name, **style)
-        ax.set_xlabel("feature (sorted)")
-        ax.set_ylabel("eigenvalue / max" if self.normalize else "eigenvalue")
-        # A second display on the same axes keeps the title of the first unless
-        # both name the same layer.
+        self.lines_ = {
+            name: ax.semilogy(np.arange(len(values)), values, label=name, **style)[0]
+            for name, values in spectra.items()
+        }
         title = f"Spectrum of {self.layer!r}" if self.layer is not None else "Spectrum"
-        if ax.get_title() not in ("", title):
-            title = "Spectrum"
-        ax.set_title(title)
+        ylabel = "eigenvalue / max" if self.normalize else "eigenvalue"
+        _label_axes(ax, "feature (sorted)", ylabel, title, "Spectrum")
         ax.legend()
         self.ax_, self.figure_ = ax, ax.figure
         return self
@@ -189,12 +249,25 @@ class SpectrumDisplay:
         SpectrumDisplay
         """
         sources = [lib] if pca is None else [lib, pca]
-        spectra, node = _spectra(sources, [name, None], layer)
+        spectra, node = _spectra(sources, [name, None][: len(sources)], layer)
         display = cls(spectra, layer=node, normalize=normalize)
         return display.plot(ax=ax, **kwargs)
 
 
 # -- ablation curves -------------------------------------------------------------------
+
+
+def _checked_curve(name, curve):
+    """``(n_features, scores)`` as float arrays of one length, counts >= 0."""
+    if len(curve) != 2:
+        raise ValueError(f"curve {name!r} must be a pair (n_features, scores)")
+    n = _curve(curve[0], f"n_features of {name!r}")
+    scores = _curve(curve[1], f"scores of {name!r}")
+    if n.shape != scores.shape:
+        raise ValueError(f"curve {name!r}: {n.size} feature counts but {scores.size} scores")
+    if n.min() < 0:
+        raise ValueError(f"curve {name!r}: feature counts must be >= 0; got {n.min():g}")
+    return n, scores
 
 
 class AblationCurveDisplay:
@@ -255,11 +328,14 @@ class AblationCurveDisplay:
         AblationCurveDisplay
             ``self``, with ``lines_``, ``baseline_line_``, ``ax_`` and ``figure_`` set.
         """
+        label = _label_of(kwargs, self.curves)
+        curves = {label or name: _checked_curve(name, curve) for name, curve in self.curves.items()}
+        if self.baseline is not None and not np.isfinite(self.baseline):
+            raise ValueError(f"baseline must be a finite score; got {self.baseline!r}")
         ax = axes_or_new(ax)
         style = {"marker": "o", **kwargs}
         self.lines_ = {
-            name: ax.plot(n, scores, label=name, **style)[0]
-            for name, (n, scores) in self.curves.items()
+            name: ax.plot(n, scores, label=name, **style)[0] for name, (n, scores) in curves.items()
         }
         self.baseline_line_ = None
         if self.baseline is not None:
@@ -270,12 +346,8 @@ class AblationCurveDisplay:
         # magnitude; symlog shows both, where log cannot show 0.
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlim(left=0)
-        ax.set_xlabel("features kept")
-        ax.set_ylabel(self.score_name)
         title = "Node ablation" + (f" of {self.layer!r}" if self.layer is not None else "")
-        if ax.get_title() not in ("", title):  # another layer already drawn here
-            title = "Node ablation"
-        ax.set_title(title)
+        _label_axes(ax, "features kept", self.score_name, title, "Node ablation")
         ax.legend()
         self.ax_, self.figure_ = ax, ax.figure
         return self
@@ -328,6 +400,7 @@ class AblationCurveDisplay:
         -------
         AblationCurveDisplay
         """
+        pyplot()  # before the ablation passes, not after them
         _, basis = _fitted_node(estimator, layer)
         n, scores = ablation_curve(
             estimator, X, y, n_features=n_features, layer=layer, scoring=scoring, verbose=verbose
@@ -372,18 +445,9 @@ class AblationCurveDisplay:
         -------
         AblationCurveDisplay
         """
-        checked = {}
-        for name, curve in dict(curves).items():
-            if len(curve) != 2:
-                raise ValueError(f"curve {name!r} must be a pair (n_features, scores)")
-            n = _curve(curve[0], f"n_features of {name!r}")
-            scores = _curve(curve[1], f"scores of {name!r}")
-            if n.shape != scores.shape:
-                raise ValueError(
-                    f"curve {name!r}: {n.size} feature counts but {scores.size} scores"
-                )
-            checked[name] = (n, scores)
-        if not checked:
+        curves = dict(curves)
+        if not curves:
             raise ValueError("curves is empty: give at least one (n_features, scores) pair")
+        checked = {name: _checked_curve(name, curve) for name, curve in curves.items()}
         display = cls(checked, baseline=baseline, score_name=score_name, layer=layer)
         return display.plot(ax=ax, **kwargs)

@@ -1,10 +1,8 @@
-"""New matplotlib axes for the displays (matplotlib is imported only here, when drawing)."""
+"""matplotlib for the displays, imported only when something is drawn."""
 
 
-def axes_or_new(ax, figsize=(6, 4)):
-    """``ax``, or the axes of a new figure (matplotlib is only needed from here on)."""
-    if ax is not None:
-        return ax
+def pyplot():
+    """``matplotlib.pyplot``, or an ImportError that says how to install it."""
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -12,4 +10,11 @@ def axes_or_new(ax, figsize=(6, 4)):
             "Plotting needs matplotlib: pip install matplotlib (or, in a checkout of "
             'sklearn-lib, pip install -e ".[plot]")'
         ) from exc
-    return plt.subplots(figsize=figsize)[1]
+    return plt
+
+
+def axes_or_new(ax, figsize=(6, 4)):
+    """``ax``, or the axes of a new figure."""
+    if ax is not None:
+        return ax
+    return pyplot().subplots(figsize=figsize)[1]

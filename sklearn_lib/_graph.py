@@ -225,12 +225,15 @@ class InteractionGraph:
 
         Returns
         -------
-        InteractionGraphDisplay
-            The display; its ``ax_`` holds the drawing.
+        matplotlib Axes
+            The drawing; :meth:`InteractionGraphDisplay.from_graph
+            <sklearn_lib.InteractionGraphDisplay.from_graph>` draws the same
+            and keeps its data.
         """
         from ._graph_display import InteractionGraphDisplay
 
-        return InteractionGraphDisplay.from_graph(self, top_edges=top_edges, ax=ax, **kwargs)
+        display = InteractionGraphDisplay.from_graph(self, top_edges=top_edges, ax=ax, **kwargs)
+        return display.ax_
 
 
 # -- persistence -----------------------------------------------------------------------

@@ -27,7 +27,9 @@ def _strongest_edges(graph, top_edges, shown):
         if E.size == 0 or E.max() <= 0:
             strongest[(src, dst)] = (np.zeros(0, int), np.zeros(0, int), np.zeros(0))
             continue
-        order = np.argsort(-E, axis=None, kind="stable")[:top_edges][::-1]
+        order = np.argsort(-E, axis=None, kind="stable")[:top_edges]
+        # An edge of zero is no interaction; drawn, it would look like a weak one.
+        order = order[E.flat[order] > 0][::-1]
         i, j = np.unravel_index(order, E.shape)
         strongest[(src, dst)] = (i, j, E.flat[order] / E.max())
     return strongest

@@ -122,6 +122,54 @@ def test_spectrum_display_takes_a_sklearn_pca_and_arrays(fitted):
     np.testing.assert_allclose(drawn.lines_["given"].get_ydata(), [1.0, 0.5, 0.25])
 
 
+def test_zero_eigenvalues_are_gaps_not_points_at_the_smallest_float():
+    # A PCA of ReLU activations with dead units ends in exact zeros.
+    display = SpectrumDisplay({"s": [4.0, 1.0, 0.0, -1e-17]}).plot()
+    y = display.lines_["s"].get_ydata()
+    np.testing.assert_allclose(y[:2], [1.0, 0.25])
+    assert np.isnan(y[2:]).all()
+    assert display.ax_.get_ylim()[0] > 1e-3
+    with pytest.raises(ValueError, match="no positive value"):
+        SpectrumDisplay({"s": [0.0, 0.0]}).plot()
+
+
+def test_plot_spectrum_takes_what_it_took_before(fitted):
+    from sklearn.decomposition import IncrementalPCA, TruncatedSVD
+
+    from sklearn_lib.plotting import plot_spectrum
+
+    _, X, lib, _ = fitted
+    ax = plot_spectrum(
+        torch.tensor([2.0, 1.0]), IncrementalPCA().fit(X), TruncatedSVD(2).fit(X), labels=[]
+    )
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "spectrum",
+        "IncrementalPCA variance (sklearn)",
+        "TruncatedSVD variance (sklearn)",
+    ]
+    with pytest.raises(ValueError, match="1 labels for 2 spectra"):
+        plot_spectrum(lib, [1.0], labels=["one"])
+    with pytest.raises(NotFittedError):
+        plot_spectrum(PCA())
+
+
+def test_a_display_keeps_the_titles_and_labels_already_on_the_axes(fitted):
+    _, X, lib, pca = fitted
+    ax = plt.subplots()[1]
+    ax.set_title("Mine")
+    SpectrumDisplay.from_estimator(lib, ax=ax, label="LIB at fc2")
+    assert ax.get_title() == "Mine"
+    assert _legend(ax) == ["LIB at fc2"]
+    first = AblationCurveDisplay.from_curves({"a": ([1, 2], [0.5, 0.6])}, layer="fc2")
+    AblationCurveDisplay.from_curves(
+        {"b": ([1, 2], [0.4, 0.7])}, layer="fc3", score_name="R²", ax=first.ax_
+    )
+    assert first.ax_.get_title() == "Node ablation"  # two layers: named neither
+    assert first.ax_.get_ylabel() == "score"  # the first display's label stays
+    with pytest.raises(ValueError, match="names one line, but this display draws 2"):
+        SpectrumDisplay({"a": [1.0], "b": [1.0]}).plot(label="x")
+
+
 def test_spectrum_display_refuses_bad_input(fitted):
     model, _, lib, _ = fitted
     with pytest.raises(NotFittedError):
@@ -186,6 +234,13 @@ def test_ablation_from_curves_checks_its_curves():
         AblationCurveDisplay.from_curves({"a": ([0, 1],)})
     with pytest.raises(ValueError, match="empty"):
         AblationCurveDisplay.from_curves({})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        AblationCurveDisplay.from_curves({"a": ([-1, 1], [0.1, 0.2])})
+    with pytest.raises(ValueError, match="baseline must be a finite score"):
+        AblationCurveDisplay.from_curves({"a": ([0, 1], [0.1, 0.2])}, baseline=np.nan)
+    # The constructor's path checks its data the same way.
+    with pytest.raises(ValueError, match="NaN"):
+        AblationCurveDisplay({"a": ([0, 1], [0.1, np.nan])}).plot()
 
 
 def test_the_digits_demo_draws_lib_and_pca_on_one_axis(tmp_path):
@@ -217,6 +272,9 @@ def test_the_digits_demo_draws_lib_and_pca_on_one_axis(tmp_path):
     # The demo's own figure (--plot): two axes, each with LIB and PCA.
     main(["--ks", "1,4", "--plot", str(tmp_path / "demo.png")])
     assert (tmp_path / "demo.png").stat().st_size > 0
+    # A k beyond both bases still gives each its curve (ending at all features).
+    main(["--ks", "64", "--plot", str(tmp_path / "wide.png")])
+    assert (tmp_path / "wide.png").stat().st_size > 0
 
 
 # -- InteractionGraphDisplay -----------------------------------------------------------
@@ -244,13 +302,46 @@ def test_graph_display_draws_the_strongest_edges(fitted):
     assert display.ax_.figure is display.figure_
 
 
-def test_graph_plot_returns_its_display(fitted):
+def test_the_lines_and_dots_sit_where_the_data_says(fitted):
     _, X, lib, _ = fitted
     graph = lib.interaction_graph(X)
-    display = graph.plot(top_edges=2, max_features=2)
-    assert isinstance(display, InteractionGraphDisplay)
-    assert display.top_edges == 2
-    assert all(len(v[0]) <= 2 for v in display.edges_shown_.values())
+    display = InteractionGraphDisplay.from_graph(graph, top_edges=5, max_features=4)
+    lines = iter(display.edge_lines_)
+    for col, section in enumerate(graph.sections):  # sections left to right
+        for i, j, share in zip(*display.edges_shown_[section]):
+            line = next(lines)
+            # From input feature j (column col) to output feature i (column col + 1).
+            assert list(line.get_xdata()) == [col, col + 1]
+            assert list(line.get_ydata()) == [-j, -i]
+            assert line.get_linewidth() == pytest.approx(0.3 + 4 * share)
+    for col, node in enumerate(graph.nodes):
+        lam = graph.lambdas[node][: display.features_shown_[node]]
+        dots = display.nodes_[node]
+        np.testing.assert_array_equal(
+            dots.get_offsets(), np.column_stack([np.full(len(lam), col), -np.arange(len(lam))])
+        )
+        np.testing.assert_allclose(dots.get_array(), np.log10(lam))
+
+
+def test_zero_edges_are_not_drawn():
+    from sklearn_lib import InteractionGraph
+
+    E = np.zeros((3, 3))
+    E[1, 2] = 5.0
+    lam = np.array([3.0, 2.0, 1.0])
+    graph = InteractionGraph(["a", "b"], {"a": lam, "b": lam}, {("a", "b"): E})
+    display = InteractionGraphDisplay.from_graph(graph)
+    i, j, share = display.edges_shown_[("a", "b")]
+    assert (i.tolist(), j.tolist(), share.tolist()) == ([1], [2], [1.0])
+    assert len(display.edge_lines_) == 1
+
+
+def test_graph_plot_draws_through_the_display(fitted):
+    _, X, lib, _ = fitted
+    graph = lib.interaction_graph(X)
+    ax = graph.plot(top_edges=2, max_features=2)
+    drawn = [line for line in ax.get_lines() if len(line.get_xdata())]
+    assert len(drawn) == 2 * len(graph.sections)
 
 
 def test_graph_display_refuses_bad_input(fitted):

@@ -65,7 +65,7 @@ def _edges_drawn(ax):
 
 def test_plot_interaction_graph(lib_and_graph):
     _, graph, _ = lib_and_graph
-    ax = graph.plot(top_edges=5).ax_
+    ax = graph.plot(top_edges=5)
     # 5 edges per section, 2 sections; one scatter per node layer.
     assert len(_edges_drawn(ax)) == 10
     assert len(ax.collections) == 3
