@@ -43,7 +43,7 @@ from scipy.linalg import subspace_angles
 
 from sklearn_lib import LIBTransformer, ablation_curve, edges_needed
 
-parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+parser = argparse.ArgumentParser(description="LIB vs PCA in a small language model")
 parser.add_argument("--smoke", action="store_true", help="tiny run for the tests")
 parser.add_argument("--output-dir", default="figures")
 parser.add_argument("--train-seconds", type=float, default=210.0, help="training time budget")

@@ -47,8 +47,9 @@ class ActivationTransformer(_ModelLayerTransformer):
     activation_shape_ : tuple
         Per-sample activation shape ``(*positions, d)``.
     batch_size_ : int
-        Samples per batch of array data (``batch_size``, or the one
-        ``"auto"`` chose).
+        Samples per batch of array data in every pass (``batch_size``, or
+        the one ``"auto"`` chose for the memory budget; fewer samples make
+        one batch).
     input_shape_ : tuple
         Per-sample shape of ``X``.
     n_features_in_ : int
@@ -130,7 +131,7 @@ class ActivationTransformer(_ModelLayerTransformer):
 
         Returns
         -------
-        ndarray of shape (n_samples, prod(activation_shape_)), float64
+        ndarray of shape ``(n_samples, prod(activation_shape_))``, float64
             NaN at padded positions (an ``attention_mask`` among dict inputs).
         """
         check_is_fitted(self)

@@ -123,7 +123,9 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             return
         size = per_sample()
         if isinstance(size, float):
-            size = auto_batch_size(size, session.device, source.n_samples)
+            # Not capped by this fit's number of samples: later passes (transform,
+            # the ablations) may read far more data, e.g. after a fit on a few samples.
+            size = auto_batch_size(size, session.device)
         self.batch_size_ = size
         if isinstance(source, ArraySource):
             source.batch_size = size

@@ -179,15 +179,15 @@ class LIBTransformer(_ModelLayerTransformer):
 
     Attributes
     ----------
-    components_ : ndarray of shape (n_components_, n_features)
+    components_ : ndarray of shape ``(n_components_, n_features)``
         Rows are the kept columns of ``C``:
         ``transform_activations(A) == (A - mean_) @ components_.T``.
-    inverse_components_ : ndarray of shape (n_components_, n_features)
+    inverse_components_ : ndarray of shape ``(n_components_, n_features)``
         The first ``n_components_`` rows of the *full* pseudo-inverse ``C+``;
         ``inverse_transform(Z) == Z @ inverse_components_ + mean_``.
     mean_ : ndarray of shape (n_features,)
         Per-feature mean of the activations (zeros if ``center=False``).
-    lambdas_ : ndarray of shape (n_components_,)
+    lambdas_ : ndarray of shape ``(n_components_,)``
         ``Lambda`` of the kept features, descending (variances for PCA).
     n_components_ : int
         Number of kept features.
@@ -209,8 +209,9 @@ class LIBTransformer(_ModelLayerTransformer):
         the sources in all, the estimated Lambda error and subspace cosine,
         and whether it converged.
     batch_size_ : int
-        Samples per batch of array data (``batch_size``, or the one
-        ``"auto"`` chose).
+        Samples per batch of array data in every pass (``batch_size``, or
+        the one ``"auto"`` chose for the memory budget; fewer samples make
+        one batch).
     interaction_graph_ : InteractionGraph
         With ``compute_graph=True``: the interaction graph of the fitting data.
     input_shape_ : tuple
@@ -534,7 +535,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Returns
         -------
-        ndarray of shape (n_samples, n_positions_ * n_components_)
+        ndarray of shape ``(n_samples, n_positions_ * n_components_)``
             Position-major columns (see Notes of the class).
         """
         check_is_fitted(self)
@@ -547,12 +548,12 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        A : array-like of shape (n_samples, *activation_shape_) or (n_samples, P * d)
+        A : array-like of shape ``(n_samples, *activation_shape_)`` or (n_samples, P * d)
             Or a stream of such batches.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_positions_ * n_components_)
+        ndarray of shape ``(n_samples, n_positions_ * n_components_)``
         """
         check_is_fitted(self)
 
@@ -578,13 +579,13 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_positions_ * n_components_)
+        X : array-like of shape ``(n_samples, n_positions_ * n_components_)``
             Or a stream of such batches.  Positions whose columns are all NaN
             (padded ones, as ``transform`` returns them) stay NaN.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_positions_ * n_features)
+        ndarray of shape ``(n_samples, n_positions_ * n_features)``
             Activations flattened per sample, position-major (as
             :class:`ActivationTransformer` returns them).
         """
@@ -685,7 +686,7 @@ class LIBTransformer(_ModelLayerTransformer):
         ----------
         X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
             Model inputs.
-        y : array-like of shape (n_samples,) or (n_samples, *output positions), default=None
+        y : array-like of shape (n_samples,) or ``(n_samples, *output positions)``, default=None
             Class labels.  Given, the score is the accuracy of the argmax of
             the last output axis of the ablated model.  Without ``y`` it is
             the coefficient of determination ``1 - SSE / SST`` of the ablated

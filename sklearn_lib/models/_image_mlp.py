@@ -6,8 +6,9 @@ from torch import nn
 
 
 class ImageMLP(nn.Sequential):
-    """``flatten -> fc1 -> act1 -> fc2 -> act2 -> ... -> out``, ReLU.
+    """A ReLU MLP on images, its Linear layers named ``fc1``, ``fc2`` up to ``out``.
 
+    The layers are ``flatten -> fc1 -> act1 -> fc2 -> act2 -> ... -> out``.
     Node layers are the inputs of the Linear layers: ``"fc1"`` (the flattened
     image), ``"fc2"``, ..., and ``"out"``; each is a cut.
 

@@ -155,11 +155,12 @@ class ModularAdditionTransformer(nn.Module):
         src, dst : str or None
             Node layers of the section (``dst`` None: the model output).
         capture : {"input", "output"}
-        points : torch.Tensor of shape (m, *positions, d_model)
+        points : torch.Tensor of shape ``(m, *positions, d_model)``
             Activations at ``src``.
-        cotangents : torch.Tensor of shape (R, *output positions, d_out)
-        tangents : (torch.Tensor of shape (J, d_model), torch.Tensor of shape (m, *positions, J))
-            Optional directions ``v`` and per-point coefficients ``a``.
+        cotangents : torch.Tensor of shape ``(R, *output positions, d_out)``
+        tangents : (torch.Tensor, torch.Tensor), optional
+            Directions ``v`` of shape ``(J, d_model)`` and per-point
+            coefficients ``a`` of shape ``(m, *positions, J)``.
 
         Returns
         -------

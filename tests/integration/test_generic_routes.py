@@ -222,7 +222,9 @@ def test_auto_batches_give_the_same_fit():
     model, X = user_transformer(), modadd_tokens(300)
     auto = fit(model, X, LAYERS)
     assert auto.get_params()["batch_size"] == "auto"
-    assert auto.batch_size_ == 300  # small activations: one batch of all samples
+    # Small activations: one batch holds all samples, and the size is the budget's,
+    # not this fit's sample count, for passes over more data later.
+    assert auto.batch_size_ > 300 and auto.batch_size_ & (auto.batch_size_ - 1) == 0
     small = fit(model, X, LAYERS, batch_size=7)
     assert small.batch_size_ == 7
     assert_same_fit(auto, small, 1e-10)
@@ -275,10 +277,12 @@ def test_activation_transformer_batches_automatically():
 
     model, X = tanh_mlp(), np.random.default_rng(0).normal(size=(70, 4))
     acts = ActivationTransformer(model, "fc2").fit(X)
-    assert acts.batch_size_ == 70
+    assert acts.batch_size_ == 4096  # 8 activations a sample: the largest batch
     np.testing.assert_allclose(
         acts.transform(X), ActivationTransformer(model, "fc2", batch_size=3).fit_transform(X)
     )
+    # A fit on two samples must not leave later passes two samples at a time.
+    assert ActivationTransformer(model, "fc2").fit(X[:2]).batch_size_ == 4096
 
 
 def test_auto_sources_keep_cheap_exact_sections_exact():
