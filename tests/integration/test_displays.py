@@ -277,6 +277,47 @@ def test_the_digits_demo_draws_lib_and_pca_on_one_axis(tmp_path):
     assert (tmp_path / "wide.png").stat().st_size > 0
 
 
+def test_the_modular_addition_model_draws_lib_and_pca_on_one_axis():
+    # The paper's architecture (random weights, p = 23) at its three node layers,
+    # as the modular-addition example draws them.
+    from sklearn_lib.datasets import make_modular_addition
+    from sklearn_lib.models import ModularAdditionTransformer, accuracy
+
+    torch.manual_seed(0)
+    model = ModularAdditionTransformer(p=23, d_model=16, n_heads=2, d_head=8, d_mlp=32).double()
+    X_train, X_test, y_train, y_test = make_modular_addition(p=23, frac_train=0.5)
+    layers = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
+    fits = {
+        basis: LIBTransformer(model, layers[0], downstream_layers=layers[1:], basis=basis).fit(
+            X_train
+        )
+        for basis in ("lib", "pca")
+    }
+    spectra = SpectrumDisplay.from_estimator(fits["lib"], fits["pca"], layer="unembed")
+    for name, basis in [("LIB Lambda", "lib"), ("PCA variance", "pca")]:
+        lam = fits[basis].bases_["unembed"].lambdas
+        np.testing.assert_allclose(
+            spectra.lines_[f"{name} of 'unembed'"].get_ydata(), lam / lam.max()
+        )
+    unablated = accuracy(model, X_test, y_test)
+    curves = None
+    for basis, fit in fits.items():
+        width = fit.bases_["unembed"].matrix.shape[1]
+        curves = AblationCurveDisplay.from_estimator(
+            fit,
+            X_test,
+            y_test,
+            n_features=[1, width],
+            layer="unembed",
+            baseline=unablated,
+            ax=None if curves is None else curves.ax_,
+        )
+        # All features kept: the model's own test accuracy.
+        assert curves.lines_[basis.upper()].get_ydata()[-1] == pytest.approx(unablated)
+    assert _legend(curves.ax_)[:3] == ["LIB", "unablated", "PCA"]
+    assert curves.ax_.get_title() == "Node ablation of 'unembed'"
+
+
 # -- InteractionGraphDisplay -----------------------------------------------------------
 
 
