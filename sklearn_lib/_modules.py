@@ -110,7 +110,7 @@ def graph_modules(graph, resolution=1.0, random_state=None):
     return GraphModules(labels, float(score), method)
 
 
-def _leiden(graph, resolution, random_state):  # pragma: no cover - needs leidenalg
+def _leiden(graph, resolution, random_state):
     import igraph
     import leidenalg
 

@@ -35,6 +35,7 @@ every closed form it is checked against autograd once per section before use
 
 import inspect
 import operator
+import threading
 from functools import partial
 from typing import NamedTuple
 
@@ -218,8 +219,21 @@ class ResidualMLP:
 
 
 # -- detection ---------------------------------------------------------------------------
+#: fx patches ``torch.nn.Module.__call__`` and ``__getattr__`` process-wide while
+#: it traces and restores them after; two traces at once in two threads could
+#: restore each other's patches and leave one installed for good.
+_TRACE_LOCK = threading.Lock()
+
+
 class _LeafTracer(fx.Tracer):
-    """fx's tracer with the named modules as leaves, besides torch.nn's own."""
+    """fx's tracer with the named modules as leaves, besides torch.nn's own.
+
+    Safe next to other threads: while it traces, fx sends every thread's
+    module calls and attribute reads through it (the patches above), and a
+    model served by another thread (the user's own, say) would fail with
+    "module is not installed as a submodule".  Calls from any thread but the
+    tracing one run as they would without fx.
+    """
 
     # Buffers as graph inputs too, so that slicing one by a traced size traces
     # (the causal mask of an attention layer).
@@ -228,6 +242,28 @@ class _LeafTracer(fx.Tracer):
     def __init__(self, leaves):
         super().__init__()
         self.leaves = leaves
+        self._thread = None
+
+    def trace(self, root, concrete_args=None):
+        with _TRACE_LOCK:
+            self._thread = threading.get_ident()
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                self._thread = None
+
+    def _foreign(self):
+        return threading.get_ident() != self._thread
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._foreign():
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self._foreign():
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m, name):
         return name in self.leaves or super().is_leaf_module(m, name)

@@ -62,14 +62,29 @@ def _same_partition(found, truth, nodes):
     return len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
 
 
-def test_two_independent_networks_are_two_modules(two_networks):
+@pytest.fixture(params=["leiden", "louvain"])
+def method(request, monkeypatch):
+    """Each algorithm in turn: Leiden where leidenalg is installed, Louvain with it hidden."""
+    if request.param == "leiden" and importlib.util.find_spec("leidenalg") is None:
+        pytest.skip("needs leidenalg (pip install -e '.[leiden]')")
+    if request.param == "louvain":
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a: None if name == "leidenalg" else find_spec(name, *a),
+        )
+    return request.param
+
+
+def test_two_independent_networks_are_two_modules(two_networks, method):
     graph, truth = two_networks
     # A low resolution: modules are what modularity cannot split with gain.
     found = graph.modules(resolution=0.1, random_state=0)
     assert isinstance(found, GraphModules) and found.n_modules == 2
     assert _same_partition(found, truth, graph.nodes)
     assert 0.85 < found.modularity <= 1.0
-    assert found.method == ("leiden" if importlib.util.find_spec("leidenalg") else "louvain")
+    assert found.method == method
     # At the default resolution modularity splits each network along its
     # strongest paths, but no module ever spans both.
     finer = graph.modules(random_state=0)
