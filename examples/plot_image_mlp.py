@@ -42,6 +42,11 @@ parser.add_argument("--smoke", action="store_true", help="tiny run for the tests
 parser.add_argument("--output-dir", default="figures")
 parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy tolerance")
 args = parser.parse_args()  # an unknown flag is an error, not ignored
+if args.smoke:  # the gallery's pages come from smoke runs: say so where the numbers are
+    print(
+        "SMOKE RUN (--smoke): a tiny version of this example, to show that it runs; "
+        "its numbers and figures are not results (run it without --smoke for those).\n"
+    )
 os.makedirs(args.output_dir, exist_ok=True)
 
 

@@ -75,6 +75,11 @@ parser.add_argument(
     "busy 2-core machine",
 )
 args = parser.parse_args()
+if args.smoke:  # the gallery's pages come from smoke runs: say so where the numbers are
+    print(
+        "SMOKE RUN (--smoke): a tiny version of this example, to show that it runs; "
+        "its numbers and figures are not results (run it without --smoke for those).\n"
+    )
 K_GRID = (0, 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # features kept
 if args.smoke:  # a tiny model on a tiny corpus: seconds
     args.max_steps, args.corpus_mb = 30, 0.25

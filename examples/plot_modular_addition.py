@@ -52,6 +52,11 @@ parser.add_argument("--output-dir", default="figures")
 parser.add_argument("--report", default=None, help="write a markdown reproduction report here")
 parser.add_argument("--tolerance", type=float, default=1e-3, help="accuracy tolerance")
 args = parser.parse_args()  # an unknown flag is an error, not ignored
+if args.smoke:  # the gallery's pages come from smoke runs: say so where the numbers are
+    print(
+        "SMOKE RUN (--smoke): a tiny version of this example, to show that it runs; "
+        "its numbers and figures are not results (run it without --smoke for those).\n"
+    )
 seeds = [int(s) for s in args.seeds.split(",")]
 if args.smoke:
     seeds = seeds[:1]

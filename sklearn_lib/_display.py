@@ -339,8 +339,17 @@ class AblationCurveDisplay:
         }
         self.baseline_line_ = None
         if self.baseline is not None:
-            self.baseline_line_ = ax.axhline(
-                self.baseline, color="grey", linestyle="--", label="unablated"
+            # Several displays on one axis with one baseline: one dashed line.
+            drawn = [
+                line
+                for line in ax.get_lines()
+                if line.get_label() == "unablated"
+                and np.allclose(line.get_ydata(), self.baseline, rtol=0, atol=0)
+            ]
+            self.baseline_line_ = (
+                drawn[0]
+                if drawn
+                else ax.axhline(self.baseline, color="grey", linestyle="--", label="unablated")
             )
         # Feature counts run from 0 (everything ablated) over orders of
         # magnitude; symlog shows both, where log cannot show 0.

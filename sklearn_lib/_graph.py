@@ -198,7 +198,7 @@ class InteractionGraph:
         ----------
         resolution : float, default=1.0
             Larger values give more, smaller modules.
-        random_state : int or None, default=None
+        random_state : int, RandomState instance or None, default=None
             Seeds the algorithm: the same seed, the same modules.
 
         Returns

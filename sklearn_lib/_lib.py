@@ -472,7 +472,7 @@ class LIBTransformer(_ModelLayerTransformer):
         _save(self, path)
 
     @classmethod
-    def load(cls, path, model):
+    def load(cls, path, model, *, device=None):
         """A fitted estimator from a file of :meth:`save` and the model it describes.
 
         The model is checked: it must have the saved node layers, in order,
@@ -480,13 +480,18 @@ class LIBTransformer(_ModelLayerTransformer):
         forward pass on a probe of zeros of the saved input shape).  If its
         weights differ from those the bases were fitted on, later calls warn
         with :class:`~sklearn_lib.exceptions.StaleBasisWarning`, as after a
-        fit.
+        fit.  The saved parameters are checked as ``fit`` checks them, and
+        ``set_output`` survives the round trip.
 
         Parameters
         ----------
         path : str or os.PathLike
             The file, exactly as given to :meth:`save`.
         model : torch.nn.Module or skorch net
+        device : str or torch.device, optional
+            Where later passes run.  None keeps the saved ``device`` where
+            this machine has it, and otherwise falls back to ``"auto"`` with
+            a warning: a fit saved on a GPU machine loads on a laptop.
 
         Returns
         -------
@@ -499,7 +504,7 @@ class LIBTransformer(_ModelLayerTransformer):
             with, another format: the message names the file and the
             problem), or the model does not fit its bases.
         """
-        return _load(cls, path, model)
+        return _load(cls, path, model, device)
 
     # -- mapping -----------------------------------------------------------------------
     @property

@@ -11,6 +11,7 @@ networkx comes with torch, so nothing extra is needed.
 
 import importlib.util
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 
@@ -77,9 +78,10 @@ def graph_modules(graph, resolution=1.0, random_state=None):
     graph : InteractionGraph
     resolution : float, default=1.0
         Modularity's resolution: larger values give more, smaller modules.
-    random_state : int or None, default=None
+    random_state : int, RandomState instance or None, default=None
         Seeds the algorithm's random order; the same seed gives the same
-        modules.
+        modules (a ``RandomState`` gives a seed from its stream, as
+        scikit-learn's estimators take it).
 
     Returns
     -------
@@ -90,7 +92,21 @@ def graph_modules(graph, resolution=1.0, random_state=None):
 
     if not resolution > 0:
         raise ValueError(f"resolution must be positive, got {resolution!r}")
+    if isinstance(random_state, np.random.RandomState):
+        # Both algorithms take an int seed; a RandomState gives one from its stream.
+        random_state = int(random_state.randint(2**31 - 1))
+    elif random_state is not None and (
+        isinstance(random_state, bool) or not isinstance(random_state, Integral)
+    ):
+        raise ValueError(
+            f"random_state must be an int, a RandomState instance or None; got {random_state!r}"
+        )
     directed = to_networkx(graph)
+    if directed.number_of_edges() == 0:
+        raise ValueError(
+            "the interaction graph has no nonzero edge: modularity is undefined "
+            "(every feature would be a module of its own)"
+        )
     undirected = nx.Graph()
     undirected.add_nodes_from(directed.nodes)
     undirected.add_weighted_edges_from((a, b, w) for a, b, w in directed.edges(data="weight"))

@@ -18,16 +18,18 @@ the given model's weights differ.
 """
 
 import json
+import warnings
 
 import numpy as np
 import torch
 
-from ._basis import NodeBasis
+from ._basis import OUTPUT_NODE, NodeBasis
 from ._capture import inspect_node_layers
 from ._fit import SourceRounds
 from ._graph import InteractionGraph, _check_arrays
 from ._inputs import is_dict
 from ._persistence import CONTENT_ERRORS, as_path, json_default, read_npz, write_atomically
+from ._session import resolve_device
 
 _FORMAT = "sklearn-lib LIBTransformer"
 _VERSION = 1
@@ -70,6 +72,9 @@ def save(estimator, path):
             arrays[f"graph_lambdas_{i}"] = np.asarray(graph.lambdas[node], dtype=np.float64)
         for i, section in enumerate(graph.sections):
             arrays[f"graph_edges_{i}"] = np.asarray(graph.edges[section], dtype=np.float64)
+    output_config = getattr(estimator, "_sklearn_output_config", {}).get("transform")
+    if output_config is not None:
+        meta["output_config"] = {"transform": output_config}
     text = json.dumps(meta, default=json_default)
     write_atomically(path, lambda file: np.savez_compressed(file, meta=np.array(text), **arrays))
 
@@ -125,7 +130,7 @@ def _shape_json(shape):
 
 
 # -- reading --------------------------------------------------------------------------------
-def load(cls, path, model):
+def load(cls, path, model, device=None):
     """A fitted ``cls`` from ``path`` and ``model`` (see ``LIBTransformer.load``)."""
     path = as_path(path)
     with open(path, "rb") as file:
@@ -135,19 +140,51 @@ def load(cls, path, model):
                 raise ValueError("no 'meta' array")
             meta = _parse(str(arrays.pop("meta")[()]))
             estimator = cls(model, **_params(meta["params"]))
+            # The parameters as fit would check them: a tampered value is refused
+            # here, not by the first transform.
+            estimator._validate_params()
             bases = _bases(meta["bases"], arrays)
             graph = _graph(meta.get("graph"), arrays)
             if arrays:
                 raise ValueError(f"unexpected arrays {sorted(arrays)}")
             fitted = meta["fitted"]
             output_shape = tuple(_ints(fitted["output_shape_"], "output_shape_"))
-            if list(bases)[:1] != [estimator.layer]:
-                raise ValueError(f"the first basis is not of layer {estimator.layer!r}")
+            layers = [estimator.layer, *estimator.downstream_layers, OUTPUT_NODE]
+            if list(bases) != layers:
+                raise ValueError(
+                    f"the bases are of {list(bases)}, but the parameters name {layers}"
+                )
         except CONTENT_ERRORS + (TypeError, AttributeError) as exc:
             raise ValueError(f"{path!r} is not a saved {cls.__name__}: {exc}") from exc
     _set_fitted(estimator, fitted, bases, output_shape, graph, path)
+    _set_device(estimator, device, path)
+    output_config = meta.get("output_config")
+    if output_config:  # set_output(transform="pandas") survives the round trip
+        estimator.set_output(**output_config)
     _check_model(estimator, path)
     return estimator
+
+
+def _set_device(estimator, device, path):
+    """``device`` if given; else the saved one where this machine has it, else "auto".
+
+    A fit saved on a GPU machine (``device="cuda:3"``, say) loads on a laptop.
+    """
+    if device is not None:
+        estimator.set_params(device=device)
+        resolve_device(device)  # a device this machine lacks is refused now, by name
+        return
+    try:
+        resolve_device(estimator.device)
+    except ValueError as exc:
+        warnings.warn(
+            f"{path!r} was saved with device={estimator.device!r}, which this machine "
+            f"cannot use ({exc}); loaded with device='auto'. Pass load(..., device=...) "
+            "to choose one.",
+            UserWarning,
+            stacklevel=3,
+        )
+        estimator.set_params(device="auto")
 
 
 def _parse(text):
@@ -237,14 +274,15 @@ def _set_fitted(estimator, fitted, bases, output_shape, graph, path):
         else:
             estimator.input_shape_ = tuple(shape)
         estimator._input_dtypes_ = fitted["input_dtypes"]
-        estimator.batch_size_ = int(fitted["batch_size_"])
+        (estimator.batch_size_,) = _ints([fitted["batch_size_"]], "batch_size_")
         estimator.n_stochastic_sources_ = dict(fitted["n_stochastic_sources_"])
         estimator.stochastic_rounds_ = {
             name: SourceRounds(**rounds) for name, rounds in fitted["stochastic_rounds_"].items()
         }
-        for name in ("n_features_in_", "input_fields_"):
-            if name in fitted:
-                setattr(estimator, name, fitted[name])
+        if "n_features_in_" in fitted:
+            (estimator.n_features_in_,) = _ints([fitted["n_features_in_"]], "n_features_in_")
+        if "input_fields_" in fitted:
+            estimator.input_fields_ = fitted["input_fields_"]
         if "feature_names_in_" in fitted:
             estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
         printed = fitted["model_fingerprint"]

@@ -114,3 +114,20 @@ def test_modules_are_reproducible_and_checked(two_networks):
     ) == sum(len(graph.lambdas[n]) for n in graph.nodes)
     with pytest.raises(ValueError, match="resolution must be positive"):
         graph.modules(resolution=0)
+
+
+def test_seeds_and_graphs_modularity_cannot_use(two_networks):
+    from sklearn_lib import InteractionGraph
+
+    graph, truth = two_networks
+    # A RandomState seeds as in scikit-learn: the same state, the same modules.
+    a = graph.modules(resolution=0.1, random_state=np.random.RandomState(0))
+    b = graph.modules(resolution=0.1, random_state=np.random.RandomState(0))
+    assert all(np.array_equal(a.labels[n], b.labels[n]) for n in graph.nodes)
+    assert _same_partition(a, truth, graph.nodes)
+    with pytest.raises(ValueError, match="random_state must be an int"):
+        graph.modules(random_state=0.5)
+    lam = np.array([2.0, 1.0])
+    empty = InteractionGraph(["a", "b"], {"a": lam, "b": lam}, {("a", "b"): np.zeros((2, 2))})
+    with pytest.raises(ValueError, match="no nonzero edge"):
+        empty.modules()

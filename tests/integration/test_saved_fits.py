@@ -237,3 +237,67 @@ def _pickled(obj):
 def test_a_path_that_is_not_there_keeps_its_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         LIBTransformer.load(tmp_path / "nothing.npz", tanh_mlp())
+
+
+def _edit_meta(path, edit):
+    """Rewrite the saved JSON with ``edit(meta)`` applied, as a tamperer would."""
+    import json
+
+    def change(name, data):
+        if name != "meta.npy":
+            return data
+        import io
+
+        meta = json.loads(str(np.load(io.BytesIO(data))[()]))
+        edit(meta)
+        return _npy(np.array(json.dumps(meta)))
+
+    _rewrite(path, change)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: m["params"].update(batch_size="lots"), "batch_size"),
+        (lambda m: m["params"].update(truncation_threshold=-1.0), "truncation_threshold"),
+        (lambda m: m["params"].update(downstream_layers=["fc1"]), r"parameters name"),
+        (lambda m: m["params"].update(layer="fc2"), r"parameters name"),
+        (lambda m: m["fitted"].update(batch_size_=-3), "batch_size_"),
+        (lambda m: m["fitted"].update(n_features_in_=0), "n_features_in_"),
+    ],
+    ids=["batch_size", "threshold", "downstream", "layer", "batch_size_", "n_features_in_"],
+)
+def test_tampered_parameters_are_refused_at_load(saved_mlp, edit, match):
+    _, _, path = saved_mlp
+    _edit_meta(path, edit)
+    with pytest.raises(ValueError, match=match):
+        LIBTransformer.load(path, tanh_mlp())
+
+
+def test_a_gpu_fit_loads_on_a_machine_without_one(saved_mlp):
+    lib, X, path = saved_mlp
+    _edit_meta(path, lambda m: m["params"].update(device="cuda:7"))
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.warns(UserWarning, match=r"saved with device='cuda:7'.*loaded with device='auto'"):
+        back = LIBTransformer.load(path, tanh_mlp())
+    assert back.device == "auto"
+    np.testing.assert_array_equal(back.transform(X), lib.transform(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chosen = LIBTransformer.load(path, tanh_mlp(), device="cpu")
+    assert chosen.device == "cpu"
+    np.testing.assert_array_equal(chosen.transform(X), lib.transform(X))
+    with pytest.raises(ValueError, match="not a device"):
+        LIBTransformer.load(path, tanh_mlp(), device="abacus")
+
+
+def test_set_output_survives_the_round_trip(saved_mlp, tmp_path):
+    pd = pytest.importorskip("pandas")
+    lib, X, _ = saved_mlp
+    lib = clone(lib).set_output(transform="pandas").fit(X)
+    lib.save(tmp_path / "pandas.npz")
+    back = LIBTransformer.load(tmp_path / "pandas.npz", tanh_mlp())
+    out = back.transform(X)
+    assert isinstance(out, pd.DataFrame)
+    pd.testing.assert_frame_equal(out, lib.transform(X))
