@@ -9,6 +9,7 @@ or pass ``-D plot_gallery=0`` to skip running them.
 
 import importlib.util
 import os
+import re
 import sys
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
@@ -46,6 +47,26 @@ numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 
+# Every cross-reference must resolve (-W turns a broken one into an error), except
+# to names of other packages: the build is offline, so there is no intersphinx,
+# and references to numpy, scikit-learn, torch, matplotlib ... render as plain code.
+# Names of this package are never listed here: fix the reference instead (a
+# private name is written as plain ``code``, not as a reference).
+nitpicky = True
+_OTHER_PACKAGES = r"(numpy|np|scipy|sklearn|torch|matplotlib|pandas|networkx|tqdm|transformers)"
+nitpick_ignore_regex = [
+    # Fully qualified, e.g. :class:`sklearn.decomposition.PCA`, :class:`torch.nn.Module`.
+    (r"py:.*", _OTHER_PACKAGES + r"\..+"),
+    (r"py:mod", _OTHER_PACKAGES),
+    # Short names of other packages' types, e.g. :class:`PCA` in a docstring.
+    (
+        r"py:.*",
+        r"(PCA|IncrementalPCA|TruncatedSVD|GridSearchCV|Pipeline|BaseEstimator"
+        r"|TransformerMixin|train_test_split|ndarray|Tensor|Module|DataLoader"
+        r"|Axes|Figure|Colormap|DataFrame|Graph)",
+    ),
+]
+
 # The gallery.  plot_language_model.py needs transformers (the "models" extra):
 # without it the example is left out of the gallery (its header says so).
 _ignore = [r"__init__\.py"]
@@ -72,6 +93,34 @@ except ValueError as exc:
 # link shows as plain text here instead of failing the build.
 myst_heading_anchors = 3
 suppress_warnings = ["myst.xref_missing"]
+
+# guide.md includes sections of README.md, whose links are written for a checkout.
+# Links to docs/*.md become links to those pages (the include's :relative-docs:);
+# here, before MyST reads the text, a built page (docs/_build/<page>.html) and an
+# example (examples/plot_<name>.py) become links to their page of this site, or
+# plain text when the site has no such page (an example left out of the gallery).
+_README_LINK = re.compile(
+    r"\[([^\]]*)\]\((?:docs/_build/(?P<page>[\w/.-]+?)\.html"
+    r"|examples/(?P<example>plot_\w+)\.py)(?P<anchor>#[\w-]*)?\)"
+)
+
+
+def _site_link(match):
+    page = match["page"] or f"auto_examples/{match['example']}"
+    for suffix in source_suffix:
+        if os.path.isfile(os.path.join(DOCS, page + suffix)):
+            return f"[{match[1]}]({page}{suffix}{match['anchor'] or ''})"
+    return match[1]
+
+
+def _readme_links(app, relative_path, parent_docname, content):
+    if os.path.basename(relative_path) == "README.md":
+        content[0] = _README_LINK.sub(_site_link, content[0])
+
+
+def setup(app):
+    app.connect("include-read", _readme_links)
+
 
 html_theme = "alabaster"
 html_title = f"sklearn-lib {release}"

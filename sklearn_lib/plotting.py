@@ -35,7 +35,7 @@ def plot_spectrum(*sources, labels=None, normalize=True, ax=None):
 
     See Also
     --------
-    SpectrumDisplay.from_estimator : the same figure, keeping its data.
+    sklearn_lib.SpectrumDisplay.from_estimator : the same figure, keeping its data.
     """
     spectra, layer = _spectra(sources, labels)
     return SpectrumDisplay(spectra, layer=layer, normalize=normalize).plot(ax=ax).ax_
@@ -61,7 +61,7 @@ def plot_ablation_curves(curves, *, baseline=None, ax=None, ylabel="score"):
 
     See Also
     --------
-    AblationCurveDisplay.from_curves : the same figure, keeping its data.
+    sklearn_lib.AblationCurveDisplay.from_curves : the same figure, keeping its data.
     """
     display = AblationCurveDisplay.from_curves(curves, baseline=baseline, score_name=ylabel, ax=ax)
     return display.ax_
@@ -73,11 +73,31 @@ def plot_edges_needed(results, *, ax=None):
     Parameters
     ----------
     results : dict of str to dict of (str, str) to Sparsity
-        E.g. ``{"LIB": edges_needed(lib, ...), "PCA": edges_needed(pca, ...)}``.
+        E.g. ``{"LIB": edges_needed(lib, ...), "PCA": edges_needed(pca, ...)}``:
+        one group of bars per section (the sections of the first entry, which
+        every entry must have), one bar per entry: the ``n_needed`` of its
+        :class:`~sklearn_lib.Sparsity`, on a symlog axis (so that a section
+        needing no edge shows).
+    ax : matplotlib Axes, optional
+        Draw here (a new figure when None).
+
+    Returns
+    -------
+    matplotlib Axes
+        The axes drawn on, with a bar label on each bar and a legend of the
+        entries.
+
+    See Also
+    --------
+    sklearn_lib.edges_needed : the results drawn here.
     """
-    ax = axes_or_new(ax)
+    if not results or not all(results.values()):
+        raise ValueError(
+            "results is empty: give {name: edges_needed(...)} with at least one section"
+        )
     labels = list(results)
     sections = list(next(iter(results.values())))
+    ax = axes_or_new(ax)
     width = 0.8 / max(len(labels), 1)
     x = np.arange(len(sections))
     for i, label in enumerate(labels):
@@ -116,8 +136,8 @@ def plot_interaction_graph(graph, top_edges=200, *, max_features=30, ax=None, cm
 
     See Also
     --------
-    InteractionGraphDisplay.from_graph : the same figure, keeping its data; its
-        docstring says how the graph is drawn.
+    sklearn_lib.InteractionGraphDisplay.from_graph : the same figure, keeping its
+        data; its docstring says how the graph is drawn.
     """
     display = InteractionGraphDisplay.from_graph(
         graph, top_edges=top_edges, max_features=max_features, ax=ax, cmap=cmap

@@ -132,6 +132,7 @@ class ModularAdditionTransformer(nn.Module):
         self.unembed = Unembed(d_model, n_vocab)
 
     def forward(self, tokens):  # (n, 3) int -> (n, p + 1)
+        """The logits at the last position, ``(n, p + 1)``, of token ids ``(n, 3)``."""
         resid = self.pos_embed(self.embed(tokens))
         for block in self.blocks:
             resid = block(resid)

@@ -113,7 +113,9 @@ def train_modular_addition(
 
     Parameters
     ----------
-    X_train, y_train : the task's training split (:func:`make_modular_addition`)
+    X_train, y_train : array-like
+        The task's training split (from
+        :func:`~sklearn_lib.datasets.make_modular_addition`).
     p : int, default=113
     fast : bool, default=False
         ``False``: the paper's model and settings (AdamW lr 1e-3, weight

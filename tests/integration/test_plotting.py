@@ -101,3 +101,10 @@ def test_a_section_that_needs_no_edge_stays_on_the_axis():
         ax.figure.canvas.draw()
     assert [bar.get_height() for bar in ax.patches] == [0, 0]
     plt.close("all")
+
+
+def test_plot_edges_needed_refuses_empty_results():
+    with pytest.raises(ValueError, match="results is empty"):
+        plot_edges_needed({})
+    with pytest.raises(ValueError, match="results is empty"):
+        plot_edges_needed({"LIB": {}})
