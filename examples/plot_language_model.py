@@ -386,7 +386,8 @@ except ImportError:
     plt = None
     print("\nmatplotlib is not installed: no figures drawn (the numbers above are the result)")
 if plt is not None:
-    from sklearn_lib.plotting import plot_ablation_curves, plot_edges_needed, plot_spectrum
+    from sklearn_lib import AblationCurveDisplay, SpectrumDisplay
+    from sklearn_lib.plotting import plot_edges_needed
 
     short = {layer: layer.replace("transformer.", "") for layer in LAYERS}
     n = len(LAYERS)
@@ -400,19 +401,14 @@ if plt is not None:
                 basis.upper(): (curves[(basis, layer)][0], curves[(basis, layer)][1 + row])
                 for basis in ("lib", "pca")
             }
-            plot_ablation_curves(lines, baseline=baseline, ax=ax, ylabel=what)
+            AblationCurveDisplay.from_curves(lines, baseline=baseline, score_name=what, ax=ax)
             ax.set_title(f"Residual stream into {short[layer]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(args.output_dir, "language_model_ablation.png"), dpi=80)
 
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
     for ax, layer in zip(axes[0], LAYERS):
-        plot_spectrum(
-            fits["lib"].bases_[layer].lambdas,
-            fits["pca"].bases_[layer].lambdas,
-            labels=["LIB Lambda", "PCA variance"],
-            ax=ax,
-        )
+        SpectrumDisplay.from_estimator(fits["lib"], fits["pca"], layer=layer, ax=ax)
         ax.set_title(f"Spectrum into {short[layer]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(args.output_dir, "language_model_spectrum.png"), dpi=80)
