@@ -129,15 +129,9 @@ if plt is not None:
         SpectrumDisplay.from_estimator(fits["lib"], fits["pca"], layer=layer, ax=axes[0, col])
         K = min(fits["lib"].bases_[layer].lambdas.size, fits["pca"].bases_[layer].lambdas.size)
         ks = [k for k in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= K]
-        for basis, est in fits.items():
+        for est in fits.values():  # one baseline: the displays draw its dashed line once
             AblationCurveDisplay.from_estimator(
-                est,
-                X_test,
-                y_test,
-                n_features=ks,
-                layer=layer,
-                baseline=baseline if basis == "pca" else None,  # the dashed line once
-                ax=axes[1, col],
+                est, X_test, y_test, n_features=ks, layer=layer, baseline=baseline, ax=axes[1, col]
             )
         axes[1, col].set_ylabel("test accuracy")
     fig.tight_layout()

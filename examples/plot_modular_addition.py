@@ -214,9 +214,15 @@ if plt is not None:
         ks = sorted(
             {k for k in (0, 1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64) if k <= K}
         )
-        for est, baseline in [(lib, None), (pca, main["test_accuracy"])]:
+        for est in (lib, pca):  # one baseline: the displays draw its dashed line once
             AblationCurveDisplay.from_estimator(
-                est, X_test, y_test, n_features=ks, layer=layer, baseline=baseline, ax=axes[1, col]
+                est,
+                X_test,
+                y_test,
+                n_features=ks,
+                layer=layer,
+                baseline=main["test_accuracy"],
+                ax=axes[1, col],
             )
         axes[1, col].set_ylabel("test accuracy")
     fig.tight_layout()

@@ -72,7 +72,7 @@ def budget_bytes(device):
     return CPU_BUDGET_BYTES
 
 
-def auto_batch_size(per_sample_bytes, device, n_samples=None):
+def auto_batch_size(per_sample_bytes, device):
     """The largest batch whose working set fits the device's budget, within the range.
 
     Parameters
@@ -80,17 +80,16 @@ def auto_batch_size(per_sample_bytes, device, n_samples=None):
     per_sample_bytes : float
         What autograd saves per sample (:func:`saved_bytes_per_sample`).
     device : torch.device or str
-    n_samples : int or None
-        The data's size, when known: no batch is larger.
 
     Returns
     -------
     int
         A power of two between :data:`MIN_BATCH_SIZE` and
-        :data:`MAX_BATCH_SIZE` (or ``n_samples``, if smaller).
+        :data:`MAX_BATCH_SIZE`; not capped by any data's size, since the
+        estimators keep it for every later pass (a smaller data set is one batch).
     """
     fits = budget_bytes(device) / max(WORKING_SET_FACTOR * per_sample_bytes, 1.0)
     size = MIN_BATCH_SIZE
     while size * 2 <= min(fits, MAX_BATCH_SIZE):
         size *= 2
-    return size if n_samples is None else max(1, min(size, n_samples))
+    return size

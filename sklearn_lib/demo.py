@@ -133,9 +133,9 @@ def _plot(fits, X_test, y_test, ks, baseline, path):
     for fit in fits.values():
         # Every fit's own width ends its curve: all features kept, the model's accuracy.
         n = sorted({k for k in ks if k <= fit.n_components_} | {fit.n_components_})
-        AblationCurveDisplay.from_estimator(fit, X_test, y_test, n_features=n, ax=right)
-    right.axhline(baseline, color="grey", linestyle="--", label="unablated")
-    right.legend()
+        AblationCurveDisplay.from_estimator(
+            fit, X_test, y_test, n_features=n, baseline=baseline, ax=right
+        )
     fig.tight_layout()
     fig.savefig(path)
     print(f"\nSaved the spectra and ablation curves to {path}")

@@ -236,9 +236,9 @@ def test_auto_batches_follow_the_budget(monkeypatch):
     measured = []
     original = _batching.auto_batch_size
 
-    def spy(per_sample, device, n_samples=None):
+    def spy(per_sample, device):
         measured.append(per_sample)
-        return original(per_sample, device, n_samples)
+        return original(per_sample, device)
 
     monkeypatch.setattr("sklearn_lib._base.auto_batch_size", spy)
     assert fit(model, X, ["fc2"]).batch_size_ == 4096
@@ -267,7 +267,6 @@ def test_auto_batch_sizes_are_powers_of_two_in_range():
     budget = _batching.CPU_BUDGET_BYTES
     factor = _batching.WORKING_SET_FACTOR
     assert _batching.auto_batch_size(budget / factor / 1000, "cpu") == 512
-    assert _batching.auto_batch_size(budget / factor / 1000, "cpu", n_samples=300) == 300
     assert _batching.auto_batch_size(1.0, "cpu") == _batching.MAX_BATCH_SIZE
     assert _batching.auto_batch_size(float(budget), "cpu") == _batching.MIN_BATCH_SIZE
 
