@@ -6,7 +6,7 @@ results.  That approach, implemented here as the baseline, gives every
 output feature of a section one autograd backward pass, summed over the
 batch (as the paper's code does); it writes the model's sections out by hand
 so it shares no Jacobian code with the library.  The linear algebra that
-turns ``G`` and ``M'`` into a basis (``sklearn_lib._basis``) is shared: it
+turns ``G`` and ``M'`` into a basis (``sklearn_lib._fitting.basis``) is shared: it
 takes milliseconds, and sharing it makes the comparison about Jacobians.
 
 Both run side by side in one process on the same batches; the benchmark
@@ -25,7 +25,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from sklearn_lib import ActivationTransformer, LIBTransformer
-from sklearn_lib._basis import lib_rotation, n_kept, orthogonal_step
+from sklearn_lib._fitting.basis import lib_rotation, n_kept, orthogonal_step
 from sklearn_lib.datasets import make_modular_addition
 from sklearn_lib.models import load_modular_addition
 

@@ -6,12 +6,12 @@ rotated onto the directions that matter to the next layer.
 """
 
 from ._activation import ActivationTransformer
-from ._basis import NodeBasis
+from ._analysis.communities import GraphModules
+from ._analysis.graph import InteractionGraph
 from ._display import AblationCurveDisplay, InteractionGraphDisplay, SpectrumDisplay
-from ._graph import InteractionGraph
-from ._integration import integration_rule
+from ._fitting.basis import NodeBasis
 from ._lib import LIBTransformer
-from ._modules import GraphModules
+from ._routes.integration import integration_rule
 from .ablation import (
     Sparsity,
     ablation_curve,

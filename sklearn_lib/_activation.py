@@ -6,8 +6,8 @@ from sklearn.base import _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import _ModelLayerTransformer
-from ._batching import saved_bytes_per_sample
-from ._capture import inspect_node_layers
+from ._model.batching import saved_bytes_per_sample
+from ._model.capture import inspect_node_layers
 
 
 class ActivationTransformer(_ModelLayerTransformer):

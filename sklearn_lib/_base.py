@@ -2,7 +2,7 @@
 
 An estimator turns its parameters into the objects the analyses take: a
 source of batches for each input (:meth:`_ModelLayerTransformer._source`)
-and a :class:`~sklearn_lib._session.ModelSession` for each call
+and a :class:`~sklearn_lib._model.session.ModelSession` for each call
 (:meth:`_ModelLayerTransformer._session`).  Nothing below the estimators
 sees an estimator.
 """
@@ -20,12 +20,19 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, validate_data
 
-from ._batching import DEFAULT_BATCH_SIZE, auto_batch_size
-from ._data import ArraySource, StreamSource, check_fields, is_stream, stack_records, to_numpy
-from ._fingerprint import changed_tensors
-from ._inputs import n_rows, take_rows
-from ._session import ModelSession, outside_inference_mode, resolve_device, resolve_dtype
-from ._validation import StrictInterval, TorchModel, resolve_model
+from ._core.validation import StrictInterval, TorchModel, resolve_model
+from ._model.batching import DEFAULT_BATCH_SIZE, auto_batch_size
+from ._model.fingerprint import changed_tensors
+from ._model.inputs import n_rows, take_rows
+from ._model.session import ModelSession, outside_inference_mode, resolve_device, resolve_dtype
+from ._model.sources import (
+    ArraySource,
+    StreamSource,
+    check_fields,
+    is_stream,
+    stack_records,
+    to_numpy,
+)
 from .exceptions import StaleBasisWarning, user_stacklevel
 
 # Samples read from a stream to check call order, shapes and cuts before the real passes.
@@ -114,7 +121,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         """Set ``batch_size_`` (and the batches of an array ``source``) at the fit.
 
         ``"auto"``: the largest batch whose working set fits the device's
-        memory budget (:func:`~sklearn_lib._batching.auto_batch_size`), for
+        memory budget (:func:`~sklearn_lib._model.batching.auto_batch_size`), for
         ``per_sample()`` bytes that autograd saves per sample, or the int it
         returns where the fit needs that size.
         """
@@ -191,7 +198,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         Outside ``fit`` (``fitting=False``), warns with :class:`StaleBasisWarning`
         when the model's floating parameters and buffers changed since the fit
         recorded their fingerprint (checksums of the private copy, see
-        :mod:`~sklearn_lib._fingerprint`).
+        :mod:`~sklearn_lib._model.fingerprint`).
         """
         if verbose is None:
             verbose = getattr(self, "verbose", False)
@@ -254,7 +261,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         -------
         ndarray of shape (n_samples, n_out), float64
             NaN in the columns of padded positions (an ``attention_mask`` among
-            the inputs, see :mod:`~sklearn_lib._inputs`): they have no features.
+            the inputs, see :mod:`~sklearn_lib._model.inputs`): they have no features.
         """
         if not source.ordered:
             warnings.warn(

@@ -17,8 +17,8 @@ from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from ._figure import axes_or_new, pyplot
-from ._graph_display import InteractionGraphDisplay
+from ._drawing.figure import axes_or_new, pyplot
+from ._drawing.graph_display import InteractionGraphDisplay
 from ._lib import LIBTransformer
 from .ablation import _fitted_node, ablation_curve  # the one place that knows estimators
 

@@ -8,22 +8,22 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions, validate_params
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._ablate import node_ablation_scores
+from ._analysis.ablate import node_ablation_scores
+from ._analysis.graph import interaction_graph
 from ._base import (
     _ModelLayerTransformer,
     check_activations,
     check_padded_positions,
     map_arrays,
 )
-from ._fit import FitSettings, bytes_per_sample, fit_bases, inspect, one_pass_sections, plan
-from ._graph import interaction_graph
-from ._integration import INTEGRATION_RULES, integration_rule
-from ._plan import announce
-from ._saved import input_dtypes
-from ._saved import load as _load
-from ._saved import save as _save
-from ._section import JACOBIAN_ROUTES
-from ._validation import StrictInterval
+from ._core.validation import StrictInterval
+from ._files.fit_file import input_dtypes
+from ._files.fit_file import load as _load
+from ._files.fit_file import save as _save
+from ._fitting.fit import FitSettings, bytes_per_sample, fit_bases, inspect, one_pass_sections, plan
+from ._fitting.plan import announce
+from ._routes.integration import INTEGRATION_RULES, integration_rule
+from ._routes.jacobian import JACOBIAN_ROUTES
 
 
 class LIBTransformer(_ModelLayerTransformer):

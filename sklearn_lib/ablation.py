@@ -17,7 +17,7 @@ without ``y``, the unablated outputs) and the ablated outputs as arrays, and
 returns one float where **higher is better** (``edges_needed`` and
 ``features_needed`` keep the score within a tolerance below the unablated
 one): return the negated loss for a loss.  With padded dict inputs it gets
-the valid positions as rows (see :mod:`~sklearn_lib._scoring`).
+the valid positions as rows (see :mod:`~sklearn_lib._analysis.scoring`).
 R² is undefined, and refused with a ``ValueError``, on fewer than 2 samples
 or when the unablated outputs do not vary over ``X``; accuracy is defined on
 any number of samples.
@@ -32,13 +32,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
-from ._ablate import edge_ablation_scores, node_ablation_scores
 from ._activation import ActivationTransformer
-from ._basis import OUTPUT_NODE, NodeBasis
-from ._graph import InteractionGraph
+from ._analysis.ablate import edge_ablation_scores, node_ablation_scores
+from ._analysis.graph import InteractionGraph
+from ._analysis.scoring import SCORINGS
+from ._core.nodes import OUTPUT_NODE
+from ._core.validation import StrictInterval, check_counts, check_section, check_sections
+from ._fitting.basis import NodeBasis
 from ._lib import LIBTransformer
-from ._scoring import SCORINGS
-from ._validation import StrictInterval, check_counts, check_section, check_sections
 
 __all__ = [
     "Sparsity",

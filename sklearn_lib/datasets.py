@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import validate_params
 
-from ._validation import StrictInterval
+from ._core.validation import StrictInterval
 
 
 @validate_params(

@@ -126,7 +126,7 @@ def main(argv=None):
 def _plot(fits, X_test, y_test, ks, baseline, path):
     """LIB next to PCA: spectra on one axis, ablation curves on another; saved to ``path``."""
     from ._display import AblationCurveDisplay, SpectrumDisplay
-    from ._figure import pyplot
+    from ._drawing.figure import pyplot
 
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4))
     SpectrumDisplay.from_estimator(fits["lib"], fits["pca"], ax=left)

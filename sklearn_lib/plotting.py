@@ -9,8 +9,8 @@ drew; the functions here draw the same figures and return only the axes.
 import numpy as np
 
 from ._display import AblationCurveDisplay, SpectrumDisplay, _spectra
-from ._figure import axes_or_new
-from ._graph_display import InteractionGraphDisplay
+from ._drawing.figure import axes_or_new
+from ._drawing.graph_display import InteractionGraphDisplay
 
 __all__ = ["plot_ablation_curves", "plot_edges_needed", "plot_interaction_graph", "plot_spectrum"]
 

@@ -6,7 +6,7 @@ traffic and kernel launches, not arithmetic.  These functions give the same
 numbers for every row and every sample at once from the weights, with a
 handful of einsums; :meth:`ModularAdditionTransformer.lib_section_vjp` and
 ``lib_section_gram`` expose them through the protocol of
-``sklearn_lib._section``, which checks them against autograd once per
+``sklearn_lib._routes.jacobian``, which checks them against autograd once per
 section before use.
 
 The ``*_vjp`` functions take the parameters by their ``state_dict`` names

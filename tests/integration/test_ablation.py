@@ -202,7 +202,7 @@ def test_ablation_errors(fitted, rng):
 
 
 def test_progress_is_off_by_default_and_on_with_verbose(fitted, capsys, monkeypatch):
-    monkeypatch.setattr("sklearn_lib._progress._has_tqdm", lambda: False)  # plain lines
+    monkeypatch.setattr("sklearn_lib._model.progress._has_tqdm", lambda: False)  # plain lines
     model, X, y, _ = fitted
     lib = LIBTransformer(model, "fc2", downstream_layers=["fc3"]).fit(X)
     graph = lib.interaction_graph(X)

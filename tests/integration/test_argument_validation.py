@@ -22,7 +22,7 @@ from sklearn_lib import (
     features_needed,
     sparsest_faithful,
 )
-from sklearn_lib._scoring import _R2
+from sklearn_lib._analysis.scoring import _R2
 from sklearn_lib.datasets import load_digit_images, make_modular_addition
 
 NAN, INF = float("nan"), float("inf")

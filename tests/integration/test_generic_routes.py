@@ -17,8 +17,8 @@ from torch import nn
 from toy_models import modadd_tokens, tanh_mlp, user_transformer
 
 from sklearn_lib import LIBTransformer, _batching, _fit
-from sklearn_lib._session import ModelSession
-from sklearn_lib._traced import ResidualMLP
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.forms.residual_mlp import ResidualMLP
 
 LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
 
@@ -70,7 +70,7 @@ def test_a_user_transformer_by_the_default_route_equals_autograd():
 
 
 def test_the_routes_the_user_transformer_takes():
-    from sklearn_lib._section import SectionJacobian, closed_forms
+    from sklearn_lib._routes.jacobian import SectionJacobian, closed_forms
 
     model, X = user_transformer(), modadd_tokens(40)
     session = ModelSession(model)
@@ -124,7 +124,7 @@ def test_a_section_linear_on_the_probe_is_not_taken_for_affine():
     assert_same_fit(fast, slow, 1e-10)
     assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-10)
     # And the verdict itself.
-    from sklearn_lib._section import SectionJacobian
+    from sklearn_lib._routes.jacobian import SectionJacobian
 
     section = SectionJacobian(session, "fc1", "fc2")
     (f,) = session.read(torch.as_tensor(X), ["fc1"])
@@ -151,7 +151,7 @@ def test_an_affine_head_is_served_by_one_sample(monkeypatch):
     model = TanhThenLinear().double()
     X = np.random.default_rng(2).normal(size=(64, 6, 3))
     calls = []
-    from sklearn_lib._section import SectionJacobian
+    from sklearn_lib._routes.jacobian import SectionJacobian
 
     original = SectionJacobian._autograd_rows
 
@@ -329,7 +329,7 @@ def test_a_kink_the_probe_does_not_reach_is_never_taken_for_affine(data):
 
 
 def test_affinity_is_shown_from_the_code():
-    from sklearn_lib._traced import is_affine_section
+    from sklearn_lib._routes.forms.residual_mlp import is_affine_section
 
     torch.manual_seed(0)
     clipped = ModelSession(nn.Sequential(nn.Linear(4, 8), Clip(), nn.Linear(8, 3)).double())

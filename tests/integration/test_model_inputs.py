@@ -391,7 +391,7 @@ def test_padded_positions_survive_the_way_back(rng):
 
 
 def test_a_long_fit_says_its_passes_and_rows_at_the_start(rng, monkeypatch, caplog):
-    import sklearn_lib._plan as plan
+    import sklearn_lib._fitting.plan as plan
 
     X = _sequences(rng)
     with caplog.at_level("WARNING", logger="sklearn_lib"):
@@ -408,8 +408,8 @@ def test_a_long_fit_says_its_passes_and_rows_at_the_start(rng, monkeypatch, capl
 
 
 def test_the_plan_counts_passes_and_rows():
-    from sklearn_lib._fit import FitSettings
-    from sklearn_lib._plan import fit_plan
+    from sklearn_lib._fitting.fit import FitSettings
+    from sklearn_lib._fitting.plan import fit_plan
 
     class Source:
         n_samples, batch_size = 1000, 100
@@ -495,8 +495,8 @@ def test_a_stream_of_single_samples_is_refused_and_a_list_of_them_is_a_batch(rng
 
 
 def test_the_plan_names_the_sections_gathered_in_the_first_pass():
-    from sklearn_lib._fit import FitSettings
-    from sklearn_lib._plan import fit_plan
+    from sklearn_lib._fitting.fit import FitSettings
+    from sklearn_lib._fitting.plan import fit_plan
 
     class Source:
         n_samples, batch_size = 100, 10

@@ -109,7 +109,7 @@ class Spectrum(nn.Module):
 
 
 def test_the_top_features_grow_past_ties():
-    from sklearn_lib._fit import _gapped_top
+    from sklearn_lib._fitting.fit import _gapped_top
 
     assert _gapped_top(np.array([64, 49, 36, 25, 16, 16, 4, 1.0]), 0.0) == 6
     assert _gapped_top(np.array([64, 49, 36, 25, 16, 8, 4, 1.0]), 0.0) == 5

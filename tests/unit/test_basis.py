@@ -8,7 +8,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from sklearn_lib._basis import (
+from sklearn_lib._fitting.basis import (
     NodeBasis,
     eigh_descending,
     fit_node_basis,

@@ -6,7 +6,7 @@ import torch
 from toy_models import BatchSizeAfterCut, PositionMixer, ResidualMLP, tanh_mlp
 
 from sklearn_lib import LIBTransformer
-from sklearn_lib._capture import ModelRunner
+from sklearn_lib._model.capture import ModelRunner
 
 
 def _stacked_section(model, layer, x, copies):

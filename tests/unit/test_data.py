@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sklearn_lib._data import ArraySource, StreamSource, is_stream, to_tensor
+from sklearn_lib._model.sources import ArraySource, StreamSource, is_stream, to_tensor
 
 
 class Twice:

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from sklearn_lib._failures import batch_notes, is_out_of_memory, model_failure
+from sklearn_lib._model.failures import batch_notes, is_out_of_memory, model_failure
 
 X = torch.zeros(5, 3, dtype=torch.int64)
 WHERE = "the batch of samples 10 to 14"

@@ -6,9 +6,9 @@ import torch
 from _refs import activations_of, brute_force_m_prime, independent_rule
 from toy_models import PositionMixer
 
-from sklearn_lib._jacobian import Cotangents
-from sklearn_lib._section import SectionJacobian
-from sklearn_lib._session import ModelSession
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.cotangents import Cotangents
+from sklearn_lib._routes.jacobian import SectionJacobian
 
 
 def _rule(integration, n_intervals):

@@ -15,9 +15,9 @@ from toy_models import modadd_tokens as tokens
 from toy_models import small_modadd
 
 from sklearn_lib import LIBTransformer
-from sklearn_lib._jacobian import Cotangents, integrated_vjps, scaled
-from sklearn_lib._section import SectionJacobian, _square_sums
-from sklearn_lib._session import ModelSession
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.cotangents import Cotangents, integrated_vjps, scaled
+from sklearn_lib._routes.jacobian import SectionJacobian, _square_sums
 from sklearn_lib.models import ModularAdditionTransformer
 
 LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from toy_models import tanh_mlp
 
-from sklearn_lib._data import ArraySource
-from sklearn_lib._fingerprint import changed_tensors, fingerprint
-from sklearn_lib._session import ModelSession, private_copy
-from sklearn_lib._stats import MomentAccumulator
+from sklearn_lib._fitting.stats import MomentAccumulator
+from sklearn_lib._model.fingerprint import changed_tensors, fingerprint
+from sklearn_lib._model.session import ModelSession, private_copy
+from sklearn_lib._model.sources import ArraySource
 
 
 class Counter(nn.Module):

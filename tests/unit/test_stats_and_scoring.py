@@ -5,9 +5,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, r2_score
 
-from sklearn_lib._scoring import check_labels, make_scorer
-from sklearn_lib._session import Batch
-from sklearn_lib._stats import MomentAccumulator
+from sklearn_lib._analysis.scoring import check_labels, make_scorer
+from sklearn_lib._fitting.stats import MomentAccumulator
+from sklearn_lib._model.session import Batch
 
 
 @pytest.mark.parametrize("center", [True, False])

@@ -9,7 +9,7 @@ from torch import nn
 from toy_models import PositionMixer, ResidualMLP, tanh_mlp
 
 from sklearn_lib import LIBTransformer
-from sklearn_lib._structure import linear_elementwise_section
+from sklearn_lib._routes.forms.linear_elementwise import linear_elementwise_section
 
 
 def _mlp(act, d_in=5, seed=0):

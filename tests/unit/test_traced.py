@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 from toy_models import user_transformer
 
-from sklearn_lib import _traced
-from sklearn_lib._jacobian import Cotangents, scaled
-from sklearn_lib._section import SectionJacobian
-from sklearn_lib._session import ModelSession
-from sklearn_lib._traced import ResidualMLP
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.cotangents import Cotangents, scaled
+from sklearn_lib._routes.forms import residual_mlp as _traced
+from sklearn_lib._routes.forms.residual_mlp import ResidualMLP
+from sklearn_lib._routes.jacobian import SectionJacobian
 
 ALPHAS, WEIGHTS = (0.25, 0.75, 1.0), (0.2, 0.3, 0.5)
 

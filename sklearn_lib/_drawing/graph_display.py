@@ -7,7 +7,7 @@ uses it, and the graph module sits below the estimators.
 
 import numpy as np
 
-from ._figure import axes_or_new
+from .figure import axes_or_new
 
 _TINY = np.finfo(float).tiny
 

@@ -27,7 +27,7 @@ What a batch may be:
 - ragged lists are refused, and batches of no samples are skipped;
 - a ``dict`` (any mapping, as a Hugging Face collator's batch) of arrays or
   tensors with one row per sample each: the model is called with them as
-  keyword arguments (see :mod:`~sklearn_lib._inputs`; an
+  keyword arguments (see :mod:`~sklearn_lib._model.inputs`; an
   ``attention_mask`` marks padded positions).  A dict of array-likes is
   also an in-memory data set, sliced into dict batches, and so is a list
   of per-sample dicts (stacked field by field, as a list of rows is).
@@ -48,8 +48,8 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from ._inputs import n_rows, take_rows
-from ._numerics import all_finite
+from .._core.numerics import all_finite
+from .inputs import n_rows, take_rows
 
 
 def is_stream(X):

@@ -4,7 +4,7 @@ A *node layer* is the input (``capture="input"``) or the output
 (``capture="output"``) of a named submodule.  :class:`ModelRunner` reads and
 replaces node-layer activations with hooks that live for one forward pass
 and are removed in ``finally``.  It runs the module it is given as it is: the
-caller (:class:`~sklearn_lib._session.ModelSession`) hands it a private copy
+caller (:class:`~sklearn_lib._model.session.ModelSession`) hands it a private copy
 of the user's model, so no hook, dtype or buffer update ever reaches the
 user's own module.
 """
@@ -14,10 +14,10 @@ from collections.abc import Mapping
 
 import torch
 
-from ._basis import OUTPUT_NODE
-from ._failures import batch_notes, is_out_of_memory, model_failure
-from ._inputs import call_model, device_of, n_rows, repeat_rows, take_rows, without_padding
-from ._numerics import max_relative_error, tolerances
+from .._core.nodes import OUTPUT_NODE
+from .._core.numerics import max_relative_error, tolerances
+from .failures import batch_notes, is_out_of_memory, model_failure
+from .inputs import call_model, device_of, n_rows, repeat_rows, take_rows, without_padding
 
 
 class _StopForward(Exception):
@@ -93,7 +93,7 @@ class ModelRunner:
         Parameters
         ----------
         x : torch.Tensor or dict of torch.Tensor
-            A batch of model inputs (see :mod:`~sklearn_lib._inputs`).
+            A batch of model inputs (see :mod:`~sklearn_lib._model.inputs`).
         reads : sequence of str
             Node layers whose activations to return (first call only).
         substitute : (str, torch.Tensor) or None

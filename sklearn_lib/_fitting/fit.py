@@ -8,7 +8,7 @@ before a pass joins it: with the identity output basis, known before any
 data is read, the last section's ``M'`` joins the statistics pass, so ``k``
 node layers take ``k`` passes.
 
-A Linear -> elementwise section (:mod:`~sklearn_lib._structure`) needs no
+A Linear -> elementwise section (:mod:`~sklearn_lib._routes.forms.linear_elementwise`) needs no
 pass of its own: its ``M'`` is ``W^T ((C C^T) * S) W`` with ``S = sum s s^T``
 over the integrated slopes, which do not depend on any basis, so the
 statistics pass gathers ``S`` and the ``M'`` follows from the next basis
@@ -25,24 +25,19 @@ import scipy.linalg
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from ._basis import (
-    OUTPUT_NODE,
-    fit_node_basis,
-    identity_basis,
-    n_positions,
-    pca_output_basis,
-)
-from ._batching import STOCHASTIC_BATCH_SIZE, saved_bytes_per_sample
-from ._capture import check_cut, check_gradient_flow, inspect_node_layers
-from ._integration import rule_tensors
-from ._jacobian import Cotangents, scaled
-from ._numerics import ROW_REUSE_BYTES, max_relative_error
-from ._plan import AUTO_MAX_ROUNDS, AUTO_MIN_ROUNDS, AUTO_SOURCES, auto_stays_exact, fit_plan
-from ._section import SectionJacobian, closed_forms, row_free_route
-from ._session import outside_inference_mode
-from ._stats import MomentAccumulator, all_reduce_sum, global_count, row_average
-from ._structure import LinearElementwise
-from .exceptions import user_stacklevel
+from .._core.nodes import OUTPUT_NODE, n_positions
+from .._core.numerics import ROW_REUSE_BYTES, max_relative_error
+from .._model.batching import STOCHASTIC_BATCH_SIZE, saved_bytes_per_sample
+from .._model.capture import check_cut, check_gradient_flow, inspect_node_layers
+from .._model.session import outside_inference_mode
+from .._routes.cotangents import Cotangents, scaled
+from .._routes.forms.linear_elementwise import LinearElementwise
+from .._routes.integration import rule_tensors
+from .._routes.jacobian import SectionJacobian, closed_forms, row_free_route
+from ..exceptions import user_stacklevel
+from .basis import fit_node_basis, identity_basis, pca_output_basis
+from .plan import AUTO_MAX_ROUNDS, AUTO_MIN_ROUNDS, AUTO_SOURCES, auto_stays_exact, fit_plan
+from .stats import MomentAccumulator, all_reduce_sum, global_count, row_average
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ def bytes_per_sample(session, probe, shapes, settings):
 
     Each section's graph, as its ``M'`` pass builds it (one at a time); PCA
     bases only run forward passes, measured as a forward pass with gradients.
-    Fits with stochastic sources keep :data:`~sklearn_lib._batching.STOCHASTIC_BATCH_SIZE`
+    Fits with stochastic sources keep :data:`~sklearn_lib._model.batching.STOCHASTIC_BATCH_SIZE`
     (returned as an int): their error shrinks with the number of batches.
     """
     if settings.basis == "lib" and settings.n_stochastic_sources is not None:
@@ -110,10 +105,10 @@ def bytes_per_sample(session, probe, shapes, settings):
 
 @outside_inference_mode
 def plan(session, owner, source, probe, shapes, output_shape, settings, one_pass=()):
-    """The :class:`~sklearn_lib._plan.FitPlan` of :func:`fit_bases` on ``source``.
+    """The :class:`~sklearn_lib._fitting.plan.FitPlan` of :func:`fit_bases` on ``source``.
 
     Sections that autograd serves are priced by timing Jacobian rows on the
-    probe (see :func:`~sklearn_lib._plan.fit_plan`); ``one_pass`` sections
+    probe (see :func:`~sklearn_lib._fitting.plan.fit_plan`); ``one_pass`` sections
     (:func:`one_pass_sections`) take no pass of their own.
     """
     names = list(shapes)
@@ -558,7 +553,7 @@ class JacobianGram:
     settings : FitSettings
     keep_rows : bool, default=False
         Keep the exact Jacobian rows the pass makes (up to
-        :data:`~sklearn_lib._numerics.ROW_REUSE_BYTES`), so that
+        :data:`~sklearn_lib._core.numerics.ROW_REUSE_BYTES`), so that
         :meth:`edges` gives the section's edges without a pass of its own.
     """
 

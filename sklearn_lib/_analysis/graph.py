@@ -19,11 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._basis import OUTPUT_NODE
-from ._integration import integration_rule, rule_tensors
-from ._jacobian import Cotangents
-from ._modules import graph_modules, to_networkx
-from ._persistence import (
+from .._core.nodes import OUTPUT_NODE
+from .._files.npz import (
     CONTENT_ERRORS,
     as_path,
     check_float_dtype,
@@ -31,9 +28,12 @@ from ._persistence import (
     read_npz,
     write_atomically,
 )
-from ._section import SectionJacobian
-from ._session import outside_inference_mode
-from ._stats import row_average
+from .._fitting.stats import row_average
+from .._model.session import outside_inference_mode
+from .._routes.cotangents import Cotangents
+from .._routes.integration import integration_rule, rule_tensors
+from .._routes.jacobian import SectionJacobian
+from .communities import graph_modules, to_networkx
 
 
 @dataclass
@@ -230,7 +230,7 @@ class InteractionGraph:
             <sklearn_lib.InteractionGraphDisplay.from_graph>` draws the same
             and keeps its data.
         """
-        from ._graph_display import InteractionGraphDisplay
+        from .._drawing.graph_display import InteractionGraphDisplay
 
         display = InteractionGraphDisplay.from_graph(self, top_edges=top_edges, ax=ax, **kwargs)
         return display.ax_
@@ -404,7 +404,7 @@ def interaction_graph(
     known : dict, optional
         Edges ``(E, N)`` of sections found already on the same data and
         rule, by ``(src, dst)`` names (a fit's, see
-        :func:`~sklearn_lib._fit.fit_bases`); only the others take the pass,
+        :func:`~sklearn_lib._fitting.fit.fit_bases`); only the others take the pass,
         and none is run when every section is known.
 
     Returns

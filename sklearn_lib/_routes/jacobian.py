@@ -5,7 +5,7 @@ over the rule's points ``alpha_a`` with weights ``w_a``:
 
 - the *rows* ``g_r(x) = sum_a w_a J(alpha_a f)^T c_r`` for cotangents
   ``c_r`` (the Jacobian of the next node's features, one row per feature
-  and output position: :class:`~sklearn_lib._jacobian.Cotangents`);
+  and output position: :class:`~sklearn_lib._routes.cotangents.Cotangents`);
 - their *Gram* ``sum_x sum_r g_r g_r^T``, for ``M'``;
 - *directional derivatives* ``sum_s <g_r(x)_s, t_{x,s,j}>`` along tangents
   ``t_{x,s,j} = a_{x,s,j} v_j`` (a direction ``v_j`` scaled per sample and
@@ -16,9 +16,9 @@ over the rule's points ``alpha_a`` with weights ``w_a``:
 ``M'`` and the edges.  Three routes give them:
 
 1. **autograd** (any model): one backward pass per row, applied to the whole
-   batch at once (:func:`~sklearn_lib._jacobian.integrated_vjps`);
+   batch at once (:func:`~sklearn_lib._routes.cotangents.integrated_vjps`);
 2. **the Linear -> elementwise formula** for such sections of an
-   ``nn.Sequential`` (:class:`~sklearn_lib._structure.LinearElementwise`);
+   ``nn.Sequential`` (:class:`~sklearn_lib._routes.forms.linear_elementwise.LinearElementwise`);
 3. **a model's own closed forms**, an optional protocol of two methods:
 
    ``lib_section_vjp(params, src, dst, capture, points, cotangents, tangents=None)``
@@ -34,7 +34,7 @@ over the rule's points ``alpha_a`` with weights ``w_a``:
    Either returns ``NotImplemented`` for sections it does not cover.
 
 Padding.  With an ``attention_mask`` among the inputs, padded positions
-count nowhere (see :mod:`~sklearn_lib._inputs`): the autograd route zeroes
+count nowhere (see :mod:`~sklearn_lib._model.inputs`): the autograd route zeroes
 the section's outputs at padded output positions (so their rows vanish) and
 the gradients or feature values at padded input positions.  Closed forms
 know nothing of masks, so only autograd runs on such batches.
@@ -51,14 +51,14 @@ import warnings
 
 import torch
 
-from ._basis import OUTPUT_NODE
-from ._failures import is_out_of_memory
-from ._inputs import attention_mask, n_rows, repeat_rows, take_rows, valid_positions
-from ._jacobian import ExactRows, integrated_vjps, quadrature_sum, scaled
-from ._numerics import CHUNK_ELEMENTS, max_relative_error
-from ._structure import LinearElementwise
-from ._traced import ResidualMLP, is_affine_section
-from .exceptions import user_stacklevel
+from .._core.nodes import OUTPUT_NODE
+from .._core.numerics import CHUNK_ELEMENTS, max_relative_error
+from .._model.failures import is_out_of_memory
+from .._model.inputs import attention_mask, n_rows, repeat_rows, take_rows, valid_positions
+from ..exceptions import user_stacklevel
+from .cotangents import ExactRows, integrated_vjps, quadrature_sum, scaled
+from .forms.linear_elementwise import LinearElementwise
+from .forms.residual_mlp import ResidualMLP, is_affine_section
 
 JACOBIAN_ROUTES = ("auto", "autograd")
 
@@ -372,7 +372,7 @@ class SectionJacobian:
     def is_affine(self, x, points, rows, weights):
         """Whether the section is affine: its rows the same for every sample and point.
 
-        Shown from the code (:func:`~sklearn_lib._traced.is_affine_section`:
+        Shown from the code (:func:`~sklearn_lib._routes.forms.residual_mlp.is_affine_section`:
         every operation on the input affine), then, like every closed form,
         checked against autograd once per session: the rows (the first and
         two random combinations of all) of up to 16 samples at their points

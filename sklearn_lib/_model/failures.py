@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from ._inputs import describe
+from .inputs import describe
 
 # Messages of allocators that ran out: CUDA's and the CPU allocator's.
 _OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory")

@@ -36,14 +36,14 @@ from dataclasses import dataclass
 import torch
 from sklearn.utils import check_random_state
 
-from ._basis import OUTPUT_NODE, n_positions
-from ._capture import ModelRunner
-from ._data import to_tensor
-from ._failures import batch_notes, batch_range
-from ._fingerprint import fingerprint
-from ._inputs import n_rows, valid_positions
-from ._numerics import all_finite, tolerances
-from ._progress import Progress
+from .._core.nodes import OUTPUT_NODE, n_positions
+from .._core.numerics import all_finite, tolerances
+from .capture import ModelRunner
+from .failures import batch_notes, batch_range
+from .fingerprint import fingerprint
+from .inputs import n_rows, valid_positions
+from .progress import Progress
+from .sources import to_tensor
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -163,7 +163,7 @@ class Batch:
     ----------
     x : torch.Tensor or dict of torch.Tensor
         Model inputs on the session's device (floating ones in its dtype):
-        one tensor, or keyword inputs (see :mod:`~sklearn_lib._inputs`).
+        one tensor, or keyword inputs (see :mod:`~sklearn_lib._model.inputs`).
     start : int
         Index of the batch's first sample in the data, e.g. to slice labels.
     """
@@ -180,7 +180,7 @@ class Batch:
 
         None when every row counts (no ``attention_mask``, or activations
         whose positions are not the mask's); see
-        :func:`~sklearn_lib._inputs.valid_positions`.
+        :func:`~sklearn_lib._model.inputs.valid_positions`.
         """
         return valid_positions(self.x, shape)
 
@@ -213,12 +213,12 @@ class ModelSession(ModelRunner):
     capture : {"input", "output"}, default="input"
     output : None, str, int or callable, default=None
         The output node among what the model returns (see
-        :func:`~sklearn_lib._capture.select_output`).
+        :func:`~sklearn_lib._model.capture.select_output`).
     forward_kwargs : dict or None, default=None
         Keyword arguments of every call of the model.
     feature_axis : int or None, default=None
         The axis of activations that holds the features (see
-        :class:`~sklearn_lib._capture.ModelRunner`).
+        :class:`~sklearn_lib._model.capture.ModelRunner`).
     device : torch.device or str, default="cpu"
     dtype : torch.dtype, default=torch.float64
     owner : str, default="sklearn_lib"
@@ -242,7 +242,7 @@ class ModelSession(ModelRunner):
     rng : numpy.random.RandomState
     structures : dict
         What each section's structure allows, found once per session by
-        :mod:`~sklearn_lib._section` (its closed form; whether it is affine).
+        :mod:`~sklearn_lib._routes.jacobian` (its closed form; whether it is affine).
     """
 
     def __init__(
@@ -292,7 +292,10 @@ class ModelSession(ModelRunner):
 
     @outside_inference_mode
     def inputs(self, X):
-        """Model inputs as a tensor on the device (see :func:`~sklearn_lib._data.to_tensor`)."""
+        """Model inputs as a tensor on the device.
+
+        See :func:`~sklearn_lib._model.sources.to_tensor`.
+        """
         return to_tensor(X, self.device, self.dtype)
 
     # -- the one loop over the data ------------------------------------------------------

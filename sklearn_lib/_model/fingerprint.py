@@ -1,7 +1,7 @@
 """Checksums of a model's tensors, to notice that it changed after a fit.
 
 A fitted basis describes the model as it was at ``fit``.  Every call makes
-a private copy of the model (:mod:`~sklearn_lib._session`); its checksums,
+a private copy of the model (:mod:`~sklearn_lib._model.session`); its checksums,
 taken before any forward pass, are compared with those of the fit's copy,
 and :class:`~sklearn_lib.StaleBasisWarning` names what moved.
 

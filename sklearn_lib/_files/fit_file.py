@@ -7,7 +7,7 @@ loaded.  So :func:`save` writes a compressed ``.npz`` of float arrays (every
 basis' mean, matrix, pseudo-inverse, Lambda and Gram eigenvalues, and the
 interaction graph of ``compute_graph=True``) and one JSON string ``meta``
 (parameters, shapes and fitted attributes), with the package's own atomic
-write and checked reader (:mod:`~sklearn_lib._persistence`), the format of
+write and checked reader (:mod:`~sklearn_lib._files.npz`), the format of
 ``InteractionGraph.save``: no new dependency, and nothing is ever unpickled.
 
 :func:`load` takes the model separately, checks that it has the node layers
@@ -23,13 +23,14 @@ import warnings
 import numpy as np
 import torch
 
-from ._basis import OUTPUT_NODE, NodeBasis
-from ._capture import inspect_node_layers
-from ._fit import SourceRounds
-from ._graph import InteractionGraph, _check_arrays
-from ._inputs import is_dict
-from ._persistence import CONTENT_ERRORS, as_path, json_default, read_npz, write_atomically
-from ._session import resolve_device
+from .._analysis.graph import InteractionGraph, _check_arrays
+from .._core.nodes import OUTPUT_NODE
+from .._fitting.basis import NodeBasis
+from .._fitting.fit import SourceRounds
+from .._model.capture import inspect_node_layers
+from .._model.inputs import is_dict
+from .._model.session import resolve_device
+from .npz import CONTENT_ERRORS, as_path, json_default, read_npz, write_atomically
 
 _FORMAT = "sklearn-lib LIBTransformer"
 _VERSION = 1

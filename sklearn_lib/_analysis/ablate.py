@@ -12,10 +12,10 @@ runs the rest of the model from there.
 import numpy as np
 import torch
 
-from ._basis import OUTPUT_NODE
-from ._numerics import CHUNK_ELEMENTS
-from ._scoring import check_labels, make_scorer
-from ._session import outside_inference_mode
+from .._core.nodes import OUTPUT_NODE
+from .._core.numerics import CHUNK_ELEMENTS
+from .._model.session import outside_inference_mode
+from .scoring import check_labels, make_scorer
 
 
 class _Ablation:

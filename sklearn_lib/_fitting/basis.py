@@ -12,23 +12,17 @@ Notation of the spec (row vectors): ``f_hat = (f - mu) @ C``.
 the model output) with its fitted basis.
 """
 
-import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ._numerics import SMALL_EIGH, one_blas_thread
-from .exceptions import user_stacklevel
+from .._core.nodes import OUTPUT_NODE, n_positions
+from .._core.numerics import SMALL_EIGH, one_blas_thread
+from ..exceptions import user_stacklevel
 
 #: Name of the model-output node in ``bases_`` and in interaction graphs.
-OUTPUT_NODE = "output"
-
-
-def n_positions(shape):
-    """Positions sharing one basis in a per-sample activation shape ``(*positions, d)``."""
-    return math.prod(shape[:-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,7 +146,7 @@ def orthogonal_step(gram, rtol, name="layer", floor=0.0):
         Eigenvalues at or below ``rtol * max(D)`` are numerical zeros.
     floor : float, default=0.0
         And so are eigenvalues at or below this: the rounding noise of the
-        activations themselves (see :meth:`~sklearn_lib._numerics.Tolerances.noise_floor`).
+        activations themselves (see :meth:`~sklearn_lib._core.numerics.Tolerances.noise_floor`).
 
     Returns
     -------

@@ -10,7 +10,7 @@ summed over the rows of cotangents ``c_r``:
 
 so ``M'`` needs ``O(N d_next^2)`` work per pass and no backward pass per
 output feature.  The section acts on each position separately, which
-:class:`~sklearn_lib._section.SectionJacobian` uses to fold positions into
+:class:`~sklearn_lib._routes.jacobian.SectionJacobian` uses to fold positions into
 samples.
 
 The form applies only where it is provably the same computation: the two
@@ -24,7 +24,7 @@ fails that check and falls back).
 import torch
 from torch import nn
 
-from ._numerics import CHUNK_ELEMENTS
+from ..._core.numerics import CHUNK_ELEMENTS
 
 # Modules that act elementwise (Dropout is the identity in eval mode).
 _ELEMENTWISE = (

@@ -16,7 +16,7 @@ loop over rows is faster: measured on the paper's modular-addition model
 the vmapped chunks 0.77-1.7 s, because the expanded cotangents cost memory
 bandwidth that the CPU does not have to spare.
 
-:class:`~sklearn_lib._section.SectionJacobian` uses these where a model has
+:class:`~sklearn_lib._routes.jacobian.SectionJacobian` uses these where a model has
 no closed form of its own.
 """
 
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from ._numerics import CHUNK_ELEMENTS
+from .._core.numerics import CHUNK_ELEMENTS
 
 
 def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows):

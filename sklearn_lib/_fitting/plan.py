@@ -17,7 +17,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from ._basis import OUTPUT_NODE, n_positions
+from .._core.nodes import OUTPUT_NODE, n_positions
 
 #: Fits estimated to take longer than this announce their plan even when not verbose.
 LONG_FIT_SECONDS = 10.0

@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ._basis import OUTPUT_NODE
-from ._numerics import CHUNK_ELEMENTS
-from ._structure import weighted_slope_gram
+from ..._core.nodes import OUTPUT_NODE
+from ..._core.numerics import CHUNK_ELEMENTS
+from .linear_elementwise import weighted_slope_gram
 
 _FUNCTIONS = {
     torch.relu: "relu",

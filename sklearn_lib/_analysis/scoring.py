@@ -7,7 +7,7 @@ the end, like a scikit-learn metric: ``scoring(y_true, outputs)``.
 
 Padding.  Every scorer's ``update(ablated, original, y, valid)`` takes the
 batch's valid output positions (``valid``, bool ``(n, *positions)``, or None
-when every one counts; see :mod:`~sklearn_lib._inputs`) and scores only
+when every one counts; see :mod:`~sklearn_lib._model.inputs`) and scores only
 those.  A callable then receives the valid positions as rows: ``y_true`` of
 shape ``(m,)`` (labels) or ``(m, d)`` (outputs) and ``outputs`` of shape
 ``(m, d)``, ``m`` the number of valid positions.

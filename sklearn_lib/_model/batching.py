@@ -18,7 +18,7 @@ same setting less accurate.  A fit with ``n_stochastic_sources`` keeps
 
 import torch
 
-from ._inputs import n_rows
+from .inputs import n_rows
 
 #: Bytes one batch's working set may take: on the CPU, and at most on a GPU
 #: (where it is also at most a quarter of the free memory).

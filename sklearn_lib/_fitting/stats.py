@@ -42,7 +42,7 @@ class MomentAccumulator:
 
     An accumulator of a pass (see ``_session``): rows are the node's
     activations with positions flattened into samples (padded positions
-    left out, see :meth:`~sklearn_lib._session.Batch.valid`).  Sums are taken
+    left out, see :meth:`~sklearn_lib._model.session.Batch.valid`).  Sums are taken
     around a fixed shift (the first batch's mean when centring): the centred
     Gram is then ``S2/N - m m^T`` with a small ``m``, which avoids the
     cancellation of the textbook ``E[f f^T] - mu mu^T``.
