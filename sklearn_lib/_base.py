@@ -84,26 +84,28 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         return tags
 
     # -- inputs and sessions -------------------------------------------------------
-    def _source(self, X, *, reset=False):
+    def _source(self, X, *, reset=False, probe=False):
         """Batches of the model inputs ``X`` (an array-like or a stream), validated.
 
-        ``reset=True`` (``fit``) records ``n_features_in_`` and ``input_shape_``
-        and returns ``(source, probe)``, the probe being up to
-        :data:`PROBE_SIZE` first samples (never more than one batch);
-        otherwise every batch must have the fitted per-sample shape and the
-        source alone is returned.
-        Integer inputs (token ids) keep their dtype.
+        ``reset=True`` (``fit``) records ``n_features_in_`` and ``input_shape_``;
+        otherwise every batch must have the fitted per-sample shape.  With
+        ``reset`` or ``probe``, returns ``(source, probe)``, the probe being
+        up to :data:`PROBE_SIZE` first samples (never more than one batch),
+        else the source alone.  Integer inputs (token ids) keep their dtype.
         """
         if is_stream(X):
-            if not reset:
-                return StreamSource(X, self.input_shape_, fitted_by=type(self).__name__)
-            source = StreamSource(X)
-            return source, self._validate_input(source.probe(PROBE_SIZE), reset=True)
+            if reset:
+                source = StreamSource(X)
+            else:
+                source = StreamSource(X, self.input_shape_, fitted_by=type(self).__name__)
+            if not (reset or probe):
+                return source
+            return source, self._validate_input(source.probe(PROBE_SIZE), reset=reset)
         X = self._validate_input(X, reset=reset)
         source = ArraySource(X, self._batch_size(reset))
         # Never more than a batch (two samples at least, to compare them).
-        probe = take_rows(X, slice(0, max(2, min(PROBE_SIZE, source.batch_size))))
-        return (source, probe) if reset else source
+        first = take_rows(X, slice(0, max(2, min(PROBE_SIZE, source.batch_size))))
+        return (source, first) if reset or probe else source
 
     def _batch_size(self, reset=False):
         """Samples per batch of array data: ``batch_size``, or for ``"auto"`` the fit's choice.

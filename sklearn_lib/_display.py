@@ -14,13 +14,12 @@ matplotlib is imported only when something is drawn (``pip install -e
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ._drawing.figure import axes_or_new, pyplot
 from ._drawing.graph_display import InteractionGraphDisplay
-from ._lib import LIBTransformer
-from .ablation import _fitted_node, ablation_curve  # the one place that knows estimators
+from ._fitted import fitted, takes_estimator
+from .ablation import ablation_curve
 
 __all__ = ["AblationCurveDisplay", "InteractionGraphDisplay", "SpectrumDisplay"]
 
@@ -80,8 +79,8 @@ def _spectrum_of(source, layer=None):
     decomposition with ``explained_variance_`` (``PCA``, ``IncrementalPCA``,
     ``TruncatedSVD``); anything else is taken as an array of eigenvalues.
     """
-    if isinstance(source, (LIBTransformer, Pipeline)):
-        _, basis = _fitted_node(source, layer)  # refuses unfitted estimators by name
+    if takes_estimator(source):
+        basis = fitted(source, layer).basis  # refuses unfitted estimators by name
         kind = "LIB Lambda" if basis.kind == "lib" else "PCA variance"
         return basis.lambdas, f"{kind} of {basis.name!r}", basis.name
     if isinstance(source, BaseEstimator):
@@ -410,7 +409,7 @@ class AblationCurveDisplay:
         AblationCurveDisplay
         """
         pyplot()  # before the ablation passes, not after them
-        _, basis = _fitted_node(estimator, layer)
+        basis = fitted(estimator, layer).basis
         n, scores = ablation_curve(
             estimator, X, y, n_features=n_features, layer=layer, scoring=scoring, verbose=verbose
         )

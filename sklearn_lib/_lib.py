@@ -1,5 +1,6 @@
 """The Local Interaction Basis as a scikit-learn transformer."""
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -9,21 +10,24 @@ from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions, va
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._analysis.ablate import node_ablation_scores
-from ._analysis.graph import interaction_graph
+from ._analysis.edges import graph_sections, interaction_graph
+from ._analysis.graph import InteractionGraph
 from ._base import (
     _ModelLayerTransformer,
     check_activations,
     check_padded_positions,
     map_arrays,
 )
+from ._core.nodes import OUTPUT_NODE
 from ._core.validation import StrictInterval
+from ._files import fit_file
 from ._files.fit_file import input_dtypes
-from ._files.fit_file import load as _load
-from ._files.fit_file import save as _save
-from ._fitting.fit import FitSettings, bytes_per_sample, fit_bases, inspect, one_pass_sections, plan
+from ._files.npz import as_path
+from ._fitting.fit import FitSettings, bytes_per_sample, fit_bases, inspect, plan_fit
 from ._fitting.plan import announce
-from ._routes.integration import INTEGRATION_RULES, integration_rule
-from ._routes.jacobian import JACOBIAN_ROUTES
+from ._model.session import resolve_device
+from ._routes.integration import INTEGRATION_RULES, integration_rule, rule_tensors
+from ._routes.table import JACOBIAN_ROUTES, decide_routes
 
 
 class LIBTransformer(_ModelLayerTransformer):
@@ -243,11 +247,12 @@ class LIBTransformer(_ModelLayerTransformer):
     centring, the non-constant features and their ``Lambda`` do not depend on
     it.
 
-    Jacobians come from autograd, from a closed form for Linear ->
-    elementwise sections of an ``nn.Sequential``, or from the model's own
-    ``lib_section_vjp`` / ``lib_section_gram`` where it has them (checked
-    against autograd once per section; see ``sklearn_lib/_section.py`` and
-    ``jacobian``).
+    Jacobians come from autograd, or from a closed form where one applies:
+    Linear -> elementwise sections of an ``nn.Sequential``, residual MLP
+    blocks and affine sections of your own modules, the model's own
+    ``lib_section_vjp`` / ``lib_section_gram`` (each checked against
+    autograd once per section, on the first samples; see
+    ``sklearn_lib/_routes/forms/`` and ``jacobian``).
 
     ``X`` may be an array-like of samples or a stream of batches (a
     ``DataLoader`` or any re-iterable), in every method that reads data.
@@ -379,7 +384,51 @@ class LIBTransformer(_ModelLayerTransformer):
 
     def _fit(self, X):
         source, probe = self._source(X, reset=True)
-        settings = FitSettings(
+        settings = self._settings()
+        session = self._session(fitting=True)
+        probe = session.inputs(probe)
+        sections = inspect(session, probe, [self.layer, *self.downstream_layers], settings)
+        self._choose_batch_size(
+            source, session, lambda: bytes_per_sample(session, probe, sections, settings)
+        )
+        routes = None
+        if settings.basis == "lib":
+            kinds = ("gram", "rows", "tangents") if self.compute_graph else ("gram", "rows")
+            routes = self._routes(session, probe, sections, kinds)
+        plan = plan_fit(
+            session, source, probe, sections, routes, settings, compute_graph=self.compute_graph
+        )
+        announce(plan, session.progress)
+        result = fit_bases(session, source, sections, plan, routes, settings)
+        if self.compute_graph:
+            self.interaction_graph_ = interaction_graph(
+                session,
+                source,
+                list(result.bases.values()),
+                routes,
+                integration=self.integration,
+                n_intervals=self.n_intervals,
+                known=result.edges,
+            )
+        else:
+            vars(self).pop("interaction_graph_", None)
+
+        self._set_bases(result.bases, sections[-1].dst_shape)
+        # Of the copy the bases were fitted on: later calls warn if the model changed.
+        self._model_fingerprint_ = (session.dtype, session.fingerprint)
+        self._input_dtypes_ = input_dtypes(probe)
+        self.stochastic_rounds_ = result.rounds
+        self.n_stochastic_sources_ = {
+            s.section.src: result.rounds[s.section.src].n_sources
+            if s.section.src in result.rounds
+            else s.sources
+            for s in plan.sections
+        } or {name: None for name in result.bases if name != OUTPUT_NODE}
+        session.progress("done")
+
+    def _settings(self):
+        """The parameters that shape a fit, checked and resolved."""
+        return FitSettings(
             basis=self.basis,
             n_components=self.n_components,
             truncation_threshold=self.truncation_threshold,
@@ -389,48 +438,16 @@ class LIBTransformer(_ModelLayerTransformer):
             n_stochastic_sources=self.n_stochastic_sources,
             jacobian=self.jacobian,
         )
-        session = self._session(fitting=True)
-        names = [self.layer, *self.downstream_layers]
-        probe = session.inputs(probe)
-        shapes, output_shape = inspect(session, probe, names, settings)
-        self._choose_batch_size(
-            source, session, lambda: bytes_per_sample(session, probe, shapes, settings)
-        )
-        owner = type(self).__name__
-        one_pass = one_pass_sections(session, probe, shapes, output_shape, settings)
-        announce(
-            plan(session, owner, source, probe, shapes, output_shape, settings, one_pass),
-            session.progress,
-        )
-        rounds = {}
-        edges = {} if self.compute_graph else None
-        bases = fit_bases(session, source, shapes, output_shape, settings, one_pass, rounds, edges)
-        if self.compute_graph:
-            self.interaction_graph_ = interaction_graph(
-                session,
-                source,
-                list(bases.values()),
-                integration=self.integration,
-                n_intervals=self.n_intervals,
-                jacobian=self.jacobian,
-                known=edges,
-            )
-        else:
-            vars(self).pop("interaction_graph_", None)
 
-        self._set_bases(bases, output_shape)
-        # Of the copy the bases were fitted on: later calls warn if the model changed.
-        self._model_fingerprint_ = (session.dtype, session.fingerprint)
-        self._input_dtypes_ = input_dtypes(probe)
-        self.stochastic_rounds_ = rounds
-        sources = None if self.basis == "pca" else self.n_stochastic_sources
-        self.n_stochastic_sources_ = {
-            name: rounds[name].n_sources
-            if name in rounds
-            else (None if name in one_pass or sources == "auto" else sources)
-            for name in names
-        }
-        session.progress("done")
+    def _routes(self, session, probe, sections, kinds, integration=None, n_intervals=None):
+        """The route table of ``sections``, decided on ``probe`` for the estimator's rule."""
+        rule = integration_rule(
+            self.integration if integration is None else integration,
+            self.n_intervals if n_intervals is None else n_intervals,
+        )
+        return decide_routes(
+            session, probe, sections, rule_tensors(rule, session.device), kinds, self.jacobian
+        )
 
     def _set_bases(self, bases, output_shape):
         """The fitted attributes that follow from the bases (a fit's, or a saved file's)."""
@@ -469,7 +486,7 @@ class LIBTransformer(_ModelLayerTransformer):
             tensor in ``forward_kwargs``, a ``RandomState`` instance).
         """
         check_is_fitted(self)
-        _save(self, path)
+        fit_file.write(path, self._saved_fit(), type(self).__name__)
 
     @classmethod
     def load(cls, path, model, *, device=None):
@@ -504,7 +521,83 @@ class LIBTransformer(_ModelLayerTransformer):
             with, another format: the message names the file and the
             problem), or the model does not fit its bases.
         """
-        return _load(cls, path, model, device)
+        saved = fit_file.read(path, cls.__name__)
+        try:
+            estimator = cls(model, **saved.params)
+            # The parameters as fit would check them: a tampered value is refused
+            # here, not by the first transform.
+            estimator._validate_params()
+            layers = [estimator.layer, *estimator.downstream_layers, OUTPUT_NODE]
+            if list(saved.bases) != layers:
+                raise ValueError(
+                    f"the bases are of {list(saved.bases)}, but the parameters name {layers}"
+                )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{as_path(path)!r} is not a saved {cls.__name__}: {exc}") from exc
+        estimator._restore_fit(saved)
+        estimator._set_device(device, path)
+        # The weights may differ from the saved fingerprint's: that only warns later.
+        fit_file.check_model(estimator._session(fitting=True), saved, as_path(path))
+        return estimator
+
+    def _saved_fit(self):
+        """This fit as a file holds it (:class:`~sklearn_lib._files.fit_file.SavedFit`)."""
+        params = self.get_params(deep=False)
+        params.pop("model")
+        graph = getattr(self, "interaction_graph_", None)
+        output_config = getattr(self, "_sklearn_output_config", {}).get("transform")
+        return fit_file.SavedFit(
+            params=params,
+            bases=self.bases_,
+            output_shape=self.output_shape_,
+            input_shape=self.input_shape_,
+            input_dtypes=self._input_dtypes_,
+            batch_size=self.batch_size_,
+            n_stochastic_sources=self.n_stochastic_sources_,
+            rounds=self.stochastic_rounds_,
+            fingerprint=self._model_fingerprint_,
+            inputs={n: getattr(self, n) for n in fit_file.INPUT_ATTRIBUTES if hasattr(self, n)},
+            graph=None if graph is None else (graph.nodes, graph.lambdas, graph.edges, graph.info),
+            output_config=None if output_config is None else {"transform": output_config},
+        )
+
+    def _restore_fit(self, saved):
+        """The fitted attributes of a :class:`~sklearn_lib._files.fit_file.SavedFit`."""
+        self._set_bases(saved.bases, saved.output_shape)
+        self.input_shape_ = saved.input_shape
+        self._input_dtypes_ = saved.input_dtypes
+        self.batch_size_ = saved.batch_size
+        self.n_stochastic_sources_ = saved.n_stochastic_sources
+        self.stochastic_rounds_ = saved.rounds
+        self._model_fingerprint_ = saved.fingerprint
+        for name, value in saved.inputs.items():
+            names = name == "feature_names_in_"
+            setattr(self, name, np.asarray(value, dtype=object) if names else value)
+        if saved.graph is not None:
+            self.interaction_graph_ = InteractionGraph(*saved.graph)
+        if saved.output_config:  # set_output(transform="pandas") survives the round trip
+            self.set_output(**saved.output_config)
+
+    def _set_device(self, device, path):
+        """``device`` if given; else the saved one where this machine has it, else "auto".
+
+        A fit saved on a GPU machine (``device="cuda:3"``, say) loads on a laptop.
+        """
+        if device is not None:
+            self.set_params(device=device)
+            resolve_device(device)  # a device this machine lacks is refused now, by name
+            return
+        try:
+            resolve_device(self.device)
+        except ValueError as exc:
+            warnings.warn(
+                f"{as_path(path)!r} was saved with device={self.device!r}, which this machine "
+                f"cannot use ({exc}); loaded with device='auto'. Pass load(..., device=...) "
+                "to choose one.",
+                UserWarning,
+                stacklevel=3,
+            )
+            self.set_params(device="auto")
 
     # -- mapping -----------------------------------------------------------------------
     @property
@@ -667,16 +760,27 @@ class LIBTransformer(_ModelLayerTransformer):
         InteractionGraph
         """
         check_is_fitted(self)
-        source = self._source(X)
+        source, probe = self._source(X, probe=True)
         session = self._session(verbose=verbose, random_state=random_state)
+        bases = list(self.bases_.values())
+        integration = self.integration if integration is None else integration
+        n_intervals = self.n_intervals if n_intervals is None else n_intervals
+        routes = self._routes(
+            session,
+            session.inputs(probe),
+            graph_sections(bases),
+            ("tangents", "rows"),
+            integration,
+            n_intervals,
+        )
         return interaction_graph(
             session,
             source,
-            list(self.bases_.values()),
-            integration=self.integration if integration is None else integration,
-            n_intervals=self.n_intervals if n_intervals is None else n_intervals,
+            bases,
+            routes,
+            integration=integration,
+            n_intervals=n_intervals,
             n_stochastic_sources=n_stochastic_sources,
-            jacobian=self.jacobian,
         )
 
     # -- faithfulness ------------------------------------------------------------------

@@ -27,19 +27,13 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import StrOptions, validate_params
-from sklearn.utils.validation import check_is_fitted
 
-from ._activation import ActivationTransformer
 from ._analysis.ablate import edge_ablation_scores, node_ablation_scores
 from ._analysis.graph import InteractionGraph
 from ._analysis.scoring import SCORINGS
-from ._core.nodes import OUTPUT_NODE
-from ._core.validation import StrictInterval, check_counts, check_section, check_sections
-from ._fitting.basis import NodeBasis
-from ._lib import LIBTransformer
+from ._core.validation import StrictInterval, check_counts, check_sections
+from ._fitted import fitted, fitted_section
 
 __all__ = [
     "Sparsity",
@@ -51,76 +45,6 @@ __all__ = [
     "n_features_scorer",
     "sparsest_faithful",
 ]
-
-
-# -- dispatch on estimator types: the one place that knows them ------------------------
-
-
-def _fitted_node(estimator, layer=None):
-    """``(owner, basis)``: the estimator that runs the model, and the fitted node to ablate.
-
-    ``layer`` picks any fitted node layer of a ``LIBTransformer`` (its
-    ``layer`` or a downstream layer); None is the estimator's own layer.
-    """
-    if isinstance(estimator, LIBTransformer):
-        check_is_fitted(estimator)
-        layer = estimator.layer if layer is None else layer
-        if layer not in estimator.bases_ or layer == OUTPUT_NODE:
-            raise ValueError(
-                f"layer={layer!r} is not a fitted node layer; choose one of "
-                f"{[n for n in estimator.bases_ if n != OUTPUT_NODE]}"
-            )
-        return estimator, estimator.bases_[layer]
-    if isinstance(estimator, Pipeline):
-        steps = [step for _, step in estimator.steps]
-        if isinstance(steps[0], LIBTransformer):
-            return _fitted_node(steps[0], layer)
-        if (
-            len(steps) >= 2
-            and isinstance(steps[0], ActivationTransformer)
-            and isinstance(steps[1], PCA)
-        ):
-            acts, pca = steps[0], steps[1]
-            if layer not in (None, acts.layer):
-                raise ValueError(f"layer={layer!r}: this PCA pipeline reads {acts.layer!r}")
-            check_is_fitted(acts)
-            check_is_fitted(pca)
-            # A basis of the activations flattened per sample (width P * d);
-            # PCA's components are orthonormal, so its pseudo-inverse is the transpose.
-            return acts, NodeBasis(
-                acts.layer,
-                (int(np.prod(acts.activation_shape_)),),
-                pca.mean_,
-                pca.components_.T,
-                pca.components_,
-                pca.explained_variance_,
-                pca.n_components_,
-                kind="pca",
-            )
-    raise TypeError(
-        "Expected a fitted LIBTransformer, a Pipeline starting with one, or a Pipeline of "
-        f"ActivationTransformer followed by PCA; got {type(estimator).__name__}"
-    )
-
-
-def _fitted_section(estimator, graph, section):
-    """``(lib, src, dst)``: the LIBTransformer and the two fitted nodes of a graph's section."""
-    lib, _ = _fitted_node(estimator)
-    if not isinstance(lib, LIBTransformer):
-        raise TypeError(
-            "Edge ablation needs a fitted LIBTransformer (the bases of both nodes of the "
-            f"section), got {type(estimator).__name__}"
-        )
-    section = check_section(section)
-    if section not in graph.edges:
-        raise ValueError(f"section={section!r} is not one of the graph's {graph.sections}")
-    missing = [name for name in section if name not in lib.bases_]
-    if missing:
-        raise ValueError(
-            f"The graph's section {section} has node(s) {missing} that the estimator was not "
-            "fitted on: was the graph computed from this estimator?"
-        )
-    return lib, lib.bases_[section[0]], lib.bases_[section[1]]
 
 
 _SCORING = [None, StrOptions(set(SCORINGS)), callable]
@@ -188,11 +112,11 @@ def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None
     >>> [round(float(s), 6) for s in r2]
     [0.0, 1.0]
     """
-    owner, basis = _fitted_node(estimator, layer)
+    state = fitted(estimator, layer)
     n_features = check_counts(n_features, "n_features")
-    session = owner._session(verbose=verbose)
+    session = state.session(verbose=verbose)
     return n_features, node_ablation_scores(
-        session, owner._source(X), basis, n_features, y, scoring
+        session, state.source(X), state.basis, n_features, y, scoring
     )
 
 
@@ -236,10 +160,12 @@ def edge_ablation_curve(
     n_edges : ndarray of shape (n_points,)
     scores : ndarray of shape (n_points,)
     """
-    lib, src, dst = _fitted_section(estimator, graph, section)
+    state, src, dst = fitted_section(estimator, graph, section)
     n_edges = check_counts(n_edges, "n_edges")
-    session = lib._session(verbose=verbose)
-    scores = edge_ablation_scores(session, lib._source(X), graph, src, dst, n_edges, y, scoring)
+    session = state.session(verbose=verbose)
+    scores = edge_ablation_scores(
+        session, state.source(X), graph, src, dst, n_edges, y=y, scoring=scoring
+    )
     return n_edges, scores
 
 
@@ -309,17 +235,20 @@ def edges_needed(
     """
     # Every section is checked before any work; all share one session and source.
     sections = graph.sections if sections is None else check_sections(sections)
-    fitted = [_fitted_section(estimator, graph, section) for section in sections]
-    if not fitted:
+    found = [fitted_section(estimator, graph, section) for section in sections]
+    if not found:
         return {}
-    lib = fitted[0][0]
-    session, source = lib._session(verbose=verbose), lib._source(X)
+    state = found[0][0]
+    session, source = state.session(verbose=verbose), state.source(X)
     results = {}
-    for _, src, dst in fitted:
+    for _, src, dst in found:
         total = graph.edges[(src.name, dst.name)].size
 
         def score(m, src=src, dst=dst):
-            return edge_ablation_scores(session, source, graph, src, dst, [m], y, scoring)[0]
+            scores = edge_ablation_scores(
+                session, source, graph, src, dst, [m], y=y, scoring=scoring
+            )
+            return scores[0]
 
         m, best, baseline = _smallest_within(score, total, tolerance)
         results[(src.name, dst.name)] = Sparsity(int(m), int(total), float(best), float(baseline))
@@ -369,8 +298,8 @@ def features_needed(
     Sparsity
         ``n_needed`` features of ``n_total`` (all non-null features).
     """
-    owner, basis = _fitted_node(estimator, layer)
-    session, source = owner._session(verbose=verbose), owner._source(X)
+    state = fitted(estimator, layer)
+    session, source, basis = state.session(verbose=verbose), state.source(X), state.basis
     available = basis.matrix.shape[1]
 
     def score(k):
@@ -391,16 +320,15 @@ def faithfulness_scorer(estimator, X, y=None):
     ``Pipeline([ActivationTransformer, PCA, ...])``.  Accuracy with labels,
     pooled R² of the outputs without.
     """
-    owner, basis = _fitted_node(estimator)
-    scores = node_ablation_scores(
-        owner._session(), owner._source(X), basis, [basis.n_components], y
-    )
+    state = fitted(estimator)
+    basis = state.basis
+    scores = node_ablation_scores(state.session(), state.source(X), basis, [basis.n_components], y)
     return float(scores[0])
 
 
 def n_features_scorer(estimator, X=None, y=None):
     """Scorer: minus the number of kept features (higher means sparser)."""
-    return -float(_fitted_node(estimator)[1].n_components)
+    return -float(fitted(estimator).basis.n_components)
 
 
 @validate_params(

@@ -4,7 +4,7 @@ Works on any :class:`~sklearn_lib.NodeBasis` of a node layer: a
 ``LIBTransformer``'s (``basis="lib"`` or ``"pca"``), or one made from a
 fitted :class:`~sklearn.decomposition.PCA` on activations flattened per
 sample (its width is then ``P * d``).  Each ablation is an accumulator of a
-pass (see ``_session``): one forward pass per batch reads the node layer
+pass (see ``_model.session``): one forward pass per batch reads the node layer
 (and the model output where a score needs it), then every ablated variant
 runs the rest of the model from there.
 """
@@ -130,7 +130,7 @@ class EdgeAblation(_Ablation):
         See :class:`_Ablation`.
     """
 
-    def __init__(self, session, src, dst, masks, y=None, scoring=None, n_samples=None):
+    def __init__(self, session, src, dst, masks, *, y=None, scoring=None, n_samples=None):
         super().__init__(src.name, len(masks), y, scoring, n_samples)
         self.session, self.src, self.dst, self.masks = session, src.name, dst.name, masks
         self.src_t = src.tensors(session.device)
@@ -166,7 +166,6 @@ class EdgeAblation(_Ablation):
         n = f_hat.shape[0]
         src_mean, _, src_pinv = self.src_t
         dst_mean, dst_matrix, _ = self.dst_t
-        dst = None if self.dst == OUTPUT_NODE else self.dst
         mask = torch.as_tensor(mask, device=f_hat.device)
         patterns, which = torch.unique(mask, dim=0, return_inverse=True)  # (u, k_in), (k_out,)
         patterns = patterns.to(torch.float64)
@@ -179,7 +178,7 @@ class EdgeAblation(_Ablation):
             view = (c, 1) + (1,) * (f_hat.ndim - 2) + (rows.shape[1],)
             masked = f_hat.unsqueeze(0) * rows.view(view)  # (c, n, *pos_in, k_in)
             acts = (masked @ src_pinv + src_mean).reshape(c * n, *f_hat.shape[1:-1], -1)
-            out = self.session.section(x, self.src, acts.to(dtype), dst)
+            out = self.session.section(x, self.src, acts.to(dtype), self.dst)
             out = out.to(torch.float64).reshape(c, n, *out.shape[1:]) - dst_mean
             if result is None:
                 result = torch.empty(
@@ -208,13 +207,13 @@ def node_ablation_scores(session, source, basis, n_features, y=None, scoring=Non
     """Scores of :class:`NodeAblation` after one pass over ``source``: ``(len(n_features),)``."""
     _check_label_order(source, y)
     n_features = np.asarray(n_features, dtype=int).reshape(-1)
-    acc = NodeAblation(session, basis, n_features, y, scoring, source.n_samples)
+    acc = NodeAblation(session, basis, n_features, y=y, scoring=scoring, n_samples=source.n_samples)
     (scores,) = session.run_pass(source, [acc], "ablation")
     return scores
 
 
 @outside_inference_mode
-def edge_ablation_scores(session, source, graph, src, dst, n_edges, y=None, scoring=None):
+def edge_ablation_scores(session, source, graph, src, dst, n_edges, *, y=None, scoring=None):
     """Scores with the top ``m`` edges of the section ``src -> dst`` of ``graph``, for each ``m``.
 
     Parameters
@@ -245,6 +244,6 @@ def edge_ablation_scores(session, source, graph, src, dst, n_edges, y=None, scor
     if n_edges.size and (n_edges.min() < 0 or n_edges.max() > E.size):
         raise ValueError(f"n_edges must lie in [0, {E.size}], got {n_edges.tolist()}")
     masks = [graph.top_edges(section, m) for m in n_edges]
-    acc = EdgeAblation(session, src, dst, masks, y, scoring, source.n_samples)
+    acc = EdgeAblation(session, src, dst, masks, y=y, scoring=scoring, n_samples=source.n_samples)
     (scores,) = session.run_pass(source, [acc], f"edge ablation {src.name!r} -> {dst.name!r}")
     return scores

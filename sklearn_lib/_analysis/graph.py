@@ -1,4 +1,4 @@
-"""Interaction graphs: edges between the LIB features of consecutive node layers.
+"""Interaction graphs: the features of node layers and the squared edges between them.
 
 For a section from node layer ``l`` to ``l+1``, ``F_hat`` maps layer-``l``
 features to layer-``(l+1)`` features (through ``C_pinv``, the section and
@@ -12,27 +12,15 @@ Gradients with respect to features follow from those with respect to
 activations by the chain rule: ``f = f_hat @ C_pinv[:k] + mu`` gives
 ``d/df_hat = (d/df) @ C_pinv[:k]^T``.  Only non-constant features have
 edges (the paper's constant bias feature is not part of the basis here).
+:mod:`~sklearn_lib._analysis.edges` computes them; files are
+:mod:`~sklearn_lib._files.graph_file`'s.
 """
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._core.nodes import OUTPUT_NODE
-from .._files.npz import (
-    CONTENT_ERRORS,
-    as_path,
-    check_float_dtype,
-    json_default,
-    read_npz,
-    write_atomically,
-)
-from .._fitting.stats import row_average
-from .._model.session import outside_inference_mode
-from .._routes.cotangents import Cotangents
-from .._routes.integration import integration_rule, rule_tensors
-from .._routes.jacobian import SectionJacobian
+from .._files.graph_file import read_graph, write_graph
 from .communities import graph_modules, to_networkx
 
 
@@ -125,9 +113,7 @@ class InteractionGraph:
             If ``path`` is not a str or os.PathLike, or ``info`` holds a value
             that JSON cannot store.
         """
-        path = as_path(path)
-        arrays = _graph_arrays(self)
-        write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
+        write_graph(path, self)
 
     @classmethod
     def load(cls, path):
@@ -164,20 +150,7 @@ class InteractionGraph:
         TypeError
             If ``path`` is not a str or os.PathLike.
         """
-        path = as_path(path)
-        with open(path, "rb") as file:
-            try:
-                arrays = read_npz(file, rank=_read_order, expected_shape=_expected_shape)
-                if "meta" not in arrays:
-                    raise ValueError("no 'meta' array")
-                nodes, info = _parse_meta(str(arrays.pop("meta")[()]))
-                _check_arrays(nodes, arrays)
-            except CONTENT_ERRORS as exc:
-                raise ValueError(f"{path!r} is not a saved InteractionGraph: {exc}") from exc
-        lambdas = {node: arrays[f"lambdas_{i}"] for i, node in enumerate(nodes)}
-        sections = zip(nodes[:-1], nodes[1:])
-        edges = {section: arrays[f"edges_{i}"] for i, section in enumerate(sections)}
-        return cls(nodes, lambdas, edges, info)
+        return cls(*read_graph(path))
 
     def to_networkx(self):
         """The graph of features as a ``networkx.DiGraph``.
@@ -234,204 +207,3 @@ class InteractionGraph:
 
         display = InteractionGraphDisplay.from_graph(self, top_edges=top_edges, ax=ax, **kwargs)
         return display.ax_
-
-
-# -- persistence -----------------------------------------------------------------------
-_FORMAT_VERSION = 1  # files written before versioning have no "version" field: also 1
-_META_FIELDS = ("nodes", "info", "version")
-
-
-def _graph_arrays(graph):
-    """The arrays that :meth:`InteractionGraph.save` writes, checked as ``load`` checks them."""
-    meta = json.dumps(
-        {"nodes": graph.nodes, "info": graph.info, "version": _FORMAT_VERSION},
-        default=json_default,
-    )
-    try:
-        # The same checks as ``load``: a graph that saves also loads.
-        nodes, _ = _parse_meta(meta)
-        arrays = {f"lambdas_{i}": np.asarray(graph.lambdas[n]) for i, n in enumerate(nodes)}
-        arrays.update(
-            {f"edges_{i}": np.asarray(graph.edges[s]) for i, s in enumerate(graph.sections)}
-        )
-        _check_arrays(nodes, arrays)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"cannot save this InteractionGraph: {exc}") from exc
-    return {"meta": np.array(meta), **arrays}
-
-
-def _read_order(key):
-    # meta, then the lambdas (which fix the edges' shapes), then the rest.
-    kind, _, index = key.partition("_")
-    return ({"meta": 0, "lambdas": 1}.get(kind, 2), int(index) if index.isdigit() else 0, key)
-
-
-def _expected_shape(key, arrays):
-    """The shape ``edges_<i>`` must have, from the lambdas read before it (else None)."""
-    kind, _, index = key.partition("_")
-    if kind != "edges" or not index.isdigit():
-        return None
-    i = int(index)
-    src, dst = arrays.get(f"lambdas_{i}"), arrays.get(f"lambdas_{i + 1}")
-    if src is None or dst is None or src.ndim != 1 or dst.ndim != 1:
-        return None  # reported by the full check
-    return (dst.shape[0], src.shape[0])
-
-
-def _parse_meta(meta):
-    """``(nodes, info)`` from the ``meta`` JSON string, checked."""
-    try:
-        fields = json.loads(meta)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"'meta' is not valid JSON: {exc}") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"'meta' is a JSON {type(fields).__name__}, not an object")
-    missing = [name for name in _META_FIELDS[:2] if name not in fields]
-    unexpected = sorted(set(fields) - set(_META_FIELDS))
-    if missing or unexpected:
-        raise ValueError(f"'meta' lacks fields {missing} or has unexpected ones {unexpected}")
-    version = fields.get("version", _FORMAT_VERSION)
-    if type(version) is not int or version != _FORMAT_VERSION:
-        raise ValueError(f"'meta' has format version {version!r}; this reads {_FORMAT_VERSION}")
-    nodes, info = fields["nodes"], fields["info"]
-    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
-        raise ValueError(f"'meta' nodes must be a non-empty list of str, not {nodes!r}")
-    if len(set(nodes)) != len(nodes):
-        raise ValueError(f"'meta' nodes must be distinct: {nodes}")
-    if not isinstance(info, dict):
-        raise ValueError(f"'meta' info must be a JSON object, not {info!r}")
-    return nodes, info
-
-
-def _check_arrays(nodes, arrays):
-    """Raise ValueError unless ``arrays`` are exactly the lambdas and edges of ``nodes``."""
-    expected = {f"lambdas_{i}" for i in range(len(nodes))}
-    expected |= {f"edges_{i}" for i in range(len(nodes) - 1)}
-    missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"the {len(nodes)} nodes {nodes} need arrays lambdas_0.. and edges_0..: "
-            f"missing {missing}, unexpected {unexpected}"
-        )
-    for key, values in arrays.items():
-        check_float_dtype(key, values.dtype)
-        if not np.all(np.isfinite(values)):
-            raise ValueError(f"array {key!r} has non-finite values")
-        if np.any(values < 0):
-            raise ValueError(f"array {key!r} has negative values")
-    n_features = []
-    for i, node in enumerate(nodes):
-        shape = arrays[f"lambdas_{i}"].shape
-        if len(shape) != 1:
-            raise ValueError(f"array 'lambdas_{i}' of node {node!r} has shape {shape}, not 1-D")
-        n_features.append(shape[0])
-    for i, (src, dst) in enumerate(zip(nodes[:-1], nodes[1:])):
-        shape, expected_shape = arrays[f"edges_{i}"].shape, (n_features[i + 1], n_features[i])
-        if shape != expected_shape:
-            raise ValueError(
-                f"array 'edges_{i}' of {src!r} -> {dst!r} has shape {shape}, not "
-                f"{expected_shape} (features of {dst!r}, features of {src!r})"
-            )
-
-
-class EdgeAccumulator:
-    """Accumulator of the squared edges of one section (see ``_session`` for the protocol).
-
-    Parameters
-    ----------
-    session : ModelSession
-    src, dst : NodeBasis
-        The section's fitted nodes (``dst`` may be the output node).
-    rule : (torch.Tensor, torch.Tensor)
-        Integration points and weights on the session's device.
-    n_stochastic_sources : int or None
-        Random +-1 projections over the output positions per batch, instead
-        of the exact sum over them.
-    jacobian : {"auto", "autograd"}
-    """
-
-    def __init__(self, session, src, dst, rule, n_stochastic_sources=None, jacobian="auto"):
-        self.session, self.src, self.rule = session, src, rule
-        self.reads = (src.name,)
-        self.key = (src.name, dst.name)
-        self.sources = n_stochastic_sources
-        dst_name = None if dst.name == OUTPUT_NODE else dst.name
-        self.section = SectionJacobian(session, src.name, dst_name, jacobian)
-        self.src_tensors = src.tensors(session.device)
-        self.exact = Cotangents(dst.tensors(session.device, session.dtype)[1], dst.n_positions)
-        self.total = 0
-        self.rows = 0
-        self.count = 0
-
-    def update(self, batch, acts):
-        cotangents = self.exact.sampled(self.sources, self.session.generator, False)
-        f = acts[self.src.name]
-        self.total = self.total + self.section.edge_sums(
-            batch.x, f, self.src_tensors, cotangents, self.rule
-        )
-        self.rows += batch.n_rows(f.shape[1:])
-        self.count += batch.n
-
-    def result(self):
-        """Edges ``(k_out, k_in)`` averaged over all ``N * P_in`` rows (valid ones), and N."""
-        return row_average(self.total, self.rows, self.count)
-
-
-@outside_inference_mode
-def interaction_graph(
-    session,
-    source,
-    bases,
-    *,
-    integration="gradient",
-    n_intervals=0,
-    n_stochastic_sources=None,
-    jacobian="auto",
-    known=None,
-):
-    """The interaction graph of consecutive fitted nodes, from one pass over the data.
-
-    Parameters
-    ----------
-    session : ModelSession
-    source : ArraySource or StreamSource
-    bases : list of NodeBasis
-        In forward order, the last one the model output's.
-    integration, n_intervals
-        The integration rule (:func:`~sklearn_lib.integration_rule`).
-    n_stochastic_sources : int or None
-    jacobian : {"auto", "autograd"}
-    known : dict, optional
-        Edges ``(E, N)`` of sections found already on the same data and
-        rule, by ``(src, dst)`` names (a fit's, see
-        :func:`~sklearn_lib._fitting.fit.fit_bases`); only the others take the pass,
-        and none is run when every section is known.
-
-    Returns
-    -------
-    InteractionGraph
-    """
-    rule = rule_tensors(integration_rule(integration, n_intervals), session.device)
-    found = dict(known or {})
-    accumulators = [
-        EdgeAccumulator(session, src, dst, rule, n_stochastic_sources, jacobian)
-        for src, dst in zip(bases[:-1], bases[1:])
-        if (src.name, dst.name) not in found
-    ]
-    if accumulators:
-        # One forward pass per batch reads every section's input.
-        what = "edges " + ", ".join(f"{acc.key[0]!r} -> {acc.key[1]!r}" for acc in accumulators)
-        results = session.run_pass(source, accumulators, what)
-        found.update((acc.key, result) for acc, result in zip(accumulators, results))
-    keys = [(src.name, dst.name) for src, dst in zip(bases[:-1], bases[1:])]
-    edges = {key: found[key][0] for key in keys}
-    nodes = [basis.name for basis in bases]
-    lambdas = {basis.name: basis.lambdas[: basis.n_components].copy() for basis in bases}
-    info = {
-        "basis": bases[0].kind,
-        "integration": integration,
-        "n_intervals": int(n_intervals),
-        "n_stochastic_sources": n_stochastic_sources,
-        "n_samples": found[keys[0]][1],
-    }
-    return InteractionGraph(nodes, lambdas, edges, info)

@@ -113,6 +113,14 @@ class InteractionGraphDisplay:
             for i, j, share in zip(*self.edges_shown_[section]):
                 (line,) = ax.plot([col, col + 1], [-j, -i], **_edge_style(share), zorder=1)
                 self.edge_lines_.append(line)
+        self._draw_nodes(ax, cmap)
+        self._label(ax)
+        self.ax_, self.figure_ = ax, ax.figure
+        return self
+
+    def _draw_nodes(self, ax, cmap):
+        """The features of every node as dots, sized by Lambda and coloured by its log10."""
+        graph = self.graph
         # One colour scale for every layer, so that colours compare across columns.
         colours = np.log10(
             np.clip(np.concatenate([graph.lambdas[n] for n in graph.nodes]), _TINY, None)
@@ -141,6 +149,10 @@ class InteractionGraphDisplay:
                     va="center",
                     zorder=3,
                 )
+
+    def _label(self, ax):
+        """Node names (saying where a layer is cut to its top), title, colour bar, legend."""
+        graph = self.graph
         names = [
             node
             if self.features_shown_[node] == len(graph.lambdas[node])
@@ -161,8 +173,6 @@ class InteractionGraphDisplay:
             for s in (1.0, 0.5, 0.1)
         ]
         ax.legend(handles=handles, title="edge", loc="lower left", fontsize=7, title_fontsize=7)
-        self.ax_, self.figure_ = ax, ax.figure
-        return self
 
     @classmethod
     def from_graph(cls, graph, *, top_edges=200, max_features=30, ax=None, cmap="viridis"):

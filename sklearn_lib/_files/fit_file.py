@@ -1,40 +1,82 @@
-"""Saved fits: a fitted ``LIBTransformer`` in a file without its model, never unpickled.
+"""Saved fits: a fitted ``LIBTransformer``'s state in a file without its model, never unpickled.
 
 A fit's result is its bases, a few shapes and its parameters: kilobytes to
 megabytes, where a pickled estimator carries the whole model (17 MB for a
 4.2M-parameter model whose bases take 0.1 MB) and runs arbitrary code when
-loaded.  So :func:`save` writes a compressed ``.npz`` of float arrays (every
-basis' mean, matrix, pseudo-inverse, Lambda and Gram eigenvalues, and the
-interaction graph of ``compute_graph=True``) and one JSON string ``meta``
+loaded.  So :func:`write` stores a :class:`SavedFit` as a compressed
+``.npz`` of float arrays (every basis', :mod:`~sklearn_lib._files.basis_file`,
+and the interaction graph of ``compute_graph=True``,
+:mod:`~sklearn_lib._files.graph_file`) and one JSON string ``meta``
 (parameters, shapes and fitted attributes), with the package's own atomic
-write and checked reader (:mod:`~sklearn_lib._files.npz`), the format of
-``InteractionGraph.save``: no new dependency, and nothing is ever unpickled.
+write and checked reader (:mod:`~sklearn_lib._files.npz`): no new
+dependency, and nothing is ever unpickled.
 
-:func:`load` takes the model separately, checks that it has the node layers
-with the saved activation shapes (one forward pass on a probe of zeros of the
-saved input shapes) and refuses a mismatch; the saved checksums of the model
-the bases were fitted on make later calls warn (``StaleBasisWarning``) when
-the given model's weights differ.
+The estimator turns itself into a :class:`SavedFit` and back; this module
+knows no estimator.  :func:`check_model` runs the model given to ``load`` on
+a probe of zeros of the saved input shapes and refuses one without the node
+layers or with other activation shapes.
 """
 
 import json
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._analysis.graph import InteractionGraph, _check_arrays
 from .._core.nodes import OUTPUT_NODE
-from .._fitting.basis import NodeBasis
-from .._fitting.fit import SourceRounds
+from .._fitting.stochastic import SourceRounds
 from .._model.capture import inspect_node_layers
 from .._model.inputs import is_dict
-from .._model.session import resolve_device
+from .basis_file import basis_arrays, basis_entry, positive_ints, read_bases
+from .graph_file import graph_arrays, graph_from_arrays
 from .npz import CONTENT_ERRORS, as_path, json_default, read_npz, write_atomically
 
 _FORMAT = "sklearn-lib LIBTransformer"
 _VERSION = 1
-_BASIS_ARRAYS = ("mean", "matrix", "pinv", "lambdas", "gram_eigenvalues")
+_GRAPH_PREFIX = "graph_"
+#: Fitted attributes of the inputs, stored where the fit set them.
+INPUT_ATTRIBUTES = ("n_features_in_", "input_fields_", "feature_names_in_")
+
+
+@dataclass
+class SavedFit:
+    """A fitted ``LIBTransformer``'s state, as a file holds it (the model aside).
+
+    Attributes
+    ----------
+    params : dict
+        The constructor's parameters but the model.
+    bases : dict of str to NodeBasis
+        Forward order, the model output's last.
+    output_shape : tuple
+    input_shape : tuple or dict of str to tuple
+    input_dtypes : str or dict of str to str
+        Per input field, ``"float"`` or an integer dtype's name (:func:`input_dtypes`).
+    batch_size : int
+    n_stochastic_sources : dict
+    rounds : dict of str to SourceRounds
+    fingerprint : (torch.dtype, dict)
+        Checksums of the model the bases were fitted on.
+    inputs : dict
+        Those of :data:`INPUT_ATTRIBUTES` the fit set.
+    graph : tuple or None
+        ``(nodes, lambdas, edges, info)`` of ``compute_graph=True``.
+    output_config : dict or None
+        ``set_output``'s configuration.
+    """
+
+    params: dict
+    bases: dict
+    output_shape: tuple
+    input_shape: object
+    input_dtypes: object
+    batch_size: int
+    n_stochastic_sources: dict
+    rounds: dict
+    fingerprint: tuple
+    inputs: dict
+    graph: tuple | None = None
+    output_config: dict | None = None
 
 
 def input_dtypes(x):
@@ -49,41 +91,39 @@ def _kind(tensor):
 
 
 # -- writing --------------------------------------------------------------------------------
-def save(estimator, path):
-    """Write a fitted ``LIBTransformer`` to ``path`` (see ``LIBTransformer.save``)."""
+def write(path, saved, owner):
+    """Write ``saved`` to ``path`` atomically; ``owner`` names the estimator in errors."""
     path = as_path(path)
     meta = {
         "format": _FORMAT,
         "version": _VERSION,
-        "params": _saved_params(estimator),
-        "fitted": _saved_fitted(estimator),
-        "bases": [
-            {"name": b.name, "shape": list(b.shape), "n_components": b.n_components, "kind": b.kind}
-            for b in estimator.bases_.values()
-        ],
+        "params": _params_json(saved.params, owner),
+        "fitted": _fitted_json(saved),
+        "bases": [basis_entry(b) for b in saved.bases.values()],
     }
     arrays = {}
-    for i, basis in enumerate(estimator.bases_.values()):
-        for field in _BASIS_ARRAYS:
-            arrays[f"basis{i}_{field}"] = np.asarray(getattr(basis, field), dtype=np.float64)
-    graph = getattr(estimator, "interaction_graph_", None)
-    if graph is not None:
-        meta["graph"] = {"nodes": graph.nodes, "info": graph.info}
-        for i, node in enumerate(graph.nodes):
-            arrays[f"graph_lambdas_{i}"] = np.asarray(graph.lambdas[node], dtype=np.float64)
-        for i, section in enumerate(graph.sections):
-            arrays[f"graph_edges_{i}"] = np.asarray(graph.edges[section], dtype=np.float64)
-    output_config = getattr(estimator, "_sklearn_output_config", {}).get("transform")
-    if output_config is not None:
-        meta["output_config"] = {"transform": output_config}
+    for i, basis in enumerate(saved.bases.values()):
+        arrays.update(basis_arrays(i, basis))
+    if saved.graph is not None:
+        nodes, lambdas, edges, info = saved.graph
+        meta["graph"] = {"nodes": nodes, "info": info}
+        graph = _GraphParts(nodes, lambdas, edges)
+        arrays.update(graph_arrays(graph, _GRAPH_PREFIX))
+    if saved.output_config is not None:
+        meta["output_config"] = saved.output_config
     text = json.dumps(meta, default=json_default)
     write_atomically(path, lambda file: np.savez_compressed(file, meta=np.array(text), **arrays))
 
 
-def _saved_params(estimator):
-    """The parameters but the model, as JSON; TypeError for one that JSON cannot hold."""
-    params = estimator.get_params(deep=False)
-    params.pop("model")
+@dataclass
+class _GraphParts:
+    nodes: list
+    lambdas: dict
+    edges: dict
+
+
+def _params_json(params, owner):
+    """The parameters as JSON; TypeError for one that JSON cannot hold."""
     out = {}
     for name, value in params.items():
         if isinstance(value, (torch.device, torch.dtype)):
@@ -94,33 +134,30 @@ def _saved_params(estimator):
             json.dumps(value)
         except (TypeError, ValueError):
             raise TypeError(
-                f"{type(estimator).__name__}.save cannot store {name}={value!r}: only "
-                "parameters that JSON holds (str, numbers, lists, dicts, None) can be saved; "
-                "set it to such a value, or pickle the estimator instead"
+                f"{owner}.save cannot store {name}={value!r}: only parameters that JSON "
+                "holds (str, numbers, lists, dicts, None) can be saved; set it to such a "
+                "value, or pickle the estimator instead"
             ) from None
         out[name] = value
     return out
 
 
-def _saved_fitted(estimator):
+def _fitted_json(saved):
+    dtype, checksums = saved.fingerprint
     fitted = {
-        "input_shape_": _shape_json(estimator.input_shape_),
-        "input_dtypes": estimator._input_dtypes_,
-        "output_shape_": list(estimator.output_shape_),
-        "batch_size_": estimator.batch_size_,
-        "n_stochastic_sources_": estimator.n_stochastic_sources_,
-        "stochastic_rounds_": {
-            name: vars(rounds) for name, rounds in estimator.stochastic_rounds_.items()
+        "input_shape_": _shape_json(saved.input_shape),
+        "input_dtypes": saved.input_dtypes,
+        "output_shape_": list(saved.output_shape),
+        "batch_size_": saved.batch_size,
+        "n_stochastic_sources_": saved.n_stochastic_sources,
+        "stochastic_rounds_": {name: vars(r) for name, r in saved.rounds.items()},
+        "model_fingerprint": {
+            "dtype": str(dtype).removeprefix("torch."),
+            "checksums": {name: list(sums) for name, sums in checksums.items()},
         },
     }
-    for name in ("n_features_in_", "input_fields_", "feature_names_in_"):
-        if hasattr(estimator, name):
-            fitted[name] = np.asarray(getattr(estimator, name)).tolist()
-    dtype, checksums = estimator._model_fingerprint_
-    fitted["model_fingerprint"] = {
-        "dtype": str(dtype).removeprefix("torch."),
-        "checksums": {name: list(sums) for name, sums in checksums.items()},
-    }
+    for name, value in saved.inputs.items():
+        fitted[name] = np.asarray(value).tolist()
     return fitted
 
 
@@ -131,8 +168,8 @@ def _shape_json(shape):
 
 
 # -- reading --------------------------------------------------------------------------------
-def load(cls, path, model, device=None):
-    """A fitted ``cls`` from ``path`` and ``model`` (see ``LIBTransformer.load``)."""
+def read(path, owner):
+    """The :class:`SavedFit` in ``path``; ValueError naming the file and the problem."""
     path = as_path(path)
     with open(path, "rb") as file:
         try:
@@ -140,52 +177,37 @@ def load(cls, path, model, device=None):
             if "meta" not in arrays:
                 raise ValueError("no 'meta' array")
             meta = _parse(str(arrays.pop("meta")[()]))
-            estimator = cls(model, **_params(meta["params"]))
-            # The parameters as fit would check them: a tampered value is refused
-            # here, not by the first transform.
-            estimator._validate_params()
-            bases = _bases(meta["bases"], arrays)
+            bases = read_bases(meta["bases"], arrays)
             graph = _graph(meta.get("graph"), arrays)
             if arrays:
                 raise ValueError(f"unexpected arrays {sorted(arrays)}")
-            fitted = meta["fitted"]
-            output_shape = tuple(_ints(fitted["output_shape_"], "output_shape_"))
-            layers = [estimator.layer, *estimator.downstream_layers, OUTPUT_NODE]
-            if list(bases) != layers:
-                raise ValueError(
-                    f"the bases are of {list(bases)}, but the parameters name {layers}"
-                )
+            return _saved(meta, bases, graph)
         except CONTENT_ERRORS + (TypeError, AttributeError) as exc:
-            raise ValueError(f"{path!r} is not a saved {cls.__name__}: {exc}") from exc
-    _set_fitted(estimator, fitted, bases, output_shape, graph, path)
-    _set_device(estimator, device, path)
-    output_config = meta.get("output_config")
-    if output_config:  # set_output(transform="pandas") survives the round trip
-        estimator.set_output(**output_config)
-    _check_model(estimator, path)
-    return estimator
+            raise ValueError(f"{path!r} is not a saved {owner}: {exc}") from exc
 
 
-def _set_device(estimator, device, path):
-    """``device`` if given; else the saved one where this machine has it, else "auto".
-
-    A fit saved on a GPU machine (``device="cuda:3"``, say) loads on a laptop.
-    """
-    if device is not None:
-        estimator.set_params(device=device)
-        resolve_device(device)  # a device this machine lacks is refused now, by name
-        return
-    try:
-        resolve_device(estimator.device)
-    except ValueError as exc:
-        warnings.warn(
-            f"{path!r} was saved with device={estimator.device!r}, which this machine "
-            f"cannot use ({exc}); loaded with device='auto'. Pass load(..., device=...) "
-            "to choose one.",
-            UserWarning,
-            stacklevel=3,
-        )
-        estimator.set_params(device="auto")
+def _saved(meta, bases, graph):
+    fitted = meta["fitted"]
+    printed = fitted["model_fingerprint"]
+    checksums = {name: tuple(sums) for name, sums in printed["checksums"].items()}
+    (batch_size,) = positive_ints([fitted["batch_size_"]], "batch_size_")
+    inputs = {name: fitted[name] for name in INPUT_ATTRIBUTES if name in fitted}
+    if "n_features_in_" in inputs:
+        positive_ints([inputs["n_features_in_"]], "n_features_in_")
+    return SavedFit(
+        params=_params(meta["params"]),
+        bases=bases,
+        output_shape=tuple(positive_ints(fitted["output_shape_"], "output_shape_")),
+        input_shape=_shape(fitted["input_shape_"]),
+        input_dtypes=fitted["input_dtypes"],
+        batch_size=batch_size,
+        n_stochastic_sources=dict(fitted["n_stochastic_sources_"]),
+        rounds={name: SourceRounds(**r) for name, r in fitted["stochastic_rounds_"].items()},
+        fingerprint=(getattr(torch, printed["dtype"]), checksums),
+        inputs=inputs,
+        graph=graph,
+        output_config=meta.get("output_config"),
+    )
 
 
 def _parse(text):
@@ -212,40 +234,10 @@ def _params(params):
     }
 
 
-def _ints(values, what):
-    if not isinstance(values, list) or not all(type(v) is int and v > 0 for v in values):
-        raise ValueError(f"{what} must be a list of positive ints, not {values!r}")
-    return values
-
-
-def _bases(entries, arrays):
-    """The saved :class:`NodeBasis` objects by name, every array checked against its shape."""
-    bases = {}
-    for i, entry in enumerate(entries):
-        name, kind = entry.get("name"), entry.get("kind")
-        if not isinstance(name, str) or name in bases or kind not in ("lib", "pca", "identity"):
-            raise ValueError(f"basis {i} has no distinct name or known kind: {entry!r}")
-        shape = tuple(_ints(entry.get("shape"), f"basis {name!r} shape"))
-        found = {field: arrays.pop(f"basis{i}_{field}", None) for field in _BASIS_ARRAYS}
-        if any(value is None for value in found.values()):
-            raise ValueError(f"arrays of basis {name!r} are missing")
-        d, (mean, matrix, pinv, lambdas, gram) = shape[-1], found.values()
-        k = lambdas.shape[0] if lambdas.ndim == 1 else -1
-        expected = {"mean": (d,), "matrix": (d, k), "pinv": (k, d), "lambdas": (k,)}
-        for field, want in expected.items():
-            if found[field].shape != want:
-                raise ValueError(
-                    f"basis {name!r}: {field} has shape {found[field].shape}, not {want}"
-                )
-        if gram.ndim != 1 or not all(np.isfinite(a).all() for a in found.values()):
-            raise ValueError(f"basis {name!r} holds non-finite values or a malformed array")
-        n_components = entry.get("n_components")
-        if type(n_components) is not int or not 1 <= n_components <= k:
-            raise ValueError(f"basis {name!r}: n_components {n_components!r} not in [1, {k}]")
-        bases[name] = NodeBasis(name, shape, mean, matrix, pinv, lambdas, n_components, gram, kind)
-    if len(bases) < 2 or list(bases)[-1] != "output":
-        raise ValueError("the bases must end with the model output's")
-    return bases
+def _shape(shape):
+    if isinstance(shape, dict):
+        return {k: tuple(positive_ints(v, k)) if v else () for k, v in shape["fields"].items()}
+    return tuple(shape)
 
 
 def _graph(entry, arrays):
@@ -254,68 +246,34 @@ def _graph(entry, arrays):
     nodes, info = entry.get("nodes"), entry.get("info")
     if not isinstance(nodes, list) or not isinstance(info, dict):
         raise ValueError("'meta' graph must hold 'nodes' (a list) and 'info' (an object)")
-    prefix = "graph_"
-    mine = {
-        key.removeprefix(prefix): arrays.pop(key) for key in list(arrays) if key.startswith(prefix)
-    }
-    _check_arrays(nodes, mine)
-    lambdas = {node: mine[f"lambdas_{i}"] for i, node in enumerate(nodes)}
-    edges = {s: mine[f"edges_{i}"] for i, s in enumerate(zip(nodes[:-1], nodes[1:]))}
-    return InteractionGraph(nodes, lambdas, edges, info)
+    lambdas, edges = graph_from_arrays(nodes, arrays, _GRAPH_PREFIX)
+    return nodes, lambdas, edges, info
 
 
-def _set_fitted(estimator, fitted, bases, output_shape, graph, path):
-    try:
-        estimator._set_bases(bases, output_shape)
-        shape = fitted["input_shape_"]
-        if isinstance(shape, dict):
-            estimator.input_shape_ = {
-                k: tuple(_ints(v, k)) if v else () for k, v in shape["fields"].items()
-            }
-        else:
-            estimator.input_shape_ = tuple(shape)
-        estimator._input_dtypes_ = fitted["input_dtypes"]
-        (estimator.batch_size_,) = _ints([fitted["batch_size_"]], "batch_size_")
-        estimator.n_stochastic_sources_ = dict(fitted["n_stochastic_sources_"])
-        estimator.stochastic_rounds_ = {
-            name: SourceRounds(**rounds) for name, rounds in fitted["stochastic_rounds_"].items()
-        }
-        if "n_features_in_" in fitted:
-            (estimator.n_features_in_,) = _ints([fitted["n_features_in_"]], "n_features_in_")
-        if "input_fields_" in fitted:
-            estimator.input_fields_ = fitted["input_fields_"]
-        if "feature_names_in_" in fitted:
-            estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
-        printed = fitted["model_fingerprint"]
-        dtype = getattr(torch, printed["dtype"])
-        checksums = {name: tuple(sums) for name, sums in printed["checksums"].items()}
-        estimator._model_fingerprint_ = (dtype, checksums)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{path!r} is not a saved {type(estimator).__name__}: {exc}") from exc
-    if graph is not None:
-        estimator.interaction_graph_ = graph
+# -- the model ------------------------------------------------------------------------------
+def check_model(session, saved, path):
+    """Refuse a model without the node layers, or whose activations have other shapes.
 
-
-def _check_model(estimator, path):
-    """Refuse a model without the node layers, or whose activations have other shapes."""
-    names = list(estimator.bases_)[:-1]
-    session = estimator._session(fitting=True)  # the weights may differ: that only warns later
-    probe = _zeros_probe(estimator.input_shape_, estimator._input_dtypes_, session)
+    ``session`` runs the model given to ``load`` (its weights may differ from
+    the saved fingerprint's: that only warns later).
+    """
+    names = [name for name in saved.bases if name != OUTPUT_NODE]
+    probe = _zeros_probe(saved.input_shape, saved.input_dtypes, session)
     try:
         shapes, output_shape = inspect_node_layers(session, probe, names)
     except ValueError as exc:
         raise ValueError(f"The model does not fit the bases saved in {path!r}: {exc}") from exc
-    saved = {name: estimator.bases_[name].shape for name in names}
     for name in names:
-        if tuple(shapes[name]) != tuple(saved[name]):
+        saved_shape = tuple(saved.bases[name].shape)
+        if tuple(shapes[name]) != saved_shape:
             raise ValueError(
                 f"The model does not fit the bases saved in {path!r}: layer {name!r} has "
-                f"activations of shape {tuple(shapes[name])}, the saved basis {tuple(saved[name])}"
+                f"activations of shape {tuple(shapes[name])}, the saved basis {saved_shape}"
             )
-    if tuple(output_shape) != tuple(estimator.output_shape_):
+    if tuple(output_shape) != tuple(saved.output_shape):
         raise ValueError(
             f"The model does not fit the bases saved in {path!r}: its output has shape "
-            f"{tuple(output_shape)}, the saved one {tuple(estimator.output_shape_)}"
+            f"{tuple(output_shape)}, the saved one {tuple(saved.output_shape)}"
         )
 
 

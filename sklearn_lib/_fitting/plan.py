@@ -1,13 +1,20 @@
-"""What a fit will run, said before it runs: passes over the data, Jacobian rows, time.
+"""What a fit will run, decided once and said before it runs: passes, Jacobian rows, time.
 
 The cost of a LIB fit on a model without closed forms is set by its
 backward passes: every batch of a section's ``M'`` pass runs one backward
 pass per *row*, and the exact ``M'`` has ``P_out * k_next`` rows (output
 positions times next-layer features), where ``n_stochastic_sources=S`` runs
-``S``.  A fit of a language model with many positions and a wide output can
-take minutes, so it says so at the start: :func:`announce` reports the plan
-on the progress lines when ``verbose`` is on and, when the fit is estimated
-to take longer than :data:`LONG_FIT_SECONDS`, also without it, through the
+``S``.  :func:`make_plan` turns the route table and the settings into a
+:class:`FitPlan`, every decision of the fit in one object: which sections
+the statistics pass gathers, which take a pass of their own, exact or with
+sources (and why), how many backward rows per batch, whether the rows serve
+the edges.  :func:`~sklearn_lib._fitting.fit.fit_bases` executes it as it
+stands.
+
+A fit of a language model with many positions and a wide output can take
+minutes, so it says so at the start: :func:`announce` reports the plan on
+the progress lines when ``verbose`` is on and, when the fit is estimated to
+take longer than :data:`LONG_FIT_SECONDS`, also without it, through the
 ``"sklearn_lib"`` logger at level WARNING (shown by Python's default
 handler; ``logging.getLogger("sklearn_lib").setLevel(logging.ERROR)``
 silences it).
@@ -17,68 +24,149 @@ import logging
 import math
 from dataclasses import dataclass
 
-from .._core.nodes import OUTPUT_NODE, n_positions
+import torch
+
+from .._core.distributed import all_reduce_sum
+from .._core.nodes import n_positions
+from .stochastic import AUTO_MIN_ROUNDS, m_prime_route
 
 #: Fits estimated to take longer than this announce their plan even when not verbose.
 LONG_FIT_SECONDS = 10.0
-
-#: ``n_stochastic_sources="auto"``: sources per batch in each round (one pass), and the
-#: fewest and most rounds.
-AUTO_SOURCES, AUTO_MIN_ROUNDS, AUTO_MAX_ROUNDS = 16, 4, 64
-
-
-def auto_stays_exact(exact_rows):
-    """Whether ``n_stochastic_sources="auto"`` computes a section of ``exact_rows`` exactly.
-
-    It runs at least :data:`AUTO_MIN_ROUNDS` rounds of :data:`AUTO_SOURCES`
-    rows per batch, so up to that many exact rows cost no more (measured on
-    the paper's attention, 29 rows: rounds took 3x the exact fit's time).
-    """
-    return exact_rows <= AUTO_MIN_ROUNDS * AUTO_SOURCES
-
 
 logger = logging.getLogger("sklearn_lib")
 
 
 @dataclass(frozen=True)
 class SectionPlan:
-    """The ``M'`` pass of one section.
+    """How one section's ``M'`` is made.
 
     Attributes
     ----------
-    src, dst : str
-        The section's node layers (``dst`` may be ``"output"``).
-    rows : int or None
-        Backward passes per batch (an upper bound when exact: the next
-        node's kept features are not known before it is fitted); None for
-        ``n_stochastic_sources="auto"``, which runs rounds until it converges.
-    exact : bool
+    section : Section
+    route : str
+        How ``M'`` is made: ``"statistics pass"`` (a closed form's statistics,
+        gathered before any basis) or the route's own
+        (:attr:`SectionRoute.m_prime <sklearn_lib._routes.table.SectionRoute.m_prime>`).
+    sources : int, "auto" or None
+        None: exact; an int: random sources per batch; ``"auto"``: rounds.
+    why : str
+        Why exact or stochastic.
+    joins : bool
+        Whether the statistics pass gathers it (no pass of its own).
+    keep_rows : bool
+        Whether the rows it makes are kept for the edges (``compute_graph``).
     seconds : float or None
-        Estimated time of the pass; None where a closed form may serve the
-        section (then it is much faster than autograd) or the data's size
-        is not known.
-    route : str or None
-        How the section is served without a backward pass per row (a closed
-        form, the affine route), or None for autograd rows.
+        Estimated time of its pass; None where not priced (a route without
+        backward rows, rounds, or data of unknown size).
     """
 
-    src: str
-    dst: str
-    rows: int
-    exact: bool
-    seconds: float | None
-    route: str | None = None  # a route without a backward pass per row, when one serves
+    section: object
+    route: str
+    sources: object
+    why: str
+    joins: bool
+    keep_rows: bool = False
+    seconds: float | None = None
+
+    @property
+    def exact(self):
+        return self.sources is None
+
+    @property
+    def passes(self):
+        """Passes of its own: 0 when gathered, at least the fewest rounds for ``"auto"``."""
+        if self.joins:
+            return 0
+        return AUTO_MIN_ROUNDS if self.sources == "auto" else 1
+
+    @property
+    def backward_rows(self):
+        """Backward passes per batch: 0 on routes without them, None for rounds.
+
+        Autograd: one per row, exact (an upper bound: ``P_out`` times the next
+        node's *full* width, whose kept features are not known before it is
+        fitted, see :meth:`rows_per_pass`) or one per source.  The affine
+        route makes exact rows once per pass (:attr:`rows_once`), but sampled
+        ones, new every batch, on one sample per batch.
+        """
+        return self._rows_per_batch(self.section.dst_shape[-1])
+
+    @property
+    def rows_once(self):
+        """Backward passes made once per pass (the affine route's exact rows), at most."""
+        return self._rows_once(self.section.dst_shape[-1])
+
+    def rows_per_pass(self, n_batches, kept=None):
+        """Backward passes of one pass over ``n_batches`` batches (None for rounds).
+
+        ``kept``: the next node's kept features, once fitted (exact rows are
+        ``P_out`` times them); None gives the upper bound of the full width.
+        """
+        width = self.section.dst_shape[-1] if kept is None else kept
+        per_batch = self._rows_per_batch(width)
+        return None if per_batch is None else per_batch * n_batches + self._rows_once(width)
+
+    def _rows_per_batch(self, width):
+        if self.sources == "auto":
+            return None
+        if self.route == "autograd":
+            return n_positions(self.section.dst_shape) * width if self.exact else self.sources
+        if self.route == "affine" and not self.exact:
+            return self.sources
+        return 0
+
+    def _rows_once(self, width):
+        if self.route == "affine" and self.exact:
+            return n_positions(self.section.dst_shape) * width
+        return 0
+
+    def describe(self):
+        """How its ``M'`` is made, in words."""
+        if self.sources == "auto":
+            how = "rounds of random sources until the basis stops moving"
+        elif self.route == "autograd":
+            how = f"{'up to ' if self.exact else ''}{self.backward_rows:,} backward rows per batch"
+        elif self.route == "affine" and not self.exact:
+            how = f"affine, {self.backward_rows:,} rows per batch on one sample"
+        else:
+            how = _ROUTE_WORDS[self.route]
+        if self.joins and self.route != "statistics pass":
+            how += ", within the statistics pass"
+        if self.sources is not None and self.sources != "auto":
+            how += f" ({self.why})"
+        return f"{self.section}: {how}"
+
+
+_ROUTE_WORDS = {
+    "statistics pass": "by closed form within the statistics pass",
+    "closed form": "by closed form",
+    "closed-form rows": "by closed-form rows",
+    "affine": "affine, its rows made once",
+}
 
 
 @dataclass(frozen=True)
 class FitPlan:
-    """Passes and rows of one fit (see the module docstring)."""
+    """Every decision of one fit (see the module docstring)."""
 
     owner: str
-    passes: int
     n_samples: int | None
-    sections: tuple
-    gathered: tuple = ()  # section sources whose M' the statistics pass gathers
+    sections: tuple = ()
+    batch_size: int | None = None
+
+    @property
+    def passes(self):
+        """Passes over the data: the statistics pass and the sections' own (at least)."""
+        return 1 + sum(s.passes for s in self.sections)
+
+    @property
+    def gathered(self):
+        """Section sources whose ``M'`` the statistics pass gathers."""
+        return tuple(s.section.src for s in self.sections if s.joins)
+
+    def section(self, section):
+        """The :class:`SectionPlan` of ``section``."""
+        return next(s for s in self.sections if s.section.src == section.src)
 
     @property
     def seconds(self):
@@ -87,99 +175,114 @@ class FitPlan:
         Sections that a route without rows serves count as free: they cost a
         forward pass, which the estimate leaves out everywhere.
         """
-        times = [s.seconds for s in self.sections if s.route is None]
+        times = [s.seconds for s in self.sections if s.route == "autograd"]
         return None if not times or None in times else sum(times)
 
     def describe(self):
-        """One line: the passes, the rows of each section, the estimate and the levers."""
+        """One line: the passes, each section's ``M'``, the estimate and the levers."""
         samples = "a stream" if self.n_samples is None else f"{self.n_samples:,} samples"
-        parts = [
-            f"{section.src!r} -> {section.dst!r}: "
-            + (
-                section.route
-                if section.route is not None
-                else "rounds of random sources until the basis stops moving"
-                if section.rows is None
-                else f"{'up to ' if section.exact else ''}{section.rows:,} backward rows per batch"
-            )
-            for section in self.sections
-        ]
-        at_least = "at least " if any(s.rows is None for s in self.sections) else ""
+        at_least = "at least " if any(s.sources == "auto" for s in self.sections) else ""
         line = f"fitting runs {at_least}{self.passes} pass(es) over {samples}"
-        if parts:
-            line += "; " + ", ".join(parts)
-        if self.gathered:
-            names = ", ".join(repr(name) for name in self.gathered)
-            line += f"; the M' of {names} by closed form within the first pass"
+        if self.batch_size is not None:
+            line += f" in batches of {self.batch_size:,}"
+        if self.sections:
+            line += "; " + ", ".join(s.describe() for s in self.sections)
         if self.seconds is not None:
             line += f"; estimated {_duration(self.seconds)}"
-            if any(section.exact and section.route is None for section in self.sections):
+            if any(s.exact and s.route == "autograd" for s in self.sections):
                 line += " (n_stochastic_sources=S runs S rows per batch instead)"
         return line
 
 
-def fit_plan(
-    owner, names, shapes, output_shape, settings, source, row_seconds, one_pass=(), routes=None
+def make_plan(
+    owner,
+    sections,
+    routes,
+    settings,
+    n_samples,
+    *,
+    batch_size=None,
+    price=None,
+    compute_graph=False,
+    device=None,
 ):
-    """The plan of a fit (see :class:`FitPlan`).
+    """The :class:`FitPlan` of a fit.
 
     Parameters
     ----------
     owner : str
-    names : list of str
-        Node layers in forward order.
-    shapes : dict of str to tuple
-        Their per-sample activation shapes (features last).
-    output_shape : tuple
+    sections : tuple of Section
+        With their shapes.
+    routes : RouteTable or None
+        None for a PCA fit (no Jacobians).
     settings : FitSettings
-    source : ArraySource or StreamSource
-    row_seconds : dict of str to callable
-        Per section source that autograd serves (no closed form may): a
-        function of ``n`` that times ``n`` Jacobian rows on the probe and
-        returns the seconds per row and sample (None if it could not).  One row prices the fit
-        roughly; a fit that might be long (over a tenth of
-        :data:`LONG_FIT_SECONDS`) is priced again with more rows, best of
-        three.
-    one_pass : collection of str
-        Section sources whose ``M'`` the statistics pass gathers (a closed
-        form): no pass and no rows of their own.
-    routes : dict of str to str, optional
-        Per section source, how a route without a backward pass per row
-        serves it (see :attr:`SectionPlan.route`).
+    n_samples : int or None
+    batch_size : int, optional
+    price : callable, optional
+        ``price(section, n_rows)``: seconds per backward row and sample of
+        the section by autograd, or None (see
+        :func:`~sklearn_lib._fitting.fit.row_seconds`).  One row prices the
+        fit roughly; a fit that might be long (over a tenth of
+        :data:`LONG_FIT_SECONDS`) is priced again with four rows.
+    compute_graph : bool
+        Whether the fit also gives the edges.
+    device : torch.device, optional
+        Where ranks agree on the decisions that shape the passes.
     """
-    routes = routes or {}
     if settings.basis != "lib":
-        return FitPlan(owner, 1, _n_samples(source), ())
-    # The statistics pass; the last section joins it when the output basis is known.
-    n_samples = _n_samples(source)
-    sections = []
-    passes = 1
-    for src, dst in zip(names, [*names[1:], OUTPUT_NODE]):
-        if src in one_pass:
-            continue
-        dst_shape = output_shape if dst == OUTPUT_NODE else shapes[dst]
-        sources = settings.n_stochastic_sources
-        exact_rows = n_positions(dst_shape) * dst_shape[-1]
-        if sources == "auto" and (auto_stays_exact(exact_rows) or src not in row_seconds):
-            sources = None  # exact: cheaper than rounds of sources, or a closed form's
-        exact = sources is None
-        rows = exact_rows if exact else sources
-        joins = dst == OUTPUT_NODE and settings.output_basis == "identity" and exact
-        passes += AUTO_MIN_ROUNDS if sources == "auto" else (0 if joins else 1)
-        seconds = None
-        if sources == "auto":
-            rows = None  # rounds until the basis stops moving: not known before
-        elif n_samples is not None and src in row_seconds:
-            # One backward pass per row and batch: the cost grows as rows * samples.
-            seconds = _price(rows * n_samples, row_seconds[src](1))
-            if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
-                seconds = _price(rows * n_samples, row_seconds[src](4))
-        sections.append(SectionPlan(src, dst, rows, exact, seconds, routes.get(src)))
-    gathered = tuple(name for name in names if name in one_pass)
-    return FitPlan(owner, passes, n_samples, tuple(sections), gathered)
+        return FitPlan(owner, n_samples, (), batch_size)
+    plans = tuple(
+        _section_plan(
+            section,
+            routes[section],
+            settings,
+            n_samples=n_samples,
+            price=price,
+            compute_graph=compute_graph,
+            device=device,
+        )
+        for section in sections
+    )
+    return FitPlan(owner, n_samples, plans, batch_size)
 
 
-def _price(row_samples, seconds_per_row_sample):
+def _section_plan(section, route, settings, *, n_samples, price, compute_graph, device):
+    # Decisions that shape the passes must be the same on every rank (each
+    # checked its own probe), or the passes would differ and hang.
+    row_free = _on_every_rank(route.row_free, device)
+    gathered = _on_every_rank(route.gathers_statistics, device)
+    gathered = gathered and settings.n_stochastic_sources in (None, "auto")
+    if gathered:
+        sources, why = None, "exact: its closed form's statistics are gathered before any basis"
+    else:
+        sources, why = m_prime_route(settings.n_stochastic_sources, section, row_free)
+    # The output's basis is known before any data is read (identity): the last
+    # section's M' joins the statistics pass, unless rounds need passes of their own.
+    last = section.to_output and settings.output_basis == "identity" and sources != "auto"
+    # Kept rows serve the edges only at the fit's own points (the plain gradient)
+    # and exact; a Gram without rows leaves none.
+    plain = tuple(map(tuple, settings.rule)) == ((1.0,), (1.0,))
+    keep = compute_graph and plain and sources is None and route.makes_rows and not gathered
+    how = "statistics pass" if gathered else route.m_prime
+    plan = SectionPlan(section, how, sources, why, gathered or last, keep)
+    if price is None or n_samples is None or plan.route != "autograd" or plan.sources == "auto":
+        return plan
+    # One backward pass per row and batch: the cost grows as rows * samples.
+    seconds = _times(plan.backward_rows * n_samples, price(section, 1))
+    if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
+        seconds = _times(plan.backward_rows * n_samples, price(section, 4))
+    return SectionPlan(section, how, sources, why, plan.joins, keep, seconds)
+
+
+def _on_every_rank(flag, device):
+    """``flag`` where it holds on every rank (a no-op in a single process)."""
+    if device is None:
+        return flag
+    doubts = all_reduce_sum(torch.tensor(float(not flag), device=device))
+    return float(doubts) == 0
+
+
+def _times(row_samples, seconds_per_row_sample):
     return None if seconds_per_row_sample is None else row_samples * seconds_per_row_sample
 
 
@@ -193,7 +296,8 @@ def announce(plan, progress):
         )
 
 
-def _n_samples(source):
+def n_samples_of(source):
+    """Samples in ``source`` where known before a pass (a stream's data set's length)."""
     if source.n_samples is not None:
         return source.n_samples
     dataset = getattr(getattr(source, "stream", None), "dataset", None)

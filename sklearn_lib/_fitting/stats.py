@@ -1,46 +1,17 @@
-"""Sufficient statistics as running sums, so batches and ranks compose.
+"""The activation statistics of the statistics pass: means and Grams as running sums.
 
-When ``torch.distributed`` is initialised, every rank accumulates over its
-own shard and the sums are all-reduced at the end of each pass, so all ranks
-end with the statistics of the whole data set.
+Sums over ranks are :mod:`~sklearn_lib._core.distributed`'s.
 """
 
 import torch
 
-
-def distributed():
-    """True when a ``torch.distributed`` process group is running."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def all_reduce_sum(tensor):
-    """Sum ``tensor`` over ranks in place (a no-op in a single process)."""
-    if distributed():
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
-
-
-def global_count(count, device):
-    """The number of samples over all ranks."""
-    return int(all_reduce_sum(torch.tensor(float(count), dtype=torch.float64, device=device)))
-
-
-def row_average(total, n_rows, n_samples):
-    """``(total / rows, N)`` over every rank: a per-row average as numpy, and ``N``.
-
-    ``total`` is a sum over this rank's ``n_samples`` samples, which hold
-    ``n_rows`` rows that count (every position, or the valid ones of padded
-    sequences).
-    """
-    total = all_reduce_sum(total)
-    rows = global_count(n_rows, total.device)
-    return (total / rows).cpu().numpy(), global_count(n_samples, total.device)
+from .._core.distributed import all_reduce_sum, distributed, global_count
 
 
 class MomentAccumulator:
     """Running mean and Gram matrix of one node's activations, accumulated in float64.
 
-    An accumulator of a pass (see ``_session``): rows are the node's
+    An accumulator of a pass (see ``_model.session``): rows are the node's
     activations with positions flattened into samples (padded positions
     left out, see :meth:`~sklearn_lib._model.session.Batch.valid`).  Sums are taken
     around a fixed shift (the first batch's mean when centring): the centred

@@ -13,7 +13,7 @@ the device (:func:`auto_batch_size`).
 Stochastic sources are the exception: their error shrinks with the number
 of draws, sources times batches, so fewer larger batches would make the
 same setting less accurate.  A fit with ``n_stochastic_sources`` keeps
-:data:`STOCHASTIC_BATCH_SIZE`.
+:data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE`.
 """
 
 import torch
@@ -29,9 +29,8 @@ GPU_BUDGET_BYTES = 8 << 30
 #: in the forward pass: the gradients flowing back and their float64 copies.
 WORKING_SET_FACTOR = 4
 
-#: The range of automatic batch sizes, and the size kept with stochastic sources.
+#: The range of automatic batch sizes.
 MIN_BATCH_SIZE, MAX_BATCH_SIZE = 64, 4096
-STOCHASTIC_BATCH_SIZE = 256
 
 #: The batch size of calls that read no data before it is chosen.
 DEFAULT_BATCH_SIZE = 256

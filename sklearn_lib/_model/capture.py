@@ -110,7 +110,6 @@ class ModelRunner:
         output : torch.Tensor or None
         """
         captured = {}
-        handles = []
 
         def record(name, value):
             if order is not None:
@@ -122,19 +121,12 @@ class ModelRunner:
             if not need_output and len(captured) == len(reads):
                 raise _StopForward
 
+        handles = [self._hook(name, record=record) for name in reads]
         try:
-            for name in reads:
-                handles.append(self._hook(name, record=record))
             if substitute is not None:
                 name, value = substitute
                 handles.append(self._hook(name, replace=self.features_back(value, name)))
-            with batch_notes(x, self.where), model_failure(x, self.where):
-                try:
-                    raw = call_model(self.model, x, self.forward_kwargs)
-                except _StopForward:  # every read taken: not an error
-                    output = None
-                else:
-                    output = self.features_last(select_output(raw, self.output), OUTPUT_NODE)
+            output = self._forward(x)
         finally:
             for handle in handles:
                 handle.remove()
@@ -145,6 +137,15 @@ class ModelRunner:
                 "modules the forward pass uses."
             )
         return [captured[name] for name in reads], output
+
+    def _forward(self, x):
+        """The model's output node on ``x``, features last; None when a hook stopped the pass."""
+        with batch_notes(x, self.where), model_failure(x, self.where):
+            try:
+                raw = call_model(self.model, x, self.forward_kwargs)
+            except _StopForward:  # every read taken: not an error
+                return None
+        return self.features_last(select_output(raw, self.output), OUTPUT_NODE)
 
     def _hook(self, name, record=None, replace=None):
         module = self.module(name)
@@ -237,8 +238,8 @@ class ModelRunner:
         """Activations of the node layers ``names`` on ``x``, stopping after the last one."""
         return self.run(x, reads=names, need_output=False)[0]
 
-    def section(self, x, src, f, dst=None):
-        """Activations at node layer ``dst`` (None: the output) with ``src``'s replaced by ``f``.
+    def section(self, x, src, f, dst=OUTPUT_NODE):
+        """Activations at node layer ``dst`` (or the output) with ``src``'s replaced by ``f``.
 
         ``f`` may stack ``c`` copies of the batch (``f.shape[0] == c * n``,
         copy-major), as integrated gradients and edge ablation do.  Running
@@ -284,7 +285,7 @@ class ModelRunner:
         return repeat_rows(x, copies)  # copy-major, like the stacked f
 
     def _section(self, x, src, f, dst):
-        if dst is None:
+        if dst == OUTPUT_NODE:
             return self.run(x, substitute=(src, f))[1]
         return self.run(x, reads=[dst], substitute=(src, f), need_output=False)[0][0]
 
@@ -462,8 +463,8 @@ def _check_deterministic(names, first, second):
             )
 
 
-def check_cut(runner, x, src, dst, rng):
-    """Raise unless node layer ``dst`` (None: the output) depends on the input only through ``src``.
+def check_cut(runner, x, section, rng):
+    """Raise unless the end of ``section`` depends on the input only through its start.
 
     Runs the section with the real activations of ``src`` and with the same
     activations permuted across samples.  At a cut the second output is the
@@ -478,7 +479,8 @@ def check_cut(runner, x, src, dst, rng):
     # Every position valid: a sample swapped into another's padding would
     # attend differently, which is no path around src.
     x = without_padding(x)
-    dst_name = "the model output" if dst is None else f"layer {dst!r}"
+    src, dst = section.src, section.dst
+    dst_name = "the model output" if section.to_output else f"layer {dst!r}"
     with torch.no_grad():
         (f,) = runner.read(x, [src])
         # A cyclic shift by a random offset is a permutation with no fixed point.
@@ -506,14 +508,15 @@ def check_cut(runner, x, src, dst, rng):
         )
 
 
-def check_gradient_flow(runner, x, src, dst):
-    """Raise unless node layer ``dst`` (None: the output) is differentiable in ``src``.
+def check_gradient_flow(runner, x, section):
+    """Raise unless the end of ``section`` is differentiable in its start.
 
     A forward pass under ``torch.no_grad`` or a ``.detach()`` between the
     two node layers cuts autograd's graph; the Jacobians would then be
     missing (or silently zero), so this is refused up front.
     """
-    dst_name = "the model output" if dst is None else f"node layer {dst!r}"
+    src, dst = section.src, section.dst
+    dst_name = "the model output" if section.to_output else f"node layer {dst!r}"
     with torch.no_grad():
         (f,) = runner.read(x, [src])
     leaf = f.detach().requires_grad_()

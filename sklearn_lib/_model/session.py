@@ -240,9 +240,6 @@ class ModelSession(ModelRunner):
         Of the compute dtype.
     progress : Progress
     rng : numpy.random.RandomState
-    structures : dict
-        What each section's structure allows, found once per session by
-        :mod:`~sklearn_lib._routes.jacobian` (its closed form; whether it is affine).
     """
 
     def __init__(
@@ -275,8 +272,6 @@ class ModelSession(ModelRunner):
         self.progress = Progress(owner, verbose)
         self.rng = check_random_state(random_state)
         self._generator = None
-        # What the structure of each section allows, found once (see ``_section``).
-        self.structures = {}
 
     @property
     def generator(self):

@@ -138,10 +138,10 @@ class ModularAdditionTransformer(nn.Module):
             resid = block(resid)
         return self.unembed(resid)
 
-    def lib_section_vjp(self, params, src, dst, capture, points, cotangents, tangents=None):
+    def lib_section_vjp(self, params, src, dst, capture, points, cotangents, *, tangents=None):
         """Closed-form gradients of the paper's three sections, for LIB's fitting engine.
 
-        An optional protocol (see ``sklearn_lib/_section.py``):
+        An optional protocol (see ``sklearn_lib/_routes/forms/model_protocol.py``):
         :class:`~sklearn_lib.LIBTransformer` calls this method where a model
         has it, checks the result against autograd once per section, and
         then uses it instead of one backward pass per Jacobian row (several

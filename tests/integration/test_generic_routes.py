@@ -12,13 +12,23 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from _sections import route_of
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from toy_models import modadd_tokens, tanh_mlp, user_transformer
 
-from sklearn_lib import LIBTransformer, _batching, _fit
+from sklearn_lib import LIBTransformer
+from sklearn_lib._core.nodes import OUTPUT_NODE, Section
+from sklearn_lib._fitting import jacobian_gram, stochastic
+from sklearn_lib._model import batching as _batching
 from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes import autograd
+from sklearn_lib._routes import jacobian as jacobian_module
+from sklearn_lib._routes.forms import affine
+from sklearn_lib._routes.forms import base as forms_base
+from sklearn_lib._routes.forms.affine import Affine, is_affine_section
 from sklearn_lib._routes.forms.residual_mlp import ResidualMLP
+from sklearn_lib._routes.jacobian import SectionJacobian
 
 LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
 
@@ -70,24 +80,27 @@ def test_a_user_transformer_by_the_default_route_equals_autograd():
 
 
 def test_the_routes_the_user_transformer_takes():
-    from sklearn_lib._routes.jacobian import SectionJacobian, closed_forms
-
     model, X = user_transformer(), modadd_tokens(40)
     session = ModelSession(model)
-    # The MLP block is recognised; the attention and the unembedding are not.
-    assert [type(f) for f in closed_forms(session, "blocks.0.mlp", "unembed")] == [ResidualMLP]
-    assert closed_forms(session, "blocks.0.attn", "blocks.0.mlp") == []
-    assert closed_forms(session, "unembed", None) == []
-    # The unembedding is affine: its rows are made once, for one sample.
-    section = SectionJacobian(session, "unembed", None)
+    # The MLP block is recognised; the attention is not; the unembedding is affine.
+    mlp = route_of(session, X, "blocks.0.mlp", "unembed")
+    assert all(isinstance(mlp.form(kind), ResidualMLP) for kind in ("rows", "gram", "tangents"))
+    assert mlp.m_prime == "closed form"
+    attn = route_of(session, X, "blocks.0.attn", "blocks.0.mlp")
+    assert attn.m_prime == "autograd" and attn.verdicts == ()
+    unembed = route_of(session, X, "unembed")
+    assert isinstance(unembed.rows, Affine) and unembed.gram is None and unembed.tangents is None
+    assert unembed.m_prime == "affine"
+    # The unembedding's rows are made once, for one sample.
+    section = SectionJacobian(session, unembed)
     (f,) = session.read(X, ["unembed"])
     rows = torch.eye(8, dtype=torch.float64).reshape(8, 1, 8)
     ones = torch.ones(1, dtype=torch.float64)
     chunks = list(section.gradients(X, f, rows, ones))
     assert all(g.shape[1] == 1 for g in chunks)
     np.testing.assert_allclose(torch.cat(chunks)[:, 0, 0].T, model.unembed.W_U.detach())
-    # The attention is not.
-    section = SectionJacobian(session, "blocks.0.attn", "blocks.0.mlp")
+    # The attention's are per sample.
+    section = SectionJacobian(session, attn)
     (f,) = session.read(X, ["blocks.0.attn"])
     rows = torch.eye(8, dtype=torch.float64)[:3].reshape(3, 1, 8)
     assert all(g.shape[1] == len(X) for g in section.gradients(X, f, rows, ones))
@@ -123,14 +136,11 @@ def test_a_section_linear_on_the_probe_is_not_taken_for_affine():
     slow = fit(model, X, ["fc1", "fc2"], jacobian="autograd", batch_size=50)
     assert_same_fit(fast, slow, 1e-10)
     assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-10)
-    # And the verdict itself.
-    from sklearn_lib._routes.jacobian import SectionJacobian
-
-    section = SectionJacobian(session, "fc1", "fc2")
-    (f,) = session.read(torch.as_tensor(X), ["fc1"])
-    rows = torch.eye(3, dtype=torch.float64).reshape(3, 1, 3)
-    ones = torch.ones(1, dtype=torch.float64)
-    assert not section.is_affine(torch.as_tensor(X), f, rows, ones)
+    # And the verdict itself: shown affine from the code, refused by the check.
+    route = route_of(session, torch.as_tensor(X), "fc1", "fc2", kinds=("rows",))
+    assert route.rows is None
+    (verdict,) = route.verdicts
+    assert "affine" in verdict.form and not verdict.passed
 
 
 class TanhThenLinear(nn.Module):
@@ -151,15 +161,14 @@ def test_an_affine_head_is_served_by_one_sample(monkeypatch):
     model = TanhThenLinear().double()
     X = np.random.default_rng(2).normal(size=(64, 6, 3))
     calls = []
-    from sklearn_lib._routes.jacobian import SectionJacobian
+    original = autograd.autograd_rows
 
-    original = SectionJacobian._autograd_rows
-
-    def counting(self, x, points, rows, weights, batched=None):
+    def counting(session, section, x, points, rows, weights, *, batched=None):
         calls.append(points.shape[0])
-        yield from original(self, x, points, rows, weights, batched)
+        yield from original(session, section, x, points, rows, weights, batched=batched)
 
-    monkeypatch.setattr(SectionJacobian, "_autograd_rows", counting)
+    for module in (autograd, affine, forms_base, jacobian_module):
+        monkeypatch.setattr(module, "autograd_rows", counting)
     fast = fit(model, X, ["head"], batch_size=16)
     # The check runs 16 samples at three scales, then the pass makes one sample's rows
     # once for all four batches.
@@ -195,7 +204,7 @@ def test_compute_graph_falls_back_where_rows_cannot_serve(case, monkeypatch):
     if case == "truncated":
         params["n_components"] = 2  # the kept features do not reconstruct the activations
     elif case == "over the budget":
-        monkeypatch.setattr(_fit, "ROW_REUSE_BYTES", 20_000)
+        monkeypatch.setattr(jacobian_gram, "ROW_REUSE_BYTES", 20_000)
     elif case == "integration rule":
         params.update(integration="trapezoidal", n_intervals=2)
     else:
@@ -252,23 +261,7 @@ def test_auto_batches_follow_the_budget(monkeypatch):
 def test_auto_batches_with_stochastic_sources_stay_small():
     model, X = tanh_mlp(), np.random.default_rng(0).normal(size=(600, 4))
     lib = fit(model, X, ["fc2"], n_stochastic_sources=2, random_state=0)
-    assert lib.batch_size_ == _batching.STOCHASTIC_BATCH_SIZE
-
-
-def test_saved_bytes_grow_with_the_graph():
-    x = torch.randn(10, 6, dtype=torch.float64)
-    w = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
-    one = _batching.saved_bytes_per_sample(x, lambda: torch.tanh(x @ w))
-    two = _batching.saved_bytes_per_sample(x, lambda: torch.tanh(torch.tanh(x @ w) @ w))
-    assert one >= 6 * 8 and two > one
-
-
-def test_auto_batch_sizes_are_powers_of_two_in_range():
-    budget = _batching.CPU_BUDGET_BYTES
-    factor = _batching.WORKING_SET_FACTOR
-    assert _batching.auto_batch_size(budget / factor / 1000, "cpu") == 512
-    assert _batching.auto_batch_size(1.0, "cpu") == _batching.MAX_BATCH_SIZE
-    assert _batching.auto_batch_size(float(budget), "cpu") == _batching.MIN_BATCH_SIZE
+    assert lib.batch_size_ == stochastic.STOCHASTIC_BATCH_SIZE
 
 
 def test_activation_transformer_batches_automatically():
@@ -329,16 +322,14 @@ def test_a_kink_the_probe_does_not_reach_is_never_taken_for_affine(data):
 
 
 def test_affinity_is_shown_from_the_code():
-    from sklearn_lib._routes.forms.residual_mlp import is_affine_section
-
     torch.manual_seed(0)
-    clipped = ModelSession(nn.Sequential(nn.Linear(4, 8), Clip(), nn.Linear(8, 3)).double())
-    assert not is_affine_section(clipped, "1", "2")  # clamp is not affine
-    assert is_affine_section(clipped, "2", None)  # an nn.Linear is
-    user = ModelSession(user_transformer())
-    assert is_affine_section(user, "unembed", None)  # x @ W_U + b_U
-    assert not is_affine_section(user, "blocks.0.mlp", "unembed")
-    assert not is_affine_section(user, "blocks.0.attn", "blocks.0.mlp")
+    clipped = nn.Sequential(nn.Linear(4, 8), Clip(), nn.Linear(8, 3)).double()
+    assert not is_affine_section(clipped, Section("1", "2"))  # clamp is not affine
+    assert is_affine_section(clipped, Section("2", OUTPUT_NODE))  # an nn.Linear is
+    user = user_transformer()
+    assert is_affine_section(user, Section("unembed", OUTPUT_NODE))  # x @ W_U + b_U
+    assert not is_affine_section(user, Section("blocks.0.mlp", "unembed"))
+    assert not is_affine_section(user, Section("blocks.0.attn", "blocks.0.mlp"))
 
 
 class OwnFormsElsewhere(nn.Sequential):
@@ -389,16 +380,16 @@ def test_float32_drops_the_rounding_noise_of_activations_far_from_zero():
 def test_kept_rows_never_exceed_the_budget(monkeypatch):
     model, X = user_transformer(), modadd_tokens(120)
     budget = 200_000
-    monkeypatch.setattr(_fit, "ROW_REUSE_BYTES", budget)
+    monkeypatch.setattr(jacobian_gram, "ROW_REUSE_BYTES", budget)
     held = []
-    original = _fit.JacobianGram._keep
+    original = jacobian_gram.JacobianGram._keep
 
     def spy(self, g):
         result = original(self, g)
         held.append(self.kept_bytes if self.kept is not None else 0)
         return result
 
-    monkeypatch.setattr(_fit.JacobianGram, "_keep", spy)
+    monkeypatch.setattr(jacobian_gram.JacobianGram, "_keep", spy)
     fast = fit(model, X, LAYERS, compute_graph=True, truncation_threshold=0.0)
     assert held and max(held) <= budget
     monkeypatch.undo()
@@ -412,4 +403,4 @@ def test_the_plan_names_the_routes(capsys):
     plan = next(line for line in capsys.readouterr().err.splitlines() if "fitting runs" in line)
     assert "'blocks.0.attn' -> 'blocks.0.mlp': up to 8 backward rows per batch" in plan
     assert "'blocks.0.mlp' -> 'unembed': by closed form" in plan
-    assert "'unembed' -> 'output': affine, its rows made once" in plan
+    assert "'unembed' -> 'output': affine, its rows made once, within the statistics" in plan

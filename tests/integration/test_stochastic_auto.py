@@ -108,15 +108,6 @@ class Spectrum(nn.Module):
         return self.fc(x)
 
 
-def test_the_top_features_grow_past_ties():
-    from sklearn_lib._fitting.fit import _gapped_top
-
-    assert _gapped_top(np.array([64, 49, 36, 25, 16, 16, 4, 1.0]), 0.0) == 6
-    assert _gapped_top(np.array([64, 49, 36, 25, 16, 8, 4, 1.0]), 0.0) == 5
-    assert _gapped_top(np.array([64, 49, 36, 25, 16, 10, 2, 1.0]), 7.0) == 6  # within the error
-    assert _gapped_top(np.array([3.0, 2.9]), 0.0) == 2 and _gapped_top(np.array([1.0]), 0.0) == 1
-
-
 @pytest.mark.slow
 def test_a_tie_at_the_top_k_cut_is_one_subspace():
     X = np.random.default_rng(0).normal(size=(4000, 8))

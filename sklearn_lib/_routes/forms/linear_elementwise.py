@@ -24,35 +24,20 @@ fails that check and falls back).
 import torch
 from torch import nn
 
+from ..._core.distributed import all_reduce_sum, global_count
 from ..._core.numerics import CHUNK_ELEMENTS
-
-# Modules that act elementwise (Dropout is the identity in eval mode).
-_ELEMENTWISE = (
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.GELU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.SiLU,
-    nn.ELU,
-    nn.Softplus,
-    nn.Identity,
-    nn.Dropout,
-    nn.Mish,
-    nn.Hardtanh,
-    nn.ReLU6,
-)
+from ..cotangents import scaled
+from .activations import BY_MODULE, ELEMENTWISE_MODULES, IDENTITIES
+from .base import ClosedForm
 
 
-def linear_elementwise_section(model, src_name, dst_name, capture):
-    """``(linear_name, activations)`` if ``src -> dst`` is Linear -> elementwise, else None.
+def linear_elementwise_section(model, section):
+    """``(linear_name, activations)`` if ``section`` is Linear -> elementwise, else None.
 
-    ``dst_name`` None (the model output) qualifies when ``src`` is in the
+    A section to the model output qualifies when its source is in the
     top-level ``nn.Sequential`` that is the model itself.
     """
-    if capture != "input":
-        return None
-    parent_name, _, src_child = src_name.rpartition(".")
+    parent_name, _, src_child = section.src.rpartition(".")
     parent = dict(model.named_modules()).get(parent_name)
     if not isinstance(parent, nn.Sequential):
         return None
@@ -60,29 +45,26 @@ def linear_elementwise_section(model, src_name, dst_name, capture):
     if src_child not in names:
         return None
     start = names.index(src_child)
-    if dst_name is None:
+    if section.to_output:
         if parent is not model:
             return None
         stop = len(names)
     else:
-        dst_parent, _, dst_child = dst_name.rpartition(".")
+        dst_parent, _, dst_child = section.dst.rpartition(".")
         if dst_parent != parent_name or dst_child not in names:
             return None
         stop = names.index(dst_child)
     between = [parent._modules[n] for n in names[start:stop]]
     if not between or not isinstance(between[0], nn.Linear):
         return None
-    if not all(isinstance(m, _ELEMENTWISE) for m in between[1:]):
+    if not all(isinstance(m, ELEMENTWISE_MODULES) for m in between[1:]):
         return None
     prefix = f"{parent_name}." if parent_name else ""
     return f"{prefix}{src_child}", between[1:]
 
 
-class LinearElementwise:
-    """The closed-form protocol of one Linear -> elementwise section.
-
-    Implements ``vjp`` and ``gram`` with the semantics of the models'
-    ``lib_section_vjp`` / ``lib_section_gram`` (see ``_section``).
+class LinearElementwise(ClosedForm):
+    """The closed form of one Linear -> elementwise section (see the module docstring).
 
     Parameters
     ----------
@@ -92,6 +74,7 @@ class LinearElementwise:
         The elementwise modules after it.
     """
 
+    title = "The Linear -> elementwise formula"
     position_wise = True
 
     def __init__(self, linear, activations):
@@ -99,17 +82,17 @@ class LinearElementwise:
         self.activations = activations
 
     @classmethod
-    def detect(cls, model, src, dst, capture):
-        """The form of the section ``src -> dst`` of ``model``, or None where it does not apply."""
-        found = linear_elementwise_section(model, src, dst, capture)
+    def detect(cls, session, section):
+        """The form of ``section`` of the session's model, or None where it does not apply."""
+        found = linear_elementwise_section(session.model, section)
         if found is None:
             return None
         linear_name, activations = found
-        return cls(model.get_submodule(linear_name), activations)
+        return cls(session.model.get_submodule(linear_name), activations)
 
-    def name(self, kind):
-        """How warnings name the form."""
-        return "The Linear -> elementwise formula"
+    def statistics(self, session, section, rule):
+        """A :class:`SlopeGram`: the statistics pass gathers what gives ``M'`` for any basis."""
+        return SlopeGram(session, section, self, rule)
 
     def _derivative(self, points):
         """``phi'(points W^T + b)`` entrywise: (m, *positions, d_next)."""
@@ -122,7 +105,7 @@ class LinearElementwise:
             (derivative,) = torch.autograd.grad(h.sum(), z)
         return derivative
 
-    def vjp(self, points, cotangents, tangents=None):
+    def vjp(self, x, points, cotangents, tangents=None):
         """Rows ``W^T (phi' * c_r)`` at every point (R, m, *positions, d), or with
         ``tangents=(v, a)`` the derivatives along ``a[m, p, j] * v[j]``, (R, m, J)."""
         slope = self._derivative(points)  # (m, *positions, d_next)
@@ -156,24 +139,18 @@ class LinearElementwise:
         anyway, needs no second run of the Linear layer.  Only the exact
         module types qualify (a subclass may compute something else).
         """
-        kinds = [type(m) for m in self.activations if type(m) not in (nn.Identity, nn.Dropout)]
-        if len(kinds) > 1:
-            return None
-        kind = kinds[0] if kinds else None
-        if kind is None:
+        kinds = [type(m) for m in self.activations if type(m) not in IDENTITIES]
+        if not kinds:
             return torch.ones_like(h)
-        if kind is nn.ReLU:
-            return (h > 0).to(h.dtype)
-        if kind is nn.Tanh:
-            return 1 - h * h
-        if kind is nn.Sigmoid:
-            return h * (1 - h)
-        return None
+        found = BY_MODULE.get(kinds[0]) if len(kinds) == 1 else None
+        if found is None or found.slope_of_output is None:
+            return None
+        return found.slope_of_output(h).to(h.dtype)
 
     @property
     def binary_slopes(self):
         """True when every slope is 0 or 1 (ReLU, or no activation)."""
-        kinds = {type(m) for m in self.activations} - {nn.Identity, nn.Dropout}
+        kinds = {type(m) for m in self.activations} - set(IDENTITIES)
         return kinds <= {nn.ReLU}
 
     def gram_from_slopes(self, S, matrix):
@@ -189,7 +166,7 @@ class LinearElementwise:
         W = self.linear.weight.to(torch.float64)
         return W.T @ ((C @ C.T) * S) @ W
 
-    def gram(self, points, weights, cotangents):
+    def gram(self, x, points, weights, cotangents):
         """``W^T (sum_p K_p * S_p) W`` in float64, with ``S_p = sum_x s s^T`` per position."""
         s = self.integrated_slopes(points, weights)
         s = s.reshape(s.shape[0], -1, s.shape[-1])  # (m, P, d_next)
@@ -224,3 +201,61 @@ def weighted_slope_gram(w, s):
         S = torch.einsum("mpd,mpe->pde", s[:, part], s[:, part])
         inner = inner + (K * S).sum(0)
     return inner
+
+
+class SlopeGram:
+    """Accumulator of ``S = sum s s^T`` of a Linear -> elementwise section (see ``_model.session``).
+
+    Its result gives the section's exact ``M'`` for any next basis
+    (:meth:`m_prime`), so it joins the statistics pass.  With the plain
+    gradient rule the slopes come from the next node's activations where the
+    activation allows it (:meth:`LinearElementwise.slopes_from_outputs`),
+    else from running the Linear layer again.
+
+    Parameters
+    ----------
+    session : ModelSession
+    section : Section
+    form : LinearElementwise
+    rule : (torch.Tensor, torch.Tensor)
+        Integration points and weights on the session's device.
+    """
+
+    def __init__(self, session, section, form, rule):
+        self.src, self.dst, self.form = section.src, section.dst, form
+        self.what = f"slopes {section.src!r}"
+        self.rule = rule
+        alphas, weights = rule
+        plain = alphas.numel() == 1 and float(alphas[0]) == 1.0 and float(weights[0]) == 1.0
+        self.from_outputs = plain and form.slopes_from_outputs(torch.zeros(1)) is not None
+        self.binary = self.from_outputs and form.binary_slopes
+        self.reads = (self.src, self.dst) if self.from_outputs else (self.src,)
+        width = form.linear.out_features
+        self.total = torch.zeros(width, width, dtype=torch.float64, device=session.device)
+        self.rows = 0
+
+    def update(self, batch, acts):
+        f = acts[self.src]
+        if self.from_outputs:
+            s = self.form.slopes_from_outputs(acts[self.dst])
+        else:
+            alphas, weights = self.rule
+            s = self.form.integrated_slopes(scaled(f, alphas), weights)
+        s = s.reshape(-1, s.shape[-1])  # (n * P, d_next): positions are samples here
+        if (self.binary and s.shape[0] < 2**24) or s.dtype != torch.float64:
+            # 0/1 slopes (ReLU) have exact float32 products (counts below 2^24 per
+            # batch); a float32 fit takes its own dtype's.  Sums stay float64.
+            low = s.to(torch.float32)
+            self.total += (low.T @ low).to(torch.float64)
+        else:
+            self.total.addmm_(s.T, s)
+        self.rows += batch.n_rows(f.shape[1:])
+
+    def result(self):
+        all_reduce_sum(self.total)
+        self.rows = global_count(self.rows, self.total.device)
+        return self
+
+    def m_prime(self, matrix):
+        """``M'`` in the next basis ``matrix`` ``(d_next, k_next)``, per row, as numpy."""
+        return (self.form.gram_from_slopes(self.total, matrix) / self.rows).cpu().numpy()

@@ -30,41 +30,21 @@ its output exactly what ``dst`` receives:
 
 Anything else, including models fx cannot trace, is not recognised.  Like
 every closed form it is checked against autograd once per section before use
-(see ``_section``).
+(see :mod:`~sklearn_lib._routes.table`).
 """
 
-import inspect
 import operator
-import threading
-from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..._core.nodes import OUTPUT_NODE
 from ..._core.numerics import CHUNK_ELEMENTS
+from ..tracing import LeafTracer, feeds, quietly, trace
+from .activations import BY_FUNCTION, BY_METHOD, BY_MODULE, BY_NAME
+from .base import ClosedForm
 from .linear_elementwise import weighted_slope_gram
-
-_FUNCTIONS = {
-    torch.relu: "relu",
-    F.relu: "relu",
-    torch.tanh: "tanh",
-    torch.sigmoid: "sigmoid",
-    F.silu: "silu",
-    F.gelu: "gelu",
-}
-_METHODS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
-# Exact types only: a subclass may compute something else.
-_MODULES = {
-    nn.ReLU: "relu",
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.SiLU: "silu",
-    nn.GELU: "gelu",
-}
-_PHI = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu}
 
 
 class _Affine(NamedTuple):
@@ -86,11 +66,8 @@ class _Affine(NamedTuple):
         return all(b.ndim <= 1 and b.numel() in (1, width) for b in self.biases)
 
 
-class ResidualMLP:
-    """The closed-form protocol of one section ``[x +] phi(x A + a) B [+ b]``.
-
-    Implements ``vjp`` and ``gram`` with the semantics of the models'
-    ``lib_section_vjp`` / ``lib_section_gram`` (see ``_section``).
+class ResidualMLP(ClosedForm):
+    """The closed form of one section ``[x +] phi(x A + a) B [+ b]`` (see the module docstring).
 
     Parameters
     ----------
@@ -103,6 +80,7 @@ class ResidualMLP:
         Whether the section adds its input.
     """
 
+    title = "The residual MLP formula"
     position_wise = True
 
     def __init__(self, first, second, activation, residual):
@@ -110,27 +88,13 @@ class ResidualMLP:
         self.activation, self.residual = activation, residual
 
     @classmethod
-    def detect(cls, session, src, dst):
-        """The form of the section ``src -> dst`` of the session's model, or None.
+    def detect(cls, session, section):
+        """The form of ``section`` of the session's model, or None.
 
         Never raises: tracing runs arbitrary user code, and whatever fails
         there only means the section is not recognised.
         """
-        if session.capture != "input" or session.forward_kwargs or session.output is not None:
-            return None
-        # The formula acts along the last axis of the model's own layout.
-        if any(session.axis_of(node) not in (None, -1) for node in (src, dst or OUTPUT_NODE)):
-            return None
-        try:
-            model = session.model
-            # The block alone first: most are not MLPs, and tracing it is cheaper
-            # than tracing the whole model.
-            found = _match(model.get_submodule(src))
-            if found is None or not _feeds(model, src, dst):
-                return None
-        except Exception:  # any failure of fx on user code means "no form"
-            return None
-        return None if found is None else cls(*found)
+        return quietly(_detect, cls, session.model, section)
 
     @property
     def A(self):
@@ -142,10 +106,6 @@ class ResidualMLP:
         """The second map's matrix, (k, d_out)."""
         return self.second.matrix
 
-    def name(self, kind):
-        """How warnings name the form."""
-        return "The residual MLP formula"
-
     def _derivative(self, points):
         """``phi'(points A + a)`` entrywise: (m, *positions, k)."""
         z = points.detach() @ self.A
@@ -154,7 +114,7 @@ class ResidualMLP:
         if self.activation is None:
             return torch.ones_like(z)
         name, approximate = self.activation
-        phi = partial(F.gelu, approximate=approximate) if name == "gelu" else _PHI[name]
+        phi = BY_NAME[name].function(approximate)
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             # phi is elementwise, so the gradient of sum(phi(z)) is phi'(z) entrywise,
@@ -162,7 +122,7 @@ class ResidualMLP:
             (derivative,) = torch.autograd.grad(phi(z).sum(), z)
         return derivative
 
-    def vjp(self, points, cotangents, tangents=None):
+    def vjp(self, x, points, cotangents, tangents=None):
         """Rows ``[c +] A (s * (B c))`` at every point, (R, m, *positions, d), or with
         ``tangents=(v, coef)`` the derivatives along ``coef[m, p, j] * v[j]``, (R, m, J)."""
         slope = self._derivative(points)
@@ -200,7 +160,7 @@ class ResidualMLP:
         slope = slope.reshape(weights.shape[0], -1, *slope.shape[1:])  # (A, m, *pos, k)
         return torch.einsum("a,am...->m...", weights.to(slope), slope)
 
-    def gram(self, points, weights, cotangents):
+    def gram(self, x, points, weights, cotangents):
         """``sum_x sum_p sum_r g g^T`` of the integrated rows, float64 (d, d)."""
         s = self.integrated_slopes(points, weights)
         s = s.reshape(s.shape[0], -1, s.shape[-1])  # (m, P, k)
@@ -219,120 +179,21 @@ class ResidualMLP:
 
 
 # -- detection ---------------------------------------------------------------------------
-#: fx patches ``torch.nn.Module.__call__`` and ``__getattr__`` process-wide while
-#: it traces and restores them after; two traces at once in two threads could
-#: restore each other's patches and leave one installed for good.
-_TRACE_LOCK = threading.Lock()
-
-
-class _LeafTracer(fx.Tracer):
-    """fx's tracer with the named modules as leaves, besides torch.nn's own.
-
-    Safe next to other threads: while it traces, fx sends every thread's
-    module calls and attribute reads through it (the patches above), and a
-    model served by another thread (the user's own, say) would fail with
-    "module is not installed as a submodule".  Calls from any thread but the
-    tracing one run as they would without fx.
-    """
-
-    # Buffers as graph inputs too, so that slicing one by a traced size traces
-    # (the causal mask of an attention layer).
-    proxy_buffer_attributes = True
-
-    def __init__(self, leaves):
-        super().__init__()
-        self.leaves = leaves
-        self._thread = None
-
-    def trace(self, root, concrete_args=None):
-        with _TRACE_LOCK:
-            self._thread = threading.get_ident()
-            try:
-                return super().trace(root, concrete_args)
-            finally:
-                self._thread = None
-
-    def _foreign(self):
-        return threading.get_ident() != self._thread
-
-    def call_module(self, m, forward, args, kwargs):
-        if self._foreign():
-            return forward(*args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
-
-    def getattr(self, attr, attr_val, parameter_proxy_cache):
-        if self._foreign():
-            return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
-
-    def is_leaf_module(self, m, name):
-        return name in self.leaves or super().is_leaf_module(m, name)
-
-
-def _trace(tracer, root, concrete_args=None):
-    """``tracer``'s graph of ``root``, leaving ``root`` as it was.
-
-    fx stores tensors that are no attribute of the model on the root as
-    ``_tensor_constant*``; they are removed again, so that tracing never
-    changes the session's model.
-    """
-    before = set(vars(root))
+def _detect(cls, model, section):
     try:
-        return tracer.trace(root, concrete_args)
-    finally:
-        for name in set(vars(root)) - before:
-            delattr(root, name)
-
-
-def _defaults(forward):
-    """The forward parameters after the input at their defaults, or None where one has none.
-
-    Traced as constants (fx's ``concrete_args``), so that ``if mask is not
-    None`` takes the branch the real call takes.
-    """
-    params = list(inspect.signature(forward).parameters.values())
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if not params or params[0].kind not in positional:
+        # The block alone first: most are not MLPs, and tracing it is cheaper
+        # than tracing the whole model.
+        found = _match(model.get_submodule(section.src))
+        if found is None or not feeds(model, section):
+            return None
+    except Exception:  # any failure of fx on user code means "no form"
         return None
-    if any(p.default is p.empty for p in params[1:]):  # *args and **kwargs have none either
-        return None
-    return {p.name: p.default for p in params[1:]}
-
-
-def _hooked(module):
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
-
-
-def _feeds(model, src, dst):
-    """Whether ``src``, called once on one argument, gives ``dst``'s input and nothing else.
-
-    ``dst`` None: the model's return value.  Hooks that fx would not see
-    (user hooks on ``src``'s modules, pre-hooks on ``dst``) disqualify.
-    """
-    concrete = _defaults(model.forward)
-    src_module = model.get_submodule(src)
-    if concrete is None or _hooked(src_module):
-        return False
-    if dst is not None and model.get_submodule(dst)._forward_pre_hooks:
-        return False
-    graph = _trace(_LeafTracer({src, dst}), model, concrete)
-    calls = [n for n in graph.nodes if n.op == "call_module"]
-    at_src = [n for n in calls if n.target == src]
-    at_dst = [n for n in calls if n.target == dst]
-    if len(at_src) != 1 or len(at_src[0].args) != 1 or at_src[0].kwargs:
-        return False
-    node = at_src[0]
-    if len(node.users) != 1:  # what reaches dst must be src's output unchanged, and only it
-        return False
-    (user,) = node.users
-    if dst is None:
-        return user.op == "output" and user.args[0] is node
-    return at_dst == [user] and bool(user.args) and user.args[0] is node
+    return cls(*found)
 
 
 def _match(module):
     """``(first, second, activation, residual)`` of ``module``'s forward, or None."""
-    graph = _trace(_LeafTracer(()), module)
+    graph = trace(LeafTracer(()), module)
     nodes = list(graph.nodes)
     inputs = [n for n in nodes if n.op == "placeholder"]
     out = nodes[-1]
@@ -443,13 +304,14 @@ def _activation(node, root):
     kwargs = dict(node.kwargs)
     if node.op == "call_module":
         module = root.get_submodule(node.target)
-        name = _MODULES.get(type(module))
-        if name == "gelu":
+        found = BY_MODULE.get(type(module))
+        if found is not None and found.name == "gelu":
             kwargs["approximate"] = module.approximate
     elif node.op == "call_function":
-        name = _FUNCTIONS.get(node.target)
+        found = BY_FUNCTION.get(node.target)
     else:
-        name = _METHODS.get(node.target) if node.op == "call_method" else None
+        found = BY_METHOD.get(node.target) if node.op == "call_method" else None
+    name = None if found is None else found.name
     if name is None or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
         return None
     kwargs.pop("inplace", None)  # same values either way
@@ -457,131 +319,3 @@ def _activation(node, root):
     if kwargs or approximate not in ("none", "tanh"):
         return None
     return node.args[0], (name, approximate)
-
-
-# -- affine sections -----------------------------------------------------------------------
-# Operations affine in their tensor arguments.  "Products" are affine only when
-# at most one tensor argument depends on the section's input (x @ W, 2 * x);
-# a quotient only when the input is in the numerator.
-_SUMS = {
-    operator.add,
-    operator.sub,
-    operator.neg,
-    operator.pos,
-    torch.add,
-    torch.sub,
-    torch.cat,
-    torch.stack,
-}
-_PRODUCTS = {operator.mul, operator.matmul, torch.mul, torch.matmul, torch.einsum, F.linear}
-_QUOTIENTS = {operator.truediv, torch.div}
-_RESHAPES = {
-    operator.getitem,
-    torch.reshape,
-    torch.flatten,
-    torch.transpose,
-    torch.permute,
-    torch.squeeze,
-    torch.unsqueeze,
-    torch.sum,
-    torch.mean,
-}
-_SUM_METHODS = {"add", "sub", "neg"}
-_PRODUCT_METHODS = {"mul", "matmul"}
-_RESHAPE_METHODS = {
-    "reshape",
-    "view",
-    "permute",
-    "transpose",
-    "flatten",
-    "unsqueeze",
-    "squeeze",
-    "contiguous",
-    "expand",
-    "sum",
-    "mean",
-    "t",
-    "__getitem__",
-}
-_LINEAR_MODULES = (nn.Linear, nn.Identity, nn.Flatten)
-
-
-def is_affine_section(session, src, dst):
-    """Whether the section ``src -> dst`` is provably affine in its input, by ``torch.fx``.
-
-    The section must be exactly ``src``'s forward (see :func:`_feeds`), and
-    every operation of that forward that depends on the input must be
-    affine in it: sums, products and quotients by constants (parameters,
-    buffers, literals), reshapes, slices and reductions, an exact
-    ``nn.Linear``.  A proof from the code, not from data: no probe can show
-    a kink that its samples do not reach (a clip beyond them, a ReLU they
-    all switch on).  Never raises; a model fx cannot trace is not affine.
-    """
-    if session.capture != "input" or session.forward_kwargs or session.output is not None:
-        return False
-    if any(session.axis_of(node) not in (None, -1) for node in (src, dst or OUTPUT_NODE)):
-        return False
-    try:
-        module = session.model.get_submodule(src)
-        return _affine_graph(module) and _feeds(session.model, src, dst)
-    except Exception:  # any failure of fx on user code means "not shown affine"
-        return False
-
-
-def _affine_graph(module):
-    """Whether ``module``'s traced forward is affine in its one input."""
-    if isinstance(module, _LINEAR_MODULES) and type(module) in _LINEAR_MODULES:
-        return not _hooked(module)
-    graph = _trace(_LeafTracer(()), module)
-    inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        return False
-    dependent = set(inputs)
-    for node in graph.nodes:
-        if node.op in ("placeholder", "get_attr", "output"):
-            continue
-        if _metadata(node):
-            continue  # x.shape, x.size(0): sizes, not values
-        operands = []
-        fx.node.map_arg((node.args, node.kwargs), operands.append)  # nested lists too
-        moving = [a for a in operands if a in dependent]
-        if not moving:
-            continue  # a constant: computed from parameters alone
-        if not _affine_step(node, moving, module):
-            return False
-        dependent.add(node)
-    return True
-
-
-def _metadata(node):
-    """Whether ``node`` reads a tensor's size, dtype or device (no value of it)."""
-    if node.op == "call_function" and node.target is getattr:
-        return node.args[1] in ("shape", "dtype", "device", "ndim")
-    return node.op == "call_method" and node.target in ("size", "dim")
-
-
-def _affine_step(node, moving, root):
-    """Whether ``node`` is affine in the operands ``moving`` (those that depend on the input)."""
-    if node.op == "call_module":
-        submodule = root.get_submodule(node.target)
-        return type(submodule) in _LINEAR_MODULES and not _hooked(submodule)
-    if node.op == "call_function":
-        target = node.target
-        if target in _SUMS:
-            return True
-        if target in _PRODUCTS:
-            return len(moving) == 1
-        if target in _QUOTIENTS:
-            return len(moving) == 1 and node.args[0] is moving[0]
-        if target in _RESHAPES:
-            # Only the tensor itself may move, never an index or a shape.
-            return len(moving) == 1 and node.args[0] is moving[0]
-        return False
-    if node.op == "call_method":
-        if node.target in _SUM_METHODS:
-            return True
-        if node.target in _PRODUCT_METHODS:
-            return len(moving) == 1
-        if node.target in _RESHAPE_METHODS:
-            return len(moving) == 1 and node.args[0] is moving[0]
-    return False

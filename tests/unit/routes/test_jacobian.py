@@ -1,4 +1,4 @@
-"""One home for section Jacobians (``_section``): every route against autograd.
+"""One home for section Jacobians (``_routes.jacobian``): every route against autograd.
 
 Closed forms (the model's ``lib_section_*`` protocol and the Linear ->
 elementwise formula) must give autograd's rows, Gram and directional
@@ -10,14 +10,17 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from _sections import jacobians
 from torch import nn
 from toy_models import modadd_tokens as tokens
 from toy_models import small_modadd
 
 from sklearn_lib import LIBTransformer
+from sklearn_lib._core.nodes import OUTPUT_NODE
 from sklearn_lib._model.session import ModelSession
-from sklearn_lib._routes.cotangents import Cotangents, integrated_vjps, scaled
-from sklearn_lib._routes.jacobian import SectionJacobian, _square_sums
+from sklearn_lib._routes.autograd import integrated_vjps
+from sklearn_lib._routes.cotangents import Cotangents, scaled
+from sklearn_lib._routes.products import square_sums
 from sklearn_lib.models import ModularAdditionTransformer
 
 LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
@@ -49,8 +52,7 @@ def check_products(model, x, src, dst, d_next, n_positions_out, rule):
     )
     rows = cotangents.rows
     auto = autograd_rows(session, x, src, dst, points, rows, weights)  # (R, n, P, d)
-    fast = SectionJacobian(session, src, dst)
-    slow = SectionJacobian(session, src, dst, jacobian="autograd")
+    fast, slow = jacobians(session, x, src, dst, rule)
     with torch.no_grad():
         closed = torch.cat(list(fast.gradients(x, points, rows, weights)))
     torch.testing.assert_close(closed.expand_as(auto), auto, rtol=1e-10, atol=1e-12)
@@ -67,7 +69,7 @@ def check_products(model, x, src, dst, d_next, n_positions_out, rule):
     for engine in (fast, slow):
         got = engine.directional_square_sums(x, points, rows, weights, directions, coefficients)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    assert all(slow.route(kind) is None for kind in ("rows", "gram", "tangents"))
+    assert all(slow.route.form(kind) is None for kind in ("rows", "gram", "tangents"))
     return fast
 
 
@@ -76,12 +78,12 @@ def check_products(model, x, src, dst, d_next, n_positions_out, rule):
 @pytest.mark.parametrize("rule", RULES)
 def test_model_closed_forms_match_autograd(i, rule):
     model, x = small_modadd(), tokens()
-    dst = LAYERS[i + 1] if i < 2 else None
+    dst = LAYERS[i + 1] if i < 2 else OUTPUT_NODE
     fast = check_products(model, x, LAYERS[i], dst, 8 if i == 2 else 16, 1, rule)
     # The closed forms were used where the model has them (attention Gram: plain gradient).
-    assert fast.route("rows") is not None
-    assert (fast.route("gram") is not None) is (i == 1 or (i == 0 and len(rule[0]) == 1))
-    assert (fast.route("tangents") is not None) is (i != 2)
+    assert fast.route.form("rows") is not None
+    assert (fast.route.form("gram") is not None) is (i == 1 or (i == 0 and len(rule[0]) == 1))
+    assert (fast.route.form("tangents") is not None) is (i != 2)
 
 
 def position_mlp(act, seed=0):
@@ -102,10 +104,10 @@ def test_linear_elementwise_formula_matches_autograd(act, shape, rule):
     """The formula serves rows, Gram and edges, with and without positions."""
     x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     n_pos = shape[1] if len(shape) == 3 else 1
-    for src, dst, d_next in [("fc1", "fc2", 6), ("fc2", "fc3", 5), ("fc3", None, 4)]:
+    for src, dst, d_next in [("fc1", "fc2", 6), ("fc2", "fc3", 5), ("fc3", OUTPUT_NODE, 4)]:
         fast = check_products(position_mlp(act), x, src, dst, d_next, n_pos, rule)
         assert all(
-            type(fast.route(kind)).__name__ == "LinearElementwise"
+            type(fast.route.form(kind)).__name__ == "LinearElementwise"
             for kind in ("rows", "gram", "tangents")
         )
 
@@ -118,8 +120,7 @@ def test_position_folding_equals_the_exact_rows(rng):
     (f,) = session.read(x, ["fc2"])
     rule = (torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     cotangents = Cotangents(torch.as_tensor(rng.normal(size=(5, 2))), 4)
-    fast = SectionJacobian(session, "fc2", "fc3")
-    slow = SectionJacobian(session, "fc2", "fc3", jacobian="autograd")
+    fast, slow = jacobians(session, x, "fc2", "fc3")
     torch.testing.assert_close(
         fast.gram_sum(x, f, cotangents, rule), slow.gram_sum(x, f, cotangents, rule)
     )
@@ -128,7 +129,7 @@ def test_position_folding_equals_the_exact_rows(rng):
     torch.testing.assert_close(
         fast.edge_sums(x, f, src, cotangents, rule), slow.edge_sums(x, f, src, cotangents, rule)
     )
-    assert type(fast.route("gram")).__name__ == "LinearElementwise"
+    assert type(fast.route.form("gram")).__name__ == "LinearElementwise"
 
 
 class ScaledLinear(nn.Linear):
@@ -173,7 +174,7 @@ def test_which_closed_forms_apply():
     assert model.lib_section_vjp(params, *LAYERS[:2], "output", attn, rows16) is NotImplemented
     assert model.lib_section_vjp(params, LAYERS[0], None, "input", attn, rows) is NotImplemented
     tangents = (torch.randn(2, 16, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64))
-    out = model.lib_section_vjp(params, "unembed", None, "input", points, rows, tangents)
+    out = model.lib_section_vjp(params, "unembed", None, "input", points, rows, tangents=tangents)
     assert out is NotImplemented
     # The affine readout's rows are the same for every point: a size-1 point axis.
     assert model.lib_section_vjp(params, "unembed", None, "input", points, rows).shape == (2, 1, 16)
@@ -207,7 +208,9 @@ class WrongClosedForm(ModularAdditionTransformer):
     """Claims closed forms that are off by a factor: the engine must not trust them."""
 
     def lib_section_vjp(self, params, src, dst, capture, points, cotangents, tangents=None):
-        out = super().lib_section_vjp(params, src, dst, capture, points, cotangents, tangents)
+        out = super().lib_section_vjp(
+            params, src, dst, capture, points, cotangents, tangents=tangents
+        )
         return out if out is NotImplemented else 1.01 * out
 
     def lib_section_gram(self, params, src, dst, capture, points, weights, cotangents):
@@ -294,8 +297,8 @@ def test_square_sums_of_constant_rows(rng):
     coefficients = torch.as_tensor(rng.normal(size=(7, 3, 2)))
     expanded = g.expand(4, 7, 3, 5).contiguous()
     torch.testing.assert_close(
-        _square_sums(g, directions, coefficients),
-        _square_sums(expanded, directions, coefficients),
+        square_sums(g, directions, coefficients),
+        square_sums(expanded, directions, coefficients),
         rtol=1e-12,
         atol=1e-12,
     )

@@ -9,7 +9,11 @@ from torch import nn
 from toy_models import PositionMixer, ResidualMLP, tanh_mlp
 
 from sklearn_lib import LIBTransformer
-from sklearn_lib._routes.forms.linear_elementwise import linear_elementwise_section
+from sklearn_lib._core.nodes import OUTPUT_NODE, Section
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.forms.base import applicable_forms
+from sklearn_lib._routes.forms.linear_elementwise import LinearElementwise
+from sklearn_lib._routes.forms.linear_elementwise import linear_elementwise_section as section_of
 
 
 def _mlp(act, d_in=5, seed=0):
@@ -62,18 +66,27 @@ def test_closed_form_with_positions(rng):
     np.testing.assert_allclose(fast.lambdas_, slow.lambdas_, rtol=1e-9)
 
 
+def linear_elementwise_section(model, src, dst, capture="input"):
+    """Whether the form applies to ``src -> dst`` (None: the output), as the registry asks."""
+    session = ModelSession(model, capture=capture)
+    section = Section(src, OUTPUT_NODE if dst is None else dst)
+    if [f for f in applicable_forms(session, section) if isinstance(f, LinearElementwise)]:
+        return section_of(model, section)
+    return None
+
+
 def test_which_sections_take_the_closed_form():
     model = _mlp(nn.ReLU())
-    assert linear_elementwise_section(model, "fc1", "fc2", "input")[0] == "fc1"
-    assert linear_elementwise_section(model, "fc2", "fc3", "input")[0] == "fc2"
+    assert linear_elementwise_section(model, "fc1", "fc2")[0] == "fc1"
+    assert linear_elementwise_section(model, "fc2", "fc3")[0] == "fc2"
     # fc3 -> output: a Linear with nothing after it.
-    assert linear_elementwise_section(model, "fc3", None, "input") == ("fc3", [])
+    assert linear_elementwise_section(model, "fc3", None) == ("fc3", [])
     # Two Linear layers in between: not elementwise.
-    assert linear_elementwise_section(model, "fc1", "fc3", "input") is None
-    assert linear_elementwise_section(model, "fc1", "fc2", "output") is None
+    assert linear_elementwise_section(model, "fc1", "fc3") is None
+    assert linear_elementwise_section(model, "fc1", "fc2", capture="output") is None
     # The node layer is not a Linear's input.
-    assert linear_elementwise_section(model, "act1", "fc2", "input") is None
+    assert linear_elementwise_section(model, "act1", "fc2") is None
     # Not an nn.Sequential.
-    assert linear_elementwise_section(PositionMixer(), "mix", "head", "input") is None
-    assert linear_elementwise_section(ResidualMLP(), "block", "out", "input") is None
-    assert linear_elementwise_section(tanh_mlp(), "fc2", "fc3", "input")[0] == "fc2"
+    assert linear_elementwise_section(PositionMixer(), "mix", "head") is None
+    assert linear_elementwise_section(ResidualMLP(), "block", "out") is None
+    assert linear_elementwise_section(tanh_mlp(), "fc2", "fc3")[0] == "fc2"

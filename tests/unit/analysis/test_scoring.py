@@ -1,4 +1,4 @@
-"""Running statistics (``_stats``) and streamed scores (``_scoring``) against numpy and sklearn."""
+"""Streamed scores (``_analysis.scoring``) against scikit-learn's metrics."""
 
 import numpy as np
 import pytest
@@ -6,23 +6,6 @@ import torch
 from sklearn.metrics import accuracy_score, r2_score
 
 from sklearn_lib._analysis.scoring import check_labels, make_scorer
-from sklearn_lib._fitting.stats import MomentAccumulator
-from sklearn_lib._model.session import Batch
-
-
-@pytest.mark.parametrize("center", [True, False])
-def test_moments_over_batches_equal_numpy(rng, center):
-    # A mean far from zero: the textbook E[ff^T] - mu mu^T would cancel digits.
-    rows = rng.normal(size=(300, 2, 3)) + 1e4
-    acc = MomentAccumulator("h", 3, torch.device("cpu"), center=center)
-    for start in range(0, 300, 70):
-        part = torch.as_tensor(rows[start : start + 70])
-        acc.update(Batch(part, start), {"h": part})
-    acc.result()
-    flat = rows.reshape(-1, 3)
-    np.testing.assert_allclose(acc.mean.numpy(), flat.mean(0), rtol=1e-14)
-    expected = np.cov(flat, rowvar=False, bias=True) if center else flat.T @ flat / len(flat)
-    np.testing.assert_allclose(acc.gram.numpy(), expected, rtol=1e-9)
 
 
 def test_streamed_scores_equal_sklearn(rng):

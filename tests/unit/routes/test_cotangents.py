@@ -1,14 +1,14 @@
-"""Cotangents and autograd Jacobian rows (``_jacobian``) against brute-force Jacobians."""
+"""Cotangents and autograd Jacobian rows (``_routes``) against brute-force Jacobians."""
 
 import numpy as np
 import pytest
 import torch
 from _refs import activations_of, brute_force_m_prime, independent_rule
+from _sections import jacobians
 from toy_models import PositionMixer
 
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.cotangents import Cotangents
-from sklearn_lib._routes.jacobian import SectionJacobian
 
 
 def _rule(integration, n_intervals):
@@ -25,7 +25,7 @@ def test_jacobian_gram_engines_match_brute_force(rng, batched_rows, integration,
     x = torch.as_tensor(X)
     (f,) = session.read(x, ["mix"])
     basis_next = rng.normal(size=(5, 4))  # any next basis, here not even orthogonal
-    section = SectionJacobian(session, "mix", "head", batched_rows=batched_rows)
+    _, section = jacobians(session, x, "mix", "head", batched_rows=batched_rows)
     cotangents = Cotangents(torch.as_tensor(basis_next), 2)  # "head" has 2 positions
     got = section.gram_sum(x, f, cotangents, _rule(integration, n_intervals))
     alphas, weights = independent_rule(integration, n_intervals)
@@ -69,7 +69,7 @@ def test_stochastic_sources_are_unbiased(rng):
     session = ModelSession(model)
     x = torch.as_tensor(rng.normal(size=(20, 4, 3)))
     (f,) = session.read(x, ["mix"])
-    section = SectionJacobian(session, "mix", None)
+    _, section = jacobians(session, x, "mix")
     C = torch.eye(3, dtype=torch.float64)
     rule = _rule("gradient", 0)
     exact = section.gram_sum(x, f, Cotangents(C, 3), rule)

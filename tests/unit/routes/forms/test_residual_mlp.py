@@ -6,14 +6,16 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from _sections import jacobians
 from torch import nn
 from toy_models import user_transformer
 
+from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.cotangents import Cotangents, scaled
 from sklearn_lib._routes.forms import residual_mlp as _traced
+from sklearn_lib._routes.forms.base import applicable_forms
 from sklearn_lib._routes.forms.residual_mlp import ResidualMLP
-from sklearn_lib._routes.jacobian import SectionJacobian
 
 ALPHAS, WEIGHTS = (0.25, 0.75, 1.0), (0.2, 0.3, 0.5)
 
@@ -117,7 +119,11 @@ def wrapped(block, head=True, seed=0):
 
 
 def detect(model, src="block", dst="head", **session):
-    return ResidualMLP.detect(ModelSession(model, **session), src, dst)
+    """The residual MLP form of the section, where the registry's veto allows it."""
+    session = ModelSession(model, **session)
+    section = Section(src, OUTPUT_NODE if dst is None else dst)
+    found = [f for f in applicable_forms(session, section) if isinstance(f, ResidualMLP)]
+    return found[0] if found else None
 
 
 # -- detection ---------------------------------------------------------------------------
@@ -142,7 +148,7 @@ def test_detects_every_spelling(activation, style, residual, bias):
         assert form.activation == ("gelu", "tanh" if "tanh" in activation else "none")
     # The form holds the session's own parameters, not copies.
     session = ModelSession(model)
-    form = ResidualMLP.detect(session, "block", "head")
+    form = ResidualMLP.detect(session, Section("block", "head"))
     weights = {id(t) for t in session.params.values()}
     assert id(form.first.weight) in weights and id(form.second.weight) in weights
 
@@ -256,7 +262,7 @@ def test_detection_leaves_the_model_as_it_was():
     torch.manual_seed(0)
     session = ModelSession(WithConstant(GeluBlock()).double())
     before = set(vars(session.model))
-    assert ResidualMLP.detect(session, "block", "head") is not None
+    assert ResidualMLP.detect(session, Section("block", "head")) is not None
     assert set(vars(session.model)) == before
 
 
@@ -315,7 +321,7 @@ def _case(name, seed=1):
     make, src, dst, shape = CASES[name]
     model = make()
     session = ModelSession(model)
-    form = ResidualMLP.detect(session, src, dst)
+    form = ResidualMLP.detect(session, Section(src, dst))
     gen = torch.Generator().manual_seed(seed)
     points = torch.randn(*shape, dtype=torch.float64, generator=gen)
     d_out = form.B.shape[1]
@@ -334,7 +340,7 @@ def chunk(request, monkeypatch):
 def test_rows_equal_brute_force(name, chunk):
     form, module, points, cotangents, _ = _case(name)
     expected = brute_rows(module, points, cotangents)
-    torch.testing.assert_close(form.vjp(points, cotangents), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(form.vjp(None, points, cotangents), expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -344,7 +350,7 @@ def test_directional_derivatives_equal_brute_force(name, chunk):
     coef = torch.randn(*points.shape[:-1], 3, dtype=torch.float64, generator=gen)
     rows = brute_rows(module, points, cotangents)  # (R, m, *positions, d)
     expected = torch.einsum("rm...d,jd,m...j->rmj", rows, v, coef)
-    got = form.vjp(points, cotangents, tangents=(v, coef))
+    got = form.vjp(None, points, cotangents, tangents=(v, coef))
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -355,7 +361,7 @@ def test_gram_equals_brute_force(name, rule, chunk):
     alphas, weights = (torch.tensor(v, dtype=torch.float64) for v in rule)
     rows = brute_rows(module, points, cotangents, *rule)
     flat = rows.reshape(-1, rows.shape[-1])
-    got = form.gram(scaled(points, alphas), weights, cotangents)
+    got = form.gram(None, scaled(points, alphas), weights, cotangents)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, flat.T @ flat, rtol=1e-10, atol=1e-12)
 
@@ -376,11 +382,9 @@ def test_section_jacobian_accepts_the_form(name):
     n_pos = f.shape[1] if f.ndim == 3 else 1
     cotangents = Cotangents(torch.randn(d_next, 3, dtype=torch.float64), n_pos)
     rule = tuple(torch.tensor(v, dtype=torch.float64) for v in (ALPHAS, WEIGHTS))
-    fast = SectionJacobian(session, src, dst)
-    fast._forms.append(ResidualMLP.detect(session, src, dst))
-    slow = SectionJacobian(session, src, dst, jacobian="autograd")
+    fast, slow = jacobians(session, x, src, dst, (ALPHAS, WEIGHTS))
     got = fast.gram_sum(x, f, cotangents, rule)
-    assert isinstance(fast.route("gram"), ResidualMLP)
+    assert isinstance(fast.route.form("gram"), ResidualMLP)
     torch.testing.assert_close(got, slow.gram_sum(x, f, cotangents, rule), rtol=1e-10, atol=1e-12)
     # The rows and the edges' directional derivatives pass the check as well.
     points = scaled(f, rule[0])
@@ -389,86 +393,28 @@ def test_section_jacobian_accepts_the_form(name):
         closed = torch.cat(list(fast.gradients(x, points, rows, rule[1])))
     auto = torch.cat(list(slow.gradients(x, points, rows, rule[1])))
     torch.testing.assert_close(closed, auto, rtol=1e-10, atol=1e-12)
-    assert isinstance(fast.route("rows"), ResidualMLP)
+    assert isinstance(fast.route.form("rows"), ResidualMLP)
     directions = torch.randn(4, f.shape[-1], dtype=torch.float64)
     coefficients = torch.randn(f.shape[0], n_pos, 4, dtype=torch.float64)
     got = fast.directional_square_sums(x, points, rows, rule[1], directions, coefficients)
     expected = slow.directional_square_sums(x, points, rows, rule[1], directions, coefficients)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    assert isinstance(fast.route("tangents"), ResidualMLP)
+    assert isinstance(fast.route.form("tangents"), ResidualMLP)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_products_on_cuda_equal_the_cpu():
     form, _, points, cotangents, gen = _case("gelu block, positions")
-    cuda = ResidualMLP.detect(ModelSession(wrapped(GeluBlock), device="cuda"), "block", "head")
+    cuda = ResidualMLP.detect(
+        ModelSession(wrapped(GeluBlock), device="cuda"), Section("block", "head")
+    )
     alphas, weights = (torch.tensor(v, dtype=torch.float64) for v in (ALPHAS, WEIGHTS))
     stacked = scaled(points, alphas)
-    expected = form.gram(stacked, weights, cotangents)
-    got = cuda.gram(stacked.cuda(), weights.cuda(), cotangents.cuda())
+    expected = form.gram(None, stacked, weights, cotangents)
+    got = cuda.gram(None, stacked.cuda(), weights.cuda(), cotangents.cuda())
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-12)
-    rows = cuda.vjp(points.cuda(), cotangents.cuda())
-    torch.testing.assert_close(rows.cpu(), form.vjp(points, cotangents), rtol=1e-10, atol=1e-12)
-
-
-def test_a_trace_leaves_other_threads_models_running():
-    # fx reroutes every thread's module calls through the tracer while it
-    # traces; a model served by another thread at that moment must run as usual.
-    import threading
-
-    ready, done = threading.Event(), threading.Event()
-    served = nn.Sequential(nn.Linear(3, 3), nn.Tanh()).double()
-    x = torch.randn(2, 3, dtype=torch.float64)
-    with torch.no_grad():
-        expected = served(x)
-    outcome = []
-
-    class Rendezvous(nn.Module):
-        def forward(self, h):
-            if isinstance(h, torch.fx.Proxy):  # mid-trace: let the other thread run
-                ready.set()
-                done.wait(10)
-            return h
-
-    def serve():
-        ready.wait(10)
-        try:
-            with torch.no_grad():
-                outcome.append(served(x))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            outcome.append(exc)
-        done.set()
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    traced = nn.Sequential(nn.Linear(3, 3), Rendezvous(), nn.Linear(3, 2))
-    graph = _traced._trace(_traced._LeafTracer(()), traced)
-    thread.join()
-    assert len(outcome) == 1 and not isinstance(outcome[0], Exception), outcome
-    torch.testing.assert_close(outcome[0], expected, rtol=0, atol=0)
-    # The trace itself is whole: both Linear layers as modules.
-    assert [n.target for n in graph.nodes if n.op == "call_module"] == ["0", "2"]
-
-
-def test_traces_in_many_threads_restore_torch():
-    import threading
-
-    call, getattr_ = nn.Module.__call__, nn.Module.__getattr__
-    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
-    errors = []
-
-    def trace_often():
-        try:
-            for _ in range(20):
-                _traced._trace(_traced._LeafTracer(()), model)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=trace_often) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    assert nn.Module.__call__ is call and nn.Module.__getattr__ is getattr_
+    rows = cuda.vjp(None, points.cuda(), cotangents.cuda())
+    torch.testing.assert_close(
+        rows.cpu(), form.vjp(None, points, cotangents), rtol=1e-10, atol=1e-12
+    )

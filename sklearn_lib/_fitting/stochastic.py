@@ -1,0 +1,216 @@
+"""Stochastic sources: every decision and constant of ``n_stochastic_sources``, in one place.
+
+Two estimators share the idea, a sum of squares over many Jacobian rows
+replaced by one over random +-1 combinations of them (``E[r r^T] = I``, so
+the estimate is unbiased):
+
+- the **fit's** (``LIBTransformer(n_stochastic_sources=S)``): ``S``
+  combinations of all rows, over output positions *and* next features, per
+  batch (:func:`m_prime_sources`), for ``M'``; ``"auto"`` draws them in
+  rounds until the basis stops moving (:func:`converged_m_prime`), and
+  keeps ``M'`` exact where rounds cannot be cheaper (:func:`m_prime_route`);
+- the **graph's** (``interaction_graph(n_stochastic_sources=S)``): ``S``
+  combinations over output positions only, one per next feature
+  (:func:`edge_sources`), since each edge keeps its own output feature.
+
+Fits with sources keep :data:`STOCHASTIC_BATCH_SIZE` samples per batch: the
+estimate's error shrinks with the number of draws, sources times batches.
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from .._routes.cotangents import Cotangents
+from ..exceptions import user_stacklevel
+
+#: Samples per batch of a fit with stochastic sources.
+STOCHASTIC_BATCH_SIZE = 256
+
+#: ``n_stochastic_sources="auto"``: sources per batch in each round (one pass), and the
+#: fewest and most rounds.
+AUTO_SOURCES, AUTO_MIN_ROUNDS, AUTO_MAX_ROUNDS = 16, 4, 64
+
+
+def m_prime_sources(exact, n_sources, generator):
+    """The fit's estimator: ``n_sources`` random +-1 combinations of all rows of ``exact``.
+
+    Signs ``(S, P_out, k_next)`` mix output positions and next features;
+    ``n_sources`` None keeps the exact rows.  Drawn on the CPU from
+    ``generator``, so results are reproducible on any device.
+    """
+    return _signed(exact, n_sources, generator, over_features=True)
+
+
+def edge_sources(exact, n_sources, generator):
+    """The graph's estimator: per next feature, ``n_sources`` combinations over output positions.
+
+    Signs ``(S, P_out)``; ``n_sources`` None keeps the exact rows.
+    """
+    return _signed(exact, n_sources, generator, over_features=False)
+
+
+def _signed(exact, n_sources, generator, over_features):
+    if n_sources is None:
+        return exact
+    C = exact.matrix
+    shape = (n_sources, exact.n_positions) + ((C.shape[1],) if over_features else ())
+    draws = torch.randint(0, 2, shape, generator=generator)
+    return Cotangents(C, exact.n_positions, (2 * draws - 1).to(C.device))
+
+
+def auto_stays_exact(exact_rows):
+    """Whether ``n_stochastic_sources="auto"`` computes a section of ``exact_rows`` exactly.
+
+    It runs at least :data:`AUTO_MIN_ROUNDS` rounds of :data:`AUTO_SOURCES`
+    rows per batch, so up to that many exact rows cost no more (measured on
+    the paper's attention, 29 rows: rounds took 3x the exact fit's time).
+    """
+    return exact_rows <= AUTO_MIN_ROUNDS * AUTO_SOURCES
+
+
+def m_prime_route(setting, section, row_free):
+    """``(sources, why)``: how the fit's ``M'`` of ``section`` is estimated, said once.
+
+    Parameters
+    ----------
+    setting : int, "auto" or None
+        ``n_stochastic_sources``.
+    section : Section
+        With its shapes: the exact ``M'`` has ``section.exact_rows`` rows (an
+        upper bound; the next node's kept features are not known before it
+        is fitted).
+    row_free : bool
+        Whether a route without a backward pass per row serves the section
+        (on every rank).
+
+    Returns
+    -------
+    sources : int, "auto" or None
+        None: exact; an int: that many sources per batch; ``"auto"``: rounds.
+    why : str
+    """
+    if setting is None:
+        return None, "exact"
+    if setting != "auto":
+        return setting, f"{setting} random sources per batch"
+    if row_free:
+        return None, "exact: its route needs no backward pass per row"
+    if auto_stays_exact(section.exact_rows):
+        rows = section.exact_rows
+        return None, f"exact: {rows} rows cost no more than {AUTO_MIN_ROUNDS} rounds"
+    return "auto", "rounds of random sources until the basis stops moving"
+
+
+#: What "stopped moving" means: the estimated error of the top Lambdas (relative to
+#: the largest) and the estimated smallest principal cosine of the top-k subspace.
+AUTO_LAMBDA_TOLERANCE, AUTO_COSINE, AUTO_TOP_K = 0.01, 0.99, 5
+
+
+@dataclass(frozen=True)
+class SourceRounds:
+    """How ``n_stochastic_sources="auto"`` ended for one section.
+
+    Attributes
+    ----------
+    n_sources : int
+        Random sources per batch in all (rounds times :data:`AUTO_SOURCES`).
+    rounds : int
+        Passes over the data.
+    lambda_error : float
+        Estimated error of the top Lambdas, relative to the largest.
+    cosine : float
+        Estimated smallest principal cosine between the top-k subspace and
+        the exact one.
+    converged : bool
+        False when :data:`AUTO_MAX_ROUNDS` ran out first.
+    """
+
+    n_sources: int
+    rounds: int
+    lambda_error: float
+    cosine: float
+    converged: bool
+
+
+def converged_m_prime(session, source, acc, basis_of):
+    """``M'`` from rounds of random sources until the basis it gives stops moving.
+
+    Each round is one pass with :data:`AUTO_SOURCES` sources per batch (new
+    draws every batch), an independent estimate of ``M'``; the result is
+    their mean.  Its Lambda error is estimated from the spread of the
+    rounds' own top-``k`` Lambdas (twice their standard error, relative to
+    the largest Lambda), and its subspace from two halves of the rounds
+    (their mean's angle is about half theirs).  Rounds go on, in pairs, from
+    :data:`AUTO_MIN_ROUNDS`, until the Lambda error is within
+    :data:`AUTO_LAMBDA_TOLERANCE` and the cosine at least :data:`AUTO_COSINE`,
+    or :data:`AUTO_MAX_ROUNDS` have run.
+
+    The estimate covers this section's own sources.  The next node's basis,
+    itself estimated, moves this one too; that part is not in the estimate.
+
+    Returns
+    -------
+    m_prime : ndarray
+    rounds : SourceRounds
+    """
+    halves = [0, 0]
+    tops = []
+    passed = 0  # consecutive checks passed: one is too easily passed by chance
+    while True:
+        for half in (0, 1):
+            acc.reset(AUTO_SOURCES)
+            what = f"{acc.what} (round {len(tops) + 1})"
+            (m_round,) = session.run_pass(source, [acc], what)
+            halves[half] = halves[half] + m_round
+            tops.append(basis_of(m_round).lambdas[:AUTO_TOP_K])
+        rounds = len(tops)
+        mean = basis_of((halves[0] + halves[1]) / rounds)
+        k = min(len(top) for top in tops)
+        spread = np.std([top[:k] for top in tops], axis=0, ddof=1).max()
+        lambda_error = float(2 * spread / np.sqrt(rounds) / max(mean.lambdas[0], _TINY))
+        cut = _gapped_top(mean.lambdas[: mean.n_components], lambda_error * mean.lambdas[0])
+        cosine = _mean_cosine(cut, *(basis_of(m / (rounds // 2)) for m in halves))
+        converged = lambda_error <= AUTO_LAMBDA_TOLERANCE and cosine >= AUTO_COSINE
+        passed = passed + 1 if converged else 0
+        if (passed >= 2 and rounds >= AUTO_MIN_ROUNDS) or rounds >= AUTO_MAX_ROUNDS:
+            break
+    report = SourceRounds(rounds * AUTO_SOURCES, rounds, lambda_error, cosine, converged)
+    if not converged:
+        warnings.warn(
+            f"n_stochastic_sources='auto' did not converge on {acc.what} after {rounds} rounds "
+            f"({report.n_sources} sources per batch): estimated Lambda error {lambda_error:.1%} "
+            f"of the largest, top features' cosine {cosine:.3f}. More samples (or a "
+            "smaller batch_size: more draws per pass) help; n_stochastic_sources=None is exact",
+            ConvergenceWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return (halves[0] + halves[1]) / rounds, report
+
+
+_TINY = np.finfo(float).tiny
+
+
+def _gapped_top(lambdas, error):
+    """The top features' count: :data:`AUTO_TOP_K`, grown past Lambdas the error cannot tell apart.
+
+    Features whose Lambdas lie within the estimated error (or 10%) of the
+    one before are one subspace whose split is arbitrary: a cut between
+    them would make every comparison of top-k subspaces a coin toss.
+    """
+    k = min(AUTO_TOP_K, len(lambdas))
+    while k < len(lambdas) and lambdas[k - 1] - lambdas[k] <= max(error, 0.1 * lambdas[k - 1]):
+        k += 1
+    return max(k, 1)
+
+
+def _mean_cosine(k, a, b):
+    """The estimated smallest principal cosine of the top-k subspace of the mean of two halves."""
+    k = max(1, min(k, a.n_components, b.n_components))
+    # The halves' angle shrinks by half in the mean of both: sin(theta) / 2.
+    sine = np.sin(float(np.max(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k]))))
+    return float(np.sqrt(max(0.0, 1 - (sine / 2) ** 2)))

@@ -1,0 +1,247 @@
+"""The contract of a closed form, the one applicability veto, and the registry.
+
+A *closed form* gives a section's Jacobian products without a backward pass
+per row.  Each is a :class:`ClosedForm` in a file of its own, registered in
+:data:`REGISTRY`; the route table (:mod:`~sklearn_lib._routes.table`) walks
+the registry once per call, on the probe, and keeps for each kind of product
+the first form that offers it and passes its check against autograd.
+
+Adding a form is one new file: subclass :class:`ClosedForm`, implement
+:meth:`~ClosedForm.detect` and :meth:`~ClosedForm.vjp` (and
+:meth:`~ClosedForm.gram` where a Gram is cheaper than rows), and
+:func:`register` it.  The veto, the checks against autograd, the
+fall-back warnings, padding and chunking are the route table's and
+:class:`~sklearn_lib._routes.jacobian.SectionJacobian`'s, not the form's.
+"""
+
+import abc
+from dataclasses import dataclass
+
+import torch
+
+from ..._core.numerics import max_relative_error
+from ..._model.failures import is_out_of_memory
+from ..._model.inputs import n_rows, take_rows
+from ..autograd import autograd_rows
+from ..products import directional, form_directional, form_gram, form_rows, gram_of, probe_rows
+
+#: Samples on which a form is checked against autograd, and random +-1
+#: combinations of all rows checked besides the first row.
+CHECK_SAMPLES, CHECK_COMBINATIONS = 16, 2
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Where forms are checked against autograd: the probe's inputs, its points and rows.
+
+    Attributes
+    ----------
+    x : torch.Tensor or dict of torch.Tensor
+        The probe's model inputs (``n`` samples).
+    points : torch.Tensor of shape (A * n, *positions, d)
+        Alpha-major points of the integration rule at the section's source.
+    rows : torch.Tensor or ExactRows of shape (R, P_out, d_next)
+        Cotangent rows (the exact ones of the identity next basis).
+    weights : torch.Tensor of shape (A,)
+    tangents : (torch.Tensor, torch.Tensor) or None
+        Directions ``(J, d)`` and coefficients ``(n, P_in, J)``, for the
+        directional derivatives.
+    """
+
+    x: object
+    points: object
+    rows: object
+    weights: object
+    tangents: object = None
+
+    def first(self, k, n_combinations):
+        """The first ``k`` samples at every point, with the first row and ``n_combinations``
+        random +-1 combinations of all rows (every output position and feature)."""
+        n, n_alpha = n_rows(self.x), self.weights.shape[0]
+        shape = self.points.shape[1:]
+        points = self.points.reshape(n_alpha, n, *shape)[:, :k].flatten(0, 1)
+        rows = probe_rows(self.rows.to(points.dtype), n_combinations)
+        tangents = self.tangents and (self.tangents[0], self.tangents[1][:k])
+        return Probe(take_rows(self.x, slice(0, k)), points, rows, self.weights, tangents)
+
+
+class ClosedForm(abc.ABC):
+    """A closed form of one section's Jacobian products (see the module docstring).
+
+    Attributes
+    ----------
+    title : str
+        How warnings and the fit's plan name the form.
+    position_wise : bool
+        Whether output position ``t`` depends on input position ``t`` alone:
+        then positions fold into samples, and the exact rows of one position
+        serve all (``k_next`` rows instead of ``P_out * k_next``).
+    traced : bool
+        Whether the form is recognised from the model's code (its modules
+        or its fx trace), which :func:`structural_veto` may rule out.
+    """
+
+    title = "A closed form"
+    position_wise = False
+    traced = True
+
+    @classmethod
+    @abc.abstractmethod
+    def detect(cls, session, section):
+        """The form of ``section`` of the session's model, or None where it does not apply.
+
+        Never raises: reading user code may fail in any way, which only
+        means the section is not recognised.
+        """
+
+    @abc.abstractmethod
+    def vjp(self, x, points, cotangents, tangents=None):
+        """The rows ``J(point)^T c_r`` at every point, or directional derivatives.
+
+        Parameters
+        ----------
+        x : torch.Tensor or dict of torch.Tensor
+            The batch of model inputs the points come from.
+        points : torch.Tensor of shape (m, *positions, d)
+        cotangents : torch.Tensor of shape (R, *output positions, d_out)
+        tangents : (torch.Tensor, torch.Tensor), optional
+            ``(v, a)``, ``v`` of shape ``(J, d)`` and ``a`` of shape
+            ``(m, *positions, J)``.
+
+        Returns
+        -------
+        torch.Tensor or NotImplemented
+            Rows ``(R, m or 1, *positions, d)`` (a point axis of size 1: the
+            same at every point); with ``tangents`` the derivatives along
+            ``a[m, p, j] * v[j]``, ``(R, m, J)``.  NotImplemented where the
+            form does not cover the case.
+        """
+
+    def describe(self, kind):
+        """How warnings name the form when it serves ``kind`` (its :attr:`title`)."""
+        return self.title
+
+    def gram(self, x, points, weights, cotangents):
+        """``sum_x sum_r sum_s g g^T`` of the integrated rows, ``(d, d)``, or NotImplemented.
+
+        ``points`` are alpha-major (``len(weights)`` points per sample).
+        The default has none: the Gram is then made from the rows.
+        """
+        return NotImplemented
+
+    def rows(self, x, points, rows, weights, chunks):
+        """Integrated rows ``(r, n or 1, P_in, d)`` for each ``(start, stop)`` of ``chunks``."""
+        for start, stop in chunks:
+            yield form_rows(self, x, points, rows[start:stop], weights, n_rows(x))
+
+    def statistics(self, session, section, rule):
+        """An accumulator the statistics pass can feed, whose result gives ``M'`` for any
+        next basis (``result().m_prime(matrix)``), or None (the default) where there is none."""
+        return None
+
+    def check(self, session, section, kind, probe):
+        """Whether this form gives ``kind`` equal to autograd on the first samples.
+
+        Parameters
+        ----------
+        session : ModelSession
+        section : Section
+        kind : {"rows", "gram", "tangents"}
+        probe : Probe
+
+        Returns
+        -------
+        passed : bool or None
+            None where the form does not offer ``kind`` (NotImplemented).
+        why : str
+            Why it failed.
+        """
+        k = min(n_rows(probe.x), CHECK_SAMPLES)
+        first = probe.first(k, CHECK_COMBINATIONS)
+        x_first, points, rows, weights, tangents = (
+            first.x,
+            first.points,
+            first.rows,
+            first.weights,
+            first.tangents,
+        )
+        try:
+            closed = self._product(kind, x_first, points, rows, weights, tangents)
+        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
+            if is_out_of_memory(exc):
+                raise  # autograd would need more memory, not less
+            # E.g. parameters under other names than the form expects.
+            return False, f"it raised {type(exc).__name__}: {exc}"
+        if closed is NotImplemented:
+            return None, ""
+        # Three rows: a plain loop (vmap would first import functorch, seconds on a cold start).
+        chunks = autograd_rows(session, section, x_first, points, rows, weights, batched=False)
+        auto = torch.cat(list(chunks))
+        if kind == "gram":
+            auto = gram_of([auto], k, points.shape[-1])
+        elif kind == "tangents":
+            auto = directional(auto, *tangents)
+        auto = auto.to(torch.float64)
+        error = max_relative_error(closed.to(torch.float64).expand_as(auto), auto)
+        if error <= session.tolerances.closed_form:
+            return True, ""
+        return False, f"it disagrees with autograd (relative error {error:.2e})"
+
+    def _product(self, kind, x, points, rows, weights, tangents):
+        if kind == "rows":
+            return form_rows(self, x, points, rows, weights, n_rows(x))
+        if kind == "gram":
+            return form_gram(self, x, points, weights, rows)
+        return form_directional(self, x, points, rows, weights, tangents)
+
+
+def structural_veto(session, section):
+    """Why no form read from the model's code can apply to ``section``, or None.
+
+    Such forms apply the model's modules to the node layers' activations as
+    the model itself does: the node layers must be module inputs, the
+    features on the last axis of the model's own layout, the model called
+    without extra keyword arguments, and a section to the output must end at
+    what the model returns itself.
+    """
+    if session.capture != "input":
+        return "node layers are module outputs"
+    if session.forward_kwargs:
+        return "the model is called with forward_kwargs"
+    if section.to_output and session.output is not None:
+        return "the output node is selected from what the model returns"
+    if any(session.axis_of(node) not in (None, -1) for node in (section.src, section.dst)):
+        return "feature_axis moves the features"
+    return None
+
+
+#: The forms the route table tries, most specific first.
+REGISTRY = []
+
+
+def register(form, *, first=False):
+    """Add a :class:`ClosedForm` subclass to :data:`REGISTRY` (at its front with ``first``)."""
+    if not (isinstance(form, type) and issubclass(form, ClosedForm)):
+        raise TypeError(f"{form!r} is not a ClosedForm subclass")
+    if form not in REGISTRY:
+        REGISTRY.insert(0, form) if first else REGISTRY.append(form)
+    return form
+
+
+def unregister(form):
+    """Remove a form from :data:`REGISTRY` (tests that add their own)."""
+    if form in REGISTRY:
+        REGISTRY.remove(form)
+
+
+def applicable_forms(session, section, registry=None):
+    """Instances of the registered forms that apply to ``section``, in registry order."""
+    vetoed = structural_veto(session, section) is not None
+    found = []
+    for form in REGISTRY if registry is None else registry:
+        if form.traced and vetoed:
+            continue
+        instance = form.detect(session, section)
+        if instance is not None:
+            found.append(instance)
+    return found

@@ -1,0 +1,208 @@
+"""The route table: how each section's Jacobian products are served, decided once per call.
+
+For every section and kind of product (rows, Gram, directional derivatives,
+see :data:`~sklearn_lib._routes.products.KINDS`), the table holds the closed
+form that serves it, or None for autograd.  :func:`decide_routes` walks the
+registry of closed forms (:mod:`~sklearn_lib._routes.forms`) once, on the
+probe: each form that applies is checked against autograd (16 samples; the
+first row and two random +-1 combinations of all rows, which test every
+output position and feature), and the first that passes serves the kind.  A
+disagreement or an exception warns and falls back, so a wrong closed form
+costs speed, never correctness.  ``jacobian="autograd"`` is applied here and
+nowhere else: every route is then autograd.
+
+Everything downstream reads the table: the passes
+(:class:`~sklearn_lib._routes.jacobian.SectionJacobian`), the fit's plan,
+and ``n_stochastic_sources="auto"``.
+"""
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .._core.nodes import n_positions
+from .._model.inputs import n_rows, without_padding
+from ..exceptions import user_stacklevel
+from .cotangents import Cotangents, scaled
+from .forms import Affine
+from .forms.base import ClosedForm, Probe, applicable_forms
+from .products import KINDS
+
+#: ``jacobian``'s values.
+JACOBIAN_ROUTES = ("auto", "autograd")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check of a closed form against autograd on the probe."""
+
+    form: str
+    kind: str
+    passed: bool
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class SectionRoute:
+    """How one section's products are served.
+
+    Attributes
+    ----------
+    section : Section
+    rows, gram, tangents : ClosedForm or None
+        The closed form serving each kind of product; None: autograd.
+    verdicts : tuple of Verdict
+        The checks that decided it.
+    """
+
+    section: object
+    rows: object = None
+    gram: object = None
+    tangents: object = None
+    verdicts: tuple = ()
+
+    def form(self, kind):
+        """The closed form serving ``kind``, or None for autograd."""
+        return getattr(self, kind)
+
+    @property
+    def m_prime(self):
+        """How ``M'`` is made: ``"closed form"`` (its Gram), ``"affine"`` (rows of one
+        sample for all), ``"closed-form rows"`` or ``"autograd"`` (a backward pass per row).
+
+        A closed form with statistics (:attr:`gathers_statistics`) may also be
+        gathered in the statistics pass; that is the plan's decision.
+        """
+        if self.gram is not None:
+            return "closed form"
+        if isinstance(self.rows, Affine):
+            return "affine"
+        return "autograd" if self.rows is None else "closed-form rows"
+
+    @property
+    def gathers_statistics(self):
+        """Whether the Gram's form has statistics the statistics pass can gather."""
+        return self.gram is not None and type(self.gram).statistics is not ClosedForm.statistics
+
+    @property
+    def row_free(self):
+        """Whether ``M'`` needs no backward pass per row (any route but autograd)."""
+        return self.m_prime != "autograd"
+
+    @property
+    def makes_rows(self):
+        """Whether ``M'`` is made from rows (which can then serve the edges)."""
+        return self.gram is None
+
+
+class RouteTable(Mapping):
+    """The :class:`SectionRoute` of each section, by its ``(src, dst)`` names."""
+
+    def __init__(self, routes):
+        self._routes = {(r.section.src, r.section.dst): r for r in routes}
+
+    def __getitem__(self, section):
+        return self._routes[(section.src, section.dst)]
+
+    def __iter__(self):
+        return iter(self._routes)
+
+    def __len__(self):
+        return len(self._routes)
+
+    def summary(self):
+        """One line per section: how ``M'`` is made and what each check said."""
+        lines = []
+        for route in self._routes.values():
+            checks = "; ".join(
+                f"{v.form} for {v.kind}: {'passed' if v.passed else 'failed, ' + v.why}"
+                for v in route.verdicts
+            )
+            lines.append(
+                f"{route.section}: M' by {route.m_prime}" + (f" ({checks})" if checks else "")
+            )
+        return "\n".join(lines)
+
+
+def autograd_route(section):
+    """The route of ``section`` without closed forms."""
+    return SectionRoute(section)
+
+
+def decide_routes(session, probe, sections, rule, kinds, jacobian="auto"):
+    """The :class:`RouteTable` of ``sections``, decided on ``probe`` (see the module docstring).
+
+    Parameters
+    ----------
+    session : ModelSession
+    probe : torch.Tensor or dict of torch.Tensor
+        The first samples of the data, on the session's device.
+    sections : sequence of Section
+        With their shapes.
+    rule : (torch.Tensor, torch.Tensor)
+        Integration points and weights: the points at which forms are checked.
+    kinds : collection of str
+        The products the call needs (:data:`~sklearn_lib._routes.products.KINDS`);
+        the others are served by autograd.
+    jacobian : {"auto", "autograd"}
+    """
+    if jacobian == "autograd":
+        return RouteTable([autograd_route(section) for section in sections])
+    # Closed forms know nothing of padding: they are checked on every position.
+    probe = without_padding(probe)
+    with torch.no_grad():
+        acts = session.read(probe, [section.src for section in sections])
+    return RouteTable([_decide(session, probe, s, f, rule, kinds) for s, f in zip(sections, acts)])
+
+
+def _decide(session, probe, section, f, rule, kinds):
+    forms = applicable_forms(session, section)
+    if not forms:
+        return autograd_route(section)
+    alphas, weights = rule
+    points = scaled(f, alphas)
+    eye = torch.eye(section.dst_shape[-1], dtype=session.dtype, device=session.device)
+    rows = Cotangents(eye, n_positions(section.dst_shape)).rows
+    checked = Probe(probe, points, rows, weights)
+    chosen, verdicts = {}, []
+    for kind in (k for k in KINDS if k in kinds):
+        chosen[kind] = _first_passing(session, section, forms, kind, checked, verdicts)
+    return SectionRoute(section, verdicts=tuple(verdicts), **chosen)
+
+
+def _first_passing(session, section, forms, kind, probe, verdicts):
+    """The first of ``forms`` that offers ``kind`` and passes its check; the others warn."""
+    if kind == "tangents":
+        tangents = _probe_tangents(probe.x, probe.points, session)
+        probe = Probe(probe.x, probe.points, probe.rows, probe.weights, tangents)
+    for form in forms:
+        passed, why = form.check(session, section, kind, probe)
+        if passed is None:
+            continue  # the form does not offer this kind
+        verdicts.append(Verdict(form.describe(kind), kind, passed, why))
+        if passed:
+            return form
+        warnings.warn(
+            f"{form.describe(kind)} is not used on the section {section.src!r} -> "
+            f"{section.dst_title}: {why}; using autograd instead",
+            RuntimeWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return None
+
+
+def _probe_tangents(probe, points, session):
+    """Seeded random directions ``(J, d)`` and coefficients ``(n, P_in, J)`` for a check.
+
+    Directional derivatives are linear in both, so random ones test every
+    direction a basis could ask for.
+    """
+    n, d = n_rows(probe), points.shape[-1]
+    J = min(d, 4)
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.randn(J, d, generator=generator, dtype=torch.float64)
+    positions = points[0].numel() // d
+    coefficients = torch.randn(n, positions, J, generator=generator, dtype=torch.float64)
+    return directions.to(session.device), coefficients.to(session.device)

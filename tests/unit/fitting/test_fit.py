@@ -1,0 +1,340 @@
+"""The fit as functions (``_fitting.fit``): inspect, price, plan and fit, against brute force.
+
+Every basis is compared with the textbook steps of :mod:`_refs`: activations
+by a plain hook, ``M'`` from full per-sample Jacobians, Lambda by numpy.
+"""
+
+import dataclasses
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from _refs import (
+    activations_of,
+    brute_force_edges,
+    brute_force_m_prime,
+    independent_rule,
+    reference_lambdas,
+)
+from torch import nn
+from toy_models import PositionMixer, ResidualMLP, tanh_mlp
+
+from sklearn_lib._core.nodes import Section
+from sklearn_lib._fitting.basis import NodeBasis
+from sklearn_lib._fitting.fit import (
+    FitResult,
+    FitSettings,
+    bytes_per_sample,
+    fit_bases,
+    inspect,
+    plan_fit,
+    row_seconds,
+)
+from sklearn_lib._fitting.stochastic import AUTO_MIN_ROUNDS, AUTO_SOURCES, STOCHASTIC_BATCH_SIZE
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._model.sources import ArraySource
+from sklearn_lib._routes.integration import rule_tensors
+from sklearn_lib._routes.table import decide_routes
+
+TOL = dict(rtol=1e-9, atol=1e-13)
+
+
+def fit(model, names, X, settings=None, compute_graph=False, batch_size=16):
+    """The estimator's steps: inspect, routes, plan, then :func:`fit_bases`."""
+    settings = settings or FitSettings()
+    session = ModelSession(model, random_state=0)
+    source = ArraySource(X, batch_size)
+    probe = session.inputs(X[:16])
+    sections = inspect(session, probe, names, settings)
+    routes = None
+    if settings.basis == "lib":
+        rule = rule_tensors(settings.rule, session.device)
+        kinds = ("gram", "rows", "tangents") if compute_graph else ("gram", "rows")
+        routes = decide_routes(session, probe, sections, rule, kinds, settings.jacobian)
+    plan = plan_fit(session, source, probe, sections, routes, settings, compute_graph=compute_graph)
+    return fit_bases(session, source, sections, plan, routes, settings)
+
+
+def check_basis(basis, acts, m_prime, center=True):
+    """Lambda by the textbook steps, and ``E[f_hat^T f_hat] = diag(Lambda)`` on the data."""
+    expected = reference_lambdas(acts, m_prime, center=center)
+    np.testing.assert_allclose(basis.lambdas, expected, **TOL)
+    rows = acts.reshape(-1, acts.shape[-1])
+    f_hat = (rows - basis.mean) @ basis.matrix
+    np.testing.assert_allclose(f_hat.T @ f_hat / len(rows), np.diag(basis.lambdas), **TOL)
+
+
+# -- FitSettings -------------------------------------------------------------------------
+def test_fit_settings_defaults_are_the_estimators():
+    settings = FitSettings()
+    assert dataclasses.asdict(settings) == {
+        "basis": "lib",
+        "n_components": None,
+        "truncation_threshold": 1e-10,
+        "center": True,
+        "rule": ((1.0,), (1.0,)),
+        "output_basis": "identity",
+        "n_stochastic_sources": None,
+        "jacobian": "auto",
+    }
+    assert settings == FitSettings() and hash(settings) == hash(FitSettings())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.basis = "pca"
+
+
+# -- inspect -----------------------------------------------------------------------------
+def test_inspect_gives_the_sections_with_their_shapes(rng):
+    session = ModelSession(tanh_mlp())
+    probe = session.inputs(rng.normal(size=(16, 4)))
+    sections = inspect(session, probe, ["fc1", "fc2", "fc3"], FitSettings())
+    assert sections == (
+        Section("fc1", "fc2", (4,), (8,)),
+        Section("fc2", "fc3", (8,), (8,)),
+        Section("fc3", "output", (8,), (3,)),
+    )
+    mixer = ModelSession(PositionMixer().double())
+    probe = mixer.inputs(rng.normal(size=(16, 4, 3)))
+    assert inspect(mixer, probe, ["mix", "head"], FitSettings()) == (
+        Section("mix", "head", (4, 5), (2, 5)),
+        Section("head", "output", (2, 5), (2, 3)),
+    )
+
+
+def test_inspect_refuses_a_node_layer_named_output(rng):
+    model = nn.Sequential(OrderedDict(hidden=nn.Linear(4, 3), output=nn.Linear(3, 2))).double()
+    session = ModelSession(model)
+    probe = session.inputs(rng.normal(size=(8, 4)))
+    with pytest.raises(ValueError, match="A node layer may not be called 'output'"):
+        inspect(session, probe, ["hidden", "output"], FitSettings())
+
+
+def test_inspect_refuses_a_node_layer_that_a_residual_bypasses(rng):
+    session = ModelSession(ResidualMLP().double(), random_state=0)
+    probe = session.inputs(rng.normal(size=(16, 4)))
+    with pytest.raises(ValueError, match=r"Layer 'block.fc' is not a cut: the model output"):
+        inspect(session, probe, ["block.fc"], FitSettings())
+    # Layers that carry the whole stream are cuts.
+    sections = inspect(session, probe, ["block", "out"], FitSettings())
+    assert [(s.src, s.dst) for s in sections] == [("block", "out"), ("out", "output")]
+    # PCA needs no Jacobians, so no cut: it takes any layer.
+    (pca,) = inspect(session, probe, ["block.fc"], FitSettings(basis="pca"))
+    assert pca == Section("block.fc", "output", (6,), (3,))
+
+
+# -- bytes_per_sample and row_seconds ----------------------------------------------------
+def test_bytes_per_sample(rng):
+    X = rng.normal(size=(16, 4))
+    measured = {}
+    for hidden in (8, 64):
+        session = ModelSession(tanh_mlp(hidden=hidden))
+        probe = session.inputs(X)
+        sections = inspect(session, probe, ["fc2", "fc3"], FitSettings())
+        lib = bytes_per_sample(session, probe, sections, FitSettings())
+        pca = bytes_per_sample(session, probe, sections, FitSettings(basis="pca"))
+        # PCA runs forward passes only: autograd saves nothing there, a LIB pass does.
+        assert lib > 0 and 0 <= pca <= lib
+        # At most over the sections: both sections cost no less than the last alone.
+        assert lib >= bytes_per_sample(session, probe, sections[1:], FitSettings())
+        measured[hidden] = lib, pca
+        # Stochastic sources fix the batch size instead.
+        for sources in (3, "auto"):
+            settings = FitSettings(n_stochastic_sources=sources)
+            assert bytes_per_sample(session, probe, sections, settings) == STOCHASTIC_BATCH_SIZE
+    # Wider activations, more bytes saved per sample.
+    assert measured[64][0] > measured[8][0] and measured[64][1] >= measured[8][1]
+
+
+class Unreversible(torch.autograd.Function):
+    """The identity, whose backward pass fails."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("no backward here")
+
+
+class FailsBackward(nn.Module):
+    def forward(self, x):
+        return Unreversible.apply(x)
+
+
+@pytest.mark.parametrize("n_rows", [1, 4])
+def test_row_seconds_is_a_positive_time_per_row_and_sample(rng, n_rows):
+    session = ModelSession(tanh_mlp())
+    probe = session.inputs(rng.normal(size=(16, 4)))
+    section = Section("fc2", "fc3", (8,), (8,))
+    seconds = row_seconds(session, probe, FitSettings(), section, n_rows)
+    assert isinstance(seconds, float) and 0 < seconds < 1
+
+
+def test_row_seconds_is_none_when_the_model_fails(rng):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OrderedDict(fc1=nn.Linear(4, 5), bad=FailsBackward(), fc2=nn.Linear(5, 2))
+    ).double()
+    session = ModelSession(model)
+    probe = session.inputs(rng.normal(size=(8, 4)))
+    section = Section("fc1", "output", (4,), (2,))
+    assert row_seconds(session, probe, FitSettings(), section, 1) is None
+    assert row_seconds(session, probe, FitSettings(), section, 4) is None
+
+
+# -- fit_bases ---------------------------------------------------------------------------
+RULES = {"gradient": ("gradient", 0), "trapezoidal": ("trapezoidal", 2)}
+
+
+@pytest.mark.parametrize("jacobian", ["auto", "autograd"])
+@pytest.mark.parametrize("integration", list(RULES))
+def test_fit_bases_equals_the_textbook_steps(rng, jacobian, integration):
+    model = tanh_mlp()
+    X = rng.normal(size=(40, 4))
+    alphas, weights = independent_rule(*RULES[integration])
+    rule = tuple(tuple(float(v) for v in values) for values in (alphas, weights))
+    result = fit(model, ["fc1", "fc2", "fc3"], X, FitSettings(rule=rule, jacobian=jacobian))
+    assert isinstance(result, FitResult)
+    assert list(result.bases) == ["fc1", "fc2", "fc3", "output"]
+    assert result.rounds == {} and result.edges == {}
+    bases = result.bases
+    assert all(isinstance(b, NodeBasis) and b.name == n for n, b in bases.items())
+    # The output: the identity, never truncated, with the outputs' mean.
+    out = bases["output"]
+    assert out.kind == "identity" and out.n_components == 3
+    np.testing.assert_array_equal(out.matrix, np.eye(3))
+    with torch.no_grad():
+        outputs = model(torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(out.mean, outputs.mean(0), **TOL)
+    # Backwards from the output, each basis from the next one's kept matrix.
+    tails = {
+        "fc3": model.fc3,
+        "fc2": lambda z: model.act2(model.fc2(z)),
+        "fc1": lambda z: model.act1(model.fc1(z)),
+    }
+    for name in ("fc3", "fc2", "fc1"):
+        acts = activations_of(model, name, X)
+        nxt = {"fc3": "output", "fc2": "fc3", "fc1": "fc2"}[name]
+        m_prime = brute_force_m_prime(
+            tails[name], acts, bases[nxt].kept_matrix, alphas=alphas, weights=weights
+        )
+        check_basis(bases[name], acts, m_prime)
+        np.testing.assert_allclose(bases[name].mean, acts.mean(0), **TOL)
+        assert bases[name].kind == "lib"
+
+
+def test_fit_bases_with_positions(rng):
+    model = PositionMixer().double()
+    X = rng.normal(size=(24, 4, 3))
+    bases = fit(model, ["mix", "head"], X).bases
+    assert [b.shape for b in bases.values()] == [(4, 5), (2, 5), (2, 3)]
+    acts = activations_of(model, "head", X)
+    check_basis(bases["head"], acts, brute_force_m_prime(model.head, acts, np.eye(3)))
+    acts = activations_of(model, "mix", X)
+    m_prime = brute_force_m_prime(model.mix, acts, bases["head"].kept_matrix)
+    check_basis(bases["mix"], acts, m_prime)
+
+
+def test_n_components_truncates_the_first_node_only(rng):
+    X = rng.normal(size=(60, 4))
+    full = fit(tanh_mlp(), ["fc1", "fc2"], X).bases
+    cut = fit(tanh_mlp(), ["fc1", "fc2"], X, FitSettings(n_components=2)).bases
+    assert cut["fc1"].n_components == 2 and full["fc1"].n_components == 4
+    assert cut["fc2"].n_components == full["fc2"].n_components == 8
+    for name in ("fc1", "fc2"):
+        np.testing.assert_allclose(cut[name].lambdas, full[name].lambdas, **TOL)
+
+
+def test_uncentred_fit(rng):
+    model = tanh_mlp()
+    X = rng.normal(size=(60, 4)) + 1.0
+    bases = fit(model, ["fc3"], X, FitSettings(center=False)).bases
+    np.testing.assert_array_equal(bases["fc3"].mean, np.zeros(8))
+    acts = activations_of(model, "fc3", X)
+    m_prime = brute_force_m_prime(model.fc3, acts, np.eye(3))
+    check_basis(bases["fc3"], acts, m_prime, center=False)
+
+
+def test_pca_bases_are_the_activations_principal_axes(rng):
+    model = tanh_mlp()
+    X = rng.normal(size=(60, 4))
+    result = fit(model, ["fc2", "fc3"], X, FitSettings(basis="pca"))
+    assert result.rounds == {} and result.edges == {}
+    for name in ("fc2", "fc3"):
+        acts = activations_of(model, name, X)
+        variances = np.sort(np.linalg.eigvalsh(np.cov(acts, rowvar=False, bias=True)))[::-1]
+        basis = result.bases[name]
+        assert basis.kind == "pca"
+        np.testing.assert_allclose(basis.lambdas, variances[: len(basis.lambdas)], **TOL)
+        np.testing.assert_allclose(
+            basis.matrix.T @ basis.matrix, np.eye(len(basis.lambdas)), atol=1e-13
+        )
+
+
+def test_a_pca_output_basis_leaves_the_node_layers_as_they_are(rng):
+    model = tanh_mlp()
+    X = rng.normal(size=(60, 4))
+    identity = fit(model, ["fc2", "fc3"], X).bases
+    rotated = fit(model, ["fc2", "fc3"], X, FitSettings(output_basis="pca")).bases
+    out = rotated["output"]
+    with torch.no_grad():
+        outputs = model(torch.as_tensor(X)).numpy()
+    variances = np.sort(np.linalg.eigvalsh(np.cov(outputs, rowvar=False, bias=True)))[::-1]
+    assert out.kind == "pca" and out.n_components == 3
+    np.testing.assert_allclose(out.lambdas, variances, **TOL)
+    for name in ("fc2", "fc3"):
+        np.testing.assert_allclose(rotated[name].lambdas, identity[name].lambdas, **TOL)
+
+
+class PerPosition(nn.Module):
+    """``(n, 70, 2) -> (n, 70, 1)``, position by position: 70 exact rows, over the 64 of "auto"."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.act, self.fc2 = nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_auto_sources_run_rounds_and_report_them(rng):
+    """Position-wise with one output feature: every +-1 source is exact, so rounds agree at once."""
+    X = rng.normal(size=(32, 70, 2))
+    settings = FitSettings(jacobian="autograd")
+    exact = fit(PerPosition().double(), ["fc1"], X, settings)
+    auto = fit(
+        PerPosition().double(),
+        ["fc1"],
+        X,
+        dataclasses.replace(settings, n_stochastic_sources="auto"),
+    )
+    (rounds,) = auto.rounds.values()
+    assert list(auto.rounds) == ["fc1"]
+    assert rounds.converged and rounds.rounds == AUTO_MIN_ROUNDS
+    assert rounds.n_sources == AUTO_MIN_ROUNDS * AUTO_SOURCES
+    np.testing.assert_allclose(auto.bases["fc1"].lambdas, exact.bases["fc1"].lambdas, **TOL)
+    assert exact.rounds == {}
+
+
+def test_kept_rows_give_the_edges_of_the_sections_they_reconstruct(rng):
+    """With ``compute_graph``, exact autograd rows serve the edges where the basis keeps every
+    direction of the activations (``fc2``); ``fc3`` keeps 3 of 8, so its edges need a pass."""
+    model = tanh_mlp()
+    X = rng.normal(size=(60, 4))
+    settings = FitSettings(jacobian="autograd")
+    result = fit(model, ["fc2", "fc3"], X, settings, compute_graph=True)
+    bases = result.bases
+    assert bases["fc2"].n_components == 8 and bases["fc3"].n_components == 3
+    assert list(result.edges) == [("fc2", "fc3")]
+    E, n = result.edges[("fc2", "fc3")]
+    assert n == 60
+    acts = activations_of(model, "fc2", X)
+    tail = lambda z: model.act2(model.fc2(z))  # noqa: E731
+    expected = brute_force_edges(tail, acts, bases["fc2"], bases["fc3"])
+    np.testing.assert_allclose(E, expected, **TOL)
+    # The bases are those of a fit without the graph.
+    plain = fit(model, ["fc2", "fc3"], X, settings).bases
+    for name in ("fc2", "fc3"):
+        np.testing.assert_allclose(bases[name].lambdas, plain[name].lambdas, **TOL)

@@ -1,0 +1,253 @@
+"""The fit's plan (``_fitting.plan``): its decisions, and that what it announces is what runs.
+
+A toy model holds one section of every route: autograd (a product of two
+functions of the input), the residual MLP formula, the Linear -> elementwise
+formula (gathered in the statistics pass), and two affine sections.  Full
+backward hooks on the sections' source modules count every backward pass
+through them (they travel into the fit's private copy with the model); a
+patched ``run_pass`` says which pass is running.  The counts must be the
+plan's, for ``n_stochastic_sources`` None, an int and ``"auto"``.
+"""
+
+import collections
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from torch import nn
+
+from sklearn_lib import LIBTransformer
+from sklearn_lib._core.nodes import sections_of
+from sklearn_lib._fitting import fit as fit_module
+from sklearn_lib._fitting.fit import FitSettings
+from sklearn_lib._fitting.plan import make_plan
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.forms.base import ClosedForm
+from sklearn_lib._routes.table import RouteTable, SectionRoute, autograd_route
+
+D, P, N, BATCH = 24, 3, 96, 32  # 3 * 24 = 72 exact rows: more than "auto" keeps exact
+LAYERS = ["mix", "mlp", "chain.0", "chain.2", "head"]
+
+
+class Mix(nn.Module):
+    """``x + tanh(x) * (x W)``: neither affine nor a residual MLP, so autograd serves it."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(D, D) / D**0.5)
+
+    def forward(self, x):
+        return x + torch.tanh(x) * (x @ self.W)
+
+
+class Block(nn.Module):
+    """``x + relu(x A + a) B``: the residual MLP formula serves it."""
+
+    def __init__(self):
+        super().__init__()
+        self.A, self.a = nn.Parameter(torch.randn(D, 16) / 4), nn.Parameter(torch.randn(16))
+        self.B = nn.Parameter(torch.randn(16, D) / 4)
+
+    def forward(self, x):
+        return x + torch.relu(x @ self.A + self.a) @ self.B
+
+
+class Head(nn.Module):
+    """``x W + b``: affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.W, self.b = nn.Parameter(torch.randn(D, 5)), nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        return x @ self.W + self.b
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mix, self.mlp, self.head = Mix(), Block(), Head()
+        # chain.0 -> chain.2 is Linear -> elementwise; chain.2 -> head is affine.
+        self.chain = nn.Sequential(nn.Linear(D, 12), nn.Tanh(), nn.Linear(12, D))
+
+    def forward(self, x):
+        return self.head(self.chain(self.mlp(self.mix(x))))
+
+
+ROUTES = {
+    "mix": "autograd",
+    "mlp": "closed form",
+    "chain.0": "statistics pass",
+    "chain.2": "affine",
+    "head": "affine",
+}
+
+
+class Counter:
+    """Backward passes through each source module, per pass over the data."""
+
+    def __init__(self, model, monkeypatch):
+        self.passes = []  # the passes' names, in order
+        self.rows = collections.defaultdict(collections.Counter)  # pass index -> layer -> count
+        self.current = None
+        for name in LAYERS:
+            module = model.get_submodule(name)
+            module.register_full_backward_hook(self._hook(name))
+        original = ModelSession.run_pass
+
+        def run_pass(session, source, accumulators, what):
+            self.passes.append(what)
+            self.current = len(self.passes) - 1
+            try:
+                return original(session, source, accumulators, what)
+            finally:
+                self.current = None
+
+        monkeypatch.setattr(ModelSession, "run_pass", run_pass)
+
+    def _hook(self, name):
+        def hook(module, grad_input, grad_output):
+            if self.current is not None:
+                self.rows[self.current][name] += 1
+
+        return hook
+
+
+@pytest.fixture
+def plans(monkeypatch):
+    """Every plan a fit makes, as it makes it."""
+    made = []
+    original = fit_module.plan_fit
+
+    def plan_fit(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(fit_module, "plan_fit", plan_fit)
+    import sklearn_lib._lib as lib_module
+
+    monkeypatch.setattr(lib_module, "plan_fit", plan_fit)
+    return made
+
+
+def _fit(sources, monkeypatch, plans):
+    model = Net().double()
+    counter = Counter(model, monkeypatch)
+    X = np.random.default_rng(0).normal(size=(N, P, D))
+    lib = LIBTransformer(
+        model,
+        LAYERS[0],
+        downstream_layers=LAYERS[1:],
+        batch_size=BATCH,
+        truncation_threshold=0.0,
+        n_stochastic_sources=sources,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        lib.fit(X)
+    (plan,) = plans
+    return lib, plan, counter
+
+
+@pytest.mark.parametrize("sources", [None, 4, "auto"])
+def test_the_plan_counts_the_passes_and_rows_that_run(sources, monkeypatch, plans):
+    lib, plan, counter = _fit(sources, monkeypatch, plans)
+    n_batches = -(-N // BATCH)
+    # The Linear -> elementwise slopes join the statistics pass unless sources are asked for.
+    routes = {**ROUTES, "chain.0": "closed form" if isinstance(sources, int) else ROUTES["chain.0"]}
+    assert {s.section.src: s.route for s in plan.sections} == routes
+    # The passes: the statistics pass first, then one per section that does not join it
+    # (rounds: at least the fewest), in backward order.
+    assert counter.passes[0].startswith("activation statistics")
+    own = [s for s in reversed(plan.sections) if not s.joins]
+    rounds = {src: r.rounds for src, r in lib.stochastic_rounds_.items()}
+    expected = [pass_ for s in own for pass_ in [s.section.src] * rounds.get(s.section.src, 1)]
+    assert [what.split("'")[1] for what in counter.passes[1:]] == expected
+    assert len(counter.passes) == plan.passes + sum(r - 4 for r in rounds.values())
+    # The statistics pass gathers what the plan joins to it, and nothing else.
+    joined = {s.section.src for s in plan.sections if s.joins}
+    assert all(f"{name!r}" in counter.passes[0] for name in joined - {"chain.0"})
+    assert ("slopes 'chain.0'" in counter.passes[0]) is (not isinstance(sources, int))
+    # Backward rows: per pass, per section, as the plan says.
+    for index, what in enumerate(counter.passes):
+        counted = counter.rows[index]
+        for s in plan.sections:
+            src = s.section.src
+            runs_here = (index == 0) == s.joins and (index == 0 or what.split("'")[1] == src)
+            if not runs_here:
+                assert counted[src] == 0, (what, src, counted)
+            elif s.sources == "auto":
+                assert counted[src] == 16 * n_batches, (what, src)
+            else:
+                # Exact rows: the next node's kept features at each output position.
+                kept = lib.bases_[s.section.dst].n_components
+                assert counted[src] == s.rows_per_pass(n_batches, kept), (what, src, counted)
+                assert counted[src] <= s.rows_per_pass(n_batches)  # the plan's bound
+    if sources == "auto":
+        assert set(rounds) == {"mix"}  # the only section of autograd rows, 72 > 64 of them
+        assert lib.n_stochastic_sources_["mix"] == 16 * rounds["mix"]
+    # What the fit reports is the plan's.
+    expected_sources = {s.section.src: s.sources for s in plan.sections}
+    for src, n in lib.n_stochastic_sources_.items():
+        assert n == (expected_sources[src] if src not in rounds else 16 * rounds[src])
+
+
+def test_the_plan_announced_is_the_plan_run(monkeypatch, plans, capsys):
+    model = Net().double()
+    X = np.random.default_rng(0).normal(size=(N, P, D))
+    LIBTransformer(model, "mix", downstream_layers=LAYERS[1:], batch_size=BATCH, verbose=True).fit(
+        X
+    )
+    (plan,) = plans
+    line = next(line for line in capsys.readouterr().err.splitlines() if "fitting runs" in line)
+    assert plan.describe() in line
+    assert f"fitting runs {plan.passes} pass(es)" in line
+
+
+# -- plans made from routes and settings alone ------------------------------------------
+def test_the_plan_counts_passes_and_rows():
+    sections = sections_of(["a", "b"], {"a": (16, 8), "b": (16, 4)}, (16, 10))
+    routes = RouteTable([autograd_route(s) for s in sections])
+    priced = make_plan("X", sections, routes, FitSettings(), 1000, batch_size=100)
+    assert priced.passes == 2  # statistics (with b's M') and a's M'
+    assert [s.backward_rows for s in priced.sections] == [16 * 4, 16 * 10]
+    assert priced.seconds is None  # nothing timed: no estimate
+    timed = {"a": 1e-6, "b": 2e-6}
+
+    def price(section, n_rows):
+        return timed[section.src]
+
+    priced = make_plan("X", sections, routes, FitSettings(), 1000, price=price)
+    assert priced.seconds == pytest.approx(64 * 1000 * 1e-6 + 160 * 1000 * 2e-6)
+    sampled = FitSettings(n_stochastic_sources=8, output_basis="pca")
+    priced = make_plan("X", sections, routes, sampled, 1000, price=price)
+    assert priced.passes == 3 and [s.backward_rows for s in priced.sections] == [8, 8]
+    assert "8 backward rows per batch" in priced.describe()
+
+
+class WithStatistics(ClosedForm):
+    """A closed form whose statistics the statistics pass gathers (never run here)."""
+
+    @classmethod
+    def detect(cls, session, section):
+        return cls()
+
+    def vjp(self, x, points, cotangents, tangents=None):
+        return NotImplemented
+
+    def statistics(self, session, section, rule):
+        return object()
+
+
+def test_the_plan_names_the_sections_gathered_in_the_first_pass():
+    sections = sections_of(["a", "b"], {"a": (8,), "b": (8,)}, (3,))
+    routes = RouteTable(
+        [SectionRoute(sections[0], gram=WithStatistics()), autograd_route(sections[1])]
+    )
+    priced = make_plan("X", sections, routes, FitSettings(), 100, batch_size=10)
+    assert priced.passes == 1 and priced.gathered == ("a", "b")
+    assert "'a' -> 'b': by closed form within the statistics pass" in priced.describe()

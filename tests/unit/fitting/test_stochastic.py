@@ -1,0 +1,327 @@
+"""Stochastic sources (``_fitting.stochastic``): the draws, their unbiasedness, and every decision.
+
+References are written out here: the exact rows ``e_t (x) C[:, i]`` and
+their random +-1 combinations by numpy loops, the rounds' statistics by
+numpy, and ``M'`` by :func:`_refs.brute_force_m_prime`.
+"""
+
+import dataclasses
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from _refs import activations_of, brute_force_m_prime
+from sklearn.exceptions import ConvergenceWarning
+from torch import nn
+
+from sklearn_lib._core.nodes import Section
+from sklearn_lib._fitting import stochastic
+from sklearn_lib._fitting.basis import fit_node_basis
+from sklearn_lib._fitting.jacobian_gram import JacobianGram
+from sklearn_lib._fitting.stochastic import (
+    AUTO_MAX_ROUNDS,
+    AUTO_MIN_ROUNDS,
+    AUTO_SOURCES,
+    SourceRounds,
+    _gapped_top,
+    auto_stays_exact,
+    converged_m_prime,
+    edge_sources,
+    m_prime_route,
+    m_prime_sources,
+)
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._model.sources import ArraySource
+from sklearn_lib._routes.cotangents import Cotangents
+from sklearn_lib._routes.integration import rule_tensors
+from sklearn_lib._routes.table import autograd_route
+
+P, D_NEXT, K = 3, 4, 2  # output positions, next width, next kept features
+#: A LIB basis that keeps every non-null feature.
+LIB_FIT = dict(kind="lib", n_components=None, threshold=0.0, rtol=1e-12)
+
+
+def exact_cotangents(rng):
+    C = torch.as_tensor(rng.normal(size=(D_NEXT, K)))
+    return Cotangents(C, P)
+
+
+def exact_rows(C):
+    """``e_t (x) C[:, i]`` for every (t, i), as numpy ``(P * K, P, D_NEXT)``, row ``t * K + i``."""
+    rows = np.zeros((P * K, P, D_NEXT))
+    for t in range(P):
+        for i in range(K):
+            rows[t * K + i, t] = C[:, i]
+    return rows
+
+
+# -- the draws ---------------------------------------------------------------------------
+def test_no_sources_keep_the_exact_rows(rng):
+    exact = exact_cotangents(rng)
+    generator = torch.Generator().manual_seed(0)
+    assert m_prime_sources(exact, None, generator) is exact
+    assert edge_sources(exact, None, generator) is exact
+    # Nothing is drawn: the generator is where it was.
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())
+
+
+@pytest.mark.parametrize(
+    "draw, shape",
+    [(m_prime_sources, (5, P, K)), (edge_sources, (5, P))],
+    ids=["m_prime", "edges"],
+)
+def test_sources_are_signs_of_the_documented_shape(rng, draw, shape):
+    exact = exact_cotangents(rng)
+    sampled = draw(exact, 5, torch.Generator().manual_seed(1))
+    assert not sampled.exact and sampled.matrix is exact.matrix
+    assert sampled.n_positions == P and tuple(sampled.signs.shape) == shape
+    assert set(torch.unique(sampled.signs).tolist()) == {-1, 1}
+    assert sampled.scale == pytest.approx(1 / 5)
+    # Drawn from the generator alone: the same seed, the same signs.
+    again = draw(exact, 5, torch.Generator().manual_seed(1))
+    assert torch.equal(sampled.signs, again.signs)
+    other = draw(exact, 5, torch.Generator().manual_seed(2))
+    assert not torch.equal(sampled.signs, other.signs)
+
+
+def test_m_prime_sources_combine_every_row(rng):
+    """One row per source: ``sum_{t,i} r_sti e_t (x) C[:, i]``."""
+    exact = exact_cotangents(rng)
+    sampled = m_prime_sources(exact, 6, torch.Generator().manual_seed(0))
+    signs, rows = sampled.signs.numpy(), exact_rows(exact.matrix.numpy())
+    expected = np.einsum("sr,rpd->spd", signs.reshape(6, P * K), rows)
+    np.testing.assert_allclose(sampled.rows.numpy(), expected, rtol=0, atol=1e-15)
+
+
+def test_edge_sources_combine_positions_per_feature(rng):
+    """Row ``s * K + i``: ``sum_t r_st e_t (x) C[:, i]``, one per source and next feature."""
+    exact = exact_cotangents(rng)
+    sampled = edge_sources(exact, 6, torch.Generator().manual_seed(0))
+    signs, C = sampled.signs.numpy(), exact.matrix.numpy()
+    expected = np.zeros((6 * K, P, D_NEXT))
+    for s in range(6):
+        for i in range(K):
+            for t in range(P):
+                expected[s * K + i, t] = signs[s, t] * C[:, i]
+    np.testing.assert_allclose(sampled.rows.numpy(), expected, rtol=0, atol=1e-15)
+
+
+def test_m_prime_sources_are_unbiased(rng):
+    """The average Gram of sampled rows, through a Jacobian, approaches the exact rows' Gram."""
+    exact = exact_cotangents(rng)
+    A = rng.normal(size=(P * D_NEXT, 5))  # a "Jacobian": row -> gradient of 5 inputs
+    g = exact_rows(exact.matrix.numpy()).reshape(P * K, -1) @ A
+    expected = g.T @ g
+    generator = torch.Generator().manual_seed(0)
+    draws, estimate = 2000, 0
+    for _ in range(draws):
+        sampled = m_prime_sources(exact, 4, generator)
+        signs = sampled.signs.numpy().reshape(4, P * K)
+        g = signs @ exact_rows(exact.matrix.numpy()).reshape(P * K, -1) @ A
+        estimate = estimate + sampled.scale * g.T @ g
+    estimate /= draws
+    error = np.linalg.norm(estimate - expected) / np.linalg.norm(expected)
+    assert error < 0.05, error
+    # One draw alone is far off: the agreement is the average's.
+    single = signs @ exact_rows(exact.matrix.numpy()).reshape(P * K, -1) @ A
+    assert np.linalg.norm(single.T @ single / 4 - expected) / np.linalg.norm(expected) > 0.1
+
+
+def test_edge_sources_are_unbiased_per_feature(rng):
+    """Per next feature, the squared directional derivatives summed over output positions."""
+    exact = exact_cotangents(rng)
+    A = rng.normal(size=(P * D_NEXT, 5))
+    C = exact.matrix.numpy()
+    expected = np.zeros((K, 5))
+    for i in range(K):
+        for t in range(P):
+            row = np.zeros((P, D_NEXT))
+            row[t] = C[:, i]
+            expected[i] += (row.reshape(-1) @ A) ** 2
+    generator = torch.Generator().manual_seed(0)
+    draws, estimate = 2000, 0
+    for _ in range(draws):
+        sampled = edge_sources(exact, 3, generator)
+        per_row = torch.as_tensor((sampled.rows.numpy().reshape(3 * K, -1) @ A) ** 2)
+        estimate = estimate + sampled.feature_sums(per_row).numpy()
+    estimate /= draws
+    np.testing.assert_allclose(estimate, expected, rtol=0.06)
+
+
+# -- the decisions -----------------------------------------------------------------------
+def section(n_rows):
+    """A section to the output whose exact ``M'`` has ``n_rows`` rows (one position)."""
+    return Section("a", "output", (4,), (n_rows,))
+
+
+def test_auto_stays_exact_up_to_the_fewest_rounds_of_sources():
+    assert AUTO_MIN_ROUNDS * AUTO_SOURCES == 64  # the documented boundary
+    assert auto_stays_exact(1) and auto_stays_exact(63) and auto_stays_exact(64)
+    assert not auto_stays_exact(65) and not auto_stays_exact(10_000)
+
+
+@pytest.mark.parametrize(
+    "setting, shape, row_free, sources, why",
+    [
+        (None, (8, 100), False, None, "exact"),
+        (None, (2,), True, None, "exact"),
+        (5, (8, 100), False, 5, "5 random sources per batch"),
+        (5, (2,), True, 5, "5 random sources per batch"),
+        ("auto", (8, 100), True, None, "exact: its route needs no backward pass per row"),
+        ("auto", (8, 8), False, None, "exact: 64 rows cost no more than 4 rounds"),
+        ("auto", (3,), False, None, "exact: 3 rows cost no more than 4 rounds"),
+        ("auto", (5, 13), False, "auto", "rounds of random sources until the basis stops moving"),
+    ],
+)
+def test_m_prime_route_says_how_and_why(setting, shape, row_free, sources, why):
+    s = Section("a", "b", (4,), shape)
+    assert m_prime_route(setting, s, row_free) == (sources, why)
+
+
+def test_auto_counts_output_positions_times_the_next_width():
+    # 65 rows as 65 positions of one feature, or one position of 65: both over the bound.
+    assert m_prime_route("auto", Section("a", "b", (4,), (65, 1)), False)[0] == "auto"
+    assert m_prime_route("auto", section(65), False)[0] == "auto"
+    assert m_prime_route("auto", section(64), False)[0] is None
+
+
+def test_source_rounds_is_a_frozen_record():
+    rounds = SourceRounds(n_sources=64, rounds=4, lambda_error=0.001, cosine=0.999, converged=True)
+    assert [f.name for f in dataclasses.fields(SourceRounds)] == [
+        "n_sources",
+        "rounds",
+        "lambda_error",
+        "cosine",
+        "converged",
+    ]
+    assert rounds == SourceRounds(64, 4, 0.001, 0.999, True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rounds.rounds = 5
+
+
+def test_the_top_features_grow_past_ties():
+    assert _gapped_top(np.array([64, 49, 36, 25, 16, 16, 4, 1.0]), 0.0) == 6
+    assert _gapped_top(np.array([64, 49, 36, 25, 16, 8, 4, 1.0]), 0.0) == 5
+    assert _gapped_top(np.array([64, 49, 36, 25, 16, 10, 2, 1.0]), 7.0) == 6  # within the error
+    assert _gapped_top(np.array([3.0, 2.9]), 0.0) == 2 and _gapped_top(np.array([1.0]), 0.0) == 1
+
+
+# -- rounds: converged_m_prime -----------------------------------------------------------
+def basis_of_identity_gram(d):
+    """``basis_of`` for whitened activations: Lambda are the eigenvalues of ``M'`` itself."""
+
+    def basis_of(m_prime):
+        return fit_node_basis("a", (d,), np.zeros(d), np.eye(d), m_prime, **LIB_FIT)
+
+    return basis_of
+
+
+class ScriptedRounds:
+    """A session and accumulator whose rounds give the ``M'`` of a script, in order."""
+
+    what = "Jacobians 'a' -> 'output'"
+
+    def __init__(self, matrices):
+        self.matrices = list(matrices)
+        self.given = []
+        self.resets = []
+        self.passes = []
+
+    def reset(self, sources):
+        self.resets.append(sources)
+
+    def run_pass(self, source, accumulators, what):
+        assert accumulators == [self]
+        self.passes.append(what)
+        self.given.append(self.matrices[len(self.given)])
+        return [self.given[-1]]
+
+
+def test_identical_rounds_stop_after_the_fewest(rng):
+    A = rng.normal(size=(6, 6))
+    m = A @ A.T
+    script = ScriptedRounds([m] * AUTO_MAX_ROUNDS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        m_prime, report = converged_m_prime(script, "source", script, basis_of_identity_gram(6))
+    np.testing.assert_allclose(m_prime, m, rtol=1e-14)
+    # Two checks in a row must pass, and at least the fewest rounds run.
+    assert report == SourceRounds(AUTO_MIN_ROUNDS * AUTO_SOURCES, AUTO_MIN_ROUNDS, 0.0, 1.0, True)
+    assert script.resets == [AUTO_SOURCES] * AUTO_MIN_ROUNDS
+    assert script.passes == [f"{script.what} (round {r})" for r in range(1, AUTO_MIN_ROUNDS + 1)]
+
+
+def test_two_checks_in_a_row_must_pass():
+    """Rounds 1 and 2 disagree on the top Lambda by 2%: the check after 2 rounds fails, those
+    after 4 and 6 pass (the spread's standard error shrinks); the rounds stop at 6, not 4."""
+    base = np.diag([10.0, 6.0, 3.0, 1.0])
+    shift = np.diag([0.1, 0.0, 0.0, 0.0])  # the eigenvectors stay: cosines are 1
+    rounds = [base + shift, base - shift] + [base] * (AUTO_MAX_ROUNDS - 2)
+    script = ScriptedRounds(rounds)
+    m_prime, report = converged_m_prime(script, "source", script, basis_of_identity_gram(4))
+    assert report.rounds == 6 and report.converged and len(script.given) == 6
+    np.testing.assert_allclose(m_prime, base, rtol=1e-14)
+    for n, passes in [(2, False), (4, True), (6, True)]:
+        tops = [np.diag(m)[0] for m in rounds[:n]]
+        error = 2 * np.std(tops, ddof=1) / np.sqrt(n) / 10.0
+        assert bool(error <= stochastic.AUTO_LAMBDA_TOLERANCE) is passes, (n, error)
+    assert report.lambda_error == pytest.approx(error, rel=1e-9)
+
+
+def test_rounds_that_never_agree_run_out_and_warn(rng):
+    """Very noisy rounds: all 64 run, the mean is returned, and the estimate is the spread's."""
+    d = 6
+    base = np.diag([6.0, 5, 4, 3, 2, 1])
+    noisy = []
+    for _ in range(AUTO_MAX_ROUNDS):
+        A = rng.normal(size=(d, d))
+        noisy.append(base + 2.0 * A @ A.T)
+    script = ScriptedRounds(noisy)
+    message = r"did not converge on Jacobians .* after 64 rounds"
+    with pytest.warns(ConvergenceWarning, match=message):
+        m_prime, report = converged_m_prime(script, "source", script, basis_of_identity_gram(d))
+    np.testing.assert_allclose(m_prime, np.mean(noisy, axis=0), rtol=1e-12)
+    assert report.rounds == AUTO_MAX_ROUNDS and not report.converged
+    assert report.n_sources == AUTO_MAX_ROUNDS * AUTO_SOURCES
+    # The Lambda error: twice the standard error of the rounds' top-5 Lambdas,
+    # relative to the largest Lambda of their mean.
+    tops = np.array([np.sort(np.linalg.eigvalsh(m))[::-1][:5] for m in noisy])
+    top_mean = np.sort(np.linalg.eigvalsh(np.mean(noisy, axis=0)))[::-1][0]
+    expected = 2 * tops.std(axis=0, ddof=1).max() / np.sqrt(AUTO_MAX_ROUNDS) / top_mean
+    assert report.lambda_error == pytest.approx(expected, rel=1e-9)
+    assert report.lambda_error > stochastic.AUTO_LAMBDA_TOLERANCE
+    assert 0 < report.cosine <= 1
+
+
+def one_output_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(fc1=nn.Linear(4, 6), act=nn.Tanh(), fc2=nn.Linear(6, 1))
+    ).double()
+
+
+def test_rounds_on_a_model_with_one_output_row_are_exact(rng):
+    """One output row: each source is +-that row, whose Gram is exact; rounds agree at once."""
+    model = one_output_model()
+    X = rng.normal(size=(48, 4))
+    session = ModelSession(model, random_state=0)
+    s = Section("fc1", "output", (4,), (1,))
+    rule = rule_tensors(((1.0,), (1.0,)), session.device)
+    acc = JacobianGram(
+        session, autograd_route(s), torch.eye(1, dtype=torch.float64), 1, sources=3, rule=rule
+    )
+    acts = activations_of(model, "fc1", X)
+    mean, gram = acts.mean(0), np.cov(acts, rowvar=False, bias=True)
+
+    def basis_of(m_prime):
+        return fit_node_basis("fc1", (4,), mean, gram, m_prime, **LIB_FIT)
+
+    m_prime, report = converged_m_prime(session, ArraySource(X, 16), acc, basis_of)
+    expected = brute_force_m_prime(model, acts, np.eye(1))
+    np.testing.assert_allclose(m_prime, expected, rtol=1e-10, atol=1e-14)
+    assert report.converged and report.rounds == AUTO_MIN_ROUNDS
+    assert report.lambda_error == pytest.approx(0.0, abs=1e-12)
+    assert report.cosine == pytest.approx(1.0)
+    assert acc.sources == AUTO_SOURCES  # each round reset it

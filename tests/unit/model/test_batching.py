@@ -1,0 +1,121 @@
+"""The batch size of ``batch_size="auto"`` (``_model.batching``): saved bytes and budgets."""
+
+import pytest
+import torch
+
+from sklearn_lib._model import batching
+
+
+class SavesOne(torch.autograd.Function):
+    """Identity that saves exactly the tensor ``kept`` for its backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, kept):
+        ctx.save_for_backward(kept)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_saved_bytes_count_what_autograd_saves(dtype):
+    x = torch.zeros(10, 6, dtype=dtype, requires_grad=True)
+    kept = torch.zeros(10, 5, 3, dtype=dtype)
+    per_sample = batching.saved_bytes_per_sample(x, lambda: SavesOne.apply(x, kept))
+    assert per_sample == 5 * 3 * kept.element_size()
+    both = batching.saved_bytes_per_sample(
+        x, lambda: SavesOne.apply(SavesOne.apply(x, kept), kept[:, :2])
+    )
+    assert both == (5 + 2) * 3 * kept.element_size()
+
+
+def test_saved_bytes_divide_by_the_samples_of_a_dict_batch():
+    x = torch.zeros(4, 2, requires_grad=True)
+    batch = {"input_ids": torch.zeros(8, 3), "attention_mask": torch.ones(8, 3)}
+    kept = torch.zeros(100, dtype=torch.float64)
+    assert batching.saved_bytes_per_sample(batch, lambda: SavesOne.apply(x, kept)) == 800 / 8
+    assert (
+        batching.saved_bytes_per_sample(torch.zeros(0, 3), lambda: SavesOne.apply(x, kept)) == 800
+    )
+
+
+def test_saved_bytes_run_with_gradients_even_under_no_grad():
+    x = torch.randn(10, 6, dtype=torch.float64)
+    w = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    seen = []
+
+    def run():
+        seen.append(torch.is_grad_enabled())
+        return torch.tanh(x @ w)
+
+    with torch.no_grad():
+        one = batching.saved_bytes_per_sample(x, run)
+    assert seen == [True] and one > 0
+
+
+def test_saved_bytes_grow_with_the_graph():
+    x = torch.randn(10, 6, dtype=torch.float64)
+    w = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    one = batching.saved_bytes_per_sample(x, lambda: torch.tanh(x @ w))
+    two = batching.saved_bytes_per_sample(x, lambda: torch.tanh(torch.tanh(x @ w) @ w))
+    assert one >= 6 * 8 and two > one
+
+
+def test_the_cpu_budget():
+    assert batching.budget_bytes("cpu") == batching.CPU_BUDGET_BYTES == 512 * 2**20
+    assert batching.budget_bytes(torch.device("cpu")) == batching.CPU_BUDGET_BYTES
+
+
+@pytest.mark.parametrize(
+    "free, expected", [(1 << 30, (1 << 30) // 4), (80 << 30, batching.GPU_BUDGET_BYTES)]
+)
+def test_a_gpu_budget_is_a_quarter_of_the_free_memory_at_most(monkeypatch, free, expected):
+    asked = []
+
+    def mem_get_info(device):
+        asked.append(device)
+        return free, 80 << 30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert batching.budget_bytes("cuda:1") == expected
+    assert asked == [torch.device("cuda:1")]
+
+
+def _brute_force_size(per_sample, budget):
+    """The largest power of two in [64, 4096] whose working set fits, else 64."""
+    sizes = [2**p for p in range(6, 13)]
+    fitting = [s for s in sizes if s * 4 * max(per_sample, 1 / 4) <= budget]
+    return max(fitting, default=64)
+
+
+@pytest.mark.parametrize(
+    "per_sample",
+    [0.0, 1.0, 1000.0, 32767.0, 32768.0, 32769.0, 65536.0, 1e5, 524287.0, 524288.0, 1e6, 1e9],
+)
+def test_auto_batch_size_is_the_largest_power_of_two_that_fits(per_sample):
+    # The budget is 512 MiB: 32768 bytes a sample fit 4096 samples exactly, 524288 bytes 256.
+    size = batching.auto_batch_size(per_sample, "cpu")
+    assert size == _brute_force_size(per_sample, batching.CPU_BUDGET_BYTES)
+    assert batching.MIN_BATCH_SIZE <= size <= batching.MAX_BATCH_SIZE
+    assert size & (size - 1) == 0
+
+
+def test_auto_batch_sizes_are_powers_of_two_in_range():
+    budget = batching.CPU_BUDGET_BYTES
+    factor = batching.WORKING_SET_FACTOR
+    assert batching.auto_batch_size(budget / factor / 1000, "cpu") == 512
+    assert batching.auto_batch_size(1.0, "cpu") == batching.MAX_BATCH_SIZE
+    assert batching.auto_batch_size(float(budget), "cpu") == batching.MIN_BATCH_SIZE
+
+
+def test_auto_batch_size_follows_the_budget(monkeypatch):
+    monkeypatch.setattr(batching, "CPU_BUDGET_BYTES", 4 * 100 * 1000)
+    assert batching.auto_batch_size(100.0, "cpu") == 512  # 1000 fit
+    monkeypatch.setattr(batching, "CPU_BUDGET_BYTES", 1)
+    assert batching.auto_batch_size(100.0, "cpu") == batching.MIN_BATCH_SIZE
+
+
+def test_the_default_batch_size_is_in_range():
+    assert batching.MIN_BATCH_SIZE <= batching.DEFAULT_BATCH_SIZE <= batching.MAX_BATCH_SIZE

@@ -1,0 +1,127 @@
+"""Model inputs (``_model.inputs``): one tensor or a dict of tensors, and padding masks."""
+
+import pytest
+import torch
+
+from sklearn_lib._model import inputs
+
+
+def _dict_batch(n=4, t=3):
+    ids = torch.arange(n * t).reshape(n, t)
+    mask = torch.ones(n, t, dtype=torch.int64)
+    mask[0, 2:] = 0
+    mask[2, 1:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_is_dict():
+    assert inputs.is_dict({"x": torch.zeros(1)})
+    assert not inputs.is_dict(torch.zeros(1))
+
+
+def test_n_rows():
+    assert inputs.n_rows(torch.zeros(5, 2, 3)) == 5
+    assert inputs.n_rows(_dict_batch(n=6)) == 6
+
+
+@pytest.mark.parametrize("index", [slice(1, 3), torch.tensor([3, 0, 0])])
+def test_take_rows(index):
+    x = torch.arange(12.0).reshape(4, 3)
+    torch.testing.assert_close(inputs.take_rows(x, index), x[index])
+    batch = _dict_batch()
+    taken = inputs.take_rows(batch, index)
+    assert list(taken) == list(batch)
+    for key in batch:
+        torch.testing.assert_close(taken[key], batch[key][index])
+
+
+@pytest.mark.parametrize("shape", [(3,), (3, 2), (3, 2, 4)])
+@pytest.mark.parametrize("copies", [1, 2, 3])
+def test_repeat_rows_is_copy_major(shape, copies):
+    x = torch.randn(shape)
+    torch.testing.assert_close(inputs.repeat_rows(x, copies), torch.cat([x] * copies))
+    batch = _dict_batch(n=3)
+    repeated = inputs.repeat_rows(batch, copies)
+    for key in batch:
+        torch.testing.assert_close(repeated[key], torch.cat([batch[key]] * copies))
+
+
+def test_device_of():
+    assert inputs.device_of(torch.zeros(2)) == torch.device("cpu")
+    assert inputs.device_of(_dict_batch()) == torch.device("cpu")
+
+
+class EditsItsInputs(torch.nn.Module):
+    def forward(self, x=None, input_ids=None, attention_mask=None, scale=1):
+        for value in (x, input_ids, attention_mask):
+            if value is not None:
+                value.zero_()
+        return scale
+
+
+def test_call_model_passes_copies_and_keywords():
+    model, x = EditsItsInputs(), torch.ones(2, 3)
+    assert inputs.call_model(model, x, {"scale": 5}) == 5
+    torch.testing.assert_close(x, torch.ones(2, 3))  # the batch is untouched
+    batch = _dict_batch()
+    before = {key: value.clone() for key, value in batch.items()}
+    assert inputs.call_model(model, batch, {"scale": 7}) == 7
+    for key in batch:
+        torch.testing.assert_close(batch[key], before[key])
+
+
+def test_call_model_passes_a_dict_as_keywords():
+    seen = {}
+
+    def model(**kwargs):
+        seen.update(kwargs)
+
+    inputs.call_model(model, _dict_batch(), {"output_hidden_states": True})
+    assert set(seen) == {"input_ids", "attention_mask", "output_hidden_states"}
+
+
+def test_call_model_refuses_a_keyword_given_twice():
+    with pytest.raises(
+        ValueError, match=r"both give the keyword argument\(s\) \['attention_mask'\]"
+    ):
+        inputs.call_model(lambda **kw: None, _dict_batch(), {"attention_mask": None, "a": 1})
+
+
+def test_describe():
+    x = torch.zeros(5, 3, dtype=torch.int64)
+    assert inputs.describe(x) == "inputs of shape (5, 3), dtype torch.int64"
+    batch = {"input_ids": x, "mask": torch.ones(5, 3)}
+    assert inputs.describe(batch) == (
+        "inputs {input_ids: (5, 3) torch.int64, mask: (5, 3) torch.float32}"
+    )
+
+
+def test_attention_mask():
+    assert inputs.attention_mask(torch.zeros(2, 3)) is None
+    assert inputs.attention_mask({"input_ids": torch.zeros(2, 3)}) is None
+    mask = inputs.attention_mask({"attention_mask": torch.tensor([[1, 0, 2], [0.0, 1, 1]])})
+    assert mask.dtype == torch.bool
+    torch.testing.assert_close(mask, torch.tensor([[True, False, True], [False, True, True]]))
+
+
+def test_valid_positions_only_where_positions_are_the_masks():
+    batch = _dict_batch(n=4, t=3)
+    mask = inputs.valid_positions(batch, (3, 8))
+    torch.testing.assert_close(mask, batch["attention_mask"] != 0)
+    assert inputs.valid_positions(batch, (2, 8)) is None  # other positions
+    assert inputs.valid_positions(batch, (8,)) is None  # no positions
+    assert inputs.valid_positions(batch, (3, 2, 8)) is None
+    assert inputs.valid_positions(torch.zeros(4, 3), (3, 8)) is None
+    assert inputs.MASK_KEY == "attention_mask"
+
+
+def test_without_padding():
+    x = torch.zeros(2, 3)
+    assert inputs.without_padding(x) is x
+    plain = {"input_ids": x}
+    assert inputs.without_padding(plain) is plain
+    batch = _dict_batch()
+    unpadded = inputs.without_padding(batch)
+    assert unpadded["input_ids"] is batch["input_ids"]
+    torch.testing.assert_close(unpadded["attention_mask"], torch.ones(4, 3, dtype=torch.int64))
+    assert int(batch["attention_mask"].sum()) < 12  # the original keeps its padding

@@ -1,0 +1,291 @@
+"""The route table (``_routes.table``): which closed form serves which product, decided once."""
+
+import warnings
+
+import pytest
+import torch
+from _sections import section_of
+from linear_form import LinearForm
+from torch import nn
+from toy_models import modadd_tokens, tanh_mlp, user_transformer
+
+from sklearn_lib._core.nodes import OUTPUT_NODE, Section
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes import table
+from sklearn_lib._routes.forms import Affine, LinearElementwise, ResidualMLP, register
+from sklearn_lib._routes.forms.base import unregister
+from sklearn_lib._routes.integration import rule_tensors
+from sklearn_lib._routes.products import KINDS
+from sklearn_lib._routes.table import (
+    JACOBIAN_ROUTES,
+    RouteTable,
+    SectionRoute,
+    Verdict,
+    autograd_route,
+    decide_routes,
+)
+
+PLAIN = ((1.0,), (1.0,))
+TRAPEZOID = ((0.25, 0.75), (0.5, 0.5))
+
+
+def _decide(model, x, pairs, kinds=KINDS, rule=PLAIN, jacobian="auto", **session):
+    session = ModelSession(model, **session)
+    sections = [section_of(session, x, src, dst) for src, dst in pairs]
+    routes = decide_routes(session, x, sections, rule_tensors(rule, "cpu"), kinds, jacobian)
+    return routes, sections
+
+
+def _kinds_served(route):
+    return {kind: type(route.form(kind)).__name__ if route.form(kind) else None for kind in KINDS}
+
+
+def test_the_jacobian_values():
+    assert JACOBIAN_ROUTES == ("auto", "autograd")
+
+
+# -- which form serves which kind ----------------------------------------------------------
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # every check passes
+@pytest.mark.parametrize("rule", [PLAIN, TRAPEZOID], ids=["gradient", "trapezoid"])
+def test_an_mlp_is_served_by_the_linear_elementwise_formula(rule):
+    x = torch.randn(20, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pairs = [("fc1", "fc2"), ("fc2", "fc3"), ("fc3", OUTPUT_NODE)]
+    routes, sections = _decide(tanh_mlp(), x, pairs, rule=rule)
+    assert len(routes) == 3
+    for section in sections:
+        route = routes[section]
+        assert all(isinstance(route.form(kind), LinearElementwise) for kind in KINDS)
+        assert [(v.form, v.kind, v.passed) for v in route.verdicts] == [
+            ("The Linear -> elementwise formula", kind, True) for kind in KINDS
+        ]
+        assert route.m_prime == "closed form" and route.gathers_statistics
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_transformer_is_served_by_autograd_the_residual_formula_and_the_affine_route():
+    pairs = [("blocks.0.attn", "blocks.0.mlp"), ("blocks.0.mlp", "unembed"), ("unembed", "output")]
+    routes, (attn, mlp, head) = _decide(user_transformer(), modadd_tokens(20), pairs)
+    # Attention: no form applies, so no check ran.
+    assert _kinds_served(routes[attn]) == dict.fromkeys(KINDS)
+    assert routes[attn].verdicts == () and routes[attn].m_prime == "autograd"
+    # The residual MLP block: its formula serves every kind.
+    assert _kinds_served(routes[mlp]) == dict.fromkeys(KINDS, "ResidualMLP")
+    assert all(v.passed and v.form == ResidualMLP.title for v in routes[mlp].verdicts)
+    assert routes[mlp].m_prime == "closed form" and not routes[mlp].gathers_statistics
+    # The unembedding is affine: its rows are served, nothing else.
+    assert _kinds_served(routes[head]) == {"rows": "Affine", "gram": None, "tangents": None}
+    assert routes[head].verdicts == (Verdict(Affine.title, "rows", True),)
+    assert routes[head].m_prime == "affine"
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("kinds", [("rows",), ("gram",), ("tangents",), ("rows", "tangents")])
+def test_kinds_not_asked_for_stay_autograd_and_are_not_checked(kinds):
+    x = torch.randn(20, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    routes, (section,) = _decide(tanh_mlp(), x, [("fc2", "fc3")], kinds=kinds)
+    route = routes[section]
+    for kind in KINDS:
+        assert isinstance(route.form(kind), LinearElementwise) is (kind in kinds)
+    assert [v.kind for v in route.verdicts] == [k for k in KINDS if k in kinds]
+
+
+# -- jacobian="autograd" -----------------------------------------------------------------------
+def test_jacobian_autograd_runs_no_check_and_serves_nothing(monkeypatch):
+    def no_forms(*args):
+        raise AssertionError("a form was looked for")
+
+    monkeypatch.setattr(table, "applicable_forms", no_forms)
+    x = torch.randn(20, 4, dtype=torch.float64)
+    pairs = [("fc1", "fc2"), ("fc3", OUTPUT_NODE)]
+    routes, sections = _decide(tanh_mlp(), x, pairs, jacobian="autograd")
+    assert [routes[s] for s in sections] == [SectionRoute(s) for s in sections]
+    for section in sections:
+        assert _kinds_served(routes[section]) == dict.fromkeys(KINDS)
+        assert routes[section].verdicts == () and routes[section].m_prime == "autograd"
+    with pytest.raises(AssertionError, match="a form was looked for"):  # "auto" would look
+        _decide(tanh_mlp(), x, pairs)
+
+
+# -- wrong forms warn once and fall back --------------------------------------------------------
+class Head(nn.Module):
+    """``head(tanh(body(x)))`` with the head outside any ``nn.Sequential``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(3, 5)
+        self.head = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+
+class WrongGram(LinearForm):
+    """The nn.Linear formula with a Gram off by 1%: only the Gram fails its check."""
+
+    title = "A wrong Gram"
+
+    def gram(self, x, points, weights, cotangents):
+        return 1.01 * super().gram(x, points, weights, cotangents)
+
+
+class Raises(LinearForm):
+    title = "A raising form"
+
+    def vjp(self, x, points, cotangents, tangents=None):
+        raise KeyError("W_in")
+
+
+@pytest.fixture
+def registered(request):
+    form = request.param
+    register(form, first=True)
+    try:
+        yield form
+    finally:
+        unregister(form)
+
+
+@pytest.mark.parametrize("registered", [WrongGram], indirect=True)
+def test_a_wrong_form_warns_once_and_is_a_failed_verdict(registered):
+    x = torch.randn(30, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning) as record:
+        routes, (section,) = _decide(Head().double(), x, [("head", OUTPUT_NODE)])
+    messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1
+    assert messages[0].startswith("A wrong Gram is not used on the section 'head' -> the model")
+    assert "disagrees with autograd" in messages[0] and messages[0].endswith("autograd instead")
+    route = routes[section]
+    # Its rows and directional derivatives are right, and serve; the Gram falls back.
+    assert isinstance(route.rows, WrongGram) and isinstance(route.tangents, WrongGram)
+    assert route.gram is None and route.m_prime == "closed-form rows"
+    gram_verdicts = [v for v in route.verdicts if v.kind == "gram"]
+    assert len(gram_verdicts) == 1
+    (verdict,) = gram_verdicts
+    assert verdict.form == "A wrong Gram" and verdict.passed is False
+    assert verdict.why.startswith("it disagrees with autograd (relative error 1.0")
+    assert "A wrong Gram for gram: failed, it disagrees" in routes.summary()
+
+
+@pytest.mark.parametrize("registered", [Raises], indirect=True)
+def test_a_raising_form_falls_back_to_the_next_form(registered):
+    x = torch.randn(30, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match=r"A raising form is not used.*raised KeyError"):
+        routes, (section,) = _decide(Head().double(), x, [("head", OUTPUT_NODE)], kinds=["rows"])
+    route = routes[section]
+    assert isinstance(route.rows, Affine)  # the next form that offers rows, and passes
+    assert [(v.form, v.passed) for v in route.verdicts] == [
+        ("A raising form", False),
+        (Affine.title, True),
+    ]
+    assert route.verdicts[0].why == "it raised KeyError: 'W_in'"
+
+
+# -- SectionRoute and RouteTable --------------------------------------------------------------
+SECTION = Section("a", "b")
+
+
+def _forms():
+    return {
+        "affine": Affine(None, SECTION),
+        "linear elementwise": LinearElementwise(nn.Linear(2, 2), []),  # has statistics
+        "residual": ResidualMLP(None, None, None, False),  # has none
+        "user": LinearForm(nn.Linear(2, 2)),
+    }
+
+
+@pytest.mark.parametrize(
+    "rows, gram, m_prime, gathers",
+    [
+        (None, None, "autograd", False),
+        ("affine", None, "affine", False),
+        ("user", None, "closed-form rows", False),
+        ("linear elementwise", None, "closed-form rows", False),
+        (None, "residual", "closed form", False),
+        ("affine", "user", "closed form", False),
+        ("linear elementwise", "linear elementwise", "closed form", True),
+    ],
+)
+def test_section_route_properties(rows, gram, m_prime, gathers):
+    forms = _forms()
+    route = SectionRoute(SECTION, rows=forms.get(rows), gram=forms.get(gram))
+    assert route.form("rows") is forms.get(rows) and route.form("gram") is forms.get(gram)
+    assert route.form("tangents") is None
+    assert route.m_prime == m_prime
+    assert route.row_free is (m_prime != "autograd")
+    assert route.makes_rows is (gram is None)
+    assert route.gathers_statistics is gathers
+
+
+def test_autograd_route_has_no_form():
+    route = autograd_route(SECTION)
+    assert route == SectionRoute(SECTION) and route.section is SECTION
+    assert not route.row_free and route.makes_rows and route.verdicts == ()
+
+
+def test_route_table_looks_sections_up_by_their_names():
+    first = SectionRoute(
+        Section("a", "b", (3,), (4,)),
+        gram=_forms()["residual"],
+        verdicts=(Verdict("F", "rows", True), Verdict("G", "gram", False, "it disagrees")),
+    )
+    second = SectionRoute(Section("b", OUTPUT_NODE, (4,), (2,)))
+    routes = RouteTable([first, second])
+    assert len(routes) == 2 and list(routes) == [("a", "b"), ("b", OUTPUT_NODE)]
+    assert routes[Section("a", "b")] is first  # shapes or not, the names decide
+    assert routes[Section("b", OUTPUT_NODE, (9,), None)] is second
+    with pytest.raises(KeyError):
+        routes[Section("a", "c")]
+    assert routes.summary() == (
+        "'a' -> 'b': M' by closed form (F for rows: passed; G for gram: failed, it disagrees)\n"
+        "'b' -> 'output': M' by autograd"
+    )
+    assert RouteTable([]).summary() == ""
+
+
+# -- padding -------------------------------------------------------------------------------------
+class PaddedTail(nn.Module):
+    """Token ids and a mask -> masked embeddings -> ``tail`` (Linear, Tanh, Linear)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(9, 3)
+        self.tail = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        if attention_mask is not None:
+            h = h * attention_mask[..., None].to(h.dtype)
+        return self.tail(h)
+
+
+def _padded_probe(n=20, T=4):
+    mask = torch.ones(n, T, dtype=torch.int64)
+    mask[::2, 2:] = 0
+    ids = torch.randint(1, 9, (n, T), generator=torch.Generator().manual_seed(0)) * mask
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_a_padded_probe_is_checked_without_padding(monkeypatch):
+    probe = _padded_probe()
+    mask = probe["attention_mask"].clone()
+    seen = []
+    check = LinearElementwise.check
+
+    def spy(self, session, section, kind, probe, *args):
+        seen.append(probe.x["attention_mask"])
+        return check(self, session, section, kind, probe, *args)
+
+    monkeypatch.setattr(LinearElementwise, "check", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        routes, (section,) = _decide(PaddedTail().double(), probe, [("tail.0", "tail.2")])
+    assert _kinds_served(routes[section]) == dict.fromkeys(KINDS, "LinearElementwise")
+    assert len(seen) == 3 and all(torch.all(m == 1) for m in seen)
+    assert torch.equal(probe["attention_mask"], mask)  # the caller's probe is left alone
+    # The check itself masks: on the padded probe the formula would be refused.
+    monkeypatch.setattr(table, "without_padding", lambda x: x)
+    with pytest.warns(RuntimeWarning, match="disagrees with autograd"):
+        routes, (section,) = _decide(PaddedTail().double(), probe, [("tail.0", "tail.2")])
+    assert routes[section].rows is None
