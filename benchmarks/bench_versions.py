@@ -28,6 +28,9 @@ import sklearn_lib as this
 from sklearn_lib.datasets import make_modular_addition
 from sklearn_lib.models import ImageMLP, load_modular_addition
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_user_transformer import user_model  # noqa: E402
+
 LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
 
 
@@ -72,6 +75,14 @@ def main():
         lib = estimator(pkg, model, LAYERS[0], LAYERS[1:], autograd, device=device)
         lib.fit(X[:n]).interaction_graph(X[:n])
 
+    # The same architecture as a user's own class: residual MLP formula, affine
+    # unembedding and autograd attention (the generic routes).
+    user = user_model(0)
+
+    def user_fit(pkg, n):
+        lib = estimator(pkg, user, LAYERS[0], LAYERS[1:], False, device=device)
+        lib.set_params(compute_graph=True).fit(X[:n])
+
     def mlp_fit(pkg):
         lib = estimator(pkg, mlp, "fc1", ["fc2", "out"], False, device=device, dtype="float32")
         lib.set_params(batch_size=2048).fit(X_mlp)
@@ -84,6 +95,7 @@ def main():
     cases = {
         "paper model, closed forms, fit + graph (N=3830)": lambda p: modadd(p, False, len(X)),
         "paper model, autograd, fit + graph (N=1024)": lambda p: modadd(p, True, 1024),
+        "user's transformer, default routes, fit + graph (N=1024)": lambda p: user_fit(p, 1024),
         "784-512-512-10 MLP fit, float32, N=20000": mlp_fit,
         "MLP transform x5, N=20000": mlp_transform,
     }

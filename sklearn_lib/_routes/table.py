@@ -24,6 +24,7 @@ import torch
 
 from .._core.nodes import n_positions
 from .._model.inputs import n_rows, without_padding
+from .._model.session import outside_inference_mode
 from ..exceptions import user_stacklevel
 from .cotangents import Cotangents, scaled
 from .forms import Affine
@@ -131,6 +132,7 @@ def autograd_route(section):
     return SectionRoute(section)
 
 
+@outside_inference_mode
 def decide_routes(session, probe, sections, rule, kinds, jacobian="auto"):
     """The :class:`RouteTable` of ``sections``, decided on ``probe`` (see the module docstring).
 

@@ -191,7 +191,7 @@ RULES = {"gradient": ("gradient", 0), "trapezoidal": ("trapezoidal", 2)}
 @pytest.mark.parametrize("integration", list(RULES))
 def test_fit_bases_equals_the_textbook_steps(rng, jacobian, integration):
     model = tanh_mlp()
-    X = rng.normal(size=(40, 4))
+    X = rng.normal(size=(24, 4))
     alphas, weights = independent_rule(*RULES[integration])
     rule = tuple(tuple(float(v) for v in values) for values in (alphas, weights))
     result = fit(model, ["fc1", "fc2", "fc3"], X, FitSettings(rule=rule, jacobian=jacobian))
@@ -226,7 +226,7 @@ def test_fit_bases_equals_the_textbook_steps(rng, jacobian, integration):
 
 def test_fit_bases_with_positions(rng):
     model = PositionMixer().double()
-    X = rng.normal(size=(24, 4, 3))
+    X = rng.normal(size=(16, 4, 3))
     bases = fit(model, ["mix", "head"], X).bases
     assert [b.shape for b in bases.values()] == [(4, 5), (2, 5), (2, 3)]
     acts = activations_of(model, "head", X)
@@ -301,7 +301,7 @@ class PerPosition(nn.Module):
 
 def test_auto_sources_run_rounds_and_report_them(rng):
     """Position-wise with one output feature: every +-1 source is exact, so rounds agree at once."""
-    X = rng.normal(size=(32, 70, 2))
+    X = rng.normal(size=(16, 70, 2))
     settings = FitSettings(jacobian="autograd")
     exact = fit(PerPosition().double(), ["fc1"], X, settings)
     auto = fit(
