@@ -12,10 +12,11 @@ edge-ablation curves, ``edges_needed``, ``features_needed``, the sources of
 stochastic fits and the graphs of ``compute_graph=True`` fits.
 
 It uses only the public API (``sklearn_lib``, ``sklearn_lib.models``,
-``sklearn_lib.datasets``, ``sklearn_lib.fourier``) and carries its own
-copies of the test suite's toy models, so that it runs unchanged against the
-package before and after a refactor of its private modules.  Everything is
-seeded; nothing is caught (a failure is a failure).
+``sklearn_lib.datasets``, ``sklearn_lib.fourier``) and the test suite's toy
+models, imported from this repository's ``tests/toy_models.py`` (which needs
+``sklearn_lib.models._modular_addition``), so that it runs unchanged against
+the package before and after a refactor of its other private modules.
+Everything is seeded; nothing is caught (a failure is a failure).
 
 Keys are ``case/what`` (e.g. ``mlp_default/fit/bases/fc2/lambdas``); every
 value is an array (float64 for figures, int64 / bool / str otherwise).  Each case
@@ -70,13 +71,11 @@ import os
 import sys
 import tempfile
 import time
-from collections import OrderedDict
 
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
-from torch import nn
 from torch.utils.data import DataLoader
 
 import sklearn_lib
@@ -92,7 +91,26 @@ from sklearn_lib import (
 )
 from sklearn_lib.datasets import make_modular_addition
 from sklearn_lib.fourier import dominant_frequencies
-from sklearn_lib.models import ModularAdditionTransformer, find_checkpoint, load_modular_addition
+from sklearn_lib.models import find_checkpoint, load_modular_addition
+
+# The test suite's toy models, from this repository's tests/ (whichever sklearn_lib is imported).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+import toy_models  # noqa: E402
+from toy_models import (  # noqa: E402
+    BERT_VOCAB,
+    GPT2_VOCAB,
+    PositionMixer,
+    ResidualMLP,
+    TokenMixer,
+    WideMixer,
+    linear_chain,
+    small_modadd,
+    small_resnet,
+    tanh_mlp,
+    tiny_bert,
+    tiny_gpt2,
+    user_transformer,
+)
 
 QUICK = False
 
@@ -102,327 +120,13 @@ def size(full, quick):
     return quick if QUICK else full
 
 
-# -- toy models (copies of tests/toy_models.py, so that no test code is imported) ------------
-
-
-def tanh_mlp(d_in=4, hidden=8, d_out=3, seed=0):
-    """in -> fc1 -> tanh -> fc2 -> tanh -> fc3 (named layers), float64."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            fc1=nn.Linear(d_in, hidden),
-            act1=nn.Tanh(),
-            fc2=nn.Linear(hidden, hidden),
-            act2=nn.Tanh(),
-            fc3=nn.Linear(hidden, d_out),
-        )
-    ).double()
-
-
-def linear_chain(widths=(5, 6, 4, 3), bias=True, seed=0):
-    """A chain of Linear layers fc1, fc2, ... (no nonlinearity), float64."""
-    torch.manual_seed(seed)
-    layers = OrderedDict(
-        (f"fc{i + 1}", nn.Linear(a, b, bias=bias))
-        for i, (a, b) in enumerate(zip(widths, widths[1:]))
-    )
-    return nn.Sequential(layers).double()
-
-
-class MixPositions(nn.Module):
-    """``out_t = tanh(sum_s A[t, s] * h_s @ W)``: mixes positions, like attention."""
-
-    def __init__(self, n_in, n_out, d):
-        super().__init__()
-        self.A = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
-        self.W = nn.Parameter(torch.randn(d, d) / d**0.5)
-
-    def forward(self, h):  # (n, P_in, d) -> (n, P_out, d)
-        return torch.tanh(torch.einsum("ts,nsd,de->nte", self.A, h, self.W))
-
-
-class PositionMixer(nn.Module):
-    """Float inputs (n, P, d_in) -> outputs (n, P_out, V); node layers ``mix``, ``head``."""
-
-    def __init__(self, d_in=3, d=5, n_pos=4, n_pos_out=2, vocab=3, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Linear(d_in, d)
-        self.mix = MixPositions(n_pos, n_pos_out, d)
-        self.head = nn.Sequential(nn.Linear(d, vocab), nn.Tanh())
-
-    def forward(self, x):
-        return self.head(self.mix(torch.tanh(self.embed(x))))
-
-
-class TokenMixer(PositionMixer):
-    """Token ids (n, P) -> outputs (n, P_out, V); ``embed`` is an ``nn.Embedding``."""
-
-    def __init__(self, n_tokens=7, d=5, n_pos=3, n_pos_out=1, vocab=4, seed=0):
-        super().__init__(d_in=1, d=d, n_pos=n_pos, n_pos_out=n_pos_out, vocab=vocab, seed=seed)
-        self.embed = nn.Embedding(n_tokens, d)
-
-
-class WideMixer(nn.Module):
-    """Many output positions, both sections nonlinear: "auto" sources run rounds on both."""
-
-    def __init__(self, positions=12, width=10, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.mix = nn.Linear(width, width)
-        self.A = nn.Parameter(torch.randn(positions, positions) / positions**0.5)
-        self.head = nn.Linear(width, width)
-
-    def forward(self, x):  # (n, P, d) -> (n, P, d)
-        return torch.tanh(self.head(torch.tanh(torch.einsum("ts,nsd->ntd", self.A, self.mix(x)))))
-
-
-class ResidualBlock(nn.Module):
-    """``h + fc(tanh(h))``: takes and returns the whole residual stream."""
-
-    def __init__(self, d):
-        super().__init__()
-        self.act = nn.Tanh()
-        self.fc = nn.Linear(d, d)
-
-    def forward(self, h):
-        return h + self.fc(self.act(h))
-
-
-class ResidualMLP(nn.Module):
-    """``h = inp(x); h = block(h); out(tanh(h))``; ``block`` and ``out`` are cuts."""
-
-    def __init__(self, d_in=4, d=6, d_out=3, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.inp = nn.Linear(d_in, d)
-        self.block = ResidualBlock(d)
-        self.out = nn.Linear(d, d_out)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.block(self.inp(x))))
-
-
-# The paper's architecture written by a user (copies of the package's own modules, so
-# that no private module is imported), without any ``lib_section_*`` closed form.
-class Embed(nn.Module):
-    def __init__(self, n_vocab, d_model):
-        super().__init__()
-        self.W_E = nn.Parameter(torch.randn(n_vocab, d_model) / d_model**0.5)
-
-    def forward(self, tokens):
-        return self.W_E[tokens]
-
-
-class PosEmbed(nn.Module):
-    def __init__(self, n_ctx, d_model):
-        super().__init__()
-        self.W_pos = nn.Parameter(torch.randn(n_ctx, d_model) / d_model**0.5)
-
-    def forward(self, resid):
-        return resid + self.W_pos[: resid.shape[1]]
-
-
-class Attention(nn.Module):
-    """Causal multi-head attention that returns the updated residual stream."""
-
-    def __init__(self, d_model, n_heads, d_head, n_ctx):
-        super().__init__()
-        scale = d_model**-0.5
-        for name in "QKV":
-            setattr(self, f"W_{name}", nn.Parameter(torch.randn(n_heads, d_model, d_head) * scale))
-            setattr(self, f"b_{name}", nn.Parameter(torch.zeros(n_heads, d_head)))
-        self.W_O = nn.Parameter(torch.randn(n_heads, d_head, d_model) * d_head**-0.5)
-        self.b_O = nn.Parameter(torch.zeros(d_model))
-        self.register_buffer("mask", torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool)))
-        self.register_buffer("IGNORE", torch.tensor(-1e5))
-        self.d_head = d_head
-
-    def forward(self, resid):
-        q = torch.einsum("npd,hde->nhpe", resid, self.W_Q) + self.b_Q[:, None]
-        k = torch.einsum("npd,hde->nhpe", resid, self.W_K) + self.b_K[:, None]
-        v = torch.einsum("npd,hde->nhpe", resid, self.W_V) + self.b_V[:, None]
-        scores = q @ k.transpose(-1, -2) / self.d_head**0.5
-        n_pos = resid.shape[1]
-        scores = torch.where(self.mask[:n_pos, :n_pos], scores, self.IGNORE.to(scores.dtype))
-        z = scores.softmax(-1) @ v
-        return resid + torch.einsum("nhpe,hed->npd", z, self.W_O) + self.b_O
-
-
-class Unembed(nn.Module):
-    def __init__(self, d_model, n_vocab):
-        super().__init__()
-        self.W_U = nn.Parameter(torch.randn(d_model, n_vocab) * d_model**-0.5)
-        self.b_U = nn.Parameter(torch.zeros(n_vocab))
-
-    def forward(self, resid):
-        return resid @ self.W_U + self.b_U
-
-
-class RawMLP(nn.Module):
-    """The paper's MLP in raw tensor ops, as a user writes it."""
-
-    def __init__(self, d_model, d_mlp):
-        super().__init__()
-        self.W_in = nn.Parameter(torch.randn(d_model, d_mlp) * d_model**-0.5)
-        self.b_in = nn.Parameter(torch.randn(d_mlp) * 0.3)
-        self.W_out = nn.Parameter(torch.randn(d_mlp, d_model) * d_mlp**-0.5)
-        self.b_out = nn.Parameter(torch.randn(d_model) * 0.3)
-
-    def forward(self, resid):
-        return resid + torch.relu(resid @ self.W_in + self.b_in) @ self.W_out + self.b_out
-
-
-class UserBlock(nn.Module):
-    def __init__(self, d_model, n_heads, d_head, d_mlp, n_ctx):
-        super().__init__()
-        self.attn = Attention(d_model, n_heads, d_head, n_ctx)
-        self.mlp = RawMLP(d_model, d_mlp)
-
-    def forward(self, resid):
-        return self.mlp(self.attn(resid)[:, -1])
-
-
-class UserTransformer(nn.Module):
-    """A modular-addition transformer of the user's own class (no ``lib_section_*``)."""
-
-    def __init__(self, p=7, d_model=8, n_heads=2, d_head=4, d_mlp=16):
-        super().__init__()
-        self.embed = Embed(p + 1, d_model)
-        self.pos_embed = PosEmbed(3, d_model)
-        self.blocks = nn.ModuleList([UserBlock(d_model, n_heads, d_head, d_mlp, 3)])
-        self.unembed = Unembed(d_model, p + 1)
-
-    def forward(self, tokens):
-        resid = self.pos_embed(self.embed(tokens))
-        for block in self.blocks:
-            resid = block(resid)
-        return self.unembed(resid)
-
-
-def _random_biases(model):
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.split(".")[-1].startswith("b_"):
-                param.normal_(0, 0.3)
-    return model.double()
-
-
-def user_transformer(seed=0, **sizes):
-    """A random :class:`UserTransformer`, float64, with non-zero biases."""
-    torch.manual_seed(seed)
-    return _random_biases(UserTransformer(**sizes))
-
-
-def small_modadd(seed=0, p=7, d_model=16, n_heads=2, d_head=8, d_mlp=32):
-    """A random paper-architecture transformer (the package's class), float64, with biases."""
-    torch.manual_seed(seed)
-    return _random_biases(ModularAdditionTransformer(p, d_model, n_heads, d_head, d_mlp))
+# -- toy models: the test suite's (tests/toy_models.py), with the dump's own data makers -------
 
 
 def modadd_tokens(n=40, p=7, seed=0):
-    """Random ``(x, y, =)`` token rows and their labels ``(x + y) mod p``."""
-    gen = torch.Generator().manual_seed(seed)
-    pairs = torch.randint(0, p, (n, 2), generator=gen)
-    X = torch.cat([pairs, torch.full((n, 1), p)], dim=1).numpy()
+    """Random ``(x, y, =)`` token rows (numpy) and their labels ``(x + y) mod p``."""
+    X = toy_models.modadd_tokens(n, p, seed).numpy()
     return X, (X[:, 0] + X[:, 1]) % p
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: conv-bn-relu-conv-bn plus the skip, then ReLU."""
-
-    def __init__(self, c_in, c_out, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.act1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
-        else:
-            self.shortcut = nn.Identity()
-        self.act2 = nn.ReLU()
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
-        return self.act2(out + self.shortcut(x))
-
-
-class SmallResNet(nn.Module):
-    """(n, 3, H, W) images -> (n, n_classes); node layers ``stage2``, ``pool``, ``fc``."""
-
-    def __init__(self, n_classes=5, width=8):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()
-        )
-        self.stage1 = BasicBlock(width, width)
-        self.stage2 = BasicBlock(width, 2 * width, stride=2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(2 * width, n_classes)
-
-    def forward(self, x):
-        return self.fc(self.flatten(self.pool(self.stage2(self.stage1(self.stem(x))))))
-
-
-def small_resnet(n_classes=5, width=8, seed=0):
-    """A :class:`SmallResNet` in float64 and eval mode whose BatchNorms matter."""
-    torch.manual_seed(seed)
-    model = SmallResNet(n_classes, width).double()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-        model.train()
-        for _ in range(5):
-            model(2.0 * torch.randn(32, 3, 8, 8, dtype=torch.float64) + 0.5)
-    return model.eval()
-
-
-GPT2_VOCAB = 20
-BERT_VOCAB = 30
-
-
-def gpt2(seed=0):
-    """The tiny GPT-2 of tests/integration/test_real_architectures.py (float32, train mode)."""
-    import transformers
-
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=16,
-        n_head=2,
-        vocab_size=GPT2_VOCAB,
-        n_positions=8,
-        bos_token_id=0,
-        eos_token_id=1,
-        initializer_range=0.2,
-        attn_implementation="eager",
-    )
-    return transformers.GPT2LMHeadModel(config)
-
-
-def bert(seed=0):
-    """The tiny BERT encoder of the same tests (float32, train mode)."""
-    import transformers
-
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        vocab_size=BERT_VOCAB,
-        max_position_embeddings=16,
-        initializer_range=0.2,
-        attn_implementation="eager",
-    )
-    return transformers.BertModel(config, add_pooling_layer=False)
 
 
 def bert_inputs(n, T, seed=0):
@@ -950,7 +654,7 @@ def gpt2_data(n):
 
 def _fit_gpt2(rec, X, **params):
     spec = dict(GPT2)
-    return fit(rec, gpt2(), spec.pop("layer"), spec.pop("downstream"), X, **spec, **params)
+    return fit(rec, tiny_gpt2(), spec.pop("layer"), spec.pop("downstream"), X, **spec, **params)
 
 
 def case_gpt2(rec):
@@ -991,7 +695,7 @@ def case_gpt2_float32(rec):
 def case_bert_padded(rec):
     """Right-padded dict inputs with an attention mask: NaN at padded positions."""
     X = bert_inputs(size(12, 8), 6)
-    lib = fit(rec, bert(), "encoder.layer.1", (), X, output="last_hidden_state")
+    lib = fit(rec, tiny_bert(), "encoder.layer.1", (), X, output="last_hidden_state")
     record_analyses(rec, lib, X, graph=False, needed=False)
 
 

@@ -67,6 +67,15 @@ def _label_axes(ax, xlabel, ylabel, title, generic_title):
         ax.set_title(generic_title)
 
 
+def _score_name(scoring, labelled):
+    """How an axis names the score of ``scoring``."""
+    if isinstance(scoring, str):
+        return scoring
+    if scoring is None:
+        return "accuracy" if labelled else "R² of the outputs"
+    return getattr(scoring, "__name__", "score")
+
+
 # -- spectra ---------------------------------------------------------------------------
 
 
@@ -413,17 +422,10 @@ class AblationCurveDisplay:
         n, scores = ablation_curve(
             estimator, X, y, n_features=n_features, layer=layer, scoring=scoring, verbose=verbose
         )
-        if isinstance(scoring, str):
-            score_name = scoring
-        elif scoring is None:
-            score_name = "accuracy" if y is not None else "R² of the outputs"
-        else:
-            score_name = getattr(scoring, "__name__", "score")
+        label = basis.kind.upper() if name is None else name
+        score_name = _score_name(scoring, y is not None)
         display = cls(
-            {basis.kind.upper() if name is None else name: (n, scores)},
-            baseline=baseline,
-            score_name=score_name,
-            layer=basis.name,
+            {label: (n, scores)}, baseline=baseline, score_name=score_name, layer=basis.name
         )
         return display.plot(ax=ax, **kwargs)
 

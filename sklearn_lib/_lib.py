@@ -391,10 +391,10 @@ class LIBTransformer(_ModelLayerTransformer):
         self._choose_batch_size(
             source, session, lambda: bytes_per_sample(session, probe, sections, settings)
         )
-        routes = None
-        if settings.basis == "lib":
-            kinds = ("gram", "rows", "tangents") if self.compute_graph else ("gram", "rows")
-            routes = self._routes(session, probe, sections, kinds)
+        # M' takes Grams or rows (LIB only); the edges, directional derivatives or rows.
+        kinds = ("gram", "rows") if settings.basis == "lib" else ()
+        kinds += ("tangents", "rows") if self.compute_graph else ()
+        routes = self._routes(session, probe, sections, set(kinds)) if kinds else None
         plan = plan_fit(
             session, source, probe, sections, routes, settings, compute_graph=self.compute_graph
         )
@@ -439,7 +439,7 @@ class LIBTransformer(_ModelLayerTransformer):
             jacobian=self.jacobian,
         )
 
-    def _routes(self, session, probe, sections, kinds, integration=None, n_intervals=None):
+    def _routes(self, session, probe, sections, kinds, *, integration=None, n_intervals=None):
         """The route table of ``sections``, decided on ``probe`` for the estimator's rule."""
         rule = integration_rule(
             self.integration if integration is None else integration,
@@ -763,24 +763,16 @@ class LIBTransformer(_ModelLayerTransformer):
         source, probe = self._source(X, probe=True)
         session = self._session(verbose=verbose, random_state=random_state)
         bases = list(self.bases_.values())
-        integration = self.integration if integration is None else integration
-        n_intervals = self.n_intervals if n_intervals is None else n_intervals
+        rule = {
+            "integration": self.integration if integration is None else integration,
+            "n_intervals": self.n_intervals if n_intervals is None else n_intervals,
+        }
+        sections = graph_sections(bases)
         routes = self._routes(
-            session,
-            session.inputs(probe),
-            graph_sections(bases),
-            ("tangents", "rows"),
-            integration,
-            n_intervals,
+            session, session.inputs(probe), sections, {"tangents", "rows"}, **rule
         )
         return interaction_graph(
-            session,
-            source,
-            bases,
-            routes,
-            integration=integration,
-            n_intervals=n_intervals,
-            n_stochastic_sources=n_stochastic_sources,
+            session, source, bases, routes, n_stochastic_sources=n_stochastic_sources, **rule
         )
 
     # -- faithfulness ------------------------------------------------------------------

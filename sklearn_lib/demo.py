@@ -69,33 +69,47 @@ def main(argv=None):
     >>> from sklearn_lib.demo import main
     >>> main(["--layer", "fc1", "--ks", "1,2,4"])  # doctest: +SKIP
     """
+    args = _arguments(argv)
+    ks = [int(k) for k in args.ks.split(",")]
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.3, random_state=0)
+    start = time.perf_counter()
+    model = train_digits_mlp(X_train, y_train)
+    with torch.no_grad():
+        acc = model(torch.as_tensor(X_test, dtype=torch.float32)).argmax(1).numpy() == y_test
+    seconds = time.perf_counter() - start
+    print(f"Trained a 64-32-32-10 MLP on digits in {seconds:.1f}s: test accuracy {acc.mean():.4f}")
+    common = dict(downstream_layers=["out"], device=args.device, truncation_threshold=0.0)
+    fits = _fits(model, args.layer, X_train, common)
+    print("\nTest accuracy keeping the top k features (the rest mean-ablated):")
+    print(f"  {'k':>3}  {'LIB':>7}  {'PCA':>7}")
+    for k in ks:
+        print(
+            f"  {k:>3}  {_ablated(model, args.layer, fits, k, (X_train, X_test, y_test), common)}"
+        )
+    print(f"  all  {acc.mean():7.4f}  {acc.mean():7.4f}  (unablated model)")
+    if args.plot:
+        _plot(fits, X_test, y_test, ks, acc.mean(), args.plot)
+
+
+def _arguments(argv):
+    """The demo's command line (see :func:`main`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", default="fc2", help="node layer (default: fc2)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ks", default="1,2,3,4,6,8,12,16", help="feature counts to keep")
     parser.add_argument("--plot", default=None, metavar="FILE", help="save the figures here")
-    args = parser.parse_args(argv)
-    ks = [int(k) for k in args.ks.split(",")]
+    return parser.parse_args(argv)
 
-    X, y = load_digits(return_X_y=True)
-    X = X / 16.0
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0)
-    start = time.perf_counter()
-    model = train_digits_mlp(X_train, y_train)
-    with torch.no_grad():
-        acc = model(torch.as_tensor(X_test, dtype=torch.float32)).argmax(1).numpy() == y_test
-    print(
-        f"Trained a 64-32-32-10 MLP on digits in {time.perf_counter() - start:.1f}s: "
-        f"test accuracy {acc.mean():.4f}"
-    )
 
-    common = dict(downstream_layers=["out"], device=args.device, truncation_threshold=0.0)
+def _fits(model, layer, X_train, common):
+    """The LIB and PCA fits of ``layer``, timed, with a line each on their spectra."""
     fits = {}
     for basis in ("lib", "pca"):
         start = time.perf_counter()
-        fits[basis] = LIBTransformer(model, args.layer, basis=basis, **common).fit(X_train)
+        fits[basis] = LIBTransformer(model, layer, basis=basis, **common).fit(X_train)
         fits[basis].fit_seconds = time.perf_counter() - start
-    print(f"\nLayer {args.layer!r}: {fits['lib'].activation_shape_[-1]} activations")
+    print(f"\nLayer {layer!r}: {fits['lib'].activation_shape_[-1]} activations")
     for basis, fit in fits.items():
         lam = fit.lambdas_
         needed = int(np.searchsorted(np.cumsum(lam) / lam.sum(), 0.99)) + 1
@@ -104,23 +118,22 @@ def main(argv=None):
             f"non-null features, {needed} hold 99% of the "
             f"{'importance (Lambda)' if basis == 'lib' else 'variance'}"
         )
+    return fits
 
-    print("\nTest accuracy keeping the top k features (the rest mean-ablated):")
-    print(f"  {'k':>3}  {'LIB':>7}  {'PCA':>7}")
-    for k in ks:
-        cells = []
-        for basis in ("lib", "pca"):
-            if k > fits[basis].n_components_:
-                cells.append(f"{'-':>7}")
-                continue
-            # A refit with n_components=k keeps the demo to the public API;
-            # each fit takes well under a second here.
-            est = LIBTransformer(model, args.layer, basis=basis, n_components=k, **common)
-            cells.append(f"{est.fit(X_train).score(X_test, y_test):7.4f}")
-        print(f"  {k:>3}  {cells[0]}  {cells[1]}")
-    print(f"  all  {acc.mean():7.4f}  {acc.mean():7.4f}  (unablated model)")
-    if args.plot:
-        _plot(fits, X_test, y_test, ks, acc.mean(), args.plot)
+
+def _ablated(model, layer, fits, k, data, common):
+    """The test accuracies of LIB and PCA keeping ``k`` features, as two table cells."""
+    X_train, X_test, y_test = data
+    cells = []
+    for basis in ("lib", "pca"):
+        if k > fits[basis].n_components_:
+            cells.append(f"{'-':>7}")
+            continue
+        # A refit with n_components=k keeps the demo to the public API;
+        # each fit takes well under a second here.
+        est = LIBTransformer(model, layer, basis=basis, n_components=k, **common)
+        cells.append(f"{est.fit(X_train).score(X_test, y_test):7.4f}")
+    return "  ".join(cells)
 
 
 def _plot(fits, X_test, y_test, ks, baseline, path):

@@ -173,3 +173,12 @@ def masked_reference_lambdas(acts, mask, m_prime, rtol=1e-12, center=True):
     """:func:`reference_lambdas` with means and Grams over the valid (mask 1) rows only."""
     rows = np.asarray(acts)[np.asarray(mask).astype(bool)]  # (n_valid, d)
     return reference_lambdas(rows, m_prime, rtol=rtol, center=center)
+
+
+def brute_force_top(E, n):
+    """The mask of the ``n`` largest entries of ``E``, ties broken by (row, column)."""
+    order = sorted((-E[i, j], i, j) for i in range(E.shape[0]) for j in range(E.shape[1]))
+    mask = np.zeros(E.shape, dtype=bool)
+    for _, i, j in order[:n]:
+        mask[i, j] = True
+    return mask

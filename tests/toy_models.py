@@ -73,6 +73,40 @@ class TokenMixer(PositionMixer):
         self.embed = nn.Embedding(n_tokens, d)
 
 
+class WideMixer(nn.Module):
+    """Many output positions: ``out_t = tanh(head(tanh(sum_s A_ts mix(x)_s)))``.
+
+    Both sections nonlinear (an affine one is exact at no cost, so "auto"
+    would not run rounds on it), with 12 x 10 = 120 exact rows each.
+    """
+
+    def __init__(self, positions=12, width=10, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.mix = nn.Linear(width, width)
+        self.A = nn.Parameter(torch.randn(positions, positions) / positions**0.5)
+        self.head = nn.Linear(width, width)
+
+    def forward(self, x):  # (n, P, d) -> (n, P, d)
+        return torch.tanh(self.head(torch.tanh(torch.einsum("ts,nsd->ntd", self.A, self.mix(x)))))
+
+
+class TanhThenLinear(nn.Module):
+    """``head(tanh(body(x)))``: a head that is one ``nn.Linear`` outside any ``nn.Sequential``.
+
+    No formula of the package serves it; inputs may carry positions ``(n, P, 3)``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(3, 5)
+        self.head = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+
 class ResidualBlock(nn.Module):
     """``h + fc(tanh(h))``: takes and returns the whole residual stream."""
 
@@ -202,17 +236,21 @@ def batch_statistics_mlp(seed=0):
     ).double()
 
 
-def small_modadd(seed=0):
-    """A random small paper-architecture transformer (p = 7), float64, non-zero biases."""
-    from sklearn_lib.models import ModularAdditionTransformer
-
-    torch.manual_seed(seed)
-    model = ModularAdditionTransformer(p=7, d_model=16, n_heads=2, d_head=8, d_mlp=32)
+def _random_biases(model):
+    """``model`` in float64 with its ``b_*`` parameters drawn from N(0, 0.3^2)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.split(".")[-1].startswith("b_"):
                 param.normal_(0, 0.3)
     return model.double()
+
+
+def small_modadd(seed=0, p=7, d_model=16, n_heads=2, d_head=8, d_mlp=32):
+    """A random small paper-architecture transformer, float64, non-zero biases."""
+    from sklearn_lib.models import ModularAdditionTransformer
+
+    torch.manual_seed(seed)
+    return _random_biases(ModularAdditionTransformer(p, d_model, n_heads, d_head, d_mlp))
 
 
 def modadd_tokens(n=40, p=7, seed=0):
@@ -267,12 +305,7 @@ class UserTransformer(nn.Module):
 def user_transformer(seed=0, **sizes):
     """A random :class:`UserTransformer`, float64, with non-zero biases."""
     torch.manual_seed(seed)
-    model = UserTransformer(**sizes)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.split(".")[-1].startswith("b_"):
-                param.normal_(0, 0.3)
-    return model.double()
+    return _random_biases(UserTransformer(**sizes))
 
 
 # -- fits of the identity tests: (model, layer, downstream layers, X) ------------------
@@ -364,3 +397,46 @@ def small_resnet(n_classes=5, width=8, seed=0):
         for _ in range(5):
             model(2.0 * torch.randn(32, 3, 8, 8, dtype=torch.float64) + 0.5)
     return model.eval()
+
+
+# -- tiny Hugging Face models (need ``transformers``: pip install -e '.[models]') ------------
+
+GPT2_VOCAB = 20
+BERT_VOCAB, BERT_WIDTH = 30, 16
+
+
+def tiny_gpt2(seed=0):
+    """A 2-layer GPT-2 LM (width 16, 2 heads, 8 positions), float32, train mode (dropout on)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=16,
+        n_head=2,
+        vocab_size=GPT2_VOCAB,
+        n_positions=8,
+        bos_token_id=0,
+        eos_token_id=1,
+        initializer_range=0.2,  # far from linear
+        attn_implementation="eager",
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def tiny_bert(seed=0):
+    """A 2-layer BERT encoder (width 16, 2 heads, 16 positions), float32, train mode."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        hidden_size=BERT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        vocab_size=BERT_VOCAB,
+        max_position_embeddings=16,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
+    return transformers.BertModel(config, add_pooling_layer=False)

@@ -71,13 +71,19 @@ def train_full_batch(
             for key, value in zip(history, (epoch + 1, float(loss.detach()), train_acc, eval_acc)):
                 history[key].append(value)
             if verbose:
-                print(
-                    f"[train] epoch {epoch + 1}/{epochs} {time.perf_counter() - start:.0f}s "
-                    f"loss {float(loss):.4g} train {train_acc:.4f} eval {eval_acc:.4f}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                _log(epoch + 1, epochs, time.perf_counter() - start, history)
     return history
+
+
+def _log(epoch, epochs, seconds, history):
+    """One progress line on stderr: the last logged loss and accuracies."""
+    loss, train, held_out = (history[k][-1] for k in ("loss", "train_accuracy", "eval_accuracy"))
+    print(
+        f"[train] epoch {epoch}/{epochs} {seconds:.0f}s "
+        f"loss {loss:.4g} train {train:.4f} eval {held_out:.4f}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def accuracy(model, X, y):

@@ -15,7 +15,7 @@ import torch
 from _sections import route_of
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
-from toy_models import modadd_tokens, tanh_mlp, user_transformer
+from toy_models import TanhThenLinear, modadd_tokens, tanh_mlp, user_transformer
 
 from sklearn_lib import LIBTransformer
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
@@ -142,19 +142,6 @@ def test_a_section_linear_on_the_probe_is_not_taken_for_affine():
     assert route.rows is None and route.m_prime == "autograd" and route.verdicts == ()
 
 
-class TanhThenLinear(nn.Module):
-    """A head that is one ``nn.Linear``, outside any ``nn.Sequential``: no formula serves it."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Linear(3, 5)
-        self.head = nn.Linear(5, 4)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.body(x)))
-
-
 def test_an_affine_head_is_served_by_one_sample(monkeypatch):
     # A linear head with positions: every sample's rows are the first one's.
     model = TanhThenLinear().double()
@@ -215,6 +202,12 @@ def test_compute_graph_falls_back_where_rows_cannot_serve(case, monkeypatch):
     reference = fit(model, X, ["fc1", "fc2", "fc3"], random_state=0, **params)
     assert_same_fit(fast, reference, 1e-12)
     assert_same_graph(fast.interaction_graph_, reference.interaction_graph(X), 1e-9)
+
+
+def test_compute_graph_of_a_pca_basis_equals_its_graph():
+    model, X = tanh_mlp(), np.random.default_rng(0).normal(size=(80, 4))
+    lib = fit(model, X, ["fc2", "fc3"], basis="pca", compute_graph=True)
+    assert_same_graph(lib.interaction_graph_, lib.interaction_graph(X), 1e-12)
 
 
 def test_compute_graph_off_leaves_no_graph():

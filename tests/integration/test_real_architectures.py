@@ -28,7 +28,16 @@ from _refs import (
     reference_lambdas,
 )
 from torch import nn
-from toy_models import MixPositions, PositionMixer, small_resnet
+from toy_models import (
+    BERT_VOCAB,
+    BERT_WIDTH,
+    GPT2_VOCAB,
+    MixPositions,
+    PositionMixer,
+    small_resnet,
+    tiny_bert,
+    tiny_gpt2,
+)
 
 from sklearn_lib import ActivationTransformer, LIBTransformer
 
@@ -115,24 +124,10 @@ def _as_torch(X):
 
 # -- GPT-2 -----------------------------------------------------------------------------
 
-GPT2_VOCAB = 20
-
 
 def _gpt2(seed=0):
-    transformers = _transformers()
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=16,
-        n_head=2,
-        vocab_size=GPT2_VOCAB,
-        n_positions=8,
-        bos_token_id=0,
-        eos_token_id=1,
-        initializer_range=0.2,  # far from linear
-        attn_implementation="eager",
-    )
-    return transformers.GPT2LMHeadModel(config)  # float32, train mode (dropout active)
+    _transformers()
+    return tiny_gpt2(seed)  # float32, train mode (dropout active)
 
 
 def _gpt2_tokens(n=24, T=5, seed=0):
@@ -213,23 +208,12 @@ def test_hugging_face_model_without_output_names_the_fix():
 
 # -- a BERT-style encoder with padded dict batches ---------------------------------------
 
-BERT_VOCAB, BERT_WIDTH, BERT_LAYER = 30, 16, "encoder.layer.1"
+BERT_LAYER = "encoder.layer.1"
 
 
 def _bert(seed=0):
-    transformers = _transformers()
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        hidden_size=BERT_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        vocab_size=BERT_VOCAB,
-        max_position_embeddings=16,
-        initializer_range=0.2,
-        attn_implementation="eager",
-    )
-    return transformers.BertModel(config, add_pooling_layer=False)  # float32, train mode
+    _transformers()
+    return tiny_bert(seed)  # float32, train mode
 
 
 def _encoded(lengths, T, seed=0):

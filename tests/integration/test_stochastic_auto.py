@@ -8,26 +8,9 @@ import pytest
 import scipy.linalg
 import torch
 from torch import nn
+from toy_models import WideMixer
 
 from sklearn_lib import LIBTransformer
-
-
-class WideMixer(nn.Module):
-    """Many output positions: ``out_t = tanh(head(tanh(sum_s A_ts mix(x)_s)))``.
-
-    Both sections nonlinear (an affine one is exact at no cost, so "auto"
-    would not run rounds on it), with 12 x 10 = 120 exact rows each.
-    """
-
-    def __init__(self, positions=12, width=10, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.mix = nn.Linear(width, width)
-        self.A = nn.Parameter(torch.randn(positions, positions) / positions**0.5)
-        self.head = nn.Linear(width, width)
-
-    def forward(self, x):  # (n, P, d) -> (n, P, d)
-        return torch.tanh(self.head(torch.tanh(torch.einsum("ts,nsd->ntd", self.A, self.mix(x)))))
 
 
 @pytest.fixture(scope="module")

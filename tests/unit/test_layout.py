@@ -170,3 +170,36 @@ def test_every_module_of_the_sub_packages_has_a_unit_test_module():
         if not (folder / f"test_{parts[-1]}.py").exists():
             missing.append(module)
     assert not missing, missing
+
+
+#: The closed-form protocol's signature is public (models implement it): exempt.
+PROTOCOL = {"lib_section_vjp", "lib_section_gram"}
+
+
+def _functions():
+    for path in [*PACKAGE.rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path.relative_to(PACKAGE.parent), node
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = [
+        f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path, node in _functions()
+        if node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, long
+
+
+def test_no_function_takes_more_than_6_positional_parameters():
+    """More than six: the settings among them are keyword-only (``*, batched=None``)."""
+    wide = []
+    for path, node in _functions():
+        args = node.args
+        positional = [
+            a.arg for a in [*args.posonlyargs, *args.args] if a.arg not in ("self", "cls")
+        ]
+        if len(positional) > 6 and node.name not in PROTOCOL:
+            wide.append(f"{path}:{node.lineno} {node.name}{tuple(positional)}")
+    assert not wide, wide

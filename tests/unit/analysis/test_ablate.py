@@ -8,7 +8,7 @@ of the model with its own modules, and scores with scikit-learn's metrics.
 import numpy as np
 import pytest
 import torch
-from _refs import activations_of
+from _refs import activations_of, brute_force_top
 from sklearn.metrics import accuracy_score, r2_score
 from toy_models import tanh_mlp
 
@@ -136,14 +136,6 @@ def random_graph(bases, rng):
     }
     lambdas = {name: b.lambdas[: b.n_components] for name, b in bases.items()}
     return InteractionGraph(list(bases), lambdas, edges)
-
-
-def brute_force_top(E, m):
-    order = sorted((-E[i, j], i, j) for i in range(E.shape[0]) for j in range(E.shape[1]))
-    mask = np.zeros(E.shape, dtype=bool)
-    for _, i, j in order[:m]:
-        mask[i, j] = True
-    return mask
 
 
 def section_of(model, src, acts):

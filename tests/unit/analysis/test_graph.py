@@ -1,11 +1,13 @@
 """The interaction graph's own methods (``_analysis.graph``) on a hand-made graph.
 
-Every expectation is computed here by plain loops: the strongest edges by
-sorting ``(-value, row, column)`` triples, the 90% count by accumulating.
+Every expectation is computed by plain loops: the strongest edges by sorting
+``(-value, row, column)`` triples (``_refs.brute_force_top``), the 90% count by
+accumulating.
 """
 
 import numpy as np
 import pytest
+from _refs import brute_force_top
 
 from sklearn_lib._analysis.graph import InteractionGraph
 
@@ -19,15 +21,6 @@ def hand_made():
     lambdas = {"a": np.array([3.0, 2.0, 1.0]), "b": np.array([5.0, 0.5]), "output": np.ones(3)}
     info = {"basis": "lib", "integration": "gradient", "n_samples": 10}
     return InteractionGraph(["a", "b", "output"], lambdas, edges, info)
-
-
-def brute_force_top(E, n):
-    """The ``n`` largest entries, ties broken by (row, column)."""
-    order = sorted((-E[i, j], i, j) for i in range(E.shape[0]) for j in range(E.shape[1]))
-    mask = np.zeros(E.shape, dtype=bool)
-    for _, i, j in order[:n]:
-        mask[i, j] = True
-    return mask
 
 
 def test_sections_are_consecutive_nodes():

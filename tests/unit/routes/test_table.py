@@ -7,7 +7,7 @@ import torch
 from _sections import section_of
 from linear_form import LinearForm
 from torch import nn
-from toy_models import modadd_tokens, tanh_mlp, user_transformer
+from toy_models import TanhThenLinear, modadd_tokens, tanh_mlp, user_transformer
 
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._model.session import ModelSession
@@ -107,19 +107,6 @@ def test_jacobian_autograd_runs_no_check_and_serves_nothing(monkeypatch):
 
 
 # -- wrong forms warn once and fall back --------------------------------------------------------
-class Head(nn.Module):
-    """``head(tanh(body(x)))`` with the head outside any ``nn.Sequential``."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Linear(3, 5)
-        self.head = nn.Linear(5, 4)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.body(x)))
-
-
 class WrongGram(LinearForm):
     """The nn.Linear formula with a Gram off by 1%: only the Gram fails its check."""
 
@@ -150,7 +137,7 @@ def registered(request):
 def test_a_wrong_form_warns_once_and_is_a_failed_verdict(registered):
     x = torch.randn(30, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     with pytest.warns(RuntimeWarning) as record:
-        routes, (section,) = _decide(Head().double(), x, [("head", OUTPUT_NODE)])
+        routes, (section,) = _decide(TanhThenLinear().double(), x, [("head", OUTPUT_NODE)])
     messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1
     assert messages[0].startswith("A wrong Gram is not used on the section 'head' -> the model")
@@ -171,7 +158,9 @@ def test_a_wrong_form_warns_once_and_is_a_failed_verdict(registered):
 def test_a_raising_form_falls_back_to_the_next_form(registered):
     x = torch.randn(30, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     with pytest.warns(RuntimeWarning, match=r"A raising form is not used.*raised KeyError"):
-        routes, (section,) = _decide(Head().double(), x, [("head", OUTPUT_NODE)], kinds=["rows"])
+        routes, (section,) = _decide(
+            TanhThenLinear().double(), x, [("head", OUTPUT_NODE)], kinds=["rows"]
+        )
     route = routes[section]
     assert isinstance(route.rows, Affine)  # the next form that offers rows, and passes
     assert [(v.form, v.passed) for v in route.verdicts] == [

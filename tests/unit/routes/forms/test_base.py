@@ -2,26 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
 from linear_form import LinearForm
-from torch import nn
+from toy_models import TanhThenLinear
 
 from sklearn_lib import LIBTransformer
 from sklearn_lib._routes.forms import REGISTRY, Affine, ClosedForm, register
 from sklearn_lib._routes.forms.base import unregister
-
-
-class TanhThenLinear(nn.Module):
-    """A head that is one ``nn.Linear`` outside any ``nn.Sequential``, on inputs with positions."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Linear(3, 5)
-        self.head = nn.Linear(5, 4)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.body(x)))
 
 
 @pytest.fixture
