@@ -141,7 +141,8 @@ def test_inf_and_nan(old, new, changed):
 @pytest.mark.xfail(
     strict=True,
     reason="known, for issue 24 (exact stale detection): -inf gets the code "
-    "sign(-inf) + 1 = 0 in the inf/NaN pattern, so a -inf that moves, appears at a zero or disappears (a -inf mask) changes no checksum",
+    "sign(-inf) + 1 = 0 in the inf/NaN pattern, so a -inf that moves, appears at a "
+    "zero or disappears (a -inf mask) changes no checksum",
 )
 @pytest.mark.parametrize(
     "old, new",
@@ -165,7 +166,8 @@ def test_one_weight_of_a_large_matrix_changed_by_one_percent_is_found(rng):
 @pytest.mark.xfail(
     strict=True,
     reason="known, for issue 24 (exact stale detection): the inf/NaN pattern is a "
-    "position-weighted sum, not exact: +inf at positions 1 and 4 and at 2 and 3 give the same 2 * (2 + 5) = 2 * (3 + 4)",
+    "position-weighted sum, not exact: +inf at positions 1 and 4 and at 2 and 3 "
+    "give the same 2 * (2 + 5) = 2 * (3 + 4)",
 )
 def test_two_infs_that_move_are_found():
     old, new = [0.0] * 6, [0.0] * 6
