@@ -388,9 +388,6 @@ class LIBTransformer(_ModelLayerTransformer):
         session = self._session(fitting=True)
         probe = session.inputs(probe)
         sections = inspect(session, probe, [self.layer, *self.downstream_layers], settings)
-        self._choose_batch_size(
-            source, session, lambda: bytes_per_sample(session, probe, sections, settings)
-        )
         # M' takes Grams or rows (LIB only); the edges, directional derivatives or rows.
         kinds = ("gram", "rows") if settings.basis == "lib" else ()
         kinds += ("tangents", "rows") if self.compute_graph else ()
@@ -398,7 +395,11 @@ class LIBTransformer(_ModelLayerTransformer):
         plan = plan_fit(
             session, source, probe, sections, routes, settings, compute_graph=self.compute_graph
         )
-        announce(plan, session.progress)
+        self._choose_batch_size(
+            source, session, lambda: bytes_per_sample(session, probe, sections, plan)
+        )
+        plan = plan.with_batch_size(self.batch_size_)
+        announce(plan, session.progress, routes)
         result = fit_bases(session, source, sections, plan, routes, settings)
         if self.compute_graph:
             self.interaction_graph_ = interaction_graph(

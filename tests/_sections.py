@@ -1,5 +1,7 @@
 """Test helpers: a section's Jacobian products by its decided routes, and by autograd alone."""
 
+from dataclasses import replace
+
 import torch
 
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
@@ -21,10 +23,19 @@ def section_of(session, x, src, dst=OUTPUT_NODE):
 
 
 def route_of(session, x, src, dst=OUTPUT_NODE, rule=PLAIN, kinds=KINDS):
-    """The section's route, decided on ``x`` as a fit decides it."""
+    """The section's route, decided on ``x`` as a fit decides it, for every kind in ``kinds``.
+
+    A fit decides rows only where a Gram or directional derivative falls back
+    to them; here they are decided on their own too, so that every product's
+    closed form is known.
+    """
     section = section_of(session, x, src, dst)
-    routes = decide_routes(session, x, [section], rule_tensors(rule, session.device), kinds)
-    return routes[section]
+    rule = rule_tensors(rule, session.device)
+    route = decide_routes(session, x, [section], rule, kinds)[section]
+    if "rows" in kinds and route.rows is None:
+        rows = decide_routes(session, x, [section], rule, ("rows",))[section]
+        route = replace(route, rows=rows.rows, verdicts=route.verdicts + rows.verdicts)
+    return route
 
 
 def jacobians(session, x, src, dst=OUTPUT_NODE, rule=PLAIN, kinds=KINDS, **kwargs):

@@ -35,3 +35,19 @@ def row_average(total, n_rows, n_samples):
     total = all_reduce_sum(total)
     rows = global_count(n_rows, total.device)
     return (total / rows).cpu().numpy(), global_count(n_samples, total.device)
+
+
+def agreed(values, device):
+    """``values`` (ints) where every rank holds the same, and -1 where ranks differ.
+
+    For decisions each rank takes on its own data (a closed form's check on
+    its probe) that must be the same everywhere, or the ranks would run
+    different passes and hang.  A single process agrees with itself.
+    """
+    values = torch.as_tensor(values, dtype=torch.int64, device=device)
+    if not distributed():
+        return values.tolist()
+    low, high = values.clone(), values.clone()
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    return torch.where(low == high, low, torch.full_like(low, -1)).tolist()

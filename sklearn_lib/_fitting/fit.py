@@ -1,12 +1,13 @@
 """The LIB algorithm as functions: node layers and data in, one :class:`NodeBasis` per node out.
 
-A fit runs in four steps, each a function here, called in order by the
+A fit runs in three steps, each a function here, called in order by the
 estimator:
 
 1. :func:`inspect`: shapes of the node layers and the output on the probe,
    and the cut checks;
-2. the route table (:func:`~sklearn_lib._routes.table.decide_routes`), and
-   the plan (:func:`plan_fit`), which holds every decision of the fit;
+2. the route table (:func:`~sklearn_lib._routes.table.decide_routes`), the
+   plan (:func:`plan_fit`), which holds every decision of the fit, and the
+   batch size it allows (:func:`bytes_per_sample`);
 3. :func:`fit_bases`, which executes the plan.
 
 The bases are computed backwards from the model output, because each needs
@@ -101,18 +102,18 @@ def inspect(session, probe, names, settings):
 
 
 @outside_inference_mode
-def bytes_per_sample(session, probe, sections, settings):
+def bytes_per_sample(session, probe, sections, plan):
     """What a fit's passes make autograd save per sample, at most, measured on the probe.
 
     Each section's graph, as its ``M'`` pass builds it (one at a time); PCA
     bases only run forward passes, measured as a forward pass with gradients.
-    Fits with stochastic sources keep
+    Fits whose plan draws stochastic sources keep
     :data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE` (returned
     as an int): their error shrinks with the number of batches.
     """
-    if settings.basis == "lib" and settings.n_stochastic_sources is not None:
+    if plan.stochastic:
         return STOCHASTIC_BATCH_SIZE
-    if settings.basis != "lib":
+    if not plan.sections:  # PCA bases: forward passes only
         return saved_bytes_per_sample(probe, lambda: session.run(probe))
     with torch.no_grad():
         acts = session.read(probe, [s.src for s in sections])
@@ -141,10 +142,8 @@ def plan_fit(session, source, probe, sections, routes, settings, *, compute_grap
         routes,
         settings,
         n_samples_of(source),
-        batch_size=getattr(source, "batch_size", None),
         price=price,
         compute_graph=compute_graph,
-        device=session.device,
     )
 
 

@@ -22,12 +22,11 @@ silences it).
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import torch
-
-from .._core.distributed import all_reduce_sum
 from .._core.nodes import n_positions
+from .._core.numerics import ROW_REUSE_BYTES
+from .._routes.integration import is_plain
 from .stochastic import AUTO_MIN_ROUNDS, m_prime_route
 
 #: Fits estimated to take longer than this announce their plan even when not verbose.
@@ -122,18 +121,20 @@ class SectionPlan:
 
     def describe(self):
         """How its ``M'`` is made, in words."""
+        sampled = self.sources is not None and self.sources != "auto"
         if self.sources == "auto":
             how = "rounds of random sources until the basis stops moving"
+        elif self.route == "autograd" and sampled:
+            how = f"{self.sources:,} random sources per batch, a backward row each"
         elif self.route == "autograd":
-            how = f"{'up to ' if self.exact else ''}{self.backward_rows:,} backward rows per batch"
-        elif self.route == "affine" and not self.exact:
-            how = f"affine, {self.backward_rows:,} rows per batch on one sample"
+            how = f"up to {self.backward_rows:,} backward rows per batch"
+        elif self.route == "affine" and sampled:
+            how = f"affine, {self.sources:,} random sources per batch on one sample"
         else:
             how = _ROUTE_WORDS[self.route]
+            how += f" ({self.sources:,} random sources per batch)" if sampled else ""
         if self.joins and self.route != "statistics pass":
             how += ", within the statistics pass"
-        if self.sources is not None and self.sources != "auto":
-            how += f" ({self.why})"
         return f"{self.section}: {how}"
 
 
@@ -153,11 +154,24 @@ class FitPlan:
     n_samples: int | None
     sections: tuple = ()
     batch_size: int | None = None
+    #: With ``compute_graph``: the sections whose edges take one more pass (the
+    #: others come from their ``M'`` rows, see :attr:`SectionPlan.keep_rows`).
+    edges_pass: tuple = ()
+
+    @property
+    def stochastic(self):
+        """Whether any section's ``M'`` draws random sources (an int, or ``"auto"``'s rounds)."""
+        return any(s.sources is not None for s in self.sections)
+
+    def with_batch_size(self, batch_size):
+        """This plan, with the batch size the fit chose for it (said in :meth:`describe`)."""
+        return replace(self, batch_size=batch_size)
 
     @property
     def passes(self):
-        """Passes over the data: the statistics pass and the sections' own (at least)."""
-        return 1 + sum(s.passes for s in self.sections)
+        """Passes over the data: the statistics pass, the sections' own (rounds: at least
+        their fewest), and the edges' pass."""
+        return 1 + sum(s.passes for s in self.sections) + bool(self.edges_pass)
 
     @property
     def gathered(self):
@@ -187,11 +201,26 @@ class FitPlan:
             line += f" in batches of {self.batch_size:,}"
         if self.sections:
             line += "; " + ", ".join(s.describe() for s in self.sections)
+        line += _edges_words(self)
         if self.seconds is not None:
             line += f"; estimated {_duration(self.seconds)}"
             if any(s.exact and s.route == "autograd" for s in self.sections):
                 line += " (n_stochastic_sources=S runs S rows per batch instead)"
         return line
+
+
+def _edges_words(plan):
+    """Where a fit with ``compute_graph`` takes the edges from, in words."""
+    kept = [str(s.section) for s in plan.sections if s.keep_rows]
+    words = ""
+    if plan.edges_pass:
+        words += f"; the edges of {', '.join(map(str, plan.edges_pass))} in one more pass"
+    if kept:
+        words += (
+            f"; the edges of {', '.join(kept)} from the rows of M' (kept up to "
+            f"{ROW_REUSE_BYTES >> 30} GiB a section; past that, they take one more pass)"
+        )
+    return words
 
 
 def make_plan(
@@ -204,7 +233,6 @@ def make_plan(
     batch_size=None,
     price=None,
     compute_graph=False,
-    device=None,
 ):
     """The :class:`FitPlan` of a fit.
 
@@ -226,11 +254,9 @@ def make_plan(
         :data:`LONG_FIT_SECONDS`) is priced again with four rows.
     compute_graph : bool
         Whether the fit also gives the edges.
-    device : torch.device, optional
-        Where ranks agree on the decisions that shape the passes.
     """
     if settings.basis != "lib":
-        return FitPlan(owner, n_samples, (), batch_size)
+        return FitPlan(owner, n_samples, (), batch_size, tuple(sections) if compute_graph else ())
     plans = tuple(
         _section_plan(
             section,
@@ -239,30 +265,28 @@ def make_plan(
             n_samples=n_samples,
             price=price,
             compute_graph=compute_graph,
-            device=device,
         )
         for section in sections
     )
-    return FitPlan(owner, n_samples, plans, batch_size)
+    edges_pass = tuple(s.section for s in plans if compute_graph and not s.keep_rows)
+    return FitPlan(owner, n_samples, plans, batch_size, edges_pass)
 
 
-def _section_plan(section, route, settings, *, n_samples, price, compute_graph, device):
-    # Decisions that shape the passes must be the same on every rank (each
-    # checked its own probe), or the passes would differ and hang.
-    row_free = _on_every_rank(route.row_free, device)
-    gathered = _on_every_rank(route.gathers_statistics, device)
-    gathered = gathered and settings.n_stochastic_sources in (None, "auto")
+def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
+    # The routes are the same on every rank (the route table agrees them), so
+    # every decision below is too, and all ranks run the same passes.
+    gathered = route.gathers_statistics and settings.n_stochastic_sources in (None, "auto")
     if gathered:
         sources, why = None, "exact: its closed form's statistics are gathered before any basis"
     else:
-        sources, why = m_prime_route(settings.n_stochastic_sources, section, row_free)
+        sources, why = m_prime_route(settings.n_stochastic_sources, section, route.row_free)
     # The output's basis is known before any data is read (identity): the last
     # section's M' joins the statistics pass, unless rounds need passes of their own.
     last = section.to_output and settings.output_basis == "identity" and sources != "auto"
     # Kept rows serve the edges only at the fit's own points (the plain gradient)
     # and exact; a Gram without rows leaves none.
-    plain = tuple(map(tuple, settings.rule)) == ((1.0,), (1.0,))
-    keep = compute_graph and plain and sources is None and route.makes_rows and not gathered
+    keep = compute_graph and is_plain(settings.rule) and sources is None
+    keep = keep and route.makes_rows and not gathered
     how = "statistics pass" if gathered else route.m_prime
     plan = SectionPlan(section, how, sources, why, gathered or last, keep)
     if price is None or n_samples is None or plan.route != "autograd" or plan.sources == "auto":
@@ -274,22 +298,18 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph, 
     return SectionPlan(section, how, sources, why, plan.joins, keep, seconds)
 
 
-def _on_every_rank(flag, device):
-    """``flag`` where it holds on every rank (a no-op in a single process)."""
-    if device is None:
-        return flag
-    doubts = all_reduce_sum(torch.tensor(float(not flag), device=device))
-    return float(doubts) == 0
-
-
 def _times(row_samples, seconds_per_row_sample):
     return None if seconds_per_row_sample is None else row_samples * seconds_per_row_sample
 
 
-def announce(plan, progress):
-    """Say the plan: on the progress lines when verbose, else only for a long fit."""
+def announce(plan, progress, routes=None):
+    """Say the plan: on the progress lines when verbose (with the route table's
+    checks), else only for a long fit."""
     if progress.enabled:
         progress(plan.describe())
+        if routes is not None:
+            for line in routes.summary().splitlines():
+                progress(f"route {line}")
     elif plan.seconds is not None and plan.seconds > LONG_FIT_SECONDS:
         logger.warning(
             f"[{plan.owner}] {plan.describe()}. verbose=True reports the progress of each pass."

@@ -52,6 +52,13 @@ def integration_rule(method, n_intervals):
     raise ValueError(f"integration={method!r} is not one of {INTEGRATION_RULES}")
 
 
+def is_plain(rule):
+    """Whether ``rule`` (points and weights, tuples or tensors) is the plain gradient:
+    one point at 1 with weight 1, so that its points are the data's own."""
+    alphas, weights = (np.asarray(v, dtype=np.float64).reshape(-1) for v in rule)
+    return alphas.tolist() == [1.0] and weights.tolist() == [1.0]
+
+
 def rule_tensors(rule, device):
     """``(alphas, weights)`` of a rule as float64 tensors on ``device``."""
     return tuple(torch.as_tensor(np.asarray(v, dtype=np.float64), device=device) for v in rule)

@@ -21,8 +21,8 @@ Padding.  With an ``attention_mask`` among the inputs, padded positions
 count nowhere (see :mod:`~sklearn_lib._model.inputs`): the autograd route zeroes
 the section's outputs at padded output positions (so their rows vanish) and
 the gradients or feature values at padded input positions.  Closed forms
-know nothing of masks, so only autograd runs on batches whose padding
-applies to the section.
+know nothing of masks, so the route table gives sections whose positions
+the mask covers autograd alone.
 """
 
 import torch
@@ -35,7 +35,6 @@ from .products import (
     form_gram,
     form_square_sums,
     gram_of,
-    masked,
     offered,
     row_chunks,
     square_sums_of,
@@ -88,7 +87,7 @@ class SectionJacobian:
         alphas, weights = rule
         points = scaled(f, alphas)
         rows = cotangents.rows.to(points.dtype)
-        form = self._closed("gram", x, points, rows)
+        form = self.route.form("gram")
         if form is None:
             chunks = self.gradients(x, points, rows, weights)
             valid = valid_positions(x, f.shape[1:])
@@ -137,7 +136,7 @@ class SectionJacobian:
             return cotangents.feature_sums(square_sums_of(rows, tangents, len(cotangents.rows)))
         # Points a * f_hat in feature space, mapped back to activations.
         points = (scaled(f_hat, alphas) @ C_pinv + mean).to(f.dtype)  # (A*n, *positions, d)
-        form = self._closed("tangents", x, points, cotangents.rows)
+        form = self.route.form("tangents")
         if form is not None and form.position_wise and cotangents.exact:
             # Folded rows are the exact rows of every position at once, so the
             # square sums come out per next feature already.
@@ -161,7 +160,7 @@ class SectionJacobian:
         """
         rows = rows.to(points.dtype)
         tangents = (directions, coefficients)
-        form = self._closed("tangents", x, points, rows)
+        form = self.route.form("tangents")
         if form is None:
             chunks = self.gradients(x, points, rows, weights)
             return square_sums_of(chunks, tangents, rows.shape[0])
@@ -189,19 +188,10 @@ class SectionJacobian:
             means the gradient is the same for every sample (an affine section).
         """
         rows = rows.to(points.dtype)
-        form = self._closed("rows", x, points, rows)
+        form = self.route.form("rows")
         if form is None:
             yield from autograd_rows(
                 self.session, self.section, x, points, rows, weights, batched=self.batched_rows
             )
         else:
             yield from form.rows(x, points, rows, weights, row_chunks(points, rows))
-
-    def _closed(self, kind, x, points, rows):
-        """The route's closed form for ``kind``, or None for autograd.
-
-        None also on batches whose attention mask applies to the section's
-        input or output positions: closed forms do not mask.
-        """
-        form = self.route.form(kind)
-        return None if form is None or masked(x, points, rows) else form

@@ -18,18 +18,19 @@ and ``n_stochastic_sources="auto"``.
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from .._core.distributed import agreed as agreed_values
 from .._core.nodes import n_positions
-from .._model.inputs import n_rows, without_padding
+from .._model.inputs import n_rows
 from .._model.session import outside_inference_mode
 from ..exceptions import user_stacklevel
 from .cotangents import Cotangents, scaled
 from .forms import Affine
-from .forms.base import ClosedForm, Probe, applicable_forms
-from .products import KINDS
+from .forms.base import REGISTRY, ClosedForm, Probe, applicable_forms
+from .products import KINDS, masked
 
 #: ``jacobian``'s values.
 JACOBIAN_ROUTES = ("auto", "autograd")
@@ -146,32 +147,55 @@ def decide_routes(session, probe, sections, rule, kinds, jacobian="auto"):
     rule : (torch.Tensor, torch.Tensor)
         Integration points and weights: the points at which forms are checked.
     kinds : collection of str
-        The products the call needs (:data:`~sklearn_lib._routes.products.KINDS`);
-        the others are served by autograd.
+        The products the call needs (:data:`~sklearn_lib._routes.products.KINDS`).
+        Rows are decided where asked for and needed: alone, or where an asked
+        Gram or directional derivative has no closed form (then rows serve
+        it); every other product is autograd's.
     jacobian : {"auto", "autograd"}
+
+    Notes
+    -----
+    A section whose positions an ``attention_mask`` among the inputs covers
+    takes autograd alone: closed forms know nothing of padding.  Under
+    ``torch.distributed`` a form serves a product only where every rank's
+    check chose it, so that all ranks run the same passes.
     """
     if jacobian == "autograd":
         return RouteTable([autograd_route(section) for section in sections])
-    # Closed forms know nothing of padding: they are checked on every position.
-    probe = without_padding(probe)
     with torch.no_grad():
         acts = session.read(probe, [section.src for section in sections])
-    return RouteTable([_decide(session, probe, s, f, rule, kinds) for s, f in zip(sections, acts)])
+    routes = [_decide(session, probe, s, f, rule, kinds) for s, f in zip(sections, acts)]
+    return RouteTable(_agreed(routes, session.device))
 
 
 def _decide(session, probe, section, f, rule, kinds):
-    forms = applicable_forms(session, section)
-    if not forms:
-        return autograd_route(section)
     alphas, weights = rule
     points = scaled(f, alphas)
     eye = torch.eye(section.dst_shape[-1], dtype=session.dtype, device=session.device)
     rows = Cotangents(eye, n_positions(section.dst_shape)).rows
+    forms = [] if masked(probe, points, rows) else applicable_forms(session, section)
+    if not forms:
+        return autograd_route(section)
     checked = Probe(probe, points, rows, weights)
     chosen, verdicts = {}, []
-    for kind in (k for k in KINDS if k in kinds):
-        chosen[kind] = _first_passing(session, section, forms, kind, checked, verdicts)
+    for kind in ("gram", "tangents"):
+        if kind in kinds:
+            chosen[kind] = _first_passing(session, section, forms, kind, checked, verdicts)
+    if "rows" in kinds and (not chosen or None in chosen.values()):
+        chosen["rows"] = _first_passing(session, section, forms, "rows", checked, verdicts)
     return SectionRoute(section, verdicts=tuple(verdicts), **chosen)
+
+
+def _agreed(routes, device):
+    """``routes`` with each product's form kept only where every rank chose the same."""
+    forms = [[route.form(kind) for kind in KINDS] for route in routes]
+    # The place of each chosen form's class in the registry, -1 for autograd.
+    chosen = [[-1 if f is None else REGISTRY.index(type(f)) for f in row] for row in forms]
+    agreed = agreed_values(chosen, device)
+    return [
+        replace(route, **{k: f if a == c else None for k, f, a, c in zip(KINDS, row, ok, mine)})
+        for route, row, ok, mine in zip(routes, forms, agreed, chosen)
+    ]
 
 
 def _first_passing(session, section, forms, kind, probe, verdicts):

@@ -472,3 +472,40 @@ def test_a_stream_of_single_samples_is_refused_and_a_list_of_them_is_a_batch(rng
     listed = torch.utils.data.DataLoader(records, batch_size=5, collate_fn=lambda b: b)
     expected = _mixer_lib(MaskedMixer()).fit(X).lambdas_
     np.testing.assert_allclose(_mixer_lib(MaskedMixer()).fit(listed).lambdas_, expected, rtol=1e-10)
+
+
+class PaddedMLP(nn.Module):
+    """Token ids and a mask -> embeddings -> an ``nn.Sequential`` MLP applied per position."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(10, 6)
+        self.mlp = nn.Sequential(
+            nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 5)
+        )
+
+    def forward(self, input_ids, attention_mask):
+        return self.mlp(self.emb(input_ids))
+
+
+@pytest.mark.parametrize("where", ["in the probe", "after the probe"])
+def test_padded_positions_count_nowhere_on_closed_form_sections(where):
+    """Linear -> elementwise sections whose positions the mask covers take autograd alone:
+    their closed form (gathered in the statistics pass) knows nothing of padding."""
+    g = torch.Generator().manual_seed(1)
+    n, T = 200, 5
+    ids = torch.randint(0, 10, (n, T), generator=g)
+    mask = torch.ones(n, T, dtype=torch.long)
+    lengths = torch.randint(2, T + 1, (n,), generator=g)
+    for i in range(64 if where == "after the probe" else 0, n):
+        mask[i, lengths[i] :] = 0
+    X = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    params = dict(downstream_layers=["mlp.2"], batch_size=50)
+    lib = LIBTransformer(PaddedMLP().double(), "mlp.0", **params).fit(X)
+    # The reference: every real token as a sequence of one, all of it valid.
+    tokens = ids[mask.bool()].reshape(-1, 1).numpy()
+    real = {"input_ids": tokens, "attention_mask": np.ones_like(tokens)}
+    ref = LIBTransformer(PaddedMLP().double(), "mlp.0", jacobian="autograd", **params).fit(real)
+    for name in ("mlp.0", "mlp.2"):
+        np.testing.assert_allclose(lib.bases_[name].lambdas, ref.bases_[name].lambdas, rtol=1e-9)

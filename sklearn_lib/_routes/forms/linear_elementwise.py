@@ -27,6 +27,7 @@ from torch import nn
 from ..._core.distributed import all_reduce_sum, global_count
 from ..._core.numerics import CHUNK_ELEMENTS
 from ..cotangents import scaled
+from ..integration import is_plain
 from .activations import BY_MODULE, ELEMENTWISE_MODULES, IDENTITIES
 from .base import ClosedForm
 
@@ -225,8 +226,8 @@ class SlopeGram:
         self.src, self.dst, self.form = section.src, section.dst, form
         self.what = f"slopes {section.src!r}"
         self.rule = rule
-        alphas, weights = rule
-        plain = alphas.numel() == 1 and float(alphas[0]) == 1.0 and float(weights[0]) == 1.0
+        # Slopes read from outputs are those at the data: the plain gradient's points.
+        plain = is_plain(tuple(t.cpu() for t in rule))
         self.from_outputs = plain and form.slopes_from_outputs(torch.zeros(1)) is not None
         self.binary = self.from_outputs and form.binary_slopes
         self.reads = (self.src, self.dst) if self.from_outputs else (self.src,)

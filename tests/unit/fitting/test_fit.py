@@ -31,11 +31,12 @@ from sklearn_lib._fitting.fit import (
     plan_fit,
     row_seconds,
 )
+from sklearn_lib._fitting.plan import make_plan
 from sklearn_lib._fitting.stochastic import AUTO_MIN_ROUNDS, AUTO_SOURCES, STOCHASTIC_BATCH_SIZE
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._model.sources import ArraySource
 from sklearn_lib._routes.integration import rule_tensors
-from sklearn_lib._routes.table import decide_routes
+from sklearn_lib._routes.table import RouteTable, autograd_route, decide_routes
 
 TOL = dict(rtol=1e-9, atol=1e-13)
 
@@ -123,6 +124,12 @@ def test_inspect_refuses_a_node_layer_that_a_residual_bypasses(rng):
 
 
 # -- bytes_per_sample and row_seconds ----------------------------------------------------
+def _plan(sections, settings):
+    """A plan of autograd routes for ``sections`` (no data is read)."""
+    routes = RouteTable([autograd_route(s) for s in sections])
+    return make_plan("test", sections, routes, settings, None)
+
+
 def test_bytes_per_sample(rng):
     X = rng.normal(size=(16, 4))
     measured = {}
@@ -130,17 +137,22 @@ def test_bytes_per_sample(rng):
         session = ModelSession(tanh_mlp(hidden=hidden))
         probe = session.inputs(X)
         sections = inspect(session, probe, ["fc2", "fc3"], FitSettings())
-        lib = bytes_per_sample(session, probe, sections, FitSettings())
-        pca = bytes_per_sample(session, probe, sections, FitSettings(basis="pca"))
+        plan = _plan(sections, FitSettings())
+        lib = bytes_per_sample(session, probe, sections, plan)
+        pca = bytes_per_sample(session, probe, sections, _plan(sections, FitSettings(basis="pca")))
         # PCA runs forward passes only: autograd saves nothing there, a LIB pass does.
         assert lib > 0 and 0 <= pca <= lib
         # At most over the sections: both sections cost no less than the last alone.
-        assert lib >= bytes_per_sample(session, probe, sections[1:], FitSettings())
+        assert lib >= bytes_per_sample(session, probe, sections[1:], plan)
         measured[hidden] = lib, pca
-        # Stochastic sources fix the batch size instead.
-        for sources in (3, "auto"):
-            settings = FitSettings(n_stochastic_sources=sources)
-            assert bytes_per_sample(session, probe, sections, settings) == STOCHASTIC_BATCH_SIZE
+        # A plan that draws stochastic sources fixes the batch size instead; "auto"
+        # that keeps every section exact (8 rows each, a closed form) does not.
+        settings = FitSettings(n_stochastic_sources=3)
+        sampled = bytes_per_sample(session, probe, sections, _plan(sections, settings))
+        assert sampled == STOCHASTIC_BATCH_SIZE
+        settings = FitSettings(n_stochastic_sources="auto")
+        exact = bytes_per_sample(session, probe, sections, _plan(sections, settings))
+        assert exact == lib
     # Wider activations, more bytes saved per sample.
     assert measured[64][0] > measured[8][0] and measured[64][1] >= measured[8][1]
 

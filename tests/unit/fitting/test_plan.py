@@ -196,6 +196,23 @@ def test_the_plan_counts_the_passes_and_rows_that_run(sources, monkeypatch, plan
         assert n == (expected_sources[src] if src not in rounds else 16 * rounds[src])
 
 
+def test_the_plan_counts_the_edges_pass_of_compute_graph(monkeypatch, plans):
+    model = Net().double()
+    counter = Counter(model, monkeypatch)
+    X = np.random.default_rng(0).normal(size=(N, P, D))
+    params = dict(downstream_layers=LAYERS[1:], batch_size=BATCH, truncation_threshold=0.0)
+    LIBTransformer(model, LAYERS[0], compute_graph=True, **params).fit(X)
+    (plan,) = plans
+    assert len(counter.passes) == plan.passes
+    # The sections whose M' kept no rows (closed forms) take the last pass; the others
+    # (autograd and affine rows, all features kept) give their edges from their rows.
+    kept = {s.section.src for s in plan.sections if s.keep_rows}
+    assert kept == {"mix", "chain.2", "head"}
+    edges = counter.passes[-1]
+    assert edges.startswith("edges") and all(str(s) in edges for s in plan.edges_pass)
+    assert {s.src for s in plan.edges_pass} == {"mlp", "chain.0"}
+
+
 def test_the_plan_announced_is_the_plan_run(monkeypatch, plans, capsys):
     model = Net().double()
     X = np.random.default_rng(0).normal(size=(N, P, D))
@@ -204,7 +221,7 @@ def test_the_plan_announced_is_the_plan_run(monkeypatch, plans, capsys):
     )
     (plan,) = plans
     line = next(line for line in capsys.readouterr().err.splitlines() if "fitting runs" in line)
-    assert plan.describe() in line
+    assert plan.with_batch_size(BATCH).describe() in line
     assert f"fitting runs {plan.passes} pass(es)" in line
 
 
@@ -226,7 +243,7 @@ def test_the_plan_counts_passes_and_rows():
     sampled = FitSettings(n_stochastic_sources=8, output_basis="pca")
     priced = make_plan("X", sections, routes, sampled, 1000, price=price)
     assert priced.passes == 3 and [s.backward_rows for s in priced.sections] == [8, 8]
-    assert "8 backward rows per batch" in priced.describe()
+    assert "8 random sources per batch, a backward row each" in priced.describe()
 
 
 class WithStatistics(ClosedForm):

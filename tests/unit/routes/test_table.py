@@ -54,11 +54,19 @@ def test_an_mlp_is_served_by_the_linear_elementwise_formula(rule):
     assert len(routes) == 3
     for section in sections:
         route = routes[section]
-        assert all(isinstance(route.form(kind), LinearElementwise) for kind in KINDS)
+        # Its Gram and directional derivatives; rows are not needed (and not checked).
+        assert _kinds_served(route) == {
+            "rows": None,
+            "gram": "LinearElementwise",
+            "tangents": "LinearElementwise",
+        }
         assert [(v.form, v.kind, v.passed) for v in route.verdicts] == [
-            ("The Linear -> elementwise formula", kind, True) for kind in KINDS
+            ("The Linear -> elementwise formula", kind, True) for kind in ("gram", "tangents")
         ]
         assert route.m_prime == "closed form" and route.gathers_statistics
+        # Asked for alone, rows are decided: the formula serves them too.
+        rows, _ = _decide(tanh_mlp(), x, [(section.src, section.dst)], kinds=("rows",), rule=rule)
+        assert isinstance(rows[section].rows, LinearElementwise)
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -68,8 +76,13 @@ def test_a_transformer_is_served_by_autograd_the_residual_formula_and_the_affine
     # Attention: no form applies, so no check ran.
     assert _kinds_served(routes[attn]) == dict.fromkeys(KINDS)
     assert routes[attn].verdicts == () and routes[attn].m_prime == "autograd"
-    # The residual MLP block: its formula serves every kind.
-    assert _kinds_served(routes[mlp]) == dict.fromkeys(KINDS, "ResidualMLP")
+    # The residual MLP block: its formula serves the Gram and the directional
+    # derivatives, so its rows are never needed.
+    assert _kinds_served(routes[mlp]) == {
+        "rows": None,
+        "gram": "ResidualMLP",
+        "tangents": "ResidualMLP",
+    }
     assert all(v.passed and v.form == ResidualMLP.title for v in routes[mlp].verdicts)
     assert routes[mlp].m_prime == "closed form" and not routes[mlp].gathers_statistics
     # The unembedding is affine: its rows are served, nothing else.
@@ -79,14 +92,52 @@ def test_a_transformer_is_served_by_autograd_the_residual_formula_and_the_affine
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
-@pytest.mark.parametrize("kinds", [("rows",), ("gram",), ("tangents",), ("rows", "tangents")])
-def test_kinds_not_asked_for_stay_autograd_and_are_not_checked(kinds):
+@pytest.mark.parametrize(
+    "kinds, decided",
+    [
+        (("rows",), ("rows",)),
+        (("gram",), ("gram",)),
+        (("tangents",), ("tangents",)),
+        # Rows are decided only where an asked product falls back to them.
+        (("rows", "tangents"), ("tangents",)),
+        (("gram", "rows"), ("gram",)),
+    ],
+)
+def test_kinds_not_asked_for_stay_autograd_and_are_not_checked(kinds, decided):
     x = torch.randn(20, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     routes, (section,) = _decide(tanh_mlp(), x, [("fc2", "fc3")], kinds=kinds)
     route = routes[section]
     for kind in KINDS:
-        assert isinstance(route.form(kind), LinearElementwise) is (kind in kinds)
-    assert [v.kind for v in route.verdicts] == [k for k in KINDS if k in kinds]
+        assert isinstance(route.form(kind), LinearElementwise) is (kind in decided)
+    assert [v.kind for v in route.verdicts] == [
+        k for k in ("gram", "tangents", "rows") if k in decided
+    ]
+
+
+class WrongRows(LinearForm):
+    """The nn.Linear formula whose rows are off: never checked where its Gram serves."""
+
+    title = "Wrong rows"
+
+    def vjp(self, x, points, cotangents, tangents=None):
+        out = super().vjp(x, points, cotangents, tangents)
+        return out if tangents is not None else 2 * out
+
+
+def test_rows_a_gram_makes_unneeded_are_not_checked():
+    register(WrongRows, first=True)
+    try:
+        x = torch.randn(20, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no check of the wrong rows
+            routes, (section,) = _decide(
+                TanhThenLinear().double(), x, [("head", OUTPUT_NODE)], kinds=("gram", "rows")
+            )
+        assert isinstance(routes[section].gram, WrongRows) and routes[section].rows is None
+        with pytest.warns(RuntimeWarning, match="Wrong rows is not used"):
+            _decide(TanhThenLinear().double(), x, [("head", OUTPUT_NODE)], kinds=("rows",))
+    finally:
+        unregister(WrongRows)
 
 
 # -- jacobian="autograd" -----------------------------------------------------------------------
@@ -256,25 +307,39 @@ def _padded_probe(n=20, T=4):
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def test_a_padded_probe_is_checked_without_padding(monkeypatch):
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "mask of ones"])
+def test_a_section_the_mask_covers_takes_autograd(padded, monkeypatch):
+    """Closed forms know nothing of padding: no form is looked for, padded probe or not."""
     probe = _padded_probe()
-    mask = probe["attention_mask"].clone()
-    seen = []
-    check = LinearElementwise.check
+    if not padded:  # the structure decides, not this probe's padding
+        probe["attention_mask"] = torch.ones_like(probe["attention_mask"])
 
-    def spy(self, session, section, kind, probe, *args):
-        seen.append(probe.x["attention_mask"])
-        return check(self, session, section, kind, probe, *args)
+    def no_forms(*args):
+        raise AssertionError("a form was looked for")
 
-    monkeypatch.setattr(LinearElementwise, "check", spy)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        routes, (section,) = _decide(PaddedTail().double(), probe, [("tail.0", "tail.2")])
-    assert _kinds_served(routes[section]) == dict.fromkeys(KINDS, "LinearElementwise")
-    assert len(seen) == 3 and all(torch.all(m == 1) for m in seen)
-    assert torch.equal(probe["attention_mask"], mask)  # the caller's probe is left alone
-    # The check itself masks: on the padded probe the formula would be refused.
-    monkeypatch.setattr(table, "without_padding", lambda x: x)
-    with pytest.warns(RuntimeWarning, match="disagrees with autograd"):
-        routes, (section,) = _decide(PaddedTail().double(), probe, [("tail.0", "tail.2")])
-    assert routes[section].rows is None
+    monkeypatch.setattr(table, "applicable_forms", no_forms)
+    routes, (section,) = _decide(PaddedTail().double(), probe, [("tail.0", "tail.2")])
+    assert _kinds_served(routes[section]) == dict.fromkeys(KINDS)
+    assert routes[section].verdicts == ()
+
+
+class PooledHead(nn.Module):
+    """Masked-mean pooled embeddings -> ``head`` (Linear, Tanh, Linear): no positions."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(9, 3)
+        self.head = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+
+    def forward(self, input_ids, attention_mask):
+        weights = attention_mask[..., None].to(self.embed.weight.dtype)
+        pooled = (self.embed(input_ids) * weights).sum(1) / weights.sum(1)
+        return self.head(pooled)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_section_the_mask_does_not_cover_takes_its_closed_form():
+    routes, (section,) = _decide(PooledHead().double(), _padded_probe(), [("head.0", "head.2")])
+    assert isinstance(routes[section].gram, LinearElementwise)
+    assert routes[section].gathers_statistics
