@@ -136,10 +136,8 @@ class LIBTransformer(_ModelLayerTransformer):
         what autograd saves per sample in the costliest section, measured on
         the first 64 samples) fits 512 MiB on the CPU, or a quarter of the
         free memory, at most 8 GiB, on a GPU; larger batches amortise the
-        fixed cost of every operation.  Where the fit draws stochastic sources
-        (an int ``n_stochastic_sources``, or ``"auto"`` where a section runs
-        rounds) it is 256, since the estimate's error shrinks with the number
-        of batches.
+        fixed cost of every operation.  With ``n_stochastic_sources`` it is
+        256, since the estimate's error shrinks with the number of batches.
         ``batch_size_`` holds the size used.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         Where passes run; ``"auto"`` uses CUDA when available.

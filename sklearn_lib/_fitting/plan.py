@@ -157,11 +157,15 @@ class FitPlan:
     #: With ``compute_graph``: the sections whose edges take one more pass (the
     #: others come from their ``M'`` rows, see :attr:`SectionPlan.keep_rows`).
     edges_pass: tuple = ()
+    #: Whether the fit asked for stochastic sources (an int, or ``"auto"``).
+    sources_asked: bool = False
 
     @property
     def stochastic(self):
-        """Whether any section's ``M'`` draws random sources (an int, or ``"auto"``'s rounds)."""
-        return any(s.sources is not None for s in self.sections)
+        """Whether the fit keeps the batches of stochastic sources (see
+        :data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE`): wherever it
+        asked for sources, also under ``"auto"`` where every section ends exact."""
+        return self.sources_asked or any(s.sources is not None for s in self.sections)
 
     def with_batch_size(self, batch_size):
         """This plan, with the batch size the fit chose for it (said in :meth:`describe`)."""
@@ -269,7 +273,8 @@ def make_plan(
         for section in sections
     )
     edges_pass = tuple(s.section for s in plans if compute_graph and not s.keep_rows)
-    return FitPlan(owner, n_samples, plans, batch_size, edges_pass)
+    asked = settings.n_stochastic_sources is not None
+    return FitPlan(owner, n_samples, plans, batch_size, edges_pass, asked)
 
 
 def _section_plan(section, route, settings, *, n_samples, price, compute_graph):

@@ -145,14 +145,11 @@ def test_bytes_per_sample(rng):
         # At most over the sections: both sections cost no less than the last alone.
         assert lib >= bytes_per_sample(session, probe, sections[1:], plan)
         measured[hidden] = lib, pca
-        # A plan that draws stochastic sources fixes the batch size instead; "auto"
-        # that keeps every section exact (8 rows each, a closed form) does not.
-        settings = FitSettings(n_stochastic_sources=3)
-        sampled = bytes_per_sample(session, probe, sections, _plan(sections, settings))
-        assert sampled == STOCHASTIC_BATCH_SIZE
-        settings = FitSettings(n_stochastic_sources="auto")
-        exact = bytes_per_sample(session, probe, sections, _plan(sections, settings))
-        assert exact == lib
+        # A fit that asks for stochastic sources fixes the batch size instead, also
+        # under "auto" where every section ends exact (here 8 rows each).
+        for sources in (3, "auto"):
+            plan = _plan(sections, FitSettings(n_stochastic_sources=sources))
+            assert bytes_per_sample(session, probe, sections, plan) == STOCHASTIC_BATCH_SIZE
     # Wider activations, more bytes saved per sample.
     assert measured[64][0] > measured[8][0] and measured[64][1] >= measured[8][1]
 
