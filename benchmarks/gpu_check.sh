@@ -28,7 +28,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 
 nvidia-smi -L | tee "$OUT/summary.txt"
 $PY -c "import torch, sklearn; print('torch', torch.__version__, 'sklearn', sklearn.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/summary.txt"
-step gpu_tests 90 $PY -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py tests/unit/test_section.py tests/unit/test_session.py tests/integration/test_model_untouched.py tests/integration/test_streaming.py
+step gpu_tests 90 $PY -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py tests/unit/routes/test_jacobian.py tests/unit/routes/forms/test_residual_mlp.py tests/unit/model/test_session.py tests/integration/test_model_untouched.py tests/integration/test_streaming.py
 step bench_modadd 120 $PY benchmarks/bench_modular_addition.py --device cuda --repeat 3
 step bench_mlp 90 $PY benchmarks/bench_mlp_vs_pca.py --device cuda --n 20000 --generic
 if [ -n "${SCALING:-}" ]; then

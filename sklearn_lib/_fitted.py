@@ -55,8 +55,11 @@ class Fitted:
         """Whether the bases are a ``LIBTransformer``'s: every node, with sections between."""
         return isinstance(self.owner, LIBTransformer)
 
-    def session(self, verbose=False):
-        """A :class:`~sklearn_lib._model.session.ModelSession` for one call."""
+    def session(self, verbose=None):
+        """A :class:`~sklearn_lib._model.session.ModelSession` for one call.
+
+        ``verbose`` None: the estimator's own ``verbose``.
+        """
         return self.owner._session(verbose=verbose)
 
     def source(self, X):
