@@ -28,7 +28,7 @@ from .._fitting.stochastic import SourceRounds
 from .._model.capture import inspect_node_layers
 from .._model.inputs import is_dict
 from .basis_file import basis_arrays, basis_entry, positive_ints, read_bases
-from .graph_file import graph_arrays, graph_from_arrays
+from .graph_file import check_graph_meta, graph_arrays, graph_from_arrays
 from .npz import CONTENT_ERRORS, as_path, json_default, read_npz, write_atomically
 
 _FORMAT = "sklearn-lib LIBTransformer"
@@ -194,19 +194,24 @@ def _saved(meta, bases, graph):
     inputs = {name: fitted[name] for name in INPUT_ATTRIBUTES if name in fitted}
     if "n_features_in_" in inputs:
         positive_ints([inputs["n_features_in_"]], "n_features_in_")
+    for name in ("input_fields_", "feature_names_in_"):
+        names = inputs.get(name, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{name} must be a list of str, not {names!r}")
+    input_shape = _shape(fitted["input_shape_"])
     return SavedFit(
         params=_params(meta["params"]),
         bases=bases,
         output_shape=tuple(positive_ints(fitted["output_shape_"], "output_shape_")),
-        input_shape=_shape(fitted["input_shape_"]),
-        input_dtypes=fitted["input_dtypes"],
+        input_shape=input_shape,
+        input_dtypes=_dtypes(fitted["input_dtypes"], input_shape),
         batch_size=batch_size,
         n_stochastic_sources=dict(fitted["n_stochastic_sources_"]),
         rounds={name: SourceRounds(**r) for name, r in fitted["stochastic_rounds_"].items()},
         fingerprint=(getattr(torch, printed["dtype"]), checksums),
         inputs=inputs,
         graph=graph,
-        output_config=meta.get("output_config"),
+        output_config=_output_config(meta.get("output_config")),
     )
 
 
@@ -217,7 +222,7 @@ def _parse(text):
         raise ValueError(f"'meta' is not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ValueError("'meta' does not name the format " + repr(_FORMAT))
-    if meta.get("version") != _VERSION:
+    if type(meta.get("version")) is not int or meta["version"] != _VERSION:
         raise ValueError(f"format version {meta.get('version')!r}; this reads {_VERSION}")
     for key, kind in (("params", dict), ("fitted", dict), ("bases", list)):
         if not isinstance(meta.get(key), kind):
@@ -237,15 +242,46 @@ def _params(params):
 def _shape(shape):
     if isinstance(shape, dict):
         return {k: tuple(positive_ints(v, k)) if v else () for k, v in shape["fields"].items()}
-    return tuple(shape)
+    return tuple(positive_ints(shape, "input_shape_")) if shape else ()
+
+
+def _dtypes(kinds, shape):
+    """The saved input kinds, each ``"float"`` or an integer dtype of torch, per field."""
+
+    def kind(value):
+        if value != "float" and not isinstance(getattr(torch, str(value), None), torch.dtype):
+            raise ValueError(f"input dtype {value!r} is neither 'float' nor a torch dtype")
+        if value != "float" and getattr(torch, value).is_floating_point:
+            raise ValueError(f"input dtype {value!r}: floating inputs are saved as 'float'")
+        return value
+
+    if isinstance(shape, dict):
+        if not isinstance(kinds, dict) or set(kinds) != set(shape):
+            raise ValueError(f"input dtypes {kinds!r} do not name the fields {sorted(shape)}")
+        return {field: kind(value) for field, value in kinds.items()}
+    return kind(kinds)
+
+
+#: ``set_output``'s transform values a file may hold.
+_OUTPUTS = ("default", "pandas", "polars")
+
+
+def _output_config(config):
+    if config is None:
+        return None
+    if not isinstance(config, dict) or set(config) != {"transform"}:
+        raise ValueError(f"'meta' output_config must be {{'transform': ...}}, not {config!r}")
+    if config["transform"] not in _OUTPUTS:
+        raise ValueError(f"'meta' output_config transform must be one of {_OUTPUTS}: {config!r}")
+    return config
 
 
 def _graph(entry, arrays):
     if entry is None:
         return None
-    nodes, info = entry.get("nodes"), entry.get("info")
-    if not isinstance(nodes, list) or not isinstance(info, dict):
+    if not isinstance(entry, dict):
         raise ValueError("'meta' graph must hold 'nodes' (a list) and 'info' (an object)")
+    nodes, info = check_graph_meta(entry.get("nodes"), entry.get("info"))
     lambdas, edges = graph_from_arrays(nodes, arrays, _GRAPH_PREFIX)
     return nodes, lambdas, edges, info
 

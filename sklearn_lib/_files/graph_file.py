@@ -115,7 +115,11 @@ def _parse_meta(meta):
     version = fields.get("version", _FORMAT_VERSION)
     if type(version) is not int or version != _FORMAT_VERSION:
         raise ValueError(f"'meta' has format version {version!r}; this reads {_FORMAT_VERSION}")
-    nodes, info = fields["nodes"], fields["info"]
+    return check_graph_meta(fields["nodes"], fields["info"])
+
+
+def check_graph_meta(nodes, info):
+    """``(nodes, info)`` if the nodes are distinct names and ``info`` an object; else ValueError."""
     if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
         raise ValueError(f"'meta' nodes must be a non-empty list of str, not {nodes!r}")
     if len(set(nodes)) != len(nodes):

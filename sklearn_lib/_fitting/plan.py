@@ -85,15 +85,10 @@ class SectionPlan:
         Autograd: one per row, exact (an upper bound: ``P_out`` times the next
         node's *full* width, whose kept features are not known before it is
         fitted, see :meth:`rows_per_pass`) or one per source.  The affine
-        route makes exact rows once per pass (:attr:`rows_once`), but sampled
+        route makes exact rows once per pass (see :meth:`rows_per_pass`), but sampled
         ones, new every batch, on one sample per batch.
         """
         return self._rows_per_batch(self.section.dst_shape[-1])
-
-    @property
-    def rows_once(self):
-        """Backward passes made once per pass (the affine route's exact rows), at most."""
-        return self._rows_once(self.section.dst_shape[-1])
 
     def rows_per_pass(self, n_batches, kept=None):
         """Backward passes of one pass over ``n_batches`` batches (None for rounds).

@@ -185,14 +185,14 @@ def test_the_saved_entries_are_not_changed_by_a_read(rng):
 def test_an_empty_shape_is_refused(rng):
     entries, arrays = _saved(_bases(rng))
     entries[0]["shape"] = []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="has an empty shape: it needs a feature axis"):
         read_bases(entries, arrays)
 
 
 def test_an_entry_that_is_not_an_object_is_refused(rng):
     entries, arrays = _saved(_bases(rng))
     entries[0] = ["blocks.0", [2, 4], 2, "lib"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="basis 0 is not a JSON object"):
         read_bases(entries, arrays)
 
 

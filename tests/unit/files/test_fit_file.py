@@ -172,13 +172,32 @@ REFUSED = {
         None,
         "unexpected keyword argument",
     ),
-    "graph a list": (_set("graph", value=[]), None, "no attribute .get."),
+    "graph a list": (_set("graph", value=[]), None, "'meta' graph must hold 'nodes'"),
     "graph arrays missing": (
         None,
         lambda arrays: arrays.pop("graph_edges_1"),
         r"missing \['edges_1'\]",
     ),
     "an extra array": (None, lambda a: a.update(x=np.ones(1)), r"unexpected arrays \['x'\]"),
+    "version true": (_set("version", value=True), None, "format version True"),
+    "input shape a string": (_set("fitted", "input_shape_", value="abc"), None, "input_shape_"),
+    "input shape of floats": (_set("fitted", "input_shape_", value=[4.0]), None, "input_shape_"),
+    "input shape negative": (_set("fitted", "input_shape_", value=[-4]), None, "input_shape_"),
+    "input dtype unknown": (_set("fitted", "input_dtypes", value="nope"), None, "'nope' is nei"),
+    "input dtype floating": (_set("fitted", "input_dtypes", value="float32"), None, "saved as"),
+    "output config a list": (_set("output_config", value=["pandas"]), None, "output_config"),
+    "output config unknown": (
+        _set("output_config", value={"transform": "xyz"}),
+        None,
+        "output_config transform must be one of",
+    ),
+    "input fields an int": (_set("fitted", "input_fields_", value=5), None, "input_fields_ must"),
+    "graph nodes not names": (_set("graph", "nodes", value=[1, 2, 3]), None, "list of str"),
+    "graph nodes repeated": (
+        _set("graph", "nodes", value=["fc1", "fc1", "output"]),
+        None,
+        "nodes must be distinct",
+    ),
     "an integer array": (
         None,
         lambda a: a.update(basis0_mean=np.zeros(8, dtype=int)),
@@ -204,7 +223,7 @@ def test_a_file_without_meta_is_refused(tmp_path):
 
 def test_an_empty_basis_shape_is_refused(tmp_path, saved):
     path = _tampered(tmp_path, saved, _set("bases", 0, "shape", value=[]))
-    with pytest.raises(ValueError, match="is not a saved"):
+    with pytest.raises(ValueError, match="is not a saved .*has an empty shape"):
         fit_file.read(path, OWNER)
 
 

@@ -20,6 +20,7 @@ from _refs import (
 from torch import nn
 from toy_models import PositionMixer, ResidualMLP, tanh_mlp
 
+from sklearn_lib import LIBTransformer, integration_rule
 from sklearn_lib._core.nodes import Section
 from sklearn_lib._fitting.basis import NodeBasis
 from sklearn_lib._fitting.fit import (
@@ -69,16 +70,12 @@ def check_basis(basis, acts, m_prime, center=True):
 # -- FitSettings -------------------------------------------------------------------------
 def test_fit_settings_defaults_are_the_estimators():
     settings = FitSettings()
-    assert dataclasses.asdict(settings) == {
-        "basis": "lib",
-        "n_components": None,
-        "truncation_threshold": 1e-10,
-        "center": True,
-        "rule": ((1.0,), (1.0,)),
-        "output_basis": "identity",
-        "n_stochastic_sources": None,
-        "jacobian": "auto",
-    }
+    # The estimator's own defaults, turned into settings as its fit does.
+    lib = LIBTransformer(tanh_mlp(), "fc2")
+    defaults = lib.get_params()
+    expected = {name: defaults[name] for name in dataclasses.asdict(settings) if name in defaults}
+    expected["rule"] = integration_rule(defaults["integration"], defaults["n_intervals"])
+    assert dataclasses.asdict(settings) == expected == lib._settings().__dict__
     assert settings == FitSettings() and hash(settings) == hash(FitSettings())
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.basis = "pca"

@@ -20,7 +20,6 @@ from sklearn_lib._core.nodes import OUTPUT_NODE
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.autograd import integrated_vjps
 from sklearn_lib._routes.cotangents import Cotangents, scaled
-from sklearn_lib._routes.products import square_sums
 from sklearn_lib.models import ModularAdditionTransformer
 
 LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
@@ -288,20 +287,6 @@ def test_a_closed_form_that_raises_falls_back(rng):
         got = LIBTransformer(model, LAYERS[0], downstream_layers=LAYERS[1:]).fit(X)
     slow = LIBTransformer(model, LAYERS[0], downstream_layers=LAYERS[1:], jacobian="autograd")
     np.testing.assert_allclose(got.lambdas_, slow.fit(X).lambdas_, rtol=1e-9)
-
-
-def test_square_sums_of_constant_rows(rng):
-    """The shortcut for rows shared by all samples equals the per-sample product."""
-    g = torch.as_tensor(rng.normal(size=(4, 1, 3, 5)))  # 4 rows, 3 positions, d = 5
-    directions = torch.as_tensor(rng.normal(size=(2, 5)))
-    coefficients = torch.as_tensor(rng.normal(size=(7, 3, 2)))
-    expanded = g.expand(4, 7, 3, 5).contiguous()
-    torch.testing.assert_close(
-        square_sums(g, directions, coefficients),
-        square_sums(expanded, directions, coefficients),
-        rtol=1e-12,
-        atol=1e-12,
-    )
 
 
 def test_the_thread_count_is_left_alone():
