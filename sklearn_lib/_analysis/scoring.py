@@ -56,6 +56,12 @@ class _Accuracy:
         self.count += target.numel()
 
     def result(self):
+        if self.count == 0:
+            raise ValueError(
+                f"Accuracy needs at least one scored label, but every label of y is "
+                f"{IGNORE_INDEX} (Hugging Face's mark of a position that is not scored) or "
+                "sits at a padded position; label the positions to score"
+            )
         return self.correct / self.count
 
 

@@ -140,7 +140,7 @@ class ModelRunner:
 
     def _forward(self, x):
         """The model's output node on ``x``, features last; None when a hook stopped the pass."""
-        with batch_notes(x, self.where), model_failure(x, self.where):
+        with batch_notes(x, self.where), model_failure(x, self.where, self.model):
             try:
                 raw = call_model(self.model, x, self.forward_kwargs)
             except _StopForward:  # every read taken: not an error

@@ -70,8 +70,43 @@ def batch_notes(x, where, what=None):
         raise
 
 
+def lookup_hint(model, x):
+    """What the model's embedding tables say of token ids ``x`` that failed a lookup, or "".
+
+    Token ids index a vocabulary table, and positions a table of positions:
+    ids within the largest table but a sequence longer than a smaller one
+    point at the model's maximum length; ids beyond every table, at the
+    vocabulary.
+    """
+    ids = x.get("input_ids") if isinstance(x, dict) else x
+    if model is None or not torch.is_tensor(ids) or ids.is_floating_point() or ids.ndim < 2:
+        return ""
+    tables = [
+        (name, m.num_embeddings)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Embedding)
+    ]
+    if not tables or not ids.numel():
+        return ""
+    length, largest = ids.shape[-1], int(ids.max())
+    if largest >= max(rows for _, rows in tables):
+        name, rows = max(tables, key=lambda table: table[1])
+        return (
+            f" The largest token id is {largest}, but the model's largest embedding "
+            f"{name!r} has {rows} rows (ids 0 to {rows - 1})."
+        )
+    shorter = [table for table in tables if table[1] < length]
+    if shorter:
+        name, rows = min(shorter, key=lambda table: table[1])
+        return (
+            f" The inputs have {length} positions, more than the {rows} rows of the model's "
+            f"embedding {name!r}: the model takes sequences of at most {rows} positions."
+        )
+    return ""
+
+
 @contextlib.contextmanager
-def model_failure(x, where):
+def model_failure(x, where, model=None):
     """Turn a failure of the model's forward pass on ``x`` into a ``ValueError`` naming the batch.
 
     Out-of-memory errors pass through unchanged (see :func:`batch_notes`);
@@ -93,7 +128,7 @@ def model_failure(x, where):
         error = ValueError(
             f"The model failed on {describe_batch(x, where)}: {type(exc).__name__}: {exc}. "
             "Check these inputs: token ids within the vocabulary, the dtype the model "
-            f"expects, the per-sample shape.{keywords}"
+            f"expects, the per-sample shape.{keywords}{lookup_hint(model, x)}"
         )
         error.names_batch = True
         raise error from exc

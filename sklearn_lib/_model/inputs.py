@@ -81,6 +81,44 @@ def describe(x):
     return f"inputs of shape {tuple(x.shape)}, dtype {x.dtype}"
 
 
+def check_mask(x, start=0):
+    """``x``, once its ``attention_mask`` (if any) is a padding mask with a token in every sample.
+
+    The mask must hold 1 (or True) for real tokens and 0 (or False) for
+    padding, as Hugging Face's tokenizers make it.  An additive mask (0 for
+    tokens, a large negative number for padding) would read the other way
+    round, so any other value is refused; so is a sample without a real
+    token, which has no activations to average.
+
+    Parameters
+    ----------
+    x : torch.Tensor or dict of torch.Tensor
+    start : int, default=0
+        The index of the batch's first sample in the data, for the message.
+    """
+    if not is_dict(x) or MASK_KEY not in x:
+        return x
+    mask = x[MASK_KEY]
+    if mask.dtype != torch.bool and mask.numel():
+        values = torch.unique(mask.detach()).cpu()
+        if not bool(((values == 0) | (values == 1)).all()):
+            shown = ", ".join(f"{v:g}" for v in values[:4].tolist())
+            raise ValueError(
+                f"attention_mask must be 1 (or True) for real tokens and 0 (or False) for "
+                f"padding, as Hugging Face's tokenizers make it; this one holds {shown}"
+                f"{' ...' if len(values) > 4 else ''}. An additive mask (0 for tokens, a large "
+                "negative number for padding) reads the other way round: pass the 0/1 mask"
+            )
+    empty = ~(mask != 0).reshape(mask.shape[0], -1).any(1)
+    if bool(empty.any()):
+        first = int(empty.nonzero()[0]) + start
+        raise ValueError(
+            f"Sample {first} has no real token: its attention_mask is all zeros, so it has "
+            "no activations to average; leave such samples out"
+        )
+    return x
+
+
 def attention_mask(x):
     """The batch's padding mask as a bool tensor ``(n, *positions)``, or None."""
     if not is_dict(x) or MASK_KEY not in x:

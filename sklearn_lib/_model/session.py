@@ -41,7 +41,7 @@ from .._core.numerics import all_finite, tolerances
 from .capture import ModelRunner
 from .failures import batch_notes, batch_range
 from .fingerprint import fingerprint
-from .inputs import n_rows, valid_positions
+from .inputs import check_mask, n_rows, valid_positions
 from .progress import Progress
 from .sources import to_tensor
 
@@ -286,12 +286,14 @@ class ModelSession(ModelRunner):
         return self._generator
 
     @outside_inference_mode
-    def inputs(self, X):
-        """Model inputs as a tensor on the device.
+    def inputs(self, X, start=0):
+        """Model inputs as a tensor on the device, their padding mask checked.
 
-        See :func:`~sklearn_lib._model.sources.to_tensor`.
+        See :func:`~sklearn_lib._model.sources.to_tensor` and
+        :func:`~sklearn_lib._model.inputs.check_mask` (``start``: the index
+        of the first sample, for its messages).
         """
-        return to_tensor(X, self.device, self.dtype)
+        return check_mask(to_tensor(X, self.device, self.dtype), start)
 
     # -- the one loop over the data ------------------------------------------------------
     def batches(self, source, what):
@@ -300,7 +302,7 @@ class ModelSession(ModelRunner):
             source.batches(), source.n_samples, what, size=lambda item: len(item[1])
         )
         for start, raw in items:
-            yield Batch(self.inputs(raw), start)
+            yield Batch(self.inputs(raw, start), start)
 
     @outside_inference_mode
     def run_pass(self, source, accumulators, what):

@@ -645,3 +645,39 @@ def test_torchvision_resnet18_at_its_last_stage():
     _assert_untouched(model, before)
     with pytest.raises(ValueError, match="feature_axis=1 for channels-first"):
         LIBTransformer(model, "avgpool", device="cpu").fit(X)
+
+
+# -- what a language model's inputs may hold -----------------------------------------------
+def _gpt2_lib():
+    return LIBTransformer(
+        _gpt2(), "transformer.h.1", output="logits", forward_kwargs={"use_cache": False}
+    )
+
+
+def test_gpt2_inputs_longer_than_its_positions_name_both_lengths():
+    ids = _gpt2_tokens(T=10)  # the tiny GPT-2 takes 8 positions
+    with pytest.raises(
+        ValueError, match="10 positions, more than the 8 rows of .*'transformer.wpe'"
+    ):
+        _gpt2_lib().fit(ids)
+
+
+@pytest.mark.parametrize("kind", ["additive", "empty sample"])
+def test_gpt2_masks_that_would_read_wrong_are_refused(kind):
+    ids = _gpt2_tokens()
+    mask = np.ones_like(ids)
+    mask[:, 3:] = 0
+    if kind == "additive":  # 0 for tokens, -10000 for padding: the other way round
+        mask, match = np.where(mask == 1, 0, -10000), "holds -10000, 0. An additive mask"
+    else:
+        mask[7] = 0
+        match = "Sample 7 has no real token"
+    with pytest.raises(ValueError, match=match):
+        _gpt2_lib().fit({"input_ids": ids, "attention_mask": mask})
+
+
+def test_gpt2_score_without_a_scored_label_names_the_rule():
+    ids = _gpt2_tokens()
+    lib = _gpt2_lib().fit(ids)
+    with pytest.raises(ValueError, match="every label of y is -100"):
+        lib.score(ids, np.full(ids.shape, -100))

@@ -33,3 +33,10 @@ def test_labels_are_checked_against_the_outputs():
         accuracy.update(torch.zeros(2, 5), None, np.array([0, 5]))
     # A stream's length is not known yet: only the per-sample shape is checked.
     assert check_labels(np.array([1.0, 2.0]), None, (5,)).dtype == np.int64
+
+
+def test_accuracy_without_a_scored_label_names_the_rule():
+    accuracy = make_scorer("accuracy", True)()
+    accuracy.update(torch.zeros(2, 3, 5), None, np.full((2, 3), -100))
+    with pytest.raises(ValueError, match="every label of y is -100"):
+        accuracy.result()

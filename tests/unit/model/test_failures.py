@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from sklearn_lib._model.failures import batch_notes, is_out_of_memory, model_failure
+from sklearn_lib._model.failures import batch_notes, is_out_of_memory, lookup_hint, model_failure
 
 X = torch.zeros(5, 3, dtype=torch.int64)
 WHERE = "the batch of samples 10 to 14"
@@ -69,3 +69,39 @@ def test_a_forward_out_of_memory_is_not_turned_into_a_value_error():
     with pytest.raises(RuntimeError, match="out of memory"):
         with model_failure(X, WHERE):
             raise RuntimeError("CUDA out of memory")
+
+
+class Lookup(torch.nn.Module):
+    """Token and position tables, as a language model has them (8 positions at most)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens, self.positions = torch.nn.Embedding(20, 4), torch.nn.Embedding(8, 4)
+
+    def forward(self, ids):
+        return self.tokens(ids) + self.positions(torch.arange(ids.shape[1]))
+
+
+@pytest.mark.parametrize(
+    "ids, said",
+    [
+        (
+            torch.zeros(2, 10, dtype=torch.long),
+            "10 positions, more than the 8 rows of .*'positions'",
+        ),
+        (torch.full((2, 5), 25), "largest token id is 25.*'tokens' has 20 rows"),
+    ],
+    ids=["too long", "beyond the vocabulary"],
+)
+def test_a_failed_lookup_names_lengths_or_ids(ids, said):
+    model = Lookup()
+    with pytest.raises(ValueError, match=said):
+        with model_failure(ids, "batch 0:2", model):
+            model(ids)
+
+
+def test_the_lookup_hint_says_nothing_without_tables_or_token_ids():
+    assert lookup_hint(None, torch.zeros(2, 3, dtype=torch.long)) == ""
+    assert lookup_hint(Lookup(), torch.zeros(2, 3)) == ""  # floating inputs: no ids
+    assert lookup_hint(torch.nn.Linear(2, 2), torch.zeros(2, 3, dtype=torch.long)) == ""
+    assert lookup_hint(Lookup(), torch.zeros(2, 5, dtype=torch.long)) == ""  # nothing out of range

@@ -125,3 +125,34 @@ def test_without_padding():
     assert unpadded["input_ids"] is batch["input_ids"]
     torch.testing.assert_close(unpadded["attention_mask"], torch.ones(4, 3, dtype=torch.int64))
     assert int(batch["attention_mask"].sum()) < 12  # the original keeps its padding
+
+
+@pytest.mark.parametrize(
+    "mask, shown",
+    [
+        ([[0.0, 0.0, -10000.0]], "-10000, 0"),
+        ([[0.0, -float("inf"), 0.0]], "-inf, 0"),
+        ([[1.0, 0.5, 0.0]], "0, 0.5, 1"),
+        ([[2, 1, 0]], "0, 1, 2"),
+    ],
+    ids=["additive", "additive inf", "a fraction", "a count"],
+)
+def test_a_mask_other_than_ones_and_zeros_is_refused_naming_the_convention(mask, shown):
+    x = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "attention_mask": torch.tensor(mask)}
+    with pytest.raises(ValueError, match=f"1 .or True. for real tokens.*holds {shown}.*additive"):
+        inputs.check_mask(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.float64, torch.bool])
+def test_padding_masks_pass(dtype):
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]]).to(dtype)
+    x = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": mask}
+    assert inputs.check_mask(x) is x
+    assert inputs.check_mask(torch.zeros(2, 3)) is not None  # no mask: nothing to check
+
+
+def test_a_sample_without_a_real_token_is_refused_by_its_index():
+    mask = torch.tensor([[1, 1], [1, 0], [0, 0]])
+    x = {"input_ids": torch.zeros(3, 2, dtype=torch.long), "attention_mask": mask}
+    with pytest.raises(ValueError, match="Sample 42 has no real token"):
+        inputs.check_mask(x, start=40)
