@@ -155,11 +155,8 @@ def row_seconds(session, probe, settings, section, n_rows):
     more than one row.  None when it fails: pricing never stops a fit, and
     the pass that meets the same failure reports it, naming its batch.
     """
-    d_next = section.dst_shape[-1]
-    eye = torch.eye(d_next, dtype=session.dtype, device=session.device)
-    generator = torch.Generator().manual_seed(0)
-    exact = Cotangents(eye, n_positions(section.dst_shape))
-    cotangents = m_prime_sources(exact, n_rows, generator)
+    exact = Cotangents.identity(section.dst_shape, session.dtype, session.device)
+    cotangents = m_prime_sources(exact, n_rows, torch.Generator().manual_seed(0))
     rule = rule_tensors(settings.rule, session.device)
     jacobian = SectionJacobian(session, autograd_route(section))
     with torch.no_grad():

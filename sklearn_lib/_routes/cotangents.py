@@ -9,6 +9,8 @@ the routes' business (:mod:`~sklearn_lib._routes.autograd` and the closed
 forms).
 """
 
+import math
+
 import torch
 
 
@@ -34,6 +36,16 @@ class Cotangents:
         Output positions ``P_out`` of the section.
     signs : torch.Tensor or None
     """
+
+    @classmethod
+    def identity(cls, shape, dtype, device):
+        """The exact cotangents of the identity basis of a node of per-sample ``shape``.
+
+        Every output position and feature once: what the route checks and the
+        fit's pricing use where the next basis is not known yet.
+        """
+        eye = torch.eye(shape[-1], dtype=dtype, device=device)
+        return cls(eye, math.prod(shape[:-1]))
 
     def __init__(self, matrix, n_positions, signs=None):
         self.matrix = matrix

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from .._core.distributed import agreed as agreed_values
-from .._core.nodes import n_positions
 from .._model.inputs import n_rows
 from .._model.session import outside_inference_mode
 from ..exceptions import user_stacklevel
@@ -171,8 +170,7 @@ def decide_routes(session, probe, sections, rule, kinds, jacobian="auto"):
 def _decide(session, probe, section, f, rule, kinds):
     alphas, weights = rule
     points = scaled(f, alphas)
-    eye = torch.eye(section.dst_shape[-1], dtype=session.dtype, device=session.device)
-    rows = Cotangents(eye, n_positions(section.dst_shape)).rows
+    rows = Cotangents.identity(section.dst_shape, session.dtype, session.device).rows
     forms = [] if masked(probe, points, rows) else applicable_forms(session, section)
     if not forms:
         return autograd_route(section)

@@ -235,7 +235,8 @@ def unregister(form):
 
 
 def applicable_forms(session, section, registry=None):
-    """Instances of the registered forms that apply to ``section``, in registry order."""
+    """Instances of the forms of ``registry`` (default :data:`REGISTRY`) that apply to
+    ``section``, in order."""
     vetoed = structural_veto(session, section) is not None
     found = []
     for form in REGISTRY if registry is None else registry:
