@@ -10,6 +10,15 @@ LayerNorm), then compare them by node ablation (held-out next-token loss and
 accuracy when only the top ``k`` features of one residual stream are kept)
 and by the number of edges each section needs.
 
+The sequences have varied lengths and come as Hugging Face's default
+batches: a ``DataLoader`` whose ``DataCollatorWithPadding`` pads each batch
+to its own longest sequence (its ``attention_mask`` marks the padding, which
+no average reads).  The PCA baseline is ``LIBTransformer(basis="pca")``, the
+position-shared PCA: one basis of the residual stream's 128 dimensions for
+every token, as LIB's is.  (``PCA`` after an ``ActivationTransformer`` would
+flatten each sequence's positions into one vector, a different and not
+comparable decomposition.)
+
 The paper found that LIB gives language models little over PCA; the numbers
 printed here (and ``docs/reproduction.md``, section *Language model*) say
 how much on this model.
@@ -20,7 +29,7 @@ feature (64 x 128 per batch here), so the LIB fit uses
 settings and times are printed.
 
 Needs ``transformers`` (``pip install -e '.[models]'``).  Run
-``python examples/plot_language_model.py`` (about 10 minutes on 2 CPU
+``python examples/plot_language_model.py`` (about 8 minutes on 2 CPU
 cores, of which ``--train-seconds`` train the model; ``--smoke`` for
 seconds).
 """
@@ -57,10 +66,10 @@ parser.add_argument("--corpus-mb", type=float, default=2.0, help="megabytes of s
 parser.add_argument("--context", type=int, default=64, help="tokens per window")
 parser.add_argument("--n-layer", type=int, default=2)
 parser.add_argument("--n-embd", type=int, default=128)
-parser.add_argument("--fit-samples", type=int, default=1024, help="training windows for fits")
-parser.add_argument("--eval-samples", type=int, default=512, help="held-out windows scored")
+parser.add_argument("--fit-samples", type=int, default=1024, help="training sequences for fits")
+parser.add_argument("--eval-samples", type=int, default=512, help="held-out sequences scored")
 parser.add_argument("--n-sources", type=int, default=8, help="n_stochastic_sources of M'")
-parser.add_argument("--edge-samples", type=int, default=16, help="windows for the edges")
+parser.add_argument("--edge-samples", type=int, default=16, help="sequences for the edges")
 parser.add_argument("--edge-sources", type=int, default=2, help="sources of the edges")
 parser.add_argument(
     "--tolerance", type=float, default=0.05, help="held-out loss tolerance (nats) of 'needed'"
@@ -92,7 +101,13 @@ if args.threads:
     torch.set_num_threads(args.threads)
 
 try:
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from tokenizers import Tokenizer, models
+    from transformers import (
+        DataCollatorWithPadding,
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+    )
 except ImportError:
     sys.exit("This example needs transformers: pip install -e '.[models]'")
 
@@ -194,11 +209,69 @@ while True:
 train_seconds = time.perf_counter() - start
 model.eval()
 
-X_fit = W_train[: args.fit_samples, :T]
 W_eval = W_test[: args.eval_samples]
-X_eval, y_eval = W_eval[:, :T], W_eval[:, 1:]
 train_metrics = evaluate(W_train[: args.eval_samples])
 test_metrics = evaluate(W_eval)
+
+# %%
+# Sequences of varied length, in Hugging Face's default batches.
+# Each window is cut to a random length from T/4 to T; the collator pads each
+# batch to its own longest sequence (token 0, with attention_mask 0).  The
+# tokenizer is only what the collator needs of one: its padding token.
+tokenizer = PreTrainedTokenizerFast(
+    tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0}, unk_token="<pad>")),
+    pad_token="<pad>",
+)
+collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+
+def sequences(W, seed):
+    """Windows cut to random lengths: per-sample dicts, and next-token labels padded with -100.
+
+    ``y[i, t]`` is the label of token ``t`` of sequence ``i``; positions past a
+    sequence's end hold -100 (never scored), as the batches' padding does.
+    """
+    lengths = np.random.default_rng(seed).integers(T // 4, T + 1, size=len(W))
+    features = [
+        {"input_ids": w[:n].tolist(), "attention_mask": [1] * n} for w, n in zip(W, lengths)
+    ]
+    y = np.full((len(W), T), -100)
+    for i, (w, n) in enumerate(zip(W, lengths)):
+        y[i, :n] = w[1 : n + 1]
+    return features, y
+
+
+def batches(features, size=128):
+    """The DataLoader of ``features`` (not shuffled: rows stay paired with their labels)."""
+    return torch.utils.data.DataLoader(features, batch_size=size, collate_fn=collate)
+
+
+fit_features, _ = sequences(W_train[: args.fit_samples], args.seed)
+eval_features, y_eval = sequences(W_eval, args.seed + 1)
+X_fit, X_eval = batches(fit_features), batches(eval_features)
+n_fit_tokens = sum(len(f["input_ids"]) for f in fit_features)
+
+
+def evaluate_sequences(loader, y):
+    """Next-token loss and accuracy over the real tokens of a padded ``loader`` (labels ``y``)."""
+    loss = correct = count = 0.0
+    start = 0
+    with torch.no_grad():
+        for batch in loader:
+            n, length = batch["input_ids"].shape
+            logits = model(**batch, use_cache=False).logits
+            labels = torch.from_numpy(y[start : start + n, :length])
+            start += n
+            scored = labels != -100
+            loss += float(
+                torch.nn.functional.cross_entropy(logits[scored], labels[scored], reduction="sum")
+            )
+            correct += float((logits[scored].argmax(-1) == labels[scored]).sum())
+            count += float(scored.sum())
+    return loss / count, correct / count
+
+
+eval_metrics = evaluate_sequences(X_eval, y_eval)
 print(
     f"GPT-2 with {args.n_layer} layers, width {args.n_embd}, 4 heads ({n_params:,} parameters): "
     f"{step} steps of 32 windows in {train_seconds:.0f}s"
@@ -217,7 +290,6 @@ common = dict(
     output="logits",
     forward_kwargs={"use_cache": False},
     dtype="float32",
-    batch_size=128,
     random_state=args.seed,
 )
 fits, fit_seconds = {}, {}
@@ -231,14 +303,15 @@ for basis in ("lib", "pca"):
 # Exact M' of a section: one backward pass per output position and next-node feature.
 bases = fits["lib"].bases_
 exact_rows = [bases[dst].n_positions * bases[dst].n_components for dst in list(bases)[1:]]
-n_batches = -(-len(X_fit) // 128)
+n_batches = len(X_fit)
 # The Jacobian passes' share of the LIB fit, per backward pass, extrapolated to exact rows.
 per_pass = max(fit_seconds["lib"] - fit_seconds["pca"], 0) / (
     n_batches * args.n_sources * len(LAYERS)
 )
 print(
-    f"\nFits on {len(X_fit)} training windows ({len(X_fit) * T} positions), float32, "
-    f"batch_size 128: LIB {fit_seconds['lib']:.1f}s with n_stochastic_sources={args.n_sources} "
+    f"\nFits on {len(fit_features)} training sequences of {T // 4} to {T} tokens "
+    f"({n_fit_tokens} tokens) in {n_batches} dynamically padded batches of 128, float32: "
+    f"LIB {fit_seconds['lib']:.1f}s with n_stochastic_sources={args.n_sources} "
     f"backward passes per batch and section; PCA {fit_seconds['pca']:.1f}s.\n"
     f"  Exact M' would need {exact_rows} backward passes per batch for the sections "
     f"{', '.join(f'{a} -> {b}' for a, b in zip(LAYERS, [*LAYERS[1:], 'output']))}: "
@@ -273,7 +346,7 @@ for layer in LAYERS:
 
 
 # %%
-# Node ablation on held-out windows: next-token loss and accuracy with the top k features.
+# Node ablation on held-out sequences: next-token loss and accuracy with the top k features.
 class NextToken:
     """Scoring callable ``(y_true, outputs) -> loss``; also records the accuracy of each call.
 
@@ -319,9 +392,9 @@ def needed(basis, layer, tolerance):
 
 
 print(
-    f"\nNode ablation on {len(X_eval)} held-out windows ({ablation_seconds:.0f}s): "
-    f"loss (nats) / accuracy, LIB vs PCA (unablated {test_metrics[0]:.3f} / "
-    f"{test_metrics[1]:.3f})"
+    f"\nNode ablation on {len(eval_features)} held-out sequences ({ablation_seconds:.0f}s): "
+    f"loss (nats) / accuracy, LIB vs PCA (unablated {eval_metrics[0]:.3f} / "
+    f"{eval_metrics[1]:.3f})"
 )
 for layer in LAYERS:
     cells = []
@@ -336,12 +409,13 @@ for layer in LAYERS:
 
 # %%
 # Edges each section needs (held-out loss within ``--edge-tolerance`` of all edges).
-# The graph of each basis is computed on ``--edge-samples`` training windows and
-# edges are ablated on as many held-out windows, to keep the time to minutes.
+# The graph of each basis is computed on ``--edge-samples`` training sequences and
+# edges are ablated on as many held-out sequences, to keep the time to minutes.
 edges = {}
 if not args.no_edges:
-    X_edge = X_fit[: args.edge_samples]
-    W_edge = W_test[: args.edge_samples]
+    X_edge = batches(fit_features[: args.edge_samples])
+    edge_features, y_edge = sequences(W_test[: args.edge_samples], args.seed + 2)
+    W_edge = batches(edge_features)
 
     def negative_loss(y_true, logits):  # higher is better, as edges_needed expects
         return -float(next_token_loss(torch.from_numpy(logits), torch.from_numpy(y_true)))
@@ -355,16 +429,16 @@ if not args.no_edges:
         edges[basis.upper()] = edges_needed(
             est,
             graphs[basis],
-            W_edge[:, :T],
-            W_edge[:, 1:],
+            W_edge,
+            y_edge,
             tolerance=args.tolerance,
             scoring=negative_loss,
         )
         edge_seconds[basis] = time.perf_counter() - start
     print(
-        f"\nEdges needed (graph on {len(X_edge)} training windows with "
-        f"n_stochastic_sources={args.edge_sources}; ablation on {len(W_edge)} held-out "
-        f"windows, loss within {args.tolerance} nats; graph + bisection: "
+        f"\nEdges needed (graph on {args.edge_samples} training sequences with "
+        f"n_stochastic_sources={args.edge_sources}; ablation on {len(edge_features)} held-out "
+        f"sequences, loss within {args.tolerance} nats; graph + bisection: "
         f"LIB {graph_seconds['lib']:.0f}s + {edge_seconds['lib']:.0f}s, "
         f"PCA {graph_seconds['pca']:.0f}s + {edge_seconds['pca']:.0f}s):"
     )
@@ -394,7 +468,7 @@ if plt is not None:
     fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 7), squeeze=False)
     for col, layer in enumerate(LAYERS):
         for row, (what, baseline) in enumerate(
-            [("held-out loss (nats)", test_metrics[0]), ("held-out accuracy", test_metrics[1])]
+            [("held-out loss (nats)", eval_metrics[0]), ("held-out accuracy", eval_metrics[1])]
         ):
             ax = axes[row, col]
             lines = {

@@ -22,11 +22,12 @@ from .ablation import (
     n_features_scorer,
     sparsest_faithful,
 )
-from .exceptions import StaleBasisWarning
+from .exceptions import FlattenedPositionsWarning, StaleBasisWarning
 
 __all__ = [
     "AblationCurveDisplay",
     "ActivationTransformer",
+    "FlattenedPositionsWarning",
     "InteractionGraphDisplay",
     "SpectrumDisplay",
     "GraphModules",

@@ -6,6 +6,7 @@ from sklearn.base import _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import _ModelLayerTransformer
+from ._files.fit_file import input_dtypes
 from ._model.batching import saved_bytes_per_sample
 from ._model.capture import inspect_node_layers
 
@@ -15,7 +16,13 @@ class ActivationTransformer(_ModelLayerTransformer):
 
     The counterpart of :class:`LIBTransformer` for baselines: put
     :class:`~sklearn.decomposition.PCA` after it in a ``Pipeline`` to compare
-    ordinary PCA with LIB on the same layer.
+    ordinary PCA with LIB on the same layer.  That is like for like on a
+    layer of shape ``(n, d)`` only: on one with positions (a sequence, a conv
+    map) the PCA fits ``P * d``-wide flattened vectors, whereas LIB's basis
+    is ``d`` wide and shared over the positions.  There the fair baseline is
+    ``LIBTransformer(model, layer, basis="pca")``, and the ablation functions,
+    scorers and displays warn with
+    :class:`~sklearn_lib.exceptions.FlattenedPositionsWarning`.
 
     Parameters
     ----------
@@ -111,6 +118,7 @@ class ActivationTransformer(_ModelLayerTransformer):
             probe = session.inputs(probe)
             shapes, _ = inspect_node_layers(session, probe, [self.layer])
             self.activation_shape_ = shapes[self.layer]
+            self._input_dtypes_ = input_dtypes(probe)  # token ids may take other lengths
             self._choose_batch_size(
                 source,
                 session,
@@ -136,3 +144,26 @@ class ActivationTransformer(_ModelLayerTransformer):
         """
         check_is_fitted(self)
         return self._map_layer(self._source(X), lambda f: f.reshape(f.shape[0], -1))
+
+    def transform_tokens(self, X):
+        """Activations of every real token of ``layer``: one row per token, ``(n_tokens, d)``.
+
+        Rows for a decomposition shared over positions: ``PCA`` fitted on
+        them is the position-shared PCA, the fair baseline of LIB on a
+        sequence layer (as ``LIBTransformer(basis="pca")``), while ``PCA``
+        after :meth:`transform` flattens every position into one vector per
+        sample.  Padded positions are left out; sequences may have any
+        length the model takes.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
+
+        Returns
+        -------
+        activations : ndarray of shape (n_tokens, activation_shape_[-1]), float64
+        index : ndarray of shape (n_tokens, 1 + n_position_axes), int64
+            Each row's sample (its index in ``X``) and position.
+        """
+        check_is_fitted(self)
+        return self._map_tokens(self._source(X), lambda f: f)

@@ -9,6 +9,7 @@ sees an estimator.
 
 import contextlib
 import copy
+import math
 import warnings
 from collections.abc import Mapping
 from numbers import Integral
@@ -18,12 +19,13 @@ import scipy.sparse
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
 from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_array, validate_data
+from sklearn.utils._set_output import _get_output_config
+from sklearn.utils.validation import _check_feature_names, check_array, validate_data
 
 from ._core.validation import StrictInterval, TorchModel, resolve_model
 from ._model.batching import DEFAULT_BATCH_SIZE, auto_batch_size
 from ._model.fingerprint import changed_tensors
-from ._model.inputs import n_rows, take_rows
+from ._model.inputs import has_length, lengths_of, n_rows, same_but_lengths, take_rows
 from ._model.session import ModelSession, outside_inference_mode, resolve_device, resolve_dtype
 from ._model.sources import (
     ArraySource,
@@ -155,19 +157,21 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             X = torch.stack([x.detach() for x in X])  # a list of samples as tensors
         if torch.is_tensor(X):
             X = to_numpy(X)
-        X = validate_data(
-            self,
-            X,
-            reset=reset,
-            dtype="numeric",
-            allow_nd=True,
-            ensure_min_samples=self._min_samples if reset else 1,
-        )
+        checks = dict(dtype="numeric", allow_nd=True)
+        if reset or not _token_ids(X, getattr(self, "_input_dtypes_", None)):
+            X = validate_data(
+                self, X, reset=reset, ensure_min_samples=self._min_samples if reset else 1, **checks
+            )
+        else:
+            # Token ids of any length: n_features_in_ is the fit's length, not a rule.
+            _check_feature_names(self, X, reset=False)
+            X = check_array(X, **checks)
+        shape = tuple(X.shape[1:])
         if reset:
-            self.input_shape_ = tuple(X.shape[1:])
-        elif tuple(X.shape[1:]) != self.input_shape_:
+            self.input_shape_ = shape
+        elif not same_but_lengths(shape, self.input_shape_, has_length(X)):
             raise ValueError(
-                f"X has per-sample shape {tuple(X.shape[1:])}, but {type(self).__name__} "
+                f"X has per-sample shape {shape}, but {type(self).__name__} "
                 f"was fitted on inputs of per-sample shape {self.input_shape_}"
             )
         return X
@@ -187,10 +191,11 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             vars(self).pop("n_features_in_", None)
             self.input_fields_ = list(fields)
             self.input_shape_ = shapes
-        elif shapes != self.input_shape_:
+        elif not same_but_lengths(shapes, self.input_shape_, lengths_of(fields)):
             raise ValueError(
                 f"X has fields of per-sample shapes {shapes}, but {type(self).__name__} was "
-                f"fitted on {self.input_shape_}"
+                f"fitted on {self.input_shape_} (only the lengths of integer fields, such as "
+                "token ids and an attention_mask, may differ)"
             )
         return fields
 
@@ -265,6 +270,40 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             NaN in the columns of padded positions (an ``attention_mask`` among
             the inputs, see :mod:`~sklearn_lib._model.inputs`): they have no features.
         """
+        Z = self._run_map(source, _LayerMap(self.layer, fn))
+        if (
+            Z.shape[1] != self._n_features_out
+            and _get_output_config("transform", self)["dense"] != "default"
+        ):
+            fitted = math.prod(self.activation_shape_[:-1])
+            raise ValueError(
+                f"X has sequences of {Z.shape[1] * fitted // self._n_features_out} positions, "
+                f"but the columns that set_output names are those of the fit's {fitted}: a "
+                "data frame needs one width. Pad X to the fit's length, or use "
+                "transform_tokens for one row per token"
+            )
+        return Z
+
+    @outside_inference_mode
+    def _map_tokens(self, source, fn):
+        """``fn`` applied to the activations of every real token of ``layer``, row by row.
+
+        Parameters
+        ----------
+        fn : callable
+            Maps a float64 tensor of shape (m, d) to one of shape (m, width).
+
+        Returns
+        -------
+        values : ndarray of shape (n_tokens, width), float64
+            One row per real token (every position of every sample without
+            an ``attention_mask``), sample-major, positions in order.
+        index : ndarray of shape (n_tokens, 1 + n_position_axes), int64
+            The sample (its index in ``X``) and the position of each row.
+        """
+        return self._run_map(source, _TokenMap(self.layer, fn))
+
+    def _run_map(self, source, accumulator):
         if not source.ordered:
             warnings.warn(
                 "X is a DataLoader that shuffles its samples: the rows come back in this "
@@ -273,10 +312,22 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 stacklevel=user_stacklevel(),
             )
         session = self._session()
-        (result,) = session.run_pass(
-            source, [_LayerMap(self.layer, fn)], f"transform {self.layer!r}"
-        )
+        (result,) = session.run_pass(source, [accumulator], f"transform {self.layer!r}")
         return result
+
+
+def _token_ids(X, fitted):
+    """Whether array-like ``X`` holds sequences whose length may differ from the fit's.
+
+    Token ids, as the fit's inputs were (``fitted``: the estimator's
+    ``_input_dtypes_``, ``"float"`` for float inputs).
+    """
+    if fitted == "float":
+        return False
+    try:
+        return has_length(np.asarray(X))
+    except (TypeError, ValueError):  # ragged or odd: validation names the problem
+        return False
 
 
 def _is_fitted_attribute(name):
@@ -296,26 +347,68 @@ class _LayerMap:
         f = acts[self.reads[0]]
         valid = batch.valid(f.shape[1:])
         f = f.reshape(f.shape[0], -1, f.shape[-1]).to(torch.float64)
-        out = self.fn(f)
+        out = self.fn(f).reshape(f.shape[0], f.shape[1], -1)  # (n, P, per position)
         if valid is not None:
-            out = out.reshape(f.shape[0], f.shape[1], -1)  # (n, P, per position)
             out = out.masked_fill(~valid.reshape(f.shape[0], -1, 1), float("nan"))
-            out = out.reshape(f.shape[0], -1)
         self.parts.append(out.cpu().numpy())
 
     def result(self):
-        return np.concatenate(self.parts)
+        return join_positions(self.parts)
 
 
-def map_arrays(A, fn):
+class _TokenMap:
+    """Accumulator that maps the activations of each real token and keeps them with their index."""
+
+    def __init__(self, layer, fn):
+        self.reads = (layer,)
+        self.fn = fn
+        self.values, self.index = [], []
+
+    def update(self, batch, acts):
+        f = acts[self.reads[0]]
+        valid = batch.valid(f.shape[1:])
+        if valid is None:
+            valid = torch.ones(f.shape[:-1], dtype=torch.bool, device=f.device)
+        index = valid.nonzero()  # (m, 1 + position axes), row-major: sample, then positions
+        self.values.append(self.fn(f[valid].to(torch.float64)).cpu().numpy())
+        index[:, 0] += batch.start
+        self.index.append(index.cpu().numpy())
+
+    def result(self):
+        return np.concatenate(self.values), np.concatenate(self.index)
+
+
+def join_positions(parts):
+    """Batches ``(n_i, P_i, w)`` as rows ``(sum n_i, P * w)``, ``P`` the most positions.
+
+    Sequences of a stream may differ in length from batch to batch: a
+    shorter batch's missing positions are NaN, as padded positions are.
+    """
+    longest = max(part.shape[1] for part in parts)
+    padded = [
+        np.pad(part, [(0, 0), (0, longest - part.shape[1]), (0, 0)], constant_values=np.nan)
+        if part.shape[1] < longest
+        else part
+        for part in parts
+    ]
+    joined = np.concatenate(padded)
+    return joined.reshape(joined.shape[0], -1)
+
+
+def map_arrays(A, fn, width=None):
     """``fn(A)`` for an array-like, or ``fn`` of each batch of a stream, concatenated.
 
     For methods that take activations or features rather than model inputs
-    (no model runs).
+    (no model runs).  ``width`` (the columns of one position in ``fn``'s
+    result) joins batches of different lengths, NaN-padded
+    (:func:`join_positions`).
     """
-    if is_stream(A):
-        return np.concatenate([fn(batch) for _, batch in StreamSource(A).batches()])
-    return fn(A)
+    if not is_stream(A):
+        return fn(A)
+    parts = [fn(batch) for _, batch in StreamSource(A, values=width is not None).batches()]
+    if width is None:
+        return np.concatenate(parts)
+    return join_positions([part.reshape(part.shape[0], -1, width) for part in parts])
 
 
 def check_activations(A, shape, owner):
@@ -323,18 +416,26 @@ def check_activations(A, shape, owner):
 
     Accepts ``(n, *shape)`` or flattened ``(n, prod(shape))``; returns a
     float64 array of shape ``(n, P, d)``.  NaN may fill whole positions
-    (padded ones, as :class:`ActivationTransformer` returns them).
+    (padded ones, as :class:`ActivationTransformer` returns them).  A layer
+    with one axis of positions (a sequence) takes any length ``T``:
+    ``(n, T, d)`` or ``(n, T * d)``.
     """
     A = check_array(
         A, allow_nd=True, dtype=np.float64, input_name="A", ensure_all_finite="allow-nan"
     )
+    shape, d = tuple(shape), shape[-1]
     flat = int(np.prod(shape))
-    if tuple(A.shape[1:]) != tuple(shape) and not (A.ndim == 2 and A.shape[1] == flat):
+    if len(shape) == 2:  # a sequence: any length
+        fits = A.shape[2:] == (d,) if A.ndim == 3 else A.ndim == 2 and A.shape[1] % d == 0
+    else:
+        fits = tuple(A.shape[1:]) == shape or (A.ndim == 2 and A.shape[1] == flat)
+    if not fits:
+        also = f" or (T, {d}) of any length T" if len(shape) == 2 else ""
         raise ValueError(
             f"Activations of per-sample shape {tuple(A.shape[1:])} do not match the "
-            f"layer {owner} was fitted on: {tuple(shape)} (or {flat} flattened)"
+            f"layer {owner} was fitted on: {shape}{also} (or flattened)"
         )
-    return check_padded_positions(A.reshape(A.shape[0], -1, shape[-1]), "A")
+    return check_padded_positions(A.reshape(A.shape[0], -1, d), "A")
 
 
 def check_padded_positions(values, name):

@@ -89,7 +89,9 @@ def _spectrum_of(source, layer=None):
     ``TruncatedSVD``); anything else is taken as an array of eigenvalues.
     """
     if takes_estimator(source):
-        basis = fitted(source, layer).basis  # refuses unfitted estimators by name
+        state = fitted(source, layer)  # refuses unfitted estimators by name
+        state.warn_if_positions_flattened()
+        basis = state.basis
         kind = "LIB Lambda" if basis.kind == "lib" else "PCA variance"
         return basis.lambdas, f"{kind} of {basis.name!r}", basis.name
     if isinstance(source, BaseEstimator):
@@ -235,7 +237,9 @@ class SpectrumDisplay:
             Fitted.  A ``LIBTransformer`` gives the Lambda of ``layer`` (the
             variances for ``basis="pca"``); a ``Pipeline`` starting with one
             gives the same; ``Pipeline([ActivationTransformer, PCA])`` and a
-            ``PCA`` give their variances.
+            ``PCA`` give their variances (the pipeline warns with
+            :class:`~sklearn_lib.exceptions.FlattenedPositionsWarning` on a
+            layer with positions, whose variances are of flattened vectors).
         pca : same types as ``lib``, optional
             A second spectrum on the same axes, typically a PCA of the same
             layer.
@@ -391,7 +395,8 @@ class AblationCurveDisplay:
         ----------
         estimator : LIBTransformer or Pipeline
             Fitted: a ``LIBTransformer``, a ``Pipeline`` starting with one, or
-            ``Pipeline([ActivationTransformer, PCA, ...])``.
+            ``Pipeline([ActivationTransformer, PCA, ...])`` (which warns with
+            ``FlattenedPositionsWarning`` on a layer with positions).
         X : array-like, dict of them, DataLoader or iterable of batches
             Model inputs (the paper evaluates on the test split).
         y : array-like, default=None
@@ -418,6 +423,7 @@ class AblationCurveDisplay:
         AblationCurveDisplay
         """
         pyplot()  # before the ablation passes, not after them
+        # ablation_curve warns of a PCA of flattened positions, once.
         basis = fitted(estimator, layer).basis
         n, scores = ablation_curve(
             estimator, X, y, n_features=n_features, layer=layer, scoring=scoring, verbose=verbose

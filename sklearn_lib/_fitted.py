@@ -10,8 +10,14 @@ into the file's record (:class:`~sklearn_lib._files.fit_file.SavedFit`) and
 back.  No module outside the estimators (``_base``, ``_lib``,
 ``_activation`` and this one) reads an estimator's private methods or
 attributes.
+
+On a layer with positions, the PCA pipeline's basis is not comparable with
+LIB's (see :meth:`Fitted.warn_if_positions_flattened`): the functions that
+compare bases warn, once per call.
 """
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +30,7 @@ from ._core.nodes import OUTPUT_NODE
 from ._core.validation import check_section
 from ._fitting.basis import NodeBasis
 from ._lib import LIBTransformer
+from .exceptions import FlattenedPositionsWarning, user_stacklevel
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,56 @@ class Fitted:
     def source(self, X):
         """Validated batches of the model inputs ``X``."""
         return self.owner._source(X)
+
+    def warn_if_positions_flattened(self):
+        """Warn when the basis is a PCA of a layer's positions flattened together.
+
+        ``Pipeline([ActivationTransformer, PCA])`` on a layer of shape
+        ``(*positions, d)`` with more than one position fits ``P * d``-wide
+        vectors, one per sample, where LIB (and ``basis="pca"``) fits one
+        ``d``-wide basis shared over the positions: their curves, counts and
+        spectra do not compare.  Warns with
+        :class:`~sklearn_lib.exceptions.FlattenedPositionsWarning` at the
+        user's line; a LIB state or a single-position layer is silent.
+        """
+        if self.is_lib:
+            return
+        shape = tuple(self.owner.activation_shape_)
+        if len(shape) < 2 or math.prod(shape[:-1]) <= 1:
+            return
+        warnings.warn(
+            _flattened_message(self.owner, shape),
+            FlattenedPositionsWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def _flattened_message(acts, shape):
+    """What :meth:`Fitted.warn_if_positions_flattened` says of ``acts`` (an
+    ActivationTransformer) whose activations have ``shape``: the layer, its
+    positions and width, and the ``LIBTransformer`` call of the fair baseline."""
+    *positions, d = shape
+    n_positions = math.prod(positions)
+    where = f"{n_positions} positions"
+    if len(positions) > 1:  # a conv map: name its grid too
+        where += f" ({' x '.join(map(str, positions))})"
+    # The settings that pick the same activations and output, so the
+    # suggested call can be pasted as it is.
+    settings = {
+        "capture": (acts.capture, "input"),
+        "output": (acts.output, None),
+        "forward_kwargs": (acts.forward_kwargs, None),
+        "feature_axis": (acts.feature_axis, None),
+    }
+    options = "".join(
+        f", {name}={value!r}" for name, (value, default) in settings.items() if value != default
+    )
+    return (
+        f"PCA on {acts.layer!r} flattened {where} x {d} features into one "
+        f"{n_positions * d}-wide vector per sample: its features are not shared over "
+        "positions as LIB's are, so the comparison is not like for like; compare with "
+        f"LIBTransformer(model, {acts.layer!r}{options}, basis='pca'), the position-shared PCA"
+    )
 
 
 def takes_estimator(obj):

@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions, va
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._analysis.ablate import node_ablation_scores
-from ._analysis.edges import graph_sections, interaction_graph
+from ._analysis.edges import interaction_graph
 from ._analysis.graph import InteractionGraph
 from ._base import (
     _ModelLayerTransformer,
@@ -18,14 +18,16 @@ from ._base import (
     check_padded_positions,
     map_arrays,
 )
-from ._core.nodes import OUTPUT_NODE
+from ._core.nodes import OUTPUT_NODE, sections_of
 from ._core.validation import StrictInterval
 from ._files import fit_file
 from ._files.fit_file import input_dtypes
 from ._files.npz import as_path
 from ._fitting.fit import FitSettings, bytes_per_sample, fit_bases, inspect, plan_fit
 from ._fitting.plan import announce
+from ._model.capture import node_shapes
 from ._model.session import resolve_device
+from ._model.sources import ArraySource
 from ._routes.integration import INTEGRATION_RULES, integration_rule, rule_tensors
 from ._routes.table import JACOBIAN_ROUTES, decide_routes
 
@@ -196,9 +198,11 @@ class LIBTransformer(_ModelLayerTransformer):
     n_components_ : int
         Number of kept features.
     activation_shape_ : tuple
-        Per-sample shape ``(*positions, n_features)`` of ``layer``'s activations.
+        Per-sample shape ``(*positions, n_features)`` of ``layer``'s
+        activations on the fit's first batch (sequences of other lengths
+        are accepted everywhere, see Notes).
     n_positions_ : int
-        Number of positions (1 for a plain ``(n, d)`` layer).
+        Number of positions of ``activation_shape_`` (1 for a plain ``(n, d)`` layer).
     bases_ : dict of str to NodeBasis
         Every fitted basis in forward order: ``layer``, each downstream layer,
         and ``"output"``.  Each holds the full matrix, pseudo-inverse, mean,
@@ -242,6 +246,17 @@ class LIBTransformer(_ModelLayerTransformer):
     and score, so a padded batch gives the basis of its unpadded sequences.
     ``transform`` returns NaN in the columns of padded positions.  Node
     layers of other shapes (a pooled ``(n, d)``) count every sample.
+
+    Lengths: sequences of token ids (integer fields, their first axis after
+    the batch axis) may differ in length between the batches of a stream
+    (as ``DataCollatorWithPadding`` pads each batch to its own longest) and
+    between ``fit`` and later calls.  Nothing fitted depends on a position
+    or a length (one basis and one mean for every position), so a fit on
+    dynamically padded batches equals the fit on the same sequences padded
+    to one length.  ``transform`` of inputs of length ``T`` has ``T *
+    n_components_`` columns (a stream of several lengths: those of its
+    longest, NaN beyond each sequence); :meth:`transform_tokens` gives one
+    row per real token instead.
 
     The constant (bias) direction of the paper is not a feature here: with
     centring, the non-constant features and their ``Lambda`` do not depend on
@@ -398,7 +413,8 @@ class LIBTransformer(_ModelLayerTransformer):
         self._choose_batch_size(
             source, session, lambda: bytes_per_sample(session, probe, sections, plan)
         )
-        plan = plan.with_batch_size(self.batch_size_)
+        # A stream brings its own batches: the plan names a size only for arrays.
+        plan = plan.with_batch_size(self.batch_size_ if isinstance(source, ArraySource) else None)
         announce(plan, session.progress, routes)
         result = fit_bases(session, source, sections, plan, routes, settings)
         if self.compute_graph:
@@ -630,15 +646,78 @@ class LIBTransformer(_ModelLayerTransformer):
         Parameters
         ----------
         X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
-            Model inputs of the per-sample shape seen in ``fit``.
+            Model inputs of the per-sample shape seen in ``fit``; sequences
+            of token ids may have any length the model takes.
 
         Returns
         -------
-        ndarray of shape ``(n_samples, n_positions_ * n_components_)``
-            Position-major columns (see Notes of the class).
+        ndarray of shape ``(n_samples, T * n_components_)``
+            Position-major columns (see Notes of the class), ``T`` the
+            positions of ``X`` (``n_positions_`` at the fit's length; the
+            longest batch's for a stream of several lengths, NaN beyond
+            each sequence).
         """
         check_is_fitted(self)
         return self._map_layer(self._source(X), self._project)
+
+    def transform_tokens(self, X):
+        """LIB features of every real token of ``layer``: one row per token, not per sample.
+
+        The natural table of a sequence (or of a feature map's locations):
+        ``(n_tokens, n_components_)``, whatever the lengths of the sequences
+        in ``X``, padded positions left out (an ``attention_mask`` marks
+        them).  Its rows are what every average of the fit runs over, so each
+        feature's variance over them is its ``Lambda`` on the fitting data.
+        Streamed: memory holds the result, never a padded ``(n, T, k)`` table.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
+            Model inputs; sequences of any length the model takes.
+
+        Returns
+        -------
+        features : ndarray of shape (n_tokens, n_components_)
+            Sample-major, positions in order within a sample.
+        index : ndarray of shape (n_tokens, 1 + n_position_axes), int64
+            Row ``r``'s sample (its index in ``X``) and position: ``(sample, t)``
+            for a sequence, ``(sample, h, w)`` for a feature map.
+
+        See Also
+        --------
+        inverse_transform_tokens : Activations of each token from its features.
+        """
+        check_is_fitted(self)
+        return self._map_tokens(self._source(X), lambda f: self._project(f[:, None]))
+
+    def inverse_transform_tokens(self, Z):
+        """Activations of tokens from their LIB features, ``(n_tokens, n_features)``.
+
+        The inverse of :meth:`transform_tokens` on the kept features (the
+        dropped ones mean-ablated), as :meth:`inverse_transform` is of
+        :meth:`transform`.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_tokens, n_components_)
+            Or a stream of such batches.
+
+        Returns
+        -------
+        ndarray of shape (n_tokens, n_features)
+        """
+        check_is_fitted(self)
+
+        def reconstruct(batch):
+            Z = check_array(batch, dtype=np.float64, input_name="Z")
+            if Z.shape[1] != self.n_components_:
+                raise ValueError(
+                    f"Z has {Z.shape[1]} columns, but inverse_transform_tokens expects "
+                    f"{self.n_components_} (n_components_, one row per token)"
+                )
+            return self._reconstruct(Z)
+
+        return map_arrays(Z, reconstruct)
 
     def transform_activations(self, A):
         """LIB features of raw activations: ``(A - mean_) @ components_.T``.
@@ -648,11 +727,12 @@ class LIBTransformer(_ModelLayerTransformer):
         Parameters
         ----------
         A : array-like of shape ``(n_samples, *activation_shape_)`` or (n_samples, P * d)
-            Or a stream of such batches.
+            Or a stream of such batches; a sequence layer takes any length
+            ``T``, ``(n_samples, T, d)`` or ``(n_samples, T * d)``.
 
         Returns
         -------
-        ndarray of shape ``(n_samples, n_positions_ * n_components_)``
+        ndarray of shape ``(n_samples, P * n_components_)``
         """
         check_is_fitted(self)
 
@@ -660,7 +740,7 @@ class LIBTransformer(_ModelLayerTransformer):
             batch = check_activations(batch, self.activation_shape_, type(self).__name__)
             return self._project(torch.from_numpy(batch)).numpy()
 
-        return map_arrays(A, project)
+        return map_arrays(A, project, width=self.n_components_)
 
     def _project(self, f):
         """(n, P, d) float64 tensor -> (n, P * k) features."""
@@ -678,13 +758,15 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        X : array-like of shape ``(n_samples, n_positions_ * n_components_)``
-            Or a stream of such batches.  Positions whose columns are all NaN
-            (padded ones, as ``transform`` returns them) stay NaN.
+        X : array-like of shape ``(n_samples, T * n_components_)``
+            Or a stream of such batches; any ``T`` for a layer with one axis
+            of positions (a sequence), ``n_positions_`` otherwise.  Positions
+            whose columns are all NaN (padded ones, as ``transform`` returns
+            them) stay NaN.
 
         Returns
         -------
-        ndarray of shape ``(n_samples, n_positions_ * n_features)``
+        ndarray of shape ``(n_samples, T * n_features)``
             Activations flattened per sample, position-major (as
             :class:`ActivationTransformer` returns them).
         """
@@ -692,18 +774,30 @@ class LIBTransformer(_ModelLayerTransformer):
 
         def reconstruct(batch):
             Z = check_array(batch, dtype=np.float64, input_name="X", ensure_all_finite="allow-nan")
-            if Z.shape[1] != self._n_features_out:
-                raise ValueError(
-                    f"X has {Z.shape[1]} features, but inverse_transform expects "
-                    f"{self._n_features_out} (n_positions_ * n_components_)"
-                )
-            Z = Z.reshape(Z.shape[0], self.n_positions_, self.n_components_)
-            Z = check_padded_positions(Z, "X")  # NaN positions stay NaN
-            if self.whiten:
-                Z = Z * np.sqrt(self.lambdas_)
-            return (Z @ self.inverse_components_ + self.mean_).reshape(Z.shape[0], -1)
+            Z = Z.reshape(Z.shape[0], self._positions_of(Z.shape[1]), self.n_components_)
+            return self._reconstruct(check_padded_positions(Z, "X")).reshape(Z.shape[0], -1)
 
-        return map_arrays(X, reconstruct)
+        return map_arrays(X, reconstruct, width=self.activation_shape_[-1])
+
+    def _positions_of(self, width):
+        """The positions of ``width`` feature columns: any length for a sequence layer."""
+        k = self.n_components_
+        if len(self.activation_shape_) == 2 and width % k == 0 and width:
+            return width // k
+        if width != self._n_features_out:
+            expected = (
+                f"a multiple of {k} (n_components_ per position)"
+                if len(self.activation_shape_) == 2
+                else f"{self._n_features_out} (n_positions_ * n_components_)"
+            )
+            raise ValueError(f"X has {width} features, but inverse_transform expects {expected}")
+        return self.n_positions_
+
+    def _reconstruct(self, Z):
+        """Activations ``(..., d)`` of features ``(..., k)``; NaN rows stay NaN."""
+        if self.whiten:
+            Z = Z * np.sqrt(self.lambdas_)
+        return Z @ self.inverse_components_ + self.mean_
 
     # -- interaction graph -------------------------------------------------------------
     @validate_params(
@@ -768,10 +862,10 @@ class LIBTransformer(_ModelLayerTransformer):
             "integration": self.integration if integration is None else integration,
             "n_intervals": self.n_intervals if n_intervals is None else n_intervals,
         }
-        sections = graph_sections(bases)
-        routes = self._routes(
-            session, session.inputs(probe), sections, {"tangents", "rows"}, **rule
-        )
+        names = [basis.name for basis in bases[:-1]]
+        probe = session.inputs(probe)
+        sections = sections_of(names, *node_shapes(session, probe, names))
+        routes = self._routes(session, probe, sections, {"tangents", "rows"}, **rule)
         return interaction_graph(
             session, source, bases, routes, n_stochastic_sources=n_stochastic_sources, **rule
         )
@@ -792,9 +886,12 @@ class LIBTransformer(_ModelLayerTransformer):
             Class labels.  Given, the score is the accuracy of the argmax of
             the last output axis of the ablated model.  Without ``y`` it is
             the coefficient of determination ``1 - SSE / SST`` of the ablated
-            outputs against the original outputs, pooled over all output
-            entries (``r2_score(..., multioutput="variance_weighted")``):
-            1 is perfect, higher is better.  R² needs at least 2 samples
+            outputs against the original outputs, with every output row (a
+            sample, or each real token of a sequence) one observation and
+            one mean per output feature (``r2_score(rows, ...,
+            multioutput="variance_weighted")``), so padding, on either side
+            and of any length, does not change it: 1 is perfect, higher is
+            better.  R² needs at least 2 samples
             whose outputs vary; otherwise it is undefined and ``score``
             raises a ``ValueError`` (give ``y`` for accuracy instead).
 

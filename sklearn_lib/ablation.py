@@ -7,7 +7,11 @@ how well the model still works.  Every function here takes a fitted
 ablation also takes a ``Pipeline`` of
 :class:`~sklearn_lib.ActivationTransformer` and a fitted
 :class:`~sklearn.decomposition.PCA`, so a plain sklearn PCA lands on the same
-axis.
+axis.  On a layer with positions (a sequence's, a conv map's) that PCA
+flattens them into one vector per sample, a decomposition LIB's
+position-shared basis does not compare with: these functions then warn with
+:class:`~sklearn_lib.exceptions.FlattenedPositionsWarning`, naming the fair
+baseline, ``LIBTransformer(model, layer, basis="pca")``.
 
 Scores (``scoring``): None means accuracy of the argmax of the model's last
 output axis when ``y`` holds class labels, and the pooled R² of the ablated
@@ -77,7 +81,8 @@ def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None
     ----------
     estimator : LIBTransformer or Pipeline
         Fitted: a ``LIBTransformer`` (any ``basis``), a ``Pipeline`` starting
-        with one, or ``Pipeline([ActivationTransformer, PCA, ...])``.
+        with one, or ``Pipeline([ActivationTransformer, PCA, ...])`` (which
+        warns with ``FlattenedPositionsWarning`` on a layer with positions).
     X : array-like of shape (n_samples, ...), dict of them, DataLoader or iterable of batches
         Model inputs (the paper evaluates on the test split).
     y : array-like, default=None
@@ -114,6 +119,7 @@ def ablation_curve(estimator, X, y=None, *, n_features, layer=None, scoring=None
     """
     state = fitted(estimator, layer)
     n_features = check_counts(n_features, "n_features")
+    state.warn_if_positions_flattened()
     session = state.session(verbose=verbose)
     return n_features, node_ablation_scores(
         session, state.source(X), state.basis, n_features, y, scoring
@@ -299,6 +305,7 @@ def features_needed(
         ``n_needed`` features of ``n_total`` (all non-null features).
     """
     state = fitted(estimator, layer)
+    state.warn_if_positions_flattened()
     session, source, basis = state.session(verbose=verbose), state.source(X), state.basis
     available = basis.matrix.shape[1]
 
@@ -317,18 +324,25 @@ def faithfulness_scorer(estimator, X, y=None):
 
     Usable as ``scoring`` in :class:`~sklearn.model_selection.GridSearchCV`
     for a ``LIBTransformer``, a ``Pipeline`` starting with one, or
-    ``Pipeline([ActivationTransformer, PCA, ...])``.  Accuracy with labels,
-    pooled R² of the outputs without.
+    ``Pipeline([ActivationTransformer, PCA, ...])`` (which warns with
+    ``FlattenedPositionsWarning`` on a layer with positions).  Accuracy with
+    labels, pooled R² of the outputs without.
     """
     state = fitted(estimator)
+    state.warn_if_positions_flattened()
     basis = state.basis
     scores = node_ablation_scores(state.session(), state.source(X), basis, [basis.n_components], y)
     return float(scores[0])
 
 
 def n_features_scorer(estimator, X=None, y=None):
-    """Scorer: minus the number of kept features (higher means sparser)."""
-    return -float(fitted(estimator).basis.n_components)
+    """Scorer: minus the number of kept features (higher means sparser).
+
+    Takes the estimators :func:`faithfulness_scorer` takes, and warns as it does.
+    """
+    state = fitted(estimator)
+    state.warn_if_positions_flattened()
+    return -float(state.basis.n_components)
 
 
 @validate_params(

@@ -25,6 +25,21 @@ class StaleBasisWarning(UserWarning):
     """
 
 
+class FlattenedPositionsWarning(UserWarning):
+    """A PCA of a layer with positions compares flattened activations with LIB.
+
+    ``Pipeline([ActivationTransformer, PCA])`` fits one ``P * d``-wide vector
+    per sample (the layer's ``P`` positions, or a conv map's locations,
+    flattened together), whereas LIB's basis is ``d`` wide and shared over
+    the positions, fitted on ``n * P`` rows.  Their ablation curves, feature
+    counts and spectra then measure different decompositions.  The fair
+    baseline is ``LIBTransformer(model, layer, basis="pca")``, the
+    position-shared PCA.  The ablation functions, scorers and displays warn
+    rather than refuse, since the flattened PCA may be wanted on purpose;
+    silence it with ``warnings.simplefilter("ignore", FlattenedPositionsWarning)``.
+    """
+
+
 def user_stacklevel():
     """The ``stacklevel`` at which ``warnings.warn`` names the user's line, not ours.
 

@@ -2,6 +2,7 @@
 
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -440,3 +441,33 @@ def tiny_bert(seed=0):
         attn_implementation="eager",
     )
     return transformers.BertModel(config, add_pooling_layer=False)
+
+
+def tiny_tokenizer(vocab_size, pad_token_id=0):
+    """A Hugging Face fast tokenizer over ``vocab_size`` made-up tokens ``t0, t1, ...``.
+
+    Built in memory (nothing downloaded), for what collators need of a
+    tokenizer: its padding (``pad_token_id``, right side by default).
+    """
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    pad = f"t{pad_token_id}"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token=pad)),
+        pad_token=pad,
+        unk_token=pad,
+    )
+
+
+def token_features(lengths, vocab_size, seed=0, low=2):
+    """Pre-tokenised samples of the given lengths, as a Hugging Face data set's rows."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "input_ids": rng.integers(low, vocab_size, size=length).tolist(),
+            "attention_mask": [1] * length,
+        }
+        for length in lengths
+    ]

@@ -15,7 +15,7 @@ import torch
 from .._core.nodes import OUTPUT_NODE
 from .._core.numerics import CHUNK_ELEMENTS
 from .._model.session import outside_inference_mode
-from .scoring import check_labels, make_scorer
+from .scoring import IGNORE_INDEX, check_labels, make_scorer
 
 
 class _Ablation:
@@ -57,7 +57,7 @@ class _Ablation:
             raise ValueError(
                 f"y has {len(self.y)} samples, but X has at least {batch.stop}; they must match"
             )
-        return targets
+        return _trimmed(targets, output_shape)
 
     def result(self):
         if self.y is not None and self.count != len(self.y):
@@ -92,10 +92,20 @@ class NodeAblation(_Ablation):
             )
         self.session, self.layer, self.n_features = session, basis.name, n_features
         self.mean, self.matrix, self.pinv = basis.tensors(session.device, kept=False)
+        # A basis without positions takes one row per sample, of its whole width.
+        self.per_sample = len(basis.shape) == 1
 
     def update(self, batch, acts):
         self.count += batch.n
         f, original = acts[self.layer], acts.get(OUTPUT_NODE)
+        if self.per_sample and f[0].numel() != self.mean.shape[0]:
+            raise ValueError(
+                f"The basis of {self.layer!r} is {self.mean.shape[0]} wide, one row per sample "
+                f"(a PCA of activations flattened per sample), but a batch has activations of "
+                f"shape {tuple(f.shape[1:])} there: sequences of another length than the fit's. "
+                "A flattened PCA takes only the length it was fitted on; "
+                "LIBTransformer(..., basis='pca') takes any"
+            )
         # Rows of the basis' width: one per position (D = d), or one per
         # sample for a PCA on flattened activations (D = P * d).
         centred = f.to(torch.float64).reshape(f.shape[0], -1, self.mean.shape[0]) - self.mean
@@ -192,6 +202,30 @@ class EdgeAblation(_Ablation):
             values = (picked * columns.view(cview)).sum(-1)  # (m, n, *pos_out)
             result[..., features] = torch.movedim(values, 0, -1)
         return result
+
+
+def _trimmed(targets, output_shape):
+    """A batch's labels cut to its sequence length, where ``y`` is padded for longer ones.
+
+    Batches of a dynamically padded stream differ in length, and one array
+    ``y`` holds the labels of all of them, padded to the longest with
+    :data:`~sklearn_lib._analysis.scoring.IGNORE_INDEX` on the right.
+    """
+    length = output_shape[0] if len(output_shape) >= 2 else None
+    if length is None or targets.ndim < 2 or targets.shape[1] == length:
+        return targets
+    if targets.shape[1] < length:
+        raise ValueError(
+            f"y has labels at {targets.shape[1]} positions, but a batch of X has sequences of "
+            f"{length}: pad y on the right with {IGNORE_INDEX} to the longest sequence"
+        )
+    if np.any(targets[:, length:] != IGNORE_INDEX):
+        raise ValueError(
+            f"y has labels at {targets.shape[1]} positions, but a batch of X has sequences of "
+            f"{length}: labels beyond a batch's length must be {IGNORE_INDEX} (y padded on the "
+            "right for the longest batch)"
+        )
+    return targets[:, :length]
 
 
 def _check_label_order(source, y):

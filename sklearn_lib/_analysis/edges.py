@@ -7,10 +7,10 @@ route table's routes.
 """
 
 from .._core.distributed import row_average
-from .._core.nodes import Section
+from .._core.nodes import Section, n_positions
 from .._fitting.stochastic import edge_sources
 from .._model.session import outside_inference_mode
-from .._routes.cotangents import Cotangents
+from .._routes.cotangents import Cotangents, batch_cotangents, section_reads
 from .._routes.integration import integration_rule, rule_tensors
 from .._routes.jacobian import SectionJacobian
 from .graph import InteractionGraph
@@ -31,22 +31,31 @@ class EdgeAccumulator:
     n_stochastic_sources : int or None
         Random +-1 projections over the output positions per batch, instead
         of the exact sum over them (:func:`~sklearn_lib._fitting.stochastic.edge_sources`).
+    lengths_vary : bool or None, default=False
+        Whether batches may differ in sequence length (see
+        :func:`~sklearn_lib._routes.cotangents.section_reads`).
     """
 
-    def __init__(self, session, route, src, dst, rule, n_stochastic_sources=None):
+    def __init__(
+        self, session, route, src, dst, rule, *, n_stochastic_sources=None, lengths_vary=False
+    ):
         self.session, self.src, self.rule = session, src, rule
-        self.reads = (src.name,)
+        self.route_section = route.section
+        self.reads = section_reads(route.section, lengths_vary)
         self.key = (src.name, dst.name)
         self.sources = n_stochastic_sources
         self.section = SectionJacobian(session, route)
         self.src_tensors = src.tensors(session.device)
-        self.exact = Cotangents(dst.tensors(session.device, session.dtype)[1], dst.n_positions)
+        # At the positions of the call's probe, which may differ from the fit's.
+        matrix = dst.tensors(session.device, session.dtype)[1]
+        self.exact = Cotangents(matrix, n_positions(route.section.dst_shape))
         self.total = 0
         self.rows = 0
         self.count = 0
 
     def update(self, batch, acts):
-        cotangents = edge_sources(self.exact, self.sources, self.session.generator)
+        exact = batch_cotangents(self.exact, self.route_section, acts)
+        cotangents = edge_sources(exact, self.sources, self.session.generator)
         f = acts[self.src.name]
         self.total = self.total + self.section.edge_sums(
             batch.x, f, self.src_tensors, cotangents, self.rule
@@ -105,9 +114,11 @@ def interaction_graph(
     """
     rule = rule_tensors(integration_rule(integration, n_intervals), session.device)
     found = dict(known or {})
-    sections = graph_sections(bases)
+    # The routes' sections hold the shapes of the call's data.
+    sections = [routes[section].section for section in graph_sections(bases)]
+    sources = {"n_stochastic_sources": n_stochastic_sources, "lengths_vary": source.lengths_vary}
     accumulators = [
-        EdgeAccumulator(session, routes[section], src, dst, rule, n_stochastic_sources)
+        EdgeAccumulator(session, routes[section], src, dst, rule, **sources)
         for section, src, dst in zip(sections, bases[:-1], bases[1:])
         if (src.name, dst.name) not in found
     ]
@@ -116,15 +127,20 @@ def interaction_graph(
         what = "edges " + ", ".join(f"{acc.key[0]!r} -> {acc.key[1]!r}" for acc in accumulators)
         results = session.run_pass(source, accumulators, what)
         found.update((acc.key, result) for acc, result in zip(accumulators, results))
-    keys = [(s.src, s.dst) for s in sections]
-    edges = {key: found[key][0] for key in keys}
-    nodes = [basis.name for basis in bases]
-    lambdas = {basis.name: basis.lambdas[: basis.n_components].copy() for basis in bases}
     info = {
         "basis": bases[0].kind,
         "integration": integration,
         "n_intervals": int(n_intervals),
         "n_stochastic_sources": n_stochastic_sources,
-        "n_samples": found[keys[0]][1],
     }
-    return InteractionGraph(nodes, lambdas, edges, info)
+    return _graph(bases, [(s.src, s.dst) for s in sections], found, info)
+
+
+def _graph(bases, keys, found, info):
+    """The :class:`InteractionGraph` of ``bases`` from the edges ``(E, N)`` ``found`` by key."""
+    return InteractionGraph(
+        [basis.name for basis in bases],
+        {basis.name: basis.lambdas[: basis.n_components].copy() for basis in bases},
+        {key: found[key][0] for key in keys},
+        {**info, "n_samples": found[keys[0]][1]},
+    )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._drawing.graph_display import InteractionGraphDisplay, feature_names
 from .._files.graph_file import read_graph, write_graph
 from .communities import graph_modules, to_networkx
 
@@ -60,8 +61,37 @@ class InteractionGraph:
         mask[order[:n_edges]] = True
         return mask.reshape(E.shape)
 
-    def summary(self, top=5):
-        """A short text description: features, edge totals and the strongest edges."""
+    def summary(self, top=5, labels=None):
+        """A short text description: features, edge totals and the strongest edges.
+
+        Parameters
+        ----------
+        top : int, default=5
+            Strongest edges listed per section (ties in row-major order).
+        labels : tokenizer, sequence of str, dict or None, default=None
+            Text for features, written after their index in the edge lines
+            (``ln_f[3] -> output[12 'the']: 0.53``): alone, a tokenizer (with
+            ``decode`` or ``convert_ids_to_tokens``) or a vocabulary (sequence
+            of str) for the model output's token ids, which its features are in
+            the identity output basis only; ``{node: labels}`` for any node.
+            As :class:`~sklearn_lib.InteractionGraphDisplay` takes them, with
+            the same errors.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_lib import InteractionGraph
+        >>> graph = InteractionGraph(
+        ...     ["h", "output"], {"h": np.array([2.0, 1.0]), "output": np.ones(3)},
+        ...     {("h", "output"): np.array([[0.0, 0.0], [0.0, 0.5], [2.0, 0.0]])})
+        >>> print(graph.summary(top=1, labels=["a", "the", "cat"]).splitlines()[-1])
+            h[0] -> output[2 'cat']: 2
+        """
+        names = feature_names(self, labels)
         lines = [f"InteractionGraph with {len(self.nodes)} node layers ({self.info})"]
         for node in self.nodes:
             lam = self.lambdas[node]
@@ -78,7 +108,7 @@ class InteractionGraph:
             )
             for idx in np.argsort(-E, axis=None, kind="stable")[:top]:
                 i, j = np.unravel_index(idx, E.shape)
-                lines.append(f"    {src}[{j}] -> {dst}[{i}]: {E[i, j]:.4g}")
+                lines.append(f"    {src}[{names[src](j)}] -> {dst}[{names[dst](i)}]: {E[i, j]:.4g}")
         return "\n".join(lines)
 
     def __str__(self):
@@ -192,7 +222,8 @@ class InteractionGraph:
         ax : matplotlib Axes, optional
             Draw here (a new figure when None).
         **kwargs
-            ``max_features`` and ``cmap`` of
+            ``max_features``, ``labels`` (a tokenizer or vocabulary for the
+            output's tokens; see :meth:`summary`) and ``cmap`` of
             :meth:`InteractionGraphDisplay.from_graph
             <sklearn_lib.InteractionGraphDisplay.from_graph>`.
 
@@ -203,7 +234,5 @@ class InteractionGraph:
             <sklearn_lib.InteractionGraphDisplay.from_graph>` draws the same
             and keeps its data.
         """
-        from .._drawing.graph_display import InteractionGraphDisplay
-
         display = InteractionGraphDisplay.from_graph(self, top_edges=top_edges, ax=ax, **kwargs)
         return display.ax_

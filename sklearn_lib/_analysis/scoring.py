@@ -68,9 +68,14 @@ class _Accuracy:
 class _R2:
     """Pooled coefficient of determination of ablated vs. original outputs.
 
-    ``1 - SSE / SST`` over all output entries (``r2_score`` with
-    ``multioutput="variance_weighted"``); SST from running sums around the
-    first batch's mean, so no output is kept in memory.
+    ``1 - SSE / SST`` with every output row (a sample, or each real token of
+    a sequence) one observation and every output feature one variable
+    (``r2_score`` with ``multioutput="variance_weighted"`` on the rows):
+    SST is taken around one mean per output feature, over all rows.  So the
+    score does not depend on where a token sits in its padded batch: left or
+    right padding, and any padded length, give the same R².  SST comes from
+    running sums around the first batch's mean, so no output is kept in
+    memory.
 
     R² is undefined when SST is zero, and :meth:`result` refuses it with a
     ``ValueError`` rather than return a number that looks like a score: on
@@ -88,28 +93,24 @@ class _R2:
         self.shift = None
         self.sums = 0.0
         self.sq_sums = 0.0
-        self.counts = 0.0  # per output entry: the samples where it counts
+        self.rows = 0  # output rows that count: samples, or real tokens
         self.count = 0
 
     def update(self, ablated, original, y, valid=None):
-        n = original.shape[0]
-        ablated = ablated.to(torch.float64).reshape(n, -1)
-        original = original.to(torch.float64).reshape(n, -1)
-        if valid is None:
-            weight = torch.ones_like(original)
-        else:
-            # Padded positions weigh 0 in every sum: each output entry (a
-            # position's output) has its own count of valid samples.
-            weight = valid.reshape(n, -1, 1).expand(n, -1, original.shape[1] // valid[0].numel())
-            weight = weight.reshape(n, -1).to(torch.float64)
-        self.sse += float((weight * (ablated - original) ** 2).sum())
+        self.count += original.shape[0]
+        width = original.shape[-1]
+        ablated = ablated.to(torch.float64).reshape(-1, width)
+        original = original.to(torch.float64).reshape(-1, width)
+        if valid is not None:  # padded positions are no rows
+            keep = valid.reshape(-1).to(original.device)
+            ablated, original = ablated[keep], original[keep]
+        self.sse += float(((ablated - original) ** 2).sum())
         if self.shift is None:
-            self.shift = (weight * original).sum(0) / weight.sum(0).clamp(min=1)
+            self.shift = original.mean(0) if original.shape[0] else original.new_zeros(width)
         centred = original - self.shift
-        self.sums = self.sums + (weight * centred).sum(0)
-        self.sq_sums = self.sq_sums + (weight * centred**2).sum(0)
-        self.counts = self.counts + weight.sum(0)
-        self.count += n
+        self.sums = self.sums + centred.sum(0)
+        self.sq_sums = self.sq_sums + (centred**2).sum(0)
+        self.rows += original.shape[0]
 
     def result(self):
         # Called after the pass, when the count is final (a stream learns it
@@ -121,11 +122,11 @@ class _R2:
                 "callable"
             )
         # Two samples or more: every running sum is a tensor by now.
-        sums, counts = self.sums, self.counts
-        sst = float((self.sq_sums - sums**2 / counts.clamp(min=1)).sum())
+        sums, rows = self.sums, max(self.rows, 1)
+        sst = float((self.sq_sums - sums**2 / rows).sum())
         # Sum of squares of the outputs themselves, from the same running sums:
         # an SST at rounding level of it means constant outputs.
-        raw = float((self.sq_sums + 2 * self.shift * sums + counts * self.shift**2).sum())
+        raw = float((self.sq_sums + 2 * self.shift * sums + rows * self.shift**2).sum())
         if sst <= _CONSTANT_RTOL * raw:
             raise ValueError(
                 "R² of the outputs (the score without y, or scoring='r2') is undefined: the "
@@ -187,6 +188,9 @@ def check_labels(y, n_samples, output_shape):
     """
     y = np.asarray(y)
     expected = (len(y) if n_samples is None and y.ndim else n_samples, *output_shape[:-1])
+    if len(expected) == 2 and y.ndim == 2 and y.shape[1] > expected[1]:
+        # Sequences of several lengths: labels padded to the longest (see ablate._trimmed).
+        expected = (expected[0], y.shape[1])
     if y.shape != expected:
         raise ValueError(
             f"y has shape {y.shape}, but the model's outputs of per-sample shape "

@@ -255,6 +255,7 @@ class _Fit:
             sources=plan.sources,
             rule=self.rule,
             keep_rows=plan.keep_rows,
+            lengths_vary=self.source.lengths_vary,
         )
         if plan.keep_rows:
             self.grams[section.src] = acc

@@ -4,7 +4,7 @@ import torch
 
 from .._core.distributed import all_reduce_sum, row_average
 from .._core.numerics import ROW_REUSE_BYTES, max_relative_error
-from .._routes.cotangents import Cotangents
+from .._routes.cotangents import Cotangents, batch_cotangents, section_reads
 from .._routes.jacobian import SectionJacobian
 from .stochastic import m_prime_sources
 
@@ -36,12 +36,27 @@ class JacobianGram:
         :meth:`edges` gives the section's edges without a pass of its own;
         the plan asks for it only for exact rows at the fit's own points
         (the plain gradient).
+    lengths_vary : bool or None, default=False
+        Whether batches may differ in sequence length (the source's
+        ``lengths_vary``): the rows of each batch are then those of its own
+        output positions (:func:`~sklearn_lib._routes.cotangents.batch_cotangents`).
     """
 
-    def __init__(self, session, route, matrix, n_positions_out, *, sources, rule, keep_rows=False):
+    def __init__(
+        self,
+        session,
+        route,
+        matrix,
+        n_positions_out,
+        *,
+        sources,
+        rule,
+        keep_rows=False,
+        lengths_vary=False,
+    ):
         section = route.section
-        self.session, self.src = session, section.src
-        self.reads = (section.src,)
+        self.session, self.src, self.route_section = session, section.src, section
+        self.reads = section_reads(section, lengths_vary)
         self.what = f"Jacobians {section}"
         self.sources = sources
         self.rule = rule
@@ -62,7 +77,8 @@ class JacobianGram:
         self.kept = None  # sampled rows are not the edges' rows
 
     def update(self, batch, acts):
-        cotangents = m_prime_sources(self.exact, self.sources, self.session.generator)
+        exact = batch_cotangents(self.exact, self.route_section, acts)
+        cotangents = m_prime_sources(exact, self.sources, self.session.generator)
         f = acts[self.src]
         # The batch's rows, (R, n, P_in, d) at most: over the budget before they
         # are made, none is kept.
@@ -78,7 +94,7 @@ class JacobianGram:
             if not self._made:  # a closed form gave the Gram without rows
                 self.kept = None
             else:
-                self.kept.append((batch, f, self._made))
+                self.kept.append((batch, f, exact, self._made))
                 self.kept_bytes += f.numel() * f.element_size()
         self._made = None
 
@@ -113,16 +129,16 @@ class JacobianGram:
         kept, self.kept = self.kept, None
         tensors = src.tensors(self.session.device)
         usable = kept is not None and all(
-            _same_points(f, tensors, self.session.tolerances.same_points) for _, f, _ in kept
+            _same_points(f, tensors, self.session.tolerances.same_points) for _, f, _, _ in kept
         )
         # Every rank decides alike, or some would run a pass that others skip.
         unusable = all_reduce_sum(torch.tensor(float(not usable), device=self.session.device))
         if float(unusable) > 0:
             return None
         total, rows, count = 0, 0, 0
-        for batch, f, chunks in kept:
+        for batch, f, exact, chunks in kept:
             total = total + self.section.edge_sums(
-                batch.x, f, tensors, self.exact, self.rule, rows=chunks
+                batch.x, f, tensors, exact, self.rule, rows=chunks
             )
             rows += batch.n_rows(f.shape[1:])
             count += batch.n

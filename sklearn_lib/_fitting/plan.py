@@ -198,6 +198,8 @@ class FitPlan:
         line = f"fitting runs {at_least}{self.passes} pass(es) over {samples}"
         if self.batch_size is not None:
             line += f" in batches of {self.batch_size:,}"
+        elif self.n_samples is not None:
+            line += " in the stream's batches"
         if self.sections:
             line += "; " + ", ".join(s.describe() for s in self.sections)
         line += _edges_words(self)

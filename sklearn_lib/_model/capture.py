@@ -364,6 +364,22 @@ def _shape_error(name, value, n, feature_axis=None):
     return None
 
 
+def node_shapes(runner, x, names):
+    """Per-sample activation shapes of node layers ``names`` and of the output on batch ``x``.
+
+    The shapes of one call's data, whose sequences may be of another length
+    than the fit's; the fit's checks are :func:`inspect_node_layers`'.
+
+    Returns
+    -------
+    shapes : dict of str to tuple
+    output_shape : tuple
+    """
+    with torch.no_grad():
+        reads, output = runner.run(x, reads=names, need_output=True)
+    return {n: tuple(v.shape[1:]) for n, v in zip(names, reads)}, tuple(output.shape[1:])
+
+
 def inspect_node_layers(runner, x, names):
     """Check call order and activation shapes of the node layers on a probe batch.
 

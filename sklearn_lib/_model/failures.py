@@ -96,13 +96,24 @@ def lookup_hint(model, x):
             f"{name!r} has {rows} rows (ids 0 to {rows - 1})."
         )
     shorter = [table for table in tables if table[1] < length]
+    # The table of positions, where its name says so (GPT-2's "wpe", BERT's
+    # "position_embeddings"); else any but a table of token types or segments,
+    # which is short but read with ids 0 and 1 whatever the length.
+    named = [table for table in shorter if _names(table[0], ("pos", "wpe"))]
+    shorter = named or [t for t in shorter if not _names(t[0], ("type", "segment"))]
     if shorter:
-        name, rows = min(shorter, key=lambda table: table[1])
+        name, rows = max(shorter, key=lambda table: table[1])
         return (
             f" The inputs have {length} positions, more than the {rows} rows of the model's "
             f"embedding {name!r}: the model takes sequences of at most {rows} positions."
         )
     return ""
+
+
+def _names(name, words):
+    """Whether the last part of a module's name holds one of ``words``."""
+    last = name.rsplit(".", 1)[-1].lower()
+    return any(word in last for word in words)
 
 
 @contextlib.contextmanager

@@ -13,8 +13,17 @@ activations have shape ``(n, T, d)`` (positions equal to the mask's
 per-sample shape) then counts only its valid rows in every average and
 score: :func:`valid_positions` is the one place that decides which rows
 count.
+
+Lengths.  Sequences need not have one length: a field of integers or
+booleans (token ids, masks, position ids) with an axis after the batch axis
+has a *length*, its first per-sample axis, and batches of one data set (and
+the calls after a fit) may differ in it, as dynamically padded batches do.
+Every other axis, and every float field, keeps the shape it had.
+:func:`has_length` and :func:`same_but_lengths` are the one place that says
+so.
 """
 
+import numpy as np
 import torch
 
 #: The key whose 0 entries mark padded positions.
@@ -81,6 +90,64 @@ def describe(x):
     return f"inputs of shape {tuple(x.shape)}, dtype {x.dtype}"
 
 
+def has_length(value):
+    """Whether a field's first per-sample axis is a sequence length that may vary.
+
+    Parameters
+    ----------
+    value : ndarray or torch.Tensor of shape (n, ...)
+        One field of a batch (or the whole batch, for a tensor input).
+
+    Returns
+    -------
+    bool
+        True for integers or booleans (token ids, masks) with at least one
+        axis after the batch axis.  Float values are features or embeddings
+        of a fixed shape, as in every scikit-learn estimator.
+    """
+    if value.ndim < 2:
+        return False
+    if torch.is_tensor(value):
+        return not (value.is_floating_point() or value.is_complex())
+    return np.issubdtype(value.dtype, np.integer) or value.dtype == bool
+
+
+def lengths_of(batch):
+    """Which fields of a batch have a length (:func:`has_length`): a bool, or a dict of them.
+
+    An ``attention_mask`` has one whatever its dtype (a float mask of 0 and 1
+    is read as one too).
+    """
+    if isinstance(batch, dict):
+        return {
+            key: has_length(value) or (key == MASK_KEY and value.ndim >= 2)
+            for key, value in batch.items()
+        }
+    return has_length(batch)
+
+
+def same_but_lengths(shape, reference, lengths):
+    """Whether per-sample ``shape`` is ``reference`` but for the lengths of fields that have one.
+
+    Parameters
+    ----------
+    shape, reference : tuple or dict of str to tuple
+        Per-sample shapes (a dict batch's: one per field).
+    lengths : bool or dict of str to bool
+        :func:`lengths_of` the batch of ``shape``.
+    """
+    if isinstance(shape, dict) or isinstance(reference, dict):
+        if not (isinstance(shape, dict) and isinstance(reference, dict)):
+            return False
+        if list(shape) != list(reference):
+            return False
+        return all(same_but_lengths(shape[k], reference[k], lengths[k]) for k in shape)
+    shape, reference = tuple(shape), tuple(reference)
+    if lengths and len(shape) == len(reference) >= 1:
+        return shape[1:] == reference[1:]
+    return shape == reference
+
+
 def check_mask(x, start=0):
     """``x``, once its ``attention_mask`` (if any) is a padding mask with a token in every sample.
 
@@ -99,6 +166,13 @@ def check_mask(x, start=0):
     if not is_dict(x) or MASK_KEY not in x:
         return x
     mask = x[MASK_KEY]
+    ids = x.get("input_ids")
+    if torch.is_tensor(ids) and ids.ndim == mask.ndim >= 2 and ids.shape != mask.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)}, but input_ids has "
+            f"{tuple(ids.shape)}: the mask marks the padding of each token, so the two must "
+            "have one shape"
+        )
     if mask.dtype != torch.bool and mask.numel():
         values = torch.unique(mask.detach()).cpu()
         if not bool(((values == 0) | (values == 1)).all()):

@@ -37,7 +37,10 @@ Every batch of a stream is checked as it arrives: at least two dimensions
 look like one sample of a data set rather than a batch), numbers, finite,
 and the per-sample shape of the data it must match (the fitted inputs, or
 the stream's first batch; a dict's per-sample shape is a dict of its
-fields' shapes).  A list of per-sample dicts is stacked into a dict batch.
+fields' shapes), but for the length of sequences of token ids, which may
+differ from batch to batch (dynamic padding; see
+:func:`~sklearn_lib._model.inputs.has_length`).  A list of per-sample dicts
+is stacked into a dict batch.
 """
 
 import contextlib
@@ -49,7 +52,7 @@ import scipy.sparse
 import torch
 
 from .._core.numerics import all_finite
-from .inputs import n_rows, take_rows
+from .inputs import MASK_KEY, lengths_of, n_rows, same_but_lengths, take_rows
 
 
 def is_stream(X):
@@ -79,6 +82,9 @@ class ArraySource:
     #: Samples come in the same order in every pass.
     ordered = True
 
+    #: Every batch has the array's sequence length.
+    lengths_vary = False
+
     def __init__(self, X, batch_size):
         self.X = X
         self.batch_size = batch_size
@@ -102,9 +108,13 @@ class StreamSource:
         None takes the first batch's.
     fitted_by : str, optional
         Who was fitted on ``shape``, for the error message.
+    values : bool, default=False
+        A stream of activations or features, not of model inputs: its
+        sequences may differ in length whatever their dtype, and NaN passes
+        (padded positions; the method that reads them checks them).
     """
 
-    def __init__(self, stream, shape=None, fitted_by=None):
+    def __init__(self, stream, shape=None, fitted_by=None, values=False):
         self.loader = isinstance(stream, torch.utils.data.DataLoader)
         # A DataLoader is never its own iterator (and iter() would start its workers).
         iterator = None if self.loader else iter(stream)
@@ -125,11 +135,14 @@ class StreamSource:
                 "that returns its iterator"
             )
         self.stream = stream
+        self.values = values
         if shape is not None:
             shape = dict(shape) if isinstance(shape, Mapping) else tuple(shape)
         self.shape = shape
         self.fitted_by = fitted_by
         self.n_samples = None  # known after the first full pass
+        #: Whether batches differ in sequence length; None until a pass has seen them all.
+        self.lengths_vary = None
         self._first = None  # digest of the first batch the probe or the first pass saw
 
     @property
@@ -177,13 +190,15 @@ class StreamSource:
         first pass (or the probe) saw.  That also catches a stream that
         cannot start over and goes on where the last pass stopped.
         """
-        count = 0
+        count, shapes = 0, set()
         with contextlib.closing(self._checked(self.stream)) as checked:
             for batch in checked:
                 if count == 0:
                     self._check_first(batch)
+                shapes.add(_digest_shape(batch))
                 yield count, batch
                 count += n_rows(batch)
+        self.lengths_vary = len(shapes) > 1
         if count == 0:
             if self.n_samples:
                 raise ValueError(
@@ -208,23 +223,36 @@ class StreamSource:
         As many batches as it takes to hold ``n`` samples or the first
         batch's size, whichever is smaller (two at least, for the checks
         that compare samples), so the probe is never bigger than what the
-        passes run.
+        passes run.  Sequences of other lengths are padded to the longest
+        where an ``attention_mask`` marks padding (:func:`_joined`).
         """
-        seen, total, target = [], 0, n
+        seen, total, target, left_out = [], 0, n, 0
         with contextlib.closing(self._checked(self.stream)) as checked:
             for batch in checked:
+                batch = to_numpy(batch)
                 if not seen:
                     self._check_first(batch)
                     target = min(n, max(2, n_rows(batch)))
-                seen.append(to_numpy(batch))
+                elif not _joinable(seen[0], batch):
+                    left_out += 1
+                    if left_out >= _PROBE_BATCHES:
+                        break
+                    continue
+                seen.append(batch)
                 total += n_rows(batch)
                 if total >= target:
                     break
         if not seen:
             raise ValueError("The stream yielded no batch")
-        if isinstance(seen[0], dict):
-            return {key: np.concatenate([b[key] for b in seen])[:target] for key in seen[0]}
-        return np.concatenate(seen)[:target]
+        if total < target and left_out:
+            raise ValueError(
+                f"The stream's first {len(seen) + left_out} batches hold {total} sample(s) of "
+                "the first batch's length and others of other lengths, without an "
+                "attention_mask to pad them to one: the checks before a pass compare two "
+                "samples of one length. Yield batches of two or more sequences, or pad them "
+                "with an attention_mask (DataCollatorWithPadding does)"
+            )
+        return take_rows(_joined(seen), slice(0, target))
 
     def _check_first(self, batch):
         if not self.repeats:
@@ -319,7 +347,8 @@ class StreamSource:
                 )
             if not n_rows(batch):
                 return None
-            self._check_shape({key: tuple(v.shape[1:]) for key, v in batch.items()})
+            shape = {key: tuple(v.shape[1:]) for key, v in batch.items()}
+            self._check_shape(shape, lengths_of(batch))
             return batch
         if not torch.is_tensor(batch):
             batch = np.asarray(batch)
@@ -331,20 +360,28 @@ class StreamSource:
             raise ValueError(
                 f"Each batch needs shape (batch_size, ...), got shape {tuple(batch.shape)}"
             )
-        self._check_shape(tuple(batch.shape[1:]))
+        if self.values:
+            self._check_shape(tuple(batch.shape[1:]), True)
+            return batch
+        self._check_shape(tuple(batch.shape[1:]), lengths_of(batch))
         _check_finite(batch, "a batch of the stream")
         return batch
 
-    def _check_shape(self, shape):
+    def _check_shape(self, shape, lengths):
+        """Every batch has the reference's per-sample shape, but for sequence lengths."""
         if self.shape is None:
             self.shape = shape
-        elif shape != self.shape:
+        elif not same_but_lengths(shape, self.shape, lengths):
             against = (
                 f"{self.fitted_by} was fitted on inputs of per-sample shape"
                 if self.fitted_by
                 else "the first batch had"
             )
-            raise ValueError(f"A batch has per-sample shape {shape}, but {against} {self.shape}")
+            raise ValueError(
+                f"A batch has per-sample shape {shape}, but {against} {self.shape}. Only the "
+                "length of a sequence (the first axis after the batch axis of integer fields, "
+                "such as token ids and an attention_mask) may differ between batches"
+            )
 
 
 def _check_finite(values, where):
@@ -439,6 +476,45 @@ def stack_records(records):
             )
         fields[key] = np.stack(values)
     return fields
+
+
+#: Batches a probe reads at most while it leaves out sequences of another length.
+_PROBE_BATCHES = 16
+
+
+def _joinable(first, batch):
+    """Whether ``batch`` joins a probe that starts with ``first`` (numpy batches).
+
+    Sequences of another length join by padding, which is only meaningful
+    with an ``attention_mask`` (0 at the padding, so no statistic reads it);
+    without one, only batches of the first's per-sample shape join.
+    """
+    padded = isinstance(first, dict) and MASK_KEY in first and first[MASK_KEY].ndim >= 2
+    return padded or _digest_shape(batch) == _digest_shape(first)
+
+
+def _joined(batches):
+    """Joinable batches (:func:`_joinable`) of numpy inputs as one, padded to the longest."""
+    if isinstance(batches[0], dict):
+        return {key: _padded([b[key] for b in batches]) for key in batches[0]}
+    return np.concatenate(batches)
+
+
+def _digest_shape(batch):
+    """A batch's per-sample shape, hashable (a dict batch's: per field)."""
+    if isinstance(batch, dict):
+        return tuple((key, tuple(value.shape[1:])) for key, value in batch.items())
+    return tuple(batch.shape[1:])
+
+
+def _padded(values):
+    """Arrays ``(n_i, L_i, ...)`` joined along the batch axis, zero-padded to the longest ``L``."""
+    if all(v.shape[1:] == values[0].shape[1:] for v in values):
+        return np.concatenate(values)
+    longest = max(v.shape[1] for v in values)
+    return np.concatenate(
+        [np.pad(v, [(0, 0), (0, longest - v.shape[1])] + [(0, 0)] * (v.ndim - 2)) for v in values]
+    )
 
 
 def _digest(batch):

@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .._core.nodes import n_positions as positions_of
+
 
 class Cotangents:
     """The cotangents of the Jacobian rows LIB needs from one section.
@@ -52,7 +54,7 @@ class Cotangents:
         self.n_positions = n_positions
         self.signs = signs
         self._rows = None
-        self._one_position = None
+        self._lengths = {n_positions: self}
 
     @property
     def exact(self):
@@ -84,6 +86,18 @@ class Cotangents:
         rows = signs[:, None, :, None] * C.T[None, :, None, :]
         return rows.reshape(-1, self.n_positions, d_next)
 
+    def at_positions(self, n_positions):
+        """The exact rows of the same next basis at ``n_positions`` output positions.
+
+        Sequences of another length (a batch of a dynamically padded stream)
+        have as many output positions as they have; each length's rows are
+        made once.
+        """
+        assert self.exact
+        if n_positions not in self._lengths:
+            self._lengths[n_positions] = Cotangents(self.matrix, n_positions)
+        return self._lengths[n_positions]
+
     def at_one_position(self):
         """The exact rows of a section applied to each position separately.
 
@@ -93,9 +107,7 @@ class Cotangents:
         of ``P_out * k_next``.
         """
         assert self.exact
-        if self._one_position is None:
-            self._one_position = Cotangents(self.matrix, 1)
-        return self._one_position
+        return self.at_positions(1)
 
     def feature_sums(self, per_row):
         """Sum (exact) or source average of per-row values ``(R, ...)`` per next feature.
@@ -163,3 +175,37 @@ def scaled(f, alphas):
     """``alpha_a * f`` stacked along the batch axis, alpha-major: (A * n, ...)."""
     view = (-1,) + (1,) * f.ndim
     return (alphas.to(f.dtype).view(view) * f.unsqueeze(0)).reshape(-1, *f.shape[1:])
+
+
+def section_reads(section, lengths_vary):
+    """What an accumulator of ``section``'s rows reads: its source, and its end if lengths vary.
+
+    A batch's output positions are those of its sequences: where batches may
+    differ in length (``lengths_vary`` not False), the pass reads the
+    section's end too, to count them (:func:`batch_cotangents`).
+    """
+    return (section.src,) if lengths_vary is False else (section.src, section.dst)
+
+
+def batch_cotangents(exact, section, acts):
+    """``exact`` at the output positions of this batch's activations ``acts``.
+
+    Parameters
+    ----------
+    exact : Cotangents
+        Exact rows at the section's probe length.
+    section : Section
+    acts : dict of str to torch.Tensor
+        The pass's activations of the batch (features last).
+    """
+    out = acts.get(section.dst)
+    if out is not None:
+        return exact.at_positions(positions_of(out.shape[1:]))
+    shape = tuple(acts[section.src].shape[1:])
+    if positions_of(shape) != positions_of(section.src_shape):
+        raise RuntimeError(
+            f"A batch has {shape} activations at {section.src!r}, not the "
+            f"{section.src_shape} of the probe, but the pass does not read {section.dst_title} "
+            "to count its positions (section_reads)"
+        )
+    return exact

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from toy_models import tanh_mlp  # noqa: E402
 
-from sklearn_lib import LIBTransformer, Sparsity  # noqa: E402
+from sklearn_lib import InteractionGraphDisplay, LIBTransformer, Sparsity  # noqa: E402
 from sklearn_lib.plotting import (  # noqa: E402
     plot_ablation_curves,
     plot_edges_needed,
@@ -76,12 +76,18 @@ def test_plot_interaction_graph(lib_and_graph):
 
 def test_the_graph_plot_labels_its_nodes_and_explains_itself(lib_and_graph):
     _, graph, _ = lib_and_graph
-    ax = plot_interaction_graph(graph, max_features=2)
-    # Feature indices next to the dots: 2 + 2 + 2 shown.
-    assert sorted(t.get_text() for t in ax.texts) == ["0", "0", "0", "1", "1", "1"]
+    display = InteractionGraphDisplay(graph, max_features=2).plot()
+    ax = display.ax_
+    # Feature indices next to the dots: 2 + 2 + 2 shown.  The output's Lambdas
+    # are all 1 (the identity basis): its column shows the features with the
+    # strongest edges in, not the first by index.
+    strongest_out = np.argsort(-graph.edges[("fc3", "output")].sum(1), kind="stable")[:2]
+    np.testing.assert_array_equal(display.features_drawn_["output"], np.sort(strongest_out))
+    expected = sorted(["0", "1", "0", "1", *map(str, strongest_out)])
+    assert sorted(t.get_text() for t in ax.texts) == expected
     # A layer cut to its top features says so; the output (3 features) is cut too.
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels[0] == "fc2\n(top 2 of 8)" and labels[2] == "output\n(top 2 of 3)"
+    assert labels[0] == "fc2\n(top 2 of 8)" and labels[2].startswith("output\n(top 2 of 3")
     legend = ax.get_legend()
     assert legend.get_title().get_text() == "edge" and len(legend.get_texts()) == 3
     assert any(other.get_ylabel() == "log10 Lambda" for other in ax.figure.axes)  # colour bar

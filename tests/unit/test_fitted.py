@@ -1,13 +1,20 @@
 """The one interface to fitted estimators (``_fitted``): dispatch, states and their sessions."""
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
-from toy_models import tanh_mlp
+from toy_models import PositionMixer, tanh_mlp
 
-from sklearn_lib import ActivationTransformer, InteractionGraph, LIBTransformer
+from sklearn_lib import (
+    ActivationTransformer,
+    FlattenedPositionsWarning,
+    InteractionGraph,
+    LIBTransformer,
+)
 from sklearn_lib._fitted import fitted, fitted_section, takes_estimator
 
 X = np.random.default_rng(0).normal(size=(60, 4))
@@ -45,6 +52,24 @@ def test_a_pca_pipeline_gives_the_basis_of_its_flattened_activations():
     np.testing.assert_allclose(features, pca.transform(acts.transform(X)), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="this PCA pipeline reads 'fc2'"):
         fitted(pipe, "fc3")
+
+
+def test_only_a_pca_pipeline_of_flattened_positions_warns():
+    X_seq = np.random.default_rng(0).normal(size=(40, 4, 3))  # 4 positions, 5 features at "mix"
+    acts = ActivationTransformer(PositionMixer().double(), "mix")
+    state = fitted(Pipeline([("acts", acts), ("pca", PCA())]).fit(X_seq))
+    expected = (
+        r"PCA on 'mix' flattened 4 positions x 5 features into one 20-wide vector per sample"
+        r".*LIBTransformer\(model, 'mix', basis='pca'\), the position-shared PCA"
+    )
+    with pytest.warns(FlattenedPositionsWarning, match=expected):
+        state.warn_if_positions_flattened()
+    shared = LIBTransformer(PositionMixer().double(), "mix", basis="pca").fit(X_seq)
+    flat = Pipeline([("acts", ActivationTransformer(tanh_mlp(), "fc2")), ("pca", PCA())]).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlattenedPositionsWarning)
+        fitted(shared).warn_if_positions_flattened()  # one basis shared over positions
+        fitted(flat).warn_if_positions_flattened()  # an (n, d) layer: nothing flattened
 
 
 @pytest.mark.parametrize(

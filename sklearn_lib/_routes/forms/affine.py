@@ -37,8 +37,8 @@ class Affine(ClosedForm):
 
     def __init__(self, session, section):
         self.session, self.section = session, section
-        # The last set of cotangent rows made, and its rows.
-        self._made = (None, None)
+        # The last set of cotangent rows made, the input shape, and its rows.
+        self._made = (None, None, None)
 
     @classmethod
     def detect(cls, session, section):
@@ -58,10 +58,14 @@ class Affine(ClosedForm):
     def rows(self, x, points, rows, weights, chunks):
         """The rows, made once per set of cotangent rows (the exact rows of a pass are one
         object), so that a pass costs no Jacobian work after its first batch."""
-        made_for, made = self._made
-        if made_for is not rows:
+        # Made for these rows at these input positions: a batch of sequences of
+        # another length has rows of another shape, even where the cotangent
+        # rows are the same (one output position at every length).
+        made_rows, made_shape, made = self._made
+        shape = tuple(points.shape[1:])
+        if made_rows is not rows or made_shape != shape:
             made = [form_rows(self, x, points, rows[a:b], weights, n_rows(x)) for a, b in chunks]
-            self._made = (rows, made)
+            self._made = (rows, shape, made)
         return iter(made)
 
     def check(self, session, section, kind, probe):

@@ -15,6 +15,7 @@ from toy_models import tanh_mlp
 from sklearn_lib._analysis.ablate import (
     EdgeAblation,
     NodeAblation,
+    _trimmed,
     edge_ablation_scores,
     node_ablation_scores,
 )
@@ -236,3 +237,39 @@ def test_labels_of_another_length_are_refused(fitted):
     model, X, y, bases, outputs = fitted
     with pytest.raises(ValueError, match=r"y has shape \(39,\)"):
         node_ablation_scores(*session_and_source(model, X), bases["fc2"], [1], y=y[:-1])
+
+
+# -- labels of sequences of several lengths ------------------------------------------------------
+def test_labels_padded_for_longer_batches_are_cut_to_the_batchs_length(rng):
+    targets = rng.integers(0, 3, size=(2, 6))
+    targets[:, 4:] = -100  # y padded for a batch of 6 positions
+    cut = _trimmed(targets, (4, 3))
+    np.testing.assert_array_equal(cut, [row[:4] for row in targets.tolist()])
+    assert cut.shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    "targets, output_shape",
+    [
+        (np.zeros((2, 4), dtype=np.int64), (4, 3)),  # the batch's own length
+        (np.zeros(2, dtype=np.int64), (4, 3)),  # one label per sample
+        (np.zeros((2, 5), dtype=np.int64), (3,)),  # outputs without positions
+    ],
+    ids=["same length", "1-D labels", "no positions"],
+)
+def test_labels_without_excess_are_left_as_they_are(targets, output_shape):
+    assert _trimmed(targets, output_shape) is targets
+
+
+def test_labels_shorter_than_a_batch_are_refused_saying_to_pad_them():
+    with pytest.raises(ValueError, match=r"labels at 3 positions.*sequences of 4.*-100"):
+        _trimmed(np.zeros((2, 3), dtype=np.int64), (4, 3))
+
+
+@pytest.mark.parametrize("position", [4, 5])
+def test_a_label_beyond_the_batchs_length_is_refused_naming_minus_100(rng, position):
+    targets = np.full((2, 6), -100)
+    targets[:, :4] = rng.integers(0, 3, size=(2, 4))
+    targets[1, position] = 0  # a scored label where the batch has no position
+    with pytest.raises(ValueError, match=r"labels at 6 positions.*sequences of 4.*must be -100"):
+        _trimmed(targets, (4, 3))

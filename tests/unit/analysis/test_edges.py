@@ -170,7 +170,9 @@ def test_sources_over_one_output_position_are_exact(mlp):
     rule = rule_tensors(((1.0,), (1.0,)), session.device)
     route = autograd_route(Section(src.name, dst.name, src.shape, dst.shape))
     exact, _ = run(session, X, EdgeAccumulator(session, route, src, dst, rule))
-    sampled, _ = run(session, X, EdgeAccumulator(session, route, src, dst, rule, 3))
+    sampled, _ = run(
+        session, X, EdgeAccumulator(session, route, src, dst, rule, n_stochastic_sources=3)
+    )
     np.testing.assert_allclose(sampled, exact, **TOL)
     acts = activations_of(model, "fc3", X)
     expected = brute_force_edges(tails[("fc3", "output")], acts, src, dst)

@@ -138,3 +138,38 @@ def test_to_networkx_has_every_feature_and_the_nonzero_edges():
     }
     assert {(u, v): w for u, v, w in g.edges(data="weight")} == expected_edges
     assert g.number_of_edges() == 9  # 12 entries, 3 of them zero
+
+
+class DecodingTokenizer:
+    """Hugging Face's ``decode``: token ids to text."""
+
+    def decode(self, ids):
+        return "".join(["<a>", " the", " cat"][i] for i in ids)
+
+
+def test_summary_names_labelled_features_with_their_text():
+    graph = hand_made()
+    plain = graph.summary(top=3).splitlines()
+    for labels in (["<a>", " the", " cat"], DecodingTokenizer(), {"output": DecodingTokenizer()}):
+        lines = graph.summary(top=3, labels=labels).splitlines()
+        # b[0] -> output[1]: 3, b[0] -> output[0]: 1, b[1] -> output[1]: 1
+        assert lines[-3:] == [
+            "    b[0] -> output[1 ' the']: 3",
+            "    b[0] -> output[0 '<a>']: 1",
+            "    b[1] -> output[1 ' the']: 1",
+        ]
+        assert lines[:-3] == plain[:-3]  # only the output's features are named
+    lines = graph.summary(top=1, labels={"a": ["x", "y", "z"], "b": ["p", "q"]}).splitlines()
+    assert lines[-3] == "    a[1 'y'] -> b[0 'p']: 2"
+    assert lines[-1] == "    b[0 'p'] -> output[1]: 3"
+
+
+def test_summary_refuses_labels_it_cannot_use():
+    graph = hand_made()
+    with pytest.raises(ValueError, match="labels for 'output' have 2 entries, fewer than its 3"):
+        graph.summary(labels=["a", "b"])
+    with pytest.raises(TypeError, match="a tokenizer .*, a sequence of str .*, or a dict"):
+        graph.summary(labels=object())
+    # Lambdas not all 1: features of a fitted basis (or a PCA output), not token ids.
+    with pytest.raises(ValueError, match="node 'b' has Lambdas from 0.5 to 5"):
+        graph.summary(labels={"b": DecodingTokenizer()})

@@ -225,6 +225,17 @@ def test_the_plan_announced_is_the_plan_run(monkeypatch, plans, capsys):
     assert f"fitting runs {plan.passes} pass(es)" in line
 
 
+def test_a_stream_is_announced_in_its_own_batches(plans, capsys):
+    """A DataLoader brings its batches: the plan names no batch size of its own."""
+    model = Net().double()
+    X = torch.from_numpy(np.random.default_rng(0).normal(size=(N, P, D)))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=7)
+    LIBTransformer(model, "mix", downstream_layers=LAYERS[1:], verbose=True).fit(loader)
+    line = next(line for line in capsys.readouterr().err.splitlines() if "fitting runs" in line)
+    assert f"over {N} samples in the stream's batches" in line
+    assert "in batches of" not in line
+
+
 # -- plans made from routes and settings alone ------------------------------------------
 def test_the_plan_counts_passes_and_rows():
     sections = sections_of(["a", "b"], {"a": (16, 8), "b": (16, 4)}, (16, 10))

@@ -1,12 +1,15 @@
 """Forward passes at node layers (``_capture``): reads, substitutions, stacked copies."""
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
 from toy_models import BatchSizeAfterCut, PositionMixer, ResidualMLP, tanh_mlp
 
 from sklearn_lib import LIBTransformer
-from sklearn_lib._model.capture import ModelRunner
+from sklearn_lib._model.capture import ModelRunner, node_shapes
+from sklearn_lib._model.session import ModelSession
 
 
 def _stacked_section(model, layer, x, copies):
@@ -82,3 +85,57 @@ def test_unknown_and_unused_layers(rng):
         ModelRunner(model.double().eval()).read(
             torch.as_tensor(rng.normal(size=(5, 4))), ["unused"]
         )
+
+
+def _token_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        OrderedDict(
+            embed=torch.nn.Embedding(9, 3),
+            fc=torch.nn.Linear(3, 4),
+            act=torch.nn.Tanh(),
+            out=torch.nn.Linear(4, 2),
+        )
+    )
+
+
+def _shapes_by_hooks(model, x, names):
+    """Per-sample input shapes of modules ``names`` and the output's, with plain hooks."""
+    seen, handles = {}, []
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = tuple(args[0].shape[1:])  # returns None: the input is unchanged
+
+        return hook
+
+    for name in names:
+        module = dict(model.named_modules())[name]
+        handles.append(module.register_forward_pre_hook(record(name)))
+    try:
+        with torch.no_grad():
+            output = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, tuple(output.shape[1:])
+
+
+@pytest.mark.parametrize("length", [3, 7])
+def test_node_shapes_are_those_of_the_batch(length):
+    model = _token_model()
+    session = ModelSession(model)
+    x = session.inputs(np.arange(2 * length).reshape(2, length) % 9)
+    shapes, output_shape = node_shapes(session, x, ["fc", "out"])
+    assert list(shapes) == ["fc", "out"]
+    assert (shapes, output_shape) == _shapes_by_hooks(model, torch.as_tensor(x), ["fc", "out"])
+    assert shapes == {"fc": (length, 3), "out": (length, 4)} and output_shape == (length, 2)
+    # Nothing is left behind: no hooks, no graph.
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in session.model.modules())
+    assert torch.is_grad_enabled()
+
+
+def test_node_shapes_of_a_batch_of_float_inputs(rng):
+    session = ModelSession(tanh_mlp())
+    x = session.inputs(rng.normal(size=(5, 4)))
+    assert node_shapes(session, x, ["fc2", "fc3"]) == ({"fc2": (8,), "fc3": (8,)}, (3,))

@@ -105,3 +105,31 @@ def test_the_lookup_hint_says_nothing_without_tables_or_token_ids():
     assert lookup_hint(Lookup(), torch.zeros(2, 3)) == ""  # floating inputs: no ids
     assert lookup_hint(torch.nn.Linear(2, 2), torch.zeros(2, 3, dtype=torch.long)) == ""
     assert lookup_hint(Lookup(), torch.zeros(2, 5, dtype=torch.long)) == ""  # nothing out of range
+
+
+class EncoderLookup(torch.nn.Module):
+    """BERT's three tables: words, 16 positions, and 2 token types read with ids 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.word_embeddings = torch.nn.Embedding(30, 4)
+        self.position_embeddings = torch.nn.Embedding(16, 4)
+        self.token_type_embeddings = torch.nn.Embedding(2, 4)
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1])
+        types = torch.zeros_like(ids)
+        return (
+            self.word_embeddings(ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(types)
+        )
+
+
+def test_a_long_input_names_the_table_of_positions_not_of_token_types():
+    """The shortest table (2 token types) is read with ids 0 whatever the length."""
+    model = EncoderLookup()
+    ids = torch.zeros(2, 20, dtype=torch.long)
+    with pytest.raises(ValueError, match="20 positions, more than the 16 rows of .*'position_emb"):
+        with model_failure(ids, "batch 0:2", model):
+            model(ids)

@@ -1,5 +1,6 @@
 """Model inputs (``_model.inputs``): one tensor or a dict of tensors, and padding masks."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,95 @@ def test_a_sample_without_a_real_token_is_refused_by_its_index():
     x = {"input_ids": torch.zeros(3, 2, dtype=torch.long), "attention_mask": mask}
     with pytest.raises(ValueError, match="Sample 42 has no real token"):
         inputs.check_mask(x, start=40)
+
+
+# -- sequence lengths ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (torch.zeros(2, 3, dtype=torch.int64), True),
+        (torch.zeros(2, 3, dtype=torch.int32), True),
+        (torch.zeros(2, 3, dtype=torch.bool), True),
+        (torch.zeros(2, 3, 4, dtype=torch.int64), True),
+        (torch.zeros(2, 3, dtype=torch.float32), False),
+        (torch.zeros(2, 3, dtype=torch.float64), False),
+        (torch.zeros(2, 3, dtype=torch.bfloat16), False),
+        (torch.zeros(2, 3, dtype=torch.complex64), False),
+        (torch.zeros(2, dtype=torch.int64), False),
+        (np.zeros((2, 3), dtype=np.int64), True),
+        (np.zeros((2, 3), dtype=np.uint8), True),
+        (np.zeros((2, 3), dtype=bool), True),
+        (np.zeros((2, 3, 4), dtype=np.int16), True),
+        (np.zeros((2, 3), dtype=np.float32), False),
+        (np.zeros((2, 3), dtype=np.complex128), False),
+        (np.zeros(2, dtype=np.int64), False),
+    ],
+    ids=lambda v: None if isinstance(v, bool) else f"{type(v).__name__}{tuple(v.shape)}{v.dtype}",
+)
+def test_has_length_only_for_integer_fields_with_a_per_sample_axis(value, expected):
+    assert inputs.has_length(value) is expected
+
+
+def test_lengths_of_a_tensor_and_of_each_field():
+    assert inputs.lengths_of(torch.zeros(2, 3, dtype=torch.int64)) is True
+    assert inputs.lengths_of(np.zeros((2, 3))) is False
+    batch = {
+        "input_ids": torch.zeros(2, 3, dtype=torch.int64),
+        "attention_mask": np.ones((2, 3), dtype=bool),
+        "pixels": torch.zeros(2, 3),
+        "label": torch.zeros(2, dtype=torch.int64),
+    }
+    assert inputs.lengths_of(batch) == {
+        "input_ids": True,
+        "attention_mask": True,
+        "pixels": False,
+        "label": False,
+    }
+    assert list(inputs.lengths_of(batch)) == list(batch)  # the batch's order
+
+
+@pytest.mark.parametrize(
+    "shape, reference, lengths, expected",
+    [
+        ((5,), (3,), True, True),  # another length
+        ((5, 2), (3, 2), True, True),  # another length, the rest equal
+        ([5, 2], (3, 2), True, True),  # a list is a shape too
+        ((3, 4), (3, 2), True, False),  # an axis after the length
+        ((5,), (5, 1), True, False),  # another number of axes
+        ((), (), True, True),
+        ((5,), (3,), False, False),  # floats keep their shape
+        ((3, 2), (3, 2), False, True),
+    ],
+)
+def test_same_but_lengths_of_one_field(shape, reference, lengths, expected):
+    assert inputs.same_but_lengths(shape, reference, lengths) is expected
+
+
+def test_same_but_lengths_of_a_dict_is_field_by_field():
+    reference = {"input_ids": (4,), "attention_mask": (4,), "pixels": (2, 3)}
+    lengths = {"input_ids": True, "attention_mask": True, "pixels": False}
+    longer = {"input_ids": (9,), "attention_mask": (9,), "pixels": (2, 3)}
+    assert inputs.same_but_lengths(longer, reference, lengths)
+    assert inputs.same_but_lengths(dict(reference), reference, lengths)
+    # A float field of another shape, fields in another order, a missing field.
+    assert not inputs.same_but_lengths({**longer, "pixels": (2, 4)}, reference, lengths)
+    reordered = {key: longer[key] for key in ["attention_mask", "input_ids", "pixels"]}
+    assert not inputs.same_but_lengths(reordered, reference, lengths)
+    fewer = {"input_ids": (9,), "attention_mask": (9,)}
+    assert not inputs.same_but_lengths(fewer, reference, lengths)
+    # A dict against a tensor's shape, either way round.
+    assert not inputs.same_but_lengths((4,), reference, True)
+    assert not inputs.same_but_lengths(longer, (4,), lengths)
+
+
+def test_a_mask_of_another_length_than_the_ids_is_refused():
+    x = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 5)}
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\), but input_ids has"):
+        inputs.check_mask(x)
+
+
+def test_a_float_attention_mask_has_a_length():
+    """A 0/1 float mask may take another length, as the token ids beside it."""
+    batch = {"input_ids": np.zeros((2, 4), dtype=np.int64), "attention_mask": np.ones((2, 4))}
+    assert inputs.lengths_of(batch) == {"input_ids": True, "attention_mask": True}
+    assert inputs.lengths_of({"features": np.ones((2, 4))}) == {"features": False}

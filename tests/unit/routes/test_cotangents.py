@@ -7,8 +7,9 @@ from _refs import activations_of, brute_force_m_prime, independent_rule
 from _sections import jacobians
 from toy_models import PositionMixer
 
+from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._model.session import ModelSession
-from sklearn_lib._routes.cotangents import Cotangents
+from sklearn_lib._routes.cotangents import Cotangents, batch_cotangents, section_reads
 
 
 def _rule(integration, n_intervals):
@@ -99,3 +100,80 @@ def test_exact_rows_are_made_chunk_by_chunk():
     # 256 positions x 64 features: 2 GiB whole, nothing until sliced.
     big = Cotangents(torch.eye(64, dtype=torch.float64), 256).rows
     assert big.shape == (256 * 64, 256, 64) and big[100:102].shape == (2, 256, 64)
+
+
+# -- sequences of other lengths ------------------------------------------------------------------
+def _exact_rows(C, P):
+    """``e_t (x) C[:, i]`` at row ``t * k + i``, written out."""
+    d, k = C.shape
+    rows = torch.zeros(P * k, P, d, dtype=C.dtype)
+    for t in range(P):
+        for i in range(k):
+            rows[t * k + i, t] = C[:, i]
+    return rows
+
+
+@pytest.mark.parametrize("n_positions", [1, 2, 5])
+def test_cotangents_at_other_positions_are_those_of_that_length(n_positions):
+    C = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = Cotangents(C, 3)
+    other = exact.at_positions(n_positions)
+    assert other.exact and other.n_positions == n_positions and other.matrix is C
+    torch.testing.assert_close(other.rows[:], _exact_rows(C, n_positions), rtol=0, atol=0)
+    torch.testing.assert_close(other.rows[:], Cotangents(C, n_positions).rows[:], rtol=0, atol=0)
+
+
+def test_cotangents_of_each_length_are_made_once():
+    exact = Cotangents(torch.eye(3, dtype=torch.float64), 4)
+    assert exact.at_positions(4) is exact  # its own length
+    assert exact.at_positions(7) is exact.at_positions(7)
+    assert exact.at_positions(7) is not exact.at_positions(6)
+    assert exact.at_one_position() is exact.at_positions(1)
+    assert exact.at_positions(1).n_positions == 1
+
+
+def test_sampled_cotangents_have_no_other_length():
+    signs = torch.ones(2, 3)  # (S, P_out)
+    with pytest.raises(AssertionError):
+        Cotangents(torch.eye(2), 3, signs).at_positions(5)
+
+
+@pytest.mark.parametrize(
+    "lengths_vary, reads", [(False, ("a",)), (True, ("a", "b")), (None, ("a", "b"))]
+)
+def test_a_section_reads_its_end_unless_lengths_are_known_not_to_vary(lengths_vary, reads):
+    assert section_reads(Section("a", "b", (3, 2), (3, 4)), lengths_vary) == reads
+
+
+def test_a_section_to_the_output_reads_the_output_to_count_positions():
+    section = Section("a", OUTPUT_NODE, (3, 2), (3, 4))
+    assert section_reads(section, True) == ("a", OUTPUT_NODE)
+    assert section_reads(section, False) == ("a",)
+
+
+def test_batch_cotangents_count_the_positions_of_the_batchs_output():
+    C = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    section = Section("a", "b", (3, 5), (3, 4))
+    exact = Cotangents(C, 3)
+    longer = {"a": torch.zeros(2, 7, 5), "b": torch.zeros(2, 7, 4)}
+    got = batch_cotangents(exact, section, longer)
+    assert got is exact.at_positions(7)
+    torch.testing.assert_close(got.rows[:], _exact_rows(C, 7), rtol=0, atol=0)
+    # Positions of several axes count as their product; the probe's length is ``exact``.
+    grid = {"a": torch.zeros(2, 3, 5), "b": torch.zeros(2, 2, 3, 4)}
+    assert batch_cotangents(exact, section, grid).n_positions == 6
+    same = {"a": torch.zeros(2, 3, 5), "b": torch.zeros(2, 3, 4)}
+    assert batch_cotangents(exact, section, same) is exact
+
+
+def test_batch_cotangents_without_the_end_only_at_the_probes_positions():
+    section = Section("a", OUTPUT_NODE, (3, 5), (3, 4))
+    exact = Cotangents(torch.eye(4, dtype=torch.float64), 3)
+    assert batch_cotangents(exact, section, {"a": torch.zeros(2, 3, 5)}) is exact
+    # (The shape shows as torch.Size([7, 5]) today; a tuple would match too.)
+    message = r"7, 5\S* activations at 'a', not the \(3, 5\).*does not read the model output"
+    with pytest.raises(RuntimeError, match=message):
+        batch_cotangents(exact, section, {"a": torch.zeros(2, 7, 5)})
+    named = Section("a", "b", (3, 5), (3, 4))
+    with pytest.raises(RuntimeError, match=r"does not read 'b' to count its positions"):
+        batch_cotangents(exact, named, {"a": torch.zeros(2, 4, 5)})
