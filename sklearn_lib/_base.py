@@ -102,7 +102,10 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 source = StreamSource(X, self.input_shape_, fitted_by=type(self).__name__)
             if not (reset or probe):
                 return source
-            return source, self._validate_input(source.probe(PROBE_SIZE), reset=reset)
+            first = source.probe(PROBE_SIZE)
+            if reset:
+                first = source.check_probe(first, self._min_samples)
+            return source, self._validate_input(first, reset=reset)
         X = self._validate_input(X, reset=reset)
         source = ArraySource(X, self._batch_size(reset))
         # Never more than a batch (two samples at least, to compare them).

@@ -144,6 +144,7 @@ class StreamSource:
         #: Whether batches differ in sequence length; None until a pass has seen them all.
         self.lengths_vary = None
         self._first = None  # digest of the first batch the probe or the first pass saw
+        self.probe_left_out = 0  # batches of other lengths the probe left out
 
     @property
     def ordered(self):
@@ -244,15 +245,20 @@ class StreamSource:
                     break
         if not seen:
             raise ValueError("The stream yielded no batch")
-        if total < target and left_out:
-            raise ValueError(
-                f"The stream's first {len(seen) + left_out} batches hold {total} sample(s) of "
-                "the first batch's length and others of other lengths, without an "
-                "attention_mask to pad them to one: the checks before a pass compare two "
-                "samples of one length. Yield batches of two or more sequences, or pad them "
-                "with an attention_mask (DataCollatorWithPadding does)"
-            )
+        self.probe_left_out = left_out
         return take_rows(_joined(seen), slice(0, target))
+
+    def check_probe(self, probe, n):
+        """Refuse a probe of fewer than ``n`` samples because other lengths were left out."""
+        if n_rows(probe) < n and self.probe_left_out:
+            raise ValueError(
+                f"The stream's first batches hold {n_rows(probe)} sample(s) of the first "
+                "batch's length and others of other lengths, without an attention_mask to "
+                f"pad them to one: the checks of a fit compare {n} samples of one length. "
+                "Yield batches of two or more sequences, or pad them with an attention_mask "
+                "(DataCollatorWithPadding does)"
+            )
+        return probe
 
     def _check_first(self, batch):
         if not self.repeats:

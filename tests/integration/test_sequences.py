@@ -334,7 +334,7 @@ def test_bucketed_batches_fit_as_autograd_at_every_length(lengths):
 def test_single_sequences_of_distinct_lengths_are_refused_saying_how_to_batch():
     rng = np.random.default_rng(0)
     stream = Buckets([rng.integers(0, 11, size=(1, L)) for L in [3, *[5] * 40]])
-    with pytest.raises(ValueError, match="two samples of one length. Yield batches of two"):
+    with pytest.raises(ValueError, match="compare 2 samples of one length. Yield batches of two"):
         LIBTransformer(PooledTokens().double(), "head").fit(stream)
 
 
