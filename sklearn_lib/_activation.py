@@ -161,7 +161,7 @@ class ActivationTransformer(_ModelLayerTransformer):
 
         Returns
         -------
-        activations : ndarray of shape (n_tokens, activation_shape_[-1]), float64
+        activations : ndarray of shape ``(n_tokens, activation_shape_[-1])``, float64
         index : ndarray of shape (n_tokens, 1 + n_position_axes), int64
             Each row's sample (its index in ``X``) and position.
         """

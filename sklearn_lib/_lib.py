@@ -677,7 +677,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Returns
         -------
-        features : ndarray of shape (n_tokens, n_components_)
+        features : ndarray of shape ``(n_tokens, n_components_)``
             Sample-major, positions in order within a sample.
         index : ndarray of shape (n_tokens, 1 + n_position_axes), int64
             Row ``r``'s sample (its index in ``X``) and position: ``(sample, t)``
@@ -699,7 +699,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         Parameters
         ----------
-        Z : array-like of shape (n_tokens, n_components_)
+        Z : array-like of shape ``(n_tokens, n_components_)``
             Or a stream of such batches.
 
         Returns
