@@ -115,7 +115,9 @@ def plot_edges_needed(results, *, ax=None):
     return ax
 
 
-def plot_interaction_graph(graph, top_edges=200, *, max_features=30, ax=None, cmap="viridis"):
+def plot_interaction_graph(
+    graph, top_edges=200, *, max_features=30, ax=None, cmap="viridis", labels=None
+):
     """Layered drawing of an interaction graph.
 
     Parameters
@@ -129,6 +131,9 @@ def plot_interaction_graph(graph, top_edges=200, *, max_features=30, ax=None, cm
         Draw here (a new figure when None).
     cmap : str or matplotlib Colormap, default="viridis"
         Colours of ``log10(Lambda)``.
+    labels : tokenizer, sequence of str, dict or None, default=None
+        Text of features next to their index: a tokenizer or a vocabulary
+        names the output's tokens (see :class:`~sklearn_lib.InteractionGraphDisplay`).
 
     Returns
     -------
@@ -140,6 +145,6 @@ def plot_interaction_graph(graph, top_edges=200, *, max_features=30, ax=None, cm
         data; its docstring says how the graph is drawn.
     """
     display = InteractionGraphDisplay.from_graph(
-        graph, top_edges=top_edges, max_features=max_features, ax=ax, cmap=cmap
+        graph, top_edges=top_edges, max_features=max_features, ax=ax, cmap=cmap, labels=labels
     )
     return display.ax_

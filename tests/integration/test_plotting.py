@@ -114,3 +114,11 @@ def test_plot_edges_needed_refuses_empty_results():
         plot_edges_needed({})
     with pytest.raises(ValueError, match="results is empty"):
         plot_edges_needed({"LIB": {}})
+
+
+def test_plot_interaction_graph_labels_the_output_tokens(lib_and_graph):
+    _, graph, _ = lib_and_graph
+    ax = plot_interaction_graph(graph, labels=["cat", "dog", "eel"])
+    texts = {t.get_text() for t in ax.texts}
+    assert {"0 'cat'", "1 'dog'", "2 'eel'"} <= texts
+    plt.close("all")
