@@ -161,9 +161,11 @@ class LIBTransformer(_ModelLayerTransformer):
     jacobian : {"auto", "autograd"}, default="auto"
         How Jacobian products are computed, for ``M'`` and for the edges.
         ``"auto"`` uses a closed form where one applies (the Linear ->
-        elementwise formula for such sections of an ``nn.Sequential``, or the
-        model's own ``lib_section_vjp`` / ``lib_section_gram``), each checked
-        against autograd once per section and used only if it agrees;
+        elementwise formula for such sections of an ``nn.Sequential``, the
+        rows of a final linear map's input for a section to the output that
+        ends in one, or the model's own ``lib_section_vjp`` /
+        ``lib_section_gram``), each checked against autograd once per
+        section and used only if it agrees;
         ``"autograd"`` always uses autograd (the reference, slower).
     compute_graph : bool, default=False
         Also compute the interaction graph of the fitting data during
@@ -264,7 +266,9 @@ class LIBTransformer(_ModelLayerTransformer):
 
     Jacobians come from autograd, or from a closed form where one applies:
     Linear -> elementwise sections of an ``nn.Sequential``, residual MLP
-    blocks and affine sections of your own modules, the model's own
+    blocks and affine sections of your own modules, a section to the output
+    that ends in a linear map of fewer inputs than outputs (its exact
+    ``M'`` from one row per input of the map, not per output), the model's own
     ``lib_section_vjp`` / ``lib_section_gram`` (each checked against
     autograd once per section, on the first samples; see
     ``sklearn_lib/_routes/forms/`` and ``jacobian``).

@@ -29,6 +29,9 @@ from .._core.numerics import ROW_REUSE_BYTES
 from .._routes.integration import is_plain
 from .stochastic import AUTO_MIN_ROUNDS, m_prime_route
 
+#: The routes of ``M'`` that run a backward pass per row: all rows, or a final map's input's.
+ROW_ROUTES = ("autograd", "final linear")
+
 #: Fits estimated to take longer than this announce their plan even when not verbose.
 LONG_FIT_SECONDS = 10.0
 
@@ -57,6 +60,9 @@ class SectionPlan:
     seconds : float or None
         Estimated time of its pass; None where not priced (a route without
         backward rows, rounds, or data of unknown size).
+    factor_width : int or None
+        Route ``"final linear"``: the inputs of the final map, the most rows
+        per output position its exact ``M'`` needs.
     """
 
     section: object
@@ -66,6 +72,7 @@ class SectionPlan:
     joins: bool
     keep_rows: bool = False
     seconds: float | None = None
+    factor_width: int | None = None
 
     @property
     def exact(self):
@@ -103,7 +110,9 @@ class SectionPlan:
     def _rows_per_batch(self, width):
         if self.sources == "auto":
             return None
-        if self.route == "autograd":
+        if self.route == "final linear" and self.exact:
+            return n_positions(self.section.dst_shape) * min(width, self.factor_width)
+        if self.route in ROW_ROUTES:
             return n_positions(self.section.dst_shape) * width if self.exact else self.sources
         if self.route == "affine" and not self.exact:
             return self.sources
@@ -123,6 +132,14 @@ class SectionPlan:
             how = f"{self.sources:,} random sources per batch, a backward row each"
         elif self.route == "autograd":
             how = f"up to {self.backward_rows:,} backward rows per batch"
+        elif self.route == "final linear":
+            how = (
+                f"up to {self.backward_rows:,} backward rows per batch through the final "
+                f"linear map's {self.factor_width} inputs (instead of "
+                f"{self.section.exact_rows:,})"
+                if self.exact
+                else f"{self.sources:,} random sources per batch through the final linear map"
+            )
         elif self.route == "affine" and sampled:
             how = f"affine, {self.sources:,} random sources per batch on one sample"
         else:
@@ -188,7 +205,7 @@ class FitPlan:
         Sections that a route without rows serves count as free: they cost a
         forward pass, which the estimate leaves out everywhere.
         """
-        times = [s.seconds for s in self.sections if s.route == "autograd"]
+        times = [s.seconds for s in self.sections if s.route in ROW_ROUTES]
         return None if not times or None in times else sum(times)
 
     def describe(self):
@@ -205,7 +222,7 @@ class FitPlan:
         line += _edges_words(self)
         if self.seconds is not None:
             line += f"; estimated {_duration(self.seconds)}"
-            if any(s.exact and s.route == "autograd" for s in self.sections):
+            if any(s.exact and s.route in ROW_ROUTES for s in self.sections):
                 line += " (n_stochastic_sources=S runs S rows per batch instead)"
         return line
 
@@ -290,14 +307,16 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     keep = compute_graph and is_plain(settings.rule) and sources is None
     keep = keep and route.makes_rows and not gathered
     how = "statistics pass" if gathered else route.m_prime
-    plan = SectionPlan(section, how, sources, why, gathered or last, keep)
-    if price is None or n_samples is None or plan.route != "autograd" or plan.sources == "auto":
+    width = route.gram.width if how == "final linear" else None
+    plan = SectionPlan(section, how, sources, why, gathered or last, keep, factor_width=width)
+    priced = plan.route in ROW_ROUTES
+    if price is None or n_samples is None or not priced or plan.sources == "auto":
         return plan
     # One backward pass per row and batch: the cost grows as rows * samples.
     seconds = _times(plan.backward_rows * n_samples, price(section, 1))
     if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
         seconds = _times(plan.backward_rows * n_samples, price(section, 4))
-    return SectionPlan(section, how, sources, why, plan.joins, keep, seconds)
+    return replace(plan, seconds=seconds)
 
 
 def _times(row_samples, seconds_per_row_sample):

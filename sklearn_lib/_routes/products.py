@@ -31,7 +31,8 @@ def form_rows(form, x, points, rows, weights, n_samples):
 
 def form_gram(form, x, points, weights, rows):
     """A closed form's float64 Gram of the integrated rows, or NotImplemented."""
-    rows = rows[:] if isinstance(rows, ExactRows) else rows  # a closed form takes all at once
+    if isinstance(rows, ExactRows) and not getattr(form, "exact_rows", False):
+        rows = rows[:]  # a closed form takes all at once, unless it says otherwise
     with torch.no_grad():
         gram = form.gram(x, points, weights, rows)
     return gram if gram is NotImplemented else gram.to(torch.float64)

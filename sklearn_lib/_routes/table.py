@@ -27,7 +27,7 @@ from .._model.inputs import n_rows
 from .._model.session import outside_inference_mode
 from ..exceptions import user_stacklevel
 from .cotangents import Cotangents, scaled
-from .forms import Affine
+from .forms import Affine, FinalLinear
 from .forms.base import REGISTRY, ClosedForm, Probe, applicable_forms
 from .products import KINDS, masked
 
@@ -71,11 +71,14 @@ class SectionRoute:
     @property
     def m_prime(self):
         """How ``M'`` is made: ``"closed form"`` (its Gram), ``"affine"`` (rows of one
-        sample for all), ``"closed-form rows"`` or ``"autograd"`` (a backward pass per row).
+        sample for all), ``"closed-form rows"``, ``"final linear"`` (a backward pass per
+        row of a final linear map's input) or ``"autograd"`` (a backward pass per row).
 
         A closed form with statistics (:attr:`gathers_statistics`) may also be
         gathered in the statistics pass; that is the plan's decision.
         """
+        if isinstance(self.gram, FinalLinear):
+            return "final linear"
         if self.gram is not None:
             return "closed form"
         if isinstance(self.rows, Affine):
@@ -89,8 +92,9 @@ class SectionRoute:
 
     @property
     def row_free(self):
-        """Whether ``M'`` needs no backward pass per row (any route but autograd)."""
-        return self.m_prime != "autograd"
+        """Whether ``M'`` needs no backward pass per row (any route but autograd's rows,
+        all of them or those of a final linear map's input)."""
+        return self.m_prime not in ("autograd", "final linear")
 
     @property
     def makes_rows(self):
@@ -155,7 +159,8 @@ def decide_routes(session, probe, sections, rule, kinds, jacobian="auto"):
     Notes
     -----
     A section whose positions an ``attention_mask`` among the inputs covers
-    takes autograd alone: closed forms know nothing of padding.  Under
+    takes autograd, or a form that reads padding as autograd does
+    (:attr:`ClosedForm.padding`): the others know nothing of padding.  Under
     ``torch.distributed`` a form serves a product only where every rank's
     check chose it, so that all ranks run the same passes.
     """
@@ -171,7 +176,9 @@ def _decide(session, probe, section, f, rule, kinds):
     alphas, weights = rule
     points = scaled(f, alphas)
     rows = Cotangents.identity(section.dst_shape, session.dtype, session.device).rows
-    forms = [] if masked(probe, points, rows) else applicable_forms(session, section)
+    forms = applicable_forms(session, section)
+    if masked(probe, points, rows):  # only forms that read padding as autograd does
+        forms = [form for form in forms if form.padding]
     if not forms:
         return autograd_route(section)
     checked = Probe(probe, points, rows, weights)

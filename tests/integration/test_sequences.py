@@ -349,3 +349,27 @@ def test_a_flattened_pca_refuses_another_length_than_its_fit():
         pytest.raises(ValueError, match="flattened PCA takes only the length it was fitted on"),
     ):
         ablation_curve(pipe, rng.integers(0, 11, size=(10, 12)), n_features=[2])
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["arrays", "dynamic padding"])
+def test_gpt2_unembedding_takes_the_rows_of_its_input(padded, capsys):
+    """ln_f -> logits ends in lm_head (16 inputs, 20 logits): 16 rows per position, not 20,
+    with the Lambdas of all of autograd's rows (1e-12), padding or not."""
+    pytest.importorskip("transformers", reason=MODELS_EXTRA)
+    tokenizer = tiny_tokenizer(GPT2_VOCAB)
+    features = token_features(LENGTHS, GPT2_VOCAB)
+    X = _dynamic(tokenizer, features) if padded else _padded(tokenizer, features, 8)["input_ids"]
+    model = tiny_gpt2().double()
+    common = {"output": "logits", "forward_kwargs": {"use_cache": False}}
+    fits = {
+        jacobian: LIBTransformer(
+            model, "transformer.ln_f", jacobian=jacobian, verbose=True, **common
+        ).fit(X)
+        for jacobian in ("auto", "autograd")
+    }
+    lines = capsys.readouterr().err
+    assert "through the final linear map's 16 inputs (instead of 160)" in lines
+    auto, reference = fits["auto"], fits["autograd"]
+    np.testing.assert_allclose(
+        auto.lambdas_, reference.lambdas_, rtol=1e-12, atol=1e-12 * reference.lambdas_[0]
+    )

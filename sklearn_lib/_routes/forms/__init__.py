@@ -7,17 +7,19 @@ below (or :func:`~sklearn_lib._routes.forms.base.register` from anywhere).
 
 from .affine import Affine
 from .base import REGISTRY, ClosedForm, register
+from .final_linear import FinalLinear
 from .linear_elementwise import LinearElementwise
 from .model_protocol import ModelProtocol
 from .residual_mlp import ResidualMLP
 
-for _form in (ModelProtocol, LinearElementwise, ResidualMLP, Affine):
+for _form in (ModelProtocol, LinearElementwise, ResidualMLP, Affine, FinalLinear):
     register(_form)
 
 __all__ = [
     "REGISTRY",
     "Affine",
     "ClosedForm",
+    "FinalLinear",
     "LinearElementwise",
     "ModelProtocol",
     "ResidualMLP",

@@ -79,11 +79,20 @@ class ClosedForm(abc.ABC):
     traced : bool
         Whether the form is recognised from the model's code (its modules
         or its fx trace), which :func:`structural_veto` may rule out.
+    padding : bool
+        Whether the form reads an ``attention_mask`` as the autograd route
+        does; the others do not serve sections whose positions it covers.
+    exact_rows : bool
+        Whether :meth:`gram` takes exact cotangent rows as an
+        :class:`~sklearn_lib._routes.cotangents.ExactRows` (made chunk by
+        chunk) rather than all of them as one tensor.
     """
 
     title = "A closed form"
     position_wise = False
     traced = True
+    padding = False
+    exact_rows = False
 
     @classmethod
     @abc.abstractmethod

@@ -12,7 +12,7 @@ from toy_models import TanhThenLinear, modadd_tokens, tanh_mlp, user_transformer
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes import table
-from sklearn_lib._routes.forms import Affine, LinearElementwise, ResidualMLP, register
+from sklearn_lib._routes.forms import Affine, ClosedForm, LinearElementwise, ResidualMLP, register
 from sklearn_lib._routes.forms.base import unregister
 from sklearn_lib._routes.integration import rule_tensors
 from sklearn_lib._routes.products import KINDS
@@ -307,17 +307,24 @@ def _padded_probe(n=20, T=4):
     return {"input_ids": ids, "attention_mask": mask}
 
 
+class _Unchecked(ClosedForm):
+    """A form that must never be checked (it knows nothing of padding)."""
+
+    @classmethod
+    def detect(cls, session, section):
+        return cls()
+
+    def vjp(self, x, points, cotangents, tangents=None):
+        raise AssertionError("a form without padding was checked on a masked section")
+
+
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "mask of ones"])
 def test_a_section_the_mask_covers_takes_autograd(padded, monkeypatch):
-    """Closed forms know nothing of padding: no form is looked for, padded probe or not."""
+    """Forms that know nothing of padding are left out, padded probe or not."""
     probe = _padded_probe()
     if not padded:  # the structure decides, not this probe's padding
         probe["attention_mask"] = torch.ones_like(probe["attention_mask"])
-
-    def no_forms(*args):
-        raise AssertionError("a form was looked for")
-
-    monkeypatch.setattr(table, "applicable_forms", no_forms)
+    monkeypatch.setattr(table, "applicable_forms", lambda *args: [_Unchecked()])
     routes, (section,) = _decide(PaddedTail().double(), probe, [("tail.0", "tail.2")])
     assert _kinds_served(routes[section]) == dict.fromkeys(KINDS)
     assert routes[section].verdicts == ()

@@ -1,0 +1,164 @@
+"""Fewer rows behind a final linear map: ``M'`` of a section that ends in ``y = z A + b``.
+
+A section to the model output that ends in a linear map of a narrower
+input ``z`` (a language model's unembedding, ``d_in = 768`` wide for
+``d_out = 50,257`` logits; an output head; a projection) has the Jacobian
+``J = J_z A`` with ``J_z`` the part before the map.  With the next basis'
+columns ``c_i``, the exact ``M'`` sums, per output position,
+
+    sum_i J^T c_i c_i^T J = J_z^T (A C C^T A^T) J_z,
+
+and ``A C C^T A^T = R R^T`` with ``R`` of ``rank <= d_in`` columns (the
+eigenvectors of the ``d_in x d_in`` matrix, scaled).  So the exact ``M'``
+needs one backward row per column of ``R`` and output position, through
+``J_z`` only, instead of one per output feature: 768 instead of 50,257.
+Sampled rows (stochastic sources) are mapped through ``A`` alike: as many,
+one matrix product shorter.
+
+Detection is by running the section, not by reading code: the form applies
+where the section's output is, as a tensor, the output of an ``nn.Linear``
+(or a Hugging Face ``Conv1D``, ``y = z W + b``) of the model with fewer
+inputs than outputs, called once in the section, position by position.
+Its backward rows are autograd's (the part before the map may be anything),
+so it reads padding as the autograd route does.  Like every closed form it
+is checked against autograd on the probe before use.
+"""
+
+import torch
+from torch import nn
+
+from ..._model.inputs import n_rows, repeat_rows, valid_positions
+from ..autograd import integrated_vjps
+from ..cotangents import ExactRows
+from ..products import gram_of
+from .affine import Affine
+from .base import ClosedForm, structural_veto
+
+
+def _linear_map(module):
+    """``(A, bias)`` with ``y = z A + bias`` for a linear module, or None."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        return None
+    if isinstance(module, nn.Linear):
+        return weight.T, module.bias
+    if type(module).__name__ == "Conv1D" and getattr(module, "nf", None) == weight.shape[1]:
+        return weight, module.bias  # Hugging Face's Conv1D: x @ weight + bias
+    return None
+
+
+class FinalLinear(ClosedForm):
+    """``M'`` of a section ending in a linear map, from rows of the map's input (see the module).
+
+    Parameters
+    ----------
+    session : ModelSession
+    section : Section
+    candidates : dict of str to torch.nn.Module
+        The model's linear modules of the output's width with narrower inputs.
+    """
+
+    title = "The final linear map's factor (rows of its input)"
+    traced = False  # found by running the section, not by reading its code
+    padding = True  # its rows are autograd's: padding reads as on the autograd route
+    exact_rows = True  # takes the exact rows as they are made, not all at once
+
+    def __init__(self, session, section, candidates):
+        self.session, self.section, self.candidates = session, section, candidates
+        self.final = None  # the name of the module found at the first run
+        self._factors = (None, None)  # (next matrix, its factor R)
+
+    @classmethod
+    def detect(cls, session, section):
+        """The form where the model has a linear module of the output's width, narrower
+        inputs and features last, and the section is not affine as a whole; else None."""
+        if section.dst_shape is None or not section.to_output:
+            return None
+        if session.axis_of(section.dst) not in (None, -1):
+            return None
+        if structural_veto(session, section) is None and Affine.detect(session, section):
+            return None  # the affine route makes its rows once a pass: cheaper still
+        width = section.dst_shape[-1]
+        candidates = {}
+        for name, module in session.model.named_modules():
+            found = _linear_map(module)
+            if found is not None and found[0].shape[1] == width and found[0].shape[0] < width:
+                candidates[name] = module
+        return cls(session, section, candidates) if candidates else None
+
+    @property
+    def width(self):
+        """Inputs of the final map (rows per output position at most), once found."""
+        if self.final is None:
+            return None
+        return _linear_map(self.candidates[self.final])[0].shape[0]
+
+    def vjp(self, x, points, cotangents, tangents=None):
+        return NotImplemented  # only the Gram: its rows are of the map's input
+
+    def gram(self, x, points, weights, cotangents):
+        """The Gram of the rows through the map's input, or NotImplemented where the
+        section does not end in one of the candidates."""
+        # Closed forms are called without gradients; these rows are autograd's.
+        with torch.enable_grad():
+            run = self._run(x, points)
+            if run is None:
+                return NotImplemented
+            leaf, z, A = run
+            rows = self._input_rows(cotangents, A)
+            n = n_rows(x)
+            chunks = integrated_vjps(z, leaf, rows, weights, n, points.device.type == "cuda")
+            valid = valid_positions(x, points.shape[1:])
+            if valid is not None:  # padded input positions count nowhere
+                view = valid.reshape(1, n, -1, 1)
+                chunks = (g * view.to(g.dtype) for g in chunks)
+            return gram_of(chunks, n, points.shape[-1])
+
+    def _run(self, x, points):
+        """``(leaf, z, A)``: the section run with gradients, the map's input ``(A*n, P, d_in)``
+        (zero at padded output positions) and its matrix; None where no candidate ends it."""
+        calls = []
+
+        def record(name):
+            def hook(module, args, output):
+                calls.append((name, args[0] if args else None, output))
+
+            return hook
+
+        leaf = points.detach().requires_grad_(True)
+        handles = [m.register_forward_hook(record(n)) for n, m in self.candidates.items()]
+        try:
+            out = self.session.section(x, self.section.src, leaf, self.section.dst)
+        finally:
+            for handle in handles:
+                handle.remove()
+        ends = [(n, z) for n, z, y in calls if y is out and torch.is_tensor(z) and z.requires_grad]
+        if len(ends) != 1 or ends[0][1].shape[:-1] != out.shape[:-1]:
+            return None  # not a map applied position by position at the very end
+        self.final, z = ends[0]
+        valid = valid_positions(x, out.shape[1:])
+        if valid is not None:  # rows of padded output positions vanish
+            z = z * repeat_rows(valid, z.shape[0] // n_rows(x)).unsqueeze(-1).to(z.dtype)
+        A = _linear_map(self.candidates[self.final])[0]
+        return leaf, z.reshape(z.shape[0], -1, z.shape[-1]), A
+
+    def _input_rows(self, cotangents, A):
+        """The cotangents of the map's input: the factor ``R`` of ``A C C^T A^T`` for exact
+        rows (one per column, each output position), else each row mapped through ``A``."""
+        if not isinstance(cotangents, ExactRows):
+            return cotangents.to(A.dtype) @ A.T  # (R, P, d_out) -> (R, P, d_in)
+        C, made = self._factors
+        if C is not cotangents.matrix:
+            made = _factor(A.to(cotangents.dtype) @ cotangents.matrix)
+            self._factors = (cotangents.matrix, made)
+        return ExactRows(made, cotangents.n_positions)
+
+
+def _factor(M):
+    """``R`` with ``R R^T = M M^T`` and the fewest columns: ``M`` where it is narrow,
+    else the eigenvectors of ``M M^T`` scaled by the square roots of their eigenvalues."""
+    if M.shape[1] <= M.shape[0]:
+        return M
+    values, vectors = torch.linalg.eigh((M @ M.T).to(torch.float64))
+    kept = values > values.max().clamp(min=0) * M.shape[0] * torch.finfo(torch.float64).eps
+    return (vectors[:, kept] * values[kept].sqrt()).to(M.dtype)

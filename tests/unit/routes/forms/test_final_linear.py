@@ -1,0 +1,147 @@
+"""Fewer rows behind a final linear map (``_routes.forms.final_linear``): detection, the
+factor's rows against all of autograd's, sampled rows, padding, and where it must not apply."""
+
+import pytest
+import torch
+from torch import nn
+
+from sklearn_lib._core.nodes import OUTPUT_NODE, Section
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.autograd import autograd_rows
+from sklearn_lib._routes.cotangents import Cotangents, scaled
+from sklearn_lib._routes.forms.final_linear import FinalLinear, _factor
+from sklearn_lib._routes.products import form_gram, gram_of
+from sklearn_lib._routes.table import decide_routes
+
+D_IN, D_OUT, P = 4, 9, 3
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's ``Conv1D``: ``x @ weight + bias`` with ``weight`` of shape (nx, nf)."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.randn(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class Head(nn.Module):
+    """A sequence model's last section: a nonlinear mix of positions, then a wide map."""
+
+    def __init__(self, head="linear", after=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(2, D_IN)
+        self.mix = nn.Linear(D_IN, D_IN)
+        self.head = nn.Linear(D_IN, D_OUT) if head == "linear" else Conv1D(D_OUT, D_IN)
+        self.after = after
+
+    def forward(self, x):  # (n, P, 2) -> (n, P, D_OUT)
+        h = torch.tanh(self.embed(x))
+        h = torch.tanh(self.mix(h) + h.mean(1, keepdim=True))  # positions interact
+        y = self.head(self.block_input(h))
+        return y if self.after is None else self.after(y)
+
+    def block_input(self, h):
+        return h
+
+
+class Model(nn.Module):
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.body = Head(**kwargs)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+SECTION = Section("body.mix", OUTPUT_NODE, (P, D_IN), (P, D_OUT))
+
+
+def _session(model):
+    return ModelSession(model.double(), dtype=torch.float64)
+
+
+def _points(session, x, alphas=(1.0,)):
+    (f,) = session.read(x, ["body.mix"])
+    return scaled(f, torch.tensor(alphas, dtype=torch.float64)), torch.ones(len(alphas)) / len(
+        alphas
+    )
+
+
+def _autograd_gram(session, x, points, weights, rows):
+    chunks = autograd_rows(session, SECTION, x, points, rows, weights, batched=False)
+    return gram_of(chunks, x.shape[0], D_IN)
+
+
+@pytest.mark.parametrize("head", ["linear", "conv1d"])
+@pytest.mark.parametrize("k_next", [D_OUT, 6, 2], ids=["identity", "wide basis", "narrow basis"])
+def test_the_factors_rows_give_the_gram_of_all_rows(head, k_next):
+    """Exact rows: ``R R^T = A C C^T A^T`` with at most ``d_in`` columns, to 1e-12."""
+    session = _session(Model(head=head))
+    form = FinalLinear.detect(session, SECTION)
+    assert form is not None
+    x = torch.randn(5, P, 2, dtype=torch.float64)
+    points, weights = _points(session, x, alphas=(0.5, 1.0))
+    C = torch.eye(D_OUT, dtype=torch.float64)[:, :k_next] if k_next == D_OUT else None
+    if C is None:
+        C = torch.linalg.qr(torch.randn(D_OUT, k_next, dtype=torch.float64))[0]
+    rows = Cotangents(C, P).rows
+    got = form_gram(form, x, points, weights, rows)
+    expected = _autograd_gram(session, x, points, weights, rows[:])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
+    assert form.width == D_IN and form.final == "body.head"
+
+
+def test_sampled_rows_go_through_the_map():
+    session = _session(Model())
+    form = FinalLinear.detect(session, SECTION)
+    x = torch.randn(4, P, 2, dtype=torch.float64)
+    points, weights = _points(session, x)
+    rows = torch.randn(3, P, D_OUT, dtype=torch.float64)
+    got = form_gram(form, x, points, weights, rows)
+    expected = _autograd_gram(session, x, points, weights, rows)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
+
+
+def test_the_factor_has_the_fewest_columns():
+    M = torch.randn(3, 8, dtype=torch.float64)
+    R = _factor(M)
+    assert R.shape == (3, 3)
+    torch.testing.assert_close(R @ R.T, M @ M.T, rtol=1e-12, atol=1e-12)
+    narrow = torch.randn(5, 2, dtype=torch.float64)
+    assert _factor(narrow) is narrow
+    low_rank = torch.randn(4, 1, dtype=torch.float64) @ torch.randn(1, 9, dtype=torch.float64)
+    assert _factor(low_rank).shape == (4, 1)
+
+
+def test_it_does_not_apply_where_the_output_is_not_the_maps():
+    """tanh after the map: no candidate's output is the section's; a narrower output: none."""
+    session = _session(Model(after=torch.tanh))
+    form = FinalLinear.detect(session, SECTION)
+    x = torch.randn(4, P, 2, dtype=torch.float64)
+    points, weights = _points(session, x)
+    assert form_gram(form, x, points, weights, Cotangents.identity((P, D_OUT), *_dd()).rows) is (
+        NotImplemented
+    )
+    routes = decide_routes(session, x, [SECTION], (torch.ones(1), torch.ones(1)), {"gram"})
+    assert routes[SECTION].m_prime == "autograd"
+    to_layer = Section("body.embed", "body.mix", (P, 2), (P, D_IN))
+    assert FinalLinear.detect(session, to_layer) is None  # only sections to the output
+
+
+def _dd():
+    return torch.float64, torch.device("cpu")
+
+
+def test_the_route_table_takes_it_and_says_so():
+    session = _session(Model())
+    x = torch.randn(6, P, 2, dtype=torch.float64)
+    routes = decide_routes(session, x, [SECTION], (torch.ones(1), torch.ones(1)), {"gram", "rows"})
+    route = routes[SECTION]
+    assert route.m_prime == "final linear" and not route.row_free
+    assert "final linear map" in routes.summary()
