@@ -298,7 +298,9 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     if gathered:
         sources, why = None, "exact: its closed form's statistics are gathered before any basis"
     else:
-        sources, why = m_prime_route(settings.n_stochastic_sources, section, route.row_free)
+        sources, why = m_prime_route(
+            settings.n_stochastic_sources, section, route.row_free, route.exact_rows
+        )
     # The output's basis is known before any data is read (identity): the last
     # section's M' joins the statistics pass, unless rounds need passes of their own.
     last = section.to_output and settings.output_basis == "identity" and sources != "auto"
@@ -307,7 +309,7 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     keep = compute_graph and is_plain(settings.rule) and sources is None
     keep = keep and route.makes_rows and not gathered
     how = "statistics pass" if gathered else route.m_prime
-    width = route.gram.width if how == "final linear" else None
+    width = route.gram.width if how == "final linear" else None  # once checked on the probe
     plan = SectionPlan(section, how, sources, why, gathered or last, keep, factor_width=width)
     priced = plan.route in ROW_ROUTES
     if price is None or n_samples is None or not priced or plan.sources == "auto":

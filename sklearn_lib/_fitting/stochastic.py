@@ -73,7 +73,7 @@ def auto_stays_exact(exact_rows):
     return exact_rows <= AUTO_MIN_ROUNDS * AUTO_SOURCES
 
 
-def m_prime_route(setting, section, row_free):
+def m_prime_route(setting, section, row_free, exact_rows=None):
     """``(sources, why)``: how the fit's ``M'`` of ``section`` is estimated, said once.
 
     Parameters
@@ -87,6 +87,9 @@ def m_prime_route(setting, section, row_free):
     row_free : bool
         Whether a route without a backward pass per row serves the section
         (on every rank).
+    exact_rows : int, optional
+        The exact rows of its route, where fewer than ``section.exact_rows``
+        (those of a final linear map's input).
 
     Returns
     -------
@@ -100,8 +103,8 @@ def m_prime_route(setting, section, row_free):
         return setting, f"{setting} random sources per batch"
     if row_free:
         return None, "exact: its route needs no backward pass per row"
-    if auto_stays_exact(section.exact_rows):
-        rows = section.exact_rows
+    rows = section.exact_rows if exact_rows is None else exact_rows
+    if auto_stays_exact(rows):
         return None, f"exact: {rows} rows cost no more than {AUTO_MIN_ROUNDS} rounds"
     return "auto", "rounds of random sources until the basis stops moving"
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .._core.distributed import agreed as agreed_values
+from .._core.nodes import n_positions
 from .._model.inputs import n_rows
 from .._model.session import outside_inference_mode
 from ..exceptions import user_stacklevel
@@ -84,6 +85,17 @@ class SectionRoute:
         if isinstance(self.rows, Affine):
             return "affine"
         return "autograd" if self.rows is None else "closed-form rows"
+
+    @property
+    def exact_rows(self):
+        """Rows of the exact ``M'`` on this route: ``P_out`` times the next node's full
+        width, or times the inputs of a final linear map where fewer."""
+        rows = self.section.exact_rows
+        if self.m_prime == "final linear":
+            rows = n_positions(self.section.dst_shape) * min(
+                self.section.dst_shape[-1], self.gram.width
+            )
+        return rows
 
     @property
     def gathers_statistics(self):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
+from sklearn_lib._fitting.stochastic import m_prime_route
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.autograd import autograd_rows
 from sklearn_lib._routes.cotangents import Cotangents, scaled
@@ -145,3 +146,15 @@ def test_the_route_table_takes_it_and_says_so():
     route = routes[SECTION]
     assert route.m_prime == "final linear" and not route.row_free
     assert "final linear map" in routes.summary()
+
+
+def test_auto_sources_count_the_factors_rows():
+    """8 positions x 9 logits = 72 rows would run rounds; 8 x 4 inputs of the map stay exact."""
+    session = _session(Model())
+    section = Section("body.mix", OUTPUT_NODE, (8, D_IN), (8, D_OUT))
+    x = torch.randn(6, 8, 2, dtype=torch.float64)
+    routes = decide_routes(session, x, [section], (torch.ones(1), torch.ones(1)), {"gram"})
+    route = routes[section]
+    assert route.exact_rows == 8 * D_IN and section.exact_rows == 8 * D_OUT
+    assert m_prime_route("auto", section, route.row_free, route.exact_rows)[0] is None
+    assert m_prime_route("auto", section, route.row_free)[0] == "auto"
