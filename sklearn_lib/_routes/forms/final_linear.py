@@ -159,6 +159,7 @@ def _factor(M):
     else the eigenvectors of ``M M^T`` scaled by the square roots of their eigenvalues."""
     if M.shape[1] <= M.shape[0]:
         return M
-    values, vectors = torch.linalg.eigh((M @ M.T).to(torch.float64))
+    wide = M.to(torch.float64)  # the product in float64 whatever the compute dtype
+    values, vectors = torch.linalg.eigh(wide @ wide.T)
     kept = values > values.max().clamp(min=0) * M.shape[0] * torch.finfo(torch.float64).eps
     return (vectors[:, kept] * values[kept].sqrt()).to(M.dtype)

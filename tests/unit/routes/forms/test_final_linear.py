@@ -158,3 +158,15 @@ def test_auto_sources_count_the_factors_rows():
     assert route.exact_rows == 8 * D_IN and section.exact_rows == 8 * D_OUT
     assert m_prime_route("auto", section, route.row_free, route.exact_rows)[0] is None
     assert m_prime_route("auto", section, route.row_free)[0] == "auto"
+
+
+def test_the_factor_in_float32_agrees_with_autograd_to_float32_rounding():
+    session = ModelSession(Model().float(), dtype=torch.float32)
+    form = FinalLinear.detect(session, SECTION)
+    x = torch.randn(5, P, 2)
+    (f,) = session.read(x, ["body.mix"])
+    rows = Cotangents.identity((P, D_OUT), torch.float32, torch.device("cpu")).rows
+    got = form_gram(form, x, f, torch.ones(1), rows)
+    chunks = autograd_rows(session, SECTION, x, f, rows[:], torch.ones(1), batched=False)
+    expected = gram_of(chunks, 5, D_IN)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
