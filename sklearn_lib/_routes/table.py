@@ -57,6 +57,8 @@ class SectionRoute:
         The closed form serving each kind of product; None: autograd.
     verdicts : tuple of Verdict
         The checks that decided it.
+    skipped : tuple of str
+        ``"title: why"`` of each form that did not apply, so never checked.
     """
 
     section: object
@@ -64,6 +66,7 @@ class SectionRoute:
     gram: object = None
     tangents: object = None
     verdicts: tuple = ()
+    skipped: tuple = ()
 
     def form(self, kind):
         """The closed form serving ``kind``, or None for autograd."""
@@ -137,9 +140,10 @@ class RouteTable(Mapping):
                 f"{v.form} for {v.kind}: {'passed' if v.passed else 'failed, ' + v.why}"
                 for v in route.verdicts
             )
-            lines.append(
-                f"{route.section}: M' by {route.m_prime}" + (f" ({checks})" if checks else "")
-            )
+            line = f"{route.section}: M' by {route.m_prime}" + (f" ({checks})" if checks else "")
+            if route.m_prime == "autograd" and route.skipped:
+                line += "; not applied: " + "; ".join(route.skipped)
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -188,11 +192,15 @@ def _decide(session, probe, section, f, rule, kinds):
     alphas, weights = rule
     points = scaled(f, alphas)
     rows = Cotangents.identity(section.dst_shape, session.dtype, session.device).rows
-    forms = applicable_forms(session, section)
+    skipped = []
+    forms = applicable_forms(session, section, skipped=skipped)
     if masked(probe, points, rows):  # only forms that read padding as autograd does
+        skipped += [
+            f"{f.title}: an attention_mask covers its positions" for f in forms if not f.padding
+        ]
         forms = [form for form in forms if form.padding]
     if not forms:
-        return autograd_route(section)
+        return SectionRoute(section, skipped=tuple(skipped))
     checked = Probe(probe, points, rows, weights)
     chosen, verdicts = {}, []
     for kind in ("gram", "tangents"):
@@ -200,7 +208,7 @@ def _decide(session, probe, section, f, rule, kinds):
             chosen[kind] = _first_passing(session, section, forms, kind, checked, verdicts)
     if "rows" in kinds and (not chosen or None in chosen.values()):
         chosen["rows"] = _first_passing(session, section, forms, "rows", checked, verdicts)
-    return SectionRoute(section, verdicts=tuple(verdicts), **chosen)
+    return SectionRoute(section, verdicts=tuple(verdicts), skipped=tuple(skipped), **chosen)
 
 
 def _agreed(routes, device):

@@ -243,15 +243,24 @@ def unregister(form):
         REGISTRY.remove(form)
 
 
-def applicable_forms(session, section, registry=None):
+def applicable_forms(session, section, registry=None, skipped=None):
     """Instances of the forms of ``registry`` (default :data:`REGISTRY`) that apply to
-    ``section``, in order."""
-    vetoed = structural_veto(session, section) is not None
+    ``section``, in order.
+
+    ``skipped``, a list, gets ``"title: why"`` for each form that does not
+    apply: the veto's reason, or that its pattern is not the section's.
+    """
+    veto = structural_veto(session, section)
     found = []
     for form in REGISTRY if registry is None else registry:
-        if form.traced and vetoed:
-            continue
-        instance = form.detect(session, section)
-        if instance is not None:
-            found.append(instance)
+        if form.traced and veto is not None:
+            why = veto
+        else:
+            instance = form.detect(session, section)
+            if instance is not None:
+                found.append(instance)
+                continue
+            why = "its pattern is not the section's" if form.traced else "it does not apply"
+        if skipped is not None:
+            skipped.append(f"{form.title}: {why}")
     return found

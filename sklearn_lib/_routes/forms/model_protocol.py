@@ -21,6 +21,7 @@ class ModelProtocol(ClosedForm):
     section : Section
     """
 
+    title = "The model's lib_section_vjp / lib_section_gram"
     traced = False  # the model decides for itself where its methods apply
 
     def __init__(self, session, section):

@@ -142,7 +142,7 @@ def test_rows_a_gram_makes_unneeded_are_not_checked():
 
 # -- jacobian="autograd" -----------------------------------------------------------------------
 def test_jacobian_autograd_runs_no_check_and_serves_nothing(monkeypatch):
-    def no_forms(*args):
+    def no_forms(*args, **kwargs):
         raise AssertionError("a form was looked for")
 
     monkeypatch.setattr(table, "applicable_forms", no_forms)
@@ -324,10 +324,13 @@ def test_a_section_the_mask_covers_takes_autograd(padded, monkeypatch):
     probe = _padded_probe()
     if not padded:  # the structure decides, not this probe's padding
         probe["attention_mask"] = torch.ones_like(probe["attention_mask"])
-    monkeypatch.setattr(table, "applicable_forms", lambda *args: [_Unchecked()])
+    monkeypatch.setattr(table, "applicable_forms", lambda *args, **kwargs: [_Unchecked()])
     routes, (section,) = _decide(PaddedTail().double(), probe, [("tail.0", "tail.2")])
     assert _kinds_served(routes[section]) == dict.fromkeys(KINDS)
     assert routes[section].verdicts == ()
+    # The plan says why: the form was left out for the mask.
+    assert routes[section].skipped == ("A closed form: an attention_mask covers its positions",)
+    assert "not applied: A closed form: an attention_mask covers" in routes.summary()
 
 
 class PooledHead(nn.Module):
@@ -350,3 +353,33 @@ def test_a_section_the_mask_does_not_cover_takes_its_closed_form():
     routes, (section,) = _decide(PooledHead().double(), _padded_probe(), [("head.0", "head.2")])
     assert isinstance(routes[section].gram, LinearElementwise)
     assert routes[section].gathers_statistics
+
+
+class Scaled(nn.Module):
+    """``fc2(tanh(fc1(x))) * scale``: affine from fc2 on, called with a keyword argument."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x, scale=1.0):
+        return self.fc2(torch.tanh(self.fc1(x))) * scale
+
+
+def test_the_summary_says_why_each_form_did_not_apply():
+    """forward_kwargs vetoes the forms read from code; the others do not apply: the summary
+    of the autograd section says so, form by form."""
+    session = ModelSession(Scaled().double(), forward_kwargs={"scale": 2.0})
+    x = torch.randn(20, 4, dtype=torch.float64)
+    section = Section("fc2", OUTPUT_NODE, (8,), (3,))
+    routes = decide_routes(session, x, [section], (torch.ones(1), torch.ones(1)), {"gram", "rows"})
+    vetoed = "the model is called with forward_kwargs"
+    assert routes[section].skipped == (
+        "The model's lib_section_vjp / lib_section_gram: it does not apply",
+        f"The Linear -> elementwise formula: {vetoed}",
+        f"The residual MLP formula: {vetoed}",
+        f"The affine-section route (rows of one sample for all): {vetoed}",
+        "The final linear map's factor (rows of its input): it does not apply",
+    )
+    assert "M' by autograd; not applied: The model's lib_section_vjp" in routes.summary()
