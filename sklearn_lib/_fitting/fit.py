@@ -38,9 +38,16 @@ from .._routes.jacobian import SectionJacobian
 from .._routes.table import autograd_route
 from .basis import fit_node_basis, identity_basis, pca_output_basis
 from .jacobian_gram import JacobianGram
-from .plan import make_plan, n_samples_of
+from .plan import dense_seconds, make_plan, n_samples_of
 from .stats import MomentAccumulator
 from .stochastic import STOCHASTIC_BATCH_SIZE, converged_m_prime, m_prime_sources
+
+#: Node layers at least this wide report their basis' linear algebra (about a second).
+WIDE_LAYER = 1024
+
+
+def _duration_words(seconds):
+    return f"{seconds:.0f} s" if seconds >= 1.5 else "a second"
 
 
 @dataclass(frozen=True)
@@ -264,6 +271,13 @@ class _Fit:
     # -- one basis ---------------------------------------------------------------------
     def basis(self, section, next_basis):
         """The basis of ``section.src``, from its ``M'`` in ``next_basis``."""
+        width = section.src_shape[-1]
+        if width >= WIDE_LAYER:
+            # Seconds of dense linear algebra with no pass to report: say it.
+            self.session.progress(
+                f"basis of {section.src!r}: M' and the eigendecompositions of {width} x "
+                f"{width} matrices (about {_duration_words(dense_seconds(width))})"
+            )
         basis_of = functools.partial(self._basis_of, section)
         m_prime = self._m_prime(section, next_basis, basis_of) if self.lib else None
         basis = basis_of(m_prime)

@@ -344,3 +344,16 @@ def test_kept_rows_give_the_edges_of_the_sections_they_reconstruct(rng):
     plain = fit(model, ["fc2", "fc3"], X, settings).bases
     for name in ("fc2", "fc3"):
         np.testing.assert_allclose(bases[name].lambdas, plain[name].lambdas, **TOL)
+
+
+def test_a_wide_layer_says_its_linear_algebra_as_it_starts(capsys):
+    """1024 features: the seconds of eigendecompositions are announced, not silent."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 1024), torch.nn.Tanh(), torch.nn.Linear(1024, 2))
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    LIBTransformer(model, "2", verbose=True).fit(X)
+    err = capsys.readouterr().err
+    assert "basis of '2': M' and the eigendecompositions of 1024 x 1024 matrices (about" in err
+    narrow = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    LIBTransformer(narrow, "2", verbose=True).fit(X)
+    assert "eigendecompositions" not in capsys.readouterr().err

@@ -10,6 +10,7 @@ plan's, for ``n_stochastic_sources`` None, an int and ``"auto"``.
 """
 
 import collections
+import math
 import warnings
 
 import numpy as np
@@ -22,7 +23,7 @@ from sklearn_lib import LIBTransformer
 from sklearn_lib._core.nodes import sections_of
 from sklearn_lib._fitting import fit as fit_module
 from sklearn_lib._fitting.fit import FitSettings
-from sklearn_lib._fitting.plan import make_plan
+from sklearn_lib._fitting.plan import DENSE_FLOPS, dense_seconds, make_plan
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.forms.base import ClosedForm
 from sklearn_lib._routes.table import RouteTable, SectionRoute, autograd_route
@@ -279,3 +280,23 @@ def test_the_plan_names_the_sections_gathered_in_the_first_pass():
     priced = make_plan("X", sections, routes, FitSettings(), 100, batch_size=10)
     assert priced.passes == 1 and priced.gathered == ("a", "b")
     assert "'a' -> 'b': by closed form within the statistics pass" in priced.describe()
+
+
+def test_the_bases_linear_algebra_is_priced_where_it_takes_seconds():
+    """Two 4096-wide node layers: eigendecompositions and products of 4096 x 4096 matrices,
+    about 26 d^3 operations each; 8-wide ones cost nothing worth saying."""
+    wide = sections_of(["a", "b"], {"a": (4096,), "b": (4096,)}, (10,))
+    routes = RouteTable([SectionRoute(s, gram=WithStatistics()) for s in wide])
+    plan = make_plan("X", wide, routes, FitSettings(), 1000)
+    expected = 2 * dense_seconds(4096)
+    assert plan.linear_algebra == pytest.approx(expected)
+    assert expected == pytest.approx(2 * 26 * 4096**3 / DENSE_FLOPS)
+    assert plan.seconds == pytest.approx(expected)  # no rows: the linear algebra alone
+    words = f"estimated {math.ceil(expected)} s ({math.ceil(expected)} s of it the bases' linear"
+    assert words in plan.describe()
+    pca = make_plan("X", wide, None, FitSettings(basis="pca"), 1000)
+    assert pca.linear_algebra == pytest.approx(2 * 9 * 4096**3 / DENSE_FLOPS)
+    narrow = sections_of(["a", "b"], {"a": (8,), "b": (8,)}, (10,))
+    routes = RouteTable([SectionRoute(s, gram=WithStatistics()) for s in narrow])
+    plan = make_plan("X", narrow, routes, FitSettings(), 1000)
+    assert plan.seconds is None and "linear algebra" not in plan.describe()
