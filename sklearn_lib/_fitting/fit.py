@@ -274,9 +274,11 @@ class _Fit:
         width = section.src_shape[-1]
         if width >= WIDE_LAYER:
             # Seconds of dense linear algebra with no pass to report: say it.
+            what = "M' and the eigendecompositions" if self.lib else "the eigendecomposition"
+            seconds = dense_seconds(width, self.settings.basis)
             self.session.progress(
-                f"basis of {section.src!r}: M' and the eigendecompositions of {width} x "
-                f"{width} matrices (about {_duration_words(dense_seconds(width))})"
+                f"basis of {section.src!r}: {what} of {width} x {width} matrices (about "
+                f"{_duration_words(seconds)})"
             )
         basis_of = functools.partial(self._basis_of, section)
         m_prime = self._m_prime(section, next_basis, basis_of) if self.lib else None

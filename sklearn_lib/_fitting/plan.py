@@ -223,11 +223,12 @@ class FitPlan:
         forward pass, which the estimate leaves out everywhere.
         """
         times = [s.seconds for s in self.sections if s.route in ROW_ROUTES]
-        rows = None if not times or None in times else sum(times)
-        dense = self.linear_algebra if self.linear_algebra >= 1 else None
-        if rows is None or dense is None:
-            return rows if dense is None else dense
-        return rows + dense
+        times += [None for s in self.sections if s.sources == "auto"]  # rounds: unknown
+        if None in times:
+            return None  # a part not priced: no estimate rather than a low one
+        dense = self.linear_algebra if self.linear_algebra >= 1 else 0.0
+        total = sum(times) + dense
+        return total if times or dense else None
 
     def describe(self):
         """One line: the passes, each section's ``M'``, the estimate and the levers."""

@@ -35,6 +35,7 @@ from .products import (
     form_gram,
     form_square_sums,
     gram_of,
+    masked_inputs,
     offered,
     row_chunks,
     square_sums_of,
@@ -88,21 +89,24 @@ class SectionJacobian:
         points = scaled(f, alphas)
         rows = cotangents.rows.to(points.dtype)
         form = self.route.form("gram")
-        if form is None:
-            chunks = self.gradients(x, points, rows, weights)
-            valid = valid_positions(x, f.shape[1:])
-            if valid is not None:  # padded input positions count nowhere
-                view = valid.reshape(1, valid.shape[0], -1, 1)
-                chunks = (g * view.to(g.dtype) for g in chunks)
-            if keep is not None:
-                chunks = offered(chunks, keep)
-            gram = gram_of(chunks, n_rows(x), points.shape[-1])
-        elif form.position_wise and cotangents.exact:
-            rows = cotangents.at_one_position().rows.to(points.dtype)
-            gram = form_gram(form, x, fold_positions(points), weights, rows)
-        else:
+        gram = NotImplemented
+        if form is not None and form.position_wise and cotangents.exact:
+            one = cotangents.at_one_position().rows.to(points.dtype)
+            gram = form_gram(form, x, fold_positions(points), weights, one)
+        elif form is not None:
             gram = form_gram(form, x, points, weights, rows)
+        if gram is NotImplemented:
+            # No form, or one found (by running the section) not to cover this
+            # batch: autograd's rows, as the check against autograd had them.
+            gram = self._autograd_gram(x, f, points, rows, weights, keep)
         return cotangents.scale * gram
+
+    def _autograd_gram(self, x, f, points, rows, weights, keep):
+        """:meth:`gram_sum`'s Gram from autograd's rows, unscaled."""
+        chunks = masked_inputs(self.gradients(x, points, rows, weights), x, f.shape[1:])
+        if keep is not None:
+            chunks = offered(chunks, keep)
+        return gram_of(chunks, n_rows(x), points.shape[-1])
 
     def edge_sums(self, x, f, src, cotangents, rule, rows=None):
         """Un-normalised squared edges of one batch, shape (k_out, k_in), float64.

@@ -74,6 +74,16 @@ def masked(x, points, rows):
     return valid_positions(x, points.shape[1:]) is not None or output_positions == mask[0].numel()
 
 
+def masked_inputs(chunks, x, shape):
+    """Chunks of rows ``(r, n, P_in, d)`` with padded input positions zeroed: they count
+    nowhere (activations of per-sample ``shape``; unchanged without padding)."""
+    valid = valid_positions(x, shape)
+    if valid is None:
+        return chunks
+    view = valid.reshape(1, valid.shape[0], -1, 1)
+    return (g * view.to(g.dtype) for g in chunks)
+
+
 def new_sums(n_rows, n_directions, device):
     """The ``(R, J)`` float64 tensor that square sums are written into, chunk by chunk.
 

@@ -23,7 +23,15 @@ from ..._core.numerics import max_relative_error
 from ..._model.failures import is_out_of_memory
 from ..._model.inputs import n_rows, take_rows
 from ..autograd import autograd_rows
-from ..products import directional, form_directional, form_gram, form_rows, gram_of, probe_rows
+from ..products import (
+    directional,
+    form_directional,
+    form_gram,
+    form_rows,
+    gram_of,
+    masked_inputs,
+    probe_rows,
+)
 
 #: Samples on which a form is checked against autograd, and random +-1
 #: combinations of all rows checked besides the first row.
@@ -185,7 +193,8 @@ class ClosedForm(abc.ABC):
             return None, ""
         # Three rows: a plain loop (vmap would first import functorch, seconds on a cold start).
         chunks = autograd_rows(session, section, x_first, points, rows, weights, batched=False)
-        auto = torch.cat(list(chunks))
+        # Padded input positions count nowhere, as in every pass (forms that read padding).
+        auto = torch.cat(list(masked_inputs(chunks, x_first, points.shape[1:])))
         if kind == "gram":
             auto = gram_of([auto], k, points.shape[-1])
         elif kind == "tangents":

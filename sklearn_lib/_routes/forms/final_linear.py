@@ -30,7 +30,7 @@ from torch import nn
 from ..._model.inputs import n_rows, repeat_rows, valid_positions
 from ..autograd import integrated_vjps
 from ..cotangents import ExactRows
-from ..products import gram_of
+from ..products import gram_of, masked_inputs
 from .affine import Affine
 from .base import ClosedForm, structural_veto
 
@@ -108,11 +108,11 @@ class FinalLinear(ClosedForm):
             rows = self._input_rows(cotangents, A)
             n = n_rows(x)
             chunks = integrated_vjps(z, leaf, rows, weights, n, points.device.type == "cuda")
-            valid = valid_positions(x, points.shape[1:])
-            if valid is not None:  # padded input positions count nowhere
-                view = valid.reshape(1, n, -1, 1)
-                chunks = (g * view.to(g.dtype) for g in chunks)
-            return gram_of(chunks, n, points.shape[-1])
+            gram = gram_of(masked_inputs(chunks, x, points.shape[1:]), n, points.shape[-1])
+        if isinstance(gram, int):  # no rows: the map (or the next basis) is all zero
+            d = points.shape[-1]
+            return torch.zeros(d, d, dtype=torch.float64, device=points.device)
+        return gram
 
     def _run(self, x, points):
         """``(leaf, z, A)``: the section run with gradients, the map's input ``(A*n, P, d_in)``
@@ -121,7 +121,11 @@ class FinalLinear(ClosedForm):
 
         def record(name):
             def hook(module, args, output):
-                calls.append((name, args[0] if args else None, output))
+                z = args[0] if args else None
+                # Versions now: an in-place change after the map (a clamp_) would make
+                # the output no longer the map's, while the object stays the same.
+                versions = tuple(t._version for t in (z, output) if torch.is_tensor(t))
+                calls.append((name, z, output, versions))
 
             return hook
 
@@ -132,7 +136,14 @@ class FinalLinear(ClosedForm):
         finally:
             for handle in handles:
                 handle.remove()
-        ends = [(n, z) for n, z, y in calls if y is out and torch.is_tensor(z) and z.requires_grad]
+        ends = [
+            (n, z)
+            for n, z, y, versions in calls
+            if y is out
+            and torch.is_tensor(z)
+            and z.requires_grad
+            and versions == (z._version, y._version)
+        ]
         if len(ends) != 1 or ends[0][1].shape[:-1] != out.shape[:-1]:
             return None  # not a map applied position by position at the very end
         self.final, z = ends[0]
@@ -149,9 +160,19 @@ class FinalLinear(ClosedForm):
             return cotangents.to(A.dtype) @ A.T  # (R, P, d_out) -> (R, P, d_in)
         C, made = self._factors
         if C is not cotangents.matrix:
-            made = _factor(A.to(cotangents.dtype) @ cotangents.matrix)
-            self._factors = (cotangents.matrix, made)
+            C = cotangents.matrix
+            # The identity basis (the output's): A itself, not a product of d_in * V^2.
+            M = A.to(C.dtype) if _is_identity(C) else A.to(C.dtype) @ C
+            made = _factor(M)
+            self._factors = (C, made)
         return ExactRows(made, cotangents.n_positions)
+
+
+def _is_identity(C):
+    """Whether the matrix ``C`` is the identity (one nonzero per column, on the diagonal)."""
+    if C.shape[0] != C.shape[1] or int(torch.count_nonzero(C)) != C.shape[0]:
+        return False
+    return bool((torch.diagonal(C) == 1).all())
 
 
 def _factor(M):

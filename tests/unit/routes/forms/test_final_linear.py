@@ -1,6 +1,7 @@
 """Fewer rows behind a final linear map (``_routes.forms.final_linear``): detection, the
 factor's rows against all of autograd's, sampled rows, padding, and where it must not apply."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from sklearn_lib._fitting.stochastic import m_prime_route
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.autograd import autograd_rows
 from sklearn_lib._routes.cotangents import Cotangents, scaled
-from sklearn_lib._routes.forms.final_linear import FinalLinear, _factor
+from sklearn_lib._routes.forms.final_linear import FinalLinear, _factor, _is_identity
 from sklearn_lib._routes.products import form_gram, gram_of
 from sklearn_lib._routes.table import decide_routes
 
@@ -170,3 +171,78 @@ def test_the_factor_in_float32_agrees_with_autograd_to_float32_rounding():
     chunks = autograd_rows(session, SECTION, x, f, rows[:], torch.ones(1), batched=False)
     expected = gram_of(chunks, 5, D_IN)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+
+
+# -- what the review found --------------------------------------------------------------------
+class Capped(nn.Module):
+    """``head(block(x))``, the logits clamped in place where they pass ``cap``, and copied for
+    batches of fewer than ``copy_below`` samples: twice not the head's own output."""
+
+    def __init__(self, cap=None, copy_below=0, zero_head=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.block, self.head = nn.Linear(3, D_IN), Mixer(), nn.Linear(D_IN, D_OUT)
+        if zero_head:
+            nn.init.zeros_(self.head.weight)
+        self.cap, self.copy_below = cap, copy_below
+
+    def forward(self, x):
+        h = torch.tanh(self.emb(x))
+        y = self.head(self.block(h))
+        if self.cap is not None:
+            y.clamp_(-self.cap, self.cap)
+        return y.clone() if x.shape[0] < self.copy_below else y
+
+
+class Mixer(nn.Module):
+    """Positions interact: ``tanh(mix(h) + mean over positions of h)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(D_IN, D_IN)
+
+    def forward(self, h):
+        return torch.tanh(self.mix(h) + h.mean(1, keepdim=True))
+
+
+def _fits(model_of, X, **params):
+    from sklearn_lib import LIBTransformer
+
+    return [
+        LIBTransformer(model_of(), "block", jacobian=jacobian, **params).fit(X)
+        for jacobian in ("auto", "autograd")
+    ]
+
+
+def test_an_output_changed_in_place_after_the_map_is_not_the_maps():
+    """A clamp_ the probe never reaches: the same tensor object, other values later."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(48, P, 3)) * 0.05
+    X[16:] *= 60
+    with torch.no_grad():
+        cap = float(Capped().double()(torch.from_numpy(X[:16])).abs().max()) * 1.01
+    auto, reference = _fits(lambda: Capped(cap=cap).double(), X)
+    np.testing.assert_allclose(auto.lambdas_, reference.lambdas_, rtol=1e-10)
+
+
+def test_a_batch_the_map_does_not_end_takes_autograd_rows():
+    """The 4 samples of the last batch get a copy of the logits: those rows are autograd's."""
+    X = np.random.default_rng(0).normal(size=(20, P, 3))
+    auto, reference = _fits(lambda: Capped(copy_below=8).double(), X, batch_size=8)
+    np.testing.assert_allclose(auto.lambdas_, reference.lambdas_, rtol=1e-10)
+
+
+def test_a_map_of_zeros_is_named_as_autograd_names_it():
+    X = np.random.default_rng(0).normal(size=(20, P, 3))
+    for jacobian in ("auto", "autograd"):
+        from sklearn_lib import LIBTransformer
+
+        with pytest.raises(ValueError, match="all Jacobians vanish"):
+            LIBTransformer(Capped(zero_head=True).double(), "block", jacobian=jacobian).fit(X)
+
+
+def test_the_identity_basis_takes_the_maps_matrix_itself():
+    A = torch.randn(D_IN, D_OUT, dtype=torch.float64)
+    eye = torch.eye(D_OUT, dtype=torch.float64)
+    assert _is_identity(eye) and not _is_identity(2 * eye) and not _is_identity(eye[:, :3])
+    torch.testing.assert_close(_factor(A) @ _factor(A).T, A @ A.T, rtol=1e-12, atol=1e-12)
