@@ -16,7 +16,7 @@ import argparse
 import time
 
 import numpy as np
-import torch
+from _gpt2 import random_gpt2
 
 from sklearn_lib import LIBTransformer
 
@@ -30,21 +30,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--dtype", default="float64")
     args = parser.parse_args()
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=args.width,
-        n_head=4,
-        vocab_size=args.vocab,
-        n_positions=args.T,
-        bos_token_id=0,
-        eos_token_id=0,
-        initializer_range=0.2,
-        attn_implementation="eager",
-    )
-    model = GPT2LMHeadModel(config).eval()
+    model = random_gpt2(args.width, args.vocab, args.T)
     X = np.random.default_rng(0).integers(0, args.vocab, size=(args.n, args.T))
     common = {"output": "logits", "forward_kwargs": {"use_cache": False}, "dtype": args.dtype}
     best, lambdas = {}, {}

@@ -26,7 +26,7 @@ import time
 import warnings
 
 import numpy as np
-import torch
+from _gpt2 import random_gpt2
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 
@@ -41,21 +41,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(args.seed)
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=args.width,
-        n_head=4,
-        vocab_size=args.vocab,
-        n_positions=args.T,
-        initializer_range=0.2,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-    )
-    model = GPT2LMHeadModel(config).eval()
+    model = random_gpt2(args.width, args.vocab, args.T, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     X = rng.integers(0, args.vocab, size=(args.n, args.T))
     layer, ks = "transformer.h.1", [1, 4, 16]

@@ -31,6 +31,7 @@ from ._model.sources import (
     ArraySource,
     StreamSource,
     check_fields,
+    concatenate_padded,
     is_stream,
     stack_records,
     to_numpy,
@@ -387,14 +388,7 @@ def join_positions(parts):
     Sequences of a stream may differ in length from batch to batch: a
     shorter batch's missing positions are NaN, as padded positions are.
     """
-    longest = max(part.shape[1] for part in parts)
-    padded = [
-        np.pad(part, [(0, 0), (0, longest - part.shape[1]), (0, 0)], constant_values=np.nan)
-        if part.shape[1] < longest
-        else part
-        for part in parts
-    ]
-    joined = np.concatenate(padded)
+    joined = concatenate_padded(parts, fill=np.nan)
     return joined.reshape(joined.shape[0], -1)
 
 

@@ -38,16 +38,12 @@ from .._routes.jacobian import SectionJacobian
 from .._routes.table import autograd_route
 from .basis import fit_node_basis, identity_basis, pca_output_basis
 from .jacobian_gram import JacobianGram
-from .plan import dense_seconds, make_plan, n_samples_of
+from .plan import dense_seconds, duration, make_plan, n_samples_of
 from .stats import MomentAccumulator
 from .stochastic import STOCHASTIC_BATCH_SIZE, converged_m_prime, m_prime_sources
 
 #: Node layers at least this wide report their basis' linear algebra (about a second).
 WIDE_LAYER = 1024
-
-
-def _duration_words(seconds):
-    return f"{seconds:.0f} s" if seconds >= 1.5 else "a second"
 
 
 @dataclass(frozen=True)
@@ -278,7 +274,7 @@ class _Fit:
             seconds = dense_seconds(width, self.settings.basis)
             self.session.progress(
                 f"basis of {section.src!r}: {what} of {width} x {width} matrices (about "
-                f"{_duration_words(seconds)})"
+                f"{duration(seconds)})"
             )
         basis_of = functools.partial(self._basis_of, section)
         m_prime = self._m_prime(section, next_basis, basis_of) if self.lib else None

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from .._core.nodes import n_positions
 from .._core.numerics import ROW_REUSE_BYTES
 from .._routes.integration import is_plain
+from .._routes.table import ROW_ROUTES
 from .stochastic import AUTO_MIN_ROUNDS, m_prime_route
 
 #: Dense float64 operations per second, for the estimate of the bases' linear algebra:
@@ -42,9 +43,6 @@ def dense_seconds(width, basis="lib"):
     """
     return (26 if basis == "lib" else 9) * width**3 / DENSE_FLOPS
 
-
-#: The routes of ``M'`` that run a backward pass per row: all rows, or a final map's input's.
-ROW_ROUTES = ("autograd", "final linear")
 
 #: Fits estimated to take longer than this announce their plan even when not verbose.
 LONG_FIT_SECONDS = 10.0
@@ -243,9 +241,9 @@ class FitPlan:
             line += "; " + ", ".join(s.describe() for s in self.sections)
         line += _edges_words(self)
         if self.seconds is not None:
-            line += f"; estimated {_duration(self.seconds)}"
+            line += f"; estimated {duration(self.seconds)}"
             if self.linear_algebra >= 1:
-                line += f" ({_duration(self.linear_algebra)} of it the bases' linear algebra)"
+                line += f" ({duration(self.linear_algebra)} of it the bases' linear algebra)"
             if any(s.exact and s.route in ROW_ROUTES for s in self.sections):
                 line += " (n_stochastic_sources=S runs S rows per batch instead)"
         return line
@@ -376,7 +374,8 @@ def n_samples_of(source):
         return None
 
 
-def _duration(seconds):
+def duration(seconds):
+    """``seconds`` in words: seconds, minutes or hours, rounded."""
     if seconds < 90:
         return f"{math.ceil(seconds)} s"
     if seconds < 5400:

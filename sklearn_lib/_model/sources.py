@@ -502,7 +502,7 @@ def _joinable(first, batch):
 def _joined(batches):
     """Joinable batches (:func:`_joinable`) of numpy inputs as one, padded to the longest."""
     if isinstance(batches[0], dict):
-        return {key: _padded([b[key] for b in batches]) for key in batches[0]}
+        return {key: concatenate_padded([b[key] for b in batches]) for key in batches[0]}
     return np.concatenate(batches)
 
 
@@ -513,13 +513,26 @@ def _digest_shape(batch):
     return tuple(batch.shape[1:])
 
 
-def _padded(values):
-    """Arrays ``(n_i, L_i, ...)`` joined along the batch axis, zero-padded to the longest ``L``."""
-    if all(v.shape[1:] == values[0].shape[1:] for v in values):
-        return np.concatenate(values)
-    longest = max(v.shape[1] for v in values)
+def concatenate_padded(arrays, fill=0):
+    """Arrays ``(n_i, L_i, ...)`` joined along the batch axis, padded to the longest ``L``.
+
+    Batches of sequences of different lengths as one: a probe's inputs
+    (padded with 0, which their ``attention_mask`` marks) or a stream's
+    results (padded with NaN, as padded positions are).  Arrays of one
+    shape are only concatenated.
+    """
+    if all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays)
+    longest = max(a.shape[1] for a in arrays)
     return np.concatenate(
-        [np.pad(v, [(0, 0), (0, longest - v.shape[1])] + [(0, 0)] * (v.ndim - 2)) for v in values]
+        [
+            np.pad(
+                a,
+                [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
+                constant_values=fill,
+            )
+            for a in arrays
+        ]
     )
 
 

@@ -31,7 +31,7 @@ def form_rows(form, x, points, rows, weights, n_samples):
 
 def form_gram(form, x, points, weights, rows):
     """A closed form's float64 Gram of the integrated rows, or NotImplemented."""
-    if isinstance(rows, ExactRows) and not getattr(form, "exact_rows", False):
+    if isinstance(rows, ExactRows) and not form.exact_rows:
         rows = rows[:]  # a closed form takes all at once, unless it says otherwise
     with torch.no_grad():
         gram = form.gram(x, points, weights, rows)

@@ -35,6 +35,10 @@ from .products import KINDS, masked
 #: ``jacobian``'s values.
 JACOBIAN_ROUTES = ("auto", "autograd")
 
+#: The ways of making ``M'`` (:attr:`SectionRoute.m_prime`) that run a backward pass
+#: per row: all of autograd's rows, or those of a final linear map's input.
+ROW_ROUTES = ("autograd", "final linear")
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -109,7 +113,7 @@ class SectionRoute:
     def row_free(self):
         """Whether ``M'`` needs no backward pass per row (any route but autograd's rows,
         all of them or those of a final linear map's input)."""
-        return self.m_prime not in ("autograd", "final linear")
+        return self.m_prime not in ROW_ROUTES
 
     @property
     def makes_rows(self):

@@ -1,0 +1,33 @@
+"""The random GPT-2 of the language-model benchmarks: built from a config, nothing downloaded."""
+
+import torch
+
+
+def random_gpt2(width, vocab, positions, seed=0):
+    """A 2-layer ``GPT2LMHeadModel`` (4 heads, eager attention) with weights far from linear.
+
+    Parameters
+    ----------
+    width : int
+        ``n_embd``.
+    vocab : int
+        ``vocab_size``, the logits' width.
+    positions : int
+        ``n_positions``, the longest sequence.
+    seed : int, default=0
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=width,
+        n_head=4,
+        vocab_size=vocab,
+        n_positions=positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
+    return GPT2LMHeadModel(config).eval()
