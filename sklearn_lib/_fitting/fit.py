@@ -35,7 +35,6 @@ from .._model.session import outside_inference_mode
 from .._routes.cotangents import Cotangents
 from .._routes.integration import rule_tensors
 from .._routes.jacobian import SectionJacobian
-from .._routes.table import autograd_route
 from .basis import fit_node_basis, identity_basis, pca_output_basis
 from .jacobian_gram import JacobianGram
 from .plan import dense_seconds, duration, make_plan, n_samples_of
@@ -135,8 +134,8 @@ def bytes_per_sample(session, probe, sections, plan):
 def plan_fit(session, source, probe, sections, routes, settings, *, compute_graph=False):
     """The :class:`~sklearn_lib._fitting.plan.FitPlan` of :func:`fit_bases` on ``source``.
 
-    Sections that autograd serves are priced by timing Jacobian rows on the
-    probe (:func:`row_seconds`).
+    Sections whose ``M'`` is made of rows are priced by timing rows on the
+    probe, on their route (:func:`row_seconds`).
     """
     price = functools.partial(row_seconds, session, probe, settings)
     return make_plan(
@@ -150,18 +149,19 @@ def plan_fit(session, source, probe, sections, routes, settings, *, compute_grap
     )
 
 
-def row_seconds(session, probe, settings, section, n_rows):
-    """Seconds per Jacobian row and probe sample of a section's ``M'``, by autograd.
+def row_seconds(session, probe, settings, route, n_rows):
+    """Seconds per Jacobian row and probe sample of a section's ``M'``, on its route.
 
     Timed on the real computation (``n_rows`` random rows of the section's
     own width, the integration rule's points, the Gram), best of three for
     more than one row.  None when it fails: pricing never stops a fit, and
     the pass that meets the same failure reports it, naming its batch.
     """
+    section = route.section
     exact = Cotangents.identity(section.dst_shape, session.dtype, session.device)
     cotangents = m_prime_sources(exact, n_rows, torch.Generator().manual_seed(0))
     rule = rule_tensors(settings.rule, session.device)
-    jacobian = SectionJacobian(session, autograd_route(section))
+    jacobian = SectionJacobian(session, route)
     with torch.no_grad():
         (f,) = session.read(probe, [section.src])
     best = float("inf")

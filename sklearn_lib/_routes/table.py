@@ -35,9 +35,10 @@ from .products import KINDS, masked
 #: ``jacobian``'s values.
 JACOBIAN_ROUTES = ("auto", "autograd")
 
-#: The ways of making ``M'`` (:attr:`SectionRoute.m_prime`) that run a backward pass
-#: per row: all of autograd's rows, or those of a final linear map's input.
-ROW_ROUTES = ("autograd", "final linear")
+#: The ways of making ``M'`` (:attr:`SectionRoute.m_prime`) whose cost grows with the
+#: rows: a backward pass per row (all of autograd's, or those of a final linear map's
+#: input), or a closed form's rows (made many at once, yet each row costs its share).
+ROW_ROUTES = ("autograd", "final linear", "closed-form rows")
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,14 @@ def _decide(session, probe, section, f, rule, kinds):
     alphas, weights = rule
     points = scaled(f, alphas)
     rows = Cotangents.identity(section.dst_shape, session.dtype, session.device).rows
-    skipped = []
-    forms = applicable_forms(session, section, skipped=skipped)
+    skipped, unmatched = [], []
+    forms = applicable_forms(session, section, skipped=skipped, warn=unmatched)
+    for why in unmatched:
+        warnings.warn(
+            f"{why}, on the section {section.src!r} -> {section.dst_title}; using autograd",
+            RuntimeWarning,
+            stacklevel=user_stacklevel(),
+        )
     if masked(probe, points, rows):  # only forms that read padding as autograd does
         skipped += [
             f"{f.title}: an attention_mask covers its positions" for f in forms if not f.padding

@@ -28,6 +28,7 @@ from sklearn_lib._routes.forms import affine
 from sklearn_lib._routes.forms import base as forms_base
 from sklearn_lib._routes.forms.affine import Affine, is_affine_section
 from sklearn_lib._routes.forms.residual_mlp import ResidualMLP
+from sklearn_lib._routes.forms.traced_section import TracedSection
 from sklearn_lib._routes.jacobian import SectionJacobian
 
 LAYERS = ["blocks.0.attn", "blocks.0.mlp", "unembed"]
@@ -82,12 +83,14 @@ def test_a_user_transformer_by_the_default_route_equals_autograd():
 def test_the_routes_the_user_transformer_takes():
     model, X = user_transformer(), modadd_tokens(40)
     session = ModelSession(model)
-    # The MLP block is recognised; the attention is not; the unembedding is affine.
+    # The MLP block is recognised; the attention is the traced section's; the
+    # unembedding is affine.
     mlp = route_of(session, X, "blocks.0.mlp", "unembed")
     assert all(isinstance(mlp.form(kind), ResidualMLP) for kind in ("rows", "gram", "tangents"))
     assert mlp.m_prime == "closed form"
     attn = route_of(session, X, "blocks.0.attn", "blocks.0.mlp")
-    assert attn.m_prime == "autograd" and attn.verdicts == ()
+    assert attn.m_prime == "closed-form rows" and isinstance(attn.rows, TracedSection)
+    assert [v.passed for v in attn.verdicts] == [True]
     unembed = route_of(session, X, "unembed")
     assert isinstance(unembed.rows, Affine) and unembed.gram is None and unembed.tangents is None
     assert unembed.m_prime == "affine"
@@ -137,9 +140,10 @@ def test_a_section_linear_on_the_probe_is_not_taken_for_affine():
     assert_same_fit(fast, slow, 1e-10)
     assert_same_graph(fast.interaction_graph_, slow.interaction_graph(X), 1e-10)
     # And the verdict itself: the code does not show it affine (fc1's output also
-    # feeds a square), so no probe is asked and autograd serves it.
+    # feeds a square), so the affine route is not asked, and its trace serves it.
     route = route_of(session, torch.as_tensor(X), "fc1", "fc2", kinds=("rows",))
-    assert route.rows is None and route.m_prime == "autograd" and route.verdicts == ()
+    assert isinstance(route.rows, TracedSection)
+    assert [v.form for v in route.verdicts] == [TracedSection.title]
 
 
 def test_an_affine_head_is_served_by_one_sample(monkeypatch):
@@ -393,6 +397,6 @@ def test_the_plan_names_the_routes(capsys):
     model, X = user_transformer(), modadd_tokens(60)
     fit(model, X, LAYERS, verbose=True)
     plan = next(line for line in capsys.readouterr().err.splitlines() if "fitting runs" in line)
-    assert "'blocks.0.attn' -> 'blocks.0.mlp': up to 8 backward rows per batch" in plan
+    assert "'blocks.0.attn' -> 'blocks.0.mlp': by closed-form rows" in plan
     assert "'blocks.0.mlp' -> 'unembed': by closed form" in plan
     assert "'unembed' -> 'output': affine, its rows made once, within the statistics" in plan

@@ -11,8 +11,9 @@ from .final_linear import FinalLinear
 from .linear_elementwise import LinearElementwise
 from .model_protocol import ModelProtocol
 from .residual_mlp import ResidualMLP
+from .traced_section import TracedSection
 
-for _form in (ModelProtocol, LinearElementwise, ResidualMLP, Affine, FinalLinear):
+for _form in (ModelProtocol, LinearElementwise, ResidualMLP, Affine, FinalLinear, TracedSection):
     register(_form)
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "LinearElementwise",
     "ModelProtocol",
     "ResidualMLP",
+    "TracedSection",
     "register",
 ]

@@ -73,6 +73,16 @@ class Probe:
         return Probe(take_rows(self.x, slice(0, k)), points, rows, self.weights, tangents)
 
 
+@dataclass(frozen=True)
+class Inapplicable:
+    """What :meth:`ClosedForm.detect` may return instead of None: why the form does not
+    apply, and whether the fit should warn (a section the form was meant for, such as
+    attention, written with an operation it does not know)."""
+
+    why: str
+    warn: bool = False
+
+
 class ClosedForm(abc.ABC):
     """A closed form of one section's Jacobian products (see the module docstring).
 
@@ -105,7 +115,8 @@ class ClosedForm(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def detect(cls, session, section):
-        """The form of ``section`` of the session's model, or None where it does not apply.
+        """The form of ``section`` of the session's model, or None (or an
+        :class:`Inapplicable` saying why) where it does not apply.
 
         Never raises: reading user code may fail in any way, which only
         means the section is not recognised.
@@ -200,6 +211,8 @@ class ClosedForm(abc.ABC):
         elif kind == "tangents":
             auto = directional(auto, *tangents)
         auto = auto.to(torch.float64)
+        if not torch.isfinite(auto).all():
+            return None, ""  # nothing to check against: autograd's rows report it
         error = max_relative_error(closed.to(torch.float64).expand_as(auto), auto)
         if error <= session.tolerances.closed_form:
             return True, ""
@@ -252,12 +265,14 @@ def unregister(form):
         REGISTRY.remove(form)
 
 
-def applicable_forms(session, section, registry=None, skipped=None):
+def applicable_forms(session, section, registry=None, skipped=None, warn=None):
     """Instances of the forms of ``registry`` (default :data:`REGISTRY`) that apply to
     ``section``, in order.
 
     ``skipped``, a list, gets ``"title: why"`` for each form that does not
-    apply: the veto's reason, or that its pattern is not the section's.
+    apply: the veto's reason, the form's own (an :class:`Inapplicable`), or
+    that its pattern is not the section's.  ``warn``, a list, gets those
+    that the fit should warn of.
     """
     veto = structural_veto(session, section)
     found = []
@@ -266,10 +281,14 @@ def applicable_forms(session, section, registry=None, skipped=None):
             why = veto
         else:
             instance = form.detect(session, section)
-            if instance is not None:
+            if isinstance(instance, ClosedForm):
                 found.append(instance)
                 continue
             why = "its pattern is not the section's" if form.traced else "it does not apply"
+            if isinstance(instance, Inapplicable):
+                why = instance.why
+                if instance.warn and warn is not None:
+                    warn.append(f"{form.title}: {why}")
         if skipped is not None:
             skipped.append(f"{form.title}: {why}")
     return found

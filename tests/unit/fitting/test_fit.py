@@ -172,8 +172,8 @@ class FailsBackward(nn.Module):
 def test_row_seconds_is_a_positive_time_per_row_and_sample(rng, n_rows):
     session = ModelSession(tanh_mlp())
     probe = session.inputs(rng.normal(size=(16, 4)))
-    section = Section("fc2", "fc3", (8,), (8,))
-    seconds = row_seconds(session, probe, FitSettings(), section, n_rows)
+    route = autograd_route(Section("fc2", "fc3", (8,), (8,)))
+    seconds = row_seconds(session, probe, FitSettings(), route, n_rows)
     assert isinstance(seconds, float) and 0 < seconds < 1
 
 
@@ -184,9 +184,9 @@ def test_row_seconds_is_none_when_the_model_fails(rng):
     ).double()
     session = ModelSession(model)
     probe = session.inputs(rng.normal(size=(8, 4)))
-    section = Section("fc1", "output", (4,), (2,))
-    assert row_seconds(session, probe, FitSettings(), section, 1) is None
-    assert row_seconds(session, probe, FitSettings(), section, 4) is None
+    route = autograd_route(Section("fc1", "output", (4,), (2,)))
+    assert row_seconds(session, probe, FitSettings(), route, 1) is None
+    assert row_seconds(session, probe, FitSettings(), route, 4) is None
 
 
 # -- fit_bases ---------------------------------------------------------------------------

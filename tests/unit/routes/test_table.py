@@ -12,7 +12,14 @@ from toy_models import TanhThenLinear, modadd_tokens, tanh_mlp, user_transformer
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes import table
-from sklearn_lib._routes.forms import Affine, ClosedForm, LinearElementwise, ResidualMLP, register
+from sklearn_lib._routes.forms import (
+    Affine,
+    ClosedForm,
+    LinearElementwise,
+    ResidualMLP,
+    TracedSection,
+    register,
+)
 from sklearn_lib._routes.forms.base import unregister
 from sklearn_lib._routes.integration import rule_tensors
 from sklearn_lib._routes.products import KINDS
@@ -70,12 +77,14 @@ def test_an_mlp_is_served_by_the_linear_elementwise_formula(rule):
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
-def test_a_transformer_is_served_by_autograd_the_residual_formula_and_the_affine_route():
+def test_a_transformer_is_served_by_its_trace_the_residual_formula_and_the_affine_route():
     pairs = [("blocks.0.attn", "blocks.0.mlp"), ("blocks.0.mlp", "unembed"), ("unembed", "output")]
     routes, (attn, mlp, head) = _decide(user_transformer(), modadd_tokens(20), pairs)
-    # Attention: no form applies, so no check ran.
-    assert _kinds_served(routes[attn]) == dict.fromkeys(KINDS)
-    assert routes[attn].verdicts == () and routes[attn].m_prime == "autograd"
+    # Attention: its trace serves the rows (the Gram and directional derivatives
+    # are made from them).
+    assert _kinds_served(routes[attn]) == {"rows": "TracedSection", "gram": None, "tangents": None}
+    assert routes[attn].verdicts == (Verdict(TracedSection.title, "rows", True),)
+    assert routes[attn].m_prime == "closed-form rows"
     # The residual MLP block: its formula serves the Gram and the directional
     # derivatives, so its rows are never needed.
     assert _kinds_served(routes[mlp]) == {
@@ -252,7 +261,7 @@ def test_section_route_properties(rows, gram, m_prime, gathers):
     assert route.form("rows") is forms.get(rows) and route.form("gram") is forms.get(gram)
     assert route.form("tangents") is None
     assert route.m_prime == m_prime
-    assert route.row_free is (m_prime != "autograd")
+    assert route.row_free is (m_prime not in ("autograd", "closed-form rows"))
     assert route.makes_rows is (gram is None)
     assert route.gathers_statistics is gathers
 
@@ -381,5 +390,6 @@ def test_the_summary_says_why_each_form_did_not_apply():
         f"The residual MLP formula: {vetoed}",
         f"The affine-section route (rows of one sample for all): {vetoed}",
         "The final linear map's factor (rows of its input): it does not apply",
+        f"The traced section's products: {vetoed}",
     )
     assert "M' by autograd; not applied: The model's lib_section_vjp" in routes.summary()

@@ -1,0 +1,180 @@
+"""A section of the user's model as a graph of its own: what runs between two node layers.
+
+The whole model is traced with ``torch.fx``, every module of the user's own
+inlined, while a tracer records what each call of the section's two modules
+receives: the section starts at ``src``'s first argument and ends at
+``dst``'s (or at what the model returns, for a section to the output).  The
+section is then every node on a path from the one to the other, in the
+trace's order.  It may start or end anywhere inside a module of the user's
+(an attention block whose last position is sliced off outside it, two
+blocks in a ``ModuleList``), and it is only what the model itself computes.
+
+The section must be a function of its start alone: a node that reads the
+model's inputs otherwise (a mask passed to ``forward``, token ids for a
+skip connection) means it is not, and the section is not extracted.
+Whatever fx cannot trace is not extracted either; the reasons are returned
+as sentences, for the fit's plan.
+"""
+
+import builtins
+import operator
+from dataclasses import dataclass
+
+from torch import fx
+
+from .tracing import LeafTracer, defaults, hooked, quietly, trace
+
+#: Node targets whose values describe a tensor (its shape, dtype) rather than
+#: being one: they carry no derivative.
+METADATA_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "layout"})
+METADATA_METHODS = frozenset({"size", "dim", "numel", "type_as_shape", "get_device"})
+
+
+class BoundaryTracer(LeafTracer):
+    """A tracer that inlines the user's modules and records the first argument of the
+    calls of the ``watched`` modules (by qualified name)."""
+
+    def __init__(self, watched):
+        super().__init__(())
+        self.calls = {name: [] for name in watched}
+        self.inside = {name: set() for name in watched}
+
+    def call_module(self, m, forward, args, kwargs):
+        name = None
+        if not self._foreign():
+            try:
+                name = self.path_of_module(m)
+            except NameError:
+                name = None
+        if name not in self.calls:
+            return super().call_module(m, forward, args, kwargs)
+        self.calls[name].append(args[0] if args else None)
+        before = set(self.graph.nodes)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.inside[name] |= set(self.graph.nodes) - before
+
+
+@dataclass(frozen=True)
+class SectionGraph:
+    """The nodes of one section, in the order they run.
+
+    Attributes
+    ----------
+    nodes : tuple of torch.fx.Node
+        Every node the section's end needs, its start excluded.
+    start, end : torch.fx.Node
+        The node of ``src``'s input, and of the section's output.
+    dependent : frozenset of torch.fx.Node
+        The nodes whose tensor values depend on the start (the others are
+        constants of the section: parameters, masks, shapes).
+    """
+
+    nodes: tuple
+    start: object
+    end: object
+    dependent: frozenset
+
+
+def section_graph(model, section):
+    """The :class:`SectionGraph` of ``section`` of ``model``, or a sentence saying why none.
+
+    Never raises: tracing runs arbitrary user code.
+    """
+    try:
+        return quietly(_extract, model, section)
+    except Exception as exc:  # any failure of fx on user code means "no graph"
+        return f"torch.fx cannot trace the model ({type(exc).__name__}: {_first_line(exc)})"
+
+
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0][:120] if text else "no message"
+
+
+def _extract(model, section):
+    concrete = defaults(model.forward)
+    if concrete is None:
+        return "the model's forward takes arguments without defaults besides its input"
+    if hooked(model):
+        return "the model carries forward hooks, which torch.fx does not see"
+    watched = [section.src] if section.to_output else [section.src, section.dst]
+    tracer = BoundaryTracer(watched)
+    graph = trace(tracer, model, concrete)
+    ends = {}
+    for name, calls in tracer.calls.items():
+        if len(calls) != 1 or not isinstance(calls[0], fx.Proxy):
+            return f"{name!r} is called {len(calls)} times, not once on a tensor"
+        ends[name] = calls[0].node
+    start = ends[section.src]
+    if any(user not in tracer.inside[section.src] for user in start.users):
+        return f"what {section.src!r} receives is read outside it too (not a cut)"
+    end = _output(graph) if section.to_output else ends[section.dst]
+    if end is None:
+        return "the model does not return one tensor"
+    return _between(graph, start, end)
+
+
+def _output(graph):
+    out = [n for n in graph.nodes if n.op == "output"][0]
+    value = out.args[0]
+    return value if isinstance(value, fx.Node) else None
+
+
+def _between(graph, start, end):
+    """The :class:`SectionGraph` from ``start`` to ``end``, or why it is not one."""
+    needed, stack = set(), [end]
+    while stack:
+        node = stack.pop()
+        if node in needed or node is start:
+            continue
+        if node.op == "placeholder":
+            return f"the section reads the model's input {node.target!r} besides its start"
+        needed.add(node)
+        stack.extend(node.all_input_nodes)
+    for node in graph.nodes:
+        if in_place(node) and node.args and node.args[0] in needed | {start}:
+            return f"the operation {node.target!r} changes a value of the section in place"
+    order = [n for n in graph.nodes if n in needed]
+    dependent = {start}
+    for node in order:
+        if any(i in dependent for i in node.all_input_nodes) and not is_metadata(node):
+            dependent.add(node)
+    if end not in dependent:
+        return "the section's output does not depend on its start"
+    return SectionGraph(tuple(order), start, end, frozenset(dependent - {start}))
+
+
+#: Operators that change their first argument.
+IN_PLACE_OPERATORS = frozenset(
+    {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.imatmul,
+     operator.ipow, operator.setitem}
+)  # fmt: skip
+
+
+def in_place(node):
+    """Whether ``node`` changes its first argument: ``x.mul_(2)``, ``x += y``, ``x[i] = v``,
+    ``inplace=True``."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_function":
+        return node.target in IN_PLACE_OPERATORS or bool(node.kwargs.get("inplace"))
+    return False
+
+
+def is_metadata(node):
+    """Whether ``node`` reads a tensor's shape, dtype or device (no derivative flows)."""
+    if node.op == "call_function" and node.target is builtins.getattr:
+        return node.args[1] in METADATA_ATTRIBUTES
+    if node.op == "call_method":
+        return node.target in METADATA_METHODS
+    return (
+        node.op == "call_function"
+        and node.target in (builtins.len, operator.getitem)
+        and (
+            node.args[0].op != "placeholder" and is_metadata(node.args[0])
+            if isinstance(node.args[0], fx.Node)
+            else False
+        )
+    )

@@ -1,0 +1,108 @@
+"""Pending contractions (``_routes.forms.traced_pending``): each way a pending cotangent is
+carried, folded, laid out and summed gives what the plain einsum gives."""
+
+import pytest
+import torch
+
+from sklearn_lib._routes.forms.traced_pending import (
+    Pending,
+    contract,
+    fold,
+    folds_kept,
+    pending_product,
+    sum_of,
+)
+
+G = torch.Generator().manual_seed(0)
+
+
+def randn(*shape):
+    return torch.randn(*shape, generator=G, dtype=torch.float64)
+
+
+def pending(n=5, broadcast=False):
+    """The cotangent of ``v`` in ``z = P @ v``: rows (R, n, h, p, e), ``P`` (n, h, p, s)."""
+    g = randn(3, 1 if broadcast else n, 2, 4, 6)
+    P = randn(n, 2, 4, 4)
+    return pending_product(g, "nhpe", P, "nhps", "nhse"), torch.einsum("rnhpe,nhps->rnhse", g, P)
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_materialize_is_the_einsum(broadcast):
+    p, want = pending(broadcast=broadcast)
+    assert p.shape == want.shape
+    torch.testing.assert_close(p.materialize(), want, rtol=1e-13, atol=1e-13)
+
+
+def test_permuted_reshaped_and_scaled_follow_the_tensor():
+    p, want = pending()
+    # the cotangent of x in x.permute(0, 2, 1, 3) = v: axis order[j] of x was axis j of v
+    order = [0, 2, 1, 3]
+    torch.testing.assert_close(p.permuted(order).materialize(), want.permute(0, 1, 3, 2, 4))
+    merged = p.permuted(order).reshaped((5, 4, 12))
+    torch.testing.assert_close(
+        merged.materialize(), want.permute(0, 1, 3, 2, 4).reshape(3, 5, 4, 12)
+    )
+    assert p.reshaped((5, 5, 12)) is None  # would cut a label
+    torch.testing.assert_close(p.scaled(-2.0).materialize(), -2.0 * want)
+
+
+@pytest.mark.parametrize("w_sub", ["hde", "hed"])
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_fold_is_the_three_way_contraction(w_sub, broadcast):
+    """v = einsum('npd,hde->nhpe', x, W): x's cotangent is the pending one times W."""
+    p, want = pending(broadcast=broadcast)
+    W = randn(2, 8, 6) if w_sub == "hde" else randn(2, 6, 8)
+    folded = fold(p, W, w_sub, "nhpe", "npd")
+    if folded is None:  # materializing first was no dearer
+        assert not broadcast
+        return
+    reference = torch.einsum(f"rnhpe,{w_sub}->rnpd", want, W)
+    torch.testing.assert_close(folded.materialize(), reference, rtol=1e-12, atol=1e-12)
+
+
+def test_fold_through_merged_heads():
+    """A linear map on the merged heads (``view`` of ``(h, e)`` as ``h * e``); rows the same
+    for all samples, where folding the weight into them first is the cheapest."""
+    p, want = pending(broadcast=True)
+    merged = p.permuted([0, 2, 1, 3]).reshaped((5, 4, 12))  # (n, s, h*e)
+    W = randn(12, 7)  # u = x W^T with F.linear's weight W^T of shape (12, 7)
+    assert fold(merged, W, "oi", "Ao", "Ai") is None  # axes do not match
+    folded = fold(merged, W, "oi", "ABo", "ABi")
+    assert folded is not None
+    reference = want.permute(0, 1, 3, 2, 4).reshape(3, 5, 4, 12) @ W
+    torch.testing.assert_close(folded.materialize(), reference, rtol=1e-12, atol=1e-12)
+
+
+def test_contract_takes_broadcast_batch_axes():
+    rows, value = randn(3, 1, 2, 4), randn(5, 2, 4, 6)
+    got = contract(rows, "anhp", value, "nhps", "ans")
+    torch.testing.assert_close(got, torch.einsum("anhp,nhps->ans", rows, value))
+
+
+def test_sum_of_makes_alike_terms_in_one_product_and_never_changes_a_term():
+    a, a_want = pending()
+    b, b_want = pending()
+    plain = randn(3, 1, 2, 4, 6)
+    kept = plain.clone()
+    with folds_kept({}):
+        total = sum_of([a, b, plain])
+    torch.testing.assert_close(total, a_want + b_want + plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(plain, kept, rtol=0, atol=0)
+    # Only tensors: the sum is new, its terms untouched.
+    x, y = randn(2, 3), randn(2, 3)
+    x0 = x.clone()
+    torch.testing.assert_close(sum_of([x, y]), x0 + y)
+    torch.testing.assert_close(x, x0, rtol=0, atol=0)
+
+
+def test_value_layouts_are_kept_for_the_next_chunks_only_inside_the_context():
+    p, want = pending()
+    kept = {}
+    with folds_kept(kept):
+        first = p.materialize()
+    assert kept  # the value's layout
+    with folds_kept(kept):
+        again = p.materialize()
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert isinstance(p, Pending)

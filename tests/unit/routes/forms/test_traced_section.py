@@ -1,0 +1,379 @@
+"""The traced section's products (``_routes.forms.traced_section``): attention, LayerNorm and
+MLP blocks written in many ways, against autograd's rows; and where it must not apply."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from _sections import section_of
+from torch import nn
+
+from sklearn_lib import LIBTransformer
+from sklearn_lib._core.nodes import OUTPUT_NODE
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.autograd import autograd_rows
+from sklearn_lib._routes.cotangents import Cotangents, scaled
+from sklearn_lib._routes.forms.base import Inapplicable
+from sklearn_lib._routes.forms.traced_section import TracedSection
+from sklearn_lib._routes.integration import rule_tensors
+from sklearn_lib._routes.table import decide_routes
+
+D, H, P = 8, 2, 4
+E = D // H
+RULE = ((0.25, 0.75, 1.0), (0.2, 0.3, 0.5))
+
+
+# -- attention, written in several ways ---------------------------------------------------
+class Conv1D(nn.Module):
+    """Hugging Face GPT-2's ``Conv1D``: ``addmm`` on the flattened positions."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * nx**-0.5)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(size_out)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with its residual add; ``style`` picks the spelling."""
+
+    def __init__(self, style="einsum", mask="where", last=False):
+        super().__init__()
+        self.style, self.mask_style, self.last = style, mask, last
+        for name in "QKV":
+            setattr(self, f"W_{name}", nn.Parameter(torch.randn(H, D, E) * D**-0.5))
+            setattr(self, f"b_{name}", nn.Parameter(torch.randn(H, E) * 0.1))
+        self.W_O = nn.Parameter(torch.randn(H, E, D) * D**-0.5)
+        self.qkv = nn.Linear(D, 3 * D)
+        self.conv = Conv1D(3 * D, D)
+        self.proj = nn.Linear(D, D)
+        self.register_buffer("causal", torch.tril(torch.ones(P, P, dtype=torch.bool)))
+        self.register_buffer("additive", torch.triu(torch.full((P, P), -1e9), 1))
+
+    def heads(self, x):
+        n, p, _ = x.shape
+        if self.style == "einsum":
+            return [torch.einsum("npd,hde->nhpe", x, getattr(self, f"W_{c}")) + getattr(
+                self, f"b_{c}")[:, None] for c in "QKV"]  # fmt: skip
+        fused = self.conv(x) if self.style == "conv1d" else self.qkv(x)
+        if self.style == "F.linear":
+            fused = F.linear(x, self.qkv.weight, self.qkv.bias)
+        q, k, v = fused.split(D, dim=2)
+        return [t.view(n, p, H, E).transpose(1, 2) for t in (q, k, v)]
+
+    def scores(self, q, k):
+        if self.style == "bmm":
+            n = q.shape[0]
+            s = torch.bmm(q.reshape(n * H, P, E), k.reshape(n * H, P, E).transpose(1, 2))
+            return s.view(n, H, P, P) / math.sqrt(E)
+        return torch.matmul(q, k.transpose(-1, -2)) * E**-0.5
+
+    def masked(self, s):
+        p = s.shape[-1]
+        if self.mask_style == "where":
+            return torch.where(self.causal[:p, :p], s, torch.tensor(-1e9, dtype=s.dtype))
+        if self.mask_style == "masked_fill":
+            return s.masked_fill(~self.causal[:p, :p], float("-inf"))
+        return s + self.additive[:p, :p] if self.mask_style == "additive" else s
+
+    def forward(self, x):
+        q, k, v = self.heads(x)
+        if self.mask_style == "sdpa":
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            z = F.softmax(self.masked(self.scores(q, k)), dim=-1) @ v
+        if self.style == "einsum":
+            out = torch.einsum("nhpe,hed->npd", z, self.W_O)
+        else:
+            out = self.proj(z.transpose(1, 2).reshape(x.shape))
+        y = x + out
+        return y[:, -1] if self.last else y
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: LN -> attention -> residual -> LN -> MLP -> residual."""
+
+    def __init__(self, style="linear", mask="sdpa", layer_norm="module"):
+        super().__init__()
+        self.attn = Attention(style, mask)
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.fc1, self.fc2 = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
+        self.layer_norm = layer_norm
+
+    def norm(self, x, ln):
+        if self.layer_norm == "module":
+            return ln(x)
+        if self.layer_norm == "functional":
+            return F.layer_norm(x, (D,), ln.weight, ln.bias, ln.eps)
+        mu = x.mean(-1, keepdim=True)
+        var = x.var(-1, keepdim=True, unbiased=False)
+        return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+    def forward(self, x):
+        x = self.attn(self.norm(x, self.ln1))  # the attention module adds its own residual
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x, self.ln2))))
+
+
+class Model(nn.Module):
+    """``head(blocks(embed(x)))``, the blocks in a ModuleList; ``last`` slices the last
+    position outside the blocks."""
+
+    def __init__(self, *blocks, last=False, width=D):
+        super().__init__()
+        self.embed = nn.Linear(3, D)
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Linear(width, 5)
+        self.last = last
+
+    def forward(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h[:, -1] if self.last else h)
+
+
+def model_of(*blocks, seed=0, dtype=torch.float64, **kwargs):
+    torch.manual_seed(seed)
+    model = Model(*[b() if callable(b) else b for b in blocks], **kwargs)
+    for p in model.parameters():  # non-zero biases everywhere
+        with torch.no_grad():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.to(dtype).eval()
+
+
+def inputs(n=6, dtype=torch.float64, seed=1):
+    return torch.randn(n, P, 3, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+# -- the check ----------------------------------------------------------------------------
+def rows_against_autograd(model, src, dst=OUTPUT_NODE, x=None, rule=RULE, **options):
+    """``(traced, autograd)`` integrated rows of the section, all exact rows and two random
+    combinations, float64."""
+    dtype = next(model.parameters()).dtype
+    x = inputs(dtype=dtype) if x is None else x
+    session = ModelSession(model, dtype=dtype, **options)
+    section = section_of(session, x, src, dst)
+    form = TracedSection.detect(session, section)
+    assert isinstance(form, TracedSection), getattr(form, "why", form)
+    with torch.no_grad():
+        (f,) = session.read(x, [src])
+    alphas, weights = rule_tensors(rule, session.device)
+    points = scaled(f, alphas)
+    exact = Cotangents.identity(section.dst_shape, dtype, session.device).rows[:]
+    mixed = torch.randn(2, exact.shape[0], generator=torch.Generator().manual_seed(3))
+    rows = torch.cat([exact, (mixed.to(dtype) @ exact.flatten(1)).view(2, *exact.shape[1:])])
+    chunks = [(0, 3), (3, rows.shape[0])]
+    traced = torch.cat([g.expand(g.shape[0], x.shape[0], *g.shape[2:])
+                        for g in form.rows(x, points, rows, weights, chunks)])  # fmt: skip
+    auto = torch.cat(list(autograd_rows(session, section, x, points, rows, weights)))
+    return traced.to(torch.float64), auto.to(torch.float64)
+
+
+def assert_same(traced, auto, dtype=torch.float64):
+    scale = auto.abs().max()
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert scale > 0
+    assert (traced - auto).abs().max() <= tol * scale
+
+
+STYLES = ["einsum", "linear", "F.linear", "conv1d", "bmm"]
+MASKS = ["where", "masked_fill", "additive", "sdpa", "none"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("mask", MASKS)
+def test_attention_rows_equal_autograds(style, mask):
+    if style == "bmm" and mask == "sdpa":
+        pytest.skip("sdpa takes no bmm")
+    model = model_of(lambda: Attention(style, mask))
+    assert_same(*rows_against_autograd(model, "blocks.0", "head"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["inside", "outside"])
+def test_the_last_position_sliced_inside_or_outside(dtype, where):
+    inside = where == "inside"
+    model = model_of(lambda: Attention("linear", "where", last=inside), last=not inside,
+                     dtype=dtype)  # fmt: skip
+    traced, auto = rows_against_autograd(model, "blocks.0", "head")
+    assert auto.shape[2] == P  # every input position has rows
+    assert_same(traced, auto, dtype)
+
+
+@pytest.mark.parametrize("layer_norm", ["module", "functional", "by hand"])
+@pytest.mark.parametrize("mask", ["sdpa", "masked_fill"])
+def test_a_whole_pre_layer_norm_block(layer_norm, mask):
+    model = model_of(lambda: Block("linear", mask, layer_norm))
+    assert_same(*rows_against_autograd(model, "blocks.0", "head"))
+
+
+def test_two_blocks_in_a_module_list_and_their_sections():
+    model = model_of(lambda: Block("einsum", "where"), lambda: Block("linear", "sdpa"))
+    assert_same(*rows_against_autograd(model, "blocks.0", "blocks.1"))
+    assert_same(*rows_against_autograd(model, "blocks.1", "head"))
+    # A section from inside one block to the next: the attention's input is a cut.
+    assert_same(*rows_against_autograd(model, "blocks.0.attn", "blocks.1"))
+    # The second LayerNorm's input is read by the residual add too: no cut, no graph.
+    session = ModelSession(model)
+    found = TracedSection.detect(session, section_of(session, inputs(), "blocks.1.ln2", "head"))
+    assert isinstance(found, Inapplicable) and "not a cut" in found.why
+
+
+def test_float32_rows_agree_to_float32_rounding():
+    model = model_of(lambda: Block("linear", "sdpa"), dtype=torch.float32)
+    assert_same(*rows_against_autograd(model, "blocks.0", "head"), dtype=torch.float32)
+
+
+class Grid(nn.Module):
+    """Attention along the last position axis of 4-D activations ``(n, g, p, d)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(D, D, bias=False) for _ in range(3))
+
+    def forward(self, x):
+        s = self.q(x) @ self.k(x).mT / math.sqrt(D)
+        return x + torch.softmax(s, -1) @ self.v(x)
+
+
+class GridModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, D)
+        self.block = Grid()
+        self.head = nn.Linear(D, 2)
+
+    def forward(self, x):  # (n, 2, P, 3)
+        return self.head(self.block(self.embed(x)).sum(1))
+
+
+class Flat(nn.Module):
+    """2-D activations: an MLP block on ``(n, d)``, written with ``@`` and parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(D, 3 * D) * 0.3)
+        self.W_out = nn.Parameter(torch.randn(3 * D, D) * 0.3)
+        self.ln = nn.LayerNorm(D)
+
+    def forward(self, x):
+        return x + torch.tanh(self.ln(x) @ self.W_in) @ self.W_out
+
+
+class FlatModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.block, self.head = nn.Linear(3, D), Flat(), nn.Linear(D, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.block(self.embed(x))))
+
+
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_activations_of_two_and_four_dimensions(ndim):
+    torch.manual_seed(0)
+    model = (FlatModel() if ndim == 2 else GridModel()).double().eval()
+    shape = (6, 3) if ndim == 2 else (6, 2, P, 3)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    options = {"feature_axis": -1} if ndim == 4 else {}
+    assert_same(*rows_against_autograd(model, "block", OUTPUT_NODE, x=x, **options))
+
+
+# -- where it must not apply --------------------------------------------------------------
+class Sparsemax(Attention):
+    """Attention normalised by sparsemax (sort and cumulative sums) instead of softmax."""
+
+    def forward(self, x):
+        q, k, v = self.heads(x)
+        s = self.scores(q, k)
+        z_sorted, _ = torch.sort(s, dim=-1, descending=True)
+        ks = torch.arange(1, P + 1, dtype=s.dtype)
+        cum = z_sorted.cumsum(-1)
+        support = (1 + ks * z_sorted > cum).sum(-1, keepdim=True)
+        tau = (cum.gather(-1, support - 1) - 1) / support.to(s.dtype)
+        z = torch.clamp(s - tau, min=0) @ v
+        return x + self.proj(z.transpose(1, 2).reshape(x.shape))
+
+
+def test_an_attention_variant_falls_back_to_autograd_with_a_warning():
+    model = model_of(lambda: Sparsemax("linear"), dtype=torch.float64)
+    X = inputs(n=24).numpy()
+    with pytest.warns(RuntimeWarning, match="sort.*autograd"):
+        fast = LIBTransformer(model, "blocks.0").fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slow = LIBTransformer(model, "blocks.0", jacobian="autograd").fit(X)
+    np.testing.assert_allclose(fast.lambdas_, slow.lambdas_, rtol=1e-10)
+
+
+class TakesMask(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn, self.head = (
+            nn.Linear(3, D),
+            Attention("linear", "none"),
+            nn.Linear(D, 2),
+        )
+
+    def forward(self, x, mask=None):
+        h = self.attn(self.embed(x))
+        return self.head(h if mask is None else h * mask[..., None])
+
+
+def test_a_section_reading_other_inputs_is_not_extracted():
+    torch.manual_seed(0)
+    model = TakesMask().double().eval()
+    session = ModelSession(model)
+    section = section_of(session, inputs(), "attn")
+    found = TracedSection.detect(session, section)
+    assert isinstance(found, TracedSection)  # the default mask=None is traced as a constant
+
+    class Skip(TakesMask):
+        def forward(self, x):
+            return self.head(self.attn(self.embed(x)) + x.sum(-1, keepdim=True))
+
+    session = ModelSession(Skip().double().eval())
+    found = TracedSection.detect(session, section_of(session, inputs(), "attn"))
+    assert isinstance(found, Inapplicable) and "reads the model's input" in found.why
+
+
+class InPlace(Attention):
+    def forward(self, x):
+        y = super().forward(x)
+        y.mul_(2.0)
+        return y
+
+
+def test_in_place_operations_are_not_run():
+    model = model_of(lambda: InPlace("linear", "sdpa"))
+    session = ModelSession(model)
+    found = TracedSection.detect(session, section_of(session, inputs(), "blocks.0", "head"))
+    assert isinstance(found, Inapplicable) and "mul_" in found.why and "in place" in found.why
+
+
+def test_the_route_summary_names_why_the_form_did_not_apply():
+    model = model_of(lambda: InPlace("linear", "sdpa"))
+    session = ModelSession(model)
+    x = inputs()
+    section = section_of(session, x, "blocks.0", "head")
+    routes = decide_routes(session, x, [section], rule_tensors(RULE, "cpu"), {"rows"})
+    assert routes[section].rows is None
+    assert "The traced section's products: the operation 'mul_'" in routes.summary()
+
+
+def test_the_route_table_takes_it_for_attention():
+    model = model_of(lambda: Attention("linear", "sdpa"))
+    session = ModelSession(model)
+    x = inputs()
+    section = section_of(session, x, "blocks.0", "head")
+    routes = decide_routes(session, x, [section], rule_tensors(RULE, "cpu"), {"gram", "rows"})
+    assert isinstance(routes[section].rows, TracedSection)
+    assert routes[section].m_prime == "closed-form rows"
