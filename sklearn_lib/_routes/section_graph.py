@@ -18,8 +18,9 @@ as sentences, for the fit's plan.
 
 import builtins
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import torch
 from torch import fx
 
 from .tracing import LeafTracer, defaults, hooked, quietly, trace
@@ -27,7 +28,10 @@ from .tracing import LeafTracer, defaults, hooked, quietly, trace
 #: Node targets whose values describe a tensor (its shape, dtype) rather than
 #: being one: they carry no derivative.
 METADATA_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "layout"})
-METADATA_METHODS = frozenset({"size", "dim", "numel", "type_as_shape", "get_device"})
+METADATA_METHODS = frozenset({"size", "dim", "numel", "get_device"})
+METADATA_OPERATIONS = frozenset(
+    {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default, torch.ops.aten.sym_stride.int}
+)
 
 
 class BoundaryTracer(LeafTracer):
@@ -69,23 +73,46 @@ class SectionGraph:
     dependent : frozenset of torch.fx.Node
         The nodes whose tensor values depend on the start (the others are
         constants of the section: parameters, masks, shapes).
+    constants : dict
+        Graph inputs that are the model's parameters, buffers or constants
+        (an export's), each with a getter of its value.
+    inputs : dict
+        Graph inputs that are the model's (a mask, token ids), each with the
+        name of its batch field; ``""`` for the first input, which a tensor
+        batch is.  The section reads them as the model does, as constants.
     """
 
     nodes: tuple
     start: object
     end: object
     dependent: frozenset
+    constants: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+
+    def input_value(self, node, x):
+        """The value of graph input ``node`` in batch ``x`` (a tensor or a dict)."""
+        name = self.inputs[node]
+        if isinstance(x, dict):
+            return x[name or node.target]
+        if name:
+            raise KeyError(f"a tensor batch has no field {name!r}")
+        return x
 
 
-def section_graph(model, section):
+#: How :func:`section_graph` begins its answer where fx fails on the model.
+FX_FAILS = "torch.fx cannot trace the model"
+
+
+def section_graph(model, section, forward_kwargs=None):
     """The :class:`SectionGraph` of ``section`` of ``model``, or a sentence saying why none.
 
-    Never raises: tracing runs arbitrary user code.
+    ``forward_kwargs`` that are no tensors are traced as constants, as the
+    model is called.  Never raises: tracing runs arbitrary user code.
     """
     try:
-        return quietly(_extract, model, section)
+        return quietly(_extract, model, section, dict(forward_kwargs or {}))
     except Exception as exc:  # any failure of fx on user code means "no graph"
-        return f"torch.fx cannot trace the model ({type(exc).__name__}: {_first_line(exc)})"
+        return f"{FX_FAILS} ({type(exc).__name__}: {_first_line(exc)})"
 
 
 def _first_line(exc):
@@ -93,10 +120,16 @@ def _first_line(exc):
     return text[0][:120] if text else "no message"
 
 
-def _extract(model, section):
+def _extract(model, section, forward_kwargs):
     concrete = defaults(model.forward)
     if concrete is None:
-        return "the model's forward takes arguments without defaults besides its input"
+        return f"{FX_FAILS}: its forward takes arguments without defaults besides its input"
+    if any(isinstance(v, torch.Tensor) for v in forward_kwargs.values()):
+        return "forward_kwargs holds tensors, which a trace would take for constants"
+    unknown = sorted(set(forward_kwargs) - set(concrete))
+    if unknown:
+        return f"the model's forward takes no {unknown}"
+    concrete.update(forward_kwargs)
     if hooked(model):
         return "the model carries forward hooks, which torch.fx does not see"
     watched = [section.src] if section.to_output else [section.src, section.dst]
@@ -113,7 +146,7 @@ def _extract(model, section):
     end = _output(graph) if section.to_output else ends[section.dst]
     if end is None:
         return "the model does not return one tensor"
-    return _between(graph, start, end)
+    return between(graph, start, end)
 
 
 def _output(graph):
@@ -122,17 +155,24 @@ def _output(graph):
     return value if isinstance(value, fx.Node) else None
 
 
-def _between(graph, start, end):
-    """The :class:`SectionGraph` from ``start`` to ``end``, or why it is not one."""
+def between(graph, start, end, constants=None):
+    """The :class:`SectionGraph` from ``start`` to ``end``, or why it is not one.
+
+    ``constants``: graph inputs that are no input of the model (an export's
+    parameters), with getters of their values.  The other graph inputs are
+    the model's: the first is the batch (or its field of that name), the
+    others fields of a dict batch.
+    """
+    constants = constants or {}
     needed, stack = set(), [end]
     while stack:
         node = stack.pop()
         if node in needed or node is start:
             continue
-        if node.op == "placeholder":
-            return f"the section reads the model's input {node.target!r} besides its start"
         needed.add(node)
         stack.extend(node.all_input_nodes)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder" and n not in constants]
+    inputs = {n: "" if i == 0 else n.target for i, n in enumerate(placeholders) if n in needed}
     for node in graph.nodes:
         if in_place(node) and node.args and node.args[0] in needed | {start}:
             return f"the operation {node.target!r} changes a value of the section in place"
@@ -143,7 +183,9 @@ def _between(graph, start, end):
             dependent.add(node)
     if end not in dependent:
         return "the section's output does not depend on its start"
-    return SectionGraph(tuple(order), start, end, frozenset(dependent - {start}))
+    used = {node: get for node, get in constants.items() if node in needed}
+    dependent = frozenset(dependent - {start})
+    return SectionGraph(tuple(order), start, end, dependent, used, inputs)
 
 
 #: Operators that change their first argument.
@@ -155,26 +197,26 @@ IN_PLACE_OPERATORS = frozenset(
 
 def in_place(node):
     """Whether ``node`` changes its first argument: ``x.mul_(2)``, ``x += y``, ``x[i] = v``,
-    ``inplace=True``."""
+    ``inplace=True``, an ATen operation that mutates."""
     if node.op == "call_method":
         return node.target.endswith("_") and not node.target.endswith("__")
-    if node.op == "call_function":
-        return node.target in IN_PLACE_OPERATORS or bool(node.kwargs.get("inplace"))
-    return False
+    if node.op != "call_function":
+        return False
+    schema = getattr(node.target, "_schema", None)
+    if schema is not None and schema.is_mutable:
+        return True
+    return node.target in IN_PLACE_OPERATORS or bool(node.kwargs.get("inplace"))
 
 
 def is_metadata(node):
     """Whether ``node`` reads a tensor's shape, dtype or device (no derivative flows)."""
+    if node.op == "call_function" and node.target in METADATA_OPERATIONS:
+        return True
     if node.op == "call_function" and node.target is builtins.getattr:
         return node.args[1] in METADATA_ATTRIBUTES
     if node.op == "call_method":
         return node.target in METADATA_METHODS
-    return (
-        node.op == "call_function"
-        and node.target in (builtins.len, operator.getitem)
-        and (
-            node.args[0].op != "placeholder" and is_metadata(node.args[0])
-            if isinstance(node.args[0], fx.Node)
-            else False
-        )
-    )
+    if node.op == "call_function" and node.target in (builtins.len, operator.getitem):
+        first = node.args[0]
+        return isinstance(first, fx.Node) and is_metadata(first)  # x.shape[1]
+    return False

@@ -214,11 +214,12 @@ def _decide(session, probe, section, f, rule, kinds):
         return SectionRoute(section, skipped=tuple(skipped))
     checked = Probe(probe, points, rows, weights)
     chosen, verdicts = {}, []
+    notes = (verdicts, skipped)
     for kind in ("gram", "tangents"):
         if kind in kinds:
-            chosen[kind] = _first_passing(session, section, forms, kind, checked, verdicts)
+            chosen[kind] = _first_passing(session, section, forms, kind, checked, notes)
     if "rows" in kinds and (not chosen or None in chosen.values()):
-        chosen["rows"] = _first_passing(session, section, forms, "rows", checked, verdicts)
+        chosen["rows"] = _first_passing(session, section, forms, "rows", checked, notes)
     return SectionRoute(section, verdicts=tuple(verdicts), skipped=tuple(skipped), **chosen)
 
 
@@ -234,14 +235,22 @@ def _agreed(routes, device):
     ]
 
 
-def _first_passing(session, section, forms, kind, probe, verdicts):
-    """The first of ``forms`` that offers ``kind`` and passes its check; the others warn."""
+def _first_passing(session, section, forms, kind, probe, notes):
+    """The first of ``forms`` that offers ``kind`` and passes its check; the others warn.
+
+    ``notes = (verdicts, skipped)``: lists that get each check's verdict, and
+    each form found on the values not to offer ``kind``, saying why.
+    """
+    verdicts, skipped = notes
     if kind == "tangents":
         tangents = _probe_tangents(probe.x, probe.points, session)
         probe = Probe(probe.x, probe.points, probe.rows, probe.weights, tangents)
     for form in forms:
         passed, why = form.check(session, section, kind, probe)
         if passed is None:
+            note = f"{form.describe(kind)}: {why}"
+            if why and note not in skipped:
+                skipped.append(note)
             continue  # the form does not offer this kind
         verdicts.append(Verdict(form.describe(kind), kind, passed, why))
         if passed:

@@ -83,6 +83,12 @@ class Inapplicable:
     warn: bool = False
 
 
+class NotOffered(Exception):
+    """Raised by a form's products where it turns out, on the values, not to apply (an
+    export that fails): the check then counts the form as not offering the product, and
+    the route table says why."""
+
+
 class ClosedForm(abc.ABC):
     """A closed form of one section's Jacobian products (see the module docstring).
 
@@ -104,6 +110,9 @@ class ClosedForm(abc.ABC):
         Whether :meth:`gram` takes exact cotangent rows as an
         :class:`~sklearn_lib._routes.cotangents.ExactRows` (made chunk by
         chunk) rather than all of them as one tensor.
+    reads_forward_kwargs : bool
+        Whether the form reads the model as called with ``forward_kwargs``
+        (a traced form that traces with them); the veto keeps the others off.
     """
 
     title = "A closed form"
@@ -111,6 +120,7 @@ class ClosedForm(abc.ABC):
     traced = True
     padding = False
     exact_rows = False
+    reads_forward_kwargs = False
 
     @classmethod
     @abc.abstractmethod
@@ -180,9 +190,10 @@ class ClosedForm(abc.ABC):
         Returns
         -------
         passed : bool or None
-            None where the form does not offer ``kind`` (NotImplemented).
+            None where the form does not offer ``kind`` (NotImplemented, or
+            :class:`NotOffered`).
         why : str
-            Why it failed.
+            Why it failed, or why it is not offered.
         """
         k = min(n_rows(probe.x), CHECK_SAMPLES)
         first = probe.first(k, CHECK_COMBINATIONS)
@@ -195,6 +206,8 @@ class ClosedForm(abc.ABC):
         )
         try:
             closed = self._product(kind, x_first, points, rows, weights, tangents)
+        except NotOffered as exc:
+            return None, str(exc)
         except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
             if is_out_of_memory(exc):
                 raise  # autograd would need more memory, not less
@@ -226,8 +239,8 @@ class ClosedForm(abc.ABC):
         return form_directional(self, x, points, rows, weights, tangents)
 
 
-def structural_veto(session, section):
-    """Why no form read from the model's code can apply to ``section``, or None.
+def structural_veto(session, section, form=None):
+    """Why no form read from the model's code (or ``form``) can apply to ``section``, or None.
 
     Such forms apply the model's modules to the node layers' activations as
     the model itself does: the node layers must be module inputs, the
@@ -237,7 +250,7 @@ def structural_veto(session, section):
     """
     if session.capture != "input":
         return "node layers are module outputs"
-    if session.forward_kwargs:
+    if session.forward_kwargs and not getattr(form, "reads_forward_kwargs", False):
         return "the model is called with forward_kwargs"
     if section.to_output and session.output is not None:
         return "the output node is selected from what the model returns"
@@ -274,10 +287,10 @@ def applicable_forms(session, section, registry=None, skipped=None, warn=None):
     that its pattern is not the section's.  ``warn``, a list, gets those
     that the fit should warn of.
     """
-    veto = structural_veto(session, section)
     found = []
     for form in REGISTRY if registry is None else registry:
-        if form.traced and veto is not None:
+        veto = structural_veto(session, section, form) if form.traced else None
+        if veto is not None:
             why = veto
         else:
             instance = form.detect(session, section)

@@ -457,6 +457,22 @@ def _getitem_vjp(a, out, g, saved, wanted):
     return {"input": spread}
 
 
+def _index_vjp(a, out, g, saved, wanted, index):
+    """The product of ``input[index]`` (basic indexing), as :func:`_getitem_vjp`."""
+    return _getitem_vjp({"input": a["input"], "index": index}, out, g, saved, wanted)
+
+
+def _slice_vjp(a, out, g, saved, wanted):
+    dim = a["dim"] % a["input"].ndim
+    index = (slice(None),) * dim + (slice(a["start"], a["end"], a["step"]),)
+    return _index_vjp(a, out, g, saved, wanted, index)
+
+
+def _select_vjp(a, out, g, saved, wanted):
+    dim = a["dim"] % a["input"].ndim
+    return _index_vjp(a, out, g, saved, wanted, (slice(None),) * dim + (a["index"],))
+
+
 def _pieces_vjp(a, out, g, saved, wanted, stacked=False):
     dim = shift(a["dim"], a["input"].ndim)
     rows = next(iter(g.values())).shape[0]
@@ -545,6 +561,12 @@ def _split(input, size, dim=0): ...
 def _unbind(input, dim=0): ...
 def _cat(tensors, dim=0): ...
 def _dropout(input, p=0.5, training=True, inplace=False): ...
+def _slice(input, dim=0, start=None, end=None, step=1): ...
+def _select(input, dim, index): ...
+def _aten_softmax(input, dim, dtype=None): ...
+def _aten_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5,
+                     cudnn_enable=True): ...  # fmt: skip
+def _aten_einsum(equation, operands, path=None): ...
 def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
           enable_gqa=False): ...  # fmt: skip
 
@@ -581,6 +603,12 @@ OPS = {
     "cat": Op("cat", _cat, _cat_vjp),
     "stack": Op("stack", _cat, _stack_vjp),
     "sdpa": Op("sdpa", _sdpa, _sdpa_vjp, _sdpa_save),
+    "slice": Op("slice", _slice, _slice_vjp),
+    "select": Op("select", _select, _select_vjp),
+    # ATen's spellings of the same operations (torch.export's graphs)
+    "aten softmax": Op("softmax", _aten_softmax, _softmax_vjp),
+    "aten layer_norm": Op("layer_norm", _aten_layer_norm, _layer_norm_vjp, _layer_norm_save),
+    "aten einsum": Op("einsum", _aten_einsum, _einsum_vjp, pending=True),
 }
 
 _ELEMENTWISE = (
@@ -640,6 +668,31 @@ METHODS = {
     "square": "elementwise",
     "neg": "elementwise",
 }
+_aten = torch.ops.aten
+_ATEN_ELEMENTWISE = (
+    "relu", "gelu", "tanh", "sigmoid", "silu", "exp", "log", "sqrt", "rsqrt", "neg", "abs",
+    "pow", "erf", "reciprocal", "sin", "cos", "square", "leaky_relu", "elu", "softplus", "mish",
+)  # fmt: skip
+#: ATen operations (torch.export's graphs), by overload packet.
+ATEN = {
+    **{getattr(_aten, n): n for n in ("add", "sub", "mul", "div", "addmm", "linear", "expand")},
+    **{getattr(_aten, n): n for n in ("transpose", "permute", "split", "unbind", "slice")},
+    **{getattr(_aten, n): n for n in ("select", "where", "masked_fill", "dropout", "sum")},
+    **{getattr(_aten, n): n for n in ("mean", "var", "cat", "stack")},
+    **{getattr(_aten, n): "matmul" for n in ("mm", "bmm", "matmul")},
+    **{getattr(_aten, n): "reshape" for n in ("view", "reshape", "_unsafe_view", "unsqueeze")},
+    **{getattr(_aten, n): "reshape" for n in ("squeeze", "clone", "contiguous", "flatten")},
+    **{getattr(_aten, n): "reshape" for n in ("alias", "unflatten")},
+    **{getattr(_aten, n): "cast" for n in ("to", "_to_copy")},
+    _aten.split_with_sizes: "split",
+    _aten.chunk: "split",
+    _aten.t: "mT",
+    _aten.softmax: "aten softmax",
+    _aten.layer_norm: "aten layer_norm",
+    _aten.einsum: "aten einsum",
+    _aten.scaled_dot_product_attention: "sdpa",
+    **{getattr(_aten, n): "elementwise" for n in _ATEN_ELEMENTWISE},
+}
 #: Modules by exact type (a subclass may compute something else).
 MODULES = {
     nn.Linear: "linear",
@@ -671,7 +724,9 @@ def _spelling(node, model):
     if node.op == "call_function":
         if node.target is builtins.getattr and node.args[1] in ("T", "mT", "mH"):
             return ("T" if node.args[1] == "T" else "mT"), node.args[:1], {}
-        return FUNCTIONS.get(node.target), node.args, node.kwargs
+        name = FUNCTIONS.get(node.target)
+        packet = getattr(node.target, "overloadpacket", None)
+        return name if packet is None else ATEN.get(packet), node.args, node.kwargs
     if node.op == "call_method":
         return METHODS.get(node.target), node.args, node.kwargs
     if node.op == "call_module":

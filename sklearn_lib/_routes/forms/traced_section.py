@@ -30,10 +30,11 @@ import torch
 from torch import fx
 
 from ..._core.numerics import CHUNK_ELEMENTS
-from ..._model.inputs import n_rows
-from ..autograd import quadrature_sum
-from ..section_graph import SectionGraph, section_graph
-from .base import ClosedForm, Inapplicable
+from ..._model.inputs import n_rows, repeat_rows, valid_positions
+from ..autograd import autograd_rows, quadrature_sum
+from ..section_export import exported_section
+from ..section_graph import FX_FAILS, section_graph
+from .base import ClosedForm, Inapplicable, NotOffered
 from .traced_ops import Unsupported, op_of
 from .traced_pending import Pending, folds_kept, sum_of
 
@@ -60,6 +61,90 @@ class TracedSection(ClosedForm):
 
     Parameters
     ----------
+    session : ModelSession
+    section : Section
+    trace : _Trace or None
+        The fx trace, for every batch; None: exported on each batch's shapes
+        (:func:`~sklearn_lib._routes.section_export.exported_section`).
+    """
+
+    title = "The traced section's products"
+    reads_forward_kwargs = True
+    padding = True  # it reads the mask as the model does, and zeroes padded rows
+
+    def __init__(self, session, section, trace=None):
+        self.session, self.section, self.trace = session, section, trace
+        self._exported = {}
+
+    @classmethod
+    def detect(cls, session, section):
+        """The form of ``section``, or an :class:`Inapplicable` saying why not."""
+        graph = section_graph(session.model, section, session.forward_kwargs)
+        if isinstance(graph, str) and graph.startswith(FX_FAILS):
+            return cls(session, section)  # torch.export on the batches' shapes
+        if isinstance(graph, str):
+            return Inapplicable(graph)
+        trace = _Trace.of(session.model, graph)
+        return trace if isinstance(trace, Inapplicable) else cls(session, section, trace)
+
+    def describe(self, kind):
+        return self.title if self.trace is not None else self.title + " (torch.export)"
+
+    def _trace(self, x, m):
+        """The trace for ``m`` points of batch ``x``: the fx one, or the export on the
+        points' shapes (the batch repeated once per point of the rule); raises
+        :class:`NotOffered` or :class:`Unsupported` (attention) where there is none."""
+        if self.trace is not None:
+            return self.trace
+        model, kwargs = self.session.model, self.session.forward_kwargs
+        graph = exported_section(model, self.section, repeat_rows(x, m // n_rows(x)), kwargs)
+        if isinstance(graph, str):
+            raise NotOffered(graph)
+        key = (graph.start, graph.end)  # the same nodes: the same kept export
+        if key not in self._exported:
+            self._exported = {key: _Trace.of(model, graph)}  # the last batch shape's
+        trace = self._exported[key]
+        if isinstance(trace, Inapplicable):
+            raise (Unsupported if trace.warn else NotOffered)(trace.why)
+        return trace
+
+    def vjp(self, x, points, cotangents, tangents=None):
+        """Rows ``J^T c`` at every point, ``(R, m or 1, *positions, d)``; directional
+        derivatives are made from rows (NotImplemented)."""
+        if tangents is not None:
+            return NotImplemented
+        trace = self._trace(x, points.shape[0])
+        with torch.no_grad():
+            values, saved = trace.forward(points.detach(), x)
+            return torch.cat(
+                list(_unpadded(trace.chunks(values, saved, cotangents, x), x, points.shape[0]))
+            )
+
+    def rows(self, x, points, rows, weights, chunks):
+        """Integrated rows ``(r, n or 1, P_in, d)``, the forward run once for all chunks.
+
+        A batch whose shapes the export does not cover (checked on others)
+        takes autograd's rows.
+        """
+        try:
+            trace = self._trace(x, points.shape[0])
+        except (NotOffered, Unsupported):
+            yield from autograd_rows(self.session, self.section, x, points, rows, weights)
+            return
+        n = n_rows(x)
+        with torch.no_grad():
+            values, saved = trace.forward(points.detach(), x)
+            for g in _unpadded(trace.chunks(values, saved, rows, x), x, points.shape[0]):
+                g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])
+                single = g.shape[1] == 1  # the same at every point
+                yield g * weights.sum().to(g.dtype) if single else quadrature_sum(g, weights, n)
+
+
+class _Trace:
+    """One section graph with its products: run forward, then rows back, chunk by chunk.
+
+    Parameters
+    ----------
     model : torch.nn.Module
         The session's model (its parameters are read at every call).
     graph : SectionGraph
@@ -67,37 +152,34 @@ class TracedSection(ClosedForm):
         The dependent nodes, in the order they run.
     """
 
-    title = "The traced section's products"
-
     def __init__(self, model, graph, steps):
         self.model, self.graph = model, graph
         self.steps = {step.node: step for step in steps}
 
     @classmethod
-    def detect(cls, session, section):
-        """The form of ``section``, or an :class:`Inapplicable` saying why not."""
-        graph = section_graph(session.model, section)
-        if not isinstance(graph, SectionGraph):
-            return Inapplicable(graph)
-        found = [(n, *op_of(n, session.model)) for n in graph.nodes if n in graph.dependent]
+    def of(cls, model, graph):
+        """The trace of ``graph``, or an :class:`Inapplicable` naming an operation outside
+        the table (to warn of where the section holds attention)."""
+        found = [(n, *op_of(n, model)) for n in graph.nodes if n in graph.dependent]
         missing = [(node, why) for node, op, why in found if op is None]
         if missing:
             node, why = missing[0]
             attention = any(_is_attention(n, op, a, graph) for n, op, a in found) or any(
-                _reads_attention(n, graph, session.model) for n, _ in missing
+                _reads_attention(n, graph, model) for n, _ in missing
             )
             return Inapplicable(why, warn=attention)
-        steps = [_Step(n, op, a, frozenset(_wanted(a, graph))) for n, op, a in found]
-        return cls(session.model, graph, steps)
+        return cls(
+            model, graph, [_Step(n, op, a, frozenset(_wanted(a, graph))) for n, op, a in found]
+        )
 
-    def describe(self, kind):
-        return self.title
-
-    # -- forward ---------------------------------------------------------------------------
-    def _forward(self, points):
-        """Every node's value at ``points``, and what each product keeps from it."""
+    def forward(self, points, x):
+        """Every node's value at ``points`` of batch ``x``, and what each product keeps."""
         values, saved = {self.graph.start: points}, {}
+        copies = points.shape[0] // n_rows(x)  # the rule's points, alpha-major
         for node in self.graph.nodes:
+            if node in self.graph.inputs:  # the model's own input: the batch's, once per point
+                values[node] = repeat_rows(self.graph.input_value(node, x), copies)
+                continue
             args = fx.node.map_arg(node.args, values.__getitem__)
             kwargs = fx.node.map_arg(node.kwargs, values.__getitem__)
             values[node] = self._run(node, args, kwargs)
@@ -108,6 +190,8 @@ class TracedSection(ClosedForm):
         return values, saved
 
     def _run(self, node, args, kwargs):
+        if node.op == "placeholder":
+            return self.graph.constants[node]()  # an export's parameter or constant
         if node.op == "get_attr":
             value = self.model
             for part in node.target.split("."):
@@ -123,38 +207,22 @@ class TracedSection(ClosedForm):
         """``call(z)``: the node on ``z`` in place of its first argument."""
         return lambda z: self._run(node, (z, *args[1:]), kwargs)
 
-    # -- products --------------------------------------------------------------------------
-    def vjp(self, x, points, cotangents, tangents=None):
-        """Rows ``J^T c`` at every point, ``(R, m or 1, *positions, d)``; directional
-        derivatives are made from rows (NotImplemented)."""
-        if tangents is not None:
-            return NotImplemented
-        with torch.no_grad():
-            values, saved = self._forward(points.detach())
-            return torch.cat(list(self._chunks(values, saved, cotangents)))
+    def chunks(self, values, saved, cotangents, x):
+        """The start's cotangents, chunk by chunk of rows: ``(r, m or 1, *positions, d)``.
 
-    def rows(self, x, points, rows, weights, chunks):
-        """Integrated rows ``(r, n or 1, P_in, d)``, the forward run once for all chunks."""
-        n = n_rows(x)
-        with torch.no_grad():
-            values, saved = self._forward(points.detach())
-            for g in self._chunks(values, saved, rows):
-                g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])
-                yield (
-                    g * weights.sum().to(g.dtype)
-                    if g.shape[1] == 1
-                    else quadrature_sum(g, weights, n)
-                )
-
-    def _chunks(self, values, saved, cotangents):
-        """The start's cotangents, chunk by chunk of rows: ``(r, m or 1, *positions, d)``."""
+        Rows of padded output positions vanish, as on the autograd route.
+        """
         out, start = values[self.graph.end], values[self.graph.start]
         largest = max(v.numel() for v in values.values() if isinstance(v, torch.Tensor))
         chunk, kept = max(1, ROW_BUDGET // max(largest, 1)), {}
+        valid = valid_positions(x, out.shape[1:])
+        if valid is not None:  # (m, *output positions, 1), one per point
+            valid = repeat_rows(valid, out.shape[0] // valid.shape[0]).unsqueeze(-1).to(out.dtype)
         for i in range(0, cotangents.shape[0], chunk):
             c = cotangents[i : i + chunk].to(out.dtype)
+            c = c.reshape(c.shape[0], 1, *out.shape[1:])
             with folds_kept(kept):
-                g = self._backward(values, saved, c.reshape(c.shape[0], 1, *out.shape[1:]))
+                g = self._backward(values, saved, c if valid is None else c * valid)
             if g.shape[1] == 1 and tuple(g.shape[2:]) == tuple(start.shape[1:]):
                 yield g  # the same at every point
             else:
@@ -226,6 +294,18 @@ def _accumulate(cot, node, grad):
     else:  # terms summed when the node is reached (sum_of): alike products at once
         before = cot[node]
         cot[node] = [*(before if isinstance(before, list) else [before]), grad]
+
+
+def _unpadded(chunks, x, m):
+    """Chunks of rows ``(r, m or 1, *positions, d)`` at ``m`` points with padded input
+    positions zeroed, as every pass counts them (unchanged without padding)."""
+    for g in chunks:
+        valid = valid_positions(x, g.shape[2:])
+        if valid is None:
+            yield g
+        else:
+            mask = repeat_rows(valid, m // valid.shape[0]).unsqueeze(-1).to(g.dtype)
+            yield g * mask
 
 
 def _one(g, pending):

@@ -377,9 +377,10 @@ class Scaled(nn.Module):
 
 
 def test_the_summary_says_why_each_form_did_not_apply():
-    """forward_kwargs vetoes the forms read from code; the others do not apply: the summary
-    of the autograd section says so, form by form."""
-    session = ModelSession(Scaled().double(), forward_kwargs={"scale": 2.0})
+    """forward_kwargs vetoes the forms read from code, and a tensor among them the traced
+    section's too; the others do not apply: the summary of the autograd section says so,
+    form by form."""
+    session = ModelSession(Scaled().double(), forward_kwargs={"scale": torch.tensor(2.0)})
     x = torch.randn(20, 4, dtype=torch.float64)
     section = Section("fc2", OUTPUT_NODE, (8,), (3,))
     routes = decide_routes(session, x, [section], (torch.ones(1), torch.ones(1)), {"gram", "rows"})
@@ -390,6 +391,15 @@ def test_the_summary_says_why_each_form_did_not_apply():
         f"The residual MLP formula: {vetoed}",
         f"The affine-section route (rows of one sample for all): {vetoed}",
         "The final linear map's factor (rows of its input): it does not apply",
-        f"The traced section's products: {vetoed}",
+        "The traced section's products: forward_kwargs holds tensors, which a trace would "
+        "take for constants",
     )
     assert "M' by autograd; not applied: The model's lib_section_vjp" in routes.summary()
+
+
+def test_the_traced_section_reads_forward_kwargs_as_the_model_is_called():
+    session = ModelSession(Scaled().double(), forward_kwargs={"scale": 2.0})
+    x = torch.randn(20, 4, dtype=torch.float64)
+    section = Section("fc2", OUTPUT_NODE, (8,), (3,))
+    routes = decide_routes(session, x, [section], (torch.ones(1), torch.ones(1)), {"gram", "rows"})
+    assert isinstance(routes[section].rows, TracedSection)  # checked against autograd

@@ -13,12 +13,14 @@ from torch import nn
 
 from sklearn_lib import LIBTransformer
 from sklearn_lib._core.nodes import OUTPUT_NODE
+from sklearn_lib._model.inputs import n_rows
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.autograd import autograd_rows
 from sklearn_lib._routes.cotangents import Cotangents, scaled
 from sklearn_lib._routes.forms.base import Inapplicable
 from sklearn_lib._routes.forms.traced_section import TracedSection
 from sklearn_lib._routes.integration import rule_tensors
+from sklearn_lib._routes.products import masked_inputs
 from sklearn_lib._routes.table import decide_routes
 
 D, H, P = 8, 2, 4
@@ -157,7 +159,7 @@ def inputs(n=6, dtype=torch.float64, seed=1):
 def rows_against_autograd(model, src, dst=OUTPUT_NODE, x=None, rule=RULE, **options):
     """``(traced, autograd)`` integrated rows of the section, all exact rows and two random
     combinations, float64."""
-    dtype = next(model.parameters()).dtype
+    dtype = options.pop("dtype", next(model.parameters()).dtype)
     x = inputs(dtype=dtype) if x is None else x
     session = ModelSession(model, dtype=dtype, **options)
     section = section_of(session, x, src, dst)
@@ -170,10 +172,12 @@ def rows_against_autograd(model, src, dst=OUTPUT_NODE, x=None, rule=RULE, **opti
     exact = Cotangents.identity(section.dst_shape, dtype, session.device).rows[:]
     mixed = torch.randn(2, exact.shape[0], generator=torch.Generator().manual_seed(3))
     rows = torch.cat([exact, (mixed.to(dtype) @ exact.flatten(1)).view(2, *exact.shape[1:])])
-    chunks = [(0, 3), (3, rows.shape[0])]
-    traced = torch.cat([g.expand(g.shape[0], x.shape[0], *g.shape[2:])
+    chunks, n = [(0, 3), (3, rows.shape[0])], n_rows(x)
+    traced = torch.cat([g.expand(g.shape[0], n, *g.shape[2:])
                         for g in form.rows(x, points, rows, weights, chunks)])  # fmt: skip
-    auto = torch.cat(list(autograd_rows(session, section, x, points, rows, weights)))
+    # Padded input positions count nowhere, as in every pass.
+    auto = autograd_rows(session, section, x, points, rows, weights)
+    auto = torch.cat(list(masked_inputs(auto, x, f.shape[1:])))
     return traced.to(torch.float64), auto.to(torch.float64)
 
 
@@ -328,21 +332,21 @@ class TakesMask(nn.Module):
         return self.head(h if mask is None else h * mask[..., None])
 
 
-def test_a_section_reading_other_inputs_is_not_extracted():
+class Skip(TakesMask):
+    """The head reads the model's input besides the attention's output."""
+
+    def forward(self, x):
+        return self.head(self.attn(self.embed(x)) + x.sum(-1, keepdim=True))
+
+
+def test_a_section_reads_the_models_other_inputs_as_the_model_does():
     torch.manual_seed(0)
     model = TakesMask().double().eval()
     session = ModelSession(model)
-    section = section_of(session, inputs(), "attn")
-    found = TracedSection.detect(session, section)
-    assert isinstance(found, TracedSection)  # the default mask=None is traced as a constant
-
-    class Skip(TakesMask):
-        def forward(self, x):
-            return self.head(self.attn(self.embed(x)) + x.sum(-1, keepdim=True))
-
-    session = ModelSession(Skip().double().eval())
     found = TracedSection.detect(session, section_of(session, inputs(), "attn"))
-    assert isinstance(found, Inapplicable) and "reads the model's input" in found.why
+    assert isinstance(found, TracedSection)  # the default mask=None is traced as a constant
+    torch.manual_seed(0)
+    assert_same(*rows_against_autograd(Skip().double().eval(), "attn"))
 
 
 class InPlace(Attention):
@@ -377,3 +381,64 @@ def test_the_route_table_takes_it_for_attention():
     routes = decide_routes(session, x, [section], rule_tensors(RULE, "cpu"), {"gram", "rows"})
     assert isinstance(routes[section].rows, TracedSection)
     assert routes[section].m_prime == "closed-form rows"
+
+
+# -- Hugging Face models, by torch.export ------------------------------------------------
+def padded_tokens(n, length, vocab, seed=0):
+    """Token ids with an attention mask that pads a few sequences on the right."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (n, length), generator=generator)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[0, length - 3 :] = 0
+    mask[1, length - 1 :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hugging_face_gpt2_blocks_by_export(attention, dtype):
+    pytest.importorskip("transformers", reason="needs transformers (pip install .[models])")
+    from toy_models import GPT2_VOCAB, tiny_gpt2
+
+    model = tiny_gpt2()
+    model.config._attn_implementation = attention
+    x = padded_tokens(6, 8, GPT2_VOCAB)
+    options = {"dtype": dtype, "forward_kwargs": {"use_cache": False}, "output": "logits"}
+    for src, dst in [
+        ("transformer.h.0", "transformer.h.1"),
+        ("transformer.h.1", "transformer.ln_f"),
+    ]:
+        traced, auto = rows_against_autograd(model, src, dst, x=x, **options)
+        assert_same(traced, auto, dtype)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_bert_layer_with_padding_by_export(attention):
+    pytest.importorskip("transformers", reason="needs transformers (pip install .[models])")
+    from toy_models import BERT_VOCAB, tiny_bert
+
+    model = tiny_bert()
+    model.config._attn_implementation = attention
+    x = padded_tokens(6, 10, BERT_VOCAB)
+    options = {"dtype": torch.float64, "output": "last_hidden_state"}
+    for src, dst in [("encoder.layer.0", "encoder.layer.1"),
+                     ("encoder.layer.0.attention", "encoder.layer.0.intermediate")]:  # fmt: skip
+        assert_same(*rows_against_autograd(model, src, dst, x=x, **options))
+
+
+def test_a_gpt2_fit_takes_the_export_and_gives_autograds_basis():
+    pytest.importorskip("transformers", reason="needs transformers (pip install .[models])")
+    from toy_models import GPT2_VOCAB, tiny_gpt2
+
+    x = padded_tokens(40, 8, GPT2_VOCAB, seed=3)
+    params = dict(
+        downstream_layers=["transformer.h.1", "transformer.ln_f"],
+        output="logits",
+        forward_kwargs={"use_cache": False},
+        batch_size=16,  # three batches: the last of another shape, exported anew
+    )
+    fast = LIBTransformer(tiny_gpt2(), "transformer.h.0", verbose=True, **params).fit(x)
+    slow = LIBTransformer(tiny_gpt2(), "transformer.h.0", jacobian="autograd", **params).fit(x)
+    for name in ("transformer.h.0", "transformer.h.1"):
+        want = slow.bases_[name].lambdas
+        np.testing.assert_allclose(fast.bases_[name].lambdas, want, rtol=1e-9, atol=1e-12 * want[0])
