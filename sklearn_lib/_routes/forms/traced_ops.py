@@ -229,14 +229,19 @@ def _fold_linear(g, weight, w_sub, ndim):
 
 
 def _addmm_vjp(a, out, g, saved, wanted):
+    beta, alpha = a["beta"], a["alpha"]
     grads = {}
     if "input" in wanted:
-        grads["input"] = unbroadcast(g * a["beta"], shape_of(a["input"]))
+        grads["input"] = unbroadcast(g if beta == 1 else g * beta, shape_of(a["input"]))
     if "mat1" in wanted:
-        grads["mat1"] = (g @ a["mat2"].T) * a["alpha"]
+        grads["mat1"] = _scaled(g @ a["mat2"].T, alpha)
     if "mat2" in wanted:
-        grads["mat2"] = (a["mat1"].T @ full(g, out.shape)) * a["alpha"]
+        grads["mat2"] = _scaled(a["mat1"].T @ full(g, out.shape), alpha)
     return grads
+
+
+def _scaled(g, factor):
+    return g if factor == 1 else g * factor
 
 
 def _einsum_operands(a):

@@ -35,7 +35,8 @@ from ..autograd import autograd_rows, quadrature_sum
 from ..section_export import exported_section
 from ..section_graph import FX_FAILS, section_graph
 from .base import ClosedForm, Inapplicable, NotOffered
-from .traced_ops import Unsupported, op_of
+from .traced_fusion import chains, slope
+from .traced_ops import OPS, Unsupported, op_of
 from .traced_pending import Pending, folds_kept, sum_of
 
 #: Operations whose presence makes a section attention, for the warning.
@@ -155,6 +156,12 @@ class _Trace:
     def __init__(self, model, graph, steps):
         self.model, self.graph = model, graph
         self.steps = {step.node: step for step in steps}
+        # Elementwise chains as one step each: their slope is made in the forward.
+        self.chains = chains(self.steps, graph)
+        for out, (z, order) in self.chains.items():
+            for node in order:
+                self.steps.pop(node)
+            self.steps[out] = _Step(out, OPS["elementwise"], {"input": z}, frozenset({"input"}))
 
     @classmethod
     def of(cls, model, graph):
@@ -184,7 +191,10 @@ class _Trace:
             kwargs = fx.node.map_arg(node.kwargs, values.__getitem__)
             values[node] = self._run(node, args, kwargs)
             step = self.steps.get(node)
-            if step is not None and step.op.save is not None:
+            if node in self.chains:
+                z, order = self.chains[node]
+                saved[node] = slope(self._run_on, values, z, order, node)
+            elif step is not None and step.op.save is not None:
                 bound = _values(step.arguments, values)
                 saved[node] = step.op.save(bound, values[node], self._rerun(node, args, kwargs))
         return values, saved
@@ -202,6 +212,11 @@ class _Trace:
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         return node.target(*args, **kwargs)
+
+    def _run_on(self, node, values):
+        """``node`` run on ``values`` (by node)."""
+        args = fx.node.map_arg(node.args, values.__getitem__)
+        return self._run(node, args, fx.node.map_arg(node.kwargs, values.__getitem__))
 
     def _rerun(self, node, args, kwargs):
         """``call(z)``: the node on ``z`` in place of its first argument."""
