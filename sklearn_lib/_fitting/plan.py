@@ -144,6 +144,8 @@ class SectionPlan:
             how = f"{self.sources:,} random sources per batch, a backward row each"
         elif self.route == "autograd":
             how = f"up to {self.backward_rows:,} backward rows per batch"
+        elif self.route == "closed-form rows" and not sampled:
+            how = f"up to {self.backward_rows:,} rows per batch by closed-form rows"
         elif self.route == "final linear":
             how = (
                 f"up to {self.backward_rows:,} backward rows per batch through the final "

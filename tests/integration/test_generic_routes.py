@@ -397,6 +397,6 @@ def test_the_plan_names_the_routes(capsys):
     model, X = user_transformer(), modadd_tokens(60)
     fit(model, X, LAYERS, verbose=True)
     plan = next(line for line in capsys.readouterr().err.splitlines() if "fitting runs" in line)
-    assert "'blocks.0.attn' -> 'blocks.0.mlp': by closed-form rows" in plan
+    assert "'blocks.0.attn' -> 'blocks.0.mlp': up to 8 rows per batch by closed-form rows" in plan
     assert "'blocks.0.mlp' -> 'unembed': by closed form" in plan
     assert "'unembed' -> 'output': affine, its rows made once, within the statistics" in plan

@@ -401,7 +401,8 @@ def test_a_long_fit_says_its_passes_and_rows_at_the_start(rng, monkeypatch, capl
     # T = 6 output positions times 5 classes: 30 rows per batch, exact.
     assert record.getMessage().startswith("[LIBTransformer] fitting runs 1 pass(es) over 30")
     message = record.getMessage()
-    assert "'block' -> 'output': up to 30 backward rows per batch, within the statistics" in message
+    # (the mixer's section: its trace's rows, the mask read as the model reads it)
+    assert "'block' -> 'output': up to 30 rows per batch by closed-form rows, within the" in message
     assert "n_stochastic_sources=S" in record.getMessage()
 
 
