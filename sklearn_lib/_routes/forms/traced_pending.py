@@ -21,6 +21,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+#: The most elements a folded product may hold where its operands hold fewer (8M: 64 MiB
+#: in float64, the rows' own chunk budget).
+JOINED_ELEMENTS = 1 << 23
 #: The label of the row axis; the others are taken from the rest of the alphabet.
 ROW = "a"
 LABELS = string.ascii_letters.replace(ROW, "")
@@ -272,9 +275,15 @@ def _cheapest(p, weight, w_labels, groups):
     }
     u_labels = ROW + "".join(p.groups)
     best = (_pair_cost(operands["rows"], operands["value"], u_labels, operands["weight"]),)
+    # An order whose first product outgrows its operands (the weight's width times a
+    # value of many positions) would hold more than the pass does: memory caps it.
+    limit = max(JOINED_ELEMENTS, *(t.numel() for t, _ in operands.values()))
     for first, second, third in (("value", "weight", "rows"), ("rows", "weight", "value")):
         a, b, c = operands[first], operands[second], operands[third]
         keep = "".join(dict.fromkeys(x for x in a[1] + b[1] if x in out or x in c[1] or x == ROW))
+        size = _sizes(a, b)
+        if math.prod(size[x] for x in keep) > limit:
+            continue
         cost = _pair_cost(a, b, keep, c)
         if cost < best[0]:
             best = (cost, first, second, third, keep)

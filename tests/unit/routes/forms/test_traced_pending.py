@@ -106,3 +106,17 @@ def test_value_layouts_are_kept_for_the_next_chunks_only_inside_the_context():
         again = p.materialize()
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     assert isinstance(p, Pending)
+
+
+def test_a_fold_that_would_outgrow_its_operands_is_not_taken(monkeypatch):
+    from sklearn_lib._routes.forms import traced_pending
+
+    p, want = pending(broadcast=True)
+    W = randn(2, 8, 6)
+    assert fold(p, W, "hde", "nhpe", "npd") is not None
+    monkeypatch.setattr(traced_pending, "JOINED_ELEMENTS", 1)
+    largest = max(p.rows.numel(), p.value.numel(), W.numel())
+    folded = fold(p, W, "hde", "nhpe", "npd")
+    # Taken only where the first product is no larger than the largest operand.
+    if folded is not None:
+        assert max(folded.rows.numel(), folded.value.numel()) <= largest
