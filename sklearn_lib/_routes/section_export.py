@@ -18,6 +18,7 @@ Exports are kept per model: a fit exports once or a few times.
 """
 
 import inspect
+import math
 import threading
 import weakref
 
@@ -65,14 +66,21 @@ def _shapes(x):
 
 
 def _fits(pattern, shapes):
-    """Whether batch ``shapes`` fit an export's ``pattern`` (None: a dynamic size)."""
+    """Whether batch ``shapes`` fit an export's ``pattern``: each size equal, or within
+    the range ``(lower, upper)`` the export kept it dynamic over."""
     if len(pattern) != len(shapes):
         return False
     for (key, dims, dtype, device), (key_, dims_, dtype_, device_) in zip(pattern, shapes):
         same = (key, dtype, device, len(dims)) == (key_, dtype_, device_, len(dims_))
-        if not same or any(d is not None and d != d_ for d, d_ in zip(dims, dims_)):
+        if not same or not all(_within(d, size) for d, size in zip(dims, dims_)):
             return False
     return True
+
+
+def _within(dim, size):
+    if isinstance(dim, tuple):
+        return dim[0] <= size <= dim[1]
+    return dim == size
 
 
 def _program(model, x, forward_kwargs):
@@ -128,7 +136,8 @@ def _dynamic(model, x, forward_kwargs):
 
 
 def _pattern(program, x):
-    """The batch shapes ``program`` takes: each size None where the export left it dynamic."""
+    """The batch shapes ``program`` takes: each size fixed, or the range ``(lower, upper)``
+    of a size the export left dynamic (a model that branches on a size narrows it)."""
     values = {n.name: n.meta.get("val") for n in program.graph_module.graph.nodes}
     found = []
     for key, dims, dtype, device in _shapes(x):
@@ -136,10 +145,25 @@ def _pattern(program, x):
         if value is None and not key:  # a tensor batch: the first input
             spec = program.graph_signature.user_inputs
             value = values.get(spec[0]) if spec else None
-        sizes = tuple(d if isinstance(s, int) else None for d, s in zip(dims, value.shape)) if (
-            isinstance(value, torch.Tensor)) else dims  # fmt: skip
+        sizes = dims
+        if isinstance(value, torch.Tensor):
+            sizes = tuple(_range(program, d, s) for d, s in zip(dims, value.shape))
         found.append((key, sizes, dtype, device))
     return tuple(found)
+
+
+def _range(program, size, symbolic):
+    """``(lower, upper)`` of a dynamic size, or the size itself where it is fixed."""
+    if isinstance(symbolic, int):
+        return size
+    found = program.range_constraints.get(symbolic.node.expr)
+    if found is None:
+        return size  # a size derived from others: taken as fixed
+    try:
+        upper = int(found.upper)
+    except Exception:  # unbounded: sympy's infinity has no int
+        upper = math.inf
+    return int(found.lower), upper
 
 
 def _constants(program, model):

@@ -103,14 +103,16 @@ class SectionGraph:
 FX_FAILS = "torch.fx cannot trace the model"
 
 
-def section_graph(model, section, forward_kwargs=None):
+def section_graph(model, section, forward_kwargs=None, fields=()):
     """The :class:`SectionGraph` of ``section`` of ``model``, or a sentence saying why none.
 
     ``forward_kwargs`` that are no tensors are traced as constants, as the
-    model is called.  Never raises: tracing runs arbitrary user code.
+    model is called.  ``fields``: the names of a dict batch's fields, which
+    are the graph's inputs (a mask among them is read per batch), not the
+    forward's defaults.  Never raises: tracing runs arbitrary user code.
     """
     try:
-        return quietly(_extract, model, section, dict(forward_kwargs or {}))
+        return quietly(_extract, model, section, dict(forward_kwargs or {}), set(fields))
     except Exception as exc:  # any failure of fx on user code means "no graph"
         return f"{FX_FAILS} ({type(exc).__name__}: {_first_line(exc)})"
 
@@ -120,7 +122,7 @@ def _first_line(exc):
     return text[0][:120] if text else "no message"
 
 
-def _extract(model, section, forward_kwargs):
+def _extract(model, section, forward_kwargs, fields):
     concrete = defaults(model.forward)
     if concrete is None:
         return f"{FX_FAILS}: its forward takes arguments without defaults besides its input"
@@ -130,11 +132,13 @@ def _extract(model, section, forward_kwargs):
     if unknown:
         return f"the model's forward takes no {unknown}"
     concrete.update(forward_kwargs)
+    for name in fields:  # the batch gives them: inputs of the graph
+        concrete.pop(name, None)
     if hooked(model):
         return "the model carries forward hooks, which torch.fx does not see"
     watched = [section.src] if section.to_output else [section.src, section.dst]
-    tracer = BoundaryTracer(watched)
-    graph = trace(tracer, model, concrete)
+    tracer, kept = BoundaryTracer(watched), {}
+    graph = trace(tracer, model, concrete, kept)
     ends = {}
     for name, calls in tracer.calls.items():
         if len(calls) != 1 or not isinstance(calls[0], fx.Proxy):
@@ -146,7 +150,12 @@ def _extract(model, section, forward_kwargs):
     end = _output(graph) if section.to_output else ends[section.dst]
     if end is None:
         return "the model does not return one tensor"
-    return between(graph, start, end)
+    constants = {
+        n: (lambda value=kept[n.target]: value)
+        for n in graph.nodes
+        if n.op == "get_attr" and n.target in kept
+    }  # tensors made in the forward, which fx keeps on the model and tracing removed
+    return between(graph, start, end, constants)
 
 
 def _output(graph):

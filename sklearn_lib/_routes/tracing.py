@@ -71,18 +71,21 @@ class LeafTracer(fx.Tracer):
         return name in self.leaves or super().is_leaf_module(m, name)
 
 
-def trace(tracer, root, concrete_args=None):
+def trace(tracer, root, concrete_args=None, kept=None):
     """``tracer``'s graph of ``root``, leaving ``root`` as it was.
 
     fx stores tensors that are no attribute of the model on the root as
     ``_tensor_constant*``; they are removed again, so that tracing never
-    changes the session's model.
+    changes the session's model (into the dict ``kept``, where given, for
+    whoever runs the graph).
     """
     before = set(vars(root))
     try:
         return tracer.trace(root, concrete_args)
     finally:
         for name in set(vars(root)) - before:
+            if kept is not None:
+                kept[name] = getattr(root, name)
             delattr(root, name)
 
 

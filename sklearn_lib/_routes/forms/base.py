@@ -208,7 +208,7 @@ class ClosedForm(abc.ABC):
             closed = self._product(kind, x_first, points, rows, weights, tangents)
         except NotOffered as exc:
             return None, str(exc)
-        except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
+        except Exception as exc:  # any fault of a form: it is not used, and says why
             if is_out_of_memory(exc):
                 raise  # autograd would need more memory, not less
             # E.g. parameters under other names than the form expects.

@@ -71,13 +71,36 @@ def shift(dim, ndim):
     return dim % max(ndim, 1) + 1
 
 
-def unbroadcast(g, shape):
-    """Cotangent ``g`` of a broadcast result, ``(R, *s)``, summed to ``(R, *shape)``."""
-    extra = g.ndim - 1 - len(shape)
+def unbroadcast(g, shape, logical):
+    """Cotangent ``g`` of a broadcast result of shape ``logical``, summed to ``(R, *shape)``.
+
+    ``g`` may itself be broadcast (size 1 where ``logical`` is larger: the
+    same entry repeated); summing such an axis multiplies by its size.
+    """
+    logical = tuple(logical)
+    if g.ndim - 1 < len(logical):  # right-aligned: leading axes of size 1
+        g = g.reshape(g.shape[0], *([1] * (len(logical) - g.ndim + 1)), *g.shape[1:])
+    extra, factor, dims = len(logical) - len(shape), 1, []
+    for i, n in enumerate(logical):
+        if i >= extra and (shape[i - extra] != 1 or n == 1):
+            continue  # kept: the input has this axis at full size
+        if g.shape[i + 1] == 1:
+            factor *= n
+        else:
+            dims.append(i + 1)
+    if dims:
+        g = g.sum(dims, keepdim=True)
     if extra > 0:
-        g = g.sum(tuple(range(1, 1 + extra)))
-    dims = tuple(i + 1 for i, n in enumerate(shape) if n == 1 and g.shape[i + 1] != 1)
-    return g.sum(dims, keepdim=True) if dims else g
+        g = g.reshape(g.shape[0], *g.shape[1 + extra :])
+    return g * factor if factor != 1 else g
+
+
+def _dense(g, out, last):
+    """``g`` expanded over its ``last`` axes where it is broadcast there (a matrix
+    product contracts them; the sample axis may stay broadcast)."""
+    if tuple(g.shape[-last:]) != tuple(out.shape[-last:]):
+        return g.expand(*g.shape[: g.ndim - last], *out.shape[-last:])
+    return g
 
 
 def full(g, shape):
@@ -144,9 +167,11 @@ def _add_vjp(a, out, g, saved, wanted, sign=1.0):
         return {name: g if factor[name] == 1.0 else g.scaled(factor[name]) for name in wanted}
     grads = {}
     if "input" in wanted:
-        grads["input"] = unbroadcast(g, shape_of(a["input"]))
+        grads["input"] = unbroadcast(g, shape_of(a["input"]), out.shape)
     if "other" in wanted:
-        grads["other"] = unbroadcast(g * (sign * a.get("alpha", 1)), shape_of(a["other"]))
+        grads["other"] = unbroadcast(
+            g * (sign * a.get("alpha", 1)), shape_of(a["other"]), out.shape
+        )
     return grads
 
 
@@ -165,9 +190,9 @@ def _mul_vjp(a, out, g, saved, wanted):
     x, y = a["input"], a["other"]
     grads = {}
     if "input" in wanted:
-        grads["input"] = unbroadcast(g * y, shape_of(x))
+        grads["input"] = unbroadcast(g * y, shape_of(x), out.shape)
     if "other" in wanted:
-        grads["other"] = unbroadcast(g * x, shape_of(y))
+        grads["other"] = unbroadcast(g * x, shape_of(y), out.shape)
     return grads
 
 
@@ -177,9 +202,9 @@ def _div_vjp(a, out, g, saved, wanted):
     x, y = a["input"], a["other"]
     grads = {}
     if "input" in wanted:
-        grads["input"] = unbroadcast(g / y, shape_of(x))
+        grads["input"] = unbroadcast(g / y, shape_of(x), out.shape)
     if "other" in wanted:
-        grads["other"] = unbroadcast(-g * out / y, shape_of(y))
+        grads["other"] = unbroadcast(-g * out / y, shape_of(y), out.shape)
     return grads
 
 
@@ -192,6 +217,7 @@ def _matmul_vjp(a, out, g, saved, wanted):
         if folded is not None:
             return {"input": folded}
         g = g.materialize()
+    g = _dense(g, out, 2)
     if wanted == {"input", "other"} and x.ndim == y.ndim == out.ndim:
         batch = _BATCH[: out.ndim - 2]
         grads = {}
@@ -203,9 +229,9 @@ def _matmul_vjp(a, out, g, saved, wanted):
             return grads
     grads = {}
     if "input" in wanted:
-        grads["input"] = unbroadcast(g @ y.mT, x.shape)
+        grads["input"] = unbroadcast(g @ y.mT, x.shape, (*out.shape[:-1], x.shape[-1]))
     if "other" in wanted:
-        grads["other"] = unbroadcast(x.mT @ g, y.shape)
+        grads["other"] = unbroadcast(x.mT @ g, y.shape, (*out.shape[:-2], *y.shape[-2:]))
     return grads
 
 
@@ -217,12 +243,12 @@ def _linear_vjp(a, out, g, saved, wanted):
         if folded is not None:
             return {"input": folded}
         g = g.materialize()
-    return {"input": g @ a["weight"]}
+    return {"input": _dense(g, out, 1) @ a["weight"]}
 
 
 def _fold_linear(g, weight, w_sub, ndim):
     """A pending cotangent of ``y = x W`` folded with ``W`` (``w_sub`` "io"), or ``W^T`` ("oi")."""
-    if weight.ndim != 2 or g.shape[1:-1] != g.shape[1:-1] or ndim > len(_BATCH) + 1:
+    if weight.ndim != 2 or ndim > len(_BATCH) + 1:
         return None
     batch = _BATCH[: ndim - 1]
     return fold(g, weight, w_sub, batch + "o", batch + "i")
@@ -230,9 +256,10 @@ def _fold_linear(g, weight, w_sub, ndim):
 
 def _addmm_vjp(a, out, g, saved, wanted):
     beta, alpha = a["beta"], a["alpha"]
+    g = _dense(g, out, 2)
     grads = {}
     if "input" in wanted:
-        grads["input"] = unbroadcast(g if beta == 1 else g * beta, shape_of(a["input"]))
+        grads["input"] = unbroadcast(g if beta == 1 else g * beta, shape_of(a["input"]), out.shape)
     if "mat1" in wanted:
         grads["mat1"] = _scaled(g @ a["mat2"].T, alpha)
     if "mat2" in wanted:
@@ -374,7 +401,7 @@ def _cast_vjp(a, out, g, saved, wanted):
 
 
 def _expand_vjp(a, out, g, saved, wanted):
-    return {"input": unbroadcast(g, a["input"].shape)}
+    return {"input": unbroadcast(g, a["input"].shape, out.shape)}
 
 
 def _softmax_vjp(a, out, g, saved, wanted):
@@ -408,9 +435,9 @@ def _where_vjp(a, out, g, saved, wanted):
     keep = a["condition"]
     grads = {}
     if "input" in wanted:
-        grads["input"] = unbroadcast(g * keep.to(g.dtype), shape_of(a["input"]))
+        grads["input"] = unbroadcast(g * keep.to(g.dtype), shape_of(a["input"]), out.shape)
     if "other" in wanted:
-        grads["other"] = unbroadcast(g * (~keep).to(g.dtype), shape_of(a["other"]))
+        grads["other"] = unbroadcast(g * (~keep).to(g.dtype), shape_of(a["other"]), out.shape)
     return grads
 
 
@@ -421,6 +448,8 @@ def _masked_fill_vjp(a, out, g, saved, wanted):
 
 
 def _elementwise_save(a, out, call):
+    if not isinstance(a["input"], torch.Tensor):
+        raise Unsupported("an elementwise operation of a number")
     with torch.enable_grad():
         z = a["input"].detach().requires_grad_(True)
         (slope,) = torch.autograd.grad(call(z).sum(), z)
@@ -446,7 +475,7 @@ def _dropout_vjp(a, out, g, saved, wanted):
 def _getitem_vjp(a, out, g, saved, wanted):
     x, index = a["input"], a["index"]
     if isinstance(x, (tuple, list)):
-        return {"input": {int(index): g}}  # one piece of a split
+        return {"input": {int(index) % len(x): g}}  # one piece of a split
     index = index if isinstance(index, tuple) else (index,)
     if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
         raise Unsupported("indexing by tensors")
@@ -532,18 +561,25 @@ def _sdpa_save(a, out, call):
 
 
 def _sdpa_vjp(a, out, g, saved, wanted):
+    if "attn_mask" in wanted:
+        raise Unsupported("an attention mask that depends on the input")
+    g = _dense(g, out, 2)
     weights, scale = saved
     q, k, v = a["query"], a["key"], a["value"]
     grads = {}
     if "value" in wanted:
-        grads["value"] = unbroadcast(weights.mT @ g, v.shape)
+        grads["value"] = unbroadcast(weights.mT @ g, v.shape, (*out.shape[:-2], *v.shape[-2:]))
     if wanted & {"query", "key"}:
         through = g @ v.mT
         scores = weights * (through - (through * weights).sum(-1, keepdim=True))
         if "query" in wanted:
-            grads["query"] = unbroadcast((scores @ k) * scale, q.shape)
+            grads["query"] = unbroadcast(
+                (scores @ k) * scale, q.shape, (*out.shape[:-1], q.shape[-1])
+            )
         if "key" in wanted:
-            grads["key"] = unbroadcast((scores.mT @ q) * scale, k.shape)
+            grads["key"] = unbroadcast(
+                (scores.mT @ q) * scale, k.shape, (*out.shape[:-2], *k.shape[-2:])
+            )
     return grads
 
 

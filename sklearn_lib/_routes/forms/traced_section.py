@@ -24,19 +24,22 @@ warns and names it: the speed is lost, never the result.  Like every closed
 form, this one is checked once against autograd on the probe.
 """
 
+import itertools
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import fx
 
 from ..._core.numerics import CHUNK_ELEMENTS
-from ..._model.inputs import n_rows, repeat_rows, valid_positions
+from ..._model.failures import is_out_of_memory
+from ..._model.inputs import is_dict, n_rows, repeat_rows, valid_positions
 from ..autograd import autograd_rows, quadrature_sum
 from ..section_export import exported_section
 from ..section_graph import FX_FAILS, section_graph
 from .base import ClosedForm, Inapplicable, NotOffered
 from .traced_fusion import chains, slope
-from .traced_ops import OPS, Unsupported, op_of
+from .traced_ops import OPS, Unsupported, describe, op_of
 from .traced_pending import Pending, folds_kept, sum_of
 
 #: Operations whose presence makes a section attention, for the warning.
@@ -75,7 +78,7 @@ class TracedSection(ClosedForm):
 
     def __init__(self, session, section, trace=None):
         self.session, self.section, self.trace = session, section, trace
-        self._exported = {}
+        self._exported, self._by_fields = {}, {}
 
     @classmethod
     def detect(cls, session, section):
@@ -92,22 +95,30 @@ class TracedSection(ClosedForm):
         return self.title if self.trace is not None else self.title + " (torch.export)"
 
     def _trace(self, x, m):
-        """The trace for ``m`` points of batch ``x``: the fx one, or the export on the
-        points' shapes (the batch repeated once per point of the rule); raises
-        :class:`NotOffered` or :class:`Unsupported` (attention) where there is none."""
-        if self.trace is not None:
-            return self.trace
+        """The trace for ``m`` points of batch ``x``; raises :class:`NotOffered` or
+        :class:`Unsupported` (attention) where there is none.
+
+        fx: the one traced with the forward's defaults, or, for a dict batch,
+        one with its fields as inputs (a mask the defaults leave out).
+        Otherwise the export on the points' shapes (the batch repeated once
+        per point of the rule).
+        """
         model, kwargs = self.session.model, self.session.forward_kwargs
+        if self.trace is not None and not is_dict(x):
+            return self.trace
+        if self.trace is not None:
+            key = tuple(sorted(x))
+            if key not in self._by_fields:
+                graph = section_graph(model, self.section, kwargs, key)
+                self._by_fields[key] = graph if isinstance(graph, str) else _Trace.of(model, graph)
+            return _usable(self._by_fields[key])
         graph = exported_section(model, self.section, repeat_rows(x, m // n_rows(x)), kwargs)
         if isinstance(graph, str):
             raise NotOffered(graph)
         key = (graph.start, graph.end)  # the same nodes: the same kept export
         if key not in self._exported:
             self._exported = {key: _Trace.of(model, graph)}  # the last batch shape's
-        trace = self._exported[key]
-        if isinstance(trace, Inapplicable):
-            raise (Unsupported if trace.warn else NotOffered)(trace.why)
-        return trace
+        return _usable(self._exported[key])
 
     def vjp(self, x, points, cotangents, tangents=None):
         """Rows ``J^T c`` at every point, ``(R, m or 1, *positions, d)``; directional
@@ -124,18 +135,32 @@ class TracedSection(ClosedForm):
     def rows(self, x, points, rows, weights, chunks):
         """Integrated rows ``(r, n or 1, P_in, d)``, the forward run once for all chunks.
 
-        A batch whose shapes the export does not cover (checked on others)
-        takes autograd's rows.
+        A batch the trace does not serve (a shape the export does not cover,
+        a failure on its values) takes autograd's rows, with a warning where
+        it failed; the check against autograd passed on other batches.
         """
+        n = n_rows(x)
         try:
-            trace = self._trace(x, points.shape[0])
-        except (NotOffered, Unsupported):
+            with torch.no_grad():
+                trace = self._trace(x, points.shape[0])
+                values, saved = trace.forward(points.detach(), x)
+                made = _unpadded(trace.chunks(values, saved, rows, x), x, points.shape[0])
+                first = next(made, None)
+        except Exception as exc:  # the batch is autograd's: same rows, slower
+            if is_out_of_memory(exc):
+                raise
+            if not isinstance(exc, NotOffered):
+                warnings.warn(
+                    f"{self.title} failed on a batch ({type(exc).__name__}: {exc}); the "
+                    f"section {self.section.src!r} -> {self.section.dst_title} takes "
+                    "autograd's rows there",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             yield from autograd_rows(self.session, self.section, x, points, rows, weights)
             return
-        n = n_rows(x)
         with torch.no_grad():
-            values, saved = trace.forward(points.detach(), x)
-            for g in _unpadded(trace.chunks(values, saved, rows, x), x, points.shape[0]):
+            for g in itertools.chain([first] if first is not None else [], made):
                 g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])
                 single = g.shape[1] == 1  # the same at every point
                 yield g * weights.sum().to(g.dtype) if single else quadrature_sum(g, weights, n)
@@ -175,9 +200,12 @@ class _Trace:
                 _reads_attention(n, graph, model) for n, _ in missing
             )
             return Inapplicable(why, warn=attention)
-        return cls(
-            model, graph, [_Step(n, op, a, frozenset(_wanted(a, graph))) for n, op, a in found]
-        )
+        steps = [_Step(n, op, a, frozenset(_wanted(a, graph))) for n, op, a in found]
+        for step in steps:
+            if step.op.name == "elementwise" and step.wanted - {"input"}:
+                why = f"{describe(step.node)} takes its derivative in another argument"
+                return Inapplicable(why)
+        return cls(model, graph, steps)
 
     def forward(self, points, x):
         """Every node's value at ``points`` of batch ``x``, and what each product keeps."""
@@ -200,8 +228,8 @@ class _Trace:
         return values, saved
 
     def _run(self, node, args, kwargs):
-        if node.op == "placeholder":
-            return self.graph.constants[node]()  # an export's parameter or constant
+        if node in self.graph.constants:  # an export's parameter, a tensor made in forward
+            return self.graph.constants[node]()
         if node.op == "get_attr":
             value = self.model
             for part in node.target.split("."):
@@ -309,6 +337,15 @@ def _accumulate(cot, node, grad):
     else:  # terms summed when the node is reached (sum_of): alike products at once
         before = cot[node]
         cot[node] = [*(before if isinstance(before, list) else [before]), grad]
+
+
+def _usable(trace):
+    """``trace``, or the exception that says why there is none."""
+    if isinstance(trace, str):
+        raise NotOffered(trace)
+    if isinstance(trace, Inapplicable):
+        raise (Unsupported if trace.warn else NotOffered)(trace.why)
+    return trace
 
 
 def _unpadded(chunks, x, m):

@@ -76,9 +76,13 @@ def test_products_equal_autograds(name, broadcast):
 
 def test_unbroadcast_sums_the_broadcast_axes_only():
     g = randn(2, 3, 4)
-    torch.testing.assert_close(unbroadcast(g, (1, 4)), g.sum(1, keepdim=True))
-    torch.testing.assert_close(unbroadcast(g, (4,)), g.sum(1))
-    assert unbroadcast(g, (3, 4)) is g
+    torch.testing.assert_close(unbroadcast(g, (1, 4), (3, 4)), g.sum(1, keepdim=True))
+    torch.testing.assert_close(unbroadcast(g, (4,), (3, 4)), g.sum(1))
+    assert unbroadcast(g, (3, 4), (3, 4)) is g
+    # A cotangent itself broadcast (the same entry 5 times) sums to 5 times it.
+    once = randn(2, 3, 1)
+    torch.testing.assert_close(unbroadcast(once, (3, 1), (3, 5)), 5 * once)
+    torch.testing.assert_close(unbroadcast(once, (1,), (3, 5)), 5 * once.sum(1))
 
 
 def test_cases_outside_a_product_say_so():
