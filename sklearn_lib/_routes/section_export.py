@@ -17,9 +17,13 @@ export serves batches of every size and length; a size the export fixes
 Exports are kept per model: a fit exports once or a few times.
 """
 
+import contextlib
 import inspect
+import logging
 import math
+import sys
 import threading
+import warnings
 import weakref
 
 import torch
@@ -110,7 +114,8 @@ def _export(model, x, forward_kwargs):
     failure = None
     for dynamic in (_dynamic(model, x, forward_kwargs), None):
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _torch_output_silenced(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 return torch.export.export(
                     model, args, kwargs, dynamic_shapes=dynamic, strict=False
                 )
@@ -118,6 +123,65 @@ def _export(model, x, forward_kwargs):
             failure = failure or exc
     lines = str(failure).strip().splitlines() or ["no message"]
     return f"torch.export cannot trace the model ({type(failure).__name__}: {lines[0][:120]})"
+
+
+class _OtherThreads(logging.Filter):
+    """Lets through the records of every thread but the one that made it."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record):
+        return record.thread != self.thread
+
+
+class _QuietStderr:
+    """``sys.stderr`` for every thread but the one that made it."""
+
+    def __init__(self, stream):
+        self.stream, self.thread = stream, threading.get_ident()
+
+    def write(self, text):
+        return len(text) if threading.get_ident() == self.thread else self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+#: One export at a time swaps ``sys.stderr`` (see :func:`_torch_output_silenced`).
+_EXPORTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _torch_output_silenced():
+    """torch's own output for this thread left out: a failed export logs and prints its
+    partial graph to stderr; the plan says why the export was given up, in one line."""
+    with _EXPORTING, _torch_logs_silenced():
+        stream, sys.stderr = sys.stderr, _QuietStderr(sys.stderr)
+        try:
+            yield
+        finally:
+            sys.stderr = stream
+
+
+@contextlib.contextmanager
+def _torch_logs_silenced():
+    """torch's log lines of this thread left out (the handlers of torch's loggers)."""
+    loggers = [logging.getLogger("torch")] + [
+        logger
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("torch.") and isinstance(logger, logging.Logger)
+    ]
+    handlers = {handler for logger in loggers for handler in logger.handlers}
+    quiet = _OtherThreads()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def _dynamic(model, x, forward_kwargs):

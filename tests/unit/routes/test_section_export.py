@@ -75,3 +75,21 @@ def test_reasons():
 
     why = exported_section(Branches().eval(), Section("block", "head", (6, 4), (6, 4)), x, {})
     assert isinstance(why, str) and why.startswith("torch.export cannot trace the model")
+
+
+def test_a_failed_export_prints_nothing(capfd):
+    """torch prints a failed export's partial graph and logs it; the plan's one line is
+    what a user reads instead."""
+
+    class Branches(Net):
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.head(self.block(self.embed(x)))
+            return self.head(self.embed(x))
+
+    capfd.readouterr()
+    why = exported_section(Branches().eval(), Section("block", "head", (6, 4), (6, 4)),
+                           torch.randn(5, 6, 3), {})  # fmt: skip
+    assert why.startswith("torch.export cannot trace the model")
+    out, err = capfd.readouterr()
+    assert "def forward" not in out + err and "W1206" not in err
