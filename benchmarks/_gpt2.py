@@ -3,7 +3,7 @@
 import torch
 
 
-def random_gpt2(width, vocab, positions, seed=0):
+def random_gpt2(width, vocab, positions, seed=0, initializer_range=0.2):
     """A 2-layer ``GPT2LMHeadModel`` (4 heads, eager attention) with weights far from linear.
 
     Parameters
@@ -15,6 +15,9 @@ def random_gpt2(width, vocab, positions, seed=0):
     positions : int
         ``n_positions``, the longest sequence.
     seed : int, default=0
+    initializer_range : float, default=0.2
+        The weights' scale: 0.2 is far from linear; transformers' own default
+        is 0.02.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -27,7 +30,7 @@ def random_gpt2(width, vocab, positions, seed=0):
         n_positions=positions,
         bos_token_id=0,
         eos_token_id=0,
-        initializer_range=0.2,
+        initializer_range=initializer_range,
         attn_implementation="eager",
     )
     return GPT2LMHeadModel(config).eval()

@@ -17,26 +17,14 @@ import warnings
 import numpy as np
 import scipy.linalg
 import torch
+from _gpt2 import random_gpt2
 
 from sklearn_lib import LIBTransformer
 
 
 def main():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     torch.set_num_threads(1)  # small backward passes: one thread is faster here
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=64,
-        n_head=4,
-        vocab_size=128,
-        n_positions=16,
-        bos_token_id=0,
-        eos_token_id=1,
-        attn_implementation="eager",
-    )
-    model = GPT2LMHeadModel(config)
+    model = random_gpt2(64, 128, 16, seed=0, initializer_range=0.02)
     X = np.random.default_rng(0).integers(0, 128, size=(256, 16))
     common = dict(
         downstream_layers=["transformer.ln_f"],

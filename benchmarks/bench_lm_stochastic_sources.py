@@ -42,6 +42,7 @@ import warnings
 import numpy as np
 import scipy
 import torch
+from _gpt2 import random_gpt2
 from scipy.linalg import subspace_angles
 
 import sklearn_lib
@@ -52,20 +53,7 @@ POSITIONS, WIDTH = 16, 64
 
 
 def make_model(vocab, seed=0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=WIDTH,
-        n_head=4,
-        vocab_size=vocab,
-        n_positions=POSITIONS,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-    )
-    return GPT2LMHeadModel(config).eval()
+    return random_gpt2(WIDTH, vocab, POSITIONS, seed, initializer_range=0.02)
 
 
 def min_cosine(a, b):
