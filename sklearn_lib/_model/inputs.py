@@ -222,6 +222,15 @@ def valid_positions(x, shape):
     return mask
 
 
+def point_mask(x, shape, m, dtype):
+    """:func:`valid_positions` at ``m`` points of the batch (alpha-major, ``m // n`` per
+    sample), as multipliers ``(m, *positions, 1)`` of ``dtype``, or None for all."""
+    valid = valid_positions(x, shape)
+    if valid is None:
+        return None
+    return repeat_rows(valid, m // valid.shape[0]).unsqueeze(-1).to(dtype)
+
+
 def without_padding(x):
     """The batch with every position marked valid (for checks that compare samples).
 

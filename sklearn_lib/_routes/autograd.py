@@ -25,7 +25,7 @@ import math
 import torch
 
 from .._core.numerics import CHUNK_ELEMENTS
-from .._model.inputs import n_rows, repeat_rows, valid_positions
+from .._model.inputs import n_rows, point_mask
 
 
 def autograd_rows(session, section, x, points, rows, weights, *, batched=None):
@@ -54,12 +54,11 @@ def autograd_rows(session, section, x, points, rows, weights, *, batched=None):
     n = n_rows(x)
     with torch.enable_grad():
         out = session.section(x, section.src, leaf, section.dst)
-        valid = valid_positions(x, out.shape[1:])
-        if valid is not None:
+        mask = point_mask(x, out.shape[1:], out.shape[0], out.dtype)
+        if mask is not None:
             # Rows of padded output positions vanish: their outputs are zeroed
             # (per sample, at every point of the rule).
-            copies = out.shape[0] // n
-            out = out * repeat_rows(valid, copies).unsqueeze(-1).to(out.dtype)
+            out = out * mask
         out = out.reshape(out.shape[0], *rows.shape[1:])  # (A*n, P_out, d_next)
         yield from integrated_vjps(out, leaf, rows, weights, n, batched)
 

@@ -21,9 +21,13 @@ def form_rows(form, x, points, rows, weights, n_samples):
     """Integrated rows of a closed form ``(r, n or 1, P_in, d)``, or NotImplemented."""
     with torch.no_grad():
         g = form.vjp(x, points, rows)
-    if g is NotImplemented:
-        return g
-    g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])  # (r, A*n or 1, P_in, d)
+    return g if g is NotImplemented else integrated(g, weights, n_samples)
+
+
+def integrated(g, weights, n_samples):
+    """Rows at every point ``(r, A*n or 1, *positions, d)`` summed over the rule:
+    ``(r, n or 1, P_in, d)``."""
+    g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])
     if g.shape[1] == 1:  # the same at every point
         return g * weights.sum().to(g.dtype)
     return quadrature_sum(g, weights, n_samples)

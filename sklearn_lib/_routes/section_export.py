@@ -8,8 +8,9 @@ every operation of one call, on inputs of the shapes of one batch, and
 says for each node which module call it belongs to (``nn_module_stack``).
 So a section starts at the one tensor of the source module's width that
 enters the module from outside it, and ends at the one that enters ``dst``
-(or at what the model returns).  Parameters, buffers and constants are the
-graph's other inputs; the section may read no input of the model itself.
+(or at what the model returns).  Parameters, buffers and constants are
+graph inputs read from the model; the model's own inputs (a mask, token
+ids) are read per batch, as the model reads them.
 
 Every size of the batch is exported dynamic where the model allows, so one
 export serves batches of every size and length; a size the export fixes
@@ -21,16 +22,17 @@ import contextlib
 import inspect
 import logging
 import math
+import operator
 import sys
 import threading
-import warnings
 import weakref
 
 import torch
 from torch import fx
 
 from .._model.inputs import is_dict
-from .section_graph import between
+from .section_graph import between, first_line
+from .tracing import quietly
 
 #: Exported programs (or why none) per model and batch shape; at most this many per model.
 _PROGRAMS = weakref.WeakKeyDictionary()
@@ -59,9 +61,7 @@ def exported_section(model, section, x, forward_kwargs):
     if isinstance(end, str) or end is None:
         return end or "the model does not return one tensor"
     inside = _scope(graph, section.src)
-    if any(user not in inside for user in start.users):
-        return f"what {section.src!r} receives is read outside it too (not a cut)"
-    return between(graph, start, end, constants)
+    return between(graph, start, end, constants, src=section.src, inside=inside)
 
 
 def _shapes(x):
@@ -114,15 +114,13 @@ def _export(model, x, forward_kwargs):
     failure = None
     for dynamic in (_dynamic(model, x, forward_kwargs), None):
         try:
-            with torch.no_grad(), _torch_output_silenced(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return torch.export.export(
-                    model, args, kwargs, dynamic_shapes=dynamic, strict=False
+            with torch.no_grad(), _torch_output_silenced():
+                return quietly(
+                    torch.export.export, model, args, kwargs, dynamic_shapes=dynamic, strict=False
                 )
         except Exception as exc:  # any failure on user code means "no graph"
             failure = failure or exc
-    lines = str(failure).strip().splitlines() or ["no message"]
-    return f"torch.export cannot trace the model ({type(failure).__name__}: {lines[0][:120]})"
+    return f"torch.export cannot trace the model ({type(failure).__name__}: {first_line(failure)})"
 
 
 class _OtherThreads(logging.Filter):
@@ -249,12 +247,7 @@ def _constants(program, model):
 
 def _reader(model, name):
     """A getter of the model's parameter or buffer ``name`` (read at each call)."""
-
-    def read():
-        module, _, attribute = name.rpartition(".")
-        return getattr(model.get_submodule(module) if module else model, attribute)
-
-    return read
+    return lambda: operator.attrgetter(name)(model)
 
 
 def _paths(node):

@@ -9,11 +9,12 @@ trace's order.  It may start or end anywhere inside a module of the user's
 (an attention block whose last position is sliced off outside it, two
 blocks in a ``ModuleList``), and it is only what the model itself computes.
 
-The section must be a function of its start alone: a node that reads the
-model's inputs otherwise (a mask passed to ``forward``, token ids for a
-skip connection) means it is not, and the section is not extracted.
-Whatever fx cannot trace is not extracted either; the reasons are returned
-as sentences, for the fit's plan.
+The section reads the model's other inputs (a mask passed to ``forward``,
+token ids for a skip connection) per batch, as the model does; a dict
+batch's fields are the trace's inputs, not the forward's defaults.  A
+section whose start is read outside ``src`` too (no cut), or that changes
+a value in place, is not extracted, nor is whatever fx cannot trace; the
+reasons are returned as sentences, for the fit's plan.
 """
 
 import builtins
@@ -114,10 +115,11 @@ def section_graph(model, section, forward_kwargs=None, fields=()):
     try:
         return quietly(_extract, model, section, dict(forward_kwargs or {}), set(fields))
     except Exception as exc:  # any failure of fx on user code means "no graph"
-        return f"{FX_FAILS} ({type(exc).__name__}: {_first_line(exc)})"
+        return f"{FX_FAILS} ({type(exc).__name__}: {first_line(exc)})"
 
 
-def _first_line(exc):
+def first_line(exc):
+    """The first line of an exception's message, at most 120 characters, for the plan."""
     text = str(exc).strip().splitlines()
     return text[0][:120] if text else "no message"
 
@@ -144,9 +146,6 @@ def _extract(model, section, forward_kwargs, fields):
         if len(calls) != 1 or not isinstance(calls[0], fx.Proxy):
             return f"{name!r} is called {len(calls)} times, not once on a tensor"
         ends[name] = calls[0].node
-    start = ends[section.src]
-    if any(user not in tracer.inside[section.src] for user in start.users):
-        return f"what {section.src!r} receives is read outside it too (not a cut)"
     end = _output(graph) if section.to_output else ends[section.dst]
     if end is None:
         return "the model does not return one tensor"
@@ -155,7 +154,8 @@ def _extract(model, section, forward_kwargs, fields):
         for n in graph.nodes
         if n.op == "get_attr" and n.target in kept
     }  # tensors made in the forward, which fx keeps on the model and tracing removed
-    return between(graph, start, end, constants)
+    start, src = ends[section.src], section.src
+    return between(graph, start, end, constants, src=src, inside=tracer.inside[src])
 
 
 def _output(graph):
@@ -164,14 +164,18 @@ def _output(graph):
     return value if isinstance(value, fx.Node) else None
 
 
-def between(graph, start, end, constants=None):
-    """The :class:`SectionGraph` from ``start`` to ``end``, or why it is not one.
+def between(graph, start, end, constants=None, *, src, inside):
+    """The :class:`SectionGraph` from ``start`` (what module ``src`` receives) to ``end``,
+    or why it is not one.
 
-    ``constants``: graph inputs that are no input of the model (an export's
-    parameters), with getters of their values.  The other graph inputs are
-    the model's: the first is the batch (or its field of that name), the
-    others fields of a dict batch.
+    ``inside``: the nodes of ``src``'s call; the start must be read there
+    alone (a cut).  ``constants``: graph inputs that are no input of the
+    model (an export's parameters), with getters of their values.  The other
+    graph inputs are the model's: the first is the batch (or its field of
+    that name), the others fields of a dict batch.
     """
+    if any(user not in inside for user in start.users):
+        return f"what {src!r} receives is read outside it too (not a cut)"
     constants = constants or {}
     needed, stack = set(), [end]
     while stack:

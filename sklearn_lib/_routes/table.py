@@ -199,12 +199,8 @@ def _decide(session, probe, section, f, rule, kinds):
     rows = Cotangents.identity(section.dst_shape, session.dtype, session.device).rows
     skipped, unmatched = [], []
     forms = applicable_forms(session, section, skipped=skipped, warn=unmatched)
-    for why in unmatched:
-        warnings.warn(
-            f"{why}, on the section {section.src!r} -> {section.dst_title}; using autograd",
-            RuntimeWarning,
-            stacklevel=user_stacklevel(),
-        )
+    for title, why in unmatched:
+        _falls_back(section, title, why)
     if masked(probe, points, rows):  # only forms that read padding as autograd does
         skipped += [
             f"{f.title}: an attention_mask covers its positions" for f in forms if not f.padding
@@ -255,13 +251,18 @@ def _first_passing(session, section, forms, kind, probe, notes):
         verdicts.append(Verdict(form.describe(kind), kind, passed, why))
         if passed:
             return form
-        warnings.warn(
-            f"{form.describe(kind)} is not used on the section {section.src!r} -> "
-            f"{section.dst_title}: {why}; using autograd instead",
-            RuntimeWarning,
-            stacklevel=user_stacklevel(),
-        )
+        _falls_back(section, form.describe(kind), why)
     return None
+
+
+def _falls_back(section, form, why):
+    """Warn that ``form`` does not serve ``section``, and why: autograd does."""
+    warnings.warn(
+        f"{form} is not used on the section {section.src!r} -> {section.dst_title}: {why}; "
+        "using autograd instead",
+        RuntimeWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _probe_tangents(probe, points, session):

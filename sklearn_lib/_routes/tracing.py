@@ -14,11 +14,12 @@ import warnings
 from torch import fx
 
 
-def quietly(detect, *args):
-    """``detect(*args)``, silenced: what fx says of user code is no news."""
+def quietly(detect, *args, **kwargs):
+    """``detect(*args, **kwargs)``, silenced: what fx (or torch.export) says of user code
+    is no news."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return detect(*args)
+        return detect(*args, **kwargs)
 
 
 #: fx patches ``torch.nn.Module.__call__`` and ``__getattr__`` process-wide while

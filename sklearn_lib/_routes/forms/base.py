@@ -284,8 +284,8 @@ def applicable_forms(session, section, registry=None, skipped=None, warn=None):
 
     ``skipped``, a list, gets ``"title: why"`` for each form that does not
     apply: the veto's reason, the form's own (an :class:`Inapplicable`), or
-    that its pattern is not the section's.  ``warn``, a list, gets those
-    that the fit should warn of.
+    that its pattern is not the section's.  ``warn``, a list, gets
+    ``(title, why)`` of those that the fit should warn of.
     """
     found = []
     for form in REGISTRY if registry is None else registry:
@@ -301,7 +301,7 @@ def applicable_forms(session, section, registry=None, skipped=None, warn=None):
             if isinstance(instance, Inapplicable):
                 why = instance.why
                 if instance.warn and warn is not None:
-                    warn.append(f"{form.title}: {why}")
+                    warn.append((form.title, why))
         if skipped is not None:
             skipped.append(f"{form.title}: {why}")
     return found

@@ -27,7 +27,7 @@ is checked against autograd on the probe before use.
 import torch
 from torch import nn
 
-from ..._model.inputs import n_rows, repeat_rows, valid_positions
+from ..._model.inputs import n_rows, point_mask
 from ..autograd import integrated_vjps
 from ..cotangents import ExactRows
 from ..products import gram_of, masked_inputs
@@ -147,9 +147,9 @@ class FinalLinear(ClosedForm):
         if len(ends) != 1 or ends[0][1].shape[:-1] != out.shape[:-1]:
             return None  # not a map applied position by position at the very end
         self.final, z = ends[0]
-        valid = valid_positions(x, out.shape[1:])
-        if valid is not None:  # rows of padded output positions vanish
-            z = z * repeat_rows(valid, z.shape[0] // n_rows(x)).unsqueeze(-1).to(z.dtype)
+        mask = point_mask(x, out.shape[1:], z.shape[0], z.dtype)
+        if mask is not None:  # rows of padded output positions vanish
+            z = z * mask
         A = _linear_map(self.candidates[self.final])[0]
         return leaf, z.reshape(z.shape[0], -1, z.shape[-1]), A
 

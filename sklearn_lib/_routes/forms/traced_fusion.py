@@ -43,13 +43,14 @@ def chains(steps, graph):
         group = set(nodes)
         read = [n for n in nodes if n is graph.end or any(u in inside and u not in group
                                                           for u in n.users)]  # fmt: skip
-        if len(nodes) >= 2 and len(read) == 1:
+        if len(nodes) >= 2 and read == nodes[-1:]:  # the last alone read further on
             found[read[0]] = (z, tuple(nodes))
     return found
 
 
-def slope(run, values, z, order, out):
-    """``d out / d z`` of an elementwise chain, entrywise, at the batch's ``values``.
+def slope(run, values, z, order):
+    """The value of an elementwise chain's output (``order[-1]``) and ``d out / d z``,
+    entrywise, at the batch's ``values``: the chain run once, with autograd.
 
     ``run(node, values)`` runs one node on the given values.
     """
@@ -58,8 +59,8 @@ def slope(run, values, z, order, out):
         local = {**values, z: leaf}
         for node in order:
             local[node] = run(node, local)
-        result = local[out]
+        result = local[order[-1]]
         if result.shape != leaf.shape:
             raise ValueError("an elementwise chain that broadcasts its input")
         (derivative,) = torch.autograd.grad(result.sum(), leaf)
-    return derivative
+    return result.detach(), derivative

@@ -15,6 +15,7 @@ operation outside the table, or a case of one that it does not cover
 
 import builtins
 import inspect
+import math
 import operator
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import ELEMENTWISE_MODULES, IDENTITIES
+from .activations import BY_FUNCTION, ELEMENTWISE_MODULES, IDENTITIES
 from .traced_pending import Pending, fold, pending_product
 
 #: Local einsum letters for the axes before the last of a linear map's input.
@@ -50,6 +51,9 @@ class Op:
     save : callable or None
         ``save(a, out, call)``: what the products need from the forward,
         once per batch (``call(input)`` reruns the node on another input).
+    takes, refuses : frozenset or None, str
+        The arguments ``vjp`` has products for (None: every one), and, for
+        the plan, what a section where another one depends on its start has.
     """
 
     name: str
@@ -57,6 +61,10 @@ class Op:
     vjp: object
     save: object = None
     pending: bool = False  # whether vjp takes a Pending cotangent
+    #: The arguments it has products for (None: all), and how the plan names an
+    #: other one that depends on the section's start (the section then takes autograd).
+    takes: frozenset = None
+    refuses: str = ""
 
     def bind(self, args, kwargs):
         """The node's arguments by name (variadic ones as tuples)."""
@@ -66,6 +74,13 @@ class Op:
 
 
 # -- helpers -----------------------------------------------------------------------------
+def flat(value):
+    """A list argument as its list (einsum's operands may come as one list)."""
+    if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], (list, tuple)):
+        return tuple(value[0])
+    return value
+
+
 def shift(dim, ndim):
     """Axis ``dim`` of a value of ``ndim`` axes, as an axis of its cotangent (row axis first)."""
     return dim % max(ndim, 1) + 1
@@ -124,12 +139,13 @@ def _dims(dim, ndim):
 
 
 def _expand_reduced(g, x, dim, keepdim):
-    """Cotangent ``(R, *reduced)`` of a reduction over ``dim``, spread back to ``x``'s shape."""
+    """Cotangent ``(R, *reduced)`` of a reduction over ``dim``, broadcast against ``x``'s
+    shape, and the number of entries each reduced one sums."""
     dims = _dims(dim, x.ndim)
     if not keepdim:
         for d in dims:
             g = g.unsqueeze(d + 1)
-    return g, dims  # broadcast against x's shape
+    return g, dims, math.prod(x.shape[d] for d in dims)
 
 
 # -- products ----------------------------------------------------------------------------
@@ -140,10 +156,7 @@ def _sum_vjp(a, out, g, saved, wanted):
 
 
 def _mean_vjp(a, out, g, saved, wanted):
-    spread, dims = _expand_reduced(g, a["input"], a["dim"], a["keepdim"])
-    count = 1
-    for d in dims:
-        count *= a["input"].shape[d]
+    spread, _, count = _expand_reduced(g, a["input"], a["dim"], a["keepdim"])
     return {"input": spread / count}
 
 
@@ -151,10 +164,7 @@ def _var_vjp(a, out, g, saved, wanted):
     x, correction = a["input"], a["correction"]
     if correction is None:
         correction = 1 if a["unbiased"] in (None, True) else 0
-    spread, dims = _expand_reduced(g, x, a["dim"], a["keepdim"])
-    count = 1
-    for d in dims:
-        count *= x.shape[d]
+    spread, dims, count = _expand_reduced(g, x, a["dim"], a["keepdim"])
     centred = x - x.mean(dims, keepdim=True)
     return {"input": spread * centred * (2.0 / (count - correction))}
 
@@ -236,8 +246,6 @@ def _matmul_vjp(a, out, g, saved, wanted):
 
 
 def _linear_vjp(a, out, g, saved, wanted):
-    if wanted - {"input"}:
-        raise Unsupported("a linear map whose weight depends on the input")
     if isinstance(g, Pending):
         folded = _fold_linear(g, a["weight"], "oi", a["input"].ndim)
         if folded is not None:
@@ -271,13 +279,6 @@ def _scaled(g, factor):
     return g if factor == 1 else g * factor
 
 
-def _einsum_operands(a):
-    operands = a["operands"]
-    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
-        operands = tuple(operands[0])
-    return operands
-
-
 def _einsum_parts(equation, n):
     equation = equation.replace(" ", "")
     if "." in equation:
@@ -293,7 +294,7 @@ def _einsum_parts(equation, n):
 
 
 def _einsum_vjp(a, out, g, saved, wanted):
-    operands = _einsum_operands(a)
+    operands = flat(a["operands"])
     inputs, rhs = _einsum_parts(a["equation"], len(operands))
     mine = wanted_indices(wanted, "operands")
     if isinstance(g, Pending):
@@ -312,13 +313,13 @@ def _einsum_vjp(a, out, g, saved, wanted):
         ]}  # fmt: skip
     row = next(c for c in "RZYXWVUTSQPONMLKJIHGFEDCBA" if c not in a["equation"])
     grads = [None] * len(operands)
-    for i in wanted_indices(wanted, "operands"):
+    for i in mine:
         others = [s for j, s in enumerate(inputs) if j != i]
-        mine = inputs[i]
-        if len(set(mine)) != len(mine) or not set(mine) <= set(rhs + "".join(others)):
+        own = inputs[i]
+        if len(set(own)) != len(own) or not set(own) <= set(rhs + "".join(others)):
             raise Unsupported("einsum with an index summed within one operand")
         rest = [op for j, op in enumerate(operands) if j != i]
-        equation = ",".join([row + rhs, *others]) + "->" + row + mine
+        equation = ",".join([row + rhs, *others]) + "->" + row + own
         grads[i] = torch.einsum(equation, g, *rest)
     return {"operands": grads}
 
@@ -420,8 +421,6 @@ def _layer_norm_save(a, out, call):
 
 
 def _layer_norm_vjp(a, out, g, saved, wanted):
-    if wanted - {"input"}:
-        raise Unsupported("a LayerNorm whose weight depends on the input")
     normed, rstd, dims = saved
     weighted = g if a["weight"] is None else g * a["weight"]
     mean = weighted.mean(dims, keepdim=True)
@@ -430,8 +429,6 @@ def _layer_norm_vjp(a, out, g, saved, wanted):
 
 
 def _where_vjp(a, out, g, saved, wanted):
-    if "condition" in wanted:
-        raise Unsupported("a condition that depends on the input")
     keep = a["condition"]
     grads = {}
     if "input" in wanted:
@@ -442,14 +439,10 @@ def _where_vjp(a, out, g, saved, wanted):
 
 
 def _masked_fill_vjp(a, out, g, saved, wanted):
-    if wanted - {"input"}:
-        raise Unsupported("a fill value that depends on the input")
     return {"input": torch.where(a["mask"], 0, g)}  # g may be broadcast
 
 
 def _elementwise_save(a, out, call):
-    if not isinstance(a["input"], torch.Tensor):
-        raise Unsupported("an elementwise operation of a number")
     with torch.enable_grad():
         z = a["input"].detach().requires_grad_(True)
         (slope,) = torch.autograd.grad(call(z).sum(), z)
@@ -457,8 +450,6 @@ def _elementwise_save(a, out, call):
 
 
 def _elementwise_vjp(a, out, g, saved, wanted):
-    if wanted - {"input"}:
-        raise Unsupported("an elementwise operation of two inputs")
     return {"input": g * saved}
 
 
@@ -561,8 +552,6 @@ def _sdpa_save(a, out, call):
 
 
 def _sdpa_vjp(a, out, g, saved, wanted):
-    if "attn_mask" in wanted:
-        raise Unsupported("an attention mask that depends on the input")
     g = _dense(g, out, 2)
     weights, scale = saved
     q, k, v = a["query"], a["key"], a["value"]
@@ -612,13 +601,16 @@ def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, 
           enable_gqa=False): ...  # fmt: skip
 
 
+#: A linear map or LayerNorm: products for its input, its weights constants.
+_WEIGHTED = {"takes": frozenset({"input"}), "refuses": "a weight that depends on the input"}
+
 OPS = {
     "add": Op("add", _binary, _add_vjp, pending=True),
     "sub": Op("sub", _binary, _sub_vjp, pending=True),
     "mul": Op("mul", _binary, _mul_vjp),
     "div": Op("div", _binary, _div_vjp),
     "matmul": Op("matmul", _binary, _matmul_vjp, pending=True),
-    "linear": Op("linear", _linear, _linear_vjp, pending=True),
+    "linear": Op("linear", _linear, _linear_vjp, pending=True, **_WEIGHTED),
     "addmm": Op("addmm", _addmm, _addmm_vjp),
     "einsum": Op("einsum", _einsum, _einsum_vjp, pending=True),
     "transpose": Op("transpose", _transpose, _transpose_vjp, pending=True),
@@ -632,10 +624,29 @@ OPS = {
     "mean": Op("mean", _reduce, _mean_vjp),
     "var": Op("var", _var, _var_vjp),
     "softmax": Op("softmax", _softmax, _softmax_vjp),
-    "layer_norm": Op("layer_norm", _layer_norm, _layer_norm_vjp, _layer_norm_save),
-    "where": Op("where", _where, _where_vjp),
-    "masked_fill": Op("masked_fill", _masked_fill, _masked_fill_vjp),
-    "elementwise": Op("elementwise", _unary, _elementwise_vjp, _elementwise_save),
+    "layer_norm": Op("layer_norm", _layer_norm, _layer_norm_vjp, _layer_norm_save, **_WEIGHTED),
+    "where": Op(
+        "where",
+        _where,
+        _where_vjp,
+        takes=frozenset({"input", "other"}),
+        refuses="a condition that depends on the input",
+    ),  # fmt: skip
+    "masked_fill": Op(
+        "masked_fill",
+        _masked_fill,
+        _masked_fill_vjp,
+        takes=frozenset({"input"}),
+        refuses="a fill value that depends on the input",
+    ),  # fmt: skip
+    "elementwise": Op(
+        "elementwise",
+        _unary,
+        _elementwise_vjp,
+        _elementwise_save,
+        takes=frozenset({"input"}),
+        refuses="its derivative in another argument than its first",
+    ),  # fmt: skip
     "identity": Op("identity", _unary, _identity_vjp, pending=True),
     "dropout": Op("dropout", _dropout, _dropout_vjp),
     "getitem": Op("getitem", _getitem, _getitem_vjp),
@@ -643,12 +654,21 @@ OPS = {
     "unbind": Op("unbind", _unbind, _unbind_vjp),
     "cat": Op("cat", _cat, _cat_vjp),
     "stack": Op("stack", _cat, _stack_vjp),
-    "sdpa": Op("sdpa", _sdpa, _sdpa_vjp, _sdpa_save),
+    "sdpa": Op(
+        "sdpa",
+        _sdpa,
+        _sdpa_vjp,
+        _sdpa_save,
+        takes=frozenset({"query", "key", "value"}),
+        refuses="an attention mask that depends on the input",
+    ),  # fmt: skip
     "slice": Op("slice", _slice, _slice_vjp),
     "select": Op("select", _select, _select_vjp),
     # ATen's spellings of the same operations (torch.export's graphs)
     "aten softmax": Op("softmax", _aten_softmax, _softmax_vjp),
-    "aten layer_norm": Op("layer_norm", _aten_layer_norm, _layer_norm_vjp, _layer_norm_save),
+    "aten layer_norm": Op(
+        "layer_norm", _aten_layer_norm, _layer_norm_vjp, _layer_norm_save, **_WEIGHTED
+    ),
     "aten einsum": Op("einsum", _aten_einsum, _einsum_vjp, pending=True),
 }
 
@@ -682,8 +702,9 @@ FUNCTIONS = {
     torch.where: "where",
     torch.masked_fill: "masked_fill",
     **{getattr(torch, name): "elementwise" for name in _ELEMENTWISE},
-    **{f: "elementwise" for f in (operator.neg, operator.pow, F.relu, F.gelu, F.silu)},
-    **{f: "elementwise" for f in (F.leaky_relu, F.elu, F.softplus, F.mish, F.hardtanh)},
+    **dict.fromkeys(BY_FUNCTION, "elementwise"),  # the activation table's functions
+    **{f: "elementwise" for f in (operator.neg, operator.pow, F.leaky_relu, F.elu)},
+    **{f: "elementwise" for f in (F.softplus, F.mish, F.hardtanh)},
     F.dropout: "dropout",
     operator.getitem: "getitem",
     torch.split: "split",
@@ -705,15 +726,10 @@ METHODS = {
     **{m: "reshape" for m in ("contiguous", "clone", "view_as", "reshape_as")},
     **{m: "cast" for m in ("to", "float", "double", "type", "type_as")},
     **{m: "expand" for m in ("expand", "expand_as", "broadcast_to")},
-    **{m: "elementwise" for m in _ELEMENTWISE if m not in ("square",)},
-    "square": "elementwise",
-    "neg": "elementwise",
+    **{m: "elementwise" for m in _ELEMENTWISE},
 }
 _aten = torch.ops.aten
-_ATEN_ELEMENTWISE = (
-    "relu", "gelu", "tanh", "sigmoid", "silu", "exp", "log", "sqrt", "rsqrt", "neg", "abs",
-    "pow", "erf", "reciprocal", "sin", "cos", "square", "leaky_relu", "elu", "softplus", "mish",
-)  # fmt: skip
+_ATEN_ELEMENTWISE = (*_ELEMENTWISE, "gelu", "silu", "leaky_relu", "elu", "softplus", "mish")
 #: ATen operations (torch.export's graphs), by overload packet.
 ATEN = {
     **{getattr(_aten, n): n for n in ("add", "sub", "mul", "div", "addmm", "linear", "expand")},
@@ -751,7 +767,8 @@ def op_of(node, model):
     name, args, kwargs = _spelling(node, model)
     if name is None:
         return None, f"{describe(node)} has no batched product here"
-    if kwargs.get("inplace") or getattr(_module(node, model), "inplace", False):
+    # (in-place functions and methods: the section graph refuses them, see in_place)
+    if getattr(_module(node, model), "inplace", False):
         return None, f"{describe(node)} works in place"
     op = OPS[name]
     try:

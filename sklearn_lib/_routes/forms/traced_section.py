@@ -25,6 +25,7 @@ form, this one is checked once against autograd on the probe.
 """
 
 import itertools
+import operator
 import warnings
 from dataclasses import dataclass
 
@@ -33,13 +34,14 @@ from torch import fx
 
 from ..._core.numerics import CHUNK_ELEMENTS
 from ..._model.failures import is_out_of_memory
-from ..._model.inputs import is_dict, n_rows, repeat_rows, valid_positions
-from ..autograd import autograd_rows, quadrature_sum
+from ..._model.inputs import is_dict, n_rows, point_mask, repeat_rows
+from ..autograd import autograd_rows
+from ..products import integrated
 from ..section_export import exported_section
 from ..section_graph import FX_FAILS, section_graph
 from .base import ClosedForm, Inapplicable, NotOffered
 from .traced_fusion import chains, slope
-from .traced_ops import OPS, Unsupported, describe, op_of
+from .traced_ops import OPS, Unsupported, describe, flat, op_of
 from .traced_pending import Pending, folds_kept, sum_of
 
 #: Operations whose presence makes a section attention, for the warning.
@@ -125,12 +127,17 @@ class TracedSection(ClosedForm):
         derivatives are made from rows (NotImplemented)."""
         if tangents is not None:
             return NotImplemented
-        trace = self._trace(x, points.shape[0])
         with torch.no_grad():
-            values, saved = trace.forward(points.detach(), x)
-            return torch.cat(
-                list(_unpadded(trace.chunks(values, saved, cotangents, x), x, points.shape[0]))
-            )
+            return torch.cat(list(self._made(x, points, cotangents)))
+
+    def _made(self, x, points, cotangents):
+        """The rows at every point, chunk by chunk, the forward run once for all; padded
+        input positions zeroed, as every pass counts them."""
+        trace = self._trace(x, points.shape[0])
+        values, saved = trace.forward(points.detach(), x)
+        mask = point_mask(x, points.shape[1:], points.shape[0], points.dtype)
+        for g in trace.chunks(values, saved, cotangents, x):
+            yield g if mask is None else g * mask
 
     def rows(self, x, points, rows, weights, chunks):
         """Integrated rows ``(r, n or 1, P_in, d)``, the forward run once for all chunks.
@@ -142,9 +149,7 @@ class TracedSection(ClosedForm):
         n = n_rows(x)
         try:
             with torch.no_grad():
-                trace = self._trace(x, points.shape[0])
-                values, saved = trace.forward(points.detach(), x)
-                made = _unpadded(trace.chunks(values, saved, rows, x), x, points.shape[0])
+                made = self._made(x, points, rows)
                 first = next(made, None)
         except Exception as exc:  # the batch is autograd's: same rows, slower
             if is_out_of_memory(exc):
@@ -161,9 +166,7 @@ class TracedSection(ClosedForm):
             return
         with torch.no_grad():
             for g in itertools.chain([first] if first is not None else [], made):
-                g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])
-                single = g.shape[1] == 1  # the same at every point
-                yield g * weights.sum().to(g.dtype) if single else quadrature_sum(g, weights, n)
+                yield integrated(g, weights, n)
 
 
 class _Trace:
@@ -183,17 +186,27 @@ class _Trace:
         self.steps = {step.node: step for step in steps}
         # Elementwise chains as one step each: their slope is made in the forward.
         self.chains = chains(self.steps, graph)
+        self.chained = set()  # the chains' nodes but their outputs: run with the outputs
         for out, (z, order) in self.chains.items():
             for node in order:
                 self.steps.pop(node)
+            self.chained.update(order[:-1])
             self.steps[out] = _Step(out, OPS["elementwise"], {"input": z}, frozenset({"input"}))
 
     @classmethod
     def of(cls, model, graph):
         """The trace of ``graph``, or an :class:`Inapplicable` naming an operation outside
-        the table (to warn of where the section holds attention)."""
+        the table, or an argument one has no product for (to warn of where the section
+        holds attention)."""
         found = [(n, *op_of(n, model)) for n in graph.nodes if n in graph.dependent]
         missing = [(node, why) for node, op, why in found if op is None]
+        missing += [
+            (node, f"{describe(node)} has {op.refuses}")
+            for node, op, arguments in found
+            if op is not None
+            and op.takes is not None
+            and not _wanted_names(_wanted(arguments, graph)) <= op.takes
+        ]
         if missing:
             node, why = missing[0]
             attention = any(_is_attention(n, op, a, graph) for n, op, a in found) or any(
@@ -201,10 +214,6 @@ class _Trace:
             )
             return Inapplicable(why, warn=attention)
         steps = [_Step(n, op, a, frozenset(_wanted(a, graph))) for n, op, a in found]
-        for step in steps:
-            if step.op.name == "elementwise" and step.wanted - {"input"}:
-                why = f"{describe(step.node)} takes its derivative in another argument"
-                return Inapplicable(why)
         return cls(model, graph, steps)
 
     def forward(self, points, x):
@@ -215,14 +224,17 @@ class _Trace:
             if node in self.graph.inputs:  # the model's own input: the batch's, once per point
                 values[node] = repeat_rows(self.graph.input_value(node, x), copies)
                 continue
+            if node in self.chained:
+                continue  # run with its chain's output, which alone is read further on
+            if node in self.chains:  # a chain's value and slope, in one run
+                z, order = self.chains[node]
+                values[node], saved[node] = slope(self._run_on, values, z, order)
+                continue
             args = fx.node.map_arg(node.args, values.__getitem__)
             kwargs = fx.node.map_arg(node.kwargs, values.__getitem__)
             values[node] = self._run(node, args, kwargs)
             step = self.steps.get(node)
-            if node in self.chains:
-                z, order = self.chains[node]
-                saved[node] = slope(self._run_on, values, z, order, node)
-            elif step is not None and step.op.save is not None:
+            if step is not None and step.op.save is not None:
                 bound = _values(step.arguments, values)
                 saved[node] = step.op.save(bound, values[node], self._rerun(node, args, kwargs))
         return values, saved
@@ -231,10 +243,7 @@ class _Trace:
         if node in self.graph.constants:  # an export's parameter, a tensor made in forward
             return self.graph.constants[node]()
         if node.op == "get_attr":
-            value = self.model
-            for part in node.target.split("."):
-                value = getattr(value, part)
-            return value
+            return operator.attrgetter(node.target)(self.model)
         if node.op == "call_module":
             return self.model.get_submodule(node.target)(*args, **kwargs)
         if node.op == "call_method":
@@ -258,14 +267,12 @@ class _Trace:
         out, start = values[self.graph.end], values[self.graph.start]
         largest = max(v.numel() for v in values.values() if isinstance(v, torch.Tensor))
         chunk, kept = max(1, ROW_BUDGET // max(largest, 1)), {}
-        valid = valid_positions(x, out.shape[1:])
-        if valid is not None:  # (m, *output positions, 1), one per point
-            valid = repeat_rows(valid, out.shape[0] // valid.shape[0]).unsqueeze(-1).to(out.dtype)
+        mask = point_mask(x, out.shape[1:], out.shape[0], out.dtype)
         for i in range(0, cotangents.shape[0], chunk):
             c = cotangents[i : i + chunk].to(out.dtype)
             c = c.reshape(c.shape[0], 1, *out.shape[1:])
             with folds_kept(kept):
-                g = self._backward(values, saved, c if valid is None else c * valid)
+                g = self._backward(values, saved, c if mask is None else c * mask)
             if g.shape[1] == 1 and tuple(g.shape[2:]) == tuple(start.shape[1:]):
                 yield g  # the same at every point
             else:
@@ -290,18 +297,11 @@ class _Trace:
 
 
 # -- helpers -----------------------------------------------------------------------------
-def _flat(value):
-    """A list argument as its list (einsum's operands may come as one list)."""
-    if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], (list, tuple)):
-        return tuple(value[0])
-    return value
-
-
 def _wanted(arguments, graph):
     """Names of the arguments that depend on the start (``name#i`` inside lists)."""
     dependent = graph.dependent | {graph.start}
     for name, value in arguments.items():
-        value = _flat(value)
+        value = flat(value)
         if isinstance(value, (list, tuple)):
             yield from (f"{name}#{i}" for i, v in enumerate(value) if _among(v, dependent))
         elif _among(value, dependent):
@@ -314,13 +314,13 @@ def _wanted_names(wanted):
 
 def _values(arguments, values):
     bound = {name: fx.node.map_arg(v, values.__getitem__) for name, v in arguments.items()}
-    return {name: _flat(v) for name, v in bound.items()}
+    return {name: flat(v) for name, v in bound.items()}
 
 
 def _targets(step, grads):
     """``(node, cotangent)`` for each wanted argument's product."""
     for name, grad in grads.items():
-        value = _flat(step.arguments[name])
+        value = flat(step.arguments[name])
         if isinstance(value, (list, tuple)):
             yield from ((value[i], g) for i, g in enumerate(grad) if g is not None)
         else:
@@ -346,18 +346,6 @@ def _usable(trace):
     if isinstance(trace, Inapplicable):
         raise (Unsupported if trace.warn else NotOffered)(trace.why)
     return trace
-
-
-def _unpadded(chunks, x, m):
-    """Chunks of rows ``(r, m or 1, *positions, d)`` at ``m`` points with padded input
-    positions zeroed, as every pass counts them (unchanged without padding)."""
-    for g in chunks:
-        valid = valid_positions(x, g.shape[2:])
-        if valid is None:
-            yield g
-        else:
-            mask = repeat_rows(valid, m // valid.shape[0]).unsqueeze(-1).to(g.dtype)
-            yield g * mask
 
 
 def _one(g, pending):
