@@ -122,7 +122,14 @@ class ActivationTransformer(_ModelLayerTransformer):
             self._choose_batch_size(
                 source,
                 session,
-                lambda: saved_bytes_per_sample(probe, lambda: session.read(probe, [self.layer])),
+                lambda: max(
+                    # The layer's activations, as float64 rows: a forward pass
+                    # without gradients saves nothing for autograd to count.
+                    8.0 * math.prod(self.activation_shape_),
+                    saved_bytes_per_sample(
+                        probe, lambda: session.read(probe, [self.layer]), session.weights
+                    ),
+                ),
             )
         return self
 

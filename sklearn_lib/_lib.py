@@ -146,7 +146,9 @@ class LIBTransformer(_ModelLayerTransformer):
     dtype : {"float64", "float32"}, default="float64"
         Precision of the forward and backward passes.  ``"float64"``
         reproduces the paper; ``"float32"`` is faster.  Accumulators and
-        eigensolves are float64 either way.  Integer inputs are never cast.
+        eigensolves are float64 either way; a float32 fit multiplies a Gram
+        in float32 only where its first batch proves the products within
+        1e-5 of float64's in every direction.  Integer inputs are never cast.
     n_stochastic_sources : int, "auto" or None, default=None
         None computes ``M'`` exactly, with one backward pass per output
         position and next-layer feature.  An int ``S`` uses ``S`` random +-1

@@ -141,14 +141,15 @@ def _controller():
 
 
 @contextlib.contextmanager
-def one_blas_thread():
-    """numpy's (and scipy's) BLAS and LAPACK on one thread for the block, then restored.
+def blas_threads(n):
+    """numpy's (and scipy's) BLAS and LAPACK on ``n`` threads for the block, then restored.
 
-    Only numpy's BLAS is limited, for the milliseconds of a small
-    eigensolve: torch's thread counts, which belong to each thread (OpenMP,
-    MKL) and which users set for their own work, are never touched.
+    Only numpy's BLAS is limited, for the block (a small eigensolve on one
+    thread, a large one on as many as torch was given): torch's thread
+    counts, which belong to each thread (OpenMP, MKL) and which users set
+    for their own work, are never touched.
     """
-    with _BLAS_LOCK, _controller().limit(limits=1, user_api="blas"):
+    with _BLAS_LOCK, _controller().limit(limits=n, user_api="blas"):
         yield
 
 

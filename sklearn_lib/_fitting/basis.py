@@ -19,10 +19,13 @@ import numpy as np
 import torch
 
 from .._core.nodes import OUTPUT_NODE, n_positions
-from .._core.numerics import SMALL_EIGH, one_blas_thread
+from .._core.numerics import SMALL_EIGH, blas_threads
 from ..exceptions import user_stacklevel
 
-#: Name of the model-output node in ``bases_`` and in interaction graphs.
+#: Costs of the linear algebra's steps in multiples of ``d^3`` operations, as timed
+#: on 2 CPU cores at d = 4096: a matrix product (2 d^3, 1.3 s) and an
+#: eigendecomposition with vectors (6.9 s, as many as ``10 d^3`` at that rate).
+PRODUCT_COST, EIGH_COST = 2, 10
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,10 +103,19 @@ class NodeBasis:
 
 
 def _eigh(matrix):
-    """``(values, vectors)`` ascending, of a symmetric float64 numpy matrix."""
-    if matrix.shape[0] > SMALL_EIGH:
-        return tuple(t.numpy() for t in torch.linalg.eigh(torch.from_numpy(matrix)))
-    with one_blas_thread():
+    """``(values, vectors)`` ascending, of a symmetric float64 numpy matrix.
+
+    numpy's LAPACK (``syevd``), measured fastest on 2 cores at every width:
+    0.044 s at 784 (torch 0.056), 0.92 s at 2048 (torch 1.06, scipy's
+    ``evr`` 0.98), 6.9 s at 4096 (torch 9.5); the ``ev`` driver is 3-8x
+    slower.  Only the few kept features of a truncation would allow a
+    subset (``subset_by_index``: 3x faster for 10 of 2048), but a basis
+    keeps every non-null feature so that truncations can change after the
+    fit.  On torch's threads (which users set), small matrices on one (see
+    :data:`SMALL_EIGH`).
+    """
+    threads = torch.get_num_threads() if matrix.shape[0] > SMALL_EIGH else 1
+    with blas_threads(threads):
         return np.linalg.eigh(matrix)
 
 
@@ -113,16 +125,21 @@ def eigh_descending(matrix, what="The matrix to eigendecompose"):
     Eigenvector signs are fixed so that each vector's largest-magnitude entry
     is positive, which makes fits deterministic across runs and machines.
     ``what`` names the matrix in the error raised for NaN or infinite entries.
+    One ``d x d`` matrix is made besides LAPACK's output (wide layers hold
+    several: see :func:`lib_rotation`).
     """
     if not np.all(np.isfinite(matrix)):
         raise ValueError(f"{what} has NaN or infinite entries")
-    matrix = (matrix + matrix.T) / 2  # symmetrise away rounding asymmetry
-    values, vectors = _eigh(matrix)
+    symmetric = np.add(matrix, matrix.T)  # symmetrise away rounding asymmetry
+    symmetric *= 0.5
+    values, vectors = _eigh(symmetric)
+    del symmetric
     values, vectors = values[::-1], vectors[:, ::-1]
     pivot = np.argmax(np.abs(vectors), axis=0)
     signs = np.sign(vectors[pivot, np.arange(vectors.shape[1])])
     signs[signs == 0] = 1
-    return values.copy(), vectors * signs
+    vectors *= signs  # in place: LAPACK's output is ours
+    return values.copy(), vectors  # vectors: a view of LAPACK's columns, reversed
 
 
 def _nonnull_eigh(matrix, rtol, empty_message, what, floor=0.0):
@@ -133,10 +150,16 @@ def _nonnull_eigh(matrix, rtol, empty_message, what, floor=0.0):
     keep = values > max(rtol * values[0], floor)
     if not keep.any():
         raise ValueError(empty_message)
-    return values[keep], vectors[:, keep]
+    # The kept ones lead (descending): a view, no copy.
+    n = int(keep.sum())
+    return values[:n], vectors[:, :n]
 
 
-def orthogonal_step(gram, rtol, name="layer", floor=0.0):
+def say_nothing(step, cost):
+    """The default of ``say``: a step of the linear algebra (``cost`` in ``d^3``), not said."""
+
+
+def orthogonal_step(gram, rtol, name="layer", floor=0.0, say=say_nothing):
     """``G = U diag(D) U^T`` with the numerical null space dropped.
 
     Parameters
@@ -147,12 +170,16 @@ def orthogonal_step(gram, rtol, name="layer", floor=0.0):
     floor : float, default=0.0
         And so are eigenvalues at or below this: the rounding noise of the
         activations themselves (see :meth:`~sklearn_lib._core.numerics.Tolerances.noise_floor`).
+    say : callable, optional
+        Called with each step's name and cost (in ``d^3`` operations) before it
+        runs (progress of wide layers).
 
     Returns
     -------
     D : ndarray of shape (r,)
     U : ndarray of shape (d, r)
     """
+    say("the eigendecomposition of the activations' Gram", EIGH_COST)
     return _nonnull_eigh(
         gram,
         rtol,
@@ -163,26 +190,38 @@ def orthogonal_step(gram, rtol, name="layer", floor=0.0):
     )
 
 
-def lib_rotation(D, U, m_prime, rtol, name="layer"):
+def lib_rotation(D, U, m_prime, rtol, name="layer", say=say_nothing):
     """Rotate the whitened activations onto the Jacobian Gram's eigenvectors.
 
     Parameters
     ----------
     D, U : output of :func:`orthogonal_step`
+        ``U`` is used up (divided in place).
     m_prime : ndarray of shape (d, d)
         The averaged Jacobian Gram ``M'``.
     rtol : float
         Numerical null-space tolerance for ``Lambda``.
+    say : callable, optional
+        Called with each step's name and cost before it runs.
 
     Returns
     -------
     lambdas : ndarray of shape (K,)
     C : ndarray of shape (d, K)
     C_pinv : ndarray of shape (K, d)
+
+    Notes
+    -----
+    Memory: besides ``U``, ``m_prime`` and the results, ``U diag(D)^1/2``
+    and ``M`` are held, and during the eigendecomposition of ``M`` its
+    symmetrised copy, LAPACK's output and workspace (about three more).
     """
     sqrt_d = np.sqrt(D)
     whitened = U * sqrt_d  # U diag(D)^1/2, shape (d, r)
-    M = whitened.T @ m_prime @ whitened  # (r, r)
+    say("M in whitened coordinates", 2 * PRODUCT_COST)
+    M = whitened.T @ m_prime
+    M = M @ whitened  # (r, r)
+    say("the eigendecomposition of M", EIGH_COST)
     lambdas, V = _nonnull_eigh(
         M,
         rtol,
@@ -191,9 +230,13 @@ def lib_rotation(D, U, m_prime, rtol, name="layer"):
         f"The Jacobian Gram M' of {name!r} (from gradients that overflowed or are "
         "undefined, e.g. sqrt at 0)",
     )
+    say("C and its pseudo-inverse", 2 * PRODUCT_COST)
     sqrt_l = np.sqrt(lambdas)
-    C = (U / sqrt_d) @ V * sqrt_l  # U diag(D)^-1/2 V diag(Lambda)^1/2
     C_pinv = (V / sqrt_l).T @ whitened.T  # diag(Lambda)^-1/2 V^T diag(D)^1/2 U^T
+    del whitened
+    U /= sqrt_d
+    C = U @ V  # U diag(D)^-1/2 V diag(Lambda)^1/2
+    C *= sqrt_l
     return lambdas, C, C_pinv
 
 
@@ -231,7 +274,18 @@ def n_kept(lambdas, n_components, threshold, name="layer"):
 
 
 def fit_node_basis(
-    name, shape, mean, gram, m_prime, *, kind, n_components, threshold, rtol, floor=0.0
+    name,
+    shape,
+    mean,
+    gram,
+    m_prime,
+    *,
+    kind,
+    n_components,
+    threshold,
+    rtol,
+    floor=0.0,
+    say=say_nothing,
 ):
     """The :class:`NodeBasis` of one node layer from its statistics.
 
@@ -253,12 +307,16 @@ def fit_node_basis(
         The numerical null-space tolerance.
     floor : float, default=0.0
         The Gram's noise floor (see :func:`orthogonal_step`).
+    say : callable, optional
+        Called with each step's name and cost (in ``d^3`` operations) before it
+        runs (progress of wide layers).
     """
-    D, U = orthogonal_step(gram, rtol, name, floor)
+    D, U = orthogonal_step(gram, rtol, name, floor, say)
     if kind == "pca":
-        lambdas, C, C_pinv = D, U, U.T.copy()
+        C = U.copy()  # U is a view of LAPACK's columns, reversed (a 1 x 1 one too)
+        lambdas, C_pinv = D, C.T.copy()
     else:
-        lambdas, C, C_pinv = lib_rotation(D, U, m_prime, rtol, name)
+        lambdas, C, C_pinv = lib_rotation(D, U, m_prime, rtol, name, say)
     k = n_kept(lambdas, n_components, threshold, name)
     return NodeBasis(name, shape, mean, C, C_pinv, lambdas, k, gram_eigenvalues=D, kind=kind)
 
@@ -280,6 +338,7 @@ def pca_output_basis(shape, mean, gram):
     the identity does; it only rotates the last section's edges.
     """
     values, vectors = eigh_descending(gram)
+    vectors = vectors.copy()  # a view of LAPACK's columns, reversed (a 1 x 1 one too)
     # Eigenvalues can be slightly negative from rounding, hence the clip.
     values = np.clip(values, 0, None)
     return NodeBasis(

@@ -22,6 +22,7 @@ over the data in the next basis (or rounds of passes, for
 """
 
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +36,13 @@ from .._model.session import outside_inference_mode
 from .._routes.cotangents import Cotangents
 from .._routes.integration import rule_tensors
 from .._routes.jacobian import SectionJacobian
-from .basis import fit_node_basis, identity_basis, pca_output_basis
+from .basis import (
+    PRODUCT_COST,
+    fit_node_basis,
+    identity_basis,
+    pca_output_basis,
+    say_nothing,
+)
 from .jacobian_gram import JacobianGram
 from .plan import dense_seconds, duration, make_plan, n_samples_of
 from .stats import MomentAccumulator
@@ -108,26 +115,42 @@ def bytes_per_sample(session, probe, sections, plan):
     """What a fit's passes make autograd save per sample, at most, measured on the probe.
 
     Each section's graph, as its ``M'`` pass builds it (one at a time); PCA
-    bases only run forward passes, measured as a forward pass with gradients.
+    bases, and closed forms gathered by the statistics pass, only run
+    forward passes, measured as a forward pass with gradients.
     Fits whose plan draws stochastic sources keep
     :data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE` (returned
     as an int): their error shrinks with the number of batches.
     """
     if plan.stochastic:
         return STOCHASTIC_BATCH_SIZE
-    if not plan.sections:  # PCA bases: forward passes only
-        return saved_bytes_per_sample(probe, lambda: session.run(probe))
+    fixed = session.weights
+    held = statistics_bytes(sections)
+    # Sections whose closed form's statistics the statistics pass gathers build
+    # no graph: a fit of only those (or PCA's) holds what that pass holds.
+    graphs = [s for s in sections if plan.sections and plan.section(s).route != "statistics pass"]
+    if not graphs:
+        return max(held, saved_bytes_per_sample(probe, lambda: session.run(probe), fixed))
     with torch.no_grad():
-        acts = session.read(probe, [s.src for s in sections])
-    return max(
+        acts = session.read(probe, [s.src for s in graphs])
+    saved = (
         saved_bytes_per_sample(
             probe,
             functools.partial(
                 session.section, probe, s.src, f.detach().requires_grad_(True), s.dst
             ),
+            fixed,
         )
-        for s, f in zip(sections, acts)
+        for s, f in zip(graphs, acts)
     )
+    return max(held, *saved)
+
+
+def statistics_bytes(sections):
+    """Bytes per sample that the statistics pass holds: every node layer's activations
+    and the output's, as float64 rows (a forward pass without gradients saves none
+    for autograd to count)."""
+    values = sum(math.prod(s.src_shape) for s in sections) + math.prod(sections[-1].dst_shape)
+    return 8.0 * values  # a float: an int would be read as a batch size
 
 
 @outside_inference_mode
@@ -146,6 +169,7 @@ def plan_fit(session, source, probe, sections, routes, settings, *, compute_grap
         n_samples_of(source),
         price=price,
         compute_graph=compute_graph,
+        gram_dtype=str(session.dtype).removeprefix("torch."),
     )
 
 
@@ -224,7 +248,7 @@ class _Fit:
         self.first = sections[0].src
         for s in sections:
             self.moments[s.src] = MomentAccumulator(
-                s.src, s.src_shape[-1], session.device, settings.center
+                s.src, s.src_shape[-1], session.device, settings.center, low=session.dtype
             )
         output_shape = sections[-1].dst_shape
         output = MomentAccumulator(
@@ -235,10 +259,23 @@ class _Fit:
         what = "activation statistics" + "".join(f" and {acc.what}" for acc in joined)
         results = session.run_pass(self.source, [*statistics, *joined], what)
         self.joined = {acc.src: r for acc, r in zip(joined, results[len(statistics) :])}
+        grams = [(f"activations {name!r}", acc.sq) for name, acc in self.moments.items()]
+        self._say_products(grams + [(acc.what, acc.sums) for acc in joined])
         mean = output.mean.cpu().numpy()
         if settings.output_basis == "identity":
             return identity_basis(output_shape, mean)
         return pca_output_basis(output_shape, mean, output.gram.cpu().numpy())
+
+    def _say_products(self, grams):
+        """Say which dtype each Gram was multiplied in, where the fit's dtype left a
+        choice (``grams``: pairs of what it is of, in words, and its GramSum)."""
+        if self.plan.gram_dtype == "float64":
+            return
+        alike = {}
+        for what, gram in grams:
+            alike.setdefault(gram.words, []).append(what)
+        for words, whats in alike.items():
+            self.session.progress(f"Gram products of {', '.join(whats)}: {words}")
 
     def _joined(self, section):
         """The accumulator a joined section adds to the statistics pass."""
@@ -266,19 +303,19 @@ class _Fit:
 
     # -- one basis ---------------------------------------------------------------------
     def basis(self, section, next_basis):
-        """The basis of ``section.src``, from its ``M'`` in ``next_basis``."""
-        width = section.src_shape[-1]
-        if width >= WIDE_LAYER:
-            # Seconds of dense linear algebra with no pass to report: say it.
-            what = "M' and the eigendecompositions" if self.lib else "the eigendecomposition"
-            seconds = dense_seconds(width, self.settings.basis)
-            self.session.progress(
-                f"basis of {section.src!r}: {what} of {width} x {width} matrices (about "
-                f"{duration(seconds)})"
-            )
+        """The basis of ``section.src``, from its ``M'`` in ``next_basis``.
+
+        Its statistics are released once it is made: a chain of wide layers
+        holds the Grams of the layers still to come, not of those done.
+        """
+        say = self._say_steps(section)
+        # Rounds of sources make trial bases, unsaid; the steps of the last one are said.
         basis_of = functools.partial(self._basis_of, section)
-        m_prime = self._m_prime(section, next_basis, basis_of) if self.lib else None
-        basis = basis_of(m_prime)
+        m_prime = self._m_prime(section, next_basis, basis_of, say) if self.lib else None
+        basis = self._basis_of(section, m_prime, say=say)
+        del m_prime
+        self.moments.pop(section.src)
+        self.joined.pop(section.src, None)
         acc = self.grams.pop(section.src, None)
         if acc is not None:
             found = acc.edges(basis)
@@ -286,23 +323,50 @@ class _Fit:
                 self.edges[(section.src, section.dst)] = found
         return basis
 
-    def _m_prime(self, section, next_basis, basis_of):
+    def _say_steps(self, section):
+        """What reports the steps of a basis' linear algebra: on a wide node layer, seconds
+        each with no pass to show them, progress lines; on others, nothing."""
+        width = section.src_shape[-1]
+        if width < WIDE_LAYER:
+            return say_nothing
+        what = "M' and the eigendecompositions" if self.lib else "the eigendecomposition"
+        seconds = dense_seconds(width, self.settings.basis)
+        self.session.progress(
+            f"basis of {section.src!r}: {what} of {width} x {width} matrices (about "
+            f"{duration(seconds)})"
+        )
+
+        def say(step, cost):
+            seconds = dense_seconds(width, cost=cost)
+            about = f" (about {duration(seconds)})" if seconds >= 1 else ""
+            self.session.progress(f"basis of {section.src!r}: {step}{about}")
+
+        return say
+
+    def _m_prime(self, section, next_basis, basis_of, say):
         """``M'`` of ``section`` as the plan says: gathered already, one pass, or rounds."""
         plan = self.plan.section(section)
-        matrix = next_basis.tensors(self.session.device, self.session.dtype)[1]
+        matrix = torch.as_tensor(
+            next_basis.kept_matrix, device=self.session.device, dtype=self.session.dtype
+        )
         if plan.joins:
             joined = self.joined[section.src]
-            return joined.m_prime(matrix) if plan.route == "statistics pass" else joined
+            if plan.route != "statistics pass":
+                return joined
+            say("M' from the slopes gathered in the statistics pass", 3 * PRODUCT_COST)
+            return joined.m_prime(matrix)
         acc = self._gram(section, matrix, next_basis.n_positions)
         if plan.sources == "auto":
             m_prime, self.rounds[section.src] = converged_m_prime(
                 self.session, self.source, acc, basis_of
             )
+            self._say_products([(acc.what, acc.sums)])  # the last round's
             return m_prime
         (m_prime,) = self.session.run_pass(self.source, [acc], acc.what)
+        self._say_products([(acc.what, acc.sums)])
         return m_prime
 
-    def _basis_of(self, section, m_prime):
+    def _basis_of(self, section, m_prime, say=None):
         """The fitted basis of ``section.src`` for ``m_prime`` (None: PCA)."""
         settings, session = self.settings, self.session
         stats, shape = self.moments[section.src], section.src_shape
@@ -320,4 +384,5 @@ class _Fit:
             threshold=settings.truncation_threshold,
             rtol=session.tolerances.null_space,
             floor=session.tolerances.noise_floor(gram, mean),
+            say=say or say_nothing,
         )

@@ -3,6 +3,7 @@
 import torch
 
 from .._core.distributed import all_reduce_sum, row_average
+from .._core.gram_sum import GramSum
 from .._core.numerics import ROW_REUSE_BYTES, max_relative_error
 from .._routes.cotangents import Cotangents, batch_cotangents, section_reads
 from .._routes.jacobian import SectionJacobian
@@ -62,8 +63,7 @@ class JacobianGram:
         self.rule = rule
         self.section = SectionJacobian(session, route)
         self.exact = Cotangents(matrix, n_positions_out)
-        d = section.src_shape[-1]
-        self.total = torch.zeros(d, d, dtype=torch.float64, device=session.device)
+        self.sums = self._new_sum()
         self.rows = 0
         self.count = 0
         self.kept = [] if keep_rows else None
@@ -72,7 +72,7 @@ class JacobianGram:
     def reset(self, sources):
         """Start over with ``sources`` random sources per batch (a new round)."""
         self.sources = sources
-        self.total = torch.zeros_like(self.total)
+        self.sums = self._new_sum()
         self.rows = self.count = 0
         self.kept = None  # sampled rows are not the edges' rows
 
@@ -87,7 +87,7 @@ class JacobianGram:
             self.kept = None
         self._made = None if self.kept is None else []
         keep = None if self.kept is None else self._keep
-        self.total += self.section.gram_sum(batch.x, f, cotangents, self.rule, keep=keep)
+        self.section.gram_sum(batch.x, f, cotangents, self.rule, keep=keep, into=self.sums)
         self.rows += batch.n_rows(f.shape[1:])
         self.count += batch.n
         if self.kept is not None:
@@ -97,6 +97,12 @@ class JacobianGram:
                 self.kept.append((batch, f, exact, self._made))
                 self.kept_bytes += f.numel() * f.element_size()
         self._made = None
+
+    def _new_sum(self):
+        """The running ``sum g g^T``: products in the fit's dtype where its first
+        batch certifies them (see :class:`~sklearn_lib._core.gram_sum.GramSum`)."""
+        d = self.route_section.src_shape[-1]
+        return GramSum(d, self.session.device, self.session.dtype)
 
     def _keep(self, g):
         """Keep one chunk of this batch's rows; False (and keep none) over the budget."""
@@ -111,7 +117,7 @@ class JacobianGram:
 
     def result(self):
         """``M'`` averaged over all ``N * P_in`` rows (of every rank; valid ones), as numpy."""
-        return row_average(self.total, self.rows, self.count)[0]
+        return row_average(self.sums.total, self.rows, self.count)[0]
 
     def edges(self, src):
         """The section's edges from the kept rows, ``(E, N)`` as :func:`row_average` gives them.

@@ -24,24 +24,30 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
+from .._core.gram_sum import LOW_PRECISION_RTOL
 from .._core.nodes import n_positions
 from .._core.numerics import ROW_REUSE_BYTES
 from .._routes.integration import is_plain
 from .._routes.table import ROW_ROUTES
+from .basis import EIGH_COST, PRODUCT_COST
 from .stochastic import AUTO_MIN_ROUNDS, m_prime_route
 
 #: Dense float64 operations per second, for the estimate of the bases' linear algebra:
-#: 2 CPU cores do about 5e10 (a 4096 x 4096 product in 1.4 s, an eigendecomposition in 8 s).
-DENSE_FLOPS = 5e10
+#: 2 CPU cores do about 1e11 (measured at 4096: a matrix product in 1.3 s, an
+#: eigendecomposition with numpy's LAPACK in 6.9 s; see ``basis.EIGH_COST``).
+DENSE_FLOPS = 1e11
 
 
-def dense_seconds(width, basis="lib"):
+def dense_seconds(width, basis="lib", cost=None):
     """Estimated seconds of one basis' linear algebra on a node layer of ``width`` features.
 
-    LIB: two eigendecompositions (about ``9 d^3`` operations each) and four
-    matrix products (``2 d^3`` each); PCA: one eigendecomposition.
+    LIB: two eigendecompositions and five matrix products (``M``'s two,
+    ``C``, ``C+``, and one of the three of a closed form's ``M'``); PCA: one
+    eigendecomposition.  ``cost``: of one step instead, in ``d^3`` operations.
     """
-    return (26 if basis == "lib" else 9) * width**3 / DENSE_FLOPS
+    if cost is None:
+        cost = 2 * EIGH_COST + 5 * PRODUCT_COST if basis == "lib" else EIGH_COST
+    return cost * width**3 / DENSE_FLOPS
 
 
 #: Fits estimated to take longer than this announce their plan even when not verbose.
@@ -187,6 +193,10 @@ class FitPlan:
     sources_asked: bool = False
     #: Estimated seconds of the bases' linear algebra (:func:`dense_seconds`).
     linear_algebra: float = 0.0
+    #: The dtype Grams may be multiplied in where certified: the fit's compute
+    #: dtype (see :class:`~sklearn_lib._core.gram_sum.GramSum`); float64 products
+    #: only where it is ``"float64"``.
+    gram_dtype: str = "float64"
 
     @property
     def stochastic(self):
@@ -242,6 +252,12 @@ class FitPlan:
         if self.sections:
             line += "; " + ", ".join(s.describe() for s in self.sections)
         line += _edges_words(self)
+        if self.gram_dtype != "float64":
+            line += (
+                f"; Grams multiplied in {self.gram_dtype} where a Gram's first rows certify "
+                f"them within {LOW_PRECISION_RTOL:g} in every direction, else in float64 "
+                "(each said after its pass), summed in float64"
+            )
         if self.seconds is not None:
             line += f"; estimated {duration(self.seconds)}"
             if self.linear_algebra >= 1:
@@ -275,6 +291,7 @@ def make_plan(
     batch_size=None,
     price=None,
     compute_graph=False,
+    gram_dtype="float64",
 ):
     """The :class:`FitPlan` of a fit.
 
@@ -296,11 +313,13 @@ def make_plan(
         :data:`LONG_FIT_SECONDS`) is priced again with four rows.
     compute_graph : bool
         Whether the fit also gives the edges.
+    gram_dtype : str, default="float64"
+        The fit's compute dtype, which Grams are multiplied in where certified.
     """
     dense = sum(dense_seconds(s.src_shape[-1], settings.basis) for s in sections)
     if settings.basis != "lib":
         edges = tuple(sections) if compute_graph else ()
-        return FitPlan(owner, n_samples, (), batch_size, edges, linear_algebra=dense)
+        return FitPlan(owner, n_samples, (), batch_size, edges, False, dense, gram_dtype)
     plans = tuple(
         _section_plan(
             section,
@@ -314,7 +333,7 @@ def make_plan(
     )
     edges_pass = tuple(s.section for s in plans if compute_graph and not s.keep_rows)
     asked = settings.n_stochastic_sources is not None
-    return FitPlan(owner, n_samples, plans, batch_size, edges_pass, asked, dense)
+    return FitPlan(owner, n_samples, plans, batch_size, edges_pass, asked, dense, gram_dtype)
 
 
 def _section_plan(section, route, settings, *, n_samples, price, compute_graph):

@@ -6,6 +6,7 @@ Sums over ranks are :mod:`~sklearn_lib._core.distributed`'s.
 import torch
 
 from .._core.distributed import all_reduce_sum, distributed, global_count
+from .._core.gram_sum import GramSum
 
 
 class MomentAccumulator:
@@ -28,30 +29,31 @@ class MomentAccumulator:
         If False the Gram is uncentred (the mean is still the data's mean).
     gram : bool, default=True
         If False only the mean is accumulated (cheap for wide outputs).
+    low : torch.dtype or None, default=None
+        The fit's compute dtype where it is not float64: the Gram's products
+        are taken in it where its first batch certifies them
+        (:class:`~sklearn_lib._core.gram_sum.GramSum`).
     """
 
-    def __init__(self, name, n_features, device, center=True, gram=True):
+    def __init__(self, name, n_features, device, center=True, gram=True, low=None):
         self.reads = (name,)
         self.name = name
         self.center = center
         self.count = 0
         self.shift = None
         self.sum = torch.zeros(n_features, dtype=torch.float64, device=device)
-        self.sq = (
-            torch.zeros(n_features, n_features, dtype=torch.float64, device=device)
-            if gram
-            else None
-        )
+        self.sq = GramSum(n_features, device, low) if gram else None
 
     def update(self, batch, acts):
         """Add the rows of ``acts[name]``.
 
-        Rows are centred and multiplied in float64 whatever the compute
-        dtype: a float32 Gram per batch (twice as fast) carries relative
-        errors near 1e-6 of its largest entries, which swamp the directions
-        of small variance that can still matter (the paper's attention
-        input has important ones at 1e-11 of the largest variance; measured,
-        a float32 Gram moved its top Lambda by 0.1%).
+        Rows are centred in float64 and multiplied in float64 unless the
+        first batch certifies products in the fit's dtype: a float32 Gram
+        carries errors near 1e-6 of its largest entries, which swamp the
+        directions of small variance that can still matter (the paper's
+        attention input has important ones at 1e-11 of the largest variance;
+        measured, a float32 Gram moved its top Lambda by 0.1%), and its
+        certificate fails there.
         """
         f = acts[self.name].detach()
         rows = f.reshape(-1, self.sum.shape[0]).to(torch.float64)  # (m, d)
@@ -70,14 +72,14 @@ class MomentAccumulator:
         centred = rows - self.shift  # (m, d)
         self.sum += centred.sum(0)
         if self.sq is not None:
-            self.sq.addmm_(centred.T, centred)
+            self.sq.add(centred)
         self.count += rows.shape[0]
 
     def result(self):
         """All-reduce the sums over ranks; then :attr:`mean` and :attr:`gram` hold."""
         all_reduce_sum(self.sum)
         if self.sq is not None:
-            all_reduce_sum(self.sq)
+            self.sq.reduce()
         self.count = global_count(self.count, self.sum.device)
         return self
 
@@ -91,5 +93,5 @@ class MomentAccumulator:
         """``E[(f - mu)(f - mu)^T]`` with ``1/N``, or ``E[f f^T]`` if not centring."""
         if self.center:
             offset = self.sum / self.count  # mu - shift
-            return self.sq / self.count - torch.outer(offset, offset)
-        return self.sq / self.count
+            return self.sq.total / self.count - torch.outer(offset, offset)
+        return self.sq.total / self.count

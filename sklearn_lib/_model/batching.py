@@ -36,7 +36,7 @@ MIN_BATCH_SIZE, MAX_BATCH_SIZE = 64, 4096
 DEFAULT_BATCH_SIZE = 256
 
 
-def saved_bytes_per_sample(x, run):
+def saved_bytes_per_sample(x, run, fixed=()):
     """Bytes that autograd saves per sample of the batch ``x`` while ``run()`` builds its graph.
 
     Parameters
@@ -45,21 +45,38 @@ def saved_bytes_per_sample(x, run):
         The batch ``run`` reads (its samples divide the total).
     run : callable
         Builds an autograd graph (called with gradients enabled).
+    fixed : iterable of torch.Tensor, optional
+        Tensors whose storage autograd may save but which do not grow with
+        the batch: the model's parameters and buffers (a Linear layer saves
+        its weight, which divided by a probe of 64 samples would count 2 MiB
+        per sample at width 4096, and shrink the batch to its smallest).
 
     Returns
     -------
     float
     """
     total = 0
+    skip = {_storage(t) for t in fixed} - {None}
 
     def pack(tensor):
         nonlocal total
-        total += tensor.numel() * tensor.element_size()
+        if _storage(tensor) not in skip:
+            total += tensor.numel() * tensor.element_size()
         return tensor
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run()
     return total / max(n_rows(x), 1)
+
+
+def _storage(tensor):
+    """Where a dense tensor's data start; None for one without a storage (sparse, nested)."""
+    if tensor.layout != torch.strided:
+        return None
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (NotImplementedError, RuntimeError):  # a wrapper subclass without one
+        return None
 
 
 def budget_bytes(device):

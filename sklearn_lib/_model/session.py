@@ -102,6 +102,17 @@ def resolve_dtype(dtype):
     return _DTYPES[dtype]
 
 
+def model_tensors(model):
+    """Every tensor of ``model``: parameters, buffers, and tensors kept as attributes."""
+    attributes = (
+        value
+        for module in model.modules()
+        for value in vars(module).values()
+        if isinstance(value, torch.Tensor)
+    )
+    return itertools.chain(model.parameters(), model.buffers(), attributes)
+
+
 @outside_inference_mode
 def private_copy(model, device, dtype):
     """A copy of ``model`` that one call owns.
@@ -130,13 +141,7 @@ def private_copy(model, device, dtype):
             "first, e.g. model.to_empty(device='cpu') and then load_state_dict(...)"
         )
     memo = {}
-    attributes = (
-        value
-        for module in model.modules()
-        for value in vars(module).values()
-        if isinstance(value, torch.Tensor)
-    )
-    for tensor in itertools.chain(model.parameters(), model.buffers(), attributes):
+    for tensor in model_tensors(model):
         if id(tensor) in memo:
             continue  # tied weights stay tied
         target = dtype if tensor.is_floating_point() else tensor.dtype
@@ -272,6 +277,11 @@ class ModelSession(ModelRunner):
         self.progress = Progress(owner, verbose)
         self.rng = check_random_state(random_state)
         self._generator = None
+
+    @property
+    def weights(self):
+        """The private model's tensors, which do not grow with a batch (:func:`model_tensors`)."""
+        return tuple(model_tensors(self.model))
 
     @property
     def generator(self):

@@ -27,14 +27,15 @@ the mask covers autograd alone.
 
 import torch
 
+from .._core.gram_sum import GramSum
 from .._model.inputs import n_rows, valid_positions
 from .autograd import autograd_rows
 from .cotangents import scaled
 from .products import (
+    add_rows,
     fold_positions,
     form_gram,
     form_square_sums,
-    gram_of,
     masked_inputs,
     offered,
     row_chunks,
@@ -60,7 +61,7 @@ class SectionJacobian:
         self.batched_rows = batched_rows
 
     # -- what the analyses call --------------------------------------------------------
-    def gram_sum(self, x, f, cotangents, rule, keep=None):
+    def gram_sum(self, x, f, cotangents, rule, keep=None, into=None):
         """Un-normalised ``M'`` contribution of one batch: ``sum_x sum_rows sum_s g g^T``.
 
         Gradients are taken at ``alpha * f`` (raw activations), as in the spec.
@@ -79,11 +80,16 @@ class SectionJacobian:
             so that the edges can reuse them (:meth:`edge_sums` with
             ``rows=``), until it returns False; never called where a closed
             form gives the Gram without rows.
+        into : GramSum or None
+            A running sum to add the batch's Gram to (in the products it
+            certifies, see :class:`~sklearn_lib._core.gram_sum.GramSum`);
+            None: float64 products, returned.
 
         Returns
         -------
-        torch.Tensor of shape (d, d), float64
-            Scaled by ``cotangents.scale`` (an average over sources).
+        torch.Tensor of shape (d, d), float64, or None
+            Scaled by ``cotangents.scale`` (an average over sources); None
+            where added ``into``.
         """
         alphas, weights = rule
         points = scaled(f, alphas)
@@ -95,18 +101,17 @@ class SectionJacobian:
             gram = form_gram(form, x, fold_positions(points), weights, one)
         elif form is not None:
             gram = form_gram(form, x, points, weights, rows)
-        if gram is NotImplemented:
+        sums = GramSum(f.shape[-1], f.device) if into is None else into
+        if gram is not NotImplemented:
+            sums.add_matrix(gram, alpha=cotangents.scale)
+        else:
             # No form, or one found (by running the section) not to cover this
-            # batch: autograd's rows, as the check against autograd had them.
-            gram = self._autograd_gram(x, f, points, rows, weights, keep)
-        return cotangents.scale * gram
-
-    def _autograd_gram(self, x, f, points, rows, weights, keep):
-        """:meth:`gram_sum`'s Gram from autograd's rows, unscaled."""
-        chunks = masked_inputs(self.gradients(x, points, rows, weights), x, f.shape[1:])
-        if keep is not None:
-            chunks = offered(chunks, keep)
-        return gram_of(chunks, n_rows(x), points.shape[-1])
+            # batch: the rows, as the check against autograd had them.
+            chunks = masked_inputs(self.gradients(x, points, rows, weights), x, f.shape[1:])
+            if keep is not None:
+                chunks = offered(chunks, keep)
+            add_rows(sums, chunks, n_rows(x), scale=cotangents.scale)
+        return sums.total if into is None else None
 
     def edge_sums(self, x, f, src, cotangents, rule, rows=None):
         """Un-normalised squared edges of one batch, shape (k_out, k_in), float64.

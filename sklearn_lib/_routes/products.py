@@ -8,6 +8,7 @@ product (:func:`form_rows`, :func:`form_gram`, :func:`form_directional`).
 
 import torch
 
+from .._core.gram_sum import GramSum
 from .._core.numerics import CHUNK_ELEMENTS
 from .._model.inputs import attention_mask, valid_positions
 from .autograd import quadrature_sum
@@ -146,16 +147,25 @@ def probe_rows(rows, n_combinations):
 
 
 def gram_of(chunks, n_samples, d):
-    """``sum g g^T`` over chunks of rows ``(r, n or 1, P, d)``, float64."""
-    gram = 0
+    """``sum g g^T`` over chunks of rows ``(r, n or 1, P, d)``, float64 (0 without chunks)."""
+    sums = None
+    for g in chunks:
+        sums = sums or GramSum(d, g.device)
+        add_rows(sums, [g], n_samples)
+    return 0 if sums is None else sums.total
+
+
+def add_rows(sums, chunks, n_samples, scale=1.0):
+    """Add ``scale * sum g g^T`` over chunks of rows ``(r, n or 1, P, d)`` to ``sums``.
+
+    ``sums`` is a :class:`~sklearn_lib._core.gram_sum.GramSum`, which sums in
+    place in float64 (see :func:`new_sums` for why in place).
+    """
     for g in chunks:
         # A sample axis of size 1: the same rows for all n samples.
         count = n_samples if g.shape[1] == 1 else 1
-        g = as_rows(g.to(torch.float64))  # (r * n * P_in, d)
-        if isinstance(gram, int):
-            gram = torch.zeros(d, d, dtype=torch.float64, device=g.device)
-        gram.addmm_(g.T, g, alpha=count)  # in place: see new_sums
-    return gram
+        sums.add(as_rows(g), alpha=scale * count)  # (r * n * P_in, d)
+    return sums
 
 
 def as_rows(g):

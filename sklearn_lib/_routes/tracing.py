@@ -11,6 +11,7 @@ import inspect
 import threading
 import warnings
 
+import torch
 from torch import fx
 
 
@@ -78,9 +79,14 @@ def trace(tracer, root, concrete_args=None, kept=None):
     fx stores tensors that are no attribute of the model on the root as
     ``_tensor_constant*``; they are removed again, so that tracing never
     changes the session's model (into the dict ``kept``, where given, for
-    whoever runs the graph).
+    whoever runs the graph).  A forward that assigns its buffers or tensor
+    attributes (``self.calls += 1``) would leave fx's symbolic values in
+    them: they are put back.
     """
     before = set(vars(root))
+    tensors = [
+        (module, dict(module._buffers), _tensor_attributes(module)) for module in root.modules()
+    ]
     try:
         return tracer.trace(root, concrete_args)
     finally:
@@ -88,6 +94,13 @@ def trace(tracer, root, concrete_args=None, kept=None):
             if kept is not None:
                 kept[name] = getattr(root, name)
             delattr(root, name)
+        for module, buffers, attributes in tensors:
+            module._buffers.update(buffers)
+            vars(module).update(attributes)
+
+
+def _tensor_attributes(module):
+    return {name: value for name, value in vars(module).items() if isinstance(value, torch.Tensor)}
 
 
 def defaults(forward):

@@ -144,3 +144,20 @@ def test_fourier_analysis_finds_a_planted_frequency():
     pca = LIBTransformer(model, "readout", basis="pca").fit(X_train)
     pca_report = dominant_frequencies(pca.transform(X_all), z, P)
     assert pca_report.sum_share[0] < 1e-3 and pca_report.sum_share[2] > 0.99
+
+
+@pytest.mark.skipif(find_checkpoint(0) is None, reason="SKLEARN_LIB_CHECKPOINTS not set")
+def test_a_float32_fit_keeps_the_attention_input_gram_in_float64(capsys):
+    """Variances at 1e-11 of the largest: float32 products fail their certificate."""
+    X_train = make_modular_addition()[0][:1000]
+    lib = LIBTransformer(
+        load_modular_addition(0),
+        "blocks.0.attn",
+        downstream_layers=["blocks.0.mlp"],
+        dtype="float32",
+        verbose=True,
+    ).fit(X_train)
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "Gram products of activations" in line)
+    assert "'blocks.0.attn'" in line and "float64 (float32 products not within 1e-05" in line
+    assert lib.lambdas_[0] > 0

@@ -24,7 +24,8 @@ fails that check and falls back).
 import torch
 from torch import nn
 
-from ..._core.distributed import all_reduce_sum, global_count
+from ..._core.distributed import global_count
+from ..._core.gram_sum import GramSum
 from ..._core.numerics import CHUNK_ELEMENTS
 from ..cotangents import scaled
 from ..integration import is_plain
@@ -165,7 +166,11 @@ class LinearElementwise(ClosedForm):
         """
         C = matrix.to(torch.float64)
         W = self.linear.weight.to(torch.float64)
-        return W.T @ ((C @ C.T) * S) @ W
+        # Two d x d temporaries at most, for wide layers: K, then W^T K.
+        K = C @ C.T
+        K *= S
+        K = W.T @ K
+        return K @ W
 
     def gram(self, x, points, weights, cotangents):
         """``W^T (sum_p K_p * S_p) W`` in float64, with ``S_p = sum_x s s^T`` per position."""
@@ -231,8 +236,7 @@ class SlopeGram:
         self.from_outputs = plain and form.slopes_from_outputs(torch.zeros(1)) is not None
         self.binary = self.from_outputs and form.binary_slopes
         self.reads = (self.src, self.dst) if self.from_outputs else (self.src,)
-        width = form.linear.out_features
-        self.total = torch.zeros(width, width, dtype=torch.float64, device=session.device)
+        self.sums = GramSum(form.linear.out_features, session.device, session.dtype)
         self.rows = 0
 
     def update(self, batch, acts):
@@ -243,20 +247,17 @@ class SlopeGram:
             alphas, weights = self.rule
             s = self.form.integrated_slopes(scaled(f, alphas), weights)
         s = s.reshape(-1, s.shape[-1])  # (n * P, d_next): positions are samples here
-        if (self.binary and s.shape[0] < 2**24) or s.dtype != torch.float64:
-            # 0/1 slopes (ReLU) have exact float32 products (counts below 2^24 per
-            # batch); a float32 fit takes its own dtype's.  Sums stay float64.
-            low = s.to(torch.float32)
-            self.total += (low.T @ low).to(torch.float64)
-        else:
-            self.total.addmm_(s.T, s)
+        # 0/1 slopes (ReLU) have exact float32 products (counts below 2^24 per
+        # batch); others take the fit's dtype where certified.  Sums stay float64.
+        exact = torch.float32 if self.binary and s.shape[0] < 2**24 else None
+        self.sums.add(s, exact=exact)
         self.rows += batch.n_rows(f.shape[1:])
 
     def result(self):
-        all_reduce_sum(self.total)
-        self.rows = global_count(self.rows, self.total.device)
+        self.sums.reduce()
+        self.rows = global_count(self.rows, self.sums.device)
         return self
 
     def m_prime(self, matrix):
         """``M'`` in the next basis ``matrix`` ``(d_next, k_next)``, per row, as numpy."""
-        return (self.form.gram_from_slopes(self.total, matrix) / self.rows).cpu().numpy()
+        return (self.form.gram_from_slopes(self.sums.total, matrix) / self.rows).cpu().numpy()

@@ -13,8 +13,8 @@ from sklearn_lib._core.numerics import (
     TOLERANCES,
     Tolerances,
     all_finite,
+    blas_threads,
     max_relative_error,
-    one_blas_thread,
     tolerances,
 )
 
@@ -75,22 +75,22 @@ def _blas_threads():
     return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
 
-def test_one_blas_thread_inside_and_restored_after():
+def test_blas_threads_inside_and_restored_after():
     before = _blas_threads()
-    with one_blas_thread():
+    with blas_threads(1):
         assert all(n == 1 for n in _blas_threads())
         np.linalg.eigh(np.eye(4))
     assert _blas_threads() == before
-    with pytest.raises(RuntimeError, match="inside"), one_blas_thread():
+    with pytest.raises(RuntimeError, match="inside"), blas_threads(1):
         raise RuntimeError("inside")
     assert _blas_threads() == before
-    with one_blas_thread():  # the lock was released by the failing block
+    with blas_threads(1):  # the lock was released by the failing block
         pass
 
 
-def test_one_blas_thread_leaves_torch_threads_alone():
+def test_blas_threads_leaves_torch_threads_alone():
     before = torch.get_num_threads()
-    with one_blas_thread():
+    with blas_threads(1):
         assert torch.get_num_threads() == before
 
 

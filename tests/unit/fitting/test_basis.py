@@ -122,3 +122,17 @@ def test_small_eigensolves_agree_with_torch(rng):
     np.testing.assert_allclose(values, ref_values[::-1], rtol=0, atol=1e-13 * values[0])
     signs = np.sign(np.sum(vectors * ref_vectors[:, ::-1], axis=0))
     np.testing.assert_allclose(vectors, ref_vectors[:, ::-1] * signs, atol=1e-9)
+
+
+def test_bases_of_one_feature_hold_plain_arrays():
+    """The eigenvectors are views of LAPACK's columns, reversed; a stored basis is not."""
+    gram = np.array([[2.0]])
+    pca = fit_node_basis(
+        "h", (1,), np.zeros(1), gram, None, kind="pca", n_components=None, threshold=0, rtol=1e-12
+    )
+    output = pca_output_basis((1,), np.zeros(1), gram)
+    for basis in (pca, output):
+        for array in (basis.matrix, basis.pinv):
+            assert all(stride > 0 for stride in array.strides)
+        mean, C, C_pinv = basis.tensors("cpu")
+        torch.testing.assert_close(C, torch.ones(1, 1, dtype=torch.float64))

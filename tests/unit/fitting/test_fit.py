@@ -21,7 +21,7 @@ from torch import nn
 from toy_models import PositionMixer, ResidualMLP, tanh_mlp
 
 from sklearn_lib import LIBTransformer, integration_rule
-from sklearn_lib._core.nodes import Section
+from sklearn_lib._core.nodes import Section, sections_of
 from sklearn_lib._fitting.basis import NodeBasis
 from sklearn_lib._fitting.fit import (
     FitResult,
@@ -31,6 +31,7 @@ from sklearn_lib._fitting.fit import (
     inspect,
     plan_fit,
     row_seconds,
+    statistics_bytes,
 )
 from sklearn_lib._fitting.plan import make_plan
 from sklearn_lib._fitting.stochastic import AUTO_MIN_ROUNDS, AUTO_SOURCES, STOCHASTIC_BATCH_SIZE
@@ -354,6 +355,87 @@ def test_a_wide_layer_says_its_linear_algebra_as_it_starts(capsys):
     LIBTransformer(model, "2", verbose=True).fit(X)
     err = capsys.readouterr().err
     assert "basis of '2': M' and the eigendecompositions of 1024 x 1024 matrices (about" in err
+    # Then each step as it starts: none runs for long unannounced.
+    steps = [
+        "M' from the slopes gathered in the statistics pass",
+        "the eigendecomposition of the activations' Gram",
+        "M in whitened coordinates",
+        "the eigendecomposition of M",
+        "C and its pseudo-inverse",
+    ]
+    said = [
+        line.split("basis of '2': ")[1] for line in err.splitlines() if "basis of '2': " in line
+    ]
+    assert said[1:] == steps
+    LIBTransformer(model, "2", basis="pca", verbose=True).fit(X)
+    said = [
+        line.split("basis of '2': ")[1]
+        for line in capsys.readouterr().err.splitlines()
+        if "basis of '2': " in line
+    ]
+    assert said == ["the eigendecomposition of 1024 x 1024 matrices (about 1 s)", steps[1]]
     narrow = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
     LIBTransformer(narrow, "2", verbose=True).fit(X)
-    assert "eigendecompositions" not in capsys.readouterr().err
+    assert "basis of" not in capsys.readouterr().err
+
+
+def _relu_chain(widths=(16, 48, 48, 4)):
+    torch.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:]), start=1):
+        layers += [(f"fc{i}", nn.Linear(a, b)), (f"act{i}", nn.ReLU())]
+    return nn.Sequential(OrderedDict(layers[:-1]))
+
+
+def test_a_float32_fit_takes_certified_grams_in_float32_and_says_so(capsys, monkeypatch):
+    """Lambda within the certificate's bound of the same fit's with float64 products.
+
+    Each Gram moves each Lambda by at most ``LOW_PRECISION_RTOL`` relative;
+    down a chain of three node layers the next bases carry their own, so
+    three times that.
+    """
+    import sklearn_lib._core.gram_sum as gram_sum
+
+    model, X = _relu_chain(), np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    fit32 = lambda: LIBTransformer(  # noqa: E731
+        model, "fc1", downstream_layers=["fc2", "fc3"], dtype="float32", verbose=True
+    ).fit(X)
+    low = fit32()
+    err = capsys.readouterr().err
+    assert "Grams multiplied in float32 where a Gram's first rows certify them" in err
+    assert (
+        "Gram products of activations 'fc1', activations 'fc2', activations 'fc3': "
+        "float32 (certified within 1e-05 on its first 3,000 rows)" in err
+    )
+    assert "Gram products of slopes 'fc1', slopes 'fc2', slopes 'fc3': float32 (exact" in err
+    certified = gram_sum.LOW_PRECISION_RTOL
+    monkeypatch.setattr(gram_sum, "LOW_PRECISION_RTOL", 0.0)  # no certificate passes
+    exact = fit32()
+    assert "activations 'fc3': float64 (float32 products not within 0 " in capsys.readouterr().err
+    for name in ("fc1", "fc2", "fc3"):
+        got, expected = low.bases_[name].lambdas, exact.bases_[name].lambdas
+        assert not np.array_equal(got, expected)  # the products did differ
+        np.testing.assert_allclose(got, expected, rtol=3 * certified)
+
+
+def test_a_float64_fit_says_nothing_of_gram_products(capsys):
+    model, X = _relu_chain(), np.random.default_rng(0).normal(size=(300, 16))
+    LIBTransformer(model, "fc1", downstream_layers=["fc2"], verbose=True).fit(X)
+    err = capsys.readouterr().err
+    assert "Gram products" not in err and "Grams multiplied" not in err
+
+
+def test_auto_batches_of_a_statistics_pass_hold_its_activations():
+    """Closed forms gathered by the statistics pass build no graph, so their batches are
+    bounded by the activations the pass holds: 64 positions of 548 values, in float64."""
+    from sklearn_lib._model.batching import auto_batch_size
+
+    model = _relu_chain((32, 256, 256, 4))
+    X = np.random.default_rng(0).normal(size=(300, 64, 32)).astype(np.float32)
+    lib = LIBTransformer(model, "fc1", downstream_layers=["fc2", "fc3"]).fit(X)
+    sections = sections_of(
+        ["fc1", "fc2", "fc3"], {"fc1": (64, 32), "fc2": (64, 256), "fc3": (64, 256)}, (64, 4)
+    )
+    held = statistics_bytes(sections)
+    assert held == 8 * 64 * (32 + 256 + 256 + 4)
+    assert lib.batch_size_ == auto_batch_size(held, "cpu") == 256

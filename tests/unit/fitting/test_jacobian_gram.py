@@ -119,7 +119,7 @@ def test_reset_starts_a_new_round(mixer, rng):
     acc.reset(5)
     assert acc.sources == 5 and acc.rows == 0 and acc.count == 0
     assert acc.kept is None  # sampled rows are not the edges' rows
-    assert torch.count_nonzero(acc.total) == 0 and acc.total.dtype == torch.float64
+    assert torch.count_nonzero(acc.sums.total) == 0 and acc.sums.total.dtype == torch.float64
     acc.reset(None)
     # Not added to the first pass: the same M' again.
     np.testing.assert_allclose(run(session, X, acc), first, rtol=1e-12, atol=0)

@@ -119,3 +119,19 @@ def test_auto_batch_size_follows_the_budget(monkeypatch):
 
 def test_the_default_batch_size_is_in_range():
     assert batching.MIN_BATCH_SIZE <= batching.DEFAULT_BATCH_SIZE <= batching.MAX_BATCH_SIZE
+
+
+def test_saved_bytes_leave_out_the_models_own_tensors():
+    """A Linear layer saves its weight, which does not grow with the batch."""
+    linear = torch.nn.Linear(256, 256).double().requires_grad_(False)
+    x = torch.randn(8, 256, dtype=torch.float64, requires_grad=True)
+    run = lambda: torch.relu(linear(x))  # noqa: E731
+    assert batching.saved_bytes_per_sample(x, run) == (256 * 256 * 8 + 8 * 256 * 8) / 8
+    assert batching.saved_bytes_per_sample(x, run, fixed=linear.parameters()) == 256 * 8
+
+
+def test_saved_bytes_of_tensors_without_a_storage():
+    x = torch.randn(8, 4, requires_grad=True)
+    adjacency = torch.eye(8).to_sparse()
+    run = lambda: torch.sparse.mm(adjacency, x)  # noqa: E731
+    assert batching.saved_bytes_per_sample(x, run, fixed=[adjacency]) > 0

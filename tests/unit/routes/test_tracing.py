@@ -66,3 +66,28 @@ def test_traces_in_many_threads_restore_torch():
         thread.join()
     assert not errors, errors
     assert nn.Module.__call__ is call and nn.Module.__getattr__ is getattr_
+
+
+class Counts(nn.Module):
+    """A forward that assigns its buffer and a tensor attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+        self.last = torch.zeros(2)
+
+    def forward(self, x):
+        self.calls += 1
+        self.last = x.sum(0)
+        return x * 2
+
+
+def test_a_trace_puts_back_the_tensors_a_forward_assigns():
+    model = nn.Sequential(nn.Linear(2, 2), Counts())
+    tracing.trace(tracing.LeafTracer(set()), model)
+    counts = model[1]
+    assert type(counts.calls) is torch.Tensor and float(counts.calls) == 0
+    assert type(counts.last) is torch.Tensor and torch.equal(counts.last, torch.zeros(2))
+    assert dict(counts.named_buffers()).keys() == {"calls"}
+    model(torch.ones(3, 2))  # and the model still runs
+    assert float(counts.calls) == 1
