@@ -90,3 +90,20 @@ def test_which_sections_take_the_closed_form():
     assert linear_elementwise_section(PositionMixer(), "mix", "head") is None
     assert linear_elementwise_section(ResidualMLP(), "block", "out") is None
     assert linear_elementwise_section(tanh_mlp(), "fc2", "fc3")[0] == "fc2"
+
+
+@pytest.mark.parametrize("n_cotangents", [1, 4])  # 6 rows, fewer than 7 hidden units; 24
+def test_the_gram_of_few_rows_and_of_many_equal_autograds(n_cotangents):
+    torch.manual_seed(1)
+    linear = nn.Linear(5, 7).double()
+    form = LinearElementwise(linear, [nn.Tanh()])
+    points = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    cotangents = torch.randn(n_cotangents, 2, 7, dtype=torch.float64)
+    got = form.gram(None, points.detach(), torch.ones(1, dtype=torch.float64), cotangents)
+    outputs = torch.tanh(linear(points))
+    expected = torch.zeros(5, 5, dtype=torch.float64)
+    for c in cotangents:
+        (g,) = torch.autograd.grad((outputs * c).sum(), points, retain_graph=True)
+        rows = g.reshape(-1, 5)
+        expected += rows.T @ rows
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
