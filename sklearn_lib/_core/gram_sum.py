@@ -162,16 +162,20 @@ def loewner_within(gram, error, rtol):
     Both ``rtol G - E`` and ``rtol G + E`` must have a Cholesky factor, on
     the Gram's support: directions with no variance at all (a dead unit, a
     constant pixel) have ``G`` and ``E`` exactly zero there, products of zeros
-    being exact, and are left out; an error in them fails the certificate.
+    being exact, and are left out (taken to stay without variance in later
+    rows); an error in them fails the certificate.  No error at all passes;
+    a Gram of zeros fails (it shows nothing).
     """
     support = torch.diagonal(gram) > 0
+    if not bool(support.any()):
+        return False  # rows of zeros prove nothing of the rows to come
+    if not bool(error.any()):
+        return True  # exact, whatever the Gram's rank
     outside = ~support
     if bool(outside.any()):
         if bool(error[outside].any()) or bool(error[:, outside].any()):
             return False
         gram, error = gram[support][:, support], error[support][:, support]
-    if gram.shape[0] == 0:
-        return True
     scaled = rtol * gram
     return all(
         int(torch.linalg.cholesky_ex(scaled + sign * error).info) == 0 for sign in (1.0, -1.0)

@@ -149,8 +149,11 @@ def blas_threads(n):
     counts, which belong to each thread (OpenMP, MKL) and which users set
     for their own work, are never touched.
     """
-    with _BLAS_LOCK, _controller().limit(limits=n, user_api="blas"):
-        yield
+    with _BLAS_LOCK:
+        # Never more than they have: a user's OPENBLAS_NUM_THREADS stands.
+        now = [info["num_threads"] for info in _controller().select(user_api="blas").info()]
+        with _controller().limit(limits=min([n, *now]), user_api="blas"):
+            yield
 
 
 def all_finite(tensor):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._core.nodes import OUTPUT_NODE, n_positions, sections_of
-from .._model.batching import saved_bytes_per_sample
+from .._model.batching import WORKING_SET_FACTOR, saved_bytes_per_sample
 from .._model.capture import check_cut, check_gradient_flow, inspect_node_layers
 from .._model.session import outside_inference_mode
 from .._routes.cotangents import Cotangents
@@ -124,12 +124,13 @@ def bytes_per_sample(session, probe, sections, plan):
     if plan.stochastic:
         return STOCHASTIC_BATCH_SIZE
     fixed = session.weights
-    held = statistics_bytes(sections)
+    element = torch.finfo(session.dtype).bits // 8
+    held = statistics_bytes(sections, element, output_gram=plan.output_gram)
     # Sections whose closed form's statistics the statistics pass gathers build
     # no graph: a fit of only those (or PCA's) holds what that pass holds.
     graphs = [s for s in sections if plan.sections and plan.section(s).route != "statistics pass"]
     if not graphs:
-        return max(held, saved_bytes_per_sample(probe, lambda: session.run(probe), fixed))
+        return held + saved_bytes_per_sample(probe, lambda: session.run(probe), fixed)
     with torch.no_grad():
         acts = session.read(probe, [s.src for s in graphs])
     saved = (
@@ -142,15 +143,26 @@ def bytes_per_sample(session, probe, sections, plan):
         )
         for s, f in zip(graphs, acts)
     )
-    return max(held, *saved)
+    # The last section's graph may be built within the statistics pass: both at once.
+    return held + max(saved)
 
 
-def statistics_bytes(sections):
-    """Bytes per sample that the statistics pass holds: every node layer's activations
-    and the output's, as float64 rows (a forward pass without gradients saves none
-    for autograd to count)."""
-    values = sum(math.prod(s.src_shape) for s in sections) + math.prod(sections[-1].dst_shape)
-    return 8.0 * values  # a float: an int would be read as a batch size
+def statistics_bytes(sections, element_size=8, output_gram=False):
+    """What the statistics pass holds per sample, in the units of saved bytes.
+
+    Every node layer's activations and the output, as the pass reads them
+    (``element_size`` bytes each), and the float64 rows and centred rows of
+    one Gram at a time (the widest); the output has a Gram only for
+    ``output_basis="pca"``.  A forward pass has no backward working set, so
+    this is divided by the factor that :func:`auto_batch_size` applies to
+    what autograd saves.  (A forward pass without gradients saves nothing
+    for autograd to count.)
+    """
+    layers = [math.prod(s.src_shape) for s in sections]
+    output = math.prod(sections[-1].dst_shape)
+    widest = max(layers + ([output] if output_gram else []))
+    held = element_size * (sum(layers) + output) + 16 * widest
+    return held / WORKING_SET_FACTOR  # a float: an int would be read as a batch size
 
 
 @outside_inference_mode

@@ -197,6 +197,8 @@ class FitPlan:
     #: dtype (see :class:`~sklearn_lib._core.gram_sum.GramSum`); float64 products
     #: only where it is ``"float64"``.
     gram_dtype: str = "float64"
+    #: Whether the statistics pass takes the output's Gram (``output_basis="pca"``).
+    output_gram: bool = False
 
     @property
     def stochastic(self):
@@ -319,7 +321,8 @@ def make_plan(
     dense = sum(dense_seconds(s.src_shape[-1], settings.basis) for s in sections)
     if settings.basis != "lib":
         edges = tuple(sections) if compute_graph else ()
-        return FitPlan(owner, n_samples, (), batch_size, edges, False, dense, gram_dtype)
+        pca = settings.output_basis == "pca"
+        return FitPlan(owner, n_samples, (), batch_size, edges, False, dense, gram_dtype, pca)
     plans = tuple(
         _section_plan(
             section,
@@ -333,7 +336,8 @@ def make_plan(
     )
     edges_pass = tuple(s.section for s in plans if compute_graph and not s.keep_rows)
     asked = settings.n_stochastic_sources is not None
-    return FitPlan(owner, n_samples, plans, batch_size, edges_pass, asked, dense, gram_dtype)
+    pca = settings.output_basis == "pca"
+    return FitPlan(owner, n_samples, plans, batch_size, edges_pass, asked, dense, gram_dtype, pca)
 
 
 def _section_plan(section, route, settings, *, n_samples, price, compute_graph):

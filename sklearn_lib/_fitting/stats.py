@@ -56,10 +56,18 @@ class MomentAccumulator:
         certificate fails there.
         """
         f = acts[self.name].detach()
-        rows = f.reshape(-1, self.sum.shape[0]).to(torch.float64)  # (m, d)
+        rows = f.reshape(-1, self.sum.shape[0])  # (m, d)
         valid = batch.valid(f.shape[1:])
         if valid is not None:
             rows = rows[valid.reshape(-1)]
+        if self.sq is None:
+            # The mean alone (a language model's logits): summed in float64 as
+            # it is read, with no float64 copy of the batch; no shift needed.
+            self.shift = torch.zeros_like(self.sum)
+            self.sum += rows.sum(0, dtype=torch.float64)
+            self.count += rows.shape[0]
+            return
+        rows = rows.to(torch.float64)
         if self.shift is None:
             centre = self.center and rows.shape[0] > 0  # not a batch of padding only
             shift = rows.to(torch.float64).mean(0) if centre else torch.zeros_like(self.sum)
@@ -71,8 +79,7 @@ class MomentAccumulator:
             self.shift = shift
         centred = rows - self.shift  # (m, d)
         self.sum += centred.sum(0)
-        if self.sq is not None:
-            self.sq.add(centred)
+        self.sq.add(centred)
         self.count += rows.shape[0]
 
     def result(self):

@@ -11,7 +11,6 @@ import inspect
 import threading
 import warnings
 
-import torch
 from torch import fx
 
 
@@ -79,28 +78,43 @@ def trace(tracer, root, concrete_args=None, kept=None):
     fx stores tensors that are no attribute of the model on the root as
     ``_tensor_constant*``; they are removed again, so that tracing never
     changes the session's model (into the dict ``kept``, where given, for
-    whoever runs the graph).  A forward that assigns its buffers or tensor
-    attributes (``self.calls += 1``) would leave fx's symbolic values in
-    them: they are put back.
+    whoever runs the graph).  A forward that assigns its attributes
+    (``self.calls += 1``, ``self.n = x.shape[0]``) would leave fx's symbolic
+    values in them: every module's attributes, parameters, buffers and
+    submodules are put back as they were, also when the trace fails.  (What
+    a forward changes inside an attribute, appending to a list of its own,
+    is not undone.)
     """
-    before = set(vars(root))
-    tensors = [
-        (module, dict(module._buffers), _tensor_attributes(module)) for module in root.modules()
-    ]
+    before = _attributes(root)
     try:
         return tracer.trace(root, concrete_args)
     finally:
-        for name in set(vars(root)) - before:
+        added = set(vars(root)) - set(before[0][1])
+        for name in added:
             if kept is not None:
-                kept[name] = getattr(root, name)
-            delattr(root, name)
-        for module, buffers, attributes in tensors:
-            module._buffers.update(buffers)
-            vars(module).update(attributes)
+                kept[name] = vars(root)[name]
+        _put_back(before)
 
 
-def _tensor_attributes(module):
-    return {name: value for name, value in vars(module).items() if isinstance(value, torch.Tensor)}
+_INNER = ("_parameters", "_buffers", "_modules")
+
+
+def _attributes(root):
+    """Every module's attributes, and copies of its dicts of parameters, buffers and
+    submodules (the root's first)."""
+    return [
+        (module, dict(vars(module)), {name: dict(vars(module)[name]) for name in _INNER})
+        for module in root.modules()
+    ]
+
+
+def _put_back(attributes):
+    for module, saved, inner in attributes:
+        vars(module).clear()
+        vars(module).update(saved)
+        for name, items in inner.items():
+            vars(module)[name].clear()
+            vars(module)[name].update(items)
 
 
 def defaults(forward):

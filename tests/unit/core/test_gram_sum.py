@@ -154,7 +154,10 @@ def test_directions_without_variance_are_left_out_of_the_certificate():
     error = torch.zeros(8, 8, dtype=torch.float64)
     error[3, 3] = 1e-30  # an error where there is no variance: not certified
     assert not loewner_within(gram, error, 1e-5)
-    assert loewner_within(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, 2), 1e-5)
+    zeros = torch.zeros(2, 2, dtype=torch.float64)
+    assert not loewner_within(zeros, zeros, 1e-5)  # rows of zeros prove nothing
+    duplicated = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    assert loewner_within(duplicated, zeros, 1e-5)  # no error at all, whatever the rank
 
 
 def test_a_decided_batch_is_multiplied_once_more_at_most(monkeypatch):

@@ -427,7 +427,8 @@ def test_a_float64_fit_says_nothing_of_gram_products(capsys):
 
 def test_auto_batches_of_a_statistics_pass_hold_its_activations():
     """Closed forms gathered by the statistics pass build no graph, so their batches are
-    bounded by the activations the pass holds: 64 positions of 548 values, in float64."""
+    bounded by what the pass holds: 64 positions of 548 values in float64, and the
+    float64 rows and centred rows of the widest layer."""
     from sklearn_lib._model.batching import auto_batch_size
 
     model = _relu_chain((32, 256, 256, 4))
@@ -436,6 +437,14 @@ def test_auto_batches_of_a_statistics_pass_hold_its_activations():
     sections = sections_of(
         ["fc1", "fc2", "fc3"], {"fc1": (64, 32), "fc2": (64, 256), "fc3": (64, 256)}, (64, 4)
     )
-    held = statistics_bytes(sections)
-    assert held == 8 * 64 * (32 + 256 + 256 + 4)
-    assert lib.batch_size_ == auto_batch_size(held, "cpu") == 256
+    held = statistics_bytes(sections, 8)
+    assert held == (8 * 64 * (32 + 256 + 256 + 4) + 16 * 64 * 256) / 4
+    assert lib.batch_size_ == auto_batch_size(held, "cpu") == 512
+
+
+def test_a_wide_output_counts_once_in_its_dtype_unless_it_takes_a_gram():
+    """A language model's logits: read, their mean summed as read; a Gram only for PCA."""
+    sections = sections_of(["h"], {"h": (16, 32)}, (16, 5000))
+    logits = statistics_bytes(sections, 4)
+    assert logits == (4 * 16 * (32 + 5000) + 16 * 16 * 32) / 4
+    assert statistics_bytes(sections, 4, output_gram=True) == logits + 16 * 16 * (5000 - 32) / 4

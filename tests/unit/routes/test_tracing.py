@@ -1,5 +1,6 @@
 """Traces of user code (``_routes.tracing``) that leave the model and other threads alone."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -91,3 +92,32 @@ def test_a_trace_puts_back_the_tensors_a_forward_assigns():
     assert dict(counts.named_buffers()).keys() == {"calls"}
     model(torch.ones(3, 2))  # and the model still runs
     assert float(counts.calls) == 1
+
+
+class Remembers(nn.Module):
+    """A forward that keeps other things than tensors, and then cannot be traced."""
+
+    def __init__(self, fail):
+        super().__init__()
+        self.n, self.cache, self.fail = 0, None, fail
+
+    def forward(self, x):
+        self.n = x.shape[0]
+        self.cache = x * 3
+        if self.fail and x.sum() > 0:  # control flow on a traced value: fx fails
+            return x
+        return x * 2
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_trace_puts_back_every_attribute_also_when_it_fails(fail):
+    model = nn.Sequential(nn.Linear(2, 2), Remembers(fail))
+    try:
+        tracing.trace(tracing.LeafTracer(set()), model)
+    except torch.fx.proxy.TraceError:
+        assert fail
+    inner = model[1]
+    assert inner.n == 0 and inner.cache is None
+    assert list(vars(model)) == list(vars(nn.Sequential(nn.Linear(2, 2), Remembers(fail))))
+    model(torch.ones(3, 2))
+    assert inner.n == 3

@@ -92,18 +92,25 @@ def test_which_sections_take_the_closed_form():
     assert linear_elementwise_section(tanh_mlp(), "fc2", "fc3")[0] == "fc2"
 
 
-@pytest.mark.parametrize("n_cotangents", [1, 4])  # 6 rows, fewer than 7 hidden units; 24
-def test_the_gram_of_few_rows_and_of_many_equal_autograds(n_cotangents):
+@pytest.mark.parametrize("n_positions", [1, 2])
+@pytest.mark.parametrize("n_cotangents", [1, 4])  # fewer rows than 7 hidden units; more
+def test_the_gram_of_few_rows_and_of_many_equal_autograds(n_cotangents, n_positions):
+    """Integrated over a rule of three points with unequal weights, as a fit's would be."""
     torch.manual_seed(1)
     linear = nn.Linear(5, 7).double()
     form = LinearElementwise(linear, [nn.Tanh()])
-    points = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
-    cotangents = torch.randn(n_cotangents, 2, 7, dtype=torch.float64)
-    got = form.gram(None, points.detach(), torch.ones(1, dtype=torch.float64), cotangents)
+    f = torch.randn(3, n_positions, 5, dtype=torch.float64)
+    alphas = torch.tensor([0.2, 0.6, 1.0], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    points = torch.cat([a * f for a in alphas]).requires_grad_(True)  # alpha-major
+    cotangents = torch.randn(n_cotangents, n_positions, 7, dtype=torch.float64)
+    got = form.gram(None, points.detach(), weights, cotangents)
     outputs = torch.tanh(linear(points))
     expected = torch.zeros(5, 5, dtype=torch.float64)
     for c in cotangents:
         (g,) = torch.autograd.grad((outputs * c).sum(), points, retain_graph=True)
-        rows = g.reshape(-1, 5)
+        # The spec's integrated gradient: sum_a w_a grad F at alpha_a f, per sample.
+        integrated = sum(w * g[i * 3 : (i + 1) * 3] for i, w in enumerate(weights))
+        rows = integrated.reshape(-1, 5)
         expected += rows.T @ rows
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
