@@ -69,6 +69,8 @@ class GramSum:
         Why, in words (empty before the decision).
     used : dict of (torch.dtype, str) to None
         The dtypes products were taken in, with why, in order (:attr:`words`).
+    total : torch.Tensor of shape (d, d)
+        The float64 sum.
     """
 
     def __init__(self, width, device, low=None):
@@ -78,7 +80,7 @@ class GramSum:
         self.precision = None if self.low is not None else torch.float64
         self.why = "" if self.low is not None else "the fit's dtype"
         self.used = {}
-        self._sum = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self.total = torch.zeros(width, width, dtype=torch.float64, device=device)
 
     def add(self, rows, alpha=1.0, exact=None):
         """Add ``alpha * rows^T rows`` for rows ``(m, d)`` of any float dtype.
@@ -108,9 +110,9 @@ class GramSum:
             rows = rows_or_product.to(torch.float64)
             # In place: on the CPU (MKL) the sum is then the same to the last
             # bit however the rows are chunked.
-            self._sum.addmm_(rows.T, rows, alpha=alpha)
+            self.total.addmm_(rows.T, rows, alpha=alpha)
         else:
-            self._sum.add_(rows_or_product.to(torch.float64), alpha=alpha)
+            self.total.add_(rows_or_product.to(torch.float64), alpha=alpha)
 
     def _decide(self, rows):
         """``(dtype, why, what to add)`` for every later batch, from these rows' certificate.
@@ -133,17 +135,12 @@ class GramSum:
     def add_matrix(self, matrix, alpha=1.0):
         """Add ``alpha * matrix``, a symmetric ``(d, d)`` Gram made by a closed form."""
         self.used[(matrix.dtype, "made by its closed form")] = None
-        self._sum.add_(matrix.to(torch.float64), alpha=alpha)
+        self.total.add_(matrix.to(torch.float64), alpha=alpha)
 
     def reduce(self):
         """Sum over ranks (in place; a no-op in a single process)."""
-        all_reduce_sum(self._sum)
+        all_reduce_sum(self.total)
         return self
-
-    @property
-    def total(self):
-        """The float64 sum, ``(d, d)``."""
-        return self._sum
 
     @property
     def words(self):

@@ -124,11 +124,11 @@ def bytes_per_sample(session, probe, sections, plan):
     if plan.stochastic:
         return STOCHASTIC_BATCH_SIZE
     fixed = session.weights
-    element = torch.finfo(session.dtype).bits // 8
-    held = statistics_bytes(sections, element, output_gram=plan.output_gram)
+    held = statistics_bytes(sections, session.dtype.itemsize, output_gram=plan.output_gram)
     # Sections whose closed form's statistics the statistics pass gathers build
     # no graph: a fit of only those (or PCA's) holds what that pass holds.
-    graphs = [s for s in sections if plan.sections and plan.section(s).route != "statistics pass"]
+    gathered = {s.section.src for s in plan.sections if s.route == "statistics pass"}
+    graphs = [s for s in sections if s.src not in gathered] if plan.sections else []
     if not graphs:
         return held + saved_bytes_per_sample(probe, lambda: session.run(probe), fixed)
     with torch.no_grad():
@@ -378,7 +378,7 @@ class _Fit:
         self._say_products([(acc.what, acc.sums)])
         return m_prime
 
-    def _basis_of(self, section, m_prime, say=None):
+    def _basis_of(self, section, m_prime, say=say_nothing):
         """The fitted basis of ``section.src`` for ``m_prime`` (None: PCA)."""
         settings, session = self.settings, self.session
         stats, shape = self.moments[section.src], section.src_shape
@@ -396,5 +396,5 @@ class _Fit:
             threshold=settings.truncation_threshold,
             rtol=session.tolerances.null_space,
             floor=session.tolerances.noise_floor(gram, mean),
-            say=say or say_nothing,
+            say=say,
         )

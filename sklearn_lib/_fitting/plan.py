@@ -319,9 +319,9 @@ def make_plan(
         The fit's compute dtype, which Grams are multiplied in where certified.
     """
     dense = sum(dense_seconds(s.src_shape[-1], settings.basis) for s in sections)
+    pca = settings.output_basis == "pca"
     if settings.basis != "lib":
         edges = tuple(sections) if compute_graph else ()
-        pca = settings.output_basis == "pca"
         return FitPlan(owner, n_samples, (), batch_size, edges, False, dense, gram_dtype, pca)
     plans = tuple(
         _section_plan(
@@ -336,7 +336,6 @@ def make_plan(
     )
     edges_pass = tuple(s.section for s in plans if compute_graph and not s.keep_rows)
     asked = settings.n_stochastic_sources is not None
-    pca = settings.output_basis == "pca"
     return FitPlan(owner, n_samples, plans, batch_size, edges_pass, asked, dense, gram_dtype, pca)
 
 

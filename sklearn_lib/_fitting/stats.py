@@ -40,8 +40,9 @@ class MomentAccumulator:
         self.name = name
         self.center = center
         self.count = 0
-        self.shift = None
         self.sum = torch.zeros(n_features, dtype=torch.float64, device=device)
+        # The mean alone needs no shift; a Gram's is its first batch's mean.
+        self.shift = None if gram else torch.zeros_like(self.sum)
         self.sq = GramSum(n_features, device, low) if gram else None
 
     def update(self, batch, acts):
@@ -62,15 +63,14 @@ class MomentAccumulator:
             rows = rows[valid.reshape(-1)]
         if self.sq is None:
             # The mean alone (a language model's logits): summed in float64 as
-            # it is read, with no float64 copy of the batch; no shift needed.
-            self.shift = torch.zeros_like(self.sum)
+            # it is read, with no float64 copy of the batch.
             self.sum += rows.sum(0, dtype=torch.float64)
             self.count += rows.shape[0]
             return
         rows = rows.to(torch.float64)
         if self.shift is None:
             centre = self.center and rows.shape[0] > 0  # not a batch of padding only
-            shift = rows.to(torch.float64).mean(0) if centre else torch.zeros_like(self.sum)
+            shift = rows.mean(0) if centre else torch.zeros_like(self.sum)
             if distributed():
                 # Every rank must use the same shift for the sums to add up:
                 # the average of the ranks' first-batch means.
