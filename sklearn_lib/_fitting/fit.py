@@ -185,30 +185,51 @@ def plan_fit(session, source, probe, sections, routes, settings, *, compute_grap
     )
 
 
-def row_seconds(session, probe, settings, route, n_rows):
+def row_seconds(session, probe, settings, route, n_rows, exact=False):
     """Seconds per Jacobian row and probe sample of a section's ``M'``, on its route.
 
     Timed on the real computation (``n_rows`` random rows of the section's
     own width, the integration rule's points, the Gram), best of three for
     more than one row.  None when it fails: pricing never stops a fit, and
     the pass that meets the same failure reports it, naming its batch.
+
+    For an ``exact`` fit on a route whose exact rows cost less than random
+    ones (they go back per output position, ``exact_per_position``), the rows
+    timed are the exact rows of one next feature at every position (already
+    ``P_out`` rows; best of two where ``n_rows`` asks for more than one), unless
+    the section's width of them would not go back per position
+    (``per_position_fits``).
     """
     section = route.section
-    exact = Cotangents.identity(section.dst_shape, session.dtype, session.device)
-    cotangents = m_prime_sources(exact, n_rows, torch.Generator().manual_seed(0))
+    exact_rows = Cotangents.identity(section.dst_shape, session.dtype, session.device)
+    form = route.form("rows")
+    repeats = 3 if n_rows > 1 else 1
+    if exact and getattr(form, "exact_per_position", False) and exact_rows.n_positions > 1:
+        one = Cotangents(exact_rows.matrix[:, :1], exact_rows.n_positions)
+        seconds = _timed(session, probe, settings, route, one, min(repeats, 2))
+        if form.per_position_fits(exact_rows.matrix.shape[1]):
+            return None if seconds is None else seconds / exact_rows.n_positions
+    cotangents = m_prime_sources(exact_rows, n_rows, torch.Generator().manual_seed(0))
+    seconds = _timed(session, probe, settings, route, cotangents, repeats)
+    return None if seconds is None else seconds / n_rows
+
+
+def _timed(session, probe, settings, route, cotangents, repeats):
+    """Seconds per probe sample of the section's ``M'`` with ``cotangents``, best of
+    ``repeats``, or None where it fails."""
     rule = rule_tensors(settings.rule, session.device)
     jacobian = SectionJacobian(session, route)
     with torch.no_grad():
-        (f,) = session.read(probe, [section.src])
+        (f,) = session.read(probe, [route.section.src])
     best = float("inf")
-    for _ in range(3 if n_rows > 1 else 1):
+    for _ in range(repeats):
         start = time.perf_counter()
         try:
             jacobian.gram_sum(probe, f, cotangents, rule)
         except Exception:  # any failure of the model: no price
             return None
         best = min(best, time.perf_counter() - start)
-    return best / (n_rows * f.shape[0])
+    return best / f.shape[0]
 
 
 @outside_inference_mode

@@ -308,8 +308,9 @@ def make_plan(
     n_samples : int or None
     batch_size : int, optional
     price : callable, optional
-        ``price(route, n_rows)``: seconds per row and sample of the section's
-        ``M'`` on the route that will run, or None (see
+        ``price(route, n_rows, exact=...)``: seconds per row and sample of the
+        section's ``M'`` on the route that will run (``exact``: with the exact
+        rows), or None (see
         :func:`~sklearn_lib._fitting.fit.row_seconds`).  One row prices the
         fit roughly; a fit that might be long (over a tenth of
         :data:`LONG_FIT_SECONDS`) is priced again with four rows.
@@ -363,9 +364,10 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     if price is None or n_samples is None or not priced or plan.sources == "auto":
         return plan
     # One backward pass per row and batch: the cost grows as rows * samples.
-    seconds = _times(plan.backward_rows * n_samples, price(route, 1))
+    exact = plan.sources is None
+    seconds = _times(plan.backward_rows * n_samples, price(route, 1, exact=exact))
     if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
-        seconds = _times(plan.backward_rows * n_samples, price(route, 4))
+        seconds = _times(plan.backward_rows * n_samples, price(route, 4, exact=exact))
     return replace(plan, seconds=seconds)
 
 

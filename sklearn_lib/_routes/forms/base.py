@@ -110,6 +110,10 @@ class ClosedForm(abc.ABC):
         Whether :meth:`gram` takes exact cotangent rows as an
         :class:`~sklearn_lib._routes.cotangents.ExactRows` (made chunk by
         chunk) rather than all of them as one tensor.
+    exact_per_position : bool
+        Whether exact rows of several output positions cost less per row than
+        random combinations of them (they go back per position), so that a fit
+        is priced on exact rows.
     reads_forward_kwargs : bool
         Whether the form reads the model as called with ``forward_kwargs``
         (a traced form that traces with them); the veto keeps the others off.
@@ -120,6 +124,7 @@ class ClosedForm(abc.ABC):
     traced = True
     padding = False
     exact_rows = False
+    exact_per_position = False
     reads_forward_kwargs = False
 
     @classmethod

@@ -15,6 +15,7 @@ operation outside the table, or a case of one that it does not cover
 
 import builtins
 import inspect
+import itertools
 import math
 import operator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import BY_FUNCTION, ELEMENTWISE_MODULES, IDENTITIES
-from .traced_pending import Pending, fold, pending_product
+from .traced_pending import Pending, Pieces, fold, pending_product
 
 #: Local einsum letters for the axes before the last of a linear map's input.
 _BATCH = "ABCDEFGHIJKLMN"
@@ -61,6 +62,7 @@ class Op:
     vjp: object
     save: object = None
     pending: bool = False  # whether vjp takes a Pending cotangent
+    pieces: bool = False  # whether vjp takes a Pieces cotangent
     #: The arguments it has products for (None: all), and how the plan names an
     #: other one that depends on the section's start (the section then takes autograd).
     takes: frozenset = None
@@ -222,11 +224,9 @@ def _matmul_vjp(a, out, g, saved, wanted):
     x, y = a["input"], a["other"]
     if x.ndim < 2 or y.ndim < 2:
         raise Unsupported("a product with a vector")
-    if isinstance(g, Pending):
-        folded = _fold_linear(g, y, "io", x.ndim) if wanted == {"input"} else None
-        if folded is not None:
-            return {"input": folded}
-        g = g.materialize()
+    taken, g = _by_weight(g, x, y, wanted)
+    if taken is not None:
+        return taken
     g = _dense(g, out, 2)
     if wanted == {"input", "other"} and x.ndim == y.ndim == out.ndim:
         batch = _BATCH[: out.ndim - 2]
@@ -245,7 +245,22 @@ def _matmul_vjp(a, out, g, saved, wanted):
     return grads
 
 
+def _by_weight(g, x, y, wanted):
+    """``(products, g)``: a lazy cotangent of ``x @ y`` (pieces, pending) taken with the
+    weight ``y`` at once where only ``x`` wants it, else None and ``g`` as a tensor."""
+    lazy = isinstance(g, (Pieces, Pending))
+    if lazy and wanted == {"input"} and y.ndim == 2 and isinstance(g, Pieces):
+        return {"input": g.times(y.T)}, g
+    if lazy and wanted == {"input"} and isinstance(g, Pending):
+        folded = _fold_linear(g, y, "io", x.ndim)
+        if folded is not None:
+            return {"input": folded}, g
+    return None, g.materialize() if lazy else g
+
+
 def _linear_vjp(a, out, g, saved, wanted):
+    if isinstance(g, Pieces):
+        return {"input": g.times(a["weight"])}
     if isinstance(g, Pending):
         folded = _fold_linear(g, a["weight"], "oi", a["input"].ndim)
         if folded is not None:
@@ -264,6 +279,10 @@ def _fold_linear(g, weight, w_sub, ndim):
 
 def _addmm_vjp(a, out, g, saved, wanted):
     beta, alpha = a["beta"], a["alpha"]
+    if isinstance(g, Pieces):
+        if wanted == {"mat1"}:
+            return {"mat1": _scaled(g.times(a["mat2"].T), alpha)}
+        g = g.materialize()
     g = _dense(g, out, 2)
     grads = {}
     if "input" in wanted:
@@ -379,6 +398,9 @@ def _last_two_vjp(a, out, g, saved, wanted):
 
 def _reshape_vjp(a, out, g, saved, wanted):
     shape = a["input"].shape
+    if isinstance(g, Pieces):
+        kept = g.reshaped(shape)
+        return {"input": kept if kept is not None else g.materialize().reshape(-1, *shape)}
     if isinstance(g, Pending):
         kept = g.reshaped(shape) if not broadcast(g, out.shape) else None
         if kept is not None:
@@ -507,6 +529,10 @@ def _pieces_vjp(a, out, g, saved, wanted, stacked=False):
         pieces.append(
             piece.new_zeros(rows, *piece.shape) if part is None else full(part, piece.shape)
         )
+    if not stacked and dim == a["input"].ndim:  # along the features: kept as pieces
+        offsets = itertools.accumulate([0, *(piece.shape[-1] for piece in out[:-1])])
+        parts = tuple((o, p) for o, p, i in zip(offsets, pieces, range(len(out))) if i in g)
+        return {"input": Pieces(parts, a["input"].shape[-1])}
     joined = torch.stack(pieces, dim) if stacked else torch.cat(pieces, dim)
     return {"input": joined}
 
@@ -609,15 +635,15 @@ OPS = {
     "sub": Op("sub", _binary, _sub_vjp, pending=True),
     "mul": Op("mul", _binary, _mul_vjp),
     "div": Op("div", _binary, _div_vjp),
-    "matmul": Op("matmul", _binary, _matmul_vjp, pending=True),
-    "linear": Op("linear", _linear, _linear_vjp, pending=True, **_WEIGHTED),
-    "addmm": Op("addmm", _addmm, _addmm_vjp),
+    "matmul": Op("matmul", _binary, _matmul_vjp, pending=True, pieces=True),
+    "linear": Op("linear", _linear, _linear_vjp, pending=True, **_WEIGHTED, pieces=True),
+    "addmm": Op("addmm", _addmm, _addmm_vjp, pieces=True),
     "einsum": Op("einsum", _einsum, _einsum_vjp, pending=True),
     "transpose": Op("transpose", _transpose, _transpose_vjp, pending=True),
     "permute": Op("permute", _permute, _permute_vjp, pending=True),
     "T": Op("T", _unary, _reversed_vjp, pending=True),
     "mT": Op("mT", _unary, _last_two_vjp, pending=True),
-    "reshape": Op("reshape", _unary, _reshape_vjp, pending=True),
+    "reshape": Op("reshape", _unary, _reshape_vjp, pending=True, pieces=True),
     "cast": Op("cast", _unary, _cast_vjp, pending=True),
     "expand": Op("expand", _unary, _expand_vjp),
     "sum": Op("sum", _reduce, _sum_vjp),

@@ -312,3 +312,58 @@ def _pair_cost(a, b, keep, c):
     first = _sizes(a, b)
     second = {**_sizes(c), **{x: max(first[x], _sizes(c).get(x, 1)) for x in keep}}
     return math.prod(first.values()) + math.prod(second[x] for x in set(keep + c[1]))
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A cotangent made of pieces along its last axis, as a split's input receives them:
+    ``{offset: tensor}``, zero between them.
+
+    A linear map met next takes each piece with its own columns of the weight
+    (``sum_i g_i W_i``), with no joined copy and no products of the zeros of a
+    piece without rows (the query of a fused ``q, k, v`` projection, whose
+    rows came another way); anything else joins them
+    (:meth:`materialize`).
+
+    Attributes
+    ----------
+    parts : tuple of (int, torch.Tensor)
+        Each piece's offset along the last axis and its cotangent, ``(R, ..., size)``.
+    width : int
+        The last axis' full size.
+    """
+
+    parts: tuple
+    width: int
+
+    @property
+    def shape(self):
+        return (*self.parts[0][1].shape[:-1], self.width)
+
+    def materialize(self):
+        """The cotangent as one tensor, zeros between the pieces."""
+        first = self.parts[0][1]
+        joined = first.new_zeros(torch.broadcast_shapes(*(t.shape[:-1] for _, t in self.parts))
+                                 + (self.width,))  # fmt: skip
+        for offset, t in self.parts:
+            joined[..., offset : offset + t.shape[-1]] = t
+        return joined
+
+    def reshaped(self, shape):
+        """The cotangent viewed as ``(R, *shape)`` where the last axis is kept, else None."""
+        if shape[-1] != self.width:
+            return None
+        rows = self.parts[0][1].shape[0]
+        parts = tuple(
+            (offset, t.expand(*self.shape[:-1], t.shape[-1]).reshape(rows, *shape[:-1], -1))
+            for offset, t in self.parts
+        )  # fmt: skip
+        return Pieces(parts, self.width)
+
+    def times(self, weight):
+        """``g @ weight`` for a weight ``(width, out)``: each piece with its rows of it."""
+        total = None
+        for offset, t in self.parts:
+            part = t @ weight[offset : offset + t.shape[-1]]
+            total = part if total is None else total.add_(part)
+        return total

@@ -18,6 +18,15 @@ block with its residual add, a whole pre-LayerNorm transformer block, an
 MLP with its last position sliced off: any section whose every operation
 is in the table is one closed form.
 
+The exact rows of a section with several output positions (a block's
+``P k`` rows, one per position and next feature) first go back per
+position (:mod:`.traced_positions`): through the MLP, the LayerNorms, the
+projections and attention's query path, row ``(t, i)`` is zero at every
+position but ``t``, so ``k`` rows stand for all ``P k``; only the products
+that mix positions (attention's keys and values) and what follows them take
+the rows whole, chunk by chunk.  That path is checked once per trace against
+the whole rows.
+
 Where a section holds attention (a product of two tensors that both depend
 on its start, or a softmax) but an operation outside the table, the fit
 warns and names it: the speed is lost, never the result.  Like every closed
@@ -25,14 +34,10 @@ form, this one is checked once against autograd on the probe.
 """
 
 import itertools
-import operator
 import warnings
-from dataclasses import dataclass
 
 import torch
-from torch import fx
 
-from ..._core.numerics import CHUNK_ELEMENTS
 from ..._model.failures import is_out_of_memory
 from ..._model.inputs import is_dict, n_rows, point_mask, repeat_rows
 from ..autograd import autograd_rows
@@ -40,26 +45,8 @@ from ..products import integrated
 from ..section_export import exported_section
 from ..section_graph import FX_FAILS, section_graph
 from .base import ClosedForm, Inapplicable, NotOffered
-from .traced_fusion import chains, slope
-from .traced_ops import OPS, Unsupported, describe, flat, op_of
-from .traced_pending import Pending, folds_kept, sum_of
-
-#: Operations whose presence makes a section attention, for the warning.
-ATTENTION_OPS = ("softmax", "sdpa")
-BILINEAR_OPS = ("matmul", "einsum")  # not "mul": a gated MLP multiplies two too
-#: Elements of cotangents that one chunk of rows may make at each node: the rows
-#: are batched into matrix products, a few chunks' worth of CHUNK_ELEMENTS.
-ROW_BUDGET = 2 * CHUNK_ELEMENTS
-
-
-@dataclass(frozen=True)
-class _Step:
-    """One node of the section: its operation, bound arguments and which depend on the start."""
-
-    node: object
-    op: object
-    arguments: dict
-    wanted: frozenset
+from .traced_ops import Unsupported
+from .traced_run import Trace
 
 
 class TracedSection(ClosedForm):
@@ -69,13 +56,14 @@ class TracedSection(ClosedForm):
     ----------
     session : ModelSession
     section : Section
-    trace : _Trace or None
+    trace : Trace or None
         The fx trace, for every batch; None: exported on each batch's shapes
         (:func:`~sklearn_lib._routes.section_export.exported_section`).
     """
 
     title = "The traced section's products"
     reads_forward_kwargs = True
+    exact_per_position = True  # exact rows go back per output position (traced_positions)
     padding = True  # it reads the mask as the model does, and zeroes padded rows
 
     def __init__(self, session, section, trace=None):
@@ -90,11 +78,19 @@ class TracedSection(ClosedForm):
             return cls(session, section)  # torch.export on the batches' shapes
         if isinstance(graph, str):
             return Inapplicable(graph)
-        trace = _Trace.of(session.model, graph)
+        trace = Trace.of(session.model, graph)
         return trace if isinstance(trace, Inapplicable) else cls(session, section, trace)
 
     def describe(self, kind):
         return self.title if self.trace is not None else self.title + " (torch.export)"
+
+    def per_position_fits(self, n_features):
+        """Whether exact rows of ``n_features`` next features go back per output position
+        within :data:`PER_POSITION_BYTES`, as the traces measured them (True before)."""
+        traces = [self.trace] if self.trace is not None else []
+        traces += [t for t in [*self._exported.values(), *self._by_fields.values()]
+                   if isinstance(t, Trace)]  # fmt: skip
+        return all(t.fits_per_position(n_features) for t in traces)
 
     def _trace(self, x, m):
         """The trace for ``m`` points of batch ``x``; raises :class:`NotOffered` or
@@ -112,14 +108,14 @@ class TracedSection(ClosedForm):
             key = tuple(sorted(x))
             if key not in self._by_fields:
                 graph = section_graph(model, self.section, kwargs, key)
-                self._by_fields[key] = graph if isinstance(graph, str) else _Trace.of(model, graph)
+                self._by_fields[key] = graph if isinstance(graph, str) else Trace.of(model, graph)
             return _usable(self._by_fields[key])
         graph = exported_section(model, self.section, repeat_rows(x, m // n_rows(x)), kwargs)
         if isinstance(graph, str):
             raise NotOffered(graph)
         key = (graph.start, graph.end)  # the same nodes: the same kept export
         if key not in self._exported:
-            self._exported = {key: _Trace.of(model, graph)}  # the last batch shape's
+            self._exported = {key: Trace.of(model, graph)}  # the last batch shape's
         return _usable(self._exported[key])
 
     def vjp(self, x, points, cotangents, tangents=None):
@@ -169,176 +165,7 @@ class TracedSection(ClosedForm):
                 yield integrated(g, weights, n)
 
 
-class _Trace:
-    """One section graph with its products: run forward, then rows back, chunk by chunk.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The session's model (its parameters are read at every call).
-    graph : SectionGraph
-    steps : list of _Step
-        The dependent nodes, in the order they run.
-    """
-
-    def __init__(self, model, graph, steps):
-        self.model, self.graph = model, graph
-        self.steps = {step.node: step for step in steps}
-        # Elementwise chains as one step each: their slope is made in the forward.
-        self.chains = chains(self.steps, graph)
-        self.chained = set()  # the chains' nodes but their outputs: run with the outputs
-        for out, (z, order) in self.chains.items():
-            for node in order:
-                self.steps.pop(node)
-            self.chained.update(order[:-1])
-            self.steps[out] = _Step(out, OPS["elementwise"], {"input": z}, frozenset({"input"}))
-
-    @classmethod
-    def of(cls, model, graph):
-        """The trace of ``graph``, or an :class:`Inapplicable` naming an operation outside
-        the table, or an argument one has no product for (to warn of where the section
-        holds attention)."""
-        found = [(n, *op_of(n, model)) for n in graph.nodes if n in graph.dependent]
-        missing = [(node, why) for node, op, why in found if op is None]
-        missing += [
-            (node, f"{describe(node)} has {op.refuses}")
-            for node, op, arguments in found
-            if op is not None
-            and op.takes is not None
-            and not _wanted_names(_wanted(arguments, graph)) <= op.takes
-        ]
-        if missing:
-            node, why = missing[0]
-            attention = any(_is_attention(n, op, a, graph) for n, op, a in found) or any(
-                _reads_attention(n, graph, model) for n, _ in missing
-            )
-            return Inapplicable(why, warn=attention)
-        steps = [_Step(n, op, a, frozenset(_wanted(a, graph))) for n, op, a in found]
-        return cls(model, graph, steps)
-
-    def forward(self, points, x):
-        """Every node's value at ``points`` of batch ``x``, and what each product keeps."""
-        values, saved = {self.graph.start: points}, {}
-        copies = points.shape[0] // n_rows(x)  # the rule's points, alpha-major
-        for node in self.graph.nodes:
-            if node in self.graph.inputs:  # the model's own input: the batch's, once per point
-                values[node] = repeat_rows(self.graph.input_value(node, x), copies)
-                continue
-            if node in self.chained:
-                continue  # run with its chain's output, which alone is read further on
-            if node in self.chains:  # a chain's value and slope, in one run
-                z, order = self.chains[node]
-                values[node], saved[node] = slope(self._run_on, values, z, order)
-                continue
-            args = fx.node.map_arg(node.args, values.__getitem__)
-            kwargs = fx.node.map_arg(node.kwargs, values.__getitem__)
-            values[node] = self._run(node, args, kwargs)
-            step = self.steps.get(node)
-            if step is not None and step.op.save is not None:
-                bound = _values(step.arguments, values)
-                saved[node] = step.op.save(bound, values[node], self._rerun(node, args, kwargs))
-        return values, saved
-
-    def _run(self, node, args, kwargs):
-        if node in self.graph.constants:  # an export's parameter, a tensor made in forward
-            return self.graph.constants[node]()
-        if node.op == "get_attr":
-            return operator.attrgetter(node.target)(self.model)
-        if node.op == "call_module":
-            return self.model.get_submodule(node.target)(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        return node.target(*args, **kwargs)
-
-    def _run_on(self, node, values):
-        """``node`` run on ``values`` (by node)."""
-        args = fx.node.map_arg(node.args, values.__getitem__)
-        return self._run(node, args, fx.node.map_arg(node.kwargs, values.__getitem__))
-
-    def _rerun(self, node, args, kwargs):
-        """``call(z)``: the node on ``z`` in place of its first argument."""
-        return lambda z: self._run(node, (z, *args[1:]), kwargs)
-
-    def chunks(self, values, saved, cotangents, x):
-        """The start's cotangents, chunk by chunk of rows: ``(r, m or 1, *positions, d)``.
-
-        Rows of padded output positions vanish, as on the autograd route.
-        """
-        out, start = values[self.graph.end], values[self.graph.start]
-        largest = max(v.numel() for v in values.values() if isinstance(v, torch.Tensor))
-        chunk, kept = max(1, ROW_BUDGET // max(largest, 1)), {}
-        mask = point_mask(x, out.shape[1:], out.shape[0], out.dtype)
-        for i in range(0, cotangents.shape[0], chunk):
-            c = cotangents[i : i + chunk].to(out.dtype)
-            c = c.reshape(c.shape[0], 1, *out.shape[1:])
-            with folds_kept(kept):
-                g = self._backward(values, saved, c if mask is None else c * mask)
-            if g.shape[1] == 1 and tuple(g.shape[2:]) == tuple(start.shape[1:]):
-                yield g  # the same at every point
-            else:
-                yield g.expand(g.shape[0], *start.shape)
-
-    def _backward(self, values, saved, g):
-        """The start's cotangent from the end's ``g`` (row axis first)."""
-        cot = {self.graph.end: g}
-        for node in reversed(self.graph.nodes):
-            step = self.steps.get(node)
-            if step is None or node not in cot:
-                continue
-            g_out = _one(cot.pop(node), step.op.pending)
-            bound = _values(step.arguments, values)
-            grads = step.op.vjp(bound, values[node], g_out, saved.get(node), step.wanted)
-            for target, grad in _targets(step, grads):
-                _accumulate(cot, target, grad)
-        start = cot.get(self.graph.start)
-        if start is None:
-            raise Unsupported("no derivative reaches the section's start")
-        return _one(start, pending=False)
-
-
-# -- helpers -----------------------------------------------------------------------------
-def _wanted(arguments, graph):
-    """Names of the arguments that depend on the start (``name#i`` inside lists)."""
-    dependent = graph.dependent | {graph.start}
-    for name, value in arguments.items():
-        value = flat(value)
-        if isinstance(value, (list, tuple)):
-            yield from (f"{name}#{i}" for i, v in enumerate(value) if _among(v, dependent))
-        elif _among(value, dependent):
-            yield name
-
-
-def _wanted_names(wanted):
-    return {w.partition("#")[0] for w in wanted}
-
-
-def _values(arguments, values):
-    bound = {name: fx.node.map_arg(v, values.__getitem__) for name, v in arguments.items()}
-    return {name: flat(v) for name, v in bound.items()}
-
-
-def _targets(step, grads):
-    """``(node, cotangent)`` for each wanted argument's product."""
-    for name, grad in grads.items():
-        value = flat(step.arguments[name])
-        if isinstance(value, (list, tuple)):
-            yield from ((value[i], g) for i, g in enumerate(grad) if g is not None)
-        else:
-            yield value, grad
-
-
-def _accumulate(cot, node, grad):
-    if isinstance(grad, dict):  # pieces of a split
-        pieces = cot.setdefault(node, {})
-        for i, g in grad.items():
-            pieces[i] = g if i not in pieces else pieces[i] + g
-    elif node not in cot:
-        cot[node] = grad
-    else:  # terms summed when the node is reached (sum_of): alike products at once
-        before = cot[node]
-        cot[node] = [*(before if isinstance(before, list) else [before]), grad]
-
-
+# -- helpers ---------------------------------------------------------------------------
 def _usable(trace):
     """``trace``, or the exception that says why there is none."""
     if isinstance(trace, str):
@@ -346,37 +173,3 @@ def _usable(trace):
     if isinstance(trace, Inapplicable):
         raise (Unsupported if trace.warn else NotOffered)(trace.why)
     return trace
-
-
-def _one(g, pending):
-    """A node's cotangent as one term: its terms summed, a pending one kept where the
-    node's product takes it (``pending``)."""
-    if isinstance(g, list):
-        return sum_of(g)
-    if isinstance(g, Pending) and not pending:
-        return g.materialize()
-    return g
-
-
-def _is_attention(node, op, arguments, graph):
-    """Whether ``node`` is a softmax or a product of two tensors that depend on the start."""
-    if op is None:
-        return False
-    if op.name in ATTENTION_OPS:
-        return True
-    return op.name in BILINEAR_OPS and len(_wanted_names(_wanted(arguments, graph))) >= 2
-
-
-def _reads_attention(node, graph, model):
-    """Whether ``node`` normalises attention scores another way: one of its inputs is a
-    product of two tensors that depend on the start (``sort(q @ k^T)``, say)."""
-    for i in node.all_input_nodes:
-        if i in graph.dependent:
-            op, arguments = op_of(i, model)
-            if _is_attention(i, op, arguments, graph):
-                return True
-    return False
-
-
-def _among(value, nodes):
-    return isinstance(value, fx.Node) and value in nodes

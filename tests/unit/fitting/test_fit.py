@@ -17,6 +17,7 @@ from _refs import (
     independent_rule,
     reference_lambdas,
 )
+from _sections import route_of
 from torch import nn
 from toy_models import PositionMixer, ResidualMLP, tanh_mlp
 
@@ -176,6 +177,49 @@ def test_row_seconds_is_a_positive_time_per_row_and_sample(rng, n_rows):
     route = autograd_route(Section("fc2", "fc3", (8,), (8,)))
     seconds = row_seconds(session, probe, FitSettings(), route, n_rows)
     assert isinstance(seconds, float) and 0 < seconds < 1
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_row_seconds_times_exact_rows_where_they_go_back_per_position(monkeypatch, exact):
+    """A traced section's exact rows cost less than random ones: an exact fit is priced on
+    the exact rows of ``n_rows`` next features at every position; any other on sources."""
+    from sklearn_lib._routes.cotangents import ExactRows
+    from sklearn_lib._routes.jacobian import SectionJacobian
+
+    model = PositionMixer().double()
+    session = ModelSession(model)
+    probe = session.inputs(torch.randn(8, 4, 3).double())  # (n, P, d_in)
+    route = route_of(session, probe, "mix", kinds=("rows", "gram"))
+    timed = []
+    monkeypatch.setattr(SectionJacobian, "gram_sum", lambda self, x, f, c, rule: timed.append(c))
+    seconds = row_seconds(session, probe, FitSettings(), route, 4, exact=exact)
+    assert seconds is not None and len(timed) == (2 if exact else 3)
+    assert type(route.form("rows")).__name__ == "TracedSection"  # traced by fx
+    assert isinstance(timed[0].rows, ExactRows) == exact
+    assert timed[0].rows.shape[0] == (timed[0].n_positions if exact else 4)  # one feature
+
+
+def test_row_seconds_prices_whole_rows_where_the_width_would_not_go_per_position(monkeypatch):
+    """Priced on one feature, rows per position fit; the fit's width of them would not, and
+    takes whole rows: so is it priced (found in review)."""
+    from sklearn_lib._routes.cotangents import ExactRows
+    from sklearn_lib._routes.jacobian import SectionJacobian
+
+    monkeypatch.setattr("sklearn_lib._routes.forms.traced_run.PER_POSITION_BYTES", 1)
+    session = ModelSession(PositionMixer().double())
+    probe = session.inputs(torch.randn(8, 4, 3).double())
+    route = route_of(session, probe, "mix", kinds=("rows", "gram"))
+    timed = []
+    original = SectionJacobian.gram_sum
+
+    def spy(self, x, f, c, rule):
+        timed.append(c)
+        return original(self, x, f, c, rule)
+
+    monkeypatch.setattr(SectionJacobian, "gram_sum", spy)
+    assert row_seconds(session, probe, FitSettings(), route, 4, exact=True) is not None
+    assert isinstance(timed[0].rows, ExactRows)  # one feature first: it fits
+    assert not isinstance(timed[-1].rows, ExactRows) and timed[-1].rows.shape[0] == 4
 
 
 def test_row_seconds_is_none_when_the_model_fails(rng):

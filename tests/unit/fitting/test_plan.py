@@ -246,15 +246,18 @@ def test_the_plan_counts_passes_and_rows():
     assert priced.passes == 2  # statistics (with b's M') and a's M'
     assert [s.backward_rows for s in priced.sections] == [16 * 4, 16 * 10]
     assert priced.seconds is None  # nothing timed: no estimate
-    timed = {"a": 1e-6, "b": 2e-6}
+    timed, asked = {"a": 1e-6, "b": 2e-6}, set()
 
-    def price(route, n_rows):
+    def price(route, n_rows, exact):
+        asked.add(exact)
         return timed[route.section.src]
 
     priced = make_plan("X", sections, routes, FitSettings(), 1000, price=price)
     assert priced.seconds == pytest.approx(64 * 1000 * 1e-6 + 160 * 1000 * 2e-6)
+    assert asked == {True}  # exact rows: priced as such
     sampled = FitSettings(n_stochastic_sources=8, output_basis="pca")
     priced = make_plan("X", sections, routes, sampled, 1000, price=price)
+    assert asked == {True, False}
     assert priced.passes == 3 and [s.backward_rows for s in priced.sections] == [8, 8]
     assert "8 random sources per batch, a backward row each" in priced.describe()
 

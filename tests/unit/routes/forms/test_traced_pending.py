@@ -4,8 +4,10 @@ carried, folded, laid out and summed gives what the plain einsum gives."""
 import pytest
 import torch
 
+from sklearn_lib._routes.forms.traced_ops import OPS
 from sklearn_lib._routes.forms.traced_pending import (
     Pending,
+    Pieces,
     contract,
     fold,
     folds_kept,
@@ -120,3 +122,46 @@ def test_a_fold_that_would_outgrow_its_operands_is_not_taken(monkeypatch):
     # Taken only where the first product is no larger than the largest operand.
     if folded is not None:
         assert max(folded.rows.numel(), folded.value.numel()) <= largest
+
+
+# -- pieces of a split -------------------------------------------------------------------
+def pieces_of_a_split(present=(1, 2), n=4, width=3):
+    """The cotangent of a fused ``q, k, v`` projection's output ``(n, p, 3 w)`` whose pieces
+    ``present`` have rows, as the split's product makes it."""
+    fused = randn(n, 5, 3 * width)
+    out = fused.split(width, -1)
+    g = {i: randn(2, n, 5, width) for i in present}
+    a = {"input": fused, "size": width, "dim": -1}
+    made = OPS["split"].vjp(a, out, g, None, frozenset({"input"}))["input"]
+    want = torch.zeros(2, n, 5, 3 * width, dtype=torch.float64)
+    for i, t in g.items():
+        want[..., i * width : (i + 1) * width] = t
+    return made, want
+
+
+@pytest.mark.parametrize("present", [(0,), (1, 2), (0, 1, 2)])
+def test_a_split_along_the_features_gives_pieces_equal_to_the_joined_tensor(present):
+    made, want = pieces_of_a_split(present)
+    assert isinstance(made, Pieces) and made.shape == want.shape
+    assert torch.equal(made.materialize(), want)
+    flat = made.reshaped((4 * 5, 9))  # Conv1D's view of the positions as rows
+    assert torch.equal(flat.materialize(), want.reshape(2, 20, 9))
+    assert made.reshaped((4, 45)) is None  # the features cut: no pieces
+
+
+def test_a_weight_takes_each_piece_with_its_own_rows():
+    made, want = pieces_of_a_split((1, 2))
+    flat, joined = made.reshaped((20, 9)), want.reshape(2, 20, 9)
+    W, b = randn(4, 9), randn(9)  # addmm(b, x, W): x (20, 4)
+    x = randn(20, 4)
+    a = {"input": b, "mat1": x, "mat2": W, "beta": 1, "alpha": 1}
+    got = OPS["addmm"].vjp(a, None, flat, None, frozenset({"mat1"}))["mat1"]
+    torch.testing.assert_close(got, joined @ W.T, rtol=1e-13, atol=1e-13)
+    linear = randn(9, 4)  # F.linear(x, weight): weight (9, 4)
+    a = {"input": randn(4, 5, 4), "weight": linear, "bias": None}
+    got = OPS["linear"].vjp(a, None, made, None, frozenset({"input"}))["input"]
+    torch.testing.assert_close(got, want @ linear, rtol=1e-13, atol=1e-13)
+    y = randn(4, 9)  # x @ y
+    a = {"input": randn(4, 5, 4), "other": y}
+    got = OPS["matmul"].vjp(a, randn(4, 5, 9), made, None, frozenset({"input"}))["input"]
+    torch.testing.assert_close(got, want @ y.T, rtol=1e-13, atol=1e-13)

@@ -1,0 +1,135 @@
+"""A traced section's run (``_routes.forms.traced_run``): exact rows per output position
+against autograd's, the check against the whole rows, and the chunks of rows."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _attention import (
+    Attention,
+    Block,
+    D,
+    P,
+    assert_same,
+    inputs,
+    model_of,
+    per_position,
+    rows_and_form,
+)
+from _sections import section_of
+from torch import nn
+
+from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.cotangents import Cotangents
+from sklearn_lib._routes.forms import traced_run
+from sklearn_lib._routes.forms.traced_run import Trace
+from sklearn_lib._routes.forms.traced_section import TracedSection
+
+
+# -- exact rows per output position -------------------------------------------------------
+@pytest.mark.parametrize("style", ["einsum", "linear", "conv1d", "bmm"])
+@pytest.mark.parametrize("mask", ["where", "sdpa"])
+def test_exact_rows_per_position_through_attention(style, mask):
+    if style == "bmm" and mask == "sdpa":
+        pytest.skip("sdpa takes no bmm")
+    per_position(model_of(lambda: Attention(style, mask)), "blocks.0", "head")
+
+
+@pytest.mark.parametrize("layer_norm", ["module", "functional", "by hand"])
+def test_exact_rows_per_position_through_a_whole_block(layer_norm):
+    model = model_of(lambda: Block("linear", "masked_fill", layer_norm),
+                     lambda: Block("einsum", "where"))  # fmt: skip
+    per_position(model, "blocks.0", "blocks.1")
+    per_position(model, "blocks.1", "head")
+
+
+def test_exact_rows_per_position_in_float32():
+    model = model_of(lambda: Block("conv1d", "sdpa"), dtype=torch.float32)
+    per_position(model, "blocks.0", "head", dtype=torch.float32)
+
+
+def test_a_wrong_position_rule_is_caught_and_the_whole_rows_taken(monkeypatch):
+    """Were attention's values said to stay at their query's position, the rows per
+    position would be wrong: the check against the whole rows finds it, warns, and the
+    rows are still autograd's."""
+    from sklearn_lib._routes.forms import traced_positions
+
+    rule = traced_positions.position_map
+
+    def wrong(op, a, out, positions, wanted):
+        found = rule(op, a, out, positions, wanted)
+        if op == "matmul":  # claims the other operand too
+            found = {name: found["input"] for name in found}
+        return found
+
+    monkeypatch.setattr("sklearn_lib._routes.forms.traced_run.position_map", wrong)
+    model = model_of(lambda: Attention("linear", "where"))
+    with pytest.warns(RuntimeWarning, match="per output position disagree"):
+        traced, auto, form = rows_and_form(model, "blocks.0", "head", exact=True)
+    assert_same(traced, auto)
+    assert form.trace.diagonal is False
+
+
+class PooledQuery(nn.Module):
+    """Attention over positions (H, W) whose query is pooled over H, its edge columns masked
+    (found in review: rows per position wrong in the middle rows only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(D, D)
+        mask = torch.ones(1, 1, 6, 1)
+        mask[:, :, :2] = mask[:, :, -2:] = 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):  # (n, H, W, D)
+        q = self.lin(x).mean(1, keepdim=True)
+        return x + F.scaled_dot_product_attention(q, x, x) * self.mask.to(x.dtype)
+
+
+def test_a_query_pooled_over_positions_and_two_position_axes():
+    x = torch.randn(3, 3, 6, 3, generator=torch.Generator().manual_seed(1)).double()
+    per_position(model_of(PooledQuery), "blocks.0", "head", x=x, feature_axis=-1)
+
+
+def test_a_failure_of_the_rows_per_position_warns_once_and_takes_whole_rows(monkeypatch):
+    def fails(self, *args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Trace, "_diagonal", fails)
+    model = model_of(lambda: Block("linear", "where"))
+    with pytest.warns(RuntimeWarning, match="per output position failed"):
+        traced, auto, form = rows_and_form(model, "blocks.0", "head", exact=True)
+    assert_same(traced, auto)
+    assert form.trace.diagonal is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # whole rows from then on, without a word
+        assert form.trace._per_position(None, None, None, None) is None
+
+
+def test_rows_per_position_that_would_not_fit_are_taken_whole(monkeypatch):
+    """Every next feature's rows wait per position at attention's scores: where they would
+    hold more than PER_POSITION_BYTES (long sequences, wide layers), whole rows throughout."""
+    monkeypatch.setattr("sklearn_lib._routes.forms.traced_run.PER_POSITION_BYTES", 1000)
+    model = model_of(lambda: Block("linear", "where"))
+    traced, auto, form = rows_and_form(model, "blocks.0", "head", exact=True)
+    assert_same(traced, auto)
+    assert form.trace.diagonal is None  # never taken, so never checked
+
+
+def test_rows_per_position_chunk_by_what_they_meet_whole():
+    """The MLP's hidden values meet only rows per position: the whole rows' chunks are
+    sized by the attention's values, and fit the CPU's budget."""
+    model = model_of(lambda: Block("linear", "sdpa"))
+    x = inputs(n=64)
+    session = ModelSession(model)
+    section = section_of(session, x, "blocks.0", "head")
+    trace = TracedSection.detect(session, section).trace
+    with torch.no_grad():
+        (f,) = session.read(x, ["blocks.0"])
+        values, saved = trace.forward(f, x)
+        rows = Cotangents.identity(section.dst_shape, torch.float64, "cpu").rows
+        made = trace._diagonal(values, saved, rows, None)
+    hidden = 64 * P * 4 * D * 8  # bytes of the MLP's hidden values
+    assert trace._chunk(values, None) == traced_run.ROW_BYTES["cpu"] // hidden
+    assert trace._chunk(values, made) > trace._chunk(values, None)
