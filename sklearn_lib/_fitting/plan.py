@@ -365,14 +365,30 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
         return plan
     # One backward pass per row and batch: the cost grows as rows * samples.
     exact = plan.sources is None
-    seconds = _times(plan.backward_rows * n_samples, price(route, 1, exact=exact))
+    one = price(route, 1, exact=exact)
+    seconds = _times(plan.backward_rows * n_samples, one)
     if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
-        seconds = _times(plan.backward_rows * n_samples, price(route, 4, exact=exact))
+        four = price(route, 4, exact=exact)
+        seconds = _marginal_times(plan.backward_rows, n_samples, one, four)
     return replace(plan, seconds=seconds)
 
 
 def _times(row_samples, seconds_per_row_sample):
     return None if seconds_per_row_sample is None else row_samples * seconds_per_row_sample
+
+
+def _marginal_times(rows, n_samples, one, four):
+    """Seconds of ``rows`` rows on ``n_samples`` samples from the prices (per row and
+    sample) of one row and of four: a row costs what four cost over one, a third of it,
+    and the rest of one row's price (the section's forward, the Gram's own work) is paid
+    once per sample, however many rows.  Where noise makes that split meaningless, four
+    rows' price per row."""
+    if one is None or four is None:
+        return _times(rows * n_samples, four)
+    marginal = (4 * four - one) / 3
+    if not 0 < marginal <= one:
+        return _times(rows * n_samples, four)
+    return n_samples * ((one - marginal) + rows * marginal)
 
 
 def announce(plan, progress, routes=None):

@@ -262,6 +262,25 @@ def test_the_plan_counts_passes_and_rows():
     assert "8 random sources per batch, a backward row each" in priced.describe()
 
 
+def test_a_long_fit_is_priced_by_what_a_row_adds():
+    """One row's price carries the section's forward and the Gram's own work, paid once per
+    sample; four rows' price says what a row adds.  Where noise leaves no such split, four
+    rows' price per row."""
+    sections = sections_of(["a"], {"a": (16, 8)}, (16, 10))  # 160 rows
+    routes = RouteTable([autograd_route(s) for s in sections])
+
+    def priced(one, four):
+        def price(route, n_rows, exact):
+            return one if n_rows == 1 else four
+
+        return make_plan("X", sections, routes, FitSettings(), 100_000, price=price).seconds
+
+    # one row 3 us per sample, four rows 1.5 us per row: a row adds 1 us, 2 us fixed
+    assert priced(3e-6, 1.5e-6) == pytest.approx(100_000 * (2e-6 + 160 * 1e-6))
+    assert priced(3e-6, 0.5e-6) == pytest.approx(100_000 * 160 * 0.5e-6)  # a row adds < 0
+    assert priced(3e-6, 3e-6) == pytest.approx(100_000 * 160 * 3e-6)  # no fixed part
+
+
 class WithStatistics(ClosedForm):
     """A closed form whose statistics the statistics pass gathers (never run here)."""
 
