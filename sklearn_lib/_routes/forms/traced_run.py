@@ -184,10 +184,22 @@ class Trace:
             index = {node: i for i, node in enumerate(nodes)}
             nodes = nodes[: max((index.get(n, 0) for n in made), default=0) + 1]
         tensors = [values[n] for n in nodes if isinstance(values.get(n), torch.Tensor)]
-        largest = max((t.numel() * t.element_size() for t in tensors), default=1)
+        sizes = [t.numel() * t.element_size() for t in tensors]
+        sizes += [self._pattern_bytes(n, values) for n in nodes if n in self.steps]
+        largest = max(sizes, default=1)
         device = values[self.graph.start].device.type
         budget = ROW_BYTES.get(device, ROW_BYTES_ELSEWHERE)
         return max(MIN_ROWS.get(device, 1), budget // max(largest, 1))
+
+    def _pattern_bytes(self, node, values):
+        """Bytes of the attention pattern that fused attention (``sdpa``) makes for each row
+        in its products, though the graph holds no such value; 0 for other nodes."""
+        step = self.steps[node]
+        if step.op.name != "sdpa":
+            return 0
+        bound = _values(step.arguments, values)
+        q, k = bound["query"], bound["key"]
+        return q.numel() // q.shape[-1] * k.shape[-2] * q.element_size()
 
     def _rows(self, values, saved, made, cotangents, mask, span):
         """The start's cotangents of rows ``span``: from the per-position ones ``made``, or

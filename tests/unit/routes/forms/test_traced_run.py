@@ -133,3 +133,19 @@ def test_rows_per_position_chunk_by_what_they_meet_whole():
     hidden = 64 * P * 4 * D * 8  # bytes of the MLP's hidden values
     assert trace._chunk(values, None) == traced_run.ROW_BYTES["cpu"] // hidden
     assert trace._chunk(values, made) > trace._chunk(values, None)
+
+
+def test_fused_attentions_pattern_counts_in_the_chunks():
+    """``sdpa`` makes an attention pattern per row that no graph value holds: the chunks
+    count it (long sequences: (n, h, L, L) per row)."""
+    model = model_of(lambda: Attention("linear", "sdpa"))
+    x = inputs(n=64)
+    session = ModelSession(model)
+    section = section_of(session, x, "blocks.0", "head")
+    trace = TracedSection.detect(session, section).trace
+    with torch.no_grad():
+        (f,) = session.read(x, ["blocks.0"])
+        values, _ = trace.forward(f, x)
+    fused = [n for n, step in trace.steps.items() if step.op.name == "sdpa"]
+    assert len(fused) == 1
+    assert trace._pattern_bytes(fused[0], values) == 64 * 2 * P * P * 8  # (n, h, L, S)
