@@ -185,13 +185,14 @@ def plan_fit(session, source, probe, sections, routes, settings, *, compute_grap
     )
 
 
-def row_seconds(session, probe, settings, route, n_rows, exact=False):
+def row_seconds(session, probe, settings, route, n_rows, exact=False, repeats=None):
     """Seconds per Jacobian row and probe sample of a section's ``M'``, on its route.
 
     Timed on the real computation (``n_rows`` random rows of the section's
-    own width, the integration rule's points, the Gram), best of three for
-    more than one row.  None when it fails: pricing never stops a fit, and
-    the pass that meets the same failure reports it, naming its batch.
+    own width, the integration rule's points, the Gram), best of ``repeats``
+    (default: three for more than one row, else one).  None when it fails:
+    pricing never stops a fit, and the pass that meets the same failure
+    reports it, naming its batch.
 
     For an ``exact`` fit on a route whose exact rows cost less than random
     ones (they go back per output position, ``exact_per_position``), the rows
@@ -203,7 +204,7 @@ def row_seconds(session, probe, settings, route, n_rows, exact=False):
     section = route.section
     exact_rows = Cotangents.identity(section.dst_shape, session.dtype, session.device)
     form = route.form("rows")
-    repeats = 3 if n_rows > 1 else 1
+    repeats = (3 if n_rows > 1 else 1) if repeats is None else repeats
     if exact and getattr(form, "exact_per_position", False) and exact_rows.n_positions > 1:
         one = Cotangents(exact_rows.matrix[:, :1], exact_rows.n_positions)
         seconds = _timed(session, probe, settings, route, one, min(repeats, 2))

@@ -308,9 +308,9 @@ def make_plan(
     n_samples : int or None
     batch_size : int, optional
     price : callable, optional
-        ``price(route, n_rows, exact=...)``: seconds per row and sample of the
-        section's ``M'`` on the route that will run (``exact``: with the exact
-        rows), or None (see
+        ``price(route, n_rows, exact=..., repeats=None)``: seconds per row and
+        sample of the section's ``M'`` on the route that will run (``exact``: with
+        the exact rows; best of ``repeats`` timings), or None (see
         :func:`~sklearn_lib._fitting.fit.row_seconds`).  One row prices the
         fit roughly; a fit that might be long (over a tenth of
         :data:`LONG_FIT_SECONDS`) is priced again with four rows.
@@ -368,6 +368,8 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     one = price(route, 1, exact=exact)
     seconds = _times(plan.backward_rows * n_samples, one)
     if seconds is not None and seconds > LONG_FIT_SECONDS / 10:
+        # Both best of three: their difference is small where the forward dominates.
+        one = price(route, 1, exact=exact, repeats=3)
         four = price(route, 4, exact=exact)
         seconds = _marginal_times(plan.backward_rows, n_samples, one, four)
     return replace(plan, seconds=seconds)

@@ -277,6 +277,8 @@ class Trace:
         out = values[self.graph.end]
         if not isinstance(cotangents, ExactRows) or cotangents.n_positions < 2:
             return None
+        if cotangents.matrix.shape[1] == 0:
+            return None  # no next feature: no rows
         C = cotangents.matrix.to(out.dtype)  # row i of the diagonal: C[:, i] everywhere
         positions = output_positions(out.shape[1:], out.device)
         step = self._chunk(values, None)  # the MLP's hidden values meet these rows

@@ -248,7 +248,7 @@ def test_the_plan_counts_passes_and_rows():
     assert priced.seconds is None  # nothing timed: no estimate
     timed, asked = {"a": 1e-6, "b": 2e-6}, set()
 
-    def price(route, n_rows, exact):
+    def price(route, n_rows, exact, repeats=None):
         asked.add(exact)
         return timed[route.section.src]
 
@@ -270,7 +270,7 @@ def test_a_long_fit_is_priced_by_what_a_row_adds():
     routes = RouteTable([autograd_route(s) for s in sections])
 
     def priced(one, four):
-        def price(route, n_rows, exact):
+        def price(route, n_rows, exact, repeats=None):
             return one if n_rows == 1 else four
 
         return make_plan("X", sections, routes, FitSettings(), 100_000, price=price).seconds

@@ -149,3 +149,23 @@ def test_fused_attentions_pattern_counts_in_the_chunks():
     fused = [n for n, step in trace.steps.items() if step.op.name == "sdpa"]
     assert len(fused) == 1
     assert trace._pattern_bytes(fused[0], values) == 64 * 2 * P * P * 8  # (n, h, L, S)
+
+
+def test_exact_rows_of_no_next_feature_take_nothing_per_position():
+    """A next basis of no features has no rows: nothing to send, no warning (found in
+    review: it failed, warned and turned rows per position off for good)."""
+    from sklearn_lib._routes.cotangents import ExactRows
+
+    model = model_of(lambda: Block("linear", "sdpa"))
+    x = inputs()
+    session = ModelSession(model)
+    section = section_of(session, x, "blocks.0", "head")
+    trace = TracedSection.detect(session, section).trace
+    with torch.no_grad():
+        (f,) = session.read(x, ["blocks.0"])
+        values, saved = trace.forward(f, x)
+        none = ExactRows(torch.zeros(5, 0, dtype=torch.float64), P)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert trace._per_position(values, saved, none, None) is None
+    assert trace.diagonal is None
