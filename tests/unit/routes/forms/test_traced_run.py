@@ -21,7 +21,7 @@ from _sections import section_of
 from torch import nn
 
 from sklearn_lib._model.session import ModelSession
-from sklearn_lib._routes.cotangents import Cotangents
+from sklearn_lib._routes.cotangents import Cotangents, ExactRows
 from sklearn_lib._routes.forms import traced_run
 from sklearn_lib._routes.forms.traced_run import Trace
 from sklearn_lib._routes.forms.traced_section import TracedSection
@@ -117,18 +117,26 @@ def test_rows_per_position_that_would_not_fit_are_taken_whole(monkeypatch):
     assert form.trace.diagonal is None  # never taken, so never checked
 
 
-def test_rows_per_position_chunk_by_what_they_meet_whole():
-    """The MLP's hidden values meet only rows per position: the whole rows' chunks are
-    sized by the attention's values, and fit the CPU's budget."""
-    model = model_of(lambda: Block("linear", "sdpa"))
-    x = inputs(n=64)
+def run_forward(block, n):
+    """``(trace, values, saved, section)`` of a one-block model's section, run forward on
+    ``n`` samples."""
+    model = model_of(block)
+    x = inputs(n=n)
     session = ModelSession(model)
     section = section_of(session, x, "blocks.0", "head")
     trace = TracedSection.detect(session, section).trace
     with torch.no_grad():
         (f,) = session.read(x, ["blocks.0"])
         values, saved = trace.forward(f, x)
-        rows = Cotangents.identity(section.dst_shape, torch.float64, "cpu").rows
+    return trace, values, saved, section
+
+
+def test_rows_per_position_chunk_by_what_they_meet_whole():
+    """The MLP's hidden values meet only rows per position: the whole rows' chunks are
+    sized by the attention's values, and fit the CPU's budget."""
+    trace, values, saved, section = run_forward(lambda: Block("linear", "sdpa"), 64)
+    rows = Cotangents.identity(section.dst_shape, torch.float64, "cpu").rows
+    with torch.no_grad():
         made = trace._diagonal(values, saved, rows, None)
     hidden = 64 * P * 4 * D * 8  # bytes of the MLP's hidden values
     assert trace._chunk(values, None) == traced_run.ROW_BYTES["cpu"] // hidden
@@ -138,14 +146,7 @@ def test_rows_per_position_chunk_by_what_they_meet_whole():
 def test_fused_attentions_pattern_counts_in_the_chunks():
     """``sdpa`` makes an attention pattern per row that no graph value holds: the chunks
     count it (long sequences: (n, h, L, L) per row)."""
-    model = model_of(lambda: Attention("linear", "sdpa"))
-    x = inputs(n=64)
-    session = ModelSession(model)
-    section = section_of(session, x, "blocks.0", "head")
-    trace = TracedSection.detect(session, section).trace
-    with torch.no_grad():
-        (f,) = session.read(x, ["blocks.0"])
-        values, _ = trace.forward(f, x)
+    trace, values, _, _ = run_forward(lambda: Attention("linear", "sdpa"), 64)
     fused = [n for n, step in trace.steps.items() if step.op.name == "sdpa"]
     assert len(fused) == 1
     assert trace._pattern_bytes(fused[0], values) == 64 * 2 * P * P * 8  # (n, h, L, S)
@@ -154,18 +155,9 @@ def test_fused_attentions_pattern_counts_in_the_chunks():
 def test_exact_rows_of_no_next_feature_take_nothing_per_position():
     """A next basis of no features has no rows: nothing to send, no warning (found in
     review: it failed, warned and turned rows per position off for good)."""
-    from sklearn_lib._routes.cotangents import ExactRows
-
-    model = model_of(lambda: Block("linear", "sdpa"))
-    x = inputs()
-    session = ModelSession(model)
-    section = section_of(session, x, "blocks.0", "head")
-    trace = TracedSection.detect(session, section).trace
-    with torch.no_grad():
-        (f,) = session.read(x, ["blocks.0"])
-        values, saved = trace.forward(f, x)
-        none = ExactRows(torch.zeros(5, 0, dtype=torch.float64), P)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert trace._per_position(values, saved, none, None) is None
+    trace, values, saved, _ = run_forward(lambda: Block("linear", "sdpa"), 6)
+    none = ExactRows(torch.zeros(5, 0, dtype=torch.float64), P)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert trace._per_position(values, saved, none, None) is None
     assert trace.diagonal is None
