@@ -185,7 +185,7 @@ def plan_fit(session, source, probe, sections, routes, settings, *, compute_grap
     )
 
 
-def row_seconds(session, probe, settings, route, n_rows, exact=False, repeats=None):
+def row_seconds(session, probe, settings, route, n_rows, *, exact=False, repeats=None):
     """Seconds per Jacobian row and probe sample of a section's ``M'``, on its route.
 
     Timed on the real computation (``n_rows`` random rows of the section's
