@@ -10,6 +10,7 @@ plan's, for ``n_stochastic_sources`` None, an int and ``"auto"``.
 """
 
 import collections
+import dataclasses
 import math
 import warnings
 
@@ -279,6 +280,29 @@ def test_a_long_fit_is_priced_by_what_a_row_adds():
     assert priced(3e-6, 1.5e-6) == pytest.approx(100_000 * (2e-6 + 160 * 1e-6))
     assert priced(3e-6, 0.5e-6) == pytest.approx(100_000 * 160 * 0.5e-6)  # a row adds < 0
     assert priced(3e-6, 3e-6) == pytest.approx(100_000 * 160 * 3e-6)  # no fixed part
+
+
+def test_rows_that_go_back_per_position_are_priced_once():
+    """Exact rows that a form sends back per output position are timed as one next feature
+    at every position, best of two: a timing with more rows would time the same."""
+
+    class PerPosition:
+        exact_per_position = True
+
+    sections = sections_of(["a"], {"a": (4, 8)}, (4, 10))  # 4 output positions
+    route = dataclasses.replace(autograd_route(sections[0]), rows=PerPosition())
+    asked = []
+
+    def price(route, n_rows, exact, repeats=None):
+        asked.append((n_rows, repeats))
+        return 1.0  # long: a plain route would be priced again with four rows
+
+    make_plan("X", sections, RouteTable([route]), FitSettings(), 1000, price=price)
+    assert asked == [(1, 2)]
+    asked.clear()
+    plain = RouteTable([autograd_route(sections[0])])
+    make_plan("X", sections, plain, FitSettings(), 1000, price=price)
+    assert asked == [(1, None), (1, 3), (4, None)]
 
 
 class WithStatistics(ClosedForm):
