@@ -203,12 +203,11 @@ def row_seconds(session, probe, settings, route, n_rows, *, exact=False, repeats
     """
     section = route.section
     exact_rows = Cotangents.identity(section.dst_shape, session.dtype, session.device)
-    form = route.form("rows")
     repeats = (3 if n_rows > 1 else 1) if repeats is None else repeats
-    if exact and getattr(form, "exact_per_position", False) and exact_rows.n_positions > 1:
+    if exact and route.exact_per_position:
         one = Cotangents(exact_rows.matrix[:, :1], exact_rows.n_positions)
         seconds = _timed(session, probe, settings, route, one, min(repeats, 2))
-        if form.per_position_fits(exact_rows.matrix.shape[1]):
+        if route.rows.per_position_fits(exact_rows.matrix.shape[1]):
             return None if seconds is None else seconds / exact_rows.n_positions
     cotangents = m_prime_sources(exact_rows, n_rows, torch.Generator().manual_seed(0))
     seconds = _timed(session, probe, settings, route, cotangents, repeats)

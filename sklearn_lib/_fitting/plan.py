@@ -365,7 +365,7 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
         return plan
     # One backward pass per row and batch: the cost grows as rows * samples.
     exact = plan.sources is None
-    once = _per_position(route, exact)  # one feature at every position, best of two
+    once = exact and route.exact_per_position  # one feature at every position, best of two
     one = price(route, 1, exact=exact, repeats=2 if once else None)
     seconds = _times(plan.backward_rows * n_samples, one)
     if seconds is not None and seconds > LONG_FIT_SECONDS / 10 and not once:
@@ -374,13 +374,6 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
         four = price(route, 4, exact=exact)
         seconds = _marginal_times(plan.backward_rows, n_samples, one, four)
     return replace(plan, seconds=seconds)
-
-
-def _per_position(route, exact):
-    """Whether exact rows of the section go back per output position, which the price of
-    one row already times with a next feature at every position (more rows time the same)."""
-    several = n_positions(route.section.dst_shape) > 1
-    return exact and several and getattr(route.form("rows"), "exact_per_position", False)
 
 
 def _times(row_samples, seconds_per_row_sample):

@@ -106,6 +106,13 @@ class SectionRoute:
         return rows
 
     @property
+    def exact_per_position(self):
+        """Whether the exact rows go back per output position (a rows form that sends them
+        so, and several output positions): they cost less per row than random ones."""
+        several = n_positions(self.section.dst_shape) > 1
+        return several and getattr(self.rows, "exact_per_position", False)
+
+    @property
     def gathers_statistics(self):
         """Whether the Gram's form has statistics the statistics pass can gather."""
         return self.gram is not None and type(self.gram).statistics is not ClosedForm.statistics

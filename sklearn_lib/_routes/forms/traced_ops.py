@@ -134,7 +134,8 @@ def shape_of(value):
     return value.shape if isinstance(value, torch.Tensor) else ()
 
 
-def _dims(dim, ndim):
+def reduced_dims(dim, ndim):
+    """The axes a reduction over ``dim`` (None: all) of a value of ``ndim`` axes sums."""
     if dim is None:
         return tuple(range(ndim))
     return tuple(sorted(d % ndim for d in (dim if isinstance(dim, (tuple, list)) else (dim,))))
@@ -143,7 +144,7 @@ def _dims(dim, ndim):
 def _expand_reduced(g, x, dim, keepdim):
     """Cotangent ``(R, *reduced)`` of a reduction over ``dim``, broadcast against ``x``'s
     shape, and the number of entries each reduced one sums."""
-    dims = _dims(dim, x.ndim)
+    dims = reduced_dims(dim, x.ndim)
     if not keepdim:
         for d in dims:
             g = g.unsqueeze(d + 1)
@@ -485,12 +486,25 @@ def _dropout_vjp(a, out, g, saved, wanted):
     return {"input": g}
 
 
-def _getitem_vjp(a, out, g, saved, wanted):
-    x, index = a["input"], a["index"]
+def basic_index(op, a):
+    """The index of a ``getitem``, ``slice`` or ``select`` of a tensor as a tuple of basic
+    indices, or None where it indexes by tensors."""
+    if op == "slice":
+        dim = a["dim"] % a["input"].ndim
+        return (slice(None),) * dim + (slice(a["start"], a["end"], a["step"]),)
+    if op == "select":
+        return (slice(None),) * (a["dim"] % a["input"].ndim) + (a["index"],)
+    index = a["index"] if isinstance(a["index"], tuple) else (a["index"],)
+    basic = all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index)
+    return index if basic else None
+
+
+def _getitem_vjp(a, out, g, saved, wanted, op="getitem"):
+    x = a["input"]
     if isinstance(x, (tuple, list)):
-        return {"input": {int(index) % len(x): g}}  # one piece of a split
-    index = index if isinstance(index, tuple) else (index,)
-    if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
+        return {"input": {int(a["index"]) % len(x): g}}  # one piece of a split
+    index = basic_index(op, a)
+    if index is None:
         raise Unsupported("indexing by tensors")
     shape = x.shape
     if broadcast(g, out.shape):
@@ -504,20 +518,12 @@ def _getitem_vjp(a, out, g, saved, wanted):
     return {"input": spread}
 
 
-def _index_vjp(a, out, g, saved, wanted, index):
-    """The product of ``input[index]`` (basic indexing), as :func:`_getitem_vjp`."""
-    return _getitem_vjp({"input": a["input"], "index": index}, out, g, saved, wanted)
-
-
 def _slice_vjp(a, out, g, saved, wanted):
-    dim = a["dim"] % a["input"].ndim
-    index = (slice(None),) * dim + (slice(a["start"], a["end"], a["step"]),)
-    return _index_vjp(a, out, g, saved, wanted, index)
+    return _getitem_vjp(a, out, g, saved, wanted, op="slice")
 
 
 def _select_vjp(a, out, g, saved, wanted):
-    dim = a["dim"] % a["input"].ndim
-    return _index_vjp(a, out, g, saved, wanted, (slice(None),) * dim + (a["index"],))
+    return _getitem_vjp(a, out, g, saved, wanted, op="select")
 
 
 def _pieces_vjp(a, out, g, saved, wanted, stacked=False):

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .traced_ops import flat, shape_of, wanted_indices
+from ..._core.nodes import n_positions
+from .traced_ops import basic_index, flat, reduced_dims, shape_of, wanted_indices
 from .traced_pending import Pending, Pieces
 
 #: Operations that act entry by entry on the arguments of the result's shape.
@@ -116,10 +117,7 @@ def joined_pieces(terms, op, a, out):
 def output_positions(shape, device):
     """The position map of a section's end of per-sample ``shape`` (features last):
     position-major over the axes before the features, as exact rows are numbered."""
-    count = 1
-    for n in shape[:-1]:
-        count *= n
-    return torch.arange(count, device=device).reshape(1, *shape[:-1], 1)
+    return torch.arange(n_positions(shape), device=device).reshape(1, *shape[:-1], 1)
 
 
 def diagonal_sum(terms):
@@ -234,16 +232,10 @@ def _normalized(a):
 
 def _spread(positions, a, out):
     """The map of a reduction's input: each entry reaches the entry it is summed into."""
-    x, dim = a["input"], a["dim"]
-    dims = range(x.ndim) if dim is None else [d % x.ndim for d in _flat_dims(dim)]
     if not a["keepdim"]:
-        for d in sorted(dims):
+        for d in reduced_dims(a["dim"], a["input"].ndim):
             positions = positions.unsqueeze(d)
     return positions
-
-
-def _flat_dims(dim):
-    return tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
 
 
 def _inverse(op, a, ndim):
@@ -269,14 +261,9 @@ def _index_map(op, a, out, positions):
     x = a["input"]
     if not isinstance(x, torch.Tensor):
         return {"input": positions}  # a piece of a split, mapped as it is
-    if op == "getitem":
-        index = a["index"] if isinstance(a["index"], tuple) else (a["index"],)
-        if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in index):
-            return None
-    elif op == "slice":
-        index = (slice(None),) * (a["dim"] % x.ndim) + (slice(a["start"], a["end"], a["step"]),)
-    else:
-        index = (slice(None),) * (a["dim"] % x.ndim) + (a["index"],)
+    index = basic_index(op, a)
+    if index is None:
+        return None
     spread = torch.full(x.shape, -1, dtype=positions.dtype, device=positions.device)
     spread[index] = positions.expand(out.shape)
     return {"input": spread}

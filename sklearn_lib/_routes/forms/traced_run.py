@@ -289,10 +289,11 @@ class Trace:
             seed = seed.expand(part.shape[1], 1, *out.shape[1:])
             seed = Diagonal(seed if mask is None else seed * mask, positions)
             parts.append(self._features(values, saved, seed))
-            held = sum(nbytes(terms) for terms, _ in parts[0].values())
-            self.bytes_per_feature = held / min(step, C.shape[1])
-            if not self.fits_per_position(C.shape[1]):
-                return None  # all features' rows at attention would not fit: whole rows
+            if len(parts) == 1:  # measured on the first chunk of features
+                held = sum(nbytes(terms) for terms, _ in parts[0].values())
+                self.bytes_per_feature = held / part.shape[1]
+                if not self.fits_per_position(C.shape[1]):
+                    return None  # all features' rows at attention would not fit: whole rows
         return {
             node: (merged([p[node][0] for p in parts]), names)
             for node, (_, names) in parts[0].items()
