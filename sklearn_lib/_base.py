@@ -125,13 +125,14 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             return max(PROBE_SIZE, DEFAULT_BATCH_SIZE)
         return self.batch_size_
 
-    def _choose_batch_size(self, source, session, per_sample):
+    def _choose_batch_size(self, source, session, per_sample, within_cache=None):
         """Set ``batch_size_`` (and the batches of an array ``source``) at the fit.
 
         ``"auto"``: the largest batch whose working set fits the device's
         memory budget (:func:`~sklearn_lib._model.batching.auto_batch_size`), for
         ``per_sample()`` bytes that autograd saves per sample, or the int it
-        returns where the fit needs that size.
+        returns where the fit needs that size; within ``within_cache`` samples
+        where the closed forms' rows stay in the cache at that size.
         """
         if self.batch_size != "auto":
             self.batch_size_ = self.batch_size
@@ -140,7 +141,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         if isinstance(size, float):
             # Not capped by this fit's number of samples: later passes (transform,
             # the ablations) may read far more data, e.g. after a fit on a few samples.
-            size = auto_batch_size(size, session.device)
+            size = auto_batch_size(size, session.device, within_cache)
         self.batch_size_ = size
         if isinstance(source, ArraySource):
             source.batch_size = size

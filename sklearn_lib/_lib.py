@@ -417,7 +417,10 @@ class LIBTransformer(_ModelLayerTransformer):
             session, source, probe, sections, routes, settings, compute_graph=self.compute_graph
         )
         self._choose_batch_size(
-            source, session, lambda: bytes_per_sample(session, probe, sections, plan)
+            source,
+            session,
+            lambda: bytes_per_sample(session, probe, sections, plan),
+            within_cache=routes.batch_within_cache() if routes is not None else None,
         )
         # A stream brings its own batches: the plan names a size only for arrays.
         plan = plan.with_batch_size(self.batch_size_ if isinstance(source, ArraySource) else None)

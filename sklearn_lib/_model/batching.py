@@ -31,6 +31,9 @@ WORKING_SET_FACTOR = 4
 
 #: The range of automatic batch sizes.
 MIN_BATCH_SIZE, MAX_BATCH_SIZE = 64, 4096
+#: The fewest samples per batch that a bound by the cache leaves (each batch has its
+#: fixed costs: the section's forward, the products' setup).
+MIN_CACHED_BATCH_SIZE = 16
 
 #: The batch size of calls that read no data before it is chosen.
 DEFAULT_BATCH_SIZE = 256
@@ -88,7 +91,7 @@ def budget_bytes(device):
     return CPU_BUDGET_BYTES
 
 
-def auto_batch_size(per_sample_bytes, device):
+def auto_batch_size(per_sample_bytes, device, within_cache=None):
     """The largest batch whose working set fits the device's budget, within the range.
 
     Parameters
@@ -96,11 +99,16 @@ def auto_batch_size(per_sample_bytes, device):
     per_sample_bytes : float
         What autograd saves per sample (:func:`saved_bytes_per_sample`).
     device : torch.device or str
+    within_cache : int, optional
+        The most samples whose rows a closed form makes in chunks that fit the
+        cache (``ClosedForm.batch_within_cache``): the batch stays within it,
+        down to :data:`MIN_CACHED_BATCH_SIZE`.
 
     Returns
     -------
     int
-        A power of two between :data:`MIN_BATCH_SIZE` and
+        A power of two between :data:`MIN_BATCH_SIZE` (or
+        :data:`MIN_CACHED_BATCH_SIZE` within the cache) and
         :data:`MAX_BATCH_SIZE`; not capped by any data's size, since the
         estimators keep it for every later pass (a smaller data set is one batch).
     """
@@ -108,4 +116,6 @@ def auto_batch_size(per_sample_bytes, device):
     size = MIN_BATCH_SIZE
     while size * 2 <= min(fits, MAX_BATCH_SIZE):
         size *= 2
+    while within_cache is not None and size > max(within_cache, MIN_CACHED_BATCH_SIZE):
+        size //= 2
     return size

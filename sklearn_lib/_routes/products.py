@@ -174,13 +174,28 @@ def as_rows(g):
     The Gram does not depend on the order of the rows, and closed forms may
     return permuted views.
     """
-    order = sorted(range(g.ndim - 1), key=lambda i: -g.stride(i))
-    return g.permute(*order, g.ndim - 1).reshape(-1, g.shape[-1])
+    return g.permute(*_memory_order(g), g.ndim - 1).reshape(-1, g.shape[-1])
+
+
+def _memory_order(g):
+    """The axes of ``g`` but its last, outermost in memory first."""
+    return sorted(range(g.ndim - 1), key=lambda i: -g.stride(i))
+
+
+def times(g, matrix):
+    """``g @ matrix`` as one matrix product of ``g``'s rows in memory order: a permuted
+    view would otherwise be multiplied as a stack of small products, ``matrix`` copied to
+    each."""
+    order = _memory_order(g)
+    product = as_rows(g) @ matrix
+    product = product.reshape(*(g.shape[i] for i in order), matrix.shape[-1])
+    back = sorted(range(len(order)), key=order.__getitem__)
+    return product.permute(*back, len(order))
 
 
 def directional(g, directions, coefficients):
     """Directional derivatives from rows ``g`` of shape (r, n, P, d): (r, n, J)."""
-    along = g.to(torch.float64) @ directions.T  # (r, n, P, J)
+    along = times(g.to(torch.float64), directions.T)  # (r, n, P, J)
     return (along * coefficients).sum(2)
 
 

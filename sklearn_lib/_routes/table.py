@@ -144,6 +144,13 @@ class RouteTable(Mapping):
     def __len__(self):
         return len(self._routes)
 
+    def batch_within_cache(self):
+        """The most samples per batch for which every form's rows stay within the cache
+        (:meth:`ClosedForm.batch_within_cache`), or None where none has a bound."""
+        forms = {id(f): f for r in self._routes.values() for f in (r.rows, r.gram, r.tangents)}
+        sizes = [f.batch_within_cache() for f in forms.values() if f is not None]
+        return min((s for s in sizes if s is not None), default=None)
+
     def summary(self):
         """One line per section: how ``M'`` is made and what each check said."""
         lines = []

@@ -241,9 +241,9 @@ def test_auto_batches_follow_the_budget(monkeypatch):
     measured = []
     original = _batching.auto_batch_size
 
-    def spy(per_sample, device):
+    def spy(per_sample, device, within_cache=None):
         measured.append(per_sample)
-        return original(per_sample, device)
+        return original(per_sample, device, within_cache)
 
     monkeypatch.setattr("sklearn_lib._base.auto_batch_size", spy)
     assert fit(model, X, ["fc2"]).batch_size_ == 4096
@@ -252,6 +252,21 @@ def test_auto_batches_follow_the_budget(monkeypatch):
     assert fit(model, X, ["fc2"]).batch_size_ == 128
     monkeypatch.setattr(_batching, "CPU_BUDGET_BYTES", 1)
     assert fit(model, X, ["fc2"]).batch_size_ == 64
+
+
+def test_auto_batches_keep_traced_rows_within_the_cache(monkeypatch):
+    # The attention's rows run in chunks of CACHED_ROWS: at 4096 samples, fewer.
+    from sklearn_lib._routes.forms import traced_run
+
+    monkeypatch.setattr(traced_run, "CACHED_ROWS", 1024)  # a bound within 16..4096
+    model, X = user_transformer(), modadd_tokens(300)
+    layers = ["blocks.0.attn", "blocks.0.mlp"]
+    route = route_of(ModelSession(model), torch.as_tensor(X[:16]), *layers, kinds=("rows",))
+    bound = route.rows.batch_within_cache()  # measured on the check's batch
+    assert 16 < bound < 4096
+    auto = fit(model, X, layers)
+    assert auto.batch_size_ == 1 << (bound.bit_length() - 1)
+    assert_same_fit(auto, fit(model, X, layers, batch_size=4096), 1e-9)
 
 
 def test_auto_batches_with_stochastic_sources_stay_small():

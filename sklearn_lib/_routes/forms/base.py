@@ -177,6 +177,11 @@ class ClosedForm(abc.ABC):
         for start, stop in chunks:
             yield form_rows(self, x, points, rows[start:stop], weights, n_rows(x))
 
+    def batch_within_cache(self):
+        """The most samples per batch for which the form's rows stay within the cache, as
+        measured on the batches it served; None (the default): no bound of its own."""
+        return None
+
     def statistics(self, session, section, rule):
         """An accumulator the statistics pass can feed, whose result gives ``M'`` for any
         next basis (``result().m_prime(matrix)``), or None (the default) where there is none."""

@@ -114,13 +114,16 @@ class LinearElementwise(ClosedForm):
         W = self.linear.weight  # (d_next, d)
         # Output positions are the input positions (a size-1 axis where there are none).
         c = cotangents.reshape(cotangents.shape[0], *slope.shape[1:])
-        scaled_rows = slope.unsqueeze(0) * c.unsqueeze(1)  # (R, m, *pos, d_next)
         if tangents is None:
-            return scaled_rows @ W
+            return (slope.unsqueeze(0) * c.unsqueeze(1)) @ W  # (R, m, *pos, d)
         v_dirs, coef = tangents  # (J, d), (m, *positions, J)
-        along = scaled_rows @ (v_dirs @ W.T).T  # (R, m, *pos, J)
-        along = along.reshape(along.shape[0], along.shape[1], -1, along.shape[-1])
-        return (along * coef.reshape(coef.shape[0], -1, coef.shape[-1])).sum(2)
+        m, k = slope.shape[0], slope.shape[-1]
+        return slope_directional(
+            c.reshape(c.shape[0], -1, k),
+            slope.reshape(m, -1, k),
+            (v_dirs @ W.T).T,
+            coef.reshape(m, -1, coef.shape[-1]),
+        )
 
     def integrated_slopes(self, points, weights):
         """``s = sum_a w_a phi'(alpha_a f W^T + b)``, float64 ``(m, *pos, d_next)``.
@@ -189,6 +192,43 @@ class LinearElementwise(ClosedForm):
             g = (c.unsqueeze(1) * s.unsqueeze(0)).reshape(-1, s.shape[-1]) @ W  # (rows, d)
             return g.T @ g
         return W.T @ weighted_slope_gram(c, s) @ W
+
+
+def slope_directional(w, s, projected, coef, through=None):
+    """Derivatives of the rows ``A (s * w_r) [+ c_r]`` along ``coef[m, p, j] * v_j``,
+    ``(R, m, J)``: ``sum_p coef[m, p, j] (sum_k w[r, p, k] s[m, p, k] projected[k, j]
+    [+ through[r, p, j]])``.
+
+    Each row's weights of the hidden units along each direction,
+    ``w[r, p, k] projected[k, j]``, are shared by all samples, so a chunk of
+    rows is one matrix product with the slopes, ``(m, k) @ (k, r J)`` per
+    position, rather than one narrow product per row and sample.
+
+    Parameters
+    ----------
+    w : torch.Tensor of shape (R, P, k)
+        Rows in the hidden units' space.
+    s : torch.Tensor of shape (m, P, k)
+        Slopes.
+    projected : torch.Tensor of shape (k, J)
+        The directions mapped into the hidden units' space (``A^T v_j``).
+    coef : torch.Tensor of shape (m, P, J)
+    through : torch.Tensor of shape (R, P, J), optional
+        A part shared by all samples (a residual stream's ``c_r . v_j``).
+    """
+    (R, n_pos, k), m, J = w.shape, s.shape[0], projected.shape[1]
+    out = w.new_empty(R, m, J)
+    chunk = max(1, CHUNK_ELEMENTS // max(n_pos * max(m, k) * J, 1))
+    slopes = s.transpose(0, 1)  # (P, m, k)
+    for start in range(0, R, chunk):
+        part = w[start : start + chunk]
+        r = part.shape[0]
+        weights = (part.unsqueeze(-1) * projected).permute(1, 2, 0, 3).reshape(n_pos, k, r * J)
+        along = (slopes @ weights).reshape(n_pos, m, r, J).permute(2, 1, 0, 3)  # (r, m, P, J)
+        if through is not None:
+            along = along + through[start : start + chunk, None]
+        out[start : start + r] = (along * coef).sum(2)
+    return out
 
 
 def weighted_slope_gram(w, s):

@@ -44,7 +44,7 @@ from ..._core.numerics import CHUNK_ELEMENTS
 from ..tracing import LeafTracer, feeds, quietly, trace
 from .activations import BY_FUNCTION, BY_METHOD, BY_MODULE, BY_NAME
 from .base import ClosedForm
-from .linear_elementwise import weighted_slope_gram
+from .linear_elementwise import slope_directional, weighted_slope_gram
 
 
 class _Affine(NamedTuple):
@@ -133,23 +133,19 @@ class ResidualMLP(ClosedForm):
         if tangents is not None:
             v_dirs, coef = tangents  # (J, d), (m, *positions, J)
             # Directions projected through A first: no d-dimensional row is ever formed.
-            projected = (v_dirs @ self.A).T  # (k, J)
-            coef = coef.reshape(m, n_pos, -1)
-            through_c = c @ v_dirs.T if self.residual else None  # (R, P, J)
+            return slope_directional(
+                w,
+                s,
+                (v_dirs @ self.A).T,
+                coef.reshape(m, n_pos, -1),
+                c @ v_dirs.T if self.residual else None,
+            )
         out = []
         chunk = max(1, CHUNK_ELEMENTS // max(m * n_pos * k, 1))
         for start in range(0, c.shape[0], chunk):
-            scaled = w[start : start + chunk, None] * s  # (r, m, P, k)
-            if tangents is None:
-                rows = scaled @ self.A.T  # (r, m, P, d)
-                out.append(rows + c[start : start + chunk, None] if self.residual else rows)
-                continue
-            along = scaled @ projected  # (r, m, P, J)
-            if self.residual:
-                along = along + through_c[start : start + chunk, None]
-            out.append((along * coef).sum(2))  # (r, m, J)
-        result = torch.cat(out)
-        return result if tangents is not None else result.reshape(-1, *points.shape)
+            rows = (w[start : start + chunk, None] * s) @ self.A.T  # (r, m, P, d)
+            out.append(rows + c[start : start + chunk, None] if self.residual else rows)
+        return torch.cat(out).reshape(-1, *points.shape)
 
     def integrated_slopes(self, points, weights):
         """``s = sum_a w_a phi'(alpha_a x A + a)``, float64 ``(m, *pos, k)``.

@@ -73,6 +73,14 @@ def matmul_form(rows, rl, value, vl, out):
     samples) first.
     """
     own_r, own_v = dict(zip(rl, rows.shape)), dict(zip(vl, value.shape))
+    # An axis one operand only broadcasts (size 1: the rows of all samples, say) is the
+    # other's own: a batch axis would copy the broadcast operand once per sample into
+    # many small products, where one large product serves.
+    for c in set(own_r) & set(own_v) & set(out):
+        if own_r[c] == 1 < own_v[c]:
+            del own_r[c]
+        elif own_v[c] == 1 < own_r[c]:
+            del own_v[c]
     batch = [c for c in out if c in own_r and c in own_v]
     left = [c for c in out if c in own_r and c not in own_v]
     right = [c for c in out if c in own_v and c not in own_r]
@@ -102,9 +110,14 @@ def matmul_form(rows, rl, value, vl, out):
 
 
 def _grouped(t, labels, batch, first, second):
-    """``t`` as ``(*batch, prod first, prod second)`` (batch axes kept: they broadcast)."""
+    """``t`` as ``(*batch, prod first, prod second)`` (batch axes kept: they broadcast);
+    its axes of size 1 named in none of them dropped."""
+    named = batch + first + second
+    dropped = [i for i, c in enumerate(labels) if c not in named]
+    if dropped:
+        t, labels = t.squeeze(dropped), "".join(c for c in labels if c in named)
     own = dict(zip(labels, t.shape))
-    t = t.permute([labels.index(c) for c in batch + first + second])
+    t = t.permute([labels.index(c) for c in named])
     return t.reshape(*(own[c] for c in batch), math.prod(own[c] for c in first),
                      math.prod(own[c] for c in second))  # fmt: skip
 

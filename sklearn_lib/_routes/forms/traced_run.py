@@ -48,6 +48,10 @@ BILINEAR_OPS = ("matmul", "einsum")  # not "mul": a gated MLP multiplies two too
 ROW_BYTES = {"cpu": 16 << 20}
 ROW_BYTES_ELSEWHERE = 16 * CHUNK_ELEMENTS
 MIN_ROWS = {"cpu": 4}
+#: Rows per chunk that a batch of ``batch_size="auto"`` leaves room for on a CPU: with
+#: fewer, each product is a stack of small ones, one per sample (the paper's transformer
+#: as a user's class: 2.9 s at 4 rows per chunk, 2.2 s at 21; GPT-2 best at 16).
+CACHED_ROWS = 16
 #: The most bytes the rows per position of all next features may hold where they wait
 #: to be taken whole (attention's scores of every feature): beyond, whole rows throughout.
 PER_POSITION_BYTES = 1 << 30
@@ -79,6 +83,7 @@ class Trace:
         self.model, self.graph = model, graph
         # Rows per output position: None untried, True taken, False whole rows from now on.
         self.diagonal, self.bytes_per_feature = None, None
+        self.bytes_per_sample = None  # of the largest value a row meets, as last measured
         self.steps = {step.node: step for step in steps}
         # Elementwise chains as one step each: their slope is made in the forward.
         self.chains = chains(self.steps, graph)
@@ -164,6 +169,7 @@ class Trace:
         """
         out, start = values[self.graph.end], values[self.graph.start]
         mask, kept = point_mask(x, out.shape[1:], out.shape[0], out.dtype), {}
+        self.bytes_per_sample = self._largest(values, self.graph.nodes) / start.shape[0]
         with folds_kept(kept):
             made = self._per_position(values, saved, cotangents, mask)
         chunk = self._chunk(values, made)
@@ -183,13 +189,25 @@ class Trace:
         if made is not None:
             index = {node: i for i, node in enumerate(nodes)}
             nodes = nodes[: max((index.get(n, 0) for n in made), default=0) + 1]
+        device = values[self.graph.start].device.type
+        budget = ROW_BYTES.get(device, ROW_BYTES_ELSEWHERE)
+        return max(MIN_ROWS.get(device, 1), budget // max(self._largest(values, nodes), 1))
+
+    def _largest(self, values, nodes):
+        """Bytes of the largest value of ``nodes`` (or fused attention's pattern)."""
         tensors = [values[n] for n in nodes if isinstance(values.get(n), torch.Tensor)]
         sizes = [t.numel() * t.element_size() for t in tensors]
         sizes += [self._pattern_bytes(n, values) for n in nodes if n in self.steps]
-        largest = max(sizes, default=1)
-        device = values[self.graph.start].device.type
-        budget = ROW_BYTES.get(device, ROW_BYTES_ELSEWHERE)
-        return max(MIN_ROWS.get(device, 1), budget // max(largest, 1))
+        return max(sizes, default=1)
+
+    def batch_within_cache(self, device):
+        """The most samples per batch whose rows run :data:`CACHED_ROWS` to a chunk on
+        ``device``, as the last batch measured; None before any, or off a CPU (a GPU wants
+        large products)."""
+        budget = ROW_BYTES.get(torch.device(device).type)
+        if budget is None or not self.bytes_per_sample:
+            return None
+        return max(1, int(budget // (CACHED_ROWS * self.bytes_per_sample)))
 
     def _pattern_bytes(self, node, values):
         """Bytes of the attention pattern that fused attention (``sdpa``) makes for each row

@@ -87,10 +87,19 @@ class TracedSection(ClosedForm):
     def per_position_fits(self, n_features):
         """Whether exact rows of ``n_features`` next features go back per output position
         within :data:`PER_POSITION_BYTES`, as the traces measured them (True before)."""
+        return all(t.fits_per_position(n_features) for t in self._traces())
+
+    def batch_within_cache(self):
+        """The most samples per batch whose rows the traces make in cache-sized chunks
+        (:meth:`Trace.batch_within_cache`), or None where no trace has a bound."""
+        sizes = [t.batch_within_cache(self.session.device) for t in self._traces()]
+        return min((s for s in sizes if s is not None), default=None)
+
+    def _traces(self):
+        """The traces made so far."""
         traces = [self.trace] if self.trace is not None else []
-        traces += [t for t in [*self._exported.values(), *self._by_fields.values()]
-                   if isinstance(t, Trace)]  # fmt: skip
-        return all(t.fits_per_position(n_features) for t in traces)
+        return traces + [t for t in [*self._exported.values(), *self._by_fields.values()]
+                         if isinstance(t, Trace)]  # fmt: skip
 
     def _trace(self, x, m):
         """The trace for ``m`` points of batch ``x``; raises :class:`NotOffered` or

@@ -102,6 +102,19 @@ def test_auto_batch_size_is_the_largest_power_of_two_that_fits(per_sample):
     assert size & (size - 1) == 0
 
 
+@pytest.mark.parametrize(
+    "within, expected", [(None, 4096), (10_000, 4096), (4096, 4096), (300, 256), (256, 256),
+                         (40, 32), (3, batching.MIN_CACHED_BATCH_SIZE)]
+)  # fmt: skip
+def test_a_bound_by_the_cache_lowers_the_batch_to_a_power_of_two(within, expected):
+    assert batching.auto_batch_size(1.0, "cpu", within) == expected
+
+
+def test_the_memory_budget_still_bounds_a_batch_within_the_cache():
+    per_sample = batching.CPU_BUDGET_BYTES / batching.WORKING_SET_FACTOR / 100  # 64 fit
+    assert batching.auto_batch_size(per_sample, "cpu", 1000) == 64
+
+
 def test_auto_batch_sizes_are_powers_of_two_in_range():
     budget = batching.CPU_BUDGET_BYTES
     factor = batching.WORKING_SET_FACTOR

@@ -76,6 +76,18 @@ def test_as_rows_keeps_every_row_and_reads_permuted_views_without_a_copy(rng):
     torch.testing.assert_close(gram_of([g], 3, 5), torch.einsum("rnpd,rnpe->de", g, g))
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (1, 0, 2, 3), (2, 1, 0, 3)])
+def test_times_is_one_product_in_memory_order(rng, order):
+    base = _t(rng, 4, 3, 2, 5)
+    g = base.permute(*order)  # a closed form's permuted view
+    matrix = _t(rng, 5, 6)
+    got = products.times(g, matrix)
+    assert got.shape == (*g.shape[:-1], 6)
+    torch.testing.assert_close(got, g @ matrix, rtol=1e-13, atol=1e-13)
+    # A slice along a middle axis (not one block of memory) as well.
+    torch.testing.assert_close(products.times(g[:, 1:], matrix), g[:, 1:] @ matrix)
+
+
 # -- directional derivatives ----------------------------------------------------------------
 def test_directional_derivatives_by_hand(rng):
     g = _t(rng, 2, 3, 4, 5)  # (r, n, P, d)
@@ -89,6 +101,9 @@ def test_directional_derivatives_by_hand(rng):
     got = directional(g, directions, coefficients)
     assert got.dtype == torch.float64
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    # Rows laid out samples first (a permuted view) give the same.
+    permuted = g.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)
+    np.testing.assert_allclose(directional(permuted, directions, coefficients), expected, 1e-12)
 
 
 def test_square_sums_of_per_sample_rows(rng):

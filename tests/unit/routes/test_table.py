@@ -403,3 +403,12 @@ def test_the_traced_section_reads_forward_kwargs_as_the_model_is_called():
     section = Section("fc2", OUTPUT_NODE, (8,), (3,))
     routes = decide_routes(session, x, [section], (torch.ones(1), torch.ones(1)), {"gram", "rows"})
     assert isinstance(routes[section].rows, TracedSection)  # checked against autograd
+
+
+def test_the_batch_within_the_cache_is_the_smallest_forms():
+    pairs = [("blocks.0.attn", "blocks.0.mlp"), ("blocks.0.mlp", "unembed"), ("unembed", "output")]
+    routes, (attn, _, _) = _decide(user_transformer(), modadd_tokens(20), pairs)
+    # Only the traced attention bounds it, as measured on the probe's check.
+    bound = routes[attn].rows.batch_within_cache()
+    assert bound is not None and routes.batch_within_cache() == bound
+    assert RouteTable([]).batch_within_cache() is None

@@ -11,6 +11,7 @@ from toy_models import PositionMixer, ResidualMLP, tanh_mlp
 from sklearn_lib import LIBTransformer
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.forms import linear_elementwise
 from sklearn_lib._routes.forms.base import applicable_forms
 from sklearn_lib._routes.forms.linear_elementwise import LinearElementwise
 from sklearn_lib._routes.forms.linear_elementwise import linear_elementwise_section as section_of
@@ -114,3 +115,37 @@ def test_the_gram_of_few_rows_and_of_many_equal_autograds(n_cotangents, n_positi
         rows = integrated.reshape(-1, 5)
         expected += rows.T @ rows
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("chunk", [None, 7], ids=["one chunk", "small chunks"])
+@pytest.mark.parametrize("n_positions", [1, 3])
+@pytest.mark.parametrize("residual", [False, True])
+def test_slope_directional_is_the_sum_over_hidden_units_and_positions(
+    chunk, n_positions, residual, monkeypatch
+):
+    if chunk is not None:
+        monkeypatch.setattr(linear_elementwise, "CHUNK_ELEMENTS", chunk)
+    gen = torch.Generator().manual_seed(0)
+    w, s = (torch.randn(n, n_positions, 6, dtype=torch.float64, generator=gen) for n in (4, 5))
+    projected = torch.randn(6, 3, dtype=torch.float64, generator=gen)
+    coef = torch.randn(5, n_positions, 3, dtype=torch.float64, generator=gen)
+    through = torch.randn(4, n_positions, 3, dtype=torch.float64, generator=gen)
+    along = torch.einsum("rpk,mpk,kj->rmpj", w, s, projected)
+    along = along + through[:, None] if residual else along
+    expected = torch.einsum("rmpj,mpj->rmj", along, coef)
+    got = linear_elementwise.slope_directional(w, s, projected, coef, through if residual else None)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("n_positions", [1, 2])
+def test_directional_derivatives_are_those_of_the_rows(n_positions):
+    torch.manual_seed(2)
+    form = LinearElementwise(nn.Linear(5, 7).double(), [nn.Tanh()])
+    points = torch.randn(3, n_positions, 5, dtype=torch.float64)
+    cotangents = torch.randn(4, n_positions, 7, dtype=torch.float64)
+    v = torch.randn(2, 5, dtype=torch.float64)
+    coef = torch.randn(3, n_positions, 2, dtype=torch.float64)
+    rows = form.vjp(None, points, cotangents)  # (R, m, P, d)
+    expected = torch.einsum("rmpd,jd,mpj->rmj", rows, v, coef)
+    got = form.vjp(None, points, cotangents, tangents=(v, coef))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)

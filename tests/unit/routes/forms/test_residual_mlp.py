@@ -13,6 +13,7 @@ from toy_models import user_transformer
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.cotangents import Cotangents, scaled
+from sklearn_lib._routes.forms import linear_elementwise
 from sklearn_lib._routes.forms import residual_mlp as _traced
 from sklearn_lib._routes.forms.base import applicable_forms
 from sklearn_lib._routes.forms.residual_mlp import ResidualMLP
@@ -334,6 +335,8 @@ def _case(name, seed=1):
 def chunk(request, monkeypatch):
     if request.param is not None:
         monkeypatch.setattr(_traced, "CHUNK_ELEMENTS", request.param)
+        # The directional derivatives' chunks (slope_directional).
+        monkeypatch.setattr(linear_elementwise, "CHUNK_ELEMENTS", request.param)
 
 
 @pytest.mark.parametrize("name", list(CASES))

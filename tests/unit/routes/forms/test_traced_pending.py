@@ -11,6 +11,7 @@ from sklearn_lib._routes.forms.traced_pending import (
     contract,
     fold,
     folds_kept,
+    matmul_form,
     pending_product,
     sum_of,
 )
@@ -80,6 +81,22 @@ def test_contract_takes_broadcast_batch_axes():
     rows, value = randn(3, 1, 2, 4), randn(5, 2, 4, 6)
     got = contract(rows, "anhp", value, "nhps", "ans")
     torch.testing.assert_close(got, torch.einsum("anhp,nhps->ans", rows, value))
+
+
+@pytest.mark.parametrize("broadcast_in", ["rows", "value"])
+def test_an_axis_one_operand_broadcasts_is_the_others_own_not_a_batch(broadcast_in):
+    # Rows shared by all samples (n of size 1) against a per-sample value: one product
+    # (r h, p) @ (p, n s), not n small ones each with its own copy of the rows.
+    rows, value = randn(3, 1, 2, 4), randn(5, 2, 4, 6)
+    if broadcast_in == "value":
+        rows, value = randn(3, 5, 2, 4), randn(1, 2, 4, 6)
+    _, lhs, (_, rhs), finish = matmul_form(rows, "anhp", value, "nhps", "anhs")
+    assert lhs().ndim == rhs().ndim == 3 and lhs().shape[0] == rhs().shape[0] == 2  # h only
+    got = finish(lhs() @ rhs())
+    torch.testing.assert_close(got, torch.einsum("anhp,nhps->anhs", rows, value))
+    torch.testing.assert_close(
+        contract(rows, "anhp", value, "nhps", "ans"), torch.einsum("anhp,nhps->ans", rows, value)
+    )
 
 
 def test_sum_of_makes_alike_terms_in_one_product_and_never_changes_a_term():

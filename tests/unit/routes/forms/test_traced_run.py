@@ -161,3 +161,27 @@ def test_exact_rows_of_no_next_feature_take_nothing_per_position():
         warnings.simplefilter("error")
         assert trace._per_position(values, saved, none, None) is None
     assert trace.diagonal is None
+
+
+def test_a_batch_within_the_cache_leaves_room_for_its_rows():
+    """On a CPU, a batch of ``batch_within_cache`` samples has chunks of CACHED_ROWS rows
+    of the largest value they meet (the attention pattern or the MLP's hidden values);
+    None before any batch and off a CPU, where large products win."""
+    model = model_of(lambda: Block("linear", "sdpa"))
+    x = inputs(n=64)
+    session = ModelSession(model)
+    section = section_of(session, x, "blocks.0", "head")
+    form = TracedSection.detect(session, section)
+    assert form.batch_within_cache() is None  # nothing measured yet
+    rows = Cotangents.identity(section.dst_shape, torch.float64, "cpu").rows
+    with torch.no_grad():
+        (f,) = session.read(x, ["blocks.0"])
+        form.vjp(x, f, rows[:2])
+    hidden = P * 4 * D * 8  # the MLP's hidden values: the largest, per sample
+    assert form.trace.bytes_per_sample == hidden
+    expected = traced_run.ROW_BYTES["cpu"] // (traced_run.CACHED_ROWS * hidden)
+    assert form.batch_within_cache() == expected
+    trace, values, _, _ = run_forward(lambda: Block("linear", "sdpa"), expected)
+    trace.bytes_per_sample = hidden
+    assert trace._chunk(values, None) == traced_run.CACHED_ROWS
+    assert form.trace.batch_within_cache("cuda") is None
