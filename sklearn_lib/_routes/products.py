@@ -194,8 +194,13 @@ def times(g, matrix):
 
 
 def directional(g, directions, coefficients):
-    """Directional derivatives from rows ``g`` of shape (r, n, P, d): (r, n, J)."""
-    along = times(g.to(torch.float64), directions.T)  # (r, n, P, J)
+    """Directional derivatives from rows ``g`` of shape (r, n, P, d): (r, n, J), float64.
+
+    The product is in the rows' dtype, as they were made (float32 rows carry
+    float32's error already; a float64 copy of them would cost more than the
+    product), and summed over positions in float64.
+    """
+    along = times(g, directions.T.to(g.dtype)).to(torch.float64)  # (r, n, P, J)
     return (along * coefficients).sum(2)
 
 

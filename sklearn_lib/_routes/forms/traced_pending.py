@@ -58,12 +58,12 @@ def contract(rows, rl, value, vl, out):
     form = matmul_form(rows, rl, value, vl, out)
     if form is None:
         return torch.einsum(f"{rl},{vl}->{out}", rows, value)
-    _, lhs, (key, rhs), finish = form
-    return finish(torch.matmul(lhs(), _kept(key, rhs)))
+    _, lhs, (key, rhs), product = form
+    return product(lhs(), _kept(key, rhs))
 
 
 def matmul_form(rows, rl, value, vl, out):
-    """``(signature, lhs, rhs, finish)`` with ``finish(lhs() @ rhs())`` the einsum, or None.
+    """``(signature, lhs, rhs, product)`` with ``product(lhs(), rhs())`` the einsum, or None.
 
     ``lhs()`` is ``(*batch, left, summed)``, and ``rhs = (key, make)`` makes
     ``(*batch, summed, right)`` from the value, kept under ``key`` while
@@ -95,17 +95,25 @@ def matmul_form(rows, rl, value, vl, out):
     signature = tuple((c in own_r, c in own_v, own_r.get(c), own_v.get(c)) for c in out)
     key = ("layout", _where(value), vl, tuple(batch), tuple(summed), tuple(right))
 
-    def finish(product):
-        shape = [max(r, v) for r, v in sizes]
-        product = product.reshape(*shape, *(own_r[c] for c in left), *(own_v[c] for c in right))
-        labels = batch + left + right
-        return product.permute([labels.index(c) for c in out])
+    shape = [max(r, v) for r, v in sizes]
+    # The result's last axis is laid out last in memory (lhs^T rhs^T where it is the
+    # rows'): terms then add up along contiguous rows, and a Gram reads them as they lie.
+    flip = bool(left) and out[-1] == left[-1]
+
+    def product(lhs, rhs):
+        if flip:
+            made, labels = rhs.mT @ lhs.mT, batch + right + left
+        else:
+            made, labels = lhs @ rhs, batch + left + right
+        own = {**own_r, **own_v}
+        made = made.reshape(*shape, *(own[c] for c in labels[len(batch) :]))
+        return made.permute([labels.index(c) for c in out])
 
     return (
         signature,
         lambda: _grouped(rows, rl, batch, left, summed),
         (key, lambda: _grouped(value, vl, batch, summed, right)),
-        finish,
+        product,
     )
 
 
@@ -224,11 +232,11 @@ def sum_of(terms):
         else:
             others.append(term)  # a tensor another node may hold too: never changed
     for group in alike.values():
-        (term, (_, _, _, finish)), shape = group[0], group[0][0].shape
+        (term, (_, _, _, product)), shape = group[0], group[0][0].shape
         lhs = torch.cat([form[1]() for _, form in group], -1)
         keys = tuple(form[2][0] for _, form in group)
         rhs = _kept(keys, lambda group=group: torch.cat([_kept(*f[2]) for _, f in group], -2))
-        fresh.append(finish(lhs @ rhs).reshape(shape))
+        fresh.append(product(lhs, rhs).reshape(shape))
     # Fresh tensors are this sum's own: the others are added to one of them in place.
     total, owned = (fresh.pop(), True) if fresh else (others.pop(), False)
     for term in fresh + others:

@@ -90,9 +90,9 @@ def test_an_axis_one_operand_broadcasts_is_the_others_own_not_a_batch(broadcast_
     rows, value = randn(3, 1, 2, 4), randn(5, 2, 4, 6)
     if broadcast_in == "value":
         rows, value = randn(3, 5, 2, 4), randn(1, 2, 4, 6)
-    _, lhs, (_, rhs), finish = matmul_form(rows, "anhp", value, "nhps", "anhs")
+    _, lhs, (_, rhs), product = matmul_form(rows, "anhp", value, "nhps", "anhs")
     assert lhs().ndim == rhs().ndim == 3 and lhs().shape[0] == rhs().shape[0] == 2  # h only
-    got = finish(lhs() @ rhs())
+    got = product(lhs(), rhs())
     torch.testing.assert_close(got, torch.einsum("anhp,nhps->anhs", rows, value))
     torch.testing.assert_close(
         contract(rows, "anhp", value, "nhps", "ans"), torch.einsum("anhp,nhps->ans", rows, value)
