@@ -80,7 +80,17 @@ class GramSum:
         self.precision = None if self.low is not None else torch.float64
         self.why = "" if self.low is not None else "the fit's dtype"
         self.used = {}
-        self.total = torch.zeros(width, width, dtype=torch.float64, device=device)
+        # Only the upper triangle is summed (a symmetric product costs 62% of a full one
+        # in panels): :attr:`total` mirrors it.
+        self._upper = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self._total = None
+
+    @property
+    def total(self):
+        """The float64 sum, ``(d, d)``, symmetric."""
+        if self._total is None:
+            self._total = torch.triu(self._upper) + torch.triu(self._upper, 1).mT
+        return self._total
 
     def add(self, rows, alpha=1.0, exact=None):
         """Add ``alpha * rows^T rows`` for rows ``(m, d)`` of any float dtype.
@@ -92,7 +102,7 @@ class GramSum:
         if rows.shape[0] == 0:
             return
         if exact is not None:
-            self._add(_product(rows, exact), alpha, exact, "exact: 0/1 entries")
+            self._add(_product(rows, exact, upper=True), alpha, exact, "exact: 0/1 entries")
         elif self.precision is None and rows.shape[0] >= self.width:
             self.precision, self.why, product = self._decide(rows)
             self._add(product, alpha, self.precision, self.why)
@@ -100,19 +110,20 @@ class GramSum:
             why = f"rows fewer than its width ({self.width:,}) to certify float32 on"
             self._add(rows, alpha, torch.float64, why)
         else:
-            rows = rows if self.precision == torch.float64 else _product(rows, self.precision)
+            low = self.precision != torch.float64
+            rows = _product(rows, self.precision, upper=True) if low else rows
             self._add(rows, alpha, self.precision, self.why)
 
     def _add(self, rows_or_product, alpha, dtype, why):
         """Add float64 rows (multiplied in place) or a low-precision product."""
         self.used[(dtype, why)] = None
+        self._total = None
         if dtype == torch.float64:
-            rows = rows_or_product.to(torch.float64)
             # In place: on the CPU (MKL) the sum is then the same to the last
             # bit however the rows are chunked.
-            self.total.addmm_(rows.T, rows, alpha=alpha)
+            add_gram_(self._upper, rows_or_product.to(torch.float64), alpha)
         else:
-            self.total.add_(rows_or_product.to(torch.float64), alpha=alpha)
+            self._upper.add_(rows_or_product.to(torch.float64), alpha=alpha)
 
     def _decide(self, rows):
         """``(dtype, why, what to add)`` for every later batch, from these rows' certificate.
@@ -135,11 +146,13 @@ class GramSum:
     def add_matrix(self, matrix, alpha=1.0):
         """Add ``alpha * matrix``, a symmetric ``(d, d)`` Gram made by a closed form."""
         self.used[(matrix.dtype, "made by its closed form")] = None
-        self.total.add_(matrix.to(torch.float64), alpha=alpha)
+        self._total = None
+        self._upper.add_(matrix.to(torch.float64), alpha=alpha)
 
     def reduce(self):
         """Sum over ranks (in place; a no-op in a single process)."""
-        all_reduce_sum(self.total)
+        self._total = None
+        all_reduce_sum(self._upper)
         return self
 
     @property
@@ -179,10 +192,35 @@ def loewner_within(gram, error, rtol):
     )
 
 
-def _product(rows, dtype):
-    """``rows^T rows`` multiplied in ``dtype``."""
+def _product(rows, dtype, upper=False):
+    """``rows^T rows`` multiplied in ``dtype`` (its upper triangle only where ``upper``)."""
     low = rows.to(dtype)
-    return low.T @ low
+    if not upper:
+        return low.T @ low
+    product = low.new_zeros(low.shape[1], low.shape[1])
+    add_gram_(product, low)
+    return product
+
+
+#: Columns per panel of :func:`add_gram_` at least (narrower Grams are one product).
+PANEL_WIDTH = 128
+
+
+def add_gram_(target, rows, alpha=1.0):
+    """Add ``alpha * rows^T rows`` to ``target``'s upper triangle, in place, in panels.
+
+    Rows ``[a, b)`` of the product take every column from ``a`` on: up to 4
+    panels of about equal width, 62% of the full product's work at 4, and
+    each an in-place ``addmm_`` (its sum the same to the last bit however
+    the rows are chunked, on the CPU with MKL).  Measured on 4096 rows (2
+    cores): 784 wide 61 -> 47 ms in float64, 512 wide 12 -> 9 ms in float32.
+    Entries below the diagonal are left partly unset: read the upper triangle.
+    """
+    d = rows.shape[1]
+    n = max(1, min(4, d // PANEL_WIDTH))
+    edges = [round(i * d / n) for i in range(n + 1)]
+    for start, stop in zip(edges, edges[1:]):
+        target[start:stop, start:].addmm_(rows[:, start:stop].T, rows[:, start:], alpha=alpha)
 
 
 def _name(dtype):

@@ -135,11 +135,25 @@ def eigh_descending(matrix, what="The matrix to eigendecompose"):
     values, vectors = _eigh(symmetric)
     del symmetric
     values, vectors = values[::-1], vectors[:, ::-1]
-    pivot = np.argmax(np.abs(vectors), axis=0)
-    signs = np.sign(vectors[pivot, np.arange(vectors.shape[1])])
-    signs[signs == 0] = 1
-    vectors *= signs  # in place: LAPACK's output is ours
+    vectors *= column_signs(vectors)  # in place: LAPACK's output is ours
     return values.copy(), vectors  # vectors: a view of LAPACK's columns, reversed
+
+
+def column_signs(vectors):
+    """Per column, the sign of its largest-magnitude entry (of the first, where entries of
+    opposite signs tie; 1 for a zero column).
+
+    From each column's largest and smallest entries: ``argmax(|V|, axis=0)``
+    walks the columns one by one (0.8 s at 4096 x 4096, against 0.02 s).
+    """
+    top, bottom = vectors.max(axis=0), vectors.min(axis=0)
+    signs = np.where(top >= -bottom, 1.0, -1.0)
+    ties = np.flatnonzero(top == -bottom)
+    if ties.size:
+        pivot = np.argmax(np.abs(vectors[:, ties]), axis=0)
+        signs[ties] = np.sign(vectors[pivot, ties])
+        signs[signs == 0] = 1
+    return signs
 
 
 def _nonnull_eigh(matrix, rtol, empty_message, what, floor=0.0):

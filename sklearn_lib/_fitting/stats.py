@@ -67,20 +67,31 @@ class MomentAccumulator:
             self.sum += rows.sum(0, dtype=torch.float64)
             self.count += rows.shape[0]
             return
-        rows = rows.to(torch.float64)
         if self.shift is None:
-            centre = self.center and rows.shape[0] > 0  # not a batch of padding only
-            shift = rows.mean(0) if centre else torch.zeros_like(self.sum)
-            if distributed():
-                # Every rank must use the same shift for the sums to add up:
-                # the average of the ranks' first-batch means.
-                all_reduce_sum(shift)
-                shift /= torch.distributed.get_world_size()
-            self.shift = shift
-        centred = rows - self.shift  # (m, d)
-        self.sum += centred.sum(0)
+            self.shift = self._shift(rows)
+        if self.sq.precision == rows.dtype != torch.float64:
+            # Certified low-precision products: centred in the rows' dtype, which rounds
+            # the differences exactly as float64 centring and a cast would (the shift is
+            # one of its numbers, and IEEE subtraction rounds the exact difference).
+            centred = rows - self.shift.to(rows.dtype)
+            self.sum += centred.sum(0, dtype=torch.float64)
+        else:
+            centred = rows.to(torch.float64) - self.shift  # (m, d)
+            self.sum += centred.sum(0)
         self.sq.add(centred)
         self.count += rows.shape[0]
+
+    def _shift(self, rows):
+        """The first batch's mean (zeros where not centring); a number of the rows' dtype
+        where the Gram may take their products in it."""
+        centre = self.center and rows.shape[0] > 0  # not a batch of padding only
+        shift = rows.to(torch.float64).mean(0) if centre else torch.zeros_like(self.sum)
+        if distributed():
+            # Every rank must use the same shift for the sums to add up:
+            # the average of the ranks' first-batch means.
+            all_reduce_sum(shift)
+            shift /= torch.distributed.get_world_size()
+        return shift.to(rows.dtype).to(torch.float64) if rows.dtype == self.sq.low else shift
 
     def result(self):
         """All-reduce the sums over ranks; then :attr:`mean` and :attr:`gram` hold."""

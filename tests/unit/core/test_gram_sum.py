@@ -15,15 +15,53 @@ def _loewner_error(total, exact):
 
 
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="the bit-exactness is MKL's")
-def test_float64_products_are_the_same_to_the_bit_in_any_chunks():
+@pytest.mark.parametrize("panel", [128, 10], ids=["one product", "four panels"])
+def test_float64_products_are_the_same_to_the_bit_in_any_chunks(panel, monkeypatch):
+    monkeypatch.setattr(gram_sum, "PANEL_WIDTH", panel)
     rows = torch.randn(900, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     whole, chunked = GramSum(40, "cpu"), GramSum(40, "cpu")
     whole.add(rows)
     for start in range(0, 900, 128):
         chunked.add(rows[start : start + 128])
     assert torch.equal(whole.total, chunked.total)
-    torch.testing.assert_close(whole.total, rows.T @ rows, rtol=1e-13, atol=0)
+    expected = rows.T @ rows
+    # Panels are products of other shapes: an entry near zero (a cancelling sum) is
+    # rounded otherwise than by one product, within 1e-13 of the Gram's scale.
+    atol = 0 if panel == 128 else 1e-13 * float(expected.abs().max())
+    torch.testing.assert_close(whole.total, expected, rtol=1e-13, atol=atol)
     assert whole.words == "float64 (the fit's dtype)"
+
+
+@pytest.mark.parametrize("width", [1, 9, 37, 40])
+def test_panels_fill_the_upper_triangle_of_the_product(width, monkeypatch):
+    monkeypatch.setattr(gram_sum, "PANEL_WIDTH", 9)  # up to 4 panels of unequal widths
+    rows = torch.randn(50, width, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    target = torch.full((width, width), 7.0, dtype=torch.float64)
+    gram_sum.add_gram_(target, rows, alpha=0.5)
+    upper = torch.triu(torch.ones(width, width, dtype=torch.bool))
+    expected = 7.0 + 0.5 * rows.T @ rows
+    torch.testing.assert_close(target[upper], expected[upper], rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("low", [None, torch.float32])
+def test_the_sum_is_symmetric_whichever_products_made_it(low, monkeypatch):
+    monkeypatch.setattr(gram_sum, "PANEL_WIDTH", 8)
+    generator = torch.Generator().manual_seed(4)
+    rows = torch.randn(300, 32, generator=generator)
+    slopes = (torch.randn(300, 32, generator=generator) > 0).float()
+    sums = GramSum(32, "cpu", low)
+    for part in rows.split(100):  # the decision, then certified (or float64) products
+        sums.add(part)
+    sums.add(slopes, exact=torch.float32)
+    sums.add_matrix(torch.eye(32), alpha=2.0)
+    total = sums.total
+    assert torch.equal(total, total.T)
+    rows, slopes = rows.double(), slopes.double()
+    expected = rows.T @ rows + slopes.T @ slopes + 2 * torch.eye(32, dtype=torch.float64)
+    torch.testing.assert_close(total, expected, rtol=1e-5 if low else 1e-12, atol=1e-5)
+    assert sums.total is total  # kept until the next add
+    sums.add(rows[:1])
+    assert sums.total is not total
 
 
 def test_alpha_scales_and_matrices_add():

@@ -68,6 +68,21 @@ def test_eigenvectors_have_a_fixed_sign(rng):
         eigh_descending(np.full((2, 2), np.nan), "The test matrix")
 
 
+def test_signs_follow_the_first_largest_entry_where_opposite_signs_tie():
+    from sklearn_lib._fitting.basis import column_signs
+
+    h = 2**-0.5
+    vectors = np.array(
+        [[h, -h, 0.0, 0.3, -0.9], [-h, h, 0.0, -0.9, 0.3], [0.0, 0.0, 0.0, 0.1, 0.1]]
+    )
+    # As argmax(|V|) picks: the first of tied entries, a zero column kept.
+    np.testing.assert_array_equal(column_signs(vectors), [1.0, -1.0, 1.0, -1.0, -1.0])
+    rng = np.random.default_rng(0)
+    random = rng.normal(size=(40, 30))
+    expected = np.sign(random[np.abs(random).argmax(0), np.arange(30)])
+    np.testing.assert_array_equal(column_signs(random), expected)
+
+
 def test_pca_output_basis_is_orthogonal_and_complete(rng):
     A = rng.normal(size=(50, 3)) * [3.0, 1.0, 0.0]  # one direction without variance
     basis = pca_output_basis((3,), A.mean(0), np.cov(A, rowvar=False, bias=True))
