@@ -89,7 +89,7 @@ class GramSum:
     def total(self):
         """The float64 sum, ``(d, d)``, symmetric."""
         if self._total is None:
-            self._total = torch.triu(self._upper) + torch.triu(self._upper, 1).mT
+            self._total = _mirrored(self._upper)
         return self._total
 
     def add(self, rows, alpha=1.0, exact=None):
@@ -102,52 +102,54 @@ class GramSum:
         if rows.shape[0] == 0:
             return
         if exact is not None:
-            self._add(_product(rows, exact, upper=True), alpha, exact, "exact: 0/1 entries")
+            product = _product(rows, exact, upper=True)
+            self._add_product(product, alpha, exact, "exact: 0/1 entries")
         elif self.precision is None and rows.shape[0] >= self.width:
             self.precision, self.why, product = self._decide(rows)
-            self._add(product, alpha, self.precision, self.why)
+            self._add_product(product, alpha, self.precision, self.why)
         elif self.precision is None:  # too few rows to decide on: exact, until some can
-            why = f"rows fewer than its width ({self.width:,}) to certify float32 on"
-            self._add(rows, alpha, torch.float64, why)
+            self._add_rows(rows, alpha, f"rows fewer than its width ({self.width:,}) to certify "
+                           "float32 on")  # fmt: skip
+        elif self.precision == torch.float64:
+            self._add_rows(rows, alpha, self.why)
         else:
-            low = self.precision != torch.float64
-            rows = _product(rows, self.precision, upper=True) if low else rows
-            self._add(rows, alpha, self.precision, self.why)
+            product = _product(rows, self.precision, upper=True)
+            self._add_product(product, alpha, self.precision, self.why)
 
-    def _add(self, rows_or_product, alpha, dtype, why):
-        """Add float64 rows (multiplied in place) or a low-precision product."""
+    def _add_rows(self, rows, alpha, why):
+        """Add rows multiplied in float64, in place: on the CPU (MKL) the sum is then the
+        same to the last bit however the rows are chunked."""
+        self.used[(torch.float64, why)] = None
+        self._total = None
+        add_gram_(self._upper, rows.to(torch.float64), alpha)
+
+    def _add_product(self, product, alpha, dtype, why):
+        """Add a product taken in ``dtype`` (its upper triangle is read)."""
         self.used[(dtype, why)] = None
         self._total = None
-        if dtype == torch.float64:
-            # In place: on the CPU (MKL) the sum is then the same to the last
-            # bit however the rows are chunked.
-            add_gram_(self._upper, rows_or_product.to(torch.float64), alpha)
-        else:
-            self._upper.add_(rows_or_product.to(torch.float64), alpha=alpha)
+        self._upper.add_(product.to(torch.float64), alpha=alpha)
 
     def _decide(self, rows):
-        """``(dtype, why, what to add)`` for every later batch, from these rows' certificate.
+        """``(dtype, why, product)`` for every later batch, from these rows' certificate.
 
-        What to add is the rows themselves (float64) or their certified
-        low-precision product, made once.
+        The product of these rows to add: the certified low-precision one, or
+        the float64 one the certificate made (each made once).
         """
-        exact = rows.to(torch.float64)
-        exact = exact.T @ exact
-        cheap = _product(rows, self.low)
+        exact = _product(rows, torch.float64, upper=True)
+        cheap = _product(rows, self.low, upper=True)
+        error = _mirrored(cheap.to(torch.float64) - exact)
         where = f"on its first {rows.shape[0]:,} rows"
-        if loewner_within(exact, cheap.to(torch.float64) - exact, LOW_PRECISION_RTOL):
+        if loewner_within(_mirrored(exact), error, LOW_PRECISION_RTOL):
             return self.low, f"certified within {LOW_PRECISION_RTOL:g} {where}", cheap
         why = (
             f"{_name(self.low)} products not within {LOW_PRECISION_RTOL:g} of the Gram "
             f"in every direction {where}"
         )
-        return torch.float64, why, rows
+        return torch.float64, why, exact
 
     def add_matrix(self, matrix, alpha=1.0):
         """Add ``alpha * matrix``, a symmetric ``(d, d)`` Gram made by a closed form."""
-        self.used[(matrix.dtype, "made by its closed form")] = None
-        self._total = None
-        self._upper.add_(matrix.to(torch.float64), alpha=alpha)
+        self._add_product(matrix, alpha, matrix.dtype, "made by its closed form")
 
     def reduce(self):
         """Sum over ranks (in place; a no-op in a single process)."""
@@ -200,6 +202,11 @@ def _product(rows, dtype, upper=False):
     product = low.new_zeros(low.shape[1], low.shape[1])
     add_gram_(product, low)
     return product
+
+
+def _mirrored(upper):
+    """The symmetric matrix whose upper triangle is ``upper``'s."""
+    return torch.triu(upper) + torch.triu(upper, 1).mT
 
 
 #: Columns per panel of :func:`add_gram_` at least (narrower Grams are one product).

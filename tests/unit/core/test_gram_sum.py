@@ -198,12 +198,25 @@ def test_directions_without_variance_are_left_out_of_the_certificate():
     assert loewner_within(duplicated, zeros, 1e-5)  # no error at all, whatever the rank
 
 
-def test_a_decided_batch_is_multiplied_once_more_at_most(monkeypatch):
+@pytest.mark.parametrize("certified", [True, False])
+def test_a_decided_batch_is_multiplied_once_in_each_dtype(certified, monkeypatch):
     calls = []
     product = gram_sum._product
     monkeypatch.setattr(
-        gram_sum, "_product", lambda rows, dtype: calls.append(dtype) or product(rows, dtype)
+        gram_sum,
+        "_product",
+        lambda rows, dtype, **kw: calls.append(dtype) or product(rows, dtype, **kw),
     )
+    adds = []
+    monkeypatch.setattr(GramSum, "_add_rows", lambda *a: adds.append(a))
+    rows = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
+    if not certified:  # a direction of variance 1e-12, rotated: float32 products fail
+        rotation = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)))
+        rows = (rows * torch.tensor([1.0, 1e-6, 1.0, 1.0])) @ rotation[0]
     sums = GramSum(4, "cpu", low=torch.float32)
-    sums.add(torch.randn(100, 4))
-    assert calls == [torch.float32]  # the certified product is the one added
+    sums.add(rows)
+    # The certificate's two products; the one kept is added, none made again.
+    assert calls == [torch.float64, torch.float32] and adds == []
+    assert sums.precision == (torch.float32 if certified else torch.float64)
+    expected = rows.double().T @ rows.double()
+    torch.testing.assert_close(sums.total, expected, rtol=1e-5 if certified else 1e-12, atol=0)
