@@ -204,6 +204,11 @@ def _product(rows, dtype, upper=False):
     return product
 
 
+def symmetric_gram(rows):
+    """``rows^T rows`` in the rows' dtype, by the panels of its upper triangle."""
+    return _mirrored(_product(rows, rows.dtype, upper=True))
+
+
 def _mirrored(upper):
     """The symmetric matrix whose upper triangle is ``upper``'s."""
     return torch.triu(upper) + torch.triu(upper, 1).mT

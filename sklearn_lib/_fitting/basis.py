@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._core.congruence import Congruence, congruent
 from .._core.nodes import OUTPUT_NODE, n_positions
 from .._core.numerics import SMALL_EIGH, blas_threads
 from ..exceptions import user_stacklevel
@@ -211,8 +212,9 @@ def lib_rotation(D, U, m_prime, rtol, name="layer", say=say_nothing):
     ----------
     D, U : output of :func:`orthogonal_step`
         ``U`` is used up (divided in place).
-    m_prime : ndarray of shape (d, d)
-        The averaged Jacobian Gram ``M'``.
+    m_prime : ndarray of shape (d, d) or Congruence
+        The averaged Jacobian Gram ``M'`` (a closed form's, factored:
+        :class:`~sklearn_lib._core.congruence.Congruence`).
     rtol : float
         Numerical null-space tolerance for ``Lambda``.
     say : callable, optional
@@ -232,9 +234,10 @@ def lib_rotation(D, U, m_prime, rtol, name="layer", say=say_nothing):
     """
     sqrt_d = np.sqrt(D)
     whitened = U * sqrt_d  # U diag(D)^1/2, shape (d, r)
-    say("M in whitened coordinates", 2 * PRODUCT_COST)
-    M = whitened.T @ m_prime
-    M = M @ whitened  # (r, r)
+    factored = isinstance(m_prime, Congruence)
+    products = m_prime.products(whitened.shape[1]) if factored else 2
+    say("M in whitened coordinates", products * PRODUCT_COST)
+    M = congruent(m_prime, whitened)  # (r, r)
     say("the eigendecomposition of M", EIGH_COST)
     lambdas, V = _nonnull_eigh(
         M,
@@ -312,8 +315,8 @@ def fit_node_basis(
         ``mu`` (zeros for an uncentred fit).
     gram : ndarray of shape (d, d)
         The activations' Gram ``G``.
-    m_prime : ndarray of shape (d, d) or None
-        The averaged Jacobian Gram; None for ``kind="pca"``.
+    m_prime : ndarray of shape (d, d), Congruence or None
+        The averaged Jacobian Gram (see :func:`lib_rotation`); None for ``kind="pca"``.
     kind : {"lib", "pca"}
     n_components, threshold
         Truncation, see :func:`n_kept`.

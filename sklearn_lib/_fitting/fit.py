@@ -386,7 +386,7 @@ class _Fit:
             joined = self.joined[section.src]
             if plan.route != "statistics pass":
                 return joined
-            say("M' from the slopes gathered in the statistics pass", 3 * PRODUCT_COST)
+            say("M' from the slopes gathered in the statistics pass", PRODUCT_COST)
             return joined.m_prime(matrix)
         acc = self._gram(section, matrix, next_basis.n_positions)
         if plan.sources == "auto":

@@ -42,7 +42,8 @@ def dense_seconds(width, basis="lib", cost=None):
     """Estimated seconds of one basis' linear algebra on a node layer of ``width`` features.
 
     LIB: two eigendecompositions and five matrix products (``M``'s two,
-    ``C``, ``C+``, and one of the three of a closed form's ``M'``); PCA: one
+    ``C``, ``C+``, and a closed form's ``C C^T``; its ``W^T X W`` is whitened
+    factored, three products for ``M``'s two and ``M'``'s two); PCA: one
     eigendecomposition.  ``cost``: of one step instead, in ``d^3`` operations.
     """
     if cost is None:

@@ -24,8 +24,9 @@ fails that check and falls back).
 import torch
 from torch import nn
 
+from ..._core.congruence import Congruence
 from ..._core.distributed import global_count
-from ..._core.gram_sum import GramSum
+from ..._core.gram_sum import GramSum, symmetric_gram
 from ..._core.numerics import CHUNK_ELEMENTS
 from ..cotangents import scaled
 from ..integration import is_plain
@@ -158,8 +159,9 @@ class LinearElementwise(ClosedForm):
         kinds = {type(m) for m in self.activations} - set(IDENTITIES)
         return kinds <= {nn.ReLU}
 
-    def gram_from_slopes(self, S, matrix):
-        """``W^T ((C C^T) * S) W``, float64: the Gram of the exact rows from ``S = sum s s^T``.
+    def weighted_slopes(self, S, matrix):
+        """``(C C^T) * S``, float64 ``(d_next, d_next)``: the Gram of the exact rows from
+        ``S = sum s s^T`` before the weight (``M' = W^T ((C C^T) * S) W``).
 
         The section acts on each position separately, so the exact rows of a
         position are the columns of the next basis ``C`` (``matrix``, shape
@@ -167,13 +169,9 @@ class LinearElementwise(ClosedForm):
         summed over rows (samples and positions) needs no basis, which is
         why a fit can gather it in its statistics pass.
         """
-        C = matrix.to(torch.float64)
-        W = self.linear.weight.to(torch.float64)
-        # Two d x d temporaries at most, for wide layers: K, then W^T K.
-        K = C @ C.T
+        K = symmetric_gram(matrix.to(torch.float64).T)  # C C^T
         K *= S
-        K = W.T @ K
-        return K @ W
+        return K
 
     def gram(self, x, points, weights, cotangents):
         """``W^T (sum_p K_p * S_p) W`` in float64, with ``S_p = sum_x s s^T`` per position.
@@ -309,5 +307,9 @@ class SlopeGram:
         return self
 
     def m_prime(self, matrix):
-        """``M'`` in the next basis ``matrix`` ``(d_next, k_next)``, per row, as numpy."""
-        return (self.form.gram_from_slopes(self.sums.total, matrix) / self.rows).cpu().numpy()
+        """``M'`` in the next basis ``matrix`` ``(d_next, k_next)``, per row: a numpy
+        :class:`~sklearn_lib._core.congruence.Congruence` ``W^T X W`` (the basis whitens it
+        factored, one product of ``d x d`` matrices fewer)."""
+        inner = self.form.weighted_slopes(self.sums.total, matrix) / self.rows
+        weight = self.form.linear.weight.detach().to(torch.float64)
+        return Congruence(inner.cpu().numpy(), weight.cpu().numpy())
