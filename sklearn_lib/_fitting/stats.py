@@ -72,9 +72,10 @@ class MomentAccumulator:
         if self.sq.precision == rows.dtype != torch.float64:
             # Certified low-precision products: centred in the rows' dtype, which rounds
             # the differences exactly as float64 centring and a cast would (the shift is
-            # one of its numbers, and IEEE subtraction rounds the exact difference).
+            # one of its numbers, and IEEE subtraction rounds the exact difference).  The
+            # sum is the rows' own in float64: rounded differences would bias the mean.
             centred = rows - self.shift.to(rows.dtype)
-            self.sum += centred.sum(0, dtype=torch.float64)
+            self.sum += rows.sum(0, dtype=torch.float64) - rows.shape[0] * self.shift
         else:
             centred = rows.to(torch.float64) - self.shift  # (m, d)
             self.sum += centred.sum(0)

@@ -169,7 +169,8 @@ class Trace:
         """
         out, start = values[self.graph.end], values[self.graph.start]
         mask, kept = point_mask(x, out.shape[1:], out.shape[0], out.dtype), {}
-        self.bytes_per_sample = self._largest(values, self.graph.nodes) / start.shape[0]
+        # Per sample of the batch: an integration rule's points are copies of it.
+        self.bytes_per_sample = self._largest(values, self.graph.nodes) / n_rows(x)
         with folds_kept(kept):
             made = self._per_position(values, saved, cotangents, mask)
         chunk = self._chunk(values, made)

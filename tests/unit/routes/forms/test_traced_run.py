@@ -185,3 +185,20 @@ def test_a_batch_within_the_cache_leaves_room_for_its_rows():
     trace.bytes_per_sample = hidden
     assert trace._chunk(values, None) == traced_run.CACHED_ROWS
     assert form.trace.batch_within_cache("cuda") is None
+
+
+def test_the_cache_bound_counts_samples_not_the_rules_points():
+    """An integration rule's points are copies of the batch: the bytes are per sample."""
+    model = model_of(lambda: Block("linear", "sdpa"))
+    x = inputs(n=8)
+    session = ModelSession(model)
+    section = section_of(session, x, "blocks.0", "head")
+    rows = Cotangents.identity(section.dst_shape, torch.float64, "cpu").rows[:2]
+    measured = []
+    for copies in (1, 3):
+        form = TracedSection.detect(session, section)
+        with torch.no_grad():
+            (f,) = session.read(x, ["blocks.0"])
+            form.vjp(x, torch.cat([f * (i + 1) / copies for i in range(copies)]), rows)
+        measured.append(form.trace.bytes_per_sample)
+    assert measured[1] == 3 * measured[0]  # three points a sample: three times the values
