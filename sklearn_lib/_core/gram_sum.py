@@ -102,7 +102,7 @@ class GramSum:
         if rows.shape[0] == 0:
             return
         if exact is not None:
-            product = _product(rows, exact, upper=True)
+            product = _upper_product(rows, exact)
             self._add_product(product, alpha, exact, "exact: 0/1 entries")
         elif self.precision is None and rows.shape[0] >= self.width:
             self.precision, self.why, product = self._decide(rows)
@@ -113,7 +113,7 @@ class GramSum:
         elif self.precision == torch.float64:
             self._add_rows(rows, alpha, self.why)
         else:
-            product = _product(rows, self.precision, upper=True)
+            product = _upper_product(rows, self.precision)
             self._add_product(product, alpha, self.precision, self.why)
 
     def _add_rows(self, rows, alpha, why):
@@ -135,8 +135,8 @@ class GramSum:
         The product of these rows to add: the certified low-precision one, or
         the float64 one the certificate made (each made once).
         """
-        exact = _product(rows, torch.float64, upper=True)
-        cheap = _product(rows, self.low, upper=True)
+        exact = _upper_product(rows, torch.float64)
+        cheap = _upper_product(rows, self.low)
         error = _mirrored(cheap.to(torch.float64) - exact)
         where = f"on its first {rows.shape[0]:,} rows"
         if loewner_within(_mirrored(exact), error, LOW_PRECISION_RTOL):
@@ -194,11 +194,9 @@ def loewner_within(gram, error, rtol):
     )
 
 
-def _product(rows, dtype, upper=False):
-    """``rows^T rows`` multiplied in ``dtype`` (its upper triangle only where ``upper``)."""
+def _upper_product(rows, dtype):
+    """The upper triangle of ``rows^T rows``, multiplied in ``dtype`` (see :func:`add_gram_`)."""
     low = rows.to(dtype)
-    if not upper:
-        return low.T @ low
     product = low.new_zeros(low.shape[1], low.shape[1])
     add_gram_(product, low)
     return product
@@ -206,7 +204,7 @@ def _product(rows, dtype, upper=False):
 
 def symmetric_gram(rows):
     """``rows^T rows`` in the rows' dtype, by the panels of its upper triangle."""
-    return _mirrored(_product(rows, rows.dtype, upper=True))
+    return _mirrored(_upper_product(rows, rows.dtype))
 
 
 def _mirrored(upper):

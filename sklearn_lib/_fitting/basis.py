@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._core.congruence import Congruence, congruent
+from .._core.congruence import congruent, congruent_products
 from .._core.nodes import OUTPUT_NODE, n_positions
 from .._core.numerics import SMALL_EIGH, blas_threads
 from ..exceptions import user_stacklevel
@@ -234,9 +234,7 @@ def lib_rotation(D, U, m_prime, rtol, name="layer", say=say_nothing):
     """
     sqrt_d = np.sqrt(D)
     whitened = U * sqrt_d  # U diag(D)^1/2, shape (d, r)
-    factored = isinstance(m_prime, Congruence)
-    products = m_prime.products(whitened.shape[1]) if factored else 2
-    say("M in whitened coordinates", products * PRODUCT_COST)
+    say("M in whitened coordinates", congruent_products(m_prime, whitened.shape[1]) * PRODUCT_COST)
     M = congruent(m_prime, whitened)  # (r, r)
     say("the eigendecomposition of M", EIGH_COST)
     lambdas, V = _nonnull_eigh(

@@ -201,11 +201,9 @@ def test_directions_without_variance_are_left_out_of_the_certificate():
 @pytest.mark.parametrize("certified", [True, False])
 def test_a_decided_batch_is_multiplied_once_in_each_dtype(certified, monkeypatch):
     calls = []
-    product = gram_sum._product
+    product = gram_sum._upper_product
     monkeypatch.setattr(
-        gram_sum,
-        "_product",
-        lambda rows, dtype, **kw: calls.append(dtype) or product(rows, dtype, **kw),
+        gram_sum, "_upper_product", lambda rows, dtype: calls.append(dtype) or product(rows, dtype)
     )
     adds = []
     monkeypatch.setattr(GramSum, "_add_rows", lambda *a: adds.append(a))

@@ -117,18 +117,24 @@ def test_rows_per_position_that_would_not_fit_are_taken_whole(monkeypatch):
     assert form.trace.diagonal is None  # never taken, so never checked
 
 
+def form_of(block, n):
+    """``(form, x, f, section)``: the traced form of a one-block model's section, its batch
+    of ``n`` samples and the activations at the section's start."""
+    x = inputs(n=n)
+    session = ModelSession(model_of(block))
+    section = section_of(session, x, "blocks.0", "head")
+    with torch.no_grad():
+        (f,) = session.read(x, ["blocks.0"])
+    return TracedSection.detect(session, section), x, f, section
+
+
 def run_forward(block, n):
     """``(trace, values, saved, section)`` of a one-block model's section, run forward on
     ``n`` samples."""
-    model = model_of(block)
-    x = inputs(n=n)
-    session = ModelSession(model)
-    section = section_of(session, x, "blocks.0", "head")
-    trace = TracedSection.detect(session, section).trace
+    form, x, f, section = form_of(block, n)
     with torch.no_grad():
-        (f,) = session.read(x, ["blocks.0"])
-        values, saved = trace.forward(f, x)
-    return trace, values, saved, section
+        values, saved = form.trace.forward(f, x)
+    return form.trace, values, saved, section
 
 
 def test_rows_per_position_chunk_by_what_they_meet_whole():
@@ -167,15 +173,10 @@ def test_a_batch_within_the_cache_leaves_room_for_its_rows():
     """On a CPU, a batch of ``batch_within_cache`` samples has chunks of CACHED_ROWS rows
     of the largest value they meet (the attention pattern or the MLP's hidden values);
     None before any batch and off a CPU, where large products win."""
-    model = model_of(lambda: Block("linear", "sdpa"))
-    x = inputs(n=64)
-    session = ModelSession(model)
-    section = section_of(session, x, "blocks.0", "head")
-    form = TracedSection.detect(session, section)
+    form, x, f, section = form_of(lambda: Block("linear", "sdpa"), 64)
     assert form.batch_within_cache() is None  # nothing measured yet
     rows = Cotangents.identity(section.dst_shape, torch.float64, "cpu").rows
     with torch.no_grad():
-        (f,) = session.read(x, ["blocks.0"])
         form.vjp(x, f, rows[:2])
     hidden = P * 4 * D * 8  # the MLP's hidden values: the largest, per sample
     assert form.trace.bytes_per_sample == hidden
@@ -189,16 +190,11 @@ def test_a_batch_within_the_cache_leaves_room_for_its_rows():
 
 def test_the_cache_bound_counts_samples_not_the_rules_points():
     """An integration rule's points are copies of the batch: the bytes are per sample."""
-    model = model_of(lambda: Block("linear", "sdpa"))
-    x = inputs(n=8)
-    session = ModelSession(model)
-    section = section_of(session, x, "blocks.0", "head")
-    rows = Cotangents.identity(section.dst_shape, torch.float64, "cpu").rows[:2]
     measured = []
     for copies in (1, 3):
-        form = TracedSection.detect(session, section)
+        form, x, f, section = form_of(lambda: Block("linear", "sdpa"), 8)
+        rows = Cotangents.identity(section.dst_shape, torch.float64, "cpu").rows[:2]
         with torch.no_grad():
-            (f,) = session.read(x, ["blocks.0"])
             form.vjp(x, torch.cat([f * (i + 1) / copies for i in range(copies)]), rows)
         measured.append(form.trace.bytes_per_sample)
     assert measured[1] == 3 * measured[0]  # three points a sample: three times the values
