@@ -125,14 +125,15 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             return max(PROBE_SIZE, DEFAULT_BATCH_SIZE)
         return self.batch_size_
 
-    def _choose_batch_size(self, source, session, per_sample, within_cache=None):
+    def _choose_batch_size(self, source, session, per_sample, within_cache=None, most=None):
         """Set ``batch_size_`` (and the batches of an array ``source``) at the fit.
 
         ``"auto"``: the largest batch whose working set fits the device's
         memory budget (:func:`~sklearn_lib._model.batching.auto_batch_size`), for
         ``per_sample()`` bytes that autograd saves per sample, or the int it
         returns where the fit needs that size; within ``within_cache`` samples
-        where the closed forms' rows stay in the cache at that size.
+        where the closed forms' rows stay in the cache at that size, and at most
+        ``most`` (the plan's cap).
         """
         if self.batch_size != "auto":
             self.batch_size_ = self.batch_size
@@ -141,7 +142,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         if isinstance(size, float):
             # Not capped by this fit's number of samples: later passes (transform,
             # the ablations) may read far more data, e.g. after a fit on a few samples.
-            size = auto_batch_size(size, session.device, within_cache)
+            size = auto_batch_size(size, session.device, within_cache, most)
         self.batch_size_ = size
         if isinstance(source, ArraySource):
             source.batch_size = size

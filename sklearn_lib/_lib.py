@@ -421,6 +421,7 @@ class LIBTransformer(_ModelLayerTransformer):
             session,
             lambda: bytes_per_sample(session, probe, sections, plan),
             within_cache=routes.batch_within_cache() if routes is not None else None,
+            most=plan.most_batch_size,
         )
         # A stream brings its own batches: the plan names a size only for arrays.
         plan = plan.with_batch_size(self.batch_size_ if isinstance(source, ArraySource) else None)

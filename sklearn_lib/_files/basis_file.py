@@ -7,6 +7,7 @@ shape, kept count and kind.  Reading checks every array against the shape.
 
 import numpy as np
 
+from .._core.identity import Identity
 from .._core.nodes import OUTPUT_NODE
 from .._fitting.basis import NodeBasis
 
@@ -25,10 +26,15 @@ def basis_entry(basis):
 
 
 def basis_arrays(i, basis):
-    """The float arrays of basis number ``i``."""
-    return {
-        f"basis{i}_{field}": np.asarray(getattr(basis, field), dtype=np.float64) for field in FIELDS
-    }
+    """The float arrays of basis number ``i``; an identity's matrices as empty ``(0, 0)``
+    arrays (its kind says what they are: a vocabulary's would take gigabytes)."""
+    return {f"basis{i}_{field}": _array(getattr(basis, field)) for field in FIELDS}
+
+
+def _array(value):
+    if isinstance(value, Identity):
+        return np.empty((0, 0))
+    return np.asarray(value, dtype=np.float64)
 
 
 def read_bases(entries, arrays):
@@ -59,17 +65,31 @@ def _read_basis(i, entry, arrays):
     if any(value is None for value in found.values()):
         raise ValueError(f"arrays of basis {name!r} are missing")
     d, (mean, matrix, pinv, lambdas, gram) = shape[-1], found.values()
+    if entry["kind"] == "identity":
+        found["matrix"] = found["pinv"] = _identity(name, d, matrix, pinv)
     k = lambdas.shape[0] if lambdas.ndim == 1 else -1
     expected = {"mean": (d,), "matrix": (d, k), "pinv": (k, d), "lambdas": (k,)}
     for field, want in expected.items():
         if found[field].shape != want:
             raise ValueError(f"basis {name!r}: {field} has shape {found[field].shape}, not {want}")
-    if gram.ndim != 1 or not all(np.isfinite(a).all() for a in found.values()):
+    arrays_found = [a for a in found.values() if not isinstance(a, Identity)]
+    if gram.ndim != 1 or not all(np.isfinite(a).all() for a in arrays_found):
         raise ValueError(f"basis {name!r} holds non-finite values or a malformed array")
     n_components = entry.get("n_components")
     if type(n_components) is not int or not 1 <= n_components <= k:
         raise ValueError(f"basis {name!r}: n_components {n_components!r} not in [1, {k}]")
-    return NodeBasis(name, shape, mean, matrix, pinv, lambdas, n_components, gram, entry["kind"])
+    return NodeBasis(
+        name, shape, mean, *(found[f] for f in FIELDS[1:4]), n_components, gram, entry["kind"]
+    )
+
+
+def _identity(name, d, matrix, pinv):
+    """The identity of width ``d`` that an identity basis' ``matrix`` and ``pinv`` stand
+    for: empty, or (files of earlier versions) the whole identity."""
+    empty = matrix.shape == pinv.shape == (0, 0)
+    if not empty and not (np.array_equal(matrix, np.eye(d)) and np.array_equal(pinv, np.eye(d))):
+        raise ValueError(f"basis {name!r} is of kind 'identity' but its matrices are not")
+    return Identity(d)
 
 
 def positive_ints(values, what):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .._core.congruence import congruent, congruent_products
+from .._core.identity import Identity, as_tensor
 from .._core.nodes import OUTPUT_NODE, n_positions
 from .._core.numerics import SMALL_EIGH, blas_threads
 from ..exceptions import user_stacklevel
@@ -42,7 +43,8 @@ class NodeBasis:
     mean : ndarray of shape (d,)
         ``mu``; zeros when fitted with ``center=False``.
     matrix : ndarray of shape (d, K)
-        ``C`` with every numerically non-null feature, most important first.
+        ``C`` with every numerically non-null feature, most important first
+        (an :class:`~sklearn_lib._core.identity.Identity` for ``kind="identity"``).
     pinv : ndarray of shape (K, d)
         The pseudo-inverse ``C+`` of the *full* ``matrix``: keeping the top
         ``k`` features reconstructs with ``pinv[:k]``.
@@ -77,13 +79,20 @@ class NodeBasis:
 
     @property
     def kept_matrix(self):
-        """``C[:, :k]``, shape (d, k)."""
-        return self.matrix[:, : self.n_components]
+        """``C[:, :k]``, shape (d, k) (``C`` itself where every feature is kept)."""
+        return self._kept(self.matrix, 1)
 
     @property
     def kept_pinv(self):
         """``C+[:k]`` (rows of the full pseudo-inverse), shape (k, d)."""
-        return self.pinv[: self.n_components]
+        return self._kept(self.pinv, 0)
+
+    def _kept(self, matrix, axis):
+        """``matrix`` truncated to the kept features along ``axis``; the whole of it where
+        they are all kept (an identity stays implicit)."""
+        if self.n_components == matrix.shape[axis]:
+            return matrix
+        return matrix[:, : self.n_components] if axis else matrix[: self.n_components]
 
     def tensors(self, device, dtype=torch.float64, kept=True):
         """``(mean, matrix, pinv)`` as tensors on ``device``.
@@ -92,9 +101,7 @@ class NodeBasis:
         ``kept=False`` the full ``C`` and ``C+``.
         """
         matrix, pinv = (self.kept_matrix, self.kept_pinv) if kept else (self.matrix, self.pinv)
-        return tuple(
-            torch.as_tensor(a, device=device, dtype=dtype) for a in (self.mean, matrix, pinv)
-        )
+        return tuple(as_tensor(a, device, dtype) for a in (self.mean, matrix, pinv))
 
     def __repr__(self):
         return (
@@ -340,9 +347,11 @@ def identity_basis(shape, mean):
     """The model output's default basis: the identity, never truncated.
 
     There is no ranking among logits: every output has unit "importance".
+    The matrix is an :class:`~sklearn_lib._core.identity.Identity`, never
+    made whole: a vocabulary's would take gigabytes.
     """
     d = shape[-1]
-    eye = np.eye(d)
+    eye = Identity(d)
     return NodeBasis(OUTPUT_NODE, shape, mean, eye, eye, np.ones(d), d, kind="identity")
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._core.identity import Identity
 from .._core.nodes import OUTPUT_NODE, n_positions, sections_of
 from .._model.batching import WORKING_SET_FACTOR, saved_bytes_per_sample
 from .._model.capture import check_cut, check_gradient_flow, inspect_node_layers
@@ -46,7 +47,7 @@ from .basis import (
 from .jacobian_gram import JacobianGram
 from .plan import dense_seconds, duration, make_plan, n_samples_of
 from .stats import MomentAccumulator
-from .stochastic import STOCHASTIC_BATCH_SIZE, converged_m_prime, m_prime_sources
+from .stochastic import converged_m_prime, m_prime_sources
 
 #: Node layers at least this wide report their basis' linear algebra (about a second).
 WIDE_LAYER = 1024
@@ -117,12 +118,9 @@ def bytes_per_sample(session, probe, sections, plan):
     Each section's graph, as its ``M'`` pass builds it (one at a time); PCA
     bases, and closed forms gathered by the statistics pass, only run
     forward passes, measured as a forward pass with gradients.
-    Fits whose plan draws stochastic sources keep
-    :data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE` (returned
-    as an int): their error shrinks with the number of batches.
+    Fits whose plan draws stochastic sources measure alike; their batch is
+    capped by :attr:`~sklearn_lib._fitting.plan.FitPlan.most_batch_size`.
     """
-    if plan.stochastic:
-        return STOCHASTIC_BATCH_SIZE
     fixed = session.weights
     held = statistics_bytes(sections, session.dtype.itemsize, output_gram=plan.output_gram)
     # Sections whose closed form's statistics the statistics pass gathers build
@@ -315,7 +313,7 @@ class _Fit:
         if self.plan.section(section).route == "statistics pass":
             return self.routes[section].gram.statistics(self.session, section, self.rule)
         # The last section, in the identity output basis.
-        eye = torch.eye(section.dst_shape[-1], device=self.session.device, dtype=self.session.dtype)
+        eye = Identity(section.dst_shape[-1], self.session.dtype, self.session.device)
         return self._gram(section, eye, n_positions(section.dst_shape))
 
     def _gram(self, section, matrix, n_positions_out):
@@ -379,9 +377,7 @@ class _Fit:
     def _m_prime(self, section, next_basis, basis_of, say):
         """``M'`` of ``section`` as the plan says: gathered already, one pass, or rounds."""
         plan = self.plan.section(section)
-        matrix = torch.as_tensor(
-            next_basis.kept_matrix, device=self.session.device, dtype=self.session.dtype
-        )
+        _, matrix, _ = next_basis.tensors(self.session.device, self.session.dtype)
         if plan.joins:
             joined = self.joined[section.src]
             if plan.route != "statistics pass":

@@ -30,7 +30,7 @@ from .._core.numerics import ROW_REUSE_BYTES
 from .._routes.integration import is_plain
 from .._routes.table import ROW_ROUTES
 from .basis import EIGH_COST, PRODUCT_COST
-from .stochastic import AUTO_MIN_ROUNDS, m_prime_route
+from .stochastic import AUTO_MIN_ROUNDS, STOCHASTIC_BATCH_SIZE, m_prime_route
 
 #: Dense float64 operations per second, for the estimate of the bases' linear algebra:
 #: 2 CPU cores do about 1e11 (measured at 4096: a matrix product in 1.3 s, an
@@ -203,10 +203,16 @@ class FitPlan:
 
     @property
     def stochastic(self):
-        """Whether the fit keeps the batches of stochastic sources (see
-        :data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE`): wherever it
-        asked for sources, also under ``"auto"`` where every section ends exact."""
+        """Whether the fit draws stochastic sources: wherever it asked for them, also
+        under ``"auto"`` where every section ends exact."""
         return self.sources_asked or any(s.sources is not None for s in self.sections)
+
+    @property
+    def most_batch_size(self):
+        """The largest batch ``batch_size="auto"`` may take for this plan, or None:
+        :data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE` where it draws
+        sources (their error shrinks with the number of batches)."""
+        return STOCHASTIC_BATCH_SIZE if self.stochastic else None
 
     def with_batch_size(self, batch_size):
         """This plan, with the batch size the fit chose for it (said in :meth:`describe`)."""

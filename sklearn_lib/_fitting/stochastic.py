@@ -59,7 +59,7 @@ def _signed(exact, n_sources, generator, over_features):
         return exact
     C = exact.matrix
     shape = (n_sources, exact.n_positions) + ((C.shape[1],) if over_features else ())
-    draws = torch.randint(0, 2, shape, generator=generator)
+    draws = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8)  # 1 byte each
     return Cotangents(C, exact.n_positions, (2 * draws - 1).to(C.device))
 
 

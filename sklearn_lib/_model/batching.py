@@ -10,10 +10,11 @@ saves per sample in each section (:func:`saved_bytes_per_sample`) and takes
 the largest batch whose working set, a few times that, fits the budget of
 the device (:func:`auto_batch_size`).
 
-Stochastic sources are the exception: their error shrinks with the number
+Stochastic sources want small batches: their error shrinks with the number
 of draws, sources times batches, so fewer larger batches would make the
-same setting less accurate.  A fit with ``n_stochastic_sources`` keeps
-:data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE`.
+same setting less accurate.  A fit with ``n_stochastic_sources`` takes at
+most :data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE`, within
+the budget like any other.
 """
 
 import torch
@@ -29,7 +30,8 @@ GPU_BUDGET_BYTES = 8 << 30
 #: in the forward pass: the gradients flowing back and their float64 copies.
 WORKING_SET_FACTOR = 4
 
-#: The range of automatic batch sizes.
+#: The range of automatic batch sizes: at least MIN_BATCH_SIZE where the budget allows
+#: (each batch has its fixed costs), fewer (down to one) where samples are larger.
 MIN_BATCH_SIZE, MAX_BATCH_SIZE = 64, 4096
 #: The fewest samples per batch that a bound by the cache leaves (each batch has its
 #: fixed costs: the section's forward, the products' setup).
@@ -91,7 +93,7 @@ def budget_bytes(device):
     return CPU_BUDGET_BYTES
 
 
-def auto_batch_size(per_sample_bytes, device, within_cache=None):
+def auto_batch_size(per_sample_bytes, device, within_cache=None, most=None):
     """The largest batch whose working set fits the device's budget, within the range.
 
     Parameters
@@ -103,19 +105,26 @@ def auto_batch_size(per_sample_bytes, device, within_cache=None):
         The most samples whose rows a closed form makes in chunks that fit the
         cache (``ClosedForm.batch_within_cache``): the batch stays within it,
         down to :data:`MIN_CACHED_BATCH_SIZE`.
+    most : int, optional
+        A cap of the fit's own (a fit with stochastic sources: its error shrinks
+        with the number of batches).
 
     Returns
     -------
     int
-        A power of two between :data:`MIN_BATCH_SIZE` (or
-        :data:`MIN_CACHED_BATCH_SIZE` within the cache) and
-        :data:`MAX_BATCH_SIZE`; not capped by any data's size, since the
-        estimators keep it for every later pass (a smaller data set is one batch).
+        A power of two up to :data:`MAX_BATCH_SIZE` (or ``most``), at least
+        :data:`MIN_BATCH_SIZE` (or :data:`MIN_CACHED_BATCH_SIZE` within the
+        cache) unless fewer samples fit the budget (a language model's
+        sequences at real width), then as many as fit, at least one; not capped
+        by any data's size, since the estimators keep it for every later pass
+        (a smaller data set is one batch).
     """
     fits = budget_bytes(device) / max(WORKING_SET_FACTOR * per_sample_bytes, 1.0)
-    size = MIN_BATCH_SIZE
-    while size * 2 <= min(fits, MAX_BATCH_SIZE):
+    largest = MAX_BATCH_SIZE if most is None else min(most, MAX_BATCH_SIZE)
+    size = 1
+    while size * 2 <= min(fits, largest):
         size *= 2
-    while within_cache is not None and size > max(within_cache, MIN_CACHED_BATCH_SIZE):
+    floor = MIN_BATCH_SIZE if within_cache is None else max(within_cache, MIN_CACHED_BATCH_SIZE)
+    while size > floor and within_cache is not None:
         size //= 2
     return size

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from .._core.identity import Identity, dense
 from .._core.nodes import n_positions as positions_of
 
 
@@ -33,7 +34,7 @@ class Cotangents:
 
     Parameters
     ----------
-    matrix : torch.Tensor of shape (d_next, k_next)
+    matrix : torch.Tensor or Identity of shape (d_next, k_next)
     n_positions : int
         Output positions ``P_out`` of the section.
     signs : torch.Tensor or None
@@ -44,10 +45,11 @@ class Cotangents:
         """The exact cotangents of the identity basis of a node of per-sample ``shape``.
 
         Every output position and feature once: what the route checks and the
-        fit's pricing use where the next basis is not known yet.
+        fit's pricing use where the next basis is not known yet.  The matrix
+        is an :class:`~sklearn_lib._core.identity.Identity`, never made whole
+        (a vocabulary's would take gigabytes).
         """
-        eye = torch.eye(shape[-1], dtype=dtype, device=device)
-        return cls(eye, math.prod(shape[:-1]))
+        return cls(Identity(shape[-1], dtype, device), math.prod(shape[:-1]))
 
     def __init__(self, matrix, n_positions, signs=None):
         self.matrix = matrix
@@ -80,8 +82,8 @@ class Cotangents:
             return ExactRows(C, self.n_positions)  # built chunk by chunk, when used
         if self.signs.ndim == 3:
             # (S, P_out, k_next) signs mix features too: (S, P_out, d_next).
-            return torch.einsum("stk,dk->std", self.signs.to(C.dtype), C)
-        signs = self.signs.to(C.dtype)
+            return self.signs.to(C.dtype) @ C.T
+        signs, C = self.signs.to(C.dtype), dense(C)
         # (S, 1, P_out, 1) * (1, k_next, 1, d_next) -> (S, k_next, P_out, d_next)
         rows = signs[:, None, :, None] * C.T[None, :, None, :]
         return rows.reshape(-1, self.n_positions, d_next)
@@ -131,7 +133,7 @@ class ExactRows:
 
     Parameters
     ----------
-    matrix : torch.Tensor of shape (d_next, k_next)
+    matrix : torch.Tensor or Identity of shape (d_next, k_next)
     n_positions : int
     """
 

@@ -241,9 +241,9 @@ def test_auto_batches_follow_the_budget(monkeypatch):
     measured = []
     original = _batching.auto_batch_size
 
-    def spy(per_sample, device, within_cache=None):
+    def spy(per_sample, device, within_cache=None, most=None):
         measured.append(per_sample)
-        return original(per_sample, device, within_cache)
+        return original(per_sample, device, within_cache, most)
 
     monkeypatch.setattr("sklearn_lib._base.auto_batch_size", spy)
     assert fit(model, X, ["fc2"]).batch_size_ == 4096
@@ -251,7 +251,7 @@ def test_auto_batches_follow_the_budget(monkeypatch):
     monkeypatch.setattr(_batching, "CPU_BUDGET_BYTES", int(measured[0] * 4 * 200))
     assert fit(model, X, ["fc2"]).batch_size_ == 128
     monkeypatch.setattr(_batching, "CPU_BUDGET_BYTES", 1)
-    assert fit(model, X, ["fc2"]).batch_size_ == 64
+    assert fit(model, X, ["fc2"]).batch_size_ == 1  # not one sample fits: one at a time
 
 
 def test_auto_batches_keep_traced_rows_within_the_cache(monkeypatch):
@@ -269,10 +269,13 @@ def test_auto_batches_keep_traced_rows_within_the_cache(monkeypatch):
     assert_same_fit(auto, fit(model, X, layers, batch_size=4096), 1e-9)
 
 
-def test_auto_batches_with_stochastic_sources_stay_small():
+def test_auto_batches_with_stochastic_sources_stay_small(monkeypatch):
     model, X = tanh_mlp(), np.random.default_rng(0).normal(size=(600, 4))
     lib = fit(model, X, ["fc2"], n_stochastic_sources=2, random_state=0)
     assert lib.batch_size_ == stochastic.STOCHASTIC_BATCH_SIZE
+    # ...and within the memory budget all the same (a language model at real width).
+    monkeypatch.setattr(_batching, "CPU_BUDGET_BYTES", 1)
+    assert fit(model, X, ["fc2"], n_stochastic_sources=2).batch_size_ == 1
 
 
 def test_activation_transformer_batches_automatically():

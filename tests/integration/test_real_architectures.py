@@ -654,6 +654,48 @@ def _gpt2_lib():
     )
 
 
+@pytest.mark.parametrize("sources", [None, 2], ids=["exact", "sources"])
+def test_gpt2s_full_vocabulary_never_makes_the_identity_whole(monkeypatch, tmp_path, sources):
+    """GPT-2's 50,257 logits: the output basis, the route checks, the pricing and the last
+    section's rows never make a dense identity (20 GB in float64); fit, save and load work."""
+    _transformers()
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=8, n_head=2, vocab_size=50_257, n_positions=4,
+        attn_implementation="eager",
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = np.random.default_rng(0).integers(0, 50_257, size=(6, 4))
+    big = 4096
+
+    def refuse(make):
+        def guarded(n, *args, **kwargs):
+            assert n <= big, f"a dense {n} x {n} identity was made"
+            return make(n, *args, **kwargs)
+
+        return guarded
+
+    monkeypatch.setattr(torch, "eye", refuse(torch.eye))
+    monkeypatch.setattr(np, "eye", refuse(np.eye))
+    lib = LIBTransformer(
+        model,
+        "transformer.h.0",
+        downstream_layers=["transformer.ln_f"],
+        output="logits",
+        forward_kwargs={"use_cache": False},
+        n_stochastic_sources=sources,
+        random_state=0,
+    ).fit(ids)
+    assert lib.output_shape_ == (4, 50_257)
+    assert lib.bases_["output"].matrix.shape == (50_257, 50_257)
+    assert np.all(np.isfinite(lib.bases_["transformer.ln_f"].lambdas))
+    lib.save(tmp_path / "lib.npz")
+    loaded = LIBTransformer.load(tmp_path / "lib.npz", model)
+    np.testing.assert_allclose(loaded.transform(ids), lib.transform(ids), rtol=1e-12)
+
+
 def test_gpt2_inputs_longer_than_its_positions_name_both_lengths():
     ids = _gpt2_tokens(T=10)  # the tiny GPT-2 takes 8 positions
     with pytest.raises(

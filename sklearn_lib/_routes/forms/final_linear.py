@@ -24,9 +24,12 @@ so it reads padding as the autograd route does.  Like every closed form it
 is checked against autograd on the probe before use.
 """
 
+import math
+
 import torch
 from torch import nn
 
+from ..._core.identity import Identity
 from ..._model.inputs import n_rows, point_mask
 from ..autograd import integrated_vjps
 from ..cotangents import ExactRows
@@ -66,6 +69,7 @@ class FinalLinear(ClosedForm):
     def __init__(self, session, section, candidates):
         self.session, self.section, self.candidates = session, section, candidates
         self.final = None  # the name of the module found at the first run
+        self.reads_start = False  # whether the map's input is the section's start, as found
         self._factors = (None, None)  # (next matrix, its factor R)
 
     @classmethod
@@ -104,9 +108,11 @@ class FinalLinear(ClosedForm):
             run = self._run(x, points)
             if run is None:
                 return NotImplemented
-            leaf, z, A = run
+            leaf, z, A, count = run
             rows = self._input_rows(cotangents, A)
             n = n_rows(x)
+            if self.reads_start and isinstance(rows, ExactRows):
+                return _constant_gram(rows.matrix, weights, count)
             chunks = integrated_vjps(z, leaf, rows, weights, n, points.device.type == "cuda")
             gram = gram_of(masked_inputs(chunks, x, points.shape[1:]), n, points.shape[-1])
         if isinstance(gram, int):  # no rows: the map (or the next basis) is all zero
@@ -115,8 +121,9 @@ class FinalLinear(ClosedForm):
         return gram
 
     def _run(self, x, points):
-        """``(leaf, z, A)``: the section run with gradients, the map's input ``(A*n, P, d_in)``
-        (zero at padded output positions) and its matrix; None where no candidate ends it."""
+        """``(leaf, z, A, count)``: the section run with gradients, the map's input
+        ``(A*n, P, d_in)`` (zero at padded output positions), its matrix and the batch's
+        valid output positions; None where no candidate ends it."""
         calls = []
 
         def record(name):
@@ -147,11 +154,16 @@ class FinalLinear(ClosedForm):
         if len(ends) != 1 or ends[0][1].shape[:-1] != out.shape[:-1]:
             return None  # not a map applied position by position at the very end
         self.final, z = ends[0]
+        # The map reads the section's start itself (the unembedding as a section of its
+        # own): J_z is the identity, and the rows need no backward pass.
+        self.reads_start = _same_values(z, leaf)
         mask = point_mask(x, out.shape[1:], z.shape[0], z.dtype)
+        n = n_rows(x)
         if mask is not None:  # rows of padded output positions vanish
             z = z * mask
+        count = n * math.prod(out.shape[1:-1]) if mask is None else float(mask[:n].sum())
         A = _linear_map(self.candidates[self.final])[0]
-        return leaf, z.reshape(z.shape[0], -1, z.shape[-1]), A
+        return leaf, z.reshape(z.shape[0], -1, z.shape[-1]), A, count
 
     def _input_rows(self, cotangents, A):
         """The cotangents of the map's input: the factor ``R`` of ``A C C^T A^T`` for exact
@@ -168,8 +180,41 @@ class FinalLinear(ClosedForm):
         return ExactRows(made, cotangents.n_positions)
 
 
+#: Autograd nodes that copy or re-view a tensor without moving its entries.
+_SAME_VALUES = frozenset(
+    {"CloneBackward0", "ViewBackward0", "AliasBackward0", "SliceBackward0",
+     "UnsafeViewBackward0", "ReshapeAliasBackward0"}
+)  # fmt: skip
+
+
+def _same_values(z, leaf):
+    """Whether ``z`` is ``leaf`` by copies, views and full slices alone (as autograd
+    recorded it): the same values in the same shape, so an identity Jacobian.  Views
+    never reorder entries, and a slice that drops some leaves fewer than ``leaf`` has."""
+    if z is leaf:
+        return True
+    if z.shape != leaf.shape:
+        return False
+    fn = z.grad_fn
+    while fn is not None and type(fn).__name__ in _SAME_VALUES:
+        inputs = [f for f, _ in fn.next_functions if f is not None]
+        if len(inputs) != 1:
+            return False
+        fn = inputs[0]
+    return fn is not None and getattr(fn, "variable", None) is leaf
+
+
+def _constant_gram(R, weights, count):
+    """``count (sum_a w_a)^2 R R^T`` in float64: the Gram of ``count`` rows through an
+    identity ``J_z``, each the integrated ``R``."""
+    R = R.to(torch.float64)
+    return (float(weights.sum()) ** 2 * count) * (R @ R.T)
+
+
 def _is_identity(C):
     """Whether the matrix ``C`` is the identity (one nonzero per column, on the diagonal)."""
+    if isinstance(C, Identity):
+        return True
     if C.shape[0] != C.shape[1] or int(torch.count_nonzero(C)) != C.shape[0]:
         return False
     return bool((torch.diagonal(C) == 1).all())

@@ -27,6 +27,7 @@ from torch import nn
 from ..._core.congruence import Congruence
 from ..._core.distributed import global_count
 from ..._core.gram_sum import GramSum, symmetric_gram
+from ..._core.identity import Identity
 from ..._core.numerics import CHUNK_ELEMENTS
 from ..cotangents import scaled
 from ..integration import is_plain
@@ -169,6 +170,8 @@ class LinearElementwise(ClosedForm):
         summed over rows (samples and positions) needs no basis, which is
         why a fit can gather it in its statistics pass.
         """
+        if isinstance(matrix, Identity):  # C C^T = I
+            return torch.diag_embed(torch.diagonal(S))
         K = symmetric_gram(matrix.to(torch.float64).T)  # C C^T
         K *= S
         return K

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from sklearn_lib._core.identity import Identity
 from sklearn_lib._core.nodes import OUTPUT_NODE
 from sklearn_lib._files.basis_file import (
     FIELDS,
@@ -37,8 +38,8 @@ def _bases(rng):
         OUTPUT_NODE,
         (2,),
         mean=np.zeros(2, dtype=np.float32),
-        matrix=np.eye(2, dtype=np.float32),
-        pinv=np.eye(2),
+        matrix=Identity(2),
+        pinv=Identity(2),
         lambdas=np.ones(2),
         n_components=2,
         kind="identity",
@@ -86,8 +87,30 @@ def test_the_arrays_of_a_basis_are_float64(rng):
     arrays = basis_arrays(7, output)
     assert sorted(arrays) == sorted(f"basis7_{field}" for field in FIELDS)
     assert all(a.dtype == np.float64 for a in arrays.values())
-    np.testing.assert_array_equal(arrays["basis7_matrix"], np.eye(2))
+    # The identity's matrices are implicit: its kind says what they are.
+    assert arrays["basis7_matrix"].shape == arrays["basis7_pinv"].shape == (0, 0)
     assert arrays["basis7_gram_eigenvalues"].shape == (0,)
+
+
+def test_an_identity_basis_reads_back_implicit(rng):
+    bases = _bases(rng)
+    entries, arrays = _saved(bases)
+    read = read_bases(entries, arrays)[OUTPUT_NODE]
+    assert isinstance(read.matrix, Identity) and isinstance(read.pinv, Identity)
+    assert read.matrix.shape == (2, 2)
+
+
+def test_an_earlier_files_whole_identity_reads_back_implicit(rng):
+    entries, arrays = _saved(_bases(rng))
+    arrays["basis1_matrix"] = arrays["basis1_pinv"] = np.eye(2)
+    assert isinstance(read_bases(entries, arrays)[OUTPUT_NODE].matrix, Identity)
+
+
+def test_an_identity_basis_with_other_matrices_is_refused(rng):
+    entries, arrays = _saved(_bases(rng))
+    arrays["basis1_matrix"], arrays["basis1_pinv"] = np.eye(2), 2 * np.eye(2)
+    with pytest.raises(ValueError, match="kind 'identity' but its matrices are not"):
+        read_bases(entries, arrays)
 
 
 def test_bases_round_trip_and_leave_the_other_arrays(rng):

@@ -144,11 +144,13 @@ def test_bytes_per_sample(rng):
         # At most over the sections: both sections cost no less than the last alone.
         assert lib >= bytes_per_sample(session, probe, sections[1:], plan)
         measured[hidden] = lib, pca
-        # A fit that asks for stochastic sources fixes the batch size instead, also
-        # under "auto" where every section ends exact (here 8 rows each).
+        # A fit that asks for stochastic sources measures alike, and caps its batch,
+        # also under "auto" where every section ends exact (here 8 rows each).
         for sources in (3, "auto"):
             plan = _plan(sections, FitSettings(n_stochastic_sources=sources))
-            assert bytes_per_sample(session, probe, sections, plan) == STOCHASTIC_BATCH_SIZE
+            assert bytes_per_sample(session, probe, sections, plan) == lib
+            assert plan.most_batch_size == STOCHASTIC_BATCH_SIZE
+        assert _plan(sections, FitSettings()).most_batch_size is None
     # Wider activations, more bytes saved per sample.
     assert measured[64][0] > measured[8][0] and measured[64][1] >= measured[8][1]
 

@@ -84,10 +84,10 @@ def test_a_gpu_budget_is_a_quarter_of_the_free_memory_at_most(monkeypatch, free,
 
 
 def _brute_force_size(per_sample, budget):
-    """The largest power of two in [64, 4096] whose working set fits, else 64."""
-    sizes = [2**p for p in range(6, 13)]
+    """The largest power of two in [1, 4096] whose working set fits, else 1."""
+    sizes = [2**p for p in range(0, 13)]
     fitting = [s for s in sizes if s * 4 * max(per_sample, 1 / 4) <= budget]
-    return max(fitting, default=64)
+    return max(fitting, default=1)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def test_auto_batch_size_is_the_largest_power_of_two_that_fits(per_sample):
     # The budget is 512 MiB: 32768 bytes a sample fit 4096 samples exactly, 524288 bytes 256.
     size = batching.auto_batch_size(per_sample, "cpu")
     assert size == _brute_force_size(per_sample, batching.CPU_BUDGET_BYTES)
-    assert batching.MIN_BATCH_SIZE <= size <= batching.MAX_BATCH_SIZE
+    assert 1 <= size <= batching.MAX_BATCH_SIZE
     assert size & (size - 1) == 0
 
 
@@ -120,14 +120,23 @@ def test_auto_batch_sizes_are_powers_of_two_in_range():
     factor = batching.WORKING_SET_FACTOR
     assert batching.auto_batch_size(budget / factor / 1000, "cpu") == 512
     assert batching.auto_batch_size(1.0, "cpu") == batching.MAX_BATCH_SIZE
-    assert batching.auto_batch_size(float(budget), "cpu") == batching.MIN_BATCH_SIZE
+    # Samples larger than the budget's share: as many as fit, at least one.
+    assert batching.auto_batch_size(budget / factor / 40, "cpu") == 32
+    assert batching.auto_batch_size(float(budget), "cpu") == 1
 
 
 def test_auto_batch_size_follows_the_budget(monkeypatch):
     monkeypatch.setattr(batching, "CPU_BUDGET_BYTES", 4 * 100 * 1000)
     assert batching.auto_batch_size(100.0, "cpu") == 512  # 1000 fit
     monkeypatch.setattr(batching, "CPU_BUDGET_BYTES", 1)
-    assert batching.auto_batch_size(100.0, "cpu") == batching.MIN_BATCH_SIZE
+    assert batching.auto_batch_size(100.0, "cpu") == 1
+
+
+def test_a_fits_own_cap_bounds_the_batch():
+    """A fit with stochastic sources: at most its cap, and within the budget all the same."""
+    budget = batching.CPU_BUDGET_BYTES / batching.WORKING_SET_FACTOR
+    assert batching.auto_batch_size(1.0, "cpu", most=256) == 256
+    assert batching.auto_batch_size(budget / 8, "cpu", most=256) == 8
 
 
 def test_the_default_batch_size_is_in_range():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from sklearn_lib._core.identity import Identity
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._fitting.stochastic import m_prime_route
 from sklearn_lib._model.session import ModelSession
@@ -246,3 +247,45 @@ def test_the_identity_basis_takes_the_maps_matrix_itself():
     eye = torch.eye(D_OUT, dtype=torch.float64)
     assert _is_identity(eye) and not _is_identity(2 * eye) and not _is_identity(eye[:, :3])
     torch.testing.assert_close(_factor(A) @ _factor(A).T, A @ A.T, rtol=1e-12, atol=1e-12)
+
+
+class Unembed(nn.Module):
+    """The unembedding as a section of its own: the map reads the node layer's output,
+    through a view and a full slice as Hugging Face's GPT-2 does (``scaled``: a copy)."""
+
+    def __init__(self, scaled=False):
+        super().__init__()
+        torch.manual_seed(1)
+        self.embed = nn.Linear(2, D_IN)
+        self.ln = nn.LayerNorm(D_IN)
+        self.head = nn.Linear(D_IN, D_OUT, bias=False)
+        self.scaled = scaled
+
+    def forward(self, x):
+        h = self.ln(torch.tanh(self.embed(x)))
+        h = h.view(h.shape)[:, :, :]
+        return self.head(2 * h if self.scaled else h)
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["reads the start", "reads a copy"])
+@pytest.mark.parametrize("k_next", [D_OUT, 2], ids=["identity", "narrow basis"])
+def test_a_map_reading_the_sections_start_needs_no_rows(copy, k_next):
+    """``J_z`` is the identity: the Gram is ``count (sum w)^2 R R^T``, as autograd's rows."""
+    session = ModelSession(Unembed(copy).double(), dtype=torch.float64, capture="output")
+    section = Section("ln", OUTPUT_NODE, (P, D_IN), (P, D_OUT))
+    form = FinalLinear.detect(session, section)
+    x = torch.randn(5, P, 2, dtype=torch.float64)
+    (f,) = session.read(x, ["ln"])
+    points = scaled(f, torch.tensor([0.5, 1.0], dtype=torch.float64))
+    weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    C = (
+        Identity(D_OUT, torch.float64, "cpu")
+        if k_next == D_OUT
+        else torch.randn(D_OUT, k_next, dtype=torch.float64)
+    )
+    rows = Cotangents(C, P).rows
+    got = form_gram(form, x, points, weights, rows)
+    assert form.reads_start is not copy
+    chunks = autograd_rows(session, section, x, points, rows, weights, batched=False)
+    expected = gram_of(chunks, x.shape[0], D_IN)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())

@@ -1,0 +1,140 @@
+"""Benchmark: LIB on a GPT-2 of real width (768, 12 heads, vocabulary 50,257; issue 23).
+
+Weights from a config with random initialisation (``initializer_range=0.02``,
+transformers' own): the cost does not depend on the weights.  LIB at every
+residual-stream node, the input of each block and of ``ln_f`` (the default
+``capture="input"``), output = logits, on ``--n`` sequences of
+``--positions`` random tokens, in float32.
+
+Side by side in one process, it reports:
+
+- the fit with ``n_stochastic_sources="auto"``: time, peak memory above the
+  start (the process' resident set, sampled every 50 ms), rounds per section;
+- a reference fit with ``--reference`` sources per batch (many more draws);
+- per node, the top-5 subspace agreement (smallest principal cosine) and the
+  top-20 Lambda error (largest difference relative to the largest Lambda)
+  of ``"auto"`` against the reference;
+- PCA's time on the same activations (``basis="pca"``, all nodes).
+
+    python benchmarks/bench_real_width.py                      # 2 layers, 64 x 128
+    python benchmarks/bench_real_width.py --layers 12 --device cuda
+"""
+
+import argparse
+import threading
+import time
+import warnings
+
+import numpy as np
+import scipy.linalg
+import torch
+from _gpt2 import random_gpt2
+
+from sklearn_lib import LIBTransformer
+
+
+class PeakMemory:
+    """The peak resident set (CPU) or allocated memory (CUDA) above the start, in GB."""
+
+    def __init__(self, device):
+        self.device, self.peak, self._stop = device, 0.0, threading.Event()
+
+    def _now(self):
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated() / 1e9
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 1e9
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.start = self._now() if self.device != "cuda" else 0.0
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._now() - self.start)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._now() - self.start)
+
+
+def fit(model, X, nodes, args, **params):
+    """A fitted estimator, its seconds and its peak memory (GB above the start)."""
+    lib = LIBTransformer(
+        model,
+        nodes[0],
+        downstream_layers=nodes[1:],
+        output="logits",
+        forward_kwargs={"use_cache": False},
+        dtype="float32",
+        device=args.device,
+        verbose=args.verbose,
+        **params,
+    )
+    with PeakMemory(args.device) as memory, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
+        lib.fit(X)
+        seconds = time.perf_counter() - start
+    for w in caught:
+        print(f"  warning: {w.category.__name__}: {str(w.message)[:160]}")
+    return lib, seconds, memory.peak
+
+
+def agreement(a, b, k=5, top=20):
+    """Top-``k`` smallest principal cosine and top-``top`` Lambda error of ``b`` against ``a``."""
+    k = min(k, a.n_components, b.n_components)
+    cosine = float(np.cos(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k])).min())
+    t = min(top, len(a.lambdas), len(b.lambdas))
+    error = float(np.max(np.abs(a.lambdas[:t] - b.lambdas[:t])) / a.lambdas[0])
+    return cosine, error
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--n", type=int, default=64, help="sequences")
+    parser.add_argument("--positions", type=int, default=128)
+    parser.add_argument("--reference", type=int, default=1024, help="sources per batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+
+    model = random_gpt2(
+        768, 50_257, args.positions, initializer_range=0.02, n_layer=args.layers, n_head=12
+    )
+    X = np.random.default_rng(0).integers(0, 50_257, size=(args.n, args.positions))
+    nodes = [f"transformer.h.{i}" for i in range(args.layers)] + ["transformer.ln_f"]
+    print(
+        f"GPT-2 width 768, 12 heads, {args.layers} layers, vocabulary 50,257; {args.n} sequences "
+        f"x {args.positions} tokens; float32 on {args.device}, {torch.get_num_threads()} threads"
+    )
+    pca, t_pca, m_pca = fit(model, X, nodes, args, basis="pca")
+    print(f"PCA: {t_pca:.1f} s, peak {m_pca:.2f} GB")
+    auto, t_auto, m_auto = fit(model, X, nodes, args, n_stochastic_sources="auto", random_state=0)
+    print(f"auto: {t_auto:.1f} s ({t_auto / t_pca:.1f}x PCA), peak {m_auto:.2f} GB, "
+          f"batch {auto.batch_size_}")  # fmt: skip
+    ref, t_ref, m_ref = fit(
+        model, X, nodes, args, n_stochastic_sources=args.reference, random_state=1
+    )
+    print(f"reference ({args.reference} sources per batch): {t_ref:.1f} s, peak {m_ref:.2f} GB")
+    print("\n| node | auto sources (rounds) | est. cosine | est. Lambda error | top-5 cosine "
+          "| top-20 Lambda error |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in nodes:
+        cosine, error = agreement(ref.bases_[name], auto.bases_[name])
+        r = auto.stochastic_rounds_.get(name)
+        sources = auto.n_stochastic_sources_[name]
+        said = (f"{r.n_sources} ({r.rounds})", f"{r.cosine:.4f}", f"{r.lambda_error:.4f}") if r \
+            else (str(sources), "exact", "exact")  # fmt: skip
+        print(f"| {name} | {' | '.join(said)} | {cosine:.4f} | {error:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
