@@ -10,7 +10,9 @@ Side by side in one process, it reports:
 
 - the fit with ``n_stochastic_sources="auto"``: time, peak memory above the
   start (the process' resident set, sampled every 50 ms), rounds per section;
-- a reference fit with ``--reference`` sources per batch (many more draws);
+- a reference fit with many more draws: ``"auto"`` with another seed and
+  tolerances ``--tighter`` times tighter (its Lambda error; the sine of its
+  subspace angle), so about ``tighter**2`` times the draws;
 - per node, the top-5 subspace agreement (smallest principal cosine) and the
   top-20 Lambda error (largest difference relative to the largest Lambda)
   of ``"auto"`` against the reference;
@@ -21,6 +23,7 @@ Side by side in one process, it reports:
 """
 
 import argparse
+import contextlib
 import threading
 import time
 import warnings
@@ -31,6 +34,7 @@ import torch
 from _gpt2 import random_gpt2
 
 from sklearn_lib import LIBTransformer
+from sklearn_lib._fitting import stochastic
 
 
 class PeakMemory:
@@ -87,6 +91,20 @@ def fit(model, X, nodes, args, **params):
     return lib, seconds, memory.peak
 
 
+@contextlib.contextmanager
+def tighter(factor):
+    """``"auto"``'s tolerances ``factor`` times tighter, and ``factor**2`` times its rounds."""
+    saved = (stochastic.AUTO_LAMBDA_TOLERANCE, stochastic.AUTO_COSINE, stochastic.AUTO_MAX_ROUNDS)
+    sine = np.sqrt(1 - saved[1] ** 2) / factor
+    stochastic.AUTO_LAMBDA_TOLERANCE = saved[0] / factor
+    stochastic.AUTO_COSINE = float(np.sqrt(1 - sine**2))
+    stochastic.AUTO_MAX_ROUNDS = int(saved[2] * factor**2)
+    try:
+        yield
+    finally:
+        stochastic.AUTO_LAMBDA_TOLERANCE, stochastic.AUTO_COSINE, stochastic.AUTO_MAX_ROUNDS = saved
+
+
 def agreement(a, b, k=5, top=20):
     """Top-``k`` smallest principal cosine and top-``top`` Lambda error of ``b`` against ``a``."""
     k = min(k, a.n_components, b.n_components)
@@ -101,7 +119,7 @@ def main():
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--n", type=int, default=64, help="sequences")
     parser.add_argument("--positions", type=int, default=128)
-    parser.add_argument("--reference", type=int, default=1024, help="sources per batch")
+    parser.add_argument("--tighter", type=float, default=3.0, help="the reference's tolerances")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
@@ -120,10 +138,10 @@ def main():
     auto, t_auto, m_auto = fit(model, X, nodes, args, n_stochastic_sources="auto", random_state=0)
     print(f"auto: {t_auto:.1f} s ({t_auto / t_pca:.1f}x PCA), peak {m_auto:.2f} GB, "
           f"batch {auto.batch_size_}")  # fmt: skip
-    ref, t_ref, m_ref = fit(
-        model, X, nodes, args, n_stochastic_sources=args.reference, random_state=1
-    )
-    print(f"reference ({args.reference} sources per batch): {t_ref:.1f} s, peak {m_ref:.2f} GB")
+    with tighter(args.tighter):
+        ref, t_ref, m_ref = fit(model, X, nodes, args, n_stochastic_sources="auto", random_state=1)
+    said = {name: (r.n_sources, r.rounds) for name, r in ref.stochastic_rounds_.items()}
+    print(f"reference ({args.tighter:g}x tighter): {t_ref:.1f} s, peak {m_ref:.2f} GB, {said}")
     print("\n| node | auto sources (rounds) | est. cosine | est. Lambda error | top-5 cosine "
           "| top-20 Lambda error |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")

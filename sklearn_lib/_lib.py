@@ -154,11 +154,16 @@ class LIBTransformer(_ModelLayerTransformer):
         position and next-layer feature.  An int ``S`` uses ``S`` random +-1
         combinations of all of them per batch instead: an unbiased estimate
         of ``M'`` at a fraction of the cost for wide outputs or many
-        positions (its error shrinks like ``1 / sqrt(S * n_batches)``).
-        ``"auto"`` draws sources in rounds (one pass of 16 per batch each)
-        until the top-5 features stop moving: the estimated error of their
-        Lambda within 1% of the largest and the estimated cosine of their
-        subspace with the exact one at least 0.99 (at most 64 rounds); see
+        positions.  Where the section's route takes rows per sample
+        (autograd's, a traced closed form's, a final linear map's), each
+        sample draws its own signs, so its error shrinks like
+        ``1 / sqrt(S * n_samples)``; elsewhere the samples of a batch share
+        them (``1 / sqrt(S * n_batches)``).  ``"auto"`` draws sources in
+        rounds (one pass of 16 per batch each) until the top-5 features stop
+        moving: the estimated error of their Lambda within 1% of the largest
+        and the estimated cosine of their subspace with the exact one at
+        least 0.99 (at most 64 rounds, and never more sources than the exact
+        ``M'`` has rows: it is computed instead); see
         ``n_stochastic_sources_`` and ``stochastic_rounds_``.
     jacobian : {"auto", "autograd"}, default="auto"
         How Jacobian products are computed, for ``M'`` and for the edges.
@@ -219,7 +224,7 @@ class LIBTransformer(_ModelLayerTransformer):
     stochastic_rounds_ : dict of str to SourceRounds
         With ``n_stochastic_sources="auto"``: per section, the rounds run,
         the sources in all, the estimated Lambda error and subspace cosine,
-        and whether it converged.
+        whether it converged, and whether it ended in the exact ``M'``.
     batch_size_ : int
         Samples per batch of array data in every pass (``batch_size``, or
         the one ``"auto"`` chose for the memory budget; fewer samples make
@@ -446,10 +451,7 @@ class LIBTransformer(_ModelLayerTransformer):
         self._input_dtypes_ = input_dtypes(probe)
         self.stochastic_rounds_ = result.rounds
         self.n_stochastic_sources_ = {
-            s.section.src: result.rounds[s.section.src].n_sources
-            if s.section.src in result.rounds
-            else s.sources
-            for s in plan.sections
+            s.section.src: _sources_used(s, result.rounds.get(s.section.src)) for s in plan.sections
         } or {name: None for name in result.bases if name != OUTPUT_NODE}
         session.progress("done")
 
@@ -915,3 +917,11 @@ class LIBTransformer(_ModelLayerTransformer):
             self._session(), self._source(X), basis, [basis.n_components], y
         )
         return float(scores[0])
+
+
+def _sources_used(section_plan, rounds):
+    """The sources per batch behind a section's ``M'``: the plan's, or what ``"auto"``'s
+    rounds ran (None where they ended in the exact ``M'``)."""
+    if rounds is None:
+        return section_plan.sources
+    return None if rounds.exact else rounds.n_sources

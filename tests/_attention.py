@@ -9,6 +9,7 @@ from _sections import section_of
 from torch import nn
 
 from sklearn_lib._core.nodes import OUTPUT_NODE
+from sklearn_lib._fitting.stochastic import m_prime_sources
 from sklearn_lib._model.inputs import n_rows
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.autograd import autograd_rows
@@ -154,12 +155,15 @@ def rows_against_autograd(model, src, dst=OUTPUT_NODE, x=None, rule=RULE, exact=
                           **options):  # fmt: skip
     """``(traced, autograd)`` integrated rows of the section, all exact rows and two random
     combinations, float64; with ``exact``, the exact rows alone, given as exact rows (which
-    the form may send back per output position)."""
+    the form may send back per output position); with ``exact="per sample"``, five random
+    sources drawn for each sample apart (rows ``(5, n, P_out, d_out)``)."""
     return rows_and_form(model, src, dst, x, rule, exact, **options)[:2]
 
 
 def rows_and_form(model, src, dst=OUTPUT_NODE, x=None, rule=RULE, exact=False, **options):
     """:func:`rows_against_autograd`'s rows and the form that made them."""
+    if exact == "per sample":
+        return _per_sample_rows(model, src, dst, x, rule, **options)
     dtype = options.pop("dtype", next(model.parameters()).dtype)
     x = inputs(dtype=dtype) if x is None else x
     session = ModelSession(model, dtype=dtype, **options)
@@ -179,6 +183,26 @@ def rows_and_form(model, src, dst=OUTPUT_NODE, x=None, rule=RULE, exact=False, *
     made = form.rows(x, points, given if exact else rows, weights, chunks)
     traced = torch.cat([g.expand(g.shape[0], n, *g.shape[2:]) for g in made])
     # Padded input positions count nowhere, as in every pass.
+    auto = autograd_rows(session, section, x, points, rows, weights)
+    auto = torch.cat(list(masked_inputs(auto, x, f.shape[1:])))
+    return traced.to(torch.float64), auto.to(torch.float64), form
+
+
+def _per_sample_rows(model, src, dst, x, rule, **options):
+    dtype = options.pop("dtype", next(model.parameters()).dtype)
+    x = inputs(dtype=dtype) if x is None else x
+    session = ModelSession(model, dtype=dtype, **options)
+    section = section_of(session, x, src, dst)
+    form = TracedSection.detect(session, section)
+    with torch.no_grad():
+        (f,) = session.read(x, [src])
+    alphas, weights = rule_tensors(rule, session.device)
+    points, n = scaled(f, alphas), n_rows(x)
+    exact = Cotangents.identity(section.dst_shape, dtype, session.device)
+    rows = m_prime_sources(exact, 5, torch.Generator().manual_seed(3), n_samples=n).rows
+    assert rows.per_sample and rows.shape[:2] == (5, n)
+    made = form.rows(x, points, rows, weights, [(0, 2), (2, 5)])
+    traced = torch.cat([g.expand(g.shape[0], n, *g.shape[2:]) for g in made])
     auto = autograd_rows(session, section, x, points, rows, weights)
     auto = torch.cat(list(masked_inputs(auto, x, f.shape[1:])))
     return traced.to(torch.float64), auto.to(torch.float64), form

@@ -324,6 +324,7 @@ class _Fit:
             matrix,
             n_positions_out,
             sources=plan.sources,
+            per_sample=plan.per_sample,
             rule=self.rule,
             keep_rows=plan.keep_rows,
             lengths_vary=self.source.lengths_vary,
@@ -387,7 +388,7 @@ class _Fit:
         acc = self._gram(section, matrix, next_basis.n_positions)
         if plan.sources == "auto":
             m_prime, self.rounds[section.src] = converged_m_prime(
-                self.session, self.source, acc, basis_of
+                self.session, self.source, acc, basis_of, plan.exact_rows_per_batch
             )
             self._say_products([(acc.what, acc.sums)])  # the last round's
             return m_prime

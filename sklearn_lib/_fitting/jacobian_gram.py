@@ -29,6 +29,9 @@ class JacobianGram:
     sources : int or None
         Random sources per batch (:func:`~sklearn_lib._fitting.stochastic.m_prime_sources`);
         None: exact.
+    per_sample : bool, default=False
+        Draw the sources for each sample of a batch apart (the plan's
+        :attr:`~sklearn_lib._fitting.plan.SectionPlan.per_sample`).
     rule : (torch.Tensor, torch.Tensor)
         Integration points and weights on the session's device.
     keep_rows : bool, default=False
@@ -52,6 +55,7 @@ class JacobianGram:
         *,
         sources,
         rule,
+        per_sample=False,
         keep_rows=False,
         lengths_vary=False,
     ):
@@ -59,7 +63,7 @@ class JacobianGram:
         self.session, self.src, self.route_section = session, section.src, section
         self.reads = section_reads(section, lengths_vary)
         self.what = f"Jacobians {section}"
-        self.sources = sources
+        self.sources, self.per_sample = sources, per_sample
         self.rule = rule
         self.section = SectionJacobian(session, route)
         self.exact = Cotangents(matrix, n_positions_out)
@@ -78,7 +82,8 @@ class JacobianGram:
 
     def update(self, batch, acts):
         exact = batch_cotangents(self.exact, self.route_section, acts)
-        cotangents = m_prime_sources(exact, self.sources, self.session.generator)
+        n = acts[self.src].shape[0] if self.per_sample else None
+        cotangents = m_prime_sources(exact, self.sources, self.session.generator, n)
         f = acts[self.src]
         # The batch's rows, (R, n, P_in, d) at most: over the budget before they
         # are made, none is kept.

@@ -30,7 +30,13 @@ from .._core.numerics import ROW_REUSE_BYTES
 from .._routes.integration import is_plain
 from .._routes.table import ROW_ROUTES
 from .basis import EIGH_COST, PRODUCT_COST
-from .stochastic import AUTO_MIN_ROUNDS, STOCHASTIC_BATCH_SIZE, m_prime_route
+from .stochastic import (
+    AUTO_MAX_ROUNDS,
+    AUTO_MIN_ROUNDS,
+    AUTO_SOURCES,
+    STOCHASTIC_BATCH_SIZE,
+    m_prime_route,
+)
 
 #: Dense float64 operations per second, for the estimate of the bases' linear algebra:
 #: 2 CPU cores do about 1e11 (measured at 4096: a matrix product in 1.3 s, an
@@ -82,6 +88,9 @@ class SectionPlan:
     factor_width : int or None
         Route ``"final linear"``: the inputs of the final map, the most rows
         per output position its exact ``M'`` needs.
+    per_sample : bool
+        Whether random sources are drawn for each sample of a batch apart (the
+        route takes rows per sample): ``n`` times the draws for the same work.
     """
 
     section: object
@@ -92,6 +101,7 @@ class SectionPlan:
     keep_rows: bool = False
     seconds: float | None = None
     factor_width: int | None = None
+    per_sample: bool = False
 
     @property
     def exact(self):
@@ -115,6 +125,12 @@ class SectionPlan:
         ones, new every batch, on one sample per batch.
         """
         return self._rows_per_batch(self.section.dst_shape[-1])
+
+    @property
+    def exact_rows_per_batch(self):
+        """Backward passes per batch of the exact ``M'`` on this route (an upper bound, as
+        :attr:`backward_rows`): what ``"auto"``'s rounds may cost at most."""
+        return replace(self, sources=None)._rows_per_batch(self.section.dst_shape[-1])
 
     def rows_per_pass(self, n_batches, kept=None):
         """Backward passes of one pass over ``n_batches`` batches (None for rounds).
@@ -144,9 +160,21 @@ class SectionPlan:
 
     def describe(self):
         """How its ``M'`` is made, in words."""
+        how = self._how()
+        if self.per_sample:
+            how += ", drawn for each sample apart"
+        if self.joins and self.route != "statistics pass":
+            how += ", within the statistics pass"
+        return f"{self.section}: {how}"
+
+    def _how(self):
         sampled = self.sources is not None and self.sources != "auto"
         if self.sources == "auto":
-            how = "rounds of random sources until the basis stops moving"
+            how = (
+                f"rounds of {AUTO_SOURCES} random sources per batch until the basis stops "
+                f"moving, at most {AUTO_MAX_ROUNDS} or the exact M' where more would cost "
+                f"more rows than its {self.exact_rows_per_batch:,}"
+            )
         elif self.route == "autograd" and sampled:
             how = f"{self.sources:,} random sources per batch, a backward row each"
         elif self.route == "autograd":
@@ -166,9 +194,7 @@ class SectionPlan:
         else:
             how = _ROUTE_WORDS[self.route]
             how += f" ({self.sources:,} random sources per batch)" if sampled else ""
-        if self.joins and self.route != "statistics pass":
-            how += ", within the statistics pass"
-        return f"{self.section}: {how}"
+        return how
 
 
 _ROUTE_WORDS = {
@@ -366,7 +392,11 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     keep = keep and route.makes_rows and not gathered
     how = "statistics pass" if gathered else route.m_prime
     width = route.gram.width if how == "final linear" else None  # once checked on the probe
-    plan = SectionPlan(section, how, sources, why, gathered or last, keep, factor_width=width)
+    per_sample = sources is not None and route.sources_per_sample
+    plan = SectionPlan(
+        section, how, sources, why, gathered or last, keep, factor_width=width,
+        per_sample=per_sample,
+    )  # fmt: skip
     priced = plan.route in ROW_ROUTES
     if price is None or n_samples is None or not priced or plan.sources == "auto":
         return plan

@@ -36,14 +36,18 @@ STOCHASTIC_BATCH_SIZE = 256
 AUTO_SOURCES, AUTO_MIN_ROUNDS, AUTO_MAX_ROUNDS = 16, 4, 64
 
 
-def m_prime_sources(exact, n_sources, generator):
+def m_prime_sources(exact, n_sources, generator, n_samples=None):
     """The fit's estimator: ``n_sources`` random +-1 combinations of all rows of ``exact``.
 
-    Signs ``(S, P_out, k_next)`` mix output positions and next features;
+    Signs ``(S, P_out, k_next)`` mix output positions and next features, the
+    same for every sample of a batch, or, with ``n_samples``, ``(S, n, P_out,
+    k_next)``, each sample's own: as many backward rows, ``n`` times the
+    independent draws (a route that takes rows per sample,
+    :attr:`~sklearn_lib._routes.table.SectionRoute.sources_per_sample`).
     ``n_sources`` None keeps the exact rows.  Drawn on the CPU from
     ``generator``, so results are reproducible on any device.
     """
-    return _signed(exact, n_sources, generator, over_features=True)
+    return _signed(exact, n_sources, generator, over_features=True, n_samples=n_samples)
 
 
 def edge_sources(exact, n_sources, generator):
@@ -54,13 +58,16 @@ def edge_sources(exact, n_sources, generator):
     return _signed(exact, n_sources, generator, over_features=False)
 
 
-def _signed(exact, n_sources, generator, over_features):
+def _signed(exact, n_sources, generator, over_features, n_samples=None):
     if n_sources is None:
         return exact
     C = exact.matrix
-    shape = (n_sources, exact.n_positions) + ((C.shape[1],) if over_features else ())
-    draws = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8)  # 1 byte each
-    return Cotangents(C, exact.n_positions, (2 * draws - 1).to(C.device))
+    per_sample = () if n_samples is None else (n_samples,)
+    shape = (n_sources, *per_sample, exact.n_positions) + ((C.shape[1],) if over_features else ())
+    # One byte each, made +-1 in place: a vocabulary's signs are the largest thing a
+    # pass holds (16 sources x 4 sequences x 128 positions x 50,257 logits: 411 MB).
+    signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).mul_(2).sub_(1)
+    return Cotangents(C, exact.n_positions, signs.to(C.device))
 
 
 def auto_stays_exact(exact_rows):
@@ -131,6 +138,9 @@ class SourceRounds:
         the exact one.
     converged : bool
         False when :data:`AUTO_MAX_ROUNDS` ran out first.
+    exact : bool
+        True where more rounds would have cost more backward rows than the
+        exact ``M'``, which was then computed instead (one more pass).
     """
 
     n_sources: int
@@ -138,9 +148,10 @@ class SourceRounds:
     lambda_error: float
     cosine: float
     converged: bool
+    exact: bool = False
 
 
-def converged_m_prime(session, source, acc, basis_of):
+def converged_m_prime(session, source, acc, basis_of, exact_rows=None):
     """``M'`` from rounds of random sources until the basis it gives stops moving.
 
     Each round is one pass with :data:`AUTO_SOURCES` sources per batch (new
@@ -151,7 +162,10 @@ def converged_m_prime(session, source, acc, basis_of):
     (their mean's angle is about half theirs).  Rounds go on, in pairs, from
     :data:`AUTO_MIN_ROUNDS`, until the Lambda error is within
     :data:`AUTO_LAMBDA_TOLERANCE` and the cosine at least :data:`AUTO_COSINE`,
-    or :data:`AUTO_MAX_ROUNDS` have run.
+    or :data:`AUTO_MAX_ROUNDS` have run.  Where the next pair would bring
+    the sources per batch beyond ``exact_rows`` (the exact ``M'``'s backward
+    rows per batch), the exact ``M'`` is computed instead: rounds never cost
+    more than that pass and the rounds before it.
 
     The estimate covers this section's own sources.  The next node's basis,
     itself estimated, moves this one too; that part is not in the estimate.
@@ -172,27 +186,40 @@ def converged_m_prime(session, source, acc, basis_of):
             halves[half] = halves[half] + m_round
             tops.append(basis_of(m_round).lambdas[:AUTO_TOP_K])
         rounds = len(tops)
-        mean = basis_of((halves[0] + halves[1]) / rounds)
-        k = min(len(top) for top in tops)
-        spread = np.std([top[:k] for top in tops], axis=0, ddof=1).max()
-        lambda_error = float(2 * spread / np.sqrt(rounds) / max(mean.lambdas[0], _TINY))
-        cut = _gapped_top(mean.lambdas[: mean.n_components], lambda_error * mean.lambdas[0])
-        cosine = _mean_cosine(cut, *(basis_of(m / (rounds // 2)) for m in halves))
-        converged = lambda_error <= AUTO_LAMBDA_TOLERANCE and cosine >= AUTO_COSINE
+        estimate = _estimate(halves, tops, basis_of)
+        converged = estimate[0] <= AUTO_LAMBDA_TOLERANCE and estimate[1] >= AUTO_COSINE
         passed = passed + 1 if converged else 0
         if (passed >= 2 and rounds >= AUTO_MIN_ROUNDS) or rounds >= AUTO_MAX_ROUNDS:
             break
-    report = SourceRounds(rounds * AUTO_SOURCES, rounds, lambda_error, cosine, converged)
+        if exact_rows is not None and (rounds + 2) * AUTO_SOURCES > exact_rows:
+            acc.reset(None)
+            (m_prime,) = session.run_pass(source, [acc], f"{acc.what} (exact: cheaper)")
+            return m_prime, SourceRounds(rounds * AUTO_SOURCES, rounds, *estimate, False, True)
+    report = SourceRounds(rounds * AUTO_SOURCES, rounds, *estimate, converged)
     if not converged:
         warnings.warn(
             f"n_stochastic_sources='auto' did not converge on {acc.what} after {rounds} rounds "
-            f"({report.n_sources} sources per batch): estimated Lambda error {lambda_error:.1%} "
-            f"of the largest, top features' cosine {cosine:.3f}. More samples (or a "
-            "smaller batch_size: more draws per pass) help; n_stochastic_sources=None is exact",
+            f"({report.n_sources} sources per batch): estimated Lambda error "
+            f"{report.lambda_error:.1%} of the largest, top features' cosine "
+            f"{report.cosine:.3f}. More samples (or a smaller batch_size: more draws per "
+            "pass) help; n_stochastic_sources=None is exact",
             ConvergenceWarning,
             stacklevel=user_stacklevel(),
         )
     return (halves[0] + halves[1]) / rounds, report
+
+
+def _estimate(halves, tops, basis_of):
+    """``(lambda_error, cosine)`` of the mean of the rounds so far (see
+    :func:`converged_m_prime`)."""
+    rounds = len(tops)
+    mean = basis_of((halves[0] + halves[1]) / rounds)
+    k = min(len(top) for top in tops)
+    spread = np.std([top[:k] for top in tops], axis=0, ddof=1).max()
+    lambda_error = float(2 * spread / np.sqrt(rounds) / max(mean.lambdas[0], _TINY))
+    cut = _gapped_top(mean.lambdas[: mean.n_components], lambda_error * mean.lambdas[0])
+    cosine = _mean_cosine(cut, *(basis_of(m / (rounds // 2)) for m in halves))
+    return lambda_error, cosine
 
 
 _TINY = np.finfo(float).tiny

@@ -26,6 +26,7 @@ import torch
 
 from .._core.numerics import CHUNK_ELEMENTS
 from .._model.inputs import n_rows, point_mask
+from .cotangents import expand_to_points
 
 
 def autograd_rows(session, section, x, points, rows, weights, *, batched=None):
@@ -39,7 +40,8 @@ def autograd_rows(session, section, x, points, rows, weights, *, batched=None):
         The batch of ``n`` model inputs.
     points : torch.Tensor of shape (A * n, *positions, d)
         Alpha-major activations at ``section.src``.
-    rows : torch.Tensor or ExactRows of shape (R, P_out, d_next)
+    rows : torch.Tensor, ExactRows or SampledRows of shape (R, [n,] P_out, d_next)
+        Shared by all samples, or (with the sample axis) each sample's own.
     weights : torch.Tensor of shape (A,)
     batched : bool or None
         Rows through vmap (True) or a loop (False); None: vmap on CUDA only.
@@ -59,7 +61,7 @@ def autograd_rows(session, section, x, points, rows, weights, *, batched=None):
             # Rows of padded output positions vanish: their outputs are zeroed
             # (per sample, at every point of the rule).
             out = out * mask
-        out = out.reshape(out.shape[0], *rows.shape[1:])  # (A*n, P_out, d_next)
+        out = out.reshape(out.shape[0], *rows.shape[-2:])  # (A*n, P_out, d_next)
         yield from integrated_vjps(out, leaf, rows, weights, n, batched)
 
 
@@ -71,8 +73,9 @@ def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows)
     out : torch.Tensor of shape (A * n, P_out, d_next)
         Section output at the stacked, scaled inputs ``leaf``.
     leaf : torch.Tensor of shape (A * n, *positions, d)
-    cotangent_rows : torch.Tensor of shape (R, P_out, d_next)
-        One cotangent per Jacobian row, shared by all samples.
+    cotangent_rows : torch.Tensor of shape (R, [n,] P_out, d_next)
+        One cotangent per Jacobian row, shared by all samples or (with the
+        sample axis) each sample's own.
     weights : torch.Tensor of shape (A,)
         Quadrature weights.
     n_samples : int
@@ -104,8 +107,8 @@ def integrated_vjps(out, leaf, cotangent_rows, weights, n_samples, batched_rows)
 def _vjp_chunks(out, leaf, cotangent_rows, weights, n_samples, *, batched_rows, chunk):
     """:func:`integrated_vjps` of one block of rows held in memory."""
     for start in range(0, cotangent_rows.shape[0], chunk):
-        rows = cotangent_rows[start : start + chunk]  # (r, P_out, d_next)
-        cot = rows.unsqueeze(1).expand(-1, out.shape[0], -1, -1)  # (r, A*n, P_out, d_next)
+        rows = cotangent_rows[start : start + chunk]  # (r, [n,] P_out, d_next)
+        cot = expand_to_points(rows, out.shape[0])  # (r, A*n, P_out, d_next)
         if batched_rows:
             (grads,) = torch.autograd.grad(
                 out, leaf, cot.to(out.dtype), retain_graph=True, is_grads_batched=True

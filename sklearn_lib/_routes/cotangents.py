@@ -15,6 +15,7 @@ import torch
 
 from .._core.identity import Identity, dense
 from .._core.nodes import n_positions as positions_of
+from .._core.numerics import CHUNK_ELEMENTS
 
 
 class Cotangents:
@@ -27,7 +28,10 @@ class Cotangents:
     - of shape ``(S, P_out)``: ``sum_t r_st e_t (x) C_next[:, i]``, one row
       per source and feature (row ``s * k_next + i``), for the edges;
     - of shape ``(S, P_out, k_next)``: ``sum_{t,i} r_sti e_t (x) C_next[:, i]``,
-      one row per source, for ``M'``.
+      one row per source, for ``M'``, shared by the samples of a batch;
+    - of shape ``(S, n, P_out, k_next)``: the same, drawn for each sample
+      of the batch apart (:class:`SampledRows` of shape ``(S, n, P_out,
+      d_next)``): as much work, ``n`` times the independent draws.
 
     Since ``E[r r^T] = I``, a sum of squares over sampled rows, times
     :attr:`scale`, is an unbiased estimate of the sum over exact rows.
@@ -80,9 +84,9 @@ class Cotangents:
         d_next, k_next = C.shape
         if self.signs is None:
             return ExactRows(C, self.n_positions)  # built chunk by chunk, when used
-        if self.signs.ndim == 3:
-            # (S, P_out, k_next) signs mix features too: (S, P_out, d_next).
-            return self.signs.to(C.dtype) @ C.T
+        if self.signs.ndim >= 3:
+            # (S, [n,] P_out, k_next) signs mix features too: (S, [n,] P_out, d_next).
+            return SampledRows(self.signs, C)  # built chunk by chunk, when used
         signs, C = self.signs.to(C.dtype), dense(C)
         # (S, 1, P_out, 1) * (1, k_next, 1, d_next) -> (S, k_next, P_out, d_next)
         rows = signs[:, None, :, None] * C.T[None, :, None, :]
@@ -171,6 +175,70 @@ class ExactRows:
         k_next = self.matrix.shape[1]
         per_position = signs.to(self.dtype).reshape(signs.shape[0], self.n_positions, k_next)
         return per_position @ self.matrix.T
+
+
+class SampledRows:
+    """Random rows ``signs @ C^T``, ``(S, [n,] P_out, d_next)``, made when sliced.
+
+    Like :class:`ExactRows`: the ``shape``, ``dtype``, ``to`` and slicing of
+    the tensor they stand for, made a chunk at a time.  Whole, a
+    vocabulary-wide output's would take ``S x n x P_out x 50,257`` numbers.
+    Rows with a sample axis (:attr:`per_sample`) hold each sample's own
+    draws.
+
+    Parameters
+    ----------
+    signs : torch.Tensor of shape (S, [n,] P_out, k_next)
+    matrix : torch.Tensor or Identity of shape (d_next, k_next)
+    """
+
+    def __init__(self, signs, matrix):
+        self.signs, self.matrix = signs, matrix
+        self.shape = torch.Size((*signs.shape[:-1], matrix.shape[0]))
+        self.dtype, self.device = matrix.dtype, matrix.device
+
+    @property
+    def per_sample(self):
+        """Whether each sample of the batch has rows of its own (axis 1)."""
+        return self.signs.ndim == 4
+
+    def __len__(self):
+        return self.shape[0]
+
+    def to(self, dtype):
+        """These rows in ``dtype``."""
+        return self if dtype == self.dtype else SampledRows(self.signs, self.matrix.to(dtype))
+
+    def through(self, A):
+        """The rows ``c A^T`` of a map ``y = z A``'s input: ``signs @ (A C)^T``, made alike."""
+        return SampledRows(self.signs, A.to(self.dtype) @ self.matrix)
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"row {index} of {len(self)}")
+            index %= len(self)
+            return self[index : index + 1][0]
+        if not isinstance(index, slice):
+            raise TypeError("sampled rows are taken by an int or a slice")
+        signs = self.signs[index]
+        flat = signs.reshape(-1, signs.shape[-1])
+        # The signs in the rows' dtype a piece at a time: whole, a chunk of a vocabulary's
+        # would take 4-8 bytes for each of their 1.
+        step = max(1, CHUNK_ELEMENTS // max(flat.shape[1], 1))
+        rows = torch.empty(flat.shape[0], self.shape[-1], dtype=self.dtype, device=self.device)
+        for start in range(0, flat.shape[0], step):
+            piece = flat[start : start + step].to(device=self.device, dtype=self.dtype)
+            rows[start : start + step] = piece @ self.matrix.T
+        return rows.reshape(*signs.shape[:-1], self.shape[-1])
+
+
+def expand_to_points(rows, m):
+    """Cotangent rows ``(r, P_out, d)`` shared by all points, or ``(r, n, P_out, d)`` per
+    sample, as ``(r, m, P_out, d)`` for ``m`` alpha-major points (``m // n`` per sample)."""
+    if rows.ndim == 4:
+        return rows.repeat(1, m // rows.shape[1], 1, 1)
+    return rows.unsqueeze(1).expand(-1, m, -1, -1)
 
 
 def scaled(f, alphas):

@@ -12,7 +12,7 @@ from .._core.gram_sum import GramSum
 from .._core.numerics import CHUNK_ELEMENTS
 from .._model.inputs import attention_mask, valid_positions
 from .autograd import quadrature_sum
-from .cotangents import ExactRows
+from .cotangents import ExactRows, SampledRows
 
 #: The products a route serves: rows, their Gram, and directional derivatives.
 KINDS = ("rows", "gram", "tangents")
@@ -36,7 +36,7 @@ def integrated(g, weights, n_samples):
 
 def form_gram(form, x, points, weights, rows):
     """A closed form's float64 Gram of the integrated rows, or NotImplemented."""
-    if isinstance(rows, ExactRows) and not form.exact_rows:
+    if isinstance(rows, (ExactRows, SampledRows)) and not form.exact_rows:
         rows = rows[:]  # a closed form takes all at once, unless it says otherwise
     with torch.no_grad():
         gram = form.gram(x, points, weights, rows)

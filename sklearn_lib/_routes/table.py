@@ -113,6 +113,16 @@ class SectionRoute:
         return several and getattr(self.rows, "exact_per_position", False)
 
     @property
+    def sources_per_sample(self):
+        """Whether random sources may be drawn for each sample apart: ``M'`` is made of
+        rows (autograd's, a final linear map's or a closed form's) that take each sample's
+        own cotangents (:attr:`ClosedForm.per_sample_rows
+        <sklearn_lib._routes.forms.base.ClosedForm.per_sample_rows>`)."""
+        if self.m_prime not in ROW_ROUTES:
+            return False
+        return all(f is None or f.per_sample_rows for f in (self.gram, self.rows))
+
+    @property
     def gathers_statistics(self):
         """Whether the Gram's form has statistics the statistics pass can gather."""
         return self.gram is not None and type(self.gram).statistics is not ClosedForm.statistics

@@ -61,17 +61,20 @@ def test_auto_is_reproducible_with_a_seed():
     assert a.stochastic_rounds_ == b.stochastic_rounds_
 
 
-def test_auto_that_runs_out_of_rounds_says_so():
+def test_auto_that_runs_out_of_rounds_says_so(monkeypatch):
     from sklearn.exceptions import ConvergenceWarning
 
-    X = np.random.default_rng(0).normal(size=(40, 12, 10))  # too few samples for 1%
+    from sklearn_lib._fitting import stochastic
+
+    monkeypatch.setattr(stochastic, "AUTO_MAX_ROUNDS", 4)  # too few draws for 1%
+    X = np.random.default_rng(0).normal(size=(8, 12, 10))
     lib = LIBTransformer(
-        WideMixer().double(), "mix", n_stochastic_sources="auto", batch_size=20, device="cpu"
+        WideMixer().double(), "mix", n_stochastic_sources="auto", batch_size=4, device="cpu"
     )
-    with pytest.warns(ConvergenceWarning, match=r"did not converge .* after 64 rounds"):
+    with pytest.warns(ConvergenceWarning, match=r"did not converge .* after 4 rounds"):
         lib.fit(X)
     rounds = lib.stochastic_rounds_["mix"]
-    assert not rounds.converged and rounds.rounds == 64 and rounds.lambda_error > 0.01
+    assert not rounds.converged and rounds.rounds == 4 and rounds.lambda_error > 0.01
 
 
 class Spectrum(nn.Module):
@@ -128,3 +131,22 @@ def test_auto_computes_cheap_sections_exactly():
     Y = np.random.default_rng(0).normal(size=(60, 4, 3))
     mixer = LIBTransformer(PositionMixer().double(), "mix", n_stochastic_sources="auto").fit(Y)
     assert mixer.n_stochastic_sources_ == {"mix": None} and mixer.stochastic_rounds_ == {}
+
+
+def test_auto_never_costs_more_rows_than_exact(monkeypatch):
+    """120 exact rows per batch: rounds stop before the next pair would pass them, and the
+    exact M' is computed instead (here the tolerance is out of reach)."""
+    from sklearn_lib._fitting import stochastic
+
+    monkeypatch.setattr(stochastic, "AUTO_LAMBDA_TOLERANCE", 1e-12)
+    X = np.random.default_rng(4).normal(size=(24, 12, 10))
+    common = dict(batch_size=8, device="cpu")
+    auto = LIBTransformer(
+        WideMixer().double(), "mix", n_stochastic_sources="auto", random_state=0, **common
+    ).fit(X)
+    rounds = auto.stochastic_rounds_["mix"]
+    assert rounds.exact and not rounds.converged
+    assert rounds.rounds == 6 and (rounds.rounds + 2) * stochastic.AUTO_SOURCES > 120
+    assert auto.n_stochastic_sources_ == {"mix": None}
+    exact = LIBTransformer(WideMixer().double(), "mix", **common).fit(X)
+    np.testing.assert_allclose(auto.lambdas_, exact.lambdas_, rtol=1e-10)

@@ -110,6 +110,10 @@ class ClosedForm(abc.ABC):
         Whether :meth:`gram` takes exact cotangent rows as an
         :class:`~sklearn_lib._routes.cotangents.ExactRows` (made chunk by
         chunk) rather than all of them as one tensor.
+    per_sample_rows : bool
+        Whether the form takes cotangent rows with a sample axis, each
+        sample's own ``(R, n, P_out, d_out)``: stochastic sources drawn per
+        sample (more independent draws for the same work).
     exact_per_position : bool
         Whether exact rows of several output positions cost less per row than
         random combinations of them (they go back per position), so that a fit
@@ -124,6 +128,7 @@ class ClosedForm(abc.ABC):
     traced = True
     padding = False
     exact_rows = False
+    per_sample_rows = False
     exact_per_position = False
     reads_forward_kwargs = False
 

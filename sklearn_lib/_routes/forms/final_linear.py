@@ -32,7 +32,7 @@ from torch import nn
 from ..._core.identity import Identity
 from ..._model.inputs import n_rows, point_mask
 from ..autograd import integrated_vjps
-from ..cotangents import ExactRows
+from ..cotangents import ExactRows, SampledRows
 from ..products import gram_of, masked_inputs
 from .affine import Affine
 from .base import ClosedForm, structural_veto
@@ -64,7 +64,8 @@ class FinalLinear(ClosedForm):
     title = "The final linear map's factor (rows of its input)"
     traced = False  # found by running the section, not by reading its code
     padding = True  # its rows are autograd's: padding reads as on the autograd route
-    exact_rows = True  # takes the exact rows as they are made, not all at once
+    exact_rows = True  # takes the exact or sampled rows as they are made, not all at once
+    per_sample_rows = True  # autograd's rows take each sample's own cotangents
 
     def __init__(self, session, section, candidates):
         self.session, self.section, self.candidates = session, section, candidates
@@ -168,6 +169,8 @@ class FinalLinear(ClosedForm):
     def _input_rows(self, cotangents, A):
         """The cotangents of the map's input: the factor ``R`` of ``A C C^T A^T`` for exact
         rows (one per column, each output position), else each row mapped through ``A``."""
+        if isinstance(cotangents, SampledRows):
+            return cotangents.through(A)  # (R, [n,] P, d_out) -> (R, [n,] P, d_in), lazily
         if not isinstance(cotangents, ExactRows):
             return cotangents.to(A.dtype) @ A.T  # (R, P, d_out) -> (R, P, d_in)
         C, made = self._factors

@@ -19,7 +19,7 @@ from torch import fx
 from ..._core.numerics import CHUNK_ELEMENTS
 from ..._model.failures import is_out_of_memory
 from ..._model.inputs import n_rows, point_mask, repeat_rows
-from ..cotangents import ExactRows
+from ..cotangents import ExactRows, expand_to_points
 from .base import Inapplicable
 from .traced_fusion import chains, slope
 from .traced_ops import OPS, Unsupported, describe, flat, op_of
@@ -234,7 +234,10 @@ class Trace:
             return self._backward(values, saved, cot, later)
         out = values[self.graph.end]
         c = cotangents[start:stop].to(out.dtype)
-        c = c.reshape(c.shape[0], 1, *out.shape[1:])
+        if c.ndim == 4:  # each sample's own rows, (r, n, P_out, d): at each of its points
+            c = expand_to_points(c, out.shape[0]).reshape(c.shape[0], *out.shape)
+        else:
+            c = c.reshape(c.shape[0], 1, *out.shape[1:])
         return self._backward(values, saved, {self.graph.end: c if mask is None else c * mask})
 
     def _per_position(self, values, saved, cotangents, mask):

@@ -64,6 +64,7 @@ class TracedSection(ClosedForm):
     title = "The traced section's products"
     reads_forward_kwargs = True
     exact_per_position = True  # exact rows go back per output position (traced_positions)
+    per_sample_rows = True  # a cotangent per sample at the end goes back like any other
     padding = True  # it reads the mask as the model does, and zeroes padded rows
 
     def __init__(self, session, section, trace=None):

@@ -92,7 +92,26 @@ def test_m_prime_sources_combine_every_row(rng):
     sampled = m_prime_sources(exact, 6, torch.Generator().manual_seed(0))
     signs, rows = sampled.signs.numpy(), exact_rows(exact.matrix.numpy())
     expected = np.einsum("sr,rpd->spd", signs.reshape(6, P * K), rows)
-    np.testing.assert_allclose(sampled.rows.numpy(), expected, rtol=0, atol=1e-15)
+    assert sampled.rows.shape == expected.shape
+    np.testing.assert_allclose(sampled.rows[:].numpy(), expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(sampled.rows[2:4].numpy(), expected[2:4], rtol=0, atol=1e-15)
+
+
+def test_sources_per_sample_are_each_samples_own(rng):
+    """``(S, n, P, K)`` signs: sample ``j``'s rows combine every row with its own signs."""
+    exact = exact_cotangents(rng)
+    sampled = m_prime_sources(exact, 6, torch.Generator().manual_seed(0), n_samples=3)
+    assert tuple(sampled.signs.shape) == (6, 3, P, K) and sampled.rows.per_sample
+    signs, rows = sampled.signs.numpy(), exact_rows(exact.matrix.numpy())
+    expected = np.einsum("snr,rpd->snpd", signs.reshape(6, 3, P * K), rows)
+    assert sampled.rows.shape == expected.shape
+    np.testing.assert_allclose(sampled.rows[1:5].numpy(), expected[1:5], rtol=0, atol=1e-15)
+    assert not np.array_equal(signs[:, 0], signs[:, 1])  # independent draws
+    # Through a map y = z A: the rows of z, c A^T, made alike.
+    A = torch.as_tensor(rng.normal(size=(4, D_NEXT)))
+    np.testing.assert_allclose(
+        sampled.rows.through(A)[:].numpy(), expected @ A.numpy().T, rtol=1e-13, atol=1e-13
+    )
 
 
 def test_edge_sources_combine_positions_per_feature(rng):
@@ -195,8 +214,9 @@ def test_source_rounds_is_a_frozen_record():
         "lambda_error",
         "cosine",
         "converged",
+        "exact",
     ]
-    assert rounds == SourceRounds(64, 4, 0.001, 0.999, True)
+    assert rounds == SourceRounds(64, 4, 0.001, 0.999, True, False)  # a saved fit's has none
     with pytest.raises(dataclasses.FrozenInstanceError):
         rounds.rounds = 5
 

@@ -177,3 +177,21 @@ def test_batch_cotangents_without_the_end_only_at_the_probes_positions():
     named = Section("a", "b", (3, 5), (3, 4))
     with pytest.raises(RuntimeError, match=r"does not read 'b' to count its positions"):
         batch_cotangents(exact, named, {"a": torch.zeros(2, 4, 5)})
+
+
+def test_sampled_rows_are_made_a_piece_at_a_time_alike(monkeypatch):
+    """Signs turned into rows a few at a time (a vocabulary's would not fit at once)."""
+    from sklearn_lib._routes import cotangents
+
+    C = torch.randn(5, 4, dtype=torch.float64)
+    signs = (2 * torch.randint(0, 2, (3, 2, 6, 4)) - 1).to(torch.int8)  # (S, n, P, k)
+    expected = signs.to(torch.float64) @ C.T
+    monkeypatch.setattr(cotangents, "CHUNK_ELEMENTS", 7)  # one sign row of 4 a piece
+    rows = cotangents.SampledRows(signs, C)
+    assert rows.shape == (3, 2, 6, 5) and rows.per_sample and len(rows) == 3
+    torch.testing.assert_close(rows[:], expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(rows[1:3], expected[1:3], rtol=0, atol=1e-15)
+    torch.testing.assert_close(rows[-1], expected[2], rtol=0, atol=1e-15)
+    with pytest.raises(IndexError):
+        rows[3]
+    assert rows.to(torch.float32)[:].dtype == torch.float32

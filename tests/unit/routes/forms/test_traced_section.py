@@ -61,6 +61,16 @@ def test_a_whole_pre_layer_norm_block(layer_norm, mask):
     assert_same(*rows_against_autograd(model, "blocks.0", "head"))
 
 
+@pytest.mark.parametrize("mask", ["sdpa", "masked_fill", "none"])
+def test_rows_drawn_for_each_sample_apart_equal_autograds(mask):
+    """Stochastic sources per sample: each sample's own cotangent goes back through the
+    trace, at every point of the rule, as through autograd."""
+    model = model_of(lambda: Block("linear", mask, "module"), lambda: Attention("einsum", mask))
+    traced, auto = rows_against_autograd(model, "blocks.0", "head", exact="per sample")
+    assert_same(traced, auto)
+    assert not torch.allclose(auto[:, 0], auto[:, 1])  # the samples' rows differ
+
+
 def test_two_blocks_in_a_module_list_and_their_sections():
     model = model_of(lambda: Block("einsum", "where"), lambda: Block("linear", "sdpa"))
     assert_same(*rows_against_autograd(model, "blocks.0", "blocks.1"))
