@@ -43,8 +43,10 @@ class NodeBasis:
     mean : ndarray of shape (d,)
         ``mu``; zeros when fitted with ``center=False``.
     matrix : ndarray of shape (d, K)
-        ``C`` with every numerically non-null feature, most important first
-        (an :class:`~sklearn_lib._core.identity.Identity` for ``kind="identity"``).
+        ``C`` with every numerically non-null feature, most important first.
+        For ``kind="identity"``, an implicit identity that acts as the array
+        in products, slices and numpy functions, and is never made whole
+        (``np.asarray`` makes it).
     pinv : ndarray of shape (K, d)
         The pseudo-inverse ``C+`` of the *full* ``matrix``: keeping the top
         ``k`` features reconstructs with ``pinv[:k]``.
