@@ -58,14 +58,17 @@ class Identity:
         return torch.eye(self.d, dtype=self.dtype, device=self.device)
 
     def to(self, *args, dtype=None, device=None):
-        """This identity as a tensor of ``dtype`` on ``device`` (torch's ``to``)."""
+        """This identity as a tensor of ``dtype`` on ``device`` (torch's ``to``; from the
+        numpy flavour, a tensor on the CPU unless a device is given)."""
         for arg in args:
             if isinstance(arg, torch.dtype):
                 dtype = arg
             else:
                 device = arg
-        dtype = self.dtype if dtype is None else dtype
-        device = self.device if device is None else device
+        if dtype is None:
+            dtype = self.dtype if self.device is not None else _torch_dtype(self.dtype)
+        if device is None:
+            device = self.device if self.device is not None else "cpu"
         return Identity(self.d, dtype, device)
 
     def astype(self, dtype, copy=True):
@@ -87,7 +90,7 @@ class Identity:
     # -- products and slices -----------------------------------------------------------
     def __matmul__(self, other):
         """``I @ other``: a copy of ``other`` (as a product would be)."""
-        _check_inner(self.d, other.shape[0])
+        _check_inner(self.d, other.shape[-2] if len(other.shape) > 1 else other.shape[0])
         return _copy(other)
 
     def __rmatmul__(self, other):
@@ -100,6 +103,8 @@ class Identity:
         one-hot block asked for, made whole (a slice of all of it too: take the identity
         itself where that is meant)."""
         rows, columns = key if isinstance(key, tuple) else (key, slice(None))
+        if not isinstance(rows, (int, slice)) and not isinstance(columns, (int, slice)):
+            raise TypeError("an identity is indexed by at most one index array")
         i, j = self._indices(rows), self._indices(columns)
         if self.device is None:
             return np.equal.outer(i, j).astype(self.dtype)
@@ -114,7 +119,14 @@ class Identity:
 
 
 def _copy(other):
+    if isinstance(other, Identity):
+        return other
     return other.clone() if torch.is_tensor(other) else np.array(other)
+
+
+def _torch_dtype(dtype):
+    """The torch dtype of a numpy one."""
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
 def _check_inner(left, right):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._core.identity import Identity
+from .._core.identity import Identity, as_tensor
 from .._core.nodes import OUTPUT_NODE, n_positions, sections_of
 from .._model.batching import WORKING_SET_FACTOR, saved_bytes_per_sample
 from .._model.capture import check_cut, check_gradient_flow, inspect_node_layers
@@ -47,7 +47,7 @@ from .basis import (
 from .jacobian_gram import JacobianGram
 from .plan import dense_seconds, duration, make_plan, n_samples_of
 from .stats import MomentAccumulator
-from .stochastic import converged_m_prime, m_prime_sources
+from .stochastic import AUTO_SOURCES, converged_m_prime, m_prime_sources
 
 #: Node layers at least this wide report their basis' linear algebra (about a second).
 WIDE_LAYER = 1024
@@ -118,9 +118,25 @@ def bytes_per_sample(session, probe, sections, plan):
     Each section's graph, as its ``M'`` pass builds it (one at a time); PCA
     bases, and closed forms gathered by the statistics pass, only run
     forward passes, measured as a forward pass with gradients.
-    Fits whose plan draws stochastic sources measure alike; their batch is
-    capped by :attr:`~sklearn_lib._fitting.plan.FitPlan.most_batch_size`.
+    Fits whose plan draws stochastic sources measure alike, plus the signs of
+    sources drawn per sample (one byte each, held for the batch); their batch
+    is capped by :attr:`~sklearn_lib._fitting.plan.FitPlan.most_batch_size`.
     """
+    signs = max((_signs_bytes(s) for s in plan.sections), default=0) / WORKING_SET_FACTOR
+    return signs + _saved_bytes(session, probe, sections, plan)
+
+
+def _signs_bytes(section_plan):
+    """Bytes per sample of the signs a section's sources drawn per sample take: one per
+    source, output position and next feature (at most the next node's full width)."""
+    if not section_plan.per_sample:
+        return 0
+    sources = AUTO_SOURCES if section_plan.sources == "auto" else section_plan.sources
+    return sources * math.prod(section_plan.section.dst_shape)
+
+
+def _saved_bytes(session, probe, sections, plan):
+    """What the section graphs (or the statistics pass) make autograd save per sample."""
     fixed = session.weights
     held = statistics_bytes(sections, session.dtype.itemsize, output_gram=plan.output_gram)
     # Sections whose closed form's statistics the statistics pass gathers build
@@ -378,7 +394,8 @@ class _Fit:
     def _m_prime(self, section, next_basis, basis_of, say):
         """``M'`` of ``section`` as the plan says: gathered already, one pass, or rounds."""
         plan = self.plan.section(section)
-        _, matrix, _ = next_basis.tensors(self.session.device, self.session.dtype)
+        # The kept matrix alone (a PCA output basis' pseudo-inverse is vocabulary-square).
+        matrix = as_tensor(next_basis.kept_matrix, self.session.device, self.session.dtype)
         if plan.joins:
             joined = self.joined[section.src]
             if plan.route != "statistics pass":
@@ -387,8 +404,9 @@ class _Fit:
             return joined.m_prime(matrix)
         acc = self._gram(section, matrix, next_basis.n_positions)
         if plan.sources == "auto":
+            exact_rows = plan.exact_rows_per_batch(next_basis.n_components)
             m_prime, self.rounds[section.src] = converged_m_prime(
-                self.session, self.source, acc, basis_of, plan.exact_rows_per_batch
+                self.session, self.source, acc, basis_of, exact_rows
             )
             self._say_products([(acc.what, acc.sums)])  # the last round's
             return m_prime

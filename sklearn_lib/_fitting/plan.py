@@ -126,11 +126,12 @@ class SectionPlan:
         """
         return self._rows_per_batch(self.section.dst_shape[-1])
 
-    @property
-    def exact_rows_per_batch(self):
-        """Backward passes per batch of the exact ``M'`` on this route (an upper bound, as
-        :attr:`backward_rows`): what ``"auto"``'s rounds may cost at most."""
-        return replace(self, sources=None)._rows_per_batch(self.section.dst_shape[-1])
+    def exact_rows_per_batch(self, kept=None):
+        """Backward passes per batch of the exact ``M'`` on this route, with the next
+        node's ``kept`` features (None: its full width, an upper bound): what
+        ``"auto"``'s rounds may cost at most."""
+        width = self.section.dst_shape[-1] if kept is None else kept
+        return replace(self, sources=None)._rows_per_batch(width)
 
     def rows_per_pass(self, n_batches, kept=None):
         """Backward passes of one pass over ``n_batches`` batches (None for rounds).
@@ -173,7 +174,7 @@ class SectionPlan:
             how = (
                 f"rounds of {AUTO_SOURCES} random sources per batch until the basis stops "
                 f"moving, at most {AUTO_MAX_ROUNDS} or the exact M' where more would cost "
-                f"more rows than its {self.exact_rows_per_batch:,}"
+                f"more rows than its {self.exact_rows_per_batch():,} at most"
             )
         elif self.route == "autograd" and sampled:
             how = f"{self.sources:,} random sources per batch, a backward row each"

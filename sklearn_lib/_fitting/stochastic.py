@@ -140,7 +140,8 @@ class SourceRounds:
         False when :data:`AUTO_MAX_ROUNDS` ran out first.
     exact : bool
         True where more rounds would have cost more backward rows than the
-        exact ``M'``, which was then computed instead (one more pass).
+        exact ``M'``, which was then computed instead (one more pass; its
+        errors are then 0 and its cosine 1).
     """
 
     n_sources: int
@@ -164,8 +165,8 @@ def converged_m_prime(session, source, acc, basis_of, exact_rows=None):
     :data:`AUTO_LAMBDA_TOLERANCE` and the cosine at least :data:`AUTO_COSINE`,
     or :data:`AUTO_MAX_ROUNDS` have run.  Where the next pair would bring
     the sources per batch beyond ``exact_rows`` (the exact ``M'``'s backward
-    rows per batch), the exact ``M'`` is computed instead: rounds never cost
-    more than that pass and the rounds before it.
+    rows per batch, in the next node's kept features), the exact ``M'`` is
+    computed instead, before it: rounds never cost more than that pass.
 
     The estimate covers this section's own sources.  The next node's basis,
     itself estimated, moves this one too; that part is not in the estimate.
@@ -179,6 +180,8 @@ def converged_m_prime(session, source, acc, basis_of, exact_rows=None):
     tops = []
     passed = 0  # consecutive checks passed: one is too easily passed by chance
     while True:
+        if exact_rows is not None and (len(tops) + 2) * AUTO_SOURCES > exact_rows:
+            return _exact_instead(session, source, acc, len(tops))
         for half in (0, 1):
             acc.reset(AUTO_SOURCES)
             what = f"{acc.what} (round {len(tops) + 1})"
@@ -191,10 +194,6 @@ def converged_m_prime(session, source, acc, basis_of, exact_rows=None):
         passed = passed + 1 if converged else 0
         if (passed >= 2 and rounds >= AUTO_MIN_ROUNDS) or rounds >= AUTO_MAX_ROUNDS:
             break
-        if exact_rows is not None and (rounds + 2) * AUTO_SOURCES > exact_rows:
-            acc.reset(None)
-            (m_prime,) = session.run_pass(source, [acc], f"{acc.what} (exact: cheaper)")
-            return m_prime, SourceRounds(rounds * AUTO_SOURCES, rounds, *estimate, False, True)
     report = SourceRounds(rounds * AUTO_SOURCES, rounds, *estimate, converged)
     if not converged:
         warnings.warn(
@@ -207,6 +206,13 @@ def converged_m_prime(session, source, acc, basis_of, exact_rows=None):
             stacklevel=user_stacklevel(),
         )
     return (halves[0] + halves[1]) / rounds, report
+
+
+def _exact_instead(session, source, acc, rounds):
+    """The exact ``M'``, in one pass, after ``rounds`` rounds: reported exact (no error)."""
+    acc.reset(None)
+    (m_prime,) = session.run_pass(source, [acc], f"{acc.what} (exact: cheaper than rounds)")
+    return m_prime, SourceRounds(rounds * AUTO_SOURCES, rounds, 0.0, 1.0, True, True)
 
 
 def _estimate(halves, tops, basis_of):

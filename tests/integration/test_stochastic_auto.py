@@ -145,8 +145,36 @@ def test_auto_never_costs_more_rows_than_exact(monkeypatch):
         WideMixer().double(), "mix", n_stochastic_sources="auto", random_state=0, **common
     ).fit(X)
     rounds = auto.stochastic_rounds_["mix"]
-    assert rounds.exact and not rounds.converged
+    assert rounds.exact and rounds.converged and (rounds.lambda_error, rounds.cosine) == (0, 1)
     assert rounds.rounds == 6 and (rounds.rounds + 2) * stochastic.AUTO_SOURCES > 120
     assert auto.n_stochastic_sources_ == {"mix": None}
     exact = LIBTransformer(WideMixer().double(), "mix", **common).fit(X)
     np.testing.assert_allclose(auto.lambdas_, exact.lambdas_, rtol=1e-10)
+
+
+class Narrowed(nn.Module):
+    """WideMixer's mix, then a rank-2 bottleneck: ``head`` keeps 2 of its 10 features."""
+
+    def __init__(self, P=12, d=10):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mix = nn.Linear(d, d)
+        self.A = nn.Parameter(torch.randn(P, P) / P**0.5)
+        self.low, self.up, self.head = nn.Linear(d, 2), nn.Linear(2, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        h = torch.tanh(torch.einsum("ts,nsd->ntd", self.A, self.mix(x)))
+        return torch.tanh(self.head(self.up(self.low(h))))
+
+
+def test_auto_counts_the_exact_rows_of_the_next_kept_features():
+    """The next basis keeps 2 features: the exact M' of ``mix`` is 12 x 2 = 24 rows per
+    batch, fewer than the first pair of rounds' 32: it is computed exactly, no round run."""
+    X = np.random.default_rng(0).normal(size=(300, 12, 10))
+    lib = LIBTransformer(
+        Narrowed().double(), "mix", downstream_layers=["head"],
+        n_stochastic_sources="auto", device="cpu", random_state=0,
+    ).fit(X)  # fmt: skip
+    assert lib.bases_["head"].n_components == 2
+    rounds = lib.stochastic_rounds_["mix"]
+    assert rounds.exact and rounds.rounds == 0 and lib.n_stochastic_sources_["mix"] is None

@@ -78,3 +78,15 @@ def test_a_vocabulary_wide_identity_costs_nothing():
     assert eye[:, :2].shape == (50_257, 2)
     rows = torch.ones(2, 50_257)
     assert torch.equal(rows @ eye.T, rows)
+
+
+def test_the_numpy_flavour_moves_to_torch_and_identities_multiply():
+    eye = Identity(D).to("cpu")
+    assert eye.device == torch.device("cpu") and eye.dtype == torch.float64
+    assert torch.equal(dense(eye), torch.eye(D, dtype=torch.float64))
+    assert Identity(D).to(torch.float32).dtype == torch.float32
+    assert eye @ eye is eye
+    batched = Identity(D, torch.float64, "cpu") @ torch.ones(4, D, 2)
+    assert batched.shape == (4, D, 2)
+    with pytest.raises(TypeError, match="at most one index array"):
+        Identity(D)[np.array([0, 1]), np.array([0, 1])]

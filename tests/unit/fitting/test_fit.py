@@ -5,6 +5,7 @@ by a plain hook, ``M'`` from full per-sample Jacobians, Lambda by numpy.
 """
 
 import dataclasses
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -36,6 +37,7 @@ from sklearn_lib._fitting.fit import (
 )
 from sklearn_lib._fitting.plan import make_plan
 from sklearn_lib._fitting.stochastic import AUTO_MIN_ROUNDS, AUTO_SOURCES, STOCHASTIC_BATCH_SIZE
+from sklearn_lib._model.batching import WORKING_SET_FACTOR
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._model.sources import ArraySource
 from sklearn_lib._routes.integration import rule_tensors
@@ -148,7 +150,16 @@ def test_bytes_per_sample(rng):
         # also under "auto" where every section ends exact (here 8 rows each).
         for sources in (3, "auto"):
             plan = _plan(sections, FitSettings(n_stochastic_sources=sources))
-            assert bytes_per_sample(session, probe, sections, plan) == lib
+            # Sources drawn per sample add their signs, a byte per source, output
+            # position and next feature, held for the batch.
+            signs = [
+                (3 if sources == 3 else 16) * math.prod(s.section.dst_shape)
+                for s in plan.sections
+                if s.per_sample
+            ]
+            assert bool(signs) is (sources == 3)  # "auto" stays exact: 8 rows a section
+            expected = lib + max(signs, default=0) / WORKING_SET_FACTOR
+            assert bytes_per_sample(session, probe, sections, plan) == pytest.approx(expected)
             assert plan.most_batch_size == STOCHASTIC_BATCH_SIZE
         assert _plan(sections, FitSettings()).most_batch_size is None
     # Wider activations, more bytes saved per sample.
