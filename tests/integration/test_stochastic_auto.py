@@ -3,6 +3,8 @@
 The reference is the exact fit (no sources) of the same model and data.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -178,3 +180,46 @@ def test_auto_counts_the_exact_rows_of_the_next_kept_features():
     assert lib.bases_["head"].n_components == 2
     rounds = lib.stochastic_rounds_["mix"]
     assert rounds.exact and rounds.rounds == 0 and lib.n_stochastic_sources_["mix"] is None
+
+
+@pytest.fixture(scope="module")
+def gpt2_exact():
+    """A random 2-layer GPT-2 (width 64, 4 heads, vocabulary 128, 16 positions), 256
+    sequences, and its exact fit at ``h.1`` -> ``ln_f`` -> logits."""
+    transformers = pytest.importorskip(
+        "transformers", reason="needs transformers (pip install -e '.[models]')"
+    )
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=16,
+        initializer_range=0.02, attn_implementation="eager",
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config).eval()
+    X = np.random.default_rng(0).integers(0, 128, size=(256, 16))
+    common = dict(
+        downstream_layers=["transformer.ln_f"], output="logits",
+        forward_kwargs={"use_cache": False}, batch_size=16, device="cpu",
+    )  # fmt: skip
+    exact = LIBTransformer(model, "transformer.h.1", **common).fit(X)
+    return model, X, common, exact
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_auto_meets_its_tolerance_on_a_tiny_gpt2(gpt2_exact, seed):
+    """Issue 23: ``"auto"`` against the exact fit of a language model, 5 seeds: the top-5
+    subspace at a cosine of 0.99 or more and the top-5 Lambdas within 1% of the largest,
+    at both node layers (sources drawn per sample on the traced block and the final map)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    model, X, common, exact = gpt2_exact
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        auto = LIBTransformer(
+            model, "transformer.h.1", n_stochastic_sources="auto", random_state=seed, **common
+        ).fit(X)
+    for name in ("transformer.h.1", "transformer.ln_f"):
+        a, b, k = exact.bases_[name], auto.bases_[name], 5
+        error = np.max(np.abs(a.lambdas[:k] - b.lambdas[:k])) / a.lambdas[0]
+        cosine = np.cos(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k])).min()
+        assert error <= 0.01 and cosine >= 0.99, (name, error, cosine)
