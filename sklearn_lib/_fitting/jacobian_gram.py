@@ -82,9 +82,9 @@ class JacobianGram:
 
     def update(self, batch, acts):
         exact = batch_cotangents(self.exact, self.route_section, acts)
-        n = acts[self.src].shape[0] if self.per_sample else None
-        cotangents = m_prime_sources(exact, self.sources, self.session.generator, n)
         f = acts[self.src]
+        n = f.shape[0] if self.per_sample else None
+        cotangents = m_prime_sources(exact, self.sources, self.session.generator, n)
         # The batch's rows, (R, n, P_in, d) at most: over the budget before they
         # are made, none is kept.
         size = (1 + len(cotangents.rows)) * f.numel() * f.element_size()

@@ -123,8 +123,9 @@ class FinalLinear(ClosedForm):
 
     def _run(self, x, points):
         """``(leaf, z, A, count)``: the section run with gradients, the map's input
-        ``(A*n, P, d_in)`` (zero at padded output positions), its matrix and the batch's
-        valid output positions; None where no candidate ends it."""
+        ``(A*n, P, d_in)`` (zero at padded output positions), its matrix and, where the
+        map reads the section's start, the batch's valid output positions (else None);
+        None where no candidate ends it."""
         calls = []
 
         def record(name):
@@ -162,7 +163,9 @@ class FinalLinear(ClosedForm):
         n = n_rows(x)
         if mask is not None:  # rows of padded output positions vanish
             z = z * mask
-        count = n * math.prod(out.shape[1:-1]) if mask is None else float(mask[:n].sum())
+        count = None  # counted only where it is used: a sum on the device waits for it
+        if self.reads_start:
+            count = n * math.prod(out.shape[1:-1]) if mask is None else float(mask[:n].sum())
         A = _linear_map(self.candidates[self.final])[0]
         return leaf, z.reshape(z.shape[0], -1, z.shape[-1]), A, count
 
