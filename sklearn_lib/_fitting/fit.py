@@ -283,6 +283,7 @@ class _Fit:
         self.rule = rule_tensors(settings.rule, session.device)
         self.lib = settings.basis == "lib"
         self.rounds, self.edges = {}, {}
+        self.halves = {}  # node layer -> its two half bases, where it had rounds
         self.joined = {}  # section src -> accumulator result of the statistics pass
         self.grams = {}  # section src -> JacobianGram whose rows may give edges
         self.moments = {}
@@ -394,8 +395,7 @@ class _Fit:
     def _m_prime(self, section, next_basis, basis_of, say):
         """``M'`` of ``section`` as the plan says: gathered already, one pass, or rounds."""
         plan = self.plan.section(section)
-        # The kept matrix alone (a PCA output basis' pseudo-inverse is vocabulary-square).
-        matrix = as_tensor(next_basis.kept_matrix, self.session.device, self.session.dtype)
+        matrix = self._device_matrix(next_basis)
         if plan.joins:
             joined = self.joined[section.src]
             if plan.route != "statistics pass":
@@ -405,14 +405,24 @@ class _Fit:
         acc = self._gram(section, matrix, next_basis.n_positions)
         if plan.sources == "auto":
             exact_rows = plan.exact_rows_per_batch(next_basis.n_components)
-            m_prime, self.rounds[section.src] = converged_m_prime(
-                self.session, self.source, acc, basis_of, exact_rows
+            next_halves = self.halves.pop(section.dst, None)
+            if next_halves is not None:
+                next_halves = [self._device_matrix(b) for b in next_halves]
+            m_prime, self.rounds[section.src], halves = converged_m_prime(
+                self.session, self.source, acc, basis_of, exact_rows, next_halves
             )
+            if halves is not None:
+                self.halves[section.src] = halves
             self._say_products([(acc.what, acc.sums)])  # the last round's
             return m_prime
         (m_prime,) = self.session.run_pass(self.source, [acc], acc.what)
         self._say_products([(acc.what, acc.sums)])
         return m_prime
+
+    def _device_matrix(self, basis):
+        """The kept matrix of ``basis`` on the session's device, in its dtype (the kept
+        matrix alone: a PCA output basis' pseudo-inverse is vocabulary-square)."""
+        return as_tensor(basis.kept_matrix, self.session.device, self.session.dtype)
 
     def _basis_of(self, section, m_prime, say=say_nothing):
         """The fitted basis of ``section.src`` for ``m_prime`` (None: PCA)."""

@@ -73,8 +73,11 @@ class JacobianGram:
         self.kept = [] if keep_rows else None
         self.kept_bytes = 0
 
-    def reset(self, sources):
-        """Start over with ``sources`` random sources per batch (a new round)."""
+    def reset(self, sources, matrix=None):
+        """Start over with ``sources`` random sources per batch (a new round), in the
+        next node's kept ``matrix`` where given (a half basis of its rounds)."""
+        if matrix is not None:
+            self.exact = Cotangents(matrix, self.exact.n_positions)
         self.sources = sources
         self.sums = self._new_sum()
         self.rows = self.count = 0

@@ -31,9 +31,12 @@ from .._routes.integration import is_plain
 from .._routes.table import ROW_ROUTES
 from .basis import EIGH_COST, PRODUCT_COST
 from .stochastic import (
+    AUTO_COSINE,
+    AUTO_LAMBDA_TOLERANCE,
     AUTO_MAX_ROUNDS,
     AUTO_MIN_ROUNDS,
     AUTO_SOURCES,
+    AUTO_TOP_K,
     STOCHASTIC_BATCH_SIZE,
     m_prime_route,
 )
@@ -159,22 +162,35 @@ class SectionPlan:
             return n_positions(self.section.dst_shape) * width
         return 0
 
-    def describe(self):
-        """How its ``M'`` is made, in words."""
-        how = self._how()
+    def draws_per_round(self, n_samples, batch_size):
+        """Independent draws of one round of ``"auto"`` over ``n_samples`` in batches
+        of ``batch_size``: its sources for each sample, or for each batch where a
+        batch shares them; None where the data's size is not known."""
+        if n_samples is None or (batch_size is None and not self.per_sample):
+            return None
+        units = n_samples if self.per_sample else -(-n_samples // batch_size)
+        return AUTO_SOURCES * units
+
+    def describe(self, n_samples=None, batch_size=None):
+        """How its ``M'`` is made, in words (with the draws of a round, where the
+        data's ``n_samples`` and ``batch_size`` are given)."""
+        how = self._how(self.draws_per_round(n_samples, batch_size))
         if self.per_sample:
             how += ", drawn for each sample apart"
         if self.joins and self.route != "statistics pass":
             how += ", within the statistics pass"
         return f"{self.section}: {how}"
 
-    def _how(self):
+    def _how(self, draws=None):
         sampled = self.sources is not None and self.sources != "auto"
         if self.sources == "auto":
+            exact_rows = self.exact_rows_per_batch()
+            most = min(AUTO_MAX_ROUNDS, max(AUTO_MIN_ROUNDS, exact_rows // AUTO_SOURCES))
+            draws = "" if draws is None else f" ({draws:,} draws per round)"
             how = (
-                f"rounds of {AUTO_SOURCES} random sources per batch until the basis stops "
-                f"moving, at most {AUTO_MAX_ROUNDS} or the exact M' where more would cost "
-                f"more rows than its {self.exact_rows_per_batch():,} at most"
+                f"rounds of {AUTO_SOURCES} random sources per batch{draws}, "
+                f"{AUTO_MIN_ROUNDS} to {most}, or the exact M' where cheaper "
+                f"({exact_rows:,} rows per batch at most)"
             )
         elif self.route == "autograd" and sampled:
             how = f"{self.sources:,} random sources per batch, a backward row each"
@@ -286,7 +302,15 @@ class FitPlan:
         elif self.n_samples is not None:
             line += " in the stream's batches"
         if self.sections:
-            line += "; " + ", ".join(s.describe() for s in self.sections)
+            words = [s.describe(self.n_samples, self.batch_size) for s in self.sections]
+            line += "; " + ", ".join(words)
+        if any(s.sources == "auto" for s in self.sections):
+            line += (
+                f"; rounds stop where the estimated error of the top {AUTO_TOP_K} Lambdas "
+                f"is within {AUTO_LAMBDA_TOLERANCE:.0%} of the largest and their "
+                f"subspace's cosine at least {AUTO_COSINE}, with what a node inherits "
+                "from the next node's rounds"
+            )
         line += _edges_words(self)
         if self.gram_dtype != "float64":
             line += (

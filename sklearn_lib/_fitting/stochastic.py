@@ -152,80 +152,239 @@ class SourceRounds:
     exact: bool = False
 
 
-def converged_m_prime(session, source, acc, basis_of, exact_rows=None):
+def converged_m_prime(session, source, acc, basis_of, exact_rows=None, next_halves=None):
     """``M'`` from rounds of random sources until the basis it gives stops moving.
 
-    Each round is one pass with :data:`AUTO_SOURCES` sources per batch (new
-    draws every batch), an independent estimate of ``M'``; the result is
-    their mean.  Its Lambda error is estimated from the spread of the
-    rounds' own top-``k`` Lambdas (twice their standard error, relative to
-    the largest Lambda), and its subspace from two halves of the rounds
-    (their mean's angle is about half theirs).  Rounds go on, in pairs, from
-    :data:`AUTO_MIN_ROUNDS`, until the Lambda error is within
-    :data:`AUTO_LAMBDA_TOLERANCE` and the cosine at least :data:`AUTO_COSINE`,
-    or :data:`AUTO_MAX_ROUNDS` have run.  Where the next pair would bring
-    the sources per batch beyond ``exact_rows`` (the exact ``M'``'s backward
+    Each round is one pass of :data:`AUTO_SOURCES` sources per batch, an
+    independent estimate; the result is their mean.  Rounds alternate
+    between two halves which, where the next node had rounds too, use its
+    two half bases (``next_halves``): two independent chains from the
+    output, whose difference holds what this node inherits.  The estimate
+    (:meth:`_Rounds.estimate`) counts both parts.  Rounds go on, in pairs,
+    from :data:`AUTO_MIN_ROUNDS`, until it meets the tolerances at two
+    checks in a row, or :data:`AUTO_MAX_ROUNDS` have run, or, in a chain,
+    the own part is within half the tolerances at two checks in a row (the
+    rest is inherited: more rounds cannot help).  Where the next pair would
+    cost more sources per batch than ``exact_rows`` (the exact ``M'``'s
     rows per batch, in the next node's kept features), the exact ``M'`` is
-    computed instead, before it: rounds never cost more than that pass.
+    computed instead.
 
-    The estimate covers this section's own sources.  The next node's basis,
-    itself estimated, moves this one too; that part is not in the estimate.
+    Parameters
+    ----------
+    session, source, acc : ModelSession, source, JacobianGram
+        What runs the passes, over what, with which accumulator.
+    basis_of : callable
+        ``M'`` -> the node's fitted basis.
+    exact_rows : int, optional
+    next_halves : (torch.Tensor, torch.Tensor), optional
+        The next node's half bases' kept matrices, where it had rounds.
 
     Returns
     -------
-    m_prime : ndarray
-    rounds : SourceRounds
+    m_prime, rounds : ndarray, SourceRounds
+    halves : (NodeBasis, NodeBasis) or None
+        This node's half bases, for the section before (None where exact).
     """
-    halves = [0, 0]
-    tops = []
-    passed = 0  # consecutive checks passed: one is too easily passed by chance
+    rounds = _Rounds(next_halves is not None)
+    passed = settled = 0  # consecutive checks passed: one is too easily passed by chance
     while True:
-        if exact_rows is not None and (len(tops) + 2) * AUTO_SOURCES > exact_rows:
-            return _exact_instead(session, source, acc, len(tops))
+        if exact_rows is not None and (rounds.count + 2) * AUTO_SOURCES > exact_rows:
+            return _exact_instead(session, source, acc, rounds)
         for half in (0, 1):
-            acc.reset(AUTO_SOURCES)
-            what = f"{acc.what} (round {len(tops) + 1})"
+            acc.reset(AUTO_SOURCES, None if next_halves is None else next_halves[half])
+            what = f"{acc.what} (round {rounds.count + 1})"
             (m_round,) = session.run_pass(source, [acc], what)
-            halves[half] = halves[half] + m_round
-            tops.append(basis_of(m_round).lambdas[:AUTO_TOP_K])
-        rounds = len(tops)
-        estimate = _estimate(halves, tops, basis_of)
-        converged = estimate[0] <= AUTO_LAMBDA_TOLERANCE and estimate[1] >= AUTO_COSINE
-        passed = passed + 1 if converged else 0
-        if (passed >= 2 and rounds >= AUTO_MIN_ROUNDS) or rounds >= AUTO_MAX_ROUNDS:
+            rounds.add(half, m_round, basis_of(m_round))
+        estimate = rounds.estimate(basis_of)
+        passed = passed + 1 if estimate.converged else 0
+        settled = settled + 1 if estimate.settled else 0
+        enough = passed >= 2 or settled >= 2
+        if (enough and rounds.count >= AUTO_MIN_ROUNDS) or rounds.count >= AUTO_MAX_ROUNDS:
             break
-    report = SourceRounds(rounds * AUTO_SOURCES, rounds, *estimate, converged)
-    if not converged:
-        warnings.warn(
-            f"n_stochastic_sources='auto' did not converge on {acc.what} after {rounds} rounds "
-            f"({report.n_sources} sources per batch): estimated Lambda error "
-            f"{report.lambda_error:.1%} of the largest, top features' cosine "
-            f"{report.cosine:.3f}. More samples (or a smaller batch_size: more draws per "
-            "pass) help; n_stochastic_sources=None is exact",
-            ConvergenceWarning,
-            stacklevel=user_stacklevel(),
+    report = SourceRounds(
+        rounds.count * AUTO_SOURCES,
+        rounds.count,
+        estimate.lambda_error,
+        estimate.cosine,
+        estimate.converged,
+    )
+    if not report.converged:
+        _warn_unconverged(acc, report, inherited=estimate.settled)
+    return rounds.mean(), report, estimate.halves
+
+
+def _warn_unconverged(acc, report, inherited):
+    """The ConvergenceWarning of rounds that ended short of the tolerances, and why."""
+    if inherited:
+        why = (
+            "This section's own sources are within half the tolerances; the rest comes "
+            "from the next node's basis, itself estimated, which more rounds here cannot "
+            "reduce (n_stochastic_sources=None is exact)"
         )
-    return (halves[0] + halves[1]) / rounds, report
+    else:
+        why = (
+            "More samples (or a smaller batch_size: more draws per pass) help; "
+            "n_stochastic_sources=None is exact"
+        )
+    warnings.warn(
+        f"n_stochastic_sources='auto' did not converge on {acc.what} after {report.rounds} "
+        f"rounds ({report.n_sources} sources per batch): estimated Lambda error "
+        f"{report.lambda_error:.1%} of the largest, top features' cosine "
+        f"{report.cosine:.3f}. {why}",
+        ConvergenceWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _exact_instead(session, source, acc, rounds):
-    """The exact ``M'``, in one pass, after ``rounds`` rounds: reported exact (no error)."""
+    """The exact ``M'``, in one pass, after the ``rounds`` so far.
+
+    Its own error is none; where the next node's basis was estimated, that
+    error remains, and the report keeps the rounds' last estimate of it (an
+    upper bound, own noise included), else 0 and cosine 1.
+    """
     acc.reset(None)
     (m_prime,) = session.run_pass(source, [acc], f"{acc.what} (exact: cheaper than rounds)")
-    return m_prime, SourceRounds(rounds * AUTO_SOURCES, rounds, 0.0, 1.0, True, True)
+    error, cosine = 0.0, 1.0
+    if rounds.chained and rounds.last is not None:
+        error, cosine = rounds.last.lambda_error, rounds.last.cosine
+    report = SourceRounds(rounds.count * AUTO_SOURCES, rounds.count, error, cosine, True, True)
+    return m_prime, report, None
 
 
-def _estimate(halves, tops, basis_of):
-    """``(lambda_error, cosine)`` of the mean of the rounds so far (see
-    :func:`converged_m_prime`)."""
-    rounds = len(tops)
-    mean = basis_of((halves[0] + halves[1]) / rounds)
-    k = min(len(top) for top in tops)
-    spread = np.std([top[:k] for top in tops], axis=0, ddof=1).max()
-    lambda_error = float(2 * spread / np.sqrt(rounds) / max(mean.lambdas[0], _TINY))
-    cut = _gapped_top(mean.lambdas[: mean.n_components], lambda_error * mean.lambdas[0])
-    cosine = _mean_cosine(cut, *(basis_of(m / (rounds // 2)) for m in halves))
-    return lambda_error, cosine
+@dataclass(frozen=True)
+class _Estimate:
+    """One check of the rounds: the mean's estimated errors, whether they meet the
+    tolerances (``converged``) or this section's own part is within half of them
+    (``settled``: more rounds cannot do much), and the two half bases."""
+
+    lambda_error: float
+    cosine: float
+    converged: bool
+    settled: bool
+    halves: tuple
+
+
+class _Rounds:
+    """The rounds so far: per half, the sum of its rounds' ``M'`` and each round's
+    top Lambdas and top subspace.
+
+    Parameters
+    ----------
+    chained : bool
+        Whether the halves used the next node's two half bases.
+    """
+
+    def __init__(self, chained):
+        self.chained = chained
+        self.sums = [0, 0]
+        self.rounds = ([], [])  # per half: (top Lambdas, top subspace) of each round
+        self.last = None
+
+    @property
+    def count(self):
+        """Rounds run."""
+        return len(self.rounds[0]) + len(self.rounds[1])
+
+    def add(self, half, m_round, basis):
+        """Add one round's ``M'`` and its fitted ``basis`` to ``half``."""
+        self.sums[half] = self.sums[half] + m_round
+        top = min(basis.n_components, _KEPT_COLUMNS)
+        self.rounds[half].append((basis.lambdas[:AUTO_TOP_K], basis.matrix[:, :top]))
+
+    def mean(self):
+        """The mean of all rounds: the estimate of ``M'``."""
+        return (self.sums[0] + self.sums[1]) / self.count
+
+    def estimate(self, basis_of):
+        """Check the rounds so far (see :func:`converged_m_prime`): an :class:`_Estimate`.
+
+        The mean's estimated error: this section's own part from the spread of
+        rounds that share a next basis (all of them, or in a chain each half's),
+        the inherited part from the halves' difference.
+
+        - Of the top Lambdas (relative to the largest): the larger of twice the
+          standard error of the rounds' top-``k`` Lambdas and, in a chain, the
+          halves' largest difference (they differ by twice the mean's error).
+        - Of the top-``k`` subspace: the larger of each round's angle to its
+          group's mean, in quadrature over ``sqrt(rounds)``, and half the
+          halves' angle (their mean's is about half theirs).
+        """
+        mean = basis_of(self.mean())
+        scale = max(mean.lambdas[0], _TINY)
+        halves = tuple(basis_of(self.sums[h] / len(self.rounds[h])) for h in (0, 1))
+        # Rounds that share a next basis: all of them, or, in a chain, each half's.
+        groups = self.rounds if self.chained else (self.rounds[0] + self.rounds[1],)
+        group_means = halves if self.chained else (mean,)
+        own = self._own_lambda_error(groups) / scale
+        lambda_error = own
+        if self.chained:
+            k = min(AUTO_TOP_K, len(halves[0].lambdas), len(halves[1].lambdas))
+            # The halves differ by twice the mean's error in spread; their largest
+            # difference over the top Lambdas, for twice its standard error.
+            difference = halves[0].lambdas[:k] - halves[1].lambdas[:k]
+            lambda_error = _larger(own, float(np.max(np.abs(difference))) / scale)
+        cut = _gapped_top(mean.lambdas[: mean.n_components], lambda_error * scale)
+        own_sine = self._own_sine(cut, groups, group_means)
+        # The halves' angle shrinks by half in the mean of both.
+        sine = _larger(own_sine, _largest_sine(cut, *halves) / 2)
+        cosine = float(np.sqrt(max(0.0, 1 - sine**2)))
+        converged = lambda_error <= AUTO_LAMBDA_TOLERANCE and cosine >= AUTO_COSINE
+        # In a chain, own error within half the tolerances: more rounds cannot do much.
+        settled = self.chained and own <= AUTO_LAMBDA_TOLERANCE / 2
+        settled = settled and own_sine <= _TOLERATED_SINE / 2
+        self.last = _Estimate(lambda_error, cosine, converged, settled, halves)
+        return self.last
+
+    def _own_lambda_error(self, groups):
+        """Twice the standard error of the mean's top Lambdas from this section's own
+        sources: the rounds' spread within their ``groups`` (same next basis), pooled;
+        infinite while no group has two rounds."""
+        dof = self.count - len(groups)
+        if dof < 1:
+            return np.inf
+        k = min(len(top) for group in groups for top, _ in group)
+        tops = [np.array([top[:k] for top, _ in group]) for group in groups]
+        deviations = np.concatenate([t - t.mean(axis=0) for t in tops])
+        variance = (deviations**2).sum(axis=0) / dof
+        return float(2 * np.sqrt(variance.max() / self.count))
+
+    def _own_sine(self, k, groups, group_means):
+        """The estimated sine of the mean's top-``k`` angle from this section's own
+        sources: each round's angle to its group's mean (``n / (n - 1)`` undoes the
+        mean's share of it), in quadrature, shrunk by ``sqrt(rounds)``; infinite
+        while no group has two rounds."""
+        if self.count - len(groups) < 1:
+            return np.inf
+        squares = [
+            _largest_sine(k, _Top(subspace), group_mean) ** 2 * len(group) / (len(group) - 1)
+            for group, group_mean in zip(groups, group_means)
+            if len(group) > 1
+            for _, subspace in group
+        ]
+        return float(np.sqrt(np.mean(squares) / self.count))
+
+
+def _larger(own, between):
+    """The larger of an own and a halves' estimate; the halves' alone where the own
+    one cannot be had yet (infinite: one round per half, in a chain)."""
+    return between if np.isinf(own) else max(own, between)
+
+
+#: The top columns kept of each round's basis, for its angle to the mean.
+_KEPT_COLUMNS = 4 * AUTO_TOP_K
+_TOLERATED_SINE = float(np.sqrt(1 - AUTO_COSINE**2))
+
+
+@dataclass(frozen=True)
+class _Top:
+    """A round's top subspace, as :func:`_largest_sine` reads a basis."""
+
+    matrix: np.ndarray
+
+    @property
+    def n_components(self):
+        return self.matrix.shape[1]
 
 
 _TINY = np.finfo(float).tiny
@@ -244,9 +403,7 @@ def _gapped_top(lambdas, error):
     return max(k, 1)
 
 
-def _mean_cosine(k, a, b):
-    """The estimated smallest principal cosine of the top-k subspace of the mean of two halves."""
+def _largest_sine(k, a, b):
+    """The sine of the largest principal angle between the top-k subspaces of two bases."""
     k = max(1, min(k, a.n_components, b.n_components))
-    # The halves' angle shrinks by half in the mean of both: sin(theta) / 2.
-    sine = np.sin(float(np.max(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k]))))
-    return float(np.sqrt(max(0.0, 1 - (sine / 2) ** 2)))
+    return np.sin(float(np.max(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k]))))

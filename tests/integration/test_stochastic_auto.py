@@ -43,6 +43,47 @@ def test_auto_sources_converge_to_the_exact_basis(fits):
         assert error <= 1.5 * rounds.lambda_error, (name, error, rounds)
 
 
+def test_a_chain_hands_each_node_the_next_nodes_half_bases(monkeypatch):
+    """The section before a node fitted with rounds takes rounds in that node's two
+    half bases (its kept matrices), alternately: their difference is what the node
+    inherits; the last section, in the output's basis, has none."""
+    from sklearn_lib._fitting import fit as fit_module
+    from sklearn_lib._fitting.stochastic import converged_m_prime
+
+    calls = []
+
+    def recorded(session, source, acc, basis_of, exact_rows=None, next_halves=None):
+        matrices = []
+        reset = acc.reset
+        acc.reset = lambda sources, matrix=None: (matrices.append(matrix), reset(sources, matrix))
+        result = converged_m_prime(session, source, acc, basis_of, exact_rows, next_halves)
+        calls.append((acc.src, next_halves, matrices, result[2]))
+        return result
+
+    monkeypatch.setattr(fit_module, "converged_m_prime", recorded)
+    X = np.random.default_rng(0).normal(size=(160, 12, 10))
+    lib = LIBTransformer(
+        WideMixer().double(),
+        "mix",
+        downstream_layers=["head"],
+        n_stochastic_sources="auto",
+        batch_size=16,
+        device="cpu",
+        random_state=1,  # both sections end with rounds (none exact)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # converged or not, the chain is the same
+        lib.fit(X)
+    (last, src_last, given_last, halves_head), (first, src_first, given_first, _) = calls
+    assert (last, first) == ("head", "mix")
+    assert src_last is None and all(m is None for m in given_last)
+    for half, matrix in zip(halves_head, src_first):
+        np.testing.assert_allclose(matrix.numpy(), half.kept_matrix, rtol=0, atol=0)
+    assert len(given_first) == lib.stochastic_rounds_["mix"].rounds
+    for i, matrix in enumerate(given_first):
+        assert matrix is src_first[i % 2]
+
+
 def test_exact_and_fixed_sources_report_what_they_used(fits):
     exact, _ = fits
     assert exact.n_stochastic_sources_ == {"mix": None, "head": None}

@@ -247,10 +247,12 @@ class ScriptedRounds:
         self.matrices = list(matrices)
         self.given = []
         self.resets = []
+        self.matrices_given = []
         self.passes = []
 
-    def reset(self, sources):
+    def reset(self, sources, matrix=None):
         self.resets.append(sources)
+        self.matrices_given.append(matrix)
 
     def run_pass(self, source, accumulators, what):
         assert accumulators == [self]
@@ -265,7 +267,7 @@ def test_identical_rounds_stop_after_the_fewest(rng):
     script = ScriptedRounds([m] * AUTO_MAX_ROUNDS)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        m_prime, report = converged_m_prime(script, "source", script, basis_of_identity_gram(6))
+        m_prime, report, _ = converged_m_prime(script, "source", script, basis_of_identity_gram(6))
     np.testing.assert_allclose(m_prime, m, rtol=1e-14)
     # Two checks in a row must pass, and at least the fewest rounds run.
     assert report == SourceRounds(AUTO_MIN_ROUNDS * AUTO_SOURCES, AUTO_MIN_ROUNDS, 0.0, 1.0, True)
@@ -280,7 +282,7 @@ def test_two_checks_in_a_row_must_pass():
     shift = np.diag([0.1, 0.0, 0.0, 0.0])  # the eigenvectors stay: cosines are 1
     rounds = [base + shift, base - shift] + [base] * (AUTO_MAX_ROUNDS - 2)
     script = ScriptedRounds(rounds)
-    m_prime, report = converged_m_prime(script, "source", script, basis_of_identity_gram(4))
+    m_prime, report, _ = converged_m_prime(script, "source", script, basis_of_identity_gram(4))
     assert report.rounds == 6 and report.converged and len(script.given) == 6
     np.testing.assert_allclose(m_prime, base, rtol=1e-14)
     for n, passes in [(2, False), (4, True), (6, True)]:
@@ -301,7 +303,7 @@ def test_rounds_that_never_agree_run_out_and_warn(rng):
     script = ScriptedRounds(noisy)
     message = r"did not converge on Jacobians .* after 64 rounds"
     with pytest.warns(ConvergenceWarning, match=message):
-        m_prime, report = converged_m_prime(script, "source", script, basis_of_identity_gram(d))
+        m_prime, report, _ = converged_m_prime(script, "source", script, basis_of_identity_gram(d))
     np.testing.assert_allclose(m_prime, np.mean(noisy, axis=0), rtol=1e-12)
     assert report.rounds == AUTO_MAX_ROUNDS and not report.converged
     assert report.n_sources == AUTO_MAX_ROUNDS * AUTO_SOURCES
@@ -313,6 +315,73 @@ def test_rounds_that_never_agree_run_out_and_warn(rng):
     assert report.lambda_error == pytest.approx(expected, rel=1e-9)
     assert report.lambda_error > stochastic.AUTO_LAMBDA_TOLERANCE
     assert 0 < report.cosine <= 1
+
+
+def test_a_chain_alternates_the_next_halves_and_counts_their_difference():
+    """Rounds alternate between the next node's two half bases; rounds that agree
+    within each half but differ between them (the next basis moved this one) give
+    an error no own spread would: the halves' largest top-Lambda difference."""
+    base = np.diag([10.0, 6.0, 3.0, 1.0])
+    shift = np.diag([0.1, 0.0, 0.0, 0.0])
+    script = ScriptedRounds([base + shift, base - shift] * (AUTO_MAX_ROUNDS // 2))
+    halves = ("half A", "half B")
+    with pytest.warns(ConvergenceWarning):  # 2% > 1%
+        m_prime, report, own_halves = converged_m_prime(
+            script, "source", script, basis_of_identity_gram(4), next_halves=halves
+        )
+    assert script.matrices_given[:4] == ["half A", "half B", "half A", "half B"]
+    np.testing.assert_allclose(m_prime, base, rtol=1e-14)
+    # Largest difference 0.2 of the largest Lambda 10 (the mean's).
+    assert report.lambda_error == pytest.approx(0.02, rel=1e-9)
+    # The halves' bases come back, for the section before.
+    np.testing.assert_allclose(own_halves[0].lambdas, [10.1, 6, 3, 1], rtol=1e-12)
+    np.testing.assert_allclose(own_halves[1].lambdas, [9.9, 6, 3, 1], rtol=1e-12)
+
+
+def test_a_chain_whose_error_is_inherited_stops_and_says_so():
+    """No own spread at all, a 2% difference between halves: more rounds cannot
+    help, so the rounds stop after two settled checks (the own spread is known
+    from 2 rounds per half: checks at 4 and 6 rounds) and warn why."""
+    base = np.diag([10.0, 6.0, 3.0, 1.0])
+    shift = np.diag([0.1, 0.0, 0.0, 0.0])
+    script = ScriptedRounds([base + shift, base - shift] * (AUTO_MAX_ROUNDS // 2))
+    with pytest.warns(ConvergenceWarning, match="comes from the next node's basis"):
+        _, report, _ = converged_m_prime(
+            script, "source", script, basis_of_identity_gram(4), next_halves=(1, 2)
+        )
+    assert report.rounds == 6 and not report.converged
+
+
+def test_unchained_rounds_ignore_the_halves_difference():
+    """The same rounds without a chain: their spread is the own noise (all share the
+    next basis), twice its standard error over all rounds."""
+    base = np.diag([10.0, 6.0, 3.0, 1.0])
+    shift = np.diag([0.1, 0.0, 0.0, 0.0])
+    rounds = [base + shift, base - shift] * (AUTO_MAX_ROUNDS // 2)
+    script = ScriptedRounds(rounds)
+    _, report, halves = converged_m_prime(script, "source", script, basis_of_identity_gram(4))
+    assert script.matrices_given == [None] * report.rounds
+    tops = [np.diag(m)[0] for m in rounds[: report.rounds]]
+    expected = 2 * np.std(tops, ddof=1) / np.sqrt(report.rounds) / 10.0
+    assert report.lambda_error == pytest.approx(expected, rel=1e-9)
+    assert halves is not None
+
+
+def test_a_rounds_own_angle_is_counted(rng):
+    """Rounds whose top eigenvector turns from round to round (same Lambdas): the
+    halves may agree by chance, the rounds' own angles to their mean do not."""
+    d = 6
+    rounds = []
+    for _ in range(AUTO_MAX_ROUNDS):
+        Q, _ = np.linalg.qr(np.eye(d) + 0.3 * rng.normal(size=(d, d)))
+        rounds.append(Q @ np.diag([6.0, 5, 4, 3, 2, 1]) @ Q.T)
+    # Make the halves agree exactly: the same rounds in the same order in each.
+    paired = [m for m in rounds[: AUTO_MAX_ROUNDS // 2] for _ in (0, 1)]
+    script = ScriptedRounds(paired)
+    _, report, _ = converged_m_prime(script, "source", script, basis_of_identity_gram(d))
+    # The halves alone (and the Lambdas, all alike) would have stopped at the fewest.
+    assert report.rounds > AUTO_MIN_ROUNDS
+    assert report.converged and report.cosine >= stochastic.AUTO_COSINE
 
 
 def one_output_model():
@@ -338,7 +407,7 @@ def test_rounds_on_a_model_with_one_output_row_are_exact(rng):
     def basis_of(m_prime):
         return fit_node_basis("fc1", (4,), mean, gram, m_prime, **LIB_FIT)
 
-    m_prime, report = converged_m_prime(session, ArraySource(X, 16), acc, basis_of)
+    m_prime, report, _ = converged_m_prime(session, ArraySource(X, 16), acc, basis_of)
     expected = brute_force_m_prime(model, acts, np.eye(1))
     np.testing.assert_allclose(m_prime, expected, rtol=1e-10, atol=1e-14)
     assert report.converged and report.rounds == AUTO_MIN_ROUNDS
