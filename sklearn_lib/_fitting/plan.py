@@ -94,6 +94,9 @@ class SectionPlan:
     per_sample : bool
         Whether random sources are drawn for each sample of a batch apart (the
         route takes rows per sample): ``n`` times the draws for the same work.
+    shared_positions : bool
+        Route ``"final linear"``: the map's input keeps positions apart, so each
+        exact row serves every output position (``factor_width`` rows in all).
     """
 
     section: object
@@ -105,6 +108,7 @@ class SectionPlan:
     seconds: float | None = None
     factor_width: int | None = None
     per_sample: bool = False
+    shared_positions: bool = False
 
     @property
     def exact(self):
@@ -150,7 +154,8 @@ class SectionPlan:
         if self.sources == "auto":
             return None
         if self.route == "final linear" and self.exact:
-            return n_positions(self.section.dst_shape) * min(width, self.factor_width)
+            positions = 1 if self.shared_positions else n_positions(self.section.dst_shape)
+            return positions * min(width, self.factor_width)
         if self.route in ROW_ROUTES:
             return n_positions(self.section.dst_shape) * width if self.exact else self.sources
         if self.route == "affine" and not self.exact:
@@ -199,9 +204,10 @@ class SectionPlan:
         elif self.route == "closed-form rows" and not sampled:
             how = f"up to {self.backward_rows:,} rows per batch by closed-form rows"
         elif self.route == "final linear":
+            each = ", each at every position" if self.shared_positions else ""
             how = (
                 f"up to {self.backward_rows:,} backward rows per batch through the final "
-                f"linear map's {self.factor_width} inputs (instead of "
+                f"linear map's {self.factor_width} inputs{each} (instead of "
                 f"{self.section.exact_rows:,})"
                 if self.exact
                 else f"{self.sources:,} random sources per batch through the final linear map"
@@ -416,15 +422,47 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     keep = compute_graph and is_plain(settings.rule) and sources is None
     keep = keep and route.makes_rows and not gathered
     how = "statistics pass" if gathered else route.m_prime
-    width = route.gram.width if how == "final linear" else None  # once checked on the probe
+    final = how == "final linear"  # its width and positions, once checked on the probe
+    width = route.gram.width if final else None
     per_sample = sources is not None and route.sources_per_sample
     plan = SectionPlan(
         section, how, sources, why, gathered or last, keep, factor_width=width,
-        per_sample=per_sample,
+        per_sample=per_sample, shared_positions=final and bool(route.gram.shares_positions),
     )  # fmt: skip
     priced = plan.route in ROW_ROUTES
-    if price is None or n_samples is None or not priced or plan.sources == "auto":
+    if price is None or n_samples is None or not priced:
         return plan
+    if plan.sources == "auto":
+        return _auto_or_exact(plan, route, settings, n_samples, price, compute_graph)
+    return _priced(plan, route, n_samples, price)
+
+
+def _auto_or_exact(plan, route, settings, n_samples, price, compute_graph):
+    """``"auto"``'s plan of a section, or the exact one where its price is at most that of
+    the fewest rounds (each a pass of :data:`AUTO_SOURCES` rows per batch): rows that cost
+    less than their count says (through a final LayerNorm alone, each at every position)
+    stay exact.  The rounds' passes also run the model up to the section, which their
+    price leaves out: the choice leans to rounds."""
+    exact = _section_plan(
+        plan.section,
+        route,
+        replace(settings, n_stochastic_sources=None),
+        n_samples=n_samples,
+        price=price,
+        compute_graph=compute_graph,
+    )
+    rounds = _priced(replace(plan, sources=AUTO_SOURCES), route, n_samples, price).seconds
+    if exact.seconds is None or rounds is None or exact.seconds > AUTO_MIN_ROUNDS * rounds:
+        return plan
+    why = (
+        f"exact: priced at {duration(exact.seconds)}, the fewest rounds at "
+        f"{duration(AUTO_MIN_ROUNDS * rounds)}"
+    )
+    return replace(exact, why=why)
+
+
+def _priced(plan, route, n_samples, price):
+    """``plan`` with the estimated seconds of its rows (see :func:`_marginal_times`)."""
     # One backward pass per row and batch: the cost grows as rows * samples.
     exact = plan.sources is None
     once = exact and route.exact_per_position  # one feature at every position, best of two

@@ -177,6 +177,37 @@ class ExactRows:
         return per_position @ self.matrix.T
 
 
+class EveryPositionRows:
+    """One row per column of ``C``, at every output position at once: ``(k, P_out, d)``.
+
+    For a section whose output position ``t`` reads input position ``t``
+    alone, the gradient of row ``i`` is, at each input position ``t``, that
+    of the exact row ``e_t (x) C[:, i]``; the Gram over input positions of
+    these ``k`` rows is the exact ``M'`` of all ``P_out * k``.  Made when
+    sliced, like :class:`ExactRows`.
+
+    Parameters
+    ----------
+    matrix : torch.Tensor of shape (d, k)
+    n_positions : int
+    """
+
+    def __init__(self, matrix, n_positions):
+        self.matrix, self.n_positions = matrix, n_positions
+        d, k = matrix.shape
+        self.shape = torch.Size((k, n_positions, d))
+        self.dtype, self.device = matrix.dtype, matrix.device
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("rows at every position are taken by contiguous slices")
+        columns = self.matrix.T[index]  # (r, d)
+        return columns[:, None, :].expand(-1, self.n_positions, -1)
+
+
 class SampledRows:
     """Random rows ``signs @ C^T``, ``(S, [n,] P_out, d_next)``, made when sliced.
 

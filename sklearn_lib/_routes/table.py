@@ -97,12 +97,13 @@ class SectionRoute:
     @property
     def exact_rows(self):
         """Rows of the exact ``M'`` on this route: ``P_out`` times the next node's full
-        width, or times the inputs of a final linear map where fewer."""
+        width, or times the inputs of a final linear map where fewer (and not times
+        ``P_out`` where the map's input keeps positions apart: each row serves every
+        position)."""
         rows = self.section.exact_rows
         if self.m_prime == "final linear":
-            rows = n_positions(self.section.dst_shape) * min(
-                self.section.dst_shape[-1], self.gram.width
-            )
+            positions = 1 if self.gram.shares_positions else n_positions(self.section.dst_shape)
+            rows = positions * min(self.section.dst_shape[-1], self.gram.width)
         return rows
 
     @property

@@ -15,6 +15,15 @@ needs one backward row per column of ``R`` and output position, through
 Sampled rows (stochastic sources) are mapped through ``A`` alike: as many,
 one matrix product shorter.
 
+Where the part before the map keeps positions apart (output position ``t``
+of ``z`` reads input position ``t`` alone: a final LayerNorm), one row per
+column of ``R``, at every output position at once, has at each input
+position the gradient of that position's own row, so its Gram over
+positions is theirs: ``d_in`` rows instead of ``P_out * d_in``
+(:class:`~sklearn_lib._routes.cotangents.EveryPositionRows`).  Whether it
+does is found on the values, at the first run: the gradients of ``z`` at
+its first, middle and last positions are zero at every other input position.
+
 Detection is by running the section, not by reading code: the form applies
 where the section's output is, as a tensor, the output of an ``nn.Linear``
 (or a Hugging Face ``Conv1D``, ``y = z W + b``) of the model with fewer
@@ -32,7 +41,7 @@ from torch import nn
 from ..._core.identity import Identity
 from ..._model.inputs import n_rows, point_mask
 from ..autograd import integrated_vjps
-from ..cotangents import ExactRows, SampledRows
+from ..cotangents import EveryPositionRows, ExactRows, SampledRows
 from ..products import gram_of, masked_inputs
 from .affine import Affine
 from .base import ClosedForm, structural_veto
@@ -71,6 +80,7 @@ class FinalLinear(ClosedForm):
         self.session, self.section, self.candidates = session, section, candidates
         self.final = None  # the name of the module found at the first run
         self.reads_start = False  # whether the map's input is the section's start, as found
+        self.shares_positions = None  # whether J_z keeps positions apart, found at the first run
         self._factors = (None, None)  # (next matrix, its factor R)
 
     @classmethod
@@ -156,6 +166,8 @@ class FinalLinear(ClosedForm):
         if len(ends) != 1 or ends[0][1].shape[:-1] != out.shape[:-1]:
             return None  # not a map applied position by position at the very end
         self.final, z = ends[0]
+        if self.shares_positions is None:
+            self.shares_positions = _keeps_positions(z, leaf)
         # The map reads the section's start itself (the unembedding as a section of its
         # own): J_z is the identity, and the rows need no backward pass.
         self.reads_start = _same_values(z, leaf)
@@ -183,6 +195,8 @@ class FinalLinear(ClosedForm):
             M = A.to(C.dtype) if _is_identity(C) else A.to(C.dtype) @ C
             made = _factor(M)
             self._factors = (C, made)
+        if self.shares_positions and not self.reads_start:
+            return EveryPositionRows(made, cotangents.n_positions)
         return ExactRows(made, cotangents.n_positions)
 
 
@@ -208,6 +222,29 @@ def _same_values(z, leaf):
             return False
         fn = inputs[0]
     return fn is not None and getattr(fn, "variable", None) is leaf
+
+
+def _keeps_positions(z, leaf):
+    """Whether position ``t`` of ``z`` reads position ``t`` of ``leaf`` alone, as far as
+    its first, middle and last positions show: their gradients vanish at every other
+    input position.  (The route's check against autograd's Gram on the probe stands
+    behind it: a dependence these positions miss would fail there.)"""
+    flat = z.reshape(z.shape[0], -1, z.shape[-1])
+    n_out = flat.shape[1]
+    if n_out != math.prod(leaf.shape[1:-1]):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    for t in sorted({0, n_out // 2, n_out - 1}):
+        cotangent = torch.zeros_like(flat)
+        values = torch.randn(flat.shape[0], flat.shape[-1], generator=generator)
+        cotangent[:, t] = values.to(device=flat.device, dtype=flat.dtype)
+        (g,) = torch.autograd.grad(flat, leaf, cotangent, retain_graph=True, allow_unused=True)
+        if g is None:
+            continue
+        g = g.reshape(g.shape[0], n_out, -1)
+        if torch.count_nonzero(g[:, :t]) or torch.count_nonzero(g[:, t + 1 :]):
+            return False
+    return True
 
 
 def _constant_gram(R, weights, count):

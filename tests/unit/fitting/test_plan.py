@@ -194,11 +194,13 @@ def test_the_plan_counts_the_passes_and_rows_that_run(sources, monkeypatch, plan
                 assert counted[src] == s.rows_per_pass(n_batches, kept), (what, src, counted)
                 assert counted[src] <= s.rows_per_pass(n_batches)  # the plan's bound
     if sources == "auto":
-        assert set(rounds) == {"mix"}  # the only section of autograd rows, 72 > 64 of them
-        # 72 rows: 4 rounds (64 sources), then the exact pass where 6 would cost 96.
-        mix = lib.stochastic_rounds_["mix"]
-        assert mix.converged and (not mix.exact or mix.rounds == 4)
-        assert lib.n_stochastic_sources_["mix"] == (None if mix.exact else 16 * mix.rounds)
+        # "mix", the only section of autograd rows, has 72 > 64 of them: rounds by their
+        # count, but one exact pass of 72 rows is priced below 4 rounds of 16 (each
+        # paying the section's forward), so the plan makes it exact.
+        (mix,) = [s for s in plan.sections if s.section.src == "mix"]
+        assert mix.sources is None
+        assert mix.why.startswith("exact: priced at")
+        assert rounds == {} and lib.n_stochastic_sources_["mix"] is None
     # What the fit reports is the plan's.
     expected_sources = {s.section.src: s.sources for s in plan.sections}
     for src, n in lib.n_stochastic_sources_.items():
@@ -268,6 +270,33 @@ def test_the_plan_counts_passes_and_rows():
     assert asked == {True, False}
     assert priced.passes == 3 and [s.backward_rows for s in priced.sections] == [8, 8]
     assert "8 random sources per batch, a backward row each" in priced.describe()
+
+
+def test_auto_stays_exact_where_its_price_is_at_most_the_fewest_rounds():
+    """160 exact rows (more than 4 rounds of 16) run rounds by their count; where the price
+    says the exact pass costs no more than the fewest rounds, it is exact (the last
+    section then joins the statistics pass), and the plan says why."""
+    sections = sections_of(["a"], {"a": (16, 8)}, (16, 10))  # 160 exact rows
+    routes = RouteTable([autograd_route(s) for s in sections])
+    auto = FitSettings(n_stochastic_sources="auto")
+
+    def plan_at(exact_price, sampled_price):
+        def price(route, n_rows, exact, repeats=None):
+            return exact_price if exact else sampled_price
+
+        return make_plan("X", sections, routes, auto, 1000, price=price).sections[0]
+
+    # 160 rows at 1 us against 4 rounds of 16 rows at 3 us: 160 us <= 192 us, exact.
+    cheap = plan_at(1e-6, 3e-6)
+    assert cheap.sources is None and cheap.joins and cheap.backward_rows == 160
+    assert cheap.why.startswith("exact: priced at") and "fewest rounds" in cheap.why
+    assert cheap.seconds == pytest.approx(160 * 1000 * 1e-6)
+    # ... at 1.5 us: 240 us > 192 us, rounds.
+    dear = plan_at(1.5e-6, 3e-6)
+    assert dear.sources == "auto" and not dear.joins and dear.seconds is None
+    # No price (a failure on the probe): rounds, as the counts say.
+    assert plan_at(None, 3e-6).sources == "auto"
+    assert make_plan("X", sections, routes, auto, 1000).sections[0].sources == "auto"
 
 
 def test_a_long_fit_is_priced_by_what_a_row_adds():

@@ -9,7 +9,12 @@ from toy_models import PositionMixer
 
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._model.session import ModelSession
-from sklearn_lib._routes.cotangents import Cotangents, batch_cotangents, section_reads
+from sklearn_lib._routes.cotangents import (
+    Cotangents,
+    EveryPositionRows,
+    batch_cotangents,
+    section_reads,
+)
 
 
 def _rule(integration, n_intervals):
@@ -100,6 +105,26 @@ def test_exact_rows_are_made_chunk_by_chunk():
     # 256 positions x 64 features: 2 GiB whole, nothing until sliced.
     big = Cotangents(torch.eye(64, dtype=torch.float64), 256).rows
     assert big.shape == (256 * 64, 256, 64) and big[100:102].shape == (2, 256, 64)
+
+
+def test_rows_at_every_position_sum_each_features_exact_rows():
+    """Row ``i`` of ``EveryPositionRows`` is the sum over positions of the exact rows of
+    feature ``i``: for a section that keeps positions apart, their Gram is the exact one."""
+    generator = torch.Generator().manual_seed(0)
+    C, P = torch.randn(5, 3, generator=generator, dtype=torch.float64), 4
+    rows = EveryPositionRows(C, P)
+    assert rows.shape == (3, P, 5) and len(rows) == 3
+    exact = _exact_rows(C, P).reshape(P, 3, P, 5).sum(0)
+    for start, stop in [(0, 3), (1, 2), (2, 3)]:
+        torch.testing.assert_close(rows[start:stop], exact[start:stop])
+    with pytest.raises(TypeError, match="contiguous slices"):
+        rows[0]
+    # The Gram over positions of a position-wise map's rows: that of all P * k exact rows.
+    A = torch.randn(P, 5, 6, generator=generator, dtype=torch.float64)  # position t's own map
+    apart = torch.einsum("rtd,tde->rte", rows[0:3], A)
+    every = torch.einsum("rtd,tde->rte", _exact_rows(C, P), A)
+    gram = lambda g: torch.einsum("rte,rtf->ef", g, g)  # noqa: E731
+    torch.testing.assert_close(gram(apart), gram(every), rtol=1e-12, atol=1e-12)
 
 
 # -- sequences of other lengths ------------------------------------------------------------------

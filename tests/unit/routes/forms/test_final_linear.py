@@ -35,17 +35,23 @@ class Conv1D(nn.Module):
 class Head(nn.Module):
     """A sequence model's last section: a nonlinear mix of positions, then a wide map."""
 
-    def __init__(self, head="linear", after=None):
+    def __init__(self, head="linear", after=None, positions="mixed"):
         super().__init__()
         torch.manual_seed(0)
         self.embed = nn.Linear(2, D_IN)
         self.mix = nn.Linear(D_IN, D_IN)
         self.head = nn.Linear(D_IN, D_OUT) if head == "linear" else Conv1D(D_OUT, D_IN)
         self.after = after
+        self.positions = positions
 
     def forward(self, x):  # (n, P, 2) -> (n, P, D_OUT)
-        h = torch.tanh(self.embed(x))
-        h = torch.tanh(self.mix(h) + h.mean(1, keepdim=True))  # positions interact
+        h = self.mix(torch.tanh(self.embed(x)))
+        if self.positions == "mixed":  # positions interact within the section
+            h = torch.tanh(h + h.mean(1, keepdim=True))
+        elif self.positions == "causal":  # position t reads positions <= t
+            h = torch.tanh(h + h.cumsum(1))
+        else:  # each position apart (a final LayerNorm)
+            h = torch.nn.functional.layer_norm(h, (D_IN,))
         y = self.head(self.block_input(h))
         return y if self.after is None else self.after(y)
 
@@ -81,11 +87,13 @@ def _autograd_gram(session, x, points, weights, rows):
     return gram_of(chunks, x.shape[0], D_IN)
 
 
+@pytest.mark.parametrize("positions", ["mixed", "apart"])
 @pytest.mark.parametrize("head", ["linear", "conv1d"])
 @pytest.mark.parametrize("k_next", [D_OUT, 6, 2], ids=["identity", "wide basis", "narrow basis"])
-def test_the_factors_rows_give_the_gram_of_all_rows(head, k_next):
-    """Exact rows: ``R R^T = A C C^T A^T`` with at most ``d_in`` columns, to 1e-12."""
-    session = _session(Model(head=head))
+def test_the_factors_rows_give_the_gram_of_all_rows(head, k_next, positions):
+    """Exact rows: ``R R^T = A C C^T A^T`` with at most ``d_in`` columns, to 1e-12; where
+    the map's input keeps positions apart, each at every position at once."""
+    session = _session(Model(head=head, positions=positions))
     form = FinalLinear.detect(session, SECTION)
     assert form is not None
     x = torch.randn(5, P, 2, dtype=torch.float64)
@@ -98,6 +106,33 @@ def test_the_factors_rows_give_the_gram_of_all_rows(head, k_next):
     expected = _autograd_gram(session, x, points, weights, rows[:])
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
     assert form.width == D_IN and form.final == "body.head"
+    assert form.shares_positions is (positions == "apart")
+
+
+@pytest.mark.parametrize("positions, apart", [("mixed", False), ("causal", False), ("apart", True)])
+def test_it_finds_whether_the_maps_input_keeps_positions_apart(positions, apart):
+    """Causal mixing leaves the first position alone: the last position shows it."""
+    session = _session(Model(positions=positions))
+    form = FinalLinear.detect(session, SECTION)
+    assert form.shares_positions is None  # found at the first run
+    x = torch.randn(4, P, 2, dtype=torch.float64)
+    points, weights = _points(session, x)
+    form_gram(form, x, points, weights, Cotangents(torch.eye(D_OUT, dtype=torch.float64), P).rows)
+    assert form.shares_positions is apart
+
+
+def test_rows_at_every_position_cost_one_row_per_column_of_the_factor():
+    """``EveryPositionRows``: D_IN rows, each a column of the factor at all P positions."""
+    session = _session(Model(positions="apart"))
+    form = FinalLinear.detect(session, SECTION)
+    x = torch.randn(4, P, 2, dtype=torch.float64)
+    points, weights = _points(session, x)
+    rows = Cotangents(torch.eye(D_OUT, dtype=torch.float64), P).rows
+    form_gram(form, x, points, weights, rows)
+    made = form._input_rows(rows, session.model.body.head.weight.T)
+    assert made.shape == (D_IN, P, D_IN)
+    for r in range(D_IN):
+        torch.testing.assert_close(made[r : r + 1][0], made.matrix[:, r].expand(P, -1))
 
 
 def test_sampled_rows_go_through_the_map():
@@ -150,14 +185,16 @@ def test_the_route_table_takes_it_and_says_so():
     assert "final linear map" in routes.summary()
 
 
-def test_auto_sources_count_the_factors_rows():
-    """8 positions x 9 logits = 72 rows would run rounds; 8 x 4 inputs of the map stay exact."""
-    session = _session(Model())
+@pytest.mark.parametrize("positions, rows", [("mixed", 8 * D_IN), ("apart", D_IN)])
+def test_auto_sources_count_the_factors_rows(positions, rows):
+    """8 positions x 9 logits = 72 rows would run rounds; 8 x 4 inputs of the map stay
+    exact, and 4 where each serves every position."""
+    session = _session(Model(positions=positions))
     section = Section("body.mix", OUTPUT_NODE, (8, D_IN), (8, D_OUT))
     x = torch.randn(6, 8, 2, dtype=torch.float64)
     routes = decide_routes(session, x, [section], (torch.ones(1), torch.ones(1)), {"gram"})
     route = routes[section]
-    assert route.exact_rows == 8 * D_IN and section.exact_rows == 8 * D_OUT
+    assert route.exact_rows == rows and section.exact_rows == 8 * D_OUT
     assert m_prime_route("auto", section, route.row_free, route.exact_rows)[0] is None
     assert m_prime_route("auto", section, route.row_free)[0] == "auto"
 
