@@ -35,6 +35,7 @@ from _gpt2 import random_gpt2
 
 from sklearn_lib import LIBTransformer
 from sklearn_lib._fitting import stochastic
+from sklearn_lib._fitting.stochastic import _gapped_top
 
 
 class PeakMemory:
@@ -106,12 +107,17 @@ def tighter(factor):
 
 
 def agreement(a, b, k=5, top=20):
-    """Top-``k`` smallest principal cosine and top-``top`` Lambda error of ``b`` against ``a``."""
-    k = min(k, a.n_components, b.n_components)
-    cosine = float(np.cos(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k])).min())
+    """Top-``k`` smallest principal cosine, the same at the estimate's own cut (5, grown past
+    Lambdas within 10%: ``cut``), and top-``top`` Lambda error of ``b`` against ``a``."""
+
+    def cosine(k):
+        k = min(k, a.n_components, b.n_components)
+        return float(np.cos(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k])).min())
+
+    cut = _gapped_top(a.lambdas[: a.n_components], 0.0)
     t = min(top, len(a.lambdas), len(b.lambdas))
     error = float(np.max(np.abs(a.lambdas[:t] - b.lambdas[:t])) / a.lambdas[0])
-    return cosine, error
+    return cosine(k), cut, cosine(cut), error
 
 
 def main():
@@ -122,6 +128,9 @@ def main():
     parser.add_argument("--tighter", type=float, default=3.0, help="the reference's tolerances")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--no-reference", action="store_true", help="auto and PCA only: time, memory, estimates"
+    )
     args = parser.parse_args()
 
     model = random_gpt2(
@@ -138,20 +147,24 @@ def main():
     auto, t_auto, m_auto = fit(model, X, nodes, args, n_stochastic_sources="auto", random_state=0)
     print(f"auto: {t_auto:.1f} s ({t_auto / t_pca:.1f}x PCA), peak {m_auto:.2f} GB, "
           f"batch {auto.batch_size_}")  # fmt: skip
+    for name, r in auto.stochastic_rounds_.items():
+        print(f"  {name}: {r}")
+    if args.no_reference:
+        return
     with tighter(args.tighter):
         ref, t_ref, m_ref = fit(model, X, nodes, args, n_stochastic_sources="auto", random_state=1)
     said = {name: (r.n_sources, r.rounds) for name, r in ref.stochastic_rounds_.items()}
     print(f"reference ({args.tighter:g}x tighter): {t_ref:.1f} s, peak {m_ref:.2f} GB, {said}")
     print("\n| node | auto sources (rounds) | est. cosine | est. Lambda error | top-5 cosine "
-          "| top-20 Lambda error |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| cosine at the cut (k) | top-20 Lambda error |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in nodes:
-        cosine, error = agreement(ref.bases_[name], auto.bases_[name])
+        top5, cut, at_cut, error = agreement(ref.bases_[name], auto.bases_[name])
         r = auto.stochastic_rounds_.get(name)
         sources = auto.n_stochastic_sources_[name]
         said = (f"{r.n_sources} ({r.rounds})", f"{r.cosine:.4f}", f"{r.lambda_error:.4f}") if r \
             else (str(sources), "exact", "exact")  # fmt: skip
-        print(f"| {name} | {' | '.join(said)} | {cosine:.4f} | {error:.4f} |")
+        print(f"| {name} | {' | '.join(said)} | {top5:.4f} | {at_cut:.4f} ({cut}) | {error:.4f} |")
 
 
 if __name__ == "__main__":

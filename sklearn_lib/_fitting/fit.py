@@ -47,7 +47,7 @@ from .basis import (
 from .jacobian_gram import JacobianGram
 from .plan import dense_seconds, duration, make_plan, n_samples_of
 from .stats import MomentAccumulator
-from .stochastic import AUTO_SOURCES, converged_m_prime, m_prime_sources
+from .stochastic import converged_m_prime, m_prime_sources
 
 #: Node layers at least this wide report their basis' linear algebra (about a second).
 WIDE_LAYER = 1024
@@ -131,7 +131,8 @@ def _signs_bytes(section_plan):
     source, output position and next feature (at most the next node's full width)."""
     if not section_plan.per_sample:
         return 0
-    sources = AUTO_SOURCES if section_plan.sources == "auto" else section_plan.sources
+    auto = section_plan.sources == "auto"
+    sources = section_plan.round_sources if auto else section_plan.sources
     return sources * math.prod(section_plan.section.dst_shape)
 
 
@@ -409,7 +410,13 @@ class _Fit:
             if next_halves is not None:
                 next_halves = [self._device_matrix(b) for b in next_halves]
             m_prime, self.rounds[section.src], halves = converged_m_prime(
-                self.session, self.source, acc, basis_of, exact_rows, next_halves
+                self.session,
+                self.source,
+                acc,
+                basis_of,
+                exact_rows=exact_rows,
+                next_halves=next_halves,
+                sources=plan.round_sources,
             )
             if halves is not None:
                 self.halves[section.src] = halves

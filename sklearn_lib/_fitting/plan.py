@@ -39,6 +39,7 @@ from .stochastic import (
     AUTO_TOP_K,
     STOCHASTIC_BATCH_SIZE,
     m_prime_route,
+    round_sources,
 )
 
 #: Dense float64 operations per second, for the estimate of the bases' linear algebra:
@@ -97,6 +98,9 @@ class SectionPlan:
     shared_positions : bool
         Route ``"final linear"``: the map's input keeps positions apart, so each
         exact row serves every output position (``factor_width`` rows in all).
+    round_sources : int
+        ``"auto"``: sources per batch of each round
+        (:func:`~sklearn_lib._fitting.stochastic.round_sources`).
     """
 
     section: object
@@ -109,6 +113,7 @@ class SectionPlan:
     factor_width: int | None = None
     per_sample: bool = False
     shared_positions: bool = False
+    round_sources: int = AUTO_SOURCES
 
     @property
     def exact(self):
@@ -174,7 +179,7 @@ class SectionPlan:
         if n_samples is None or (batch_size is None and not self.per_sample):
             return None
         units = n_samples if self.per_sample else -(-n_samples // batch_size)
-        return AUTO_SOURCES * units
+        return self.round_sources * units
 
     def describe(self, n_samples=None, batch_size=None):
         """How its ``M'`` is made, in words (with the draws of a round, where the
@@ -190,10 +195,10 @@ class SectionPlan:
         sampled = self.sources is not None and self.sources != "auto"
         if self.sources == "auto":
             exact_rows = self.exact_rows_per_batch()
-            most = min(AUTO_MAX_ROUNDS, max(AUTO_MIN_ROUNDS, exact_rows // AUTO_SOURCES))
+            most = min(AUTO_MAX_ROUNDS, max(AUTO_MIN_ROUNDS, exact_rows // self.round_sources))
             draws = "" if draws is None else f" ({draws:,} draws per round)"
             how = (
-                f"rounds of {AUTO_SOURCES} random sources per batch{draws}, "
+                f"rounds of {self.round_sources} random sources per batch{draws}, "
                 f"{AUTO_MIN_ROUNDS} to {most}, or the exact M' where cheaper "
                 f"({exact_rows:,} rows per batch at most)"
             )
@@ -408,11 +413,12 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     # The routes are the same on every rank (the route table agrees them), so
     # every decision below is too, and all ranks run the same passes.
     gathered = route.gathers_statistics and settings.n_stochastic_sources in (None, "auto")
-    if gathered:
-        sources, why = None, "exact: its closed form's statistics are gathered before any basis"
-    else:
+    sources, why = None, "exact: its closed form's statistics are gathered before any basis"
+    auto = settings.n_stochastic_sources == "auto"
+    per_round = round_sources(route.sources_per_sample, n_samples) if auto else AUTO_SOURCES
+    if not gathered:
         sources, why = m_prime_route(
-            settings.n_stochastic_sources, section, route.row_free, route.exact_rows
+            settings.n_stochastic_sources, section, route.row_free, route.exact_rows, per_round
         )
     # The output's basis is known before any data is read (identity): the last
     # section's M' joins the statistics pass, unless rounds need passes of their own.
@@ -428,21 +434,30 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     plan = SectionPlan(
         section, how, sources, why, gathered or last, keep, factor_width=width,
         per_sample=per_sample, shared_positions=final and bool(route.gram.shares_positions),
+        round_sources=per_round,
     )  # fmt: skip
     priced = plan.route in ROW_ROUTES
     if price is None or n_samples is None or not priced:
         return plan
-    if plan.sources == "auto":
+    if plan.sources == "auto" and plan.shared_positions:
         return _auto_or_exact(plan, route, settings, n_samples, price, compute_graph)
+    if plan.sources == "auto":
+        return plan
     return _priced(plan, route, n_samples, price)
 
 
 def _auto_or_exact(plan, route, settings, n_samples, price, compute_graph):
-    """``"auto"``'s plan of a section, or the exact one where its price is at most that of
-    the fewest rounds (each a pass of :data:`AUTO_SOURCES` rows per batch): rows that cost
-    less than their count says (through a final LayerNorm alone, each at every position)
-    stay exact.  The rounds' passes also run the model up to the section, which their
-    price leaves out: the choice leans to rounds."""
+    """``"auto"``'s plan of a final map whose exact rows each serve every position, or the
+    exact plan where its price is at most half that of the fewest rounds (each a pass of
+    :attr:`SectionPlan.round_sources` rows per batch).
+
+    Its rows go back through the map's input alone (a final LayerNorm), while each pass
+    runs the map (a vocabulary wide): GPT-2's 768 exact rows cost less than 4 passes of
+    16.  Counts cannot tell that; the prices can.  Only here, and only by half, so that
+    timing noise does not decide between them: elsewhere the counts decide, and a fit
+    with the same ``random_state`` runs the same plan.  The rounds' passes also run the
+    model up to the section, which their price leaves out: the choice leans to rounds.
+    """
     exact = _section_plan(
         plan.section,
         route,
@@ -451,14 +466,18 @@ def _auto_or_exact(plan, route, settings, n_samples, price, compute_graph):
         price=price,
         compute_graph=compute_graph,
     )
-    rounds = _priced(replace(plan, sources=AUTO_SOURCES), route, n_samples, price).seconds
-    if exact.seconds is None or rounds is None or exact.seconds > AUTO_MIN_ROUNDS * rounds:
+    rounds = _priced(replace(plan, sources=plan.round_sources), route, n_samples, price).seconds
+    if exact.seconds is None or rounds is None:
         return plan
-    why = (
-        f"exact: priced at {duration(exact.seconds)}, the fewest rounds at "
-        f"{duration(AUTO_MIN_ROUNDS * rounds)}"
-    )
+    rounds *= AUTO_MIN_ROUNDS
+    if exact.seconds > rounds / AUTO_EXACT_MARGIN:
+        return plan
+    why = f"exact: priced at {duration(exact.seconds)}, the fewest rounds at {duration(rounds)}"
     return replace(exact, why=why)
+
+
+#: ``"auto"`` takes the exact ``M'`` where priced below the fewest rounds by this factor.
+AUTO_EXACT_MARGIN = 2
 
 
 def _priced(plan, route, n_samples, price):

@@ -31,9 +31,24 @@ from ..exceptions import user_stacklevel
 #: Samples per batch of a fit with stochastic sources.
 STOCHASTIC_BATCH_SIZE = 256
 
-#: ``n_stochastic_sources="auto"``: sources per batch in each round (one pass), and the
-#: fewest and most rounds.
+#: ``n_stochastic_sources="auto"``: sources per batch in each round (one pass), at most,
+#: and the fewest and most rounds.
 AUTO_SOURCES, AUTO_MIN_ROUNDS, AUTO_MAX_ROUNDS = 16, 4, 64
+
+#: The independent draws a round of ``"auto"`` aims at: where sources are drawn for each
+#: sample, a round takes as few sources per batch as give this many over the data
+#: (4 on 1,024 samples), down to one; about 4,000 draws gave a top-5 cosine of 0.99
+#: or more on the tiny GPT-2 of ``benchmarks/README.md`` section 7.
+AUTO_ROUND_DRAWS = 4096
+
+
+def round_sources(per_sample, n_samples):
+    """Sources per batch of a round of ``"auto"``: :data:`AUTO_SOURCES`, or, drawn for
+    each of ``n_samples`` samples apart, as few as give :data:`AUTO_ROUND_DRAWS` draws
+    (at least one).  Rounds on a stream of unknown size take :data:`AUTO_SOURCES`."""
+    if not per_sample or n_samples is None:
+        return AUTO_SOURCES
+    return int(min(AUTO_SOURCES, max(1, -(-AUTO_ROUND_DRAWS // n_samples))))
 
 
 def m_prime_sources(exact, n_sources, generator, n_samples=None):
@@ -70,17 +85,17 @@ def _signed(exact, n_sources, generator, over_features, n_samples=None):
     return Cotangents(C, exact.n_positions, signs.to(C.device))
 
 
-def auto_stays_exact(exact_rows):
+def auto_stays_exact(exact_rows, sources=AUTO_SOURCES):
     """Whether ``n_stochastic_sources="auto"`` computes a section of ``exact_rows`` exactly.
 
-    It runs at least :data:`AUTO_MIN_ROUNDS` rounds of :data:`AUTO_SOURCES`
-    rows per batch, so up to that many exact rows cost no more (measured on
-    the paper's attention, 29 rows: rounds took 3x the exact fit's time).
+    It runs at least :data:`AUTO_MIN_ROUNDS` rounds of ``sources`` rows per
+    batch, so up to that many exact rows cost no more (measured on the
+    paper's attention, 29 rows: rounds took 3x the exact fit's time).
     """
-    return exact_rows <= AUTO_MIN_ROUNDS * AUTO_SOURCES
+    return exact_rows <= AUTO_MIN_ROUNDS * sources
 
 
-def m_prime_route(setting, section, row_free, exact_rows=None):
+def m_prime_route(setting, section, row_free, exact_rows=None, sources=AUTO_SOURCES):
     """``(sources, why)``: how the fit's ``M'`` of ``section`` is estimated, said once.
 
     Parameters
@@ -97,6 +112,8 @@ def m_prime_route(setting, section, row_free, exact_rows=None):
     exact_rows : int, optional
         The exact rows of its route, where fewer than ``section.exact_rows``
         (those of a final linear map's input).
+    sources : int, default=AUTO_SOURCES
+        Sources per batch of a round of ``"auto"`` (:func:`round_sources`).
 
     Returns
     -------
@@ -111,7 +128,7 @@ def m_prime_route(setting, section, row_free, exact_rows=None):
     if row_free:
         return None, "exact: its route needs no backward pass per row"
     rows = section.exact_rows if exact_rows is None else exact_rows
-    if auto_stays_exact(rows):
+    if auto_stays_exact(rows, sources):
         return None, f"exact: {rows} rows cost no more than {AUTO_MIN_ROUNDS} rounds"
     return "auto", "rounds of random sources until the basis stops moving"
 
@@ -128,7 +145,8 @@ class SourceRounds:
     Attributes
     ----------
     n_sources : int
-        Random sources per batch in all (rounds times :data:`AUTO_SOURCES`).
+        Random sources per batch in all (rounds times those of a round,
+        :func:`round_sources`).
     rounds : int
         Passes over the data.
     lambda_error : float
@@ -152,30 +170,30 @@ class SourceRounds:
     exact: bool = False
 
 
-def converged_m_prime(session, source, acc, basis_of, exact_rows=None, next_halves=None):
+def converged_m_prime(
+    session, source, acc, basis_of, *, exact_rows=None, next_halves=None, sources=AUTO_SOURCES
+):
     """``M'`` from rounds of random sources until the basis it gives stops moving.
 
-    Each round is one pass of :data:`AUTO_SOURCES` sources per batch, an
-    independent estimate; the result is their mean.  Rounds alternate
-    between two halves which, where the next node had rounds too, use its
-    two half bases (``next_halves``): two independent chains from the
-    output, whose difference holds what this node inherits.  The estimate
+    Each round is one pass of ``sources`` per batch, an independent
+    estimate; the result is their mean.  Rounds alternate between two
+    halves which, where the next node had rounds too, use its two half
+    bases (``next_halves``): two independent chains from the output, whose
+    difference holds what this node inherits.  The estimate
     (:meth:`_Rounds.estimate`) counts both parts.  Rounds go on, in pairs,
     from :data:`AUTO_MIN_ROUNDS`, until it meets the tolerances at two
     checks in a row, or :data:`AUTO_MAX_ROUNDS` have run, or, in a chain,
     the own part is within half the tolerances at two checks in a row (the
-    rest is inherited: more rounds cannot help).  Where the next pair would
-    cost more sources per batch than ``exact_rows`` (the exact ``M'``'s
-    rows per batch, in the next node's kept features), the exact ``M'`` is
-    computed instead.
+    rest is inherited).  Where the next pair would cost more sources per
+    batch than ``exact_rows`` (the exact ``M'``'s rows per batch, in the
+    next node's kept features), the exact ``M'`` is computed instead.
 
     Parameters
     ----------
-    session, source, acc : ModelSession, source, JacobianGram
-        What runs the passes, over what, with which accumulator.
-    basis_of : callable
-        ``M'`` -> the node's fitted basis.
-    exact_rows : int, optional
+    session, source, acc, basis_of : ModelSession, source, JacobianGram, callable
+        What runs the passes, over what, with which accumulator; ``M'`` -> basis.
+    exact_rows, sources : int, optional
+        The cap, and the sources per batch of a round (:func:`round_sources`).
     next_halves : (torch.Tensor, torch.Tensor), optional
         The next node's half bases' kept matrices, where it had rounds.
 
@@ -188,10 +206,10 @@ def converged_m_prime(session, source, acc, basis_of, exact_rows=None, next_halv
     rounds = _Rounds(next_halves is not None)
     passed = settled = 0  # consecutive checks passed: one is too easily passed by chance
     while True:
-        if exact_rows is not None and (rounds.count + 2) * AUTO_SOURCES > exact_rows:
-            return _exact_instead(session, source, acc, rounds)
+        if exact_rows is not None and (rounds.count + 2) * sources > exact_rows:
+            return _exact_instead(session, source, acc, rounds, sources)
         for half in (0, 1):
-            acc.reset(AUTO_SOURCES, None if next_halves is None else next_halves[half])
+            acc.reset(sources, None if next_halves is None else next_halves[half])
             what = f"{acc.what} (round {rounds.count + 1})"
             (m_round,) = session.run_pass(source, [acc], what)
             rounds.add(half, m_round, basis_of(m_round))
@@ -202,7 +220,7 @@ def converged_m_prime(session, source, acc, basis_of, exact_rows=None, next_halv
         if (enough and rounds.count >= AUTO_MIN_ROUNDS) or rounds.count >= AUTO_MAX_ROUNDS:
             break
     report = SourceRounds(
-        rounds.count * AUTO_SOURCES,
+        rounds.count * sources,
         rounds.count,
         estimate.lambda_error,
         estimate.cosine,
@@ -236,7 +254,7 @@ def _warn_unconverged(acc, report, inherited):
     )
 
 
-def _exact_instead(session, source, acc, rounds):
+def _exact_instead(session, source, acc, rounds, sources):
     """The exact ``M'``, in one pass, after the ``rounds`` so far.
 
     Its own error is none; where the next node's basis was estimated, that
@@ -248,7 +266,7 @@ def _exact_instead(session, source, acc, rounds):
     error, cosine = 0.0, 1.0
     if rounds.chained and rounds.last is not None:
         error, cosine = rounds.last.lambda_error, rounds.last.cosine
-    report = SourceRounds(rounds.count * AUTO_SOURCES, rounds.count, error, cosine, True, True)
+    report = SourceRounds(rounds.count * sources, rounds.count, error, cosine, True, True)
     return m_prime, report, None
 
 

@@ -353,8 +353,9 @@ def test_a_flattened_pca_refuses_another_length_than_its_fit():
 
 @pytest.mark.parametrize("padded", [False, True], ids=["arrays", "dynamic padding"])
 def test_gpt2_unembedding_takes_the_rows_of_its_input(padded, capsys):
-    """ln_f -> logits ends in lm_head (16 inputs, 20 logits): 16 rows per position, not 20,
-    with the Lambdas of all of autograd's rows (1e-12), padding or not."""
+    """ln_f -> logits ends in lm_head (16 inputs, 20 logits) after ln_f alone, which keeps
+    positions apart: 16 rows, each at every position, not 20 per position, with the
+    Lambdas of all of autograd's rows (1e-12), padding or not."""
     pytest.importorskip("transformers", reason=MODELS_EXTRA)
     tokenizer = tiny_tokenizer(GPT2_VOCAB)
     features = token_features(LENGTHS, GPT2_VOCAB)
@@ -368,7 +369,10 @@ def test_gpt2_unembedding_takes_the_rows_of_its_input(padded, capsys):
         for jacobian in ("auto", "autograd")
     }
     lines = capsys.readouterr().err
-    assert "through the final linear map's 16 inputs (instead of 160)" in lines
+    assert "up to 16 backward rows per batch" in lines
+    assert "through the final linear map's 16 inputs, each at every position (instead of 160)" in (
+        lines
+    )
     auto, reference = fits["auto"], fits["autograd"]
     np.testing.assert_allclose(
         auto.lambdas_, reference.lambdas_, rtol=1e-12, atol=1e-12 * reference.lambdas_[0]

@@ -52,12 +52,12 @@ def test_a_chain_hands_each_node_the_next_nodes_half_bases(monkeypatch):
 
     calls = []
 
-    def recorded(session, source, acc, basis_of, exact_rows=None, next_halves=None):
+    def recorded(session, source, acc, basis_of, **kwargs):
         matrices = []
         reset = acc.reset
         acc.reset = lambda sources, matrix=None: (matrices.append(matrix), reset(sources, matrix))
-        result = converged_m_prime(session, source, acc, basis_of, exact_rows, next_halves)
-        calls.append((acc.src, next_halves, matrices, result[2]))
+        result = converged_m_prime(session, source, acc, basis_of, **kwargs)
+        calls.append((acc.src, kwargs["next_halves"], matrices, result[2]))
         return result
 
     monkeypatch.setattr(fit_module, "converged_m_prime", recorded)

@@ -27,6 +27,7 @@ from sklearn_lib._fitting.fit import FitSettings
 from sklearn_lib._fitting.plan import DENSE_FLOPS, dense_seconds, make_plan
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._routes.forms.base import ClosedForm
+from sklearn_lib._routes.forms.final_linear import FinalLinear
 from sklearn_lib._routes.table import RouteTable, SectionRoute, autograd_route
 
 D, P, N, BATCH = 24, 3, 96, 32  # 3 * 24 = 72 exact rows: more than "auto" keeps exact
@@ -194,13 +195,12 @@ def test_the_plan_counts_the_passes_and_rows_that_run(sources, monkeypatch, plan
                 assert counted[src] == s.rows_per_pass(n_batches, kept), (what, src, counted)
                 assert counted[src] <= s.rows_per_pass(n_batches)  # the plan's bound
     if sources == "auto":
-        # "mix", the only section of autograd rows, has 72 > 64 of them: rounds by their
-        # count, but one exact pass of 72 rows is priced below 4 rounds of 16 (each
-        # paying the section's forward), so the plan makes it exact.
-        (mix,) = [s for s in plan.sections if s.section.src == "mix"]
-        assert mix.sources is None
-        assert mix.why.startswith("exact: priced at")
-        assert rounds == {} and lib.n_stochastic_sources_["mix"] is None
+        assert set(rounds) == {"mix"}  # the only section of autograd rows, 72 > 64 of them
+        # 72 rows: 4 rounds (64 sources), then the exact pass where 6 would cost 96.  (One
+        # exact pass is priced below 4 rounds, but not by half: rounds.)
+        mix = lib.stochastic_rounds_["mix"]
+        assert mix.converged and (not mix.exact or mix.rounds == 4)
+        assert lib.n_stochastic_sources_["mix"] == (None if mix.exact else 16 * mix.rounds)
     # What the fit reports is the plan's.
     expected_sources = {s.section.src: s.sources for s in plan.sections}
     for src, n in lib.n_stochastic_sources_.items():
@@ -272,31 +272,64 @@ def test_the_plan_counts_passes_and_rows():
     assert "8 random sources per batch, a backward row each" in priced.describe()
 
 
-def test_auto_stays_exact_where_its_price_is_at_most_the_fewest_rounds():
-    """160 exact rows (more than 4 rounds of 16) run rounds by their count; where the price
-    says the exact pass costs no more than the fewest rounds, it is exact (the last
-    section then joins the statistics pass), and the plan says why."""
-    sections = sections_of(["a"], {"a": (16, 8)}, (16, 10))  # 160 exact rows
-    routes = RouteTable([autograd_route(s) for s in sections])
+def _final_map_route(section, shares_positions):
+    """The route of a section that ends in a final linear map of 100 inputs (found so)."""
+    form = FinalLinear(None, section, {"head": nn.Linear(100, section.dst_shape[-1])})
+    form.final, form.shares_positions = "head", shares_positions
+    return dataclasses.replace(autograd_route(section), gram=form)
+
+
+def test_auto_keeps_a_final_map_exact_where_priced_at_half_the_fewest_rounds():
+    """A final map whose 100 exact rows each serve every position: rounds by their count
+    (100 > 4 x 16), but exact where the price says the exact pass costs at most half the
+    fewest rounds (the last section then joins the statistics pass), and the plan says why.
+    Other routes are never priced for it: their counts decide."""
+    (section,) = sections_of(["a"], {"a": (16, 8)}, (16, 200))
     auto = FitSettings(n_stochastic_sources="auto")
 
-    def plan_at(exact_price, sampled_price):
+    def plan_at(exact_price, sampled_price, shares_positions=True):
         def price(route, n_rows, exact, repeats=None):
             return exact_price if exact else sampled_price
 
-        return make_plan("X", sections, routes, auto, 1000, price=price).sections[0]
+        routes = RouteTable([_final_map_route(section, shares_positions)])
+        return make_plan("X", [section], routes, auto, 256, price=price).sections[0]
 
-    # 160 rows at 1 us against 4 rounds of 16 rows at 3 us: 160 us <= 192 us, exact.
-    cheap = plan_at(1e-6, 3e-6)
-    assert cheap.sources is None and cheap.joins and cheap.backward_rows == 160
+    # 100 rows at 0.9 us against 4 rounds of 16 rows at 3 us: 90 us <= 192 us / 2, exact.
+    cheap = plan_at(0.9e-6, 3e-6)
+    assert cheap.sources is None and cheap.joins and cheap.backward_rows == 100
     assert cheap.why.startswith("exact: priced at") and "fewest rounds" in cheap.why
-    assert cheap.seconds == pytest.approx(160 * 1000 * 1e-6)
-    # ... at 1.5 us: 240 us > 192 us, rounds.
+    assert cheap.seconds == pytest.approx(100 * 256 * 0.9e-6)
+    # ... at 1.5 us: 150 us, cheaper than the rounds but not by half: rounds (timing noise
+    # must not decide between them).
     dear = plan_at(1.5e-6, 3e-6)
     assert dear.sources == "auto" and not dear.joins and dear.seconds is None
     # No price (a failure on the probe): rounds, as the counts say.
     assert plan_at(None, 3e-6).sources == "auto"
-    assert make_plan("X", sections, routes, auto, 1000).sections[0].sources == "auto"
+    # Rows per position (1,600 of them): never priced for it.
+    assert plan_at(0.001e-6, 3e-6, shares_positions=False).sources == "auto"
+
+
+@pytest.mark.parametrize("n_samples, sources", [(256, 16), (1024, 4), (10_000, 1)])
+def test_the_plan_says_the_draws_of_a_round_and_when_rounds_stop(n_samples, sources):
+    """Sources drawn per sample (autograd's rows): a round takes as few as give 4,096 draws
+    over the data; the plan says so, with the fewest and most rounds, the exact cap and
+    the stopping rule, before any pass."""
+    sections = sections_of(["a"], {"a": (16, 8)}, (16, 10))  # 160 exact rows
+    routes = RouteTable([autograd_route(s) for s in sections])
+    plan = make_plan(
+        "X", sections, routes, FitSettings(n_stochastic_sources="auto"), n_samples, batch_size=64
+    )
+    (section,) = plan.sections
+    assert section.sources == "auto" and section.per_sample
+    assert section.round_sources == sources
+    line = plan.describe()
+    most = min(64, 160 // sources)
+    assert (
+        f"rounds of {sources} random sources per batch ({sources * n_samples:,} draws per "
+        f"round), 4 to {most}, or the exact M' where cheaper (160 rows per batch at most)"
+    ) in line
+    assert "drawn for each sample apart" in line
+    assert "within 1% of the largest and their subspace's cosine at least 0.99" in line
 
 
 def test_a_long_fit_is_priced_by_what_a_row_adds():

@@ -31,6 +31,7 @@ from sklearn_lib._fitting.stochastic import (
     edge_sources,
     m_prime_route,
     m_prime_sources,
+    round_sources,
 )
 from sklearn_lib._model.session import ModelSession
 from sklearn_lib._model.sources import ArraySource
@@ -226,6 +227,22 @@ def test_the_top_features_grow_past_ties():
     assert _gapped_top(np.array([64, 49, 36, 25, 16, 8, 4, 1.0]), 0.0) == 5
     assert _gapped_top(np.array([64, 49, 36, 25, 16, 10, 2, 1.0]), 7.0) == 6  # within the error
     assert _gapped_top(np.array([3.0, 2.9]), 0.0) == 2 and _gapped_top(np.array([1.0]), 0.0) == 1
+
+
+def test_a_round_takes_as_few_sources_as_give_its_draws():
+    """Drawn per sample, a round takes ceil(4096 / N) sources per batch, 1 to 16; shared by
+    a batch (or on a stream of unknown size), 16.  Fewer sources lower the count of exact
+    rows that stay exact (4 rounds' worth)."""
+    assert stochastic.AUTO_ROUND_DRAWS == 4096
+    assert [round_sources(True, n) for n in (1, 256, 257, 1024, 4096, 10**6)] == [
+        16, 16, 16, 4, 1, 1
+    ]  # fmt: skip
+    assert round_sources(False, 10**6) == 16 and round_sources(True, None) == 16
+    assert auto_stays_exact(64) and not auto_stays_exact(65)
+    assert auto_stays_exact(16, 4) and not auto_stays_exact(17, 4)
+    section = Section("a", "b", (8, 4), (8, 4))  # 32 exact rows
+    assert m_prime_route("auto", section, False, sources=4)[0] == "auto"
+    assert m_prime_route("auto", section, False, sources=16)[0] is None
 
 
 # -- rounds: converged_m_prime -----------------------------------------------------------
