@@ -214,11 +214,18 @@ def row_seconds(session, probe, settings, route, n_rows, *, exact=False, repeats
     timed are the exact rows of one next feature at every position (already
     ``P_out`` rows; best of two where ``n_rows`` asks for more than one), unless
     the section's width of them would not go back per position
-    (``per_position_fits``).
+    (``per_position_fits``).  A final map whose exact rows each serve every
+    position (``shares_positions``) is timed on all of them, once per pass.
     """
     section = route.section
     exact_rows = Cotangents.identity(section.dst_shape, session.dtype, session.device)
     repeats = (3 if n_rows > 1 else 1) if repeats is None else repeats
+    if exact and route.shares_positions:
+        # A final map whose exact rows each serve every position: its whole exact pass,
+        # timed.  A row's price would carry the map's forward (a vocabulary wide), most of
+        # it, and the rows' own share would drown in its noise.
+        seconds = _timed(session, probe, settings, route, exact_rows, min(repeats, 2))
+        return None if seconds is None else seconds / route.exact_rows
     if exact and route.exact_per_position:
         one = Cotangents(exact_rows.matrix[:, :1], exact_rows.n_positions)
         seconds = _timed(session, probe, settings, route, one, min(repeats, 2))
@@ -397,6 +404,9 @@ class _Fit:
         """``M'`` of ``section`` as the plan says: gathered already, one pass, or rounds."""
         plan = self.plan.section(section)
         matrix = self._device_matrix(next_basis)
+        # The next node's half bases serve rounds only: an exact M' (and the chain of
+        # estimates with it) takes the whole basis.
+        next_halves = self.halves.pop(section.dst, None)
         if plan.joins:
             joined = self.joined[section.src]
             if plan.route != "statistics pass":
@@ -406,7 +416,6 @@ class _Fit:
         acc = self._gram(section, matrix, next_basis.n_positions)
         if plan.sources == "auto":
             exact_rows = plan.exact_rows_per_batch(next_basis.n_components)
-            next_halves = self.halves.pop(section.dst, None)
             if next_halves is not None:
                 next_halves = [self._device_matrix(b) for b in next_halves]
             m_prime, self.rounds[section.src], halves = converged_m_prime(

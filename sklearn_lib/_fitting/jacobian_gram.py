@@ -66,7 +66,7 @@ class JacobianGram:
         self.sources, self.per_sample = sources, per_sample
         self.rule = rule
         self.section = SectionJacobian(session, route)
-        self.exact = Cotangents(matrix, n_positions_out)
+        self.exact = self.home = Cotangents(matrix, n_positions_out)
         self.sums = self._new_sum()
         self.rows = 0
         self.count = 0
@@ -75,9 +75,9 @@ class JacobianGram:
 
     def reset(self, sources, matrix=None):
         """Start over with ``sources`` random sources per batch (a new round), in the
-        next node's kept ``matrix`` where given (a half basis of its rounds)."""
-        if matrix is not None:
-            self.exact = Cotangents(matrix, self.exact.n_positions)
+        next node's kept ``matrix`` where given (a half basis of its rounds), else in
+        the next basis it was made with."""
+        self.exact = self.home if matrix is None else Cotangents(matrix, self.home.n_positions)
         self.sources = sources
         self.sums = self._new_sum()
         self.rows = self.count = 0

@@ -24,6 +24,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
+from .._core.distributed import distributed
 from .._core.gram_sum import LOW_PRECISION_RTOL
 from .._core.nodes import n_positions
 from .._core.numerics import ROW_REUSE_BYTES
@@ -195,7 +196,8 @@ class SectionPlan:
         sampled = self.sources is not None and self.sources != "auto"
         if self.sources == "auto":
             exact_rows = self.exact_rows_per_batch()
-            most = min(AUTO_MAX_ROUNDS, max(AUTO_MIN_ROUNDS, exact_rows // self.round_sources))
+            # Pairs of rounds, each pair as long as it stays within the exact rows.
+            most = min(AUTO_MAX_ROUNDS, max(AUTO_MIN_ROUNDS, exact_rows // (2 * AUTO_SOURCES) * 2))
             draws = "" if draws is None else f" ({draws:,} draws per round)"
             how = (
                 f"rounds of {self.round_sources} random sources per batch{draws}, "
@@ -414,11 +416,13 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     # every decision below is too, and all ranks run the same passes.
     gathered = route.gathers_statistics and settings.n_stochastic_sources in (None, "auto")
     sources, why = None, "exact: its closed form's statistics are gathered before any basis"
-    auto = settings.n_stochastic_sources == "auto"
+    # Sized by the data's samples, where every rank has them all: a shard's own count
+    # would differ between ranks, and so would their passes.
+    auto = settings.n_stochastic_sources == "auto" and not distributed()
     per_round = round_sources(route.sources_per_sample, n_samples) if auto else AUTO_SOURCES
     if not gathered:
         sources, why = m_prime_route(
-            settings.n_stochastic_sources, section, route.row_free, route.exact_rows, per_round
+            settings.n_stochastic_sources, section, route.row_free, route.exact_rows
         )
     # The output's basis is known before any data is read (identity): the last
     # section's M' joins the statistics pass, unless rounds need passes of their own.
@@ -433,13 +437,13 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     per_sample = sources is not None and route.sources_per_sample
     plan = SectionPlan(
         section, how, sources, why, gathered or last, keep, factor_width=width,
-        per_sample=per_sample, shared_positions=final and bool(route.gram.shares_positions),
+        per_sample=per_sample, shared_positions=route.shares_positions,
         round_sources=per_round,
     )  # fmt: skip
     priced = plan.route in ROW_ROUTES
     if price is None or n_samples is None or not priced:
         return plan
-    if plan.sources == "auto" and plan.shared_positions:
+    if plan.sources == "auto" and plan.shared_positions and not distributed():
         return _auto_or_exact(plan, route, settings, n_samples, price, compute_graph)
     if plan.sources == "auto":
         return plan
@@ -484,7 +488,8 @@ def _priced(plan, route, n_samples, price):
     """``plan`` with the estimated seconds of its rows (see :func:`_marginal_times`)."""
     # One backward pass per row and batch: the cost grows as rows * samples.
     exact = plan.sources is None
-    once = exact and route.exact_per_position  # one feature at every position, best of two
+    # One feature at every position, or a final map's whole exact pass: best of two.
+    once = exact and (route.exact_per_position or route.shares_positions)
     one = price(route, 1, exact=exact, repeats=2 if once else None)
     seconds = _times(plan.backward_rows * n_samples, one)
     if seconds is not None and seconds > LONG_FIT_SECONDS / 10 and not once:

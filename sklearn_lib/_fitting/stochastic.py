@@ -85,17 +85,19 @@ def _signed(exact, n_sources, generator, over_features, n_samples=None):
     return Cotangents(C, exact.n_positions, signs.to(C.device))
 
 
-def auto_stays_exact(exact_rows, sources=AUTO_SOURCES):
+def auto_stays_exact(exact_rows):
     """Whether ``n_stochastic_sources="auto"`` computes a section of ``exact_rows`` exactly.
 
-    It runs at least :data:`AUTO_MIN_ROUNDS` rounds of ``sources`` rows per
-    batch, so up to that many exact rows cost no more (measured on the
-    paper's attention, 29 rows: rounds took 3x the exact fit's time).
+    It runs at least :data:`AUTO_MIN_ROUNDS` rounds, a pass each, of up to
+    :data:`AUTO_SOURCES` rows per batch, so up to that many exact rows cost
+    no more (measured on the paper's attention, 29 rows: rounds took 3x the
+    exact fit's time).  Rounds of fewer sources (:func:`round_sources`) cost
+    as many passes: the rows alone do not decide.
     """
-    return exact_rows <= AUTO_MIN_ROUNDS * sources
+    return exact_rows <= AUTO_MIN_ROUNDS * AUTO_SOURCES
 
 
-def m_prime_route(setting, section, row_free, exact_rows=None, sources=AUTO_SOURCES):
+def m_prime_route(setting, section, row_free, exact_rows=None):
     """``(sources, why)``: how the fit's ``M'`` of ``section`` is estimated, said once.
 
     Parameters
@@ -112,8 +114,6 @@ def m_prime_route(setting, section, row_free, exact_rows=None, sources=AUTO_SOUR
     exact_rows : int, optional
         The exact rows of its route, where fewer than ``section.exact_rows``
         (those of a final linear map's input).
-    sources : int, default=AUTO_SOURCES
-        Sources per batch of a round of ``"auto"`` (:func:`round_sources`).
 
     Returns
     -------
@@ -128,7 +128,7 @@ def m_prime_route(setting, section, row_free, exact_rows=None, sources=AUTO_SOUR
     if row_free:
         return None, "exact: its route needs no backward pass per row"
     rows = section.exact_rows if exact_rows is None else exact_rows
-    if auto_stays_exact(rows, sources):
+    if auto_stays_exact(rows):
         return None, f"exact: {rows} rows cost no more than {AUTO_MIN_ROUNDS} rounds"
     return "auto", "rounds of random sources until the basis stops moving"
 
@@ -206,7 +206,8 @@ def converged_m_prime(
     rounds = _Rounds(next_halves is not None)
     passed = settled = 0  # consecutive checks passed: one is too easily passed by chance
     while True:
-        if exact_rows is not None and (rounds.count + 2) * sources > exact_rows:
+        # A pair more of rounds (passes) of up to AUTO_SOURCES rows past exact: exact.
+        if exact_rows is not None and (rounds.count + 2) * AUTO_SOURCES > exact_rows:
             return _exact_instead(session, source, acc, rounds, sources)
         for half in (0, 1):
             acc.reset(sources, None if next_halves is None else next_halves[half])
@@ -255,19 +256,22 @@ def _warn_unconverged(acc, report, inherited):
 
 
 def _exact_instead(session, source, acc, rounds, sources):
-    """The exact ``M'``, in one pass, after the ``rounds`` so far.
+    """The exact ``M'``, in one pass in the next node's (whole) basis, after the
+    ``rounds`` so far.
 
     Its own error is none; where the next node's basis was estimated, that
-    error remains, and the report keeps the rounds' last estimate of it (an
-    upper bound, own noise included), else 0 and cosine 1.
+    error remains, and the report keeps the rounds' last estimate of it (own
+    noise included, so about an upper bound), else 0 and cosine 1.
     """
     acc.reset(None)
     (m_prime,) = session.run_pass(source, [acc], f"{acc.what} (exact: cheaper than rounds)")
-    error, cosine = 0.0, 1.0
+    error, cosine, halves = 0.0, 1.0, None
     if rounds.chained and rounds.last is not None:
-        error, cosine = rounds.last.lambda_error, rounds.last.cosine
+        # The rounds' halves carry the chain on (with their own noise too: more than
+        # the exact pass has, so the section before over- rather than underestimates).
+        error, cosine, halves = rounds.last.lambda_error, rounds.last.cosine, rounds.last.halves
     report = SourceRounds(rounds.count * sources, rounds.count, error, cosine, True, True)
-    return m_prime, report, None
+    return m_prime, report, halves
 
 
 @dataclass(frozen=True)
@@ -286,6 +290,11 @@ class _Estimate:
 class _Rounds:
     """The rounds so far: per half, the sum of its rounds' ``M'`` and each round's
     top Lambdas and top subspace.
+
+    In a chain the halves' rounds are in the next node's two half bases;
+    ``M'`` is linear in the next basis' ``C C^T``, so their mean is ``M'`` in
+    the mean of the halves' ``C C^T``: the next node's basis to first order,
+    not exactly its final one.
 
     Parameters
     ----------

@@ -102,9 +102,15 @@ class SectionRoute:
         position)."""
         rows = self.section.exact_rows
         if self.m_prime == "final linear":
-            positions = 1 if self.gram.shares_positions else n_positions(self.section.dst_shape)
+            positions = 1 if self.shares_positions else n_positions(self.section.dst_shape)
             rows = positions * min(self.section.dst_shape[-1], self.gram.width)
         return rows
+
+    @property
+    def shares_positions(self):
+        """Whether the exact rows are a final map's, each at every position at once (its
+        input keeps positions apart): ``exact_rows`` of them in all, not per position."""
+        return self.m_prime == "final linear" and bool(self.gram.shares_positions)
 
     @property
     def exact_per_position(self):
@@ -250,10 +256,17 @@ def _agreed(routes, device):
     # The place of each chosen form's class in the registry, -1 for autograd.
     chosen = [[-1 if f is None else REGISTRY.index(type(f)) for f in row] for row in forms]
     agreed = agreed_values(chosen, device)
-    return [
+    routes = [
         replace(route, **{k: f if a == c else None for k, f, a, c in zip(KINDS, row, ok, mine)})
         for route, row, ok, mine in zip(routes, forms, agreed, chosen)
     ]
+    # A final map's exact rows serve every position where every rank found so: its
+    # rows per batch, and so the plan, must be the same everywhere.
+    finals = [route.gram for route in routes if isinstance(route.gram, FinalLinear)]
+    apart = agreed_values([int(bool(form.shares_positions)) for form in finals], device)
+    for form, flag in zip(finals, apart):
+        form.shares_positions = flag == 1
+    return routes
 
 
 def _first_passing(session, section, forms, kind, probe, notes):

@@ -21,8 +21,9 @@ column of ``R``, at every output position at once, has at each input
 position the gradient of that position's own row, so its Gram over
 positions is theirs: ``d_in`` rows instead of ``P_out * d_in``
 (:class:`~sklearn_lib._routes.cotangents.EveryPositionRows`).  Whether it
-does is found on the values, at the first run: the gradients of ``z`` at
-its first, middle and last positions are zero at every other input position.
+does is found on the values, at the first run (:func:`_keeps_positions`:
+the gradients of ``z`` on one side of each split of the positions by a bit
+of their index vanish on the other), and agreed by every rank.
 
 Detection is by running the section, not by reading code: the form applies
 where the section's output is, as a tensor, the output of an ``nn.Linear``
@@ -225,25 +226,29 @@ def _same_values(z, leaf):
 
 
 def _keeps_positions(z, leaf):
-    """Whether position ``t`` of ``z`` reads position ``t`` of ``leaf`` alone, as far as
-    its first, middle and last positions show: their gradients vanish at every other
-    input position.  (The route's check against autograd's Gram on the probe stands
-    behind it: a dependence these positions miss would fail there.)"""
+    """Whether position ``t`` of ``z`` reads position ``t`` of ``leaf`` alone.
+
+    Positions are split in two by each bit of their index: the gradient of
+    ``z`` (random cotangents) on one side must vanish on the other.  Any two
+    positions differ in some bit, so a dependence of any position on any
+    other shows in one of the ``2 ceil(log2 P)`` backward passes, unless the
+    probe's values hide it (a position that is padding in every sample of
+    the probe reads nothing there).
+    """
     flat = z.reshape(z.shape[0], -1, z.shape[-1])
     n_out = flat.shape[1]
     if n_out != math.prod(leaf.shape[1:-1]):
         return False
     generator = torch.Generator().manual_seed(0)
-    for t in sorted({0, n_out // 2, n_out - 1}):
-        cotangent = torch.zeros_like(flat)
-        values = torch.randn(flat.shape[0], flat.shape[-1], generator=generator)
-        cotangent[:, t] = values.to(device=flat.device, dtype=flat.dtype)
-        (g,) = torch.autograd.grad(flat, leaf, cotangent, retain_graph=True, allow_unused=True)
-        if g is None:
-            continue
-        g = g.reshape(g.shape[0], n_out, -1)
-        if torch.count_nonzero(g[:, :t]) or torch.count_nonzero(g[:, t + 1 :]):
-            return False
+    values = torch.randn(flat.shape, generator=generator).to(device=flat.device, dtype=flat.dtype)
+    index = torch.arange(n_out, device=flat.device)
+    for bit in range(max(n_out - 1, 0).bit_length()):
+        side = ((index >> bit) & 1).bool()
+        for part in (side, ~side):
+            cotangent = values * part[None, :, None]
+            (g,) = torch.autograd.grad(flat, leaf, cotangent, retain_graph=True, allow_unused=True)
+            if g is not None and torch.count_nonzero(g.reshape(g.shape[0], n_out, -1)[:, ~part]):
+                return False
     return True
 
 

@@ -128,7 +128,8 @@ def test_reset_starts_a_new_round(mixer, rng):
 
 def test_reset_with_a_matrix_takes_rows_in_that_basis(mixer, rng):
     """A round in another next basis (a half basis of the next node's rounds): the pass
-    gives that basis' M', as a fresh accumulator of it would."""
+    gives that basis' M', as a fresh accumulator of it would; a reset without one goes
+    back to the basis it was made with (the exact pass after rounds)."""
     model, session, X = mixer
     C_first, C_half = rng.normal(size=(3, 2)), rng.normal(size=(3, 1))
     acc = gram(session, C_first)
@@ -136,8 +137,9 @@ def test_reset_with_a_matrix_takes_rows_in_that_basis(mixer, rng):
     acc.reset(None, torch.as_tensor(C_half))
     expected = brute_force_m_prime(model.tail("mix"), activations_of(model, "mix", X), C_half)
     np.testing.assert_allclose(run(session, X, acc), expected, rtol=1e-10, atol=1e-14)
-    acc.reset(None)  # no matrix: the one it has
-    np.testing.assert_allclose(run(session, X, acc), expected, rtol=1e-10, atol=1e-14)
+    acc.reset(None)  # no matrix: the one it was made with
+    first_again = brute_force_m_prime(model.tail("mix"), activations_of(model, "mix", X), C_first)
+    np.testing.assert_allclose(run(session, X, acc), first_again, rtol=1e-10, atol=1e-14)
 
 
 def fitted_source_basis(model, X, m_prime, n_components=None):

@@ -238,11 +238,10 @@ def test_a_round_takes_as_few_sources_as_give_its_draws():
         16, 16, 16, 4, 1, 1
     ]  # fmt: skip
     assert round_sources(False, 10**6) == 16 and round_sources(True, None) == 16
+    # Rounds are passes whatever their sources: the rows that stay exact do not shrink.
     assert auto_stays_exact(64) and not auto_stays_exact(65)
-    assert auto_stays_exact(16, 4) and not auto_stays_exact(17, 4)
     section = Section("a", "b", (8, 4), (8, 4))  # 32 exact rows
-    assert m_prime_route("auto", section, False, sources=4)[0] == "auto"
-    assert m_prime_route("auto", section, False, sources=16)[0] is None
+    assert m_prime_route("auto", section, False)[0] is None
 
 
 # -- rounds: converged_m_prime -----------------------------------------------------------
@@ -367,6 +366,21 @@ def test_a_chain_whose_error_is_inherited_stops_and_says_so():
             script, "source", script, basis_of_identity_gram(4), next_halves=(1, 2)
         )
     assert report.rounds == 6 and not report.converged
+
+
+def test_the_exact_pass_after_chained_rounds_takes_the_whole_basis_and_passes_the_chain_on():
+    """Rounds in the next node's half bases, then the exact pass where a third pair would
+    pass 40 rows: that pass resets to the accumulator's own (whole) next basis, and the
+    rounds' halves go on to the section before."""
+    base = np.diag([10.0, 6.0, 3.0, 1.0])
+    script = ScriptedRounds([base] * 3)
+    m_prime, report, halves = converged_m_prime(
+        script, "source", script, basis_of_identity_gram(4), exact_rows=40, next_halves=(1, 2)
+    )
+    assert script.resets == [AUTO_SOURCES, AUTO_SOURCES, None]
+    assert script.matrices_given == [1, 2, None]  # None: the basis it was made with
+    assert report.exact and report.rounds == 2 and halves is not None
+    np.testing.assert_allclose(halves[0].lambdas, [10, 6, 3, 1], rtol=1e-12)
 
 
 def test_unchained_rounds_ignore_the_halves_difference():

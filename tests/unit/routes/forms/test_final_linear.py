@@ -50,6 +50,9 @@ class Head(nn.Module):
             h = torch.tanh(h + h.mean(1, keepdim=True))
         elif self.positions == "causal":  # position t reads positions <= t
             h = torch.tanh(h + h.cumsum(1))
+        elif self.positions == "pair":  # position 1 alone reads position 3 too
+            h = torch.nn.functional.layer_norm(h, (D_IN,))
+            h = h + torch.nn.functional.pad(h[:, 3:4], (0, 0, 1, h.shape[1] - 2))
         else:  # each position apart (a final LayerNorm)
             h = torch.nn.functional.layer_norm(h, (D_IN,))
         y = self.head(self.block_input(h))
@@ -119,6 +122,18 @@ def test_it_finds_whether_the_maps_input_keeps_positions_apart(positions, apart)
     points, weights = _points(session, x)
     form_gram(form, x, points, weights, Cotangents(torch.eye(D_OUT, dtype=torch.float64), P).rows)
     assert form.shares_positions is apart
+
+
+def test_one_position_reading_one_other_is_found():
+    """Of 5 positions, 1 reads 3 as well: positions 0, 2 and 4 (first, middle, last) read
+    themselves alone, but 1 and 3 fall apart at the split by the second bit."""
+    session = _session(Model(positions="pair"))
+    section = Section("body.mix", OUTPUT_NODE, (5, D_IN), (5, D_OUT))
+    form = FinalLinear.detect(session, section)
+    x = torch.randn(4, 5, 2, dtype=torch.float64)
+    (f,) = session.read(x, ["body.mix"])
+    form_gram(form, x, f, torch.ones(1), Cotangents(torch.eye(D_OUT, dtype=torch.float64), 5).rows)
+    assert form.shares_positions is False
 
 
 def test_rows_at_every_position_cost_one_row_per_column_of_the_factor():
