@@ -224,8 +224,9 @@ class LIBTransformer(_ModelLayerTransformer):
         source node layer (None: exact).
     stochastic_rounds_ : dict of str to SourceRounds
         With ``n_stochastic_sources="auto"``: per section, the rounds run,
-        the sources in all, the estimated Lambda error and subspace cosine,
-        whether it converged, and whether it ended in the exact ``M'``.
+        the sources in all, the estimated Lambda error and subspace cosine
+        (counting what the node inherits from later nodes' rounds), whether
+        it converged, and whether it ended in the exact ``M'``.
     batch_size_ : int
         Samples per batch of array data in every pass (``batch_size``, or
         the one ``"auto"`` chose for the memory budget; fewer samples make

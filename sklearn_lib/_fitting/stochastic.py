@@ -150,16 +150,20 @@ class SourceRounds:
     rounds : int
         Passes over the data.
     lambda_error : float
-        Estimated error of the top Lambdas, relative to the largest.
+        Estimated error of the top Lambdas, relative to the largest: this
+        section's own sources and, where the next node had rounds too, what
+        it inherits from them.
     cosine : float
         Estimated smallest principal cosine between the top-k subspace and
-        the exact one.
+        the exact one (the same two parts).
     converged : bool
-        False when :data:`AUTO_MAX_ROUNDS` ran out first.
+        False when :data:`AUTO_MAX_ROUNDS` ran out first, or when only the
+        inherited part was left above the tolerances.
     exact : bool
         True where more rounds would have cost more backward rows than the
         exact ``M'``, which was then computed instead (one more pass; its
-        errors are then 0 and its cosine 1).
+        errors are then 0 and its cosine 1, or, in a chain, the rounds' last
+        estimate of what it inherits).
     """
 
     n_sources: int
@@ -270,7 +274,10 @@ def _exact_instead(session, source, acc, rounds, sources):
         # The rounds' halves carry the chain on (with their own noise too: more than
         # the exact pass has, so the section before over- rather than underestimates).
         error, cosine, halves = rounds.last.lambda_error, rounds.last.cosine, rounds.last.halves
-    report = SourceRounds(rounds.count * sources, rounds.count, error, cosine, True, True)
+    within = error <= AUTO_LAMBDA_TOLERANCE and cosine >= AUTO_COSINE
+    report = SourceRounds(rounds.count * sources, rounds.count, error, cosine, within, True)
+    if not within:  # none of its own: what is left is inherited
+        _warn_unconverged(acc, report, inherited=True)
     return m_prime, report, halves
 
 

@@ -380,7 +380,22 @@ def test_the_exact_pass_after_chained_rounds_takes_the_whole_basis_and_passes_th
     assert script.resets == [AUTO_SOURCES, AUTO_SOURCES, None]
     assert script.matrices_given == [1, 2, None]  # None: the basis it was made with
     assert report.exact and report.rounds == 2 and halves is not None
+    assert report.converged  # its estimate (identical halves: none) within the tolerances
     np.testing.assert_allclose(halves[0].lambdas, [10, 6, 3, 1], rtol=1e-12)
+
+
+def test_an_exact_pass_that_inherits_too_much_says_so():
+    """Halves 2% apart, then the exact pass: none of its own error, but what it inherits
+    is past the tolerance: reported unconverged, with the warning that says why."""
+    base = np.diag([10.0, 6.0, 3.0, 1.0])
+    shift = np.diag([0.1, 0.0, 0.0, 0.0])
+    script = ScriptedRounds([base + shift, base - shift, base])
+    with pytest.warns(ConvergenceWarning, match="comes from the next node's basis"):
+        _, report, _ = converged_m_prime(
+            script, "source", script, basis_of_identity_gram(4), exact_rows=40, next_halves=(1, 2)
+        )
+    assert report.exact and not report.converged
+    assert report.lambda_error == pytest.approx(0.02, rel=1e-9)
 
 
 def test_unchained_rounds_ignore_the_halves_difference():
