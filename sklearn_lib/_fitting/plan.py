@@ -415,12 +415,14 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     # The routes are the same on every rank (the route table agrees them), so
     # every decision below is too, and all ranks run the same passes.
     gathered = route.gathers_statistics and settings.n_stochastic_sources in (None, "auto")
-    sources, why = None, "exact: its closed form's statistics are gathered before any basis"
-    # Sized by the data's samples, where every rank has them all: a shard's own count
-    # would differ between ranks, and so would their passes.
-    auto = settings.n_stochastic_sources == "auto" and not distributed()
+    # On several processes neither a shard's sample count nor a timing decides (they
+    # differ between ranks, and so would their passes): the counts do.
+    alone = not distributed()
+    auto = settings.n_stochastic_sources == "auto" and alone
     per_round = round_sources(route.sources_per_sample, n_samples) if auto else AUTO_SOURCES
-    if not gathered:
+    if gathered:
+        sources, why = None, "exact: its closed form's statistics are gathered before any basis"
+    else:
         sources, why = m_prime_route(
             settings.n_stochastic_sources, section, route.row_free, route.exact_rows
         )
@@ -443,7 +445,7 @@ def _section_plan(section, route, settings, *, n_samples, price, compute_graph):
     priced = plan.route in ROW_ROUTES
     if price is None or n_samples is None or not priced:
         return plan
-    if plan.sources == "auto" and plan.shared_positions and not distributed():
+    if plan.sources == "auto" and plan.shared_positions and alone:
         return _auto_or_exact(plan, route, settings, n_samples, price, compute_graph)
     if plan.sources == "auto":
         return plan

@@ -323,8 +323,8 @@ class _Rounds:
     def add(self, half, m_round, basis):
         """Add one round's ``M'`` and its fitted ``basis`` to ``half``."""
         self.sums[half] = self.sums[half] + m_round
-        top = min(basis.n_components, _KEPT_COLUMNS)
-        self.rounds[half].append((basis.lambdas[:AUTO_TOP_K], basis.matrix[:, :top]))
+        top = basis.kept_matrix[:, :_KEPT_COLUMNS]
+        self.rounds[half].append((basis.lambdas[:AUTO_TOP_K], top))
 
     def mean(self):
         """The mean of all rounds: the estimate of ``M'``."""
@@ -361,7 +361,8 @@ class _Rounds:
         cut = _gapped_top(mean.lambdas[: mean.n_components], lambda_error * scale)
         own_sine = self._own_sine(cut, groups, group_means)
         # The halves' angle shrinks by half in the mean of both.
-        sine = _larger(own_sine, _largest_sine(cut, *halves) / 2)
+        kept = [half.kept_matrix for half in halves]
+        sine = _larger(own_sine, _largest_sine(cut, *kept) / 2)
         cosine = float(np.sqrt(max(0.0, 1 - sine**2)))
         converged = lambda_error <= AUTO_LAMBDA_TOLERANCE and cosine >= AUTO_COSINE
         # In a chain, own error within half the tolerances: more rounds cannot do much.
@@ -391,7 +392,7 @@ class _Rounds:
         if self.count - len(groups) < 1:
             return np.inf
         squares = [
-            _largest_sine(k, _Top(subspace), group_mean) ** 2 * len(group) / (len(group) - 1)
+            _largest_sine(k, subspace, group_mean.kept_matrix) ** 2 * len(group) / (len(group) - 1)
             for group, group_mean in zip(groups, group_means)
             if len(group) > 1
             for _, subspace in group
@@ -408,17 +409,6 @@ def _larger(own, between):
 #: The top columns kept of each round's basis, for its angle to the mean.
 _KEPT_COLUMNS = 4 * AUTO_TOP_K
 _TOLERATED_SINE = float(np.sqrt(1 - AUTO_COSINE**2))
-
-
-@dataclass(frozen=True)
-class _Top:
-    """A round's top subspace, as :func:`_largest_sine` reads a basis."""
-
-    matrix: np.ndarray
-
-    @property
-    def n_components(self):
-        return self.matrix.shape[1]
 
 
 _TINY = np.finfo(float).tiny
@@ -438,6 +428,7 @@ def _gapped_top(lambdas, error):
 
 
 def _largest_sine(k, a, b):
-    """The sine of the largest principal angle between the top-k subspaces of two bases."""
-    k = max(1, min(k, a.n_components, b.n_components))
-    return np.sin(float(np.max(scipy.linalg.subspace_angles(a.matrix[:, :k], b.matrix[:, :k]))))
+    """The sine of the largest principal angle between the spans of the first ``k``
+    columns of two kept matrices (fewer where either has fewer)."""
+    k = max(1, min(k, a.shape[1], b.shape[1]))
+    return np.sin(float(np.max(scipy.linalg.subspace_angles(a[:, :k], b[:, :k]))))

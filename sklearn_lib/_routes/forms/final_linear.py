@@ -167,11 +167,11 @@ class FinalLinear(ClosedForm):
         if len(ends) != 1 or ends[0][1].shape[:-1] != out.shape[:-1]:
             return None  # not a map applied position by position at the very end
         self.final, z = ends[0]
-        if self.shares_positions is None:
-            self.shares_positions = _keeps_positions(z, leaf)
         # The map reads the section's start itself (the unembedding as a section of its
         # own): J_z is the identity, and the rows need no backward pass.
         self.reads_start = _same_values(z, leaf)
+        if self.shares_positions is None:  # an identity keeps them apart: no pass to ask
+            self.shares_positions = self.reads_start or _keeps_positions(z, leaf)
         mask = point_mask(x, out.shape[1:], z.shape[0], z.dtype)
         n = n_rows(x)
         if mask is not None:  # rows of padded output positions vanish
