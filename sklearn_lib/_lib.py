@@ -419,7 +419,12 @@ class LIBTransformer(_ModelLayerTransformer):
         # M' takes Grams or rows (LIB only); the edges, directional derivatives or rows.
         kinds = ("gram", "rows") if settings.basis == "lib" else ()
         kinds += ("tangents", "rows") if self.compute_graph else ()
-        routes = self._routes(session, probe, sections, set(kinds)) if kinds else None
+        # Rows that are all random sources (no graph) gain nothing from a form built for
+        # exact rows' structure: those forms are not tried.
+        sampled = settings.n_stochastic_sources not in (None, "auto") and not self.compute_graph
+        routes = (
+            self._routes(session, probe, sections, set(kinds), sampled=sampled) if kinds else None
+        )
         plan = plan_fit(
             session, source, probe, sections, routes, settings, compute_graph=self.compute_graph
         )
@@ -470,14 +475,18 @@ class LIBTransformer(_ModelLayerTransformer):
             jacobian=self.jacobian,
         )
 
-    def _routes(self, session, probe, sections, kinds, *, integration=None, n_intervals=None):
-        """The route table of ``sections``, decided on ``probe`` for the estimator's rule."""
+    def _routes(
+        self, session, probe, sections, kinds, *, integration=None, n_intervals=None, sampled=False
+    ):
+        """The route table of ``sections``, decided on ``probe`` for the estimator's rule
+        (``sampled``: every row a random source, :func:`decide_routes`)."""
         rule = integration_rule(
             self.integration if integration is None else integration,
             self.n_intervals if n_intervals is None else n_intervals,
         )
+        rule = rule_tensors(rule, session.device)
         return decide_routes(
-            session, probe, sections, rule_tensors(rule, session.device), kinds, self.jacobian
+            session, probe, sections, rule, kinds, jacobian=self.jacobian, sampled=sampled
         )
 
     def _set_bases(self, bases, output_shape):

@@ -31,10 +31,11 @@ rows alone gives a Loewner error of 3e-6 on a ReLU layer of 512 units.
 Measured on the 784-512-512-10 MLP: every Lambda within 2.4e-7 of the same
 float32 fit with float64 products.
 
-float64 products are added in place (``addmm_``): on the CPU with MKL
-(torch's default build) the sum is then the same to the last bit however
-the rows are split into chunks and batches, so routes that make the same
-rows in other chunks agree exactly.
+float64 products are added in place (``addmm_``): the sum then agrees
+however the rows are split into chunks and batches, to the last bit on some
+CPUs (MKL's kernels on one Xeon) and to a few units in the last place on
+others (an AVX-512 one), so routes that make the same rows in other chunks
+agree to rounding.
 """
 
 import torch
@@ -117,8 +118,8 @@ class GramSum:
             self._add_product(product, alpha, self.precision, self.why)
 
     def _add_rows(self, rows, alpha, why):
-        """Add rows multiplied in float64, in place: on the CPU (MKL) the sum is then the
-        same to the last bit however the rows are chunked."""
+        """Add rows multiplied in float64, in place: the sum then agrees however the rows
+        are chunked (see the module docstring)."""
         self.used[(torch.float64, why)] = None
         self._total = None
         add_gram_(self._upper, rows.to(torch.float64), alpha)
@@ -221,8 +222,8 @@ def add_gram_(target, rows, alpha=1.0):
 
     Rows ``[a, b)`` of the product take every column from ``a`` on: up to 4
     panels of about equal width, 62% of the full product's work at 4, and
-    each an in-place ``addmm_`` (its sum the same to the last bit however
-    the rows are chunked, on the CPU with MKL).  Measured on 4096 rows (2
+    each an in-place ``addmm_`` (its sum the same however the rows are
+    chunked, to rounding: see the module docstring).  Measured on 4096 rows (2
     cores): 784 wide 61 -> 47 ms in float64, 512 wide 12 -> 9 ms in float32.
     Entries below the diagonal are left partly unset: read the upper triangle.
     """

@@ -128,12 +128,15 @@ def bytes_per_sample(session, probe, sections, plan):
 
 def _signs_bytes(section_plan):
     """Bytes per sample of the signs a section's sources drawn per sample take: one per
-    source, output position and next feature (at most the next node's full width)."""
+    source, output position and next feature (at most the next node's full width, or a
+    final map's inputs)."""
     if not section_plan.per_sample:
         return 0
     auto = section_plan.sources == "auto"
     sources = section_plan.round_sources if auto else section_plan.sources
-    return sources * math.prod(section_plan.section.dst_shape)
+    *positions, width = section_plan.section.dst_shape
+    features = min(width, section_plan.factor_width or width)
+    return sources * math.prod(positions) * features
 
 
 def _saved_bytes(session, probe, sections, plan):
@@ -231,7 +234,8 @@ def row_seconds(session, probe, settings, route, n_rows, *, exact=False, repeats
         seconds = _timed(session, probe, settings, route, one, min(repeats, 2))
         if route.rows.per_position_fits(exact_rows.matrix.shape[1]):
             return None if seconds is None else seconds / exact_rows.n_positions
-    cotangents = m_prime_sources(exact_rows, n_rows, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    cotangents = m_prime_sources(exact_rows, n_rows, generator, features=route.source_features)
     seconds = _timed(session, probe, settings, route, cotangents, repeats)
     return None if seconds is None else seconds / n_rows
 

@@ -64,6 +64,7 @@ class JacobianGram:
         self.reads = section_reads(section, lengths_vary)
         self.what = f"Jacobians {section}"
         self.sources, self.per_sample = sources, per_sample
+        self.features = route.source_features
         self.rule = rule
         self.section = SectionJacobian(session, route)
         self.exact = self.home = Cotangents(matrix, n_positions_out)
@@ -87,7 +88,9 @@ class JacobianGram:
         exact = batch_cotangents(self.exact, self.route_section, acts)
         f = acts[self.src]
         n = f.shape[0] if self.per_sample else None
-        cotangents = m_prime_sources(exact, self.sources, self.session.generator, n)
+        cotangents = m_prime_sources(
+            exact, self.sources, self.session.generator, n, features=self.features
+        )
         # The batch's rows, (R, n, P_in, d) at most: over the budget before they
         # are made, none is kept.
         size = (1 + len(cotangents.rows)) * f.numel() * f.element_size()

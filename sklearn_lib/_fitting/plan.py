@@ -494,7 +494,10 @@ def _priced(plan, route, n_samples, price):
     once = exact and (route.exact_per_position or route.shares_positions)
     one = price(route, 1, exact=exact, repeats=2 if once else None)
     seconds = _times(plan.backward_rows * n_samples, one)
-    if seconds is not None and seconds > LONG_FIT_SECONDS / 10 and not once:
+    # One row a batch: the marginal split below gives one row's price again (8 timings
+    # on the probe for the same figure, a pass's worth of work on a language model).
+    refine = not once and plan.backward_rows > 1
+    if seconds is not None and seconds > LONG_FIT_SECONDS / 10 and refine:
         # Both best of three: their difference is small where the forward dominates.
         one = price(route, 1, exact=exact, repeats=3)
         four = price(route, 4, exact=exact)

@@ -51,7 +51,7 @@ def round_sources(per_sample, n_samples):
     return int(min(AUTO_SOURCES, max(1, -(-AUTO_ROUND_DRAWS // n_samples))))
 
 
-def m_prime_sources(exact, n_sources, generator, n_samples=None):
+def m_prime_sources(exact, n_sources, generator, n_samples=None, features=None):
     """The fit's estimator: ``n_sources`` random +-1 combinations of all rows of ``exact``.
 
     Signs ``(S, P_out, k_next)`` mix output positions and next features, the
@@ -59,10 +59,14 @@ def m_prime_sources(exact, n_sources, generator, n_samples=None):
     k_next)``, each sample's own: as many backward rows, ``n`` times the
     independent draws (a route that takes rows per sample,
     :attr:`~sklearn_lib._routes.table.SectionRoute.sources_per_sample`).
+    With ``features`` fewer than ``k_next``, they mix that many: a final
+    linear map's inputs, whose factor takes them
+    (:meth:`~sklearn_lib._routes.cotangents.SampledRows.through`;
+    :attr:`~sklearn_lib._routes.table.SectionRoute.source_features`).
     ``n_sources`` None keeps the exact rows.  Drawn on the CPU from
     ``generator``, so results are reproducible on any device.
     """
-    return _signed(exact, n_sources, generator, over_features=True, n_samples=n_samples)
+    return _signed(exact, n_sources, generator, True, n_samples=n_samples, features=features)
 
 
 def edge_sources(exact, n_sources, generator):
@@ -73,14 +77,16 @@ def edge_sources(exact, n_sources, generator):
     return _signed(exact, n_sources, generator, over_features=False)
 
 
-def _signed(exact, n_sources, generator, over_features, n_samples=None):
+def _signed(exact, n_sources, generator, over_features, n_samples=None, features=None):
     if n_sources is None:
         return exact
     C = exact.matrix
     per_sample = () if n_samples is None else (n_samples,)
-    shape = (n_sources, *per_sample, exact.n_positions) + ((C.shape[1],) if over_features else ())
-    # One byte each, made +-1 in place: a vocabulary's signs are the largest thing a
-    # pass holds (16 sources x 4 sequences x 128 positions x 50,257 logits: 411 MB).
+    width = C.shape[1] if features is None else min(C.shape[1], features)
+    shape = (n_sources, *per_sample, exact.n_positions) + ((width,) if over_features else ())
+    # One byte each, made +-1 in place: signs of a vocabulary's width would be the
+    # largest thing a pass holds (16 sources x 4 sequences x 128 positions x 50,257
+    # logits: 411 MB), hence `features`.
     signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).mul_(2).sub_(1)
     return Cotangents(C, exact.n_positions, signs.to(C.device))
 

@@ -60,7 +60,9 @@ class Cotangents:
         self.n_positions = n_positions
         self.signs = signs
         self._rows = None
-        self._lengths = {n_positions: self}
+        # Other lengths' rows; not this one's: a dict holding `self` would make a cycle,
+        # and each batch's signs would wait for the garbage collector (gigabytes at width).
+        self._lengths = {}
 
     @property
     def exact(self):
@@ -100,6 +102,8 @@ class Cotangents:
         made once.
         """
         assert self.exact
+        if n_positions == self.n_positions:
+            return self
         if n_positions not in self._lengths:
             self._lengths[n_positions] = Cotangents(self.matrix, n_positions)
         return self._lengths[n_positions]
@@ -240,9 +244,27 @@ class SampledRows:
         """These rows in ``dtype``."""
         return self if dtype == self.dtype else SampledRows(self.signs, self.matrix.to(dtype))
 
-    def through(self, A):
-        """The rows ``c A^T`` of a map ``y = z A``'s input: ``signs @ (A C)^T``, made alike."""
-        return SampledRows(self.signs, A.to(self.dtype) @ self.matrix)
+    def through(self, factor):
+        """Rows of the input ``z`` of a final map ``y = z A``, drawn in its ``factor``.
+
+        ``factor`` is ``R`` with ``R R^T = A C C^T A^T`` and ``r`` columns, no more
+        than the signs have features.  The rows ``signs[..., :r] @ R^T`` have the
+        expected Gram ``R R^T`` of the rows ``signs @ (A C)^T`` (``E[s s^T] = I``
+        either way), from signs of ``r <= d_in`` features instead of ``k_next``
+        (a vocabulary's 50,257) and a product that much shorter: the fit draws
+        them that narrow (``features`` of
+        :func:`~sklearn_lib._fitting.stochastic.m_prime_sources`).
+        """
+        r = factor.shape[1]
+        if self.signs.shape[-1] < r:
+            raise ValueError(f"{self.signs.shape[-1]} features of signs for a factor of {r}")
+        return SampledRows(self.signs[..., :r], factor.to(self.dtype))
+
+    @property
+    def narrowed(self):
+        """Whether the signs mix fewer features than the matrix has: drawn for a final
+        map's factor (:meth:`through`), so rows of that map's input alone."""
+        return self.signs.shape[-1] < self.matrix.shape[1]
 
     def __getitem__(self, index):
         if isinstance(index, int):
@@ -252,6 +274,11 @@ class SampledRows:
             return self[index : index + 1][0]
         if not isinstance(index, slice):
             raise TypeError("sampled rows are taken by an int or a slice")
+        if self.narrowed:
+            raise RuntimeError(
+                f"random sources of {self.signs.shape[-1]} features, drawn for a final map's "
+                f"factor, are not rows of the next basis' {self.matrix.shape[1]}"
+            )
         signs = self.signs[index]
         flat = signs.reshape(-1, signs.shape[-1])
         # The signs in the rows' dtype a piece at a time: whole, a chunk of a vocabulary's

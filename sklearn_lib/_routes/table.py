@@ -113,6 +113,13 @@ class SectionRoute:
         return self.m_prime == "final linear" and bool(self.gram.shares_positions)
 
     @property
+    def source_features(self):
+        """The most next features a random source mixes per output position: a final
+        linear map's inputs (its sources are drawn in the map's factor, fewer than a
+        vocabulary's logits), else None (every one)."""
+        return self.gram.width if self.m_prime == "final linear" else None
+
+    @property
     def exact_per_position(self):
         """Whether the exact rows go back per output position (a rows form that sends them
         so, and several output positions): they cost less per row than random ones."""
@@ -189,7 +196,7 @@ def autograd_route(section):
 
 
 @outside_inference_mode
-def decide_routes(session, probe, sections, rule, kinds, jacobian="auto"):
+def decide_routes(session, probe, sections, rule, kinds, *, jacobian="auto", sampled=False):
     """The :class:`RouteTable` of ``sections``, decided on ``probe`` (see the module docstring).
 
     Parameters
@@ -207,6 +214,10 @@ def decide_routes(session, probe, sections, rule, kinds, jacobian="auto"):
         Gram or directional derivative has no closed form (then rows serve
         it); every other product is autograd's.
     jacobian : {"auto", "autograd"}
+    sampled : bool, default=False
+        Whether every row asked for is a random source (a fit with an integer
+        ``n_stochastic_sources`` and no graph): forms whose products gain
+        nothing on them (:attr:`ClosedForm.sampled_rows_gain`) are not tried.
 
     Notes
     -----
@@ -220,16 +231,25 @@ def decide_routes(session, probe, sections, rule, kinds, jacobian="auto"):
         return RouteTable([autograd_route(section) for section in sections])
     with torch.no_grad():
         acts = session.read(probe, [section.src for section in sections])
-    routes = [_decide(session, probe, s, f, rule, kinds) for s, f in zip(sections, acts)]
+    registry = [form for form in REGISTRY if form.sampled_rows_gain or not sampled]
+    routes = [
+        _decide(session, probe, s, f, rule, kinds, registry=registry)
+        for s, f in zip(sections, acts)
+    ]
     return RouteTable(_agreed(routes, session.device))
 
 
-def _decide(session, probe, section, f, rule, kinds):
+def _decide(session, probe, section, f, rule, kinds, *, registry):
     alphas, weights = rule
     points = scaled(f, alphas)
     rows = Cotangents.identity(section.dst_shape, session.dtype, session.device).rows
-    skipped, unmatched = [], []
-    forms = applicable_forms(session, section, skipped=skipped, warn=unmatched)
+    skipped = [
+        f"{form.title}: its rows cost what autograd's cost where all are random sources"
+        for form in REGISTRY
+        if form not in registry
+    ]
+    unmatched = []
+    forms = applicable_forms(session, section, registry, skipped=skipped, warn=unmatched)
     for title, why in unmatched:
         _falls_back(section, title, why)
     if masked(probe, points, rows):  # only forms that read padding as autograd does

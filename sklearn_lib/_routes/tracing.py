@@ -94,6 +94,16 @@ def trace(tracer, root, concrete_args=None, kept=None):
             if kept is not None:
                 kept[name] = vars(root)[name]
         _put_back(before)
+        _let_go(tracer)
+
+
+def _let_go(tracer):
+    """Drop the tracer's references to the model: fx's tracer sits in reference cycles
+    (with its patches and graph), which would keep the model's copy, a language model's
+    weights, until the garbage collector's next run."""
+    for name in ("root", "submodule_paths", "tensor_attrs"):
+        if hasattr(tracer, name):
+            setattr(tracer, name, None)
 
 
 _INNER = ("_parameters", "_buffers", "_modules")

@@ -63,10 +63,12 @@ def X(rng):
 
 
 def _assert_same_fit(a, b, X):
-    np.testing.assert_array_equal(a.lambdas_, b.lambdas_)
-    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+    # To rounding: batches of other sizes sum their Grams in other chunks, the same to
+    # the bit on some CPUs only (``_core.gram_sum``).
+    np.testing.assert_allclose(a.lambdas_, b.lambdas_, rtol=1e-12, atol=1e-12 * a.lambdas_.max())
+    np.testing.assert_allclose(a.transform(X), b.transform(X), rtol=1e-10, atol=1e-12)
     assert a.output_shape_ == b.output_shape_ == (3,)
-    assert a.score(X) == b.score(X)
+    assert a.score(X) == pytest.approx(b.score(X), rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -202,8 +204,10 @@ def test_blocks_called_with_extra_arguments(X, capture):
     plain = PlainStack().double()
     plain.load_state_dict(lib.model.state_dict())
     reference = LIBTransformer(plain, layers[0], **params).fit(X)
-    np.testing.assert_array_equal(lib.lambdas_, reference.lambdas_)
-    np.testing.assert_array_equal(lib.transform(X), reference.transform(X))
+    np.testing.assert_allclose(
+        lib.lambdas_, reference.lambdas_, rtol=1e-12, atol=1e-12 * lib.lambdas_.max()
+    )  # to rounding: see above
+    np.testing.assert_allclose(lib.transform(X), reference.transform(X), rtol=1e-10, atol=1e-12)
     graph, expected = lib.interaction_graph(X), reference.interaction_graph(X)
     for edges, expected_edges in zip(graph.edges.values(), expected.edges.values()):
-        np.testing.assert_array_equal(edges, expected_edges)
+        np.testing.assert_allclose(edges, expected_edges, rtol=1e-10, atol=1e-14)

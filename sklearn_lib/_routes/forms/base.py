@@ -121,6 +121,12 @@ class ClosedForm(abc.ABC):
     reads_forward_kwargs : bool
         Whether the form reads the model as called with ``forward_kwargs``
         (a traced form that traces with them); the veto keeps the others off.
+    sampled_rows_gain : bool
+        Whether its products cost less than autograd's where every row is a
+        random source (mixing every output position and feature).  A form
+        whose gain is the structure of exact rows has none there, and is not
+        tried for a fit that takes only such rows: its setup (an export) would
+        be spent for nothing.
     """
 
     title = "A closed form"
@@ -131,6 +137,7 @@ class ClosedForm(abc.ABC):
     per_sample_rows = False
     exact_per_position = False
     reads_forward_kwargs = False
+    sampled_rows_gain = True
 
     @classmethod
     @abc.abstractmethod

@@ -57,7 +57,7 @@ def fit(model, names, X, settings=None, compute_graph=False, batch_size=16):
     if settings.basis == "lib":
         rule = rule_tensors(settings.rule, session.device)
         kinds = ("gram", "rows", "tangents") if compute_graph else ("gram", "rows")
-        routes = decide_routes(session, probe, sections, rule, kinds, settings.jacobian)
+        routes = decide_routes(session, probe, sections, rule, kinds, jacobian=settings.jacobian)
     plan = plan_fit(session, source, probe, sections, routes, settings, compute_graph=compute_graph)
     return fit_bases(session, source, sections, plan, routes, settings)
 
@@ -453,6 +453,10 @@ def test_a_float32_fit_takes_certified_grams_in_float32_and_says_so(capsys, monk
     """
     import sklearn_lib._core.gram_sum as gram_sum
 
+    # A certificate 10 times looser than the default: how close float32 products of
+    # these ReLU layers come is the CPU's (1e-5 passed on one Xeon, 3e-5 was needed on
+    # an AVX-512 one), and this test is about what a certified Gram does.
+    monkeypatch.setattr(gram_sum, "LOW_PRECISION_RTOL", 1e-4)
     model, X = _relu_chain(), np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
     fit32 = lambda: LIBTransformer(  # noqa: E731
         model, "fc1", downstream_layers=["fc2", "fc3"], dtype="float32", verbose=True
@@ -462,7 +466,7 @@ def test_a_float32_fit_takes_certified_grams_in_float32_and_says_so(capsys, monk
     assert "Grams multiplied in float32 where a Gram's first rows certify them" in err
     assert (
         "Gram products of activations 'fc1', activations 'fc2', activations 'fc3': "
-        "float32 (certified within 1e-05 on its first 3,000 rows)" in err
+        "float32 (certified within 0.0001 on its first 3,000 rows)" in err
     )
     assert "Gram products of slopes 'fc1', slopes 'fc2', slopes 'fc3': float32 (exact" in err
     certified = gram_sum.LOW_PRECISION_RTOL

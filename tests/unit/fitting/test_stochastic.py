@@ -108,11 +108,13 @@ def test_sources_per_sample_are_each_samples_own(rng):
     assert sampled.rows.shape == expected.shape
     np.testing.assert_allclose(sampled.rows[1:5].numpy(), expected[1:5], rtol=0, atol=1e-15)
     assert not np.array_equal(signs[:, 0], signs[:, 1])  # independent draws
-    # Through a map y = z A: the rows of z, c A^T, made alike.
-    A = torch.as_tensor(rng.normal(size=(4, D_NEXT)))
-    np.testing.assert_allclose(
-        sampled.rows.through(A)[:].numpy(), expected @ A.numpy().T, rtol=1e-13, atol=1e-13
-    )
+    # Through a final map's factor R (r <= K columns): the first r signs of each
+    # position, made alike (FinalLinear's rows of the map's input).
+    R = torch.as_tensor(rng.normal(size=(4, K - 1)))
+    expected = np.einsum("snpr,dr->snpd", signs[..., : K - 1], R.numpy())
+    np.testing.assert_allclose(sampled.rows.through(R)[:].numpy(), expected, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="features of signs for a factor"):
+        sampled.rows.through(torch.ones(4, K + 1, dtype=torch.float64))
 
 
 def test_edge_sources_combine_positions_per_feature(rng):

@@ -1,5 +1,8 @@
 """Cotangents and autograd Jacobian rows (``_routes``) against brute-force Jacobians."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +223,21 @@ def test_sampled_rows_are_made_a_piece_at_a_time_alike(monkeypatch):
     with pytest.raises(IndexError):
         rows[3]
     assert rows.to(torch.float32)[:].dtype == torch.float32
+
+
+def test_cotangents_go_with_their_last_reference():
+    """No reference cycle: a batch's signs (gigabytes at a vocabulary's width) are freed
+    when the batch is done, not at the garbage collector's next run (which counts
+    objects, not bytes: peak memory grew a batch's signs at a time)."""
+    gc.disable()
+    try:
+        exact = Cotangents(torch.randn(5, 3, dtype=torch.float64), 4)
+        same, other = exact.at_positions(4), exact.at_positions(6)
+        assert same is exact and other.n_positions == 6 and exact.at_positions(6) is other
+        sampled = Cotangents(exact.matrix, 4, torch.ones(2, 3, 4, 3, dtype=torch.int8))
+        sampled.rows[:1]
+        refs = [weakref.ref(t) for t in (exact, other, sampled, sampled.signs)]
+        del exact, same, other, sampled
+        assert [r() for r in refs] == [None] * 4
+    finally:
+        gc.enable()

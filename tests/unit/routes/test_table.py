@@ -39,7 +39,9 @@ TRAPEZOID = ((0.25, 0.75), (0.5, 0.5))
 def _decide(model, x, pairs, kinds=KINDS, rule=PLAIN, jacobian="auto", **session):
     session = ModelSession(model, **session)
     sections = [section_of(session, x, src, dst) for src, dst in pairs]
-    routes = decide_routes(session, x, sections, rule_tensors(rule, "cpu"), kinds, jacobian)
+    routes = decide_routes(
+        session, x, sections, rule_tensors(rule, "cpu"), kinds, jacobian=jacobian
+    )
     return routes, sections
 
 
@@ -98,6 +100,46 @@ def test_a_transformer_is_served_by_its_trace_the_residual_formula_and_the_affin
     assert _kinds_served(routes[head]) == {"rows": "Affine", "gram": None, "tangents": None}
     assert routes[head].verdicts == (Verdict(Affine.title, "rows", True),)
     assert routes[head].m_prime == "affine"
+
+
+def test_forms_that_gain_nothing_on_random_rows_are_not_tried_for_them(monkeypatch):
+    """``sampled``: every row a random source.  The trace (whose gain is exact rows'
+    structure) is neither detected nor checked: the attention takes autograd and says
+    why; forms that gain on any rows (the residual formula, the affine route) stay."""
+    detected = []
+    monkeypatch.setattr(
+        TracedSection, "detect", classmethod(lambda cls, *a: detected.append(a) or None)
+    )
+    pairs = [("blocks.0.attn", "blocks.0.mlp"), ("blocks.0.mlp", "unembed"), ("unembed", "output")]
+    session = ModelSession(user_transformer())
+    x = modadd_tokens(20)
+    sections = [section_of(session, x, src, dst) for src, dst in pairs]
+    rule = rule_tensors(PLAIN, "cpu")
+    routes = decide_routes(session, x, sections, rule, {"gram", "rows"}, sampled=True)
+    attn, mlp, head = sections
+    assert not detected and routes[attn].m_prime == "autograd" and not routes[attn].verdicts
+    assert any("cost what autograd's cost where all are random" in s for s in routes[attn].skipped)
+    assert routes[mlp].m_prime == "closed form" and routes[head].m_prime == "affine"
+    assert not TracedSection.sampled_rows_gain and ResidualMLP.sampled_rows_gain
+    decide_routes(session, x, sections[:1], rule, {"gram", "rows"})
+    assert len(detected) == 1  # tried where rows may be exact
+
+
+def test_a_fit_with_a_number_of_sources_leaves_the_trace_out_and_says_so(capsys):
+    """An integer ``n_stochastic_sources`` without a graph: the attention's rows are
+    autograd's (the plan's route lines say why); with ``compute_graph`` the trace stays
+    (the edges' rows are exact per feature)."""
+    from sklearn_lib import LIBTransformer
+
+    X = modadd_tokens(64).numpy()
+    params = dict(downstream_layers=["blocks.0.mlp"], n_stochastic_sources=2, random_state=0)
+    LIBTransformer(user_transformer(), "blocks.0.attn", verbose=True, **params).fit(X)
+    err = capsys.readouterr().err
+    assert "'blocks.0.attn' -> 'blocks.0.mlp': M' by autograd" in err
+    assert "its rows cost what autograd's cost where all are random sources" in err
+    graph = LIBTransformer(user_transformer(), "blocks.0.attn", compute_graph=True, **params)
+    graph.set_params(verbose=True).fit(X)
+    assert "'blocks.0.attn' -> 'blocks.0.mlp': M' by closed-form rows" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")

@@ -341,3 +341,66 @@ def test_a_map_reading_the_sections_start_needs_no_rows(copy, k_next):
     chunks = autograd_rows(session, section, x, points, rows, weights, batched=False)
     expected = gram_of(chunks, x.shape[0], D_IN)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
+
+
+# -- random sources drawn in the factor --------------------------------------------------------
+def _hadamard(n):
+    """Sylvester's ``n x n`` +-1 matrix with orthogonal columns (``n`` a power of two)."""
+    H = torch.ones(1, 1, dtype=torch.int8)
+    while H.shape[0] < n:
+        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+    return H
+
+
+@pytest.mark.parametrize("positions", ["mixed", "apart"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_sources_drawn_in_the_factor_estimate_the_exact_gram(positions, per_sample):
+    """Signs of ``d_in`` features, not the ``d_out`` logits' (``SampledRows.through``):
+    16 sources with orthogonal columns over ``P x d_in = 12`` make the estimate exact, so
+    the scaled Gram equals the exact rows' to rounding; an unbiased estimate, exactly."""
+    session = _session(Model(positions=positions))
+    form = FinalLinear.detect(session, SECTION)
+    x = torch.randn(4, P, 2, dtype=torch.float64)
+    points, weights = _points(session, x)
+    exact = Cotangents.identity((P, D_OUT), *_dd())
+    design = _hadamard(16)[:, : P * D_IN].reshape(16, P, D_IN)
+    signs = design[:, None].expand(-1, 4, -1, -1) if per_sample else design
+    sampled = Cotangents(exact.matrix, P, signs.contiguous())
+    assert sampled.rows.narrowed and sampled.rows.shape[-1] == D_OUT
+    got = form_gram(form, x, points, weights, sampled.rows) * sampled.scale
+    expected = form_gram(form, x, points, weights, exact.rows)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
+    with pytest.raises(RuntimeError, match="drawn for a final map's factor"):
+        sampled.rows[:1]  # not rows of the logits: only the map's factor takes them
+
+
+def test_sources_in_the_factor_are_drawn_that_narrow():
+    """The fit draws ``min(k_next, d_in)`` features per position (one byte each), and the
+    route says how many; elsewhere the next basis' own."""
+    from sklearn_lib._fitting.stochastic import m_prime_sources
+
+    session = _session(Model())
+    x = torch.randn(6, P, 2, dtype=torch.float64)
+    routes = decide_routes(session, x, [SECTION], (torch.ones(1), torch.ones(1)), {"gram"})
+    assert routes[SECTION].source_features == D_IN
+    exact = Cotangents.identity((P, D_OUT), *_dd())
+    drawn = m_prime_sources(exact, 5, torch.Generator().manual_seed(0), 6, features=D_IN)
+    assert tuple(drawn.signs.shape) == (5, 6, P, D_IN) and drawn.signs.dtype == torch.int8
+    narrow = Cotangents(torch.randn(D_OUT, 2, dtype=torch.float64), P)  # k_next = 2 < d_in
+    assert m_prime_sources(narrow, 5, torch.Generator(), features=D_IN).signs.shape[-1] == 2
+    to_layer = Section("body.embed", "body.mix", (P, 2), (P, D_IN))
+    other = decide_routes(session, x, [to_layer], (torch.ones(1), torch.ones(1)), {"gram"})
+    assert other[to_layer].source_features is None
+
+
+def test_a_batch_the_map_does_not_end_with_sources_in_its_factor_is_named():
+    """Sources drawn in the map's factor are no rows of the logits: a batch that the map
+    does not end cannot take autograd's rows with them, and says so."""
+    from sklearn_lib import LIBTransformer
+
+    X = np.random.default_rng(0).normal(size=(20, P, 3))
+    lib = LIBTransformer(
+        Capped(copy_below=8).double(), "block", batch_size=8, n_stochastic_sources=4
+    )
+    with pytest.raises(ValueError, match="does not end in the final linear map"):
+        lib.fit(X)
