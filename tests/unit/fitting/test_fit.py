@@ -509,3 +509,22 @@ def test_a_wide_output_counts_once_in_its_dtype_unless_it_takes_a_gram():
     logits = statistics_bytes(sections, 4)
     assert logits == (4 * 16 * (32 + 5000) + 16 * 16 * 32) / 4
     assert statistics_bytes(sections, 4, output_gram=True) == logits + 16 * 16 * (5000 - 32) / 4
+
+
+def test_the_inspection_and_cut_checks_run_on_the_first_samples_of_the_probe(monkeypatch):
+    """Structural checks: the first ``CHECK_SAMPLES`` of the probe's 64, for the node
+    layers and every section (a path around a node layer, or samples that interact,
+    still show: ``tests/integration/test_errors.py``)."""
+    from sklearn_lib._fitting import fit as fit_module
+
+    seen, inspect = [], fit_module.inspect_node_layers
+    monkeypatch.setattr(
+        fit_module,
+        "inspect_node_layers",
+        lambda s, x, names: seen.append(len(x)) or inspect(s, x, names),
+    )
+    monkeypatch.setattr(fit_module, "check_cut", lambda s, x, section, rng: seen.append(len(x)))
+    monkeypatch.setattr(fit_module, "check_gradient_flow", lambda s, x, sec: seen.append(len(x)))
+    X = np.random.default_rng(0).normal(size=(100, 4))
+    LIBTransformer(tanh_mlp(), "fc2", downstream_layers=["fc3"]).fit(X)
+    assert seen == [fit_module.CHECK_SAMPLES] * 5 and fit_module.CHECK_SAMPLES < 64
