@@ -99,7 +99,7 @@ def patched(estimator, n_rows):
     """``m_prime_sources`` for the fit: ``estimator``'s rows on ``h.1 -> ln_f``, exact on
     the unembedding (whose next basis is the output's identity)."""
 
-    def sources(exact, n_sources, generator, n_samples=None):
+    def sources(exact, n_sources, generator, n_samples=None, features=None):
         if isinstance(exact.matrix, Identity):
             return exact
         P, k = exact.n_positions, exact.matrix.shape[1]

@@ -492,11 +492,11 @@ def _priced(plan, route, n_samples, price):
     exact = plan.sources is None
     # One feature at every position, or a final map's whole exact pass: best of two.
     once = exact and (route.exact_per_position or route.shares_positions)
-    one = price(route, 1, exact=exact, repeats=2 if once else None)
-    seconds = _times(plan.backward_rows * n_samples, one)
-    # One row a batch: the marginal split below gives one row's price again (8 timings
-    # on the probe for the same figure, a pass's worth of work on a language model).
+    # One row a batch: the marginal split below would give one row's price again (6 more
+    # timings on the probe for the same figure, a pass's worth on a language model).
     refine = not once and plan.backward_rows > 1
+    one = price(route, 1, exact=exact, repeats=None if refine else 2)
+    seconds = _times(plan.backward_rows * n_samples, one)
     if seconds is not None and seconds > LONG_FIT_SECONDS / 10 and refine:
         # Both best of three: their difference is small where the forward dominates.
         one = price(route, 1, exact=exact, repeats=3)

@@ -88,7 +88,10 @@ def _signed(exact, n_sources, generator, over_features, n_samples=None, features
     # largest thing a pass holds (16 sources x 4 sequences x 128 positions x 50,257
     # logits: 411 MB), hence `features`.
     signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).mul_(2).sub_(1)
-    return Cotangents(C, exact.n_positions, signs.to(C.device))
+    # The generator goes with narrowed signs: a batch that turns out to need every
+    # feature's draws them from it (SampledRows).
+    narrowed = over_features and width < C.shape[1]
+    return Cotangents(C, exact.n_positions, signs.to(C.device), generator if narrowed else None)
 
 
 def auto_stays_exact(exact_rows):

@@ -34,7 +34,9 @@ class Cotangents:
       d_next)``): as much work, ``n`` times the independent draws.
 
     Since ``E[r r^T] = I``, a sum of squares over sampled rows, times
-    :attr:`scale`, is an unbiased estimate of the sum over exact rows.
+    :attr:`scale`, is an unbiased estimate of the sum over exact rows.  Signs
+    for a section that ends in a final linear map mix fewer features, that
+    map's inputs (:meth:`SampledRows.through`).
 
     Parameters
     ----------
@@ -42,6 +44,8 @@ class Cotangents:
     n_positions : int
         Output positions ``P_out`` of the section.
     signs : torch.Tensor or None
+    generator : torch.Generator, optional
+        Where the signs came from (see :class:`SampledRows`).
     """
 
     @classmethod
@@ -55,10 +59,11 @@ class Cotangents:
         """
         return cls(Identity(shape[-1], dtype, device), math.prod(shape[:-1]))
 
-    def __init__(self, matrix, n_positions, signs=None):
+    def __init__(self, matrix, n_positions, signs=None, generator=None):
         self.matrix = matrix
         self.n_positions = n_positions
         self.signs = signs
+        self.generator = generator
         self._rows = None
         # Other lengths' rows; not this one's: a dict holding `self` would make a cycle,
         # and each batch's signs would wait for the garbage collector (gigabytes at width).
@@ -88,7 +93,7 @@ class Cotangents:
             return ExactRows(C, self.n_positions)  # built chunk by chunk, when used
         if self.signs.ndim >= 3:
             # (S, [n,] P_out, k_next) signs mix features too: (S, [n,] P_out, d_next).
-            return SampledRows(self.signs, C)  # built chunk by chunk, when used
+            return SampledRows(self.signs, C, self.generator)  # built chunk by chunk, when used
         signs, C = self.signs.to(C.dtype), dense(C)
         # (S, 1, P_out, 1) * (1, k_next, 1, d_next) -> (S, k_next, P_out, d_next)
         rows = signs[:, None, :, None] * C.T[None, :, None, :]
@@ -223,12 +228,17 @@ class SampledRows:
 
     Parameters
     ----------
-    signs : torch.Tensor of shape (S, [n,] P_out, k_next)
+    signs : torch.Tensor of shape (S, [n,] P_out, k) of int8
+        ``k = k_next``, or fewer where drawn for a final map's factor
+        (:attr:`narrowed`, taken :meth:`through` the map).
     matrix : torch.Tensor or Identity of shape (d_next, k_next)
+    generator : torch.Generator, optional
+        The generator the signs came from, to draw the missing features where
+        narrowed signs are wanted as rows of the next basis after all.
     """
 
-    def __init__(self, signs, matrix):
-        self.signs, self.matrix = signs, matrix
+    def __init__(self, signs, matrix, generator=None):
+        self.signs, self.matrix, self.generator = signs, matrix, generator
         self.shape = torch.Size((*signs.shape[:-1], matrix.shape[0]))
         self.dtype, self.device = matrix.dtype, matrix.device
 
@@ -242,7 +252,9 @@ class SampledRows:
 
     def to(self, dtype):
         """These rows in ``dtype``."""
-        return self if dtype == self.dtype else SampledRows(self.signs, self.matrix.to(dtype))
+        if dtype == self.dtype:
+            return self
+        return SampledRows(self.signs, self.matrix.to(dtype), self.generator)
 
     def through(self, factor):
         """Rows of the input ``z`` of a final map ``y = z A``, drawn in its ``factor``.
@@ -260,6 +272,21 @@ class SampledRows:
             raise ValueError(f"{self.signs.shape[-1]} features of signs for a factor of {r}")
         return SampledRows(self.signs[..., :r], factor.to(self.dtype))
 
+    def _widen(self):
+        """Signs of every next feature, where they were drawn for a final map's factor and
+        its rows are wanted after all (a batch that the map does not end takes autograd's
+        rows): the drawn ones, and the missing features' drawn now from the same
+        generator, independent of them."""
+        if self.generator is None:
+            raise RuntimeError(
+                f"random sources of {self.signs.shape[-1]} features, drawn for a final map's "
+                f"factor, are not rows of the next basis' {self.matrix.shape[1]}"
+            )
+        shape = (*self.signs.shape[:-1], self.matrix.shape[1] - self.signs.shape[-1])
+        extra = torch.randint(0, 2, shape, generator=self.generator, dtype=torch.int8)
+        extra = extra.mul_(2).sub_(1).to(self.signs.device)
+        self.signs = torch.cat([self.signs, extra], -1)
+
     @property
     def narrowed(self):
         """Whether the signs mix fewer features than the matrix has: drawn for a final
@@ -275,10 +302,7 @@ class SampledRows:
         if not isinstance(index, slice):
             raise TypeError("sampled rows are taken by an int or a slice")
         if self.narrowed:
-            raise RuntimeError(
-                f"random sources of {self.signs.shape[-1]} features, drawn for a final map's "
-                f"factor, are not rows of the next basis' {self.matrix.shape[1]}"
-            )
+            self._widen()
         signs = self.signs[index]
         flat = signs.reshape(-1, signs.shape[-1])
         # The signs in the rows' dtype a piece at a time: whole, a chunk of a vocabulary's

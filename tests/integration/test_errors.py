@@ -115,7 +115,7 @@ def test_transform_before_fit(X):
 
 
 def test_wrong_input_shape(X, rng):
-    with pytest.raises(ValueError, match=r"failed on the probe batch \(inputs of shape \(16, 5\)"):
+    with pytest.raises(ValueError, match=r"failed on the probe batch \(inputs of shape \(17, 5\)"):
         LIBTransformer(tanh_mlp(), "fc2").fit(rng.normal(size=(50, 5)))
     lib = LIBTransformer(tanh_mlp(), "fc2").fit(X)
     with pytest.raises(ValueError, match="X has 3 features, but LIBTransformer is expecting 4"):

@@ -83,7 +83,7 @@ class FinalLinear(ClosedForm):
         self.final = None  # the name of the module found at the first run
         self.reads_start = False  # whether the map's input is the section's start, as found
         self.shares_positions = None  # whether J_z keeps positions apart, found at the first run
-        self._factors = (None, None)  # (next matrix, its factor R)
+        self._factors = (None, None, None)  # (next matrix, the map's name, their factor R)
 
     @classmethod
     def detect(cls, session, section):
@@ -119,8 +119,7 @@ class FinalLinear(ClosedForm):
         # Closed forms are called without gradients; these rows are autograd's.
         with torch.enable_grad():
             run = self._run(x, points)
-            if run is None:
-                _check_rows_of_output(cotangents, self.section)
+            if run is None:  # autograd's rows (sources drawn narrow are widened there)
                 return NotImplemented
             leaf, z, A, count = run
             rows = self._input_rows(cotangents, A)
@@ -198,25 +197,15 @@ class FinalLinear(ClosedForm):
         return ExactRows(made, cotangents.n_positions)
 
     def _factor_of(self, C, A):
-        """``R`` with ``R R^T = A C C^T A^T``, made once per next matrix ``C``."""
-        known, made = self._factors
-        if known is not C:
+        """``R`` with ``R R^T = A C C^T A^T``, made once per next matrix ``C`` and map
+        (found anew on each batch: :attr:`final` names this batch's)."""
+        known, final, made = self._factors
+        if known is not C or final != self.final:
             # The identity basis (the output's): A itself, not a product of d_in * V^2.
             M = A.to(C.dtype) if _is_identity(C) else A.to(C.dtype) @ C
             made = _factor(M)
-            self._factors = (C, made)
+            self._factors = (C, self.final, made)
         return made
-
-
-def _check_rows_of_output(cotangents, section):
-    """Raise where a batch that the map does not end has sources drawn in its factor."""
-    if isinstance(cotangents, SampledRows) and cotangents.narrowed:
-        raise ValueError(
-            f"A batch of {section} does not end in the final linear map that the probe's "
-            "did (a model that takes another path for some inputs), but its random sources "
-            "were drawn in that map's factor: fit this section exactly "
-            "(n_stochastic_sources=None) or with jacobian='autograd'"
-        )
 
 
 #: Autograd nodes that copy or re-view a tensor without moving its entries.

@@ -393,14 +393,33 @@ def test_sources_in_the_factor_are_drawn_that_narrow():
     assert other[to_layer].source_features is None
 
 
-def test_a_batch_the_map_does_not_end_with_sources_in_its_factor_is_named():
+def test_a_batch_the_map_does_not_end_widens_the_sources_in_its_factor(monkeypatch):
     """Sources drawn in the map's factor are no rows of the logits: a batch that the map
-    does not end cannot take autograd's rows with them, and says so."""
+    does not end (the last 4 samples get a copy) takes autograd's rows with the drawn
+    signs and the missing features' drawn then."""
     from sklearn_lib import LIBTransformer
+    from sklearn_lib._routes.cotangents import SampledRows
 
+    widened, widen = [], SampledRows._widen
+    monkeypatch.setattr(SampledRows, "_widen", lambda self: widened.append(1) or widen(self))
     X = np.random.default_rng(0).normal(size=(20, P, 3))
     lib = LIBTransformer(
         Capped(copy_below=8).double(), "block", batch_size=8, n_stochastic_sources=4
     )
-    with pytest.raises(ValueError, match="does not end in the final linear map"):
-        lib.fit(X)
+    assert np.all(np.isfinite(lib.fit(X).lambdas_)) and widened == [1]
+
+
+def test_narrowed_signs_are_widened_from_their_generator():
+    """The drawn features stay; the missing ones are +-1 from the same generator."""
+    from sklearn_lib._fitting.stochastic import m_prime_sources
+
+    exact = Cotangents.identity((P, D_OUT), *_dd())
+    drawn = m_prime_sources(exact, 5, torch.Generator().manual_seed(0), 6, features=D_IN)
+    rows, before = drawn.rows, drawn.signs.clone()
+    assert rows.narrowed and rows.generator is not None
+    made = rows[:2]  # (2, 6, P, D_OUT): rows of the identity basis, the signs themselves
+    assert made.shape == (2, 6, P, D_OUT) and not rows.narrowed
+    torch.testing.assert_close(made[..., :D_IN], before[:2].double())
+    assert set(made.unique().tolist()) == {-1.0, 1.0}
+    full = m_prime_sources(Cotangents(torch.eye(3, dtype=torch.float64), P), 5, torch.Generator())
+    assert full.rows.generator is None  # full width: nothing to draw later
