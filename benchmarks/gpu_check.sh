@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_check.sh            # from the repository root
 #   SCALING=1 bash benchmarks/gpu_check.sh  # with the scaling benchmark (2 more minutes)
 #   OTHER=.device/before bash benchmarks/gpu_check.sh  # side by side with another version
+#   LM=1 bash benchmarks/gpu_check.sh       # issue 23: GPT-2 of real width, 12 layers (needs
+#                                           # transformers importable; 5 more minutes at most)
 #
 # Uses the machine's own python3 with torch (CUDA), scikit-learn and pytest;
 # nothing is installed.  The paper's checkpoints are read from
@@ -39,6 +41,15 @@ fi
 if [ -n "${OTHER:-}" ]; then
     step versions 150 $PY benchmarks/bench_versions.py --other "$OTHER" --device cuda --repeat 3
 fi
+step bench_user_transformer 120 $PY benchmarks/bench_user_transformer.py --device cuda --repeat 3
+if [ -n "${LM:-}" ]; then
+    if $PY -c "import transformers" 2>/dev/null; then
+        # Issue 23's goal: "auto" at top-5 agreement 0.99 under 3 minutes and 16 GB.
+        step bench_real_width 300 $PY benchmarks/bench_real_width.py --layers 12 --n 64 --device cuda --no-reference
+    else
+        echo "bench_real_width: skipped, transformers is not importable" | tee -a "$OUT/summary.txt"
+    fi
+fi
 step all_tests_on_gpu 180 $PY -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 echo
@@ -47,6 +58,7 @@ cat "$OUT/summary.txt"
 tail -n 3 "$OUT/gpu_tests.txt" "$OUT/all_tests_on_gpu.txt"
 tail -n 8 "$OUT/bench_modadd.txt"
 tail -n 4 "$OUT/bench_mlp.txt"
-for extra in bench_scaling:16 versions:7; do
+tail -n 6 "$OUT/bench_user_transformer.txt"
+for extra in bench_scaling:16 versions:7 bench_real_width:8; do
     if [ -f "$OUT/${extra%%:*}.txt" ]; then tail -n "${extra##*:}" "$OUT/${extra%%:*}.txt"; fi
 done

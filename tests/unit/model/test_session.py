@@ -286,3 +286,15 @@ def test_the_fingerprint_of_extreme_values():
         tiny.huge[0] *= 2
         tiny.mask[0, 0] = 1.0
     assert sorted(changed_tensors(before, fingerprint(tiny))) == ["huge", "mask"]
+
+
+def test_progress_counts_the_samples_of_a_mapping_batch_not_its_keys():
+    """A Hugging Face batch (a ``UserDict``, not a dict) of 128 sequences is 128 samples:
+    ``len`` of it counts its 2 keys (progress said 16 samples for 8 such batches)."""
+    from collections import UserDict
+
+    from sklearn_lib._model.session import samples_in
+
+    batch = UserDict(input_ids=torch.zeros(128, 9), attention_mask=torch.ones(128, 9))
+    assert samples_in(batch) == 128 and len(batch) == 2
+    assert samples_in({"x": np.zeros((5, 3))}) == 5 and samples_in(torch.zeros(7, 2)) == 7
