@@ -31,7 +31,6 @@ Merging two passes is putting their accumulators in one list.
 
 import copy
 import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -310,7 +309,7 @@ class ModelSession(ModelRunner):
     def batches(self, source, what):
         """Every batch of ``source`` as a :class:`Batch` on the device, reporting progress."""
         items = self.progress.samples(
-            source.batches(), source.n_samples, what, size=lambda item: samples_in(item[1])
+            source.batches(), source.n_samples, what, size=lambda item: n_rows(item[1])
         )
         for start, raw in items:
             yield Batch(self.inputs(raw, start), start)
@@ -358,10 +357,3 @@ class ModelSession(ModelRunner):
         finally:
             self.where = "the probe batch"
         return [acc.result() for acc in accumulators]
-
-
-def samples_in(raw):
-    """Samples in a batch as a source yields it: rows of its first value for a mapping of
-    inputs (a Hugging Face batch, whose ``len`` counts its keys), else its rows."""
-    first = next(iter(raw.values()), ()) if isinstance(raw, Mapping) else raw
-    return len(first)

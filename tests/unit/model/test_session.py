@@ -288,13 +288,18 @@ def test_the_fingerprint_of_extreme_values():
     assert sorted(changed_tensors(before, fingerprint(tiny))) == ["huge", "mask"]
 
 
-def test_progress_counts_the_samples_of_a_mapping_batch_not_its_keys():
-    """A Hugging Face batch (a ``UserDict``, not a dict) of 128 sequences is 128 samples:
-    ``len`` of it counts its 2 keys (progress said 16 samples for 8 such batches)."""
-    from collections import UserDict
+def test_progress_counts_the_samples_of_a_dict_batch_not_its_keys(monkeypatch):
+    """A batch of inputs as a dict (Hugging Face's, once checked) of 128 sequences is 128
+    samples: ``len`` of it counts its 2 keys (progress said 16 samples for 8 batches)."""
+    X = {"input_ids": torch.zeros(300, 9), "attention_mask": torch.ones(300, 9)}
+    session = ModelSession(tanh_mlp())
+    counted = []
 
-    from sklearn_lib._model.session import samples_in
+    def samples(batches, n_samples, what, size=len):
+        for item in batches:
+            counted.append(size(item))
+            yield item
 
-    batch = UserDict(input_ids=torch.zeros(128, 9), attention_mask=torch.ones(128, 9))
-    assert samples_in(batch) == 128 and len(batch) == 2
-    assert samples_in({"x": np.zeros((5, 3))}) == 5 and samples_in(torch.zeros(7, 2)) == 7
+    monkeypatch.setattr(session.progress, "samples", samples)
+    batches = list(session.batches(ArraySource(X, 128), "a pass"))
+    assert counted == [128, 128, 44] and len(batches) == 3
