@@ -161,11 +161,11 @@ class LIBTransformer(_ModelLayerTransformer):
         ``1 / sqrt(S * n_samples)``; elsewhere the samples of a batch share
         them (``1 / sqrt(S * n_batches)``).  ``"auto"`` draws sources in
         rounds (one pass of 16 per batch each) until the top-5 features stop
-        moving: the estimated error of their Lambda within 1% of the largest
-        and the estimated cosine of their subspace with the exact one at
-        least 0.99 (at most 64 rounds, and never more sources than the exact
-        ``M'`` has rows: it is computed instead); see
-        ``n_stochastic_sources_`` and ``stochastic_rounds_``.
+        moving: twice the estimated error of their Lambda (its standard
+        error) within 1% of the largest and the estimated cosine of their
+        subspace with the exact one at least 0.99 (at most 64 rounds, and
+        never more sources than the exact ``M'`` has rows: it is computed
+        instead); see ``n_stochastic_sources_`` and ``stochastic_rounds_``.
     jacobian : {"auto", "autograd"}, default="auto"
         How Jacobian products are computed, for ``M'`` and for the edges.
         ``"auto"`` uses a closed form where one applies (the Linear ->
@@ -224,8 +224,9 @@ class LIBTransformer(_ModelLayerTransformer):
         source node layer (None: exact).
     stochastic_rounds_ : dict of str to SourceRounds
         With ``n_stochastic_sources="auto"``: per section, the rounds run,
-        the sources in all, the estimated Lambda error and subspace cosine
-        (counting what the node inherits from later nodes' rounds), whether
+        the sources in all, the estimated Lambda error (the error to expect,
+        one standard error) and subspace cosine (counting what the node
+        inherits from later nodes' rounds), whether
         it converged, and whether it ended in the exact ``M'``.
     batch_size_ : int
         Samples per batch of array data in every pass (``batch_size``, or

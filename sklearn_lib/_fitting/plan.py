@@ -38,6 +38,7 @@ from .stochastic import (
     AUTO_MIN_ROUNDS,
     AUTO_SOURCES,
     AUTO_TOP_K,
+    LAMBDA_MARGIN,
     STOCHASTIC_BATCH_SIZE,
     m_prime_route,
     round_sources,
@@ -319,10 +320,10 @@ class FitPlan:
             line += "; " + ", ".join(words)
         if any(s.sources == "auto" for s in self.sections):
             line += (
-                f"; rounds stop where the estimated error of the top {AUTO_TOP_K} Lambdas "
-                f"is within {AUTO_LAMBDA_TOLERANCE:.0%} of the largest and their "
-                f"subspace's cosine at least {AUTO_COSINE}, with what a node inherits "
-                "from the next node's rounds"
+                f"; rounds stop where {LAMBDA_MARGIN:g} times the estimated error of the "
+                f"top {AUTO_TOP_K} Lambdas is within {AUTO_LAMBDA_TOLERANCE:.0%} of the "
+                f"largest and their subspace's cosine at least {AUTO_COSINE}, with what a "
+                "node inherits from the next node's rounds"
             )
         line += _edges_words(self)
         if self.gram_dtype != "float64":
