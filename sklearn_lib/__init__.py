@@ -22,11 +22,12 @@ from .ablation import (
     n_features_scorer,
     sparsest_faithful,
 )
-from .exceptions import FlattenedPositionsWarning, StaleBasisWarning
+from .exceptions import FallbackWarning, FlattenedPositionsWarning, StaleBasisWarning
 
 __all__ = [
     "AblationCurveDisplay",
     "ActivationTransformer",
+    "FallbackWarning",
     "FlattenedPositionsWarning",
     "InteractionGraphDisplay",
     "SpectrumDisplay",

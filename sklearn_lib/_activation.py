@@ -5,7 +5,7 @@ import math
 from sklearn.base import _fit_context
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import _ModelLayerTransformer
+from ._base import _ModelLayerTransformer, reads_one_fit
 from ._files.fit_file import input_dtypes
 from ._model.batching import saved_bytes_per_sample
 from ._model.capture import inspect_node_layers
@@ -112,31 +112,36 @@ class ActivationTransformer(_ModelLayerTransformer):
         -------
         self : ActivationTransformer
         """
-        with self._restored_on_failure():
-            source, probe = self._source(X, reset=True)
-            session = self._session(fitting=True)
-            probe = session.inputs(probe)
-            shapes, _ = inspect_node_layers(session, probe, [self.layer])
-            self.activation_shape_ = shapes[self.layer]
-            self._input_dtypes_ = input_dtypes(probe)  # token ids may take other lengths
-            self._choose_batch_size(
-                source,
-                session,
-                lambda: max(
-                    # The layer's activations, as float64 rows: a forward pass
-                    # without gradients saves nothing for autograd to count.
-                    8.0 * math.prod(self.activation_shape_),
-                    saved_bytes_per_sample(
-                        probe, lambda: session.read(probe, [self.layer]), session.weights
-                    ),
-                ),
-            )
+        with self._fitted_aside() as aside:
+            aside._fit(X)
         return self
+
+    def _fit(self, X):
+        """The fit, on the estimator set aside (:meth:`_fitted_aside`)."""
+        source, probe = self._source(X, reset=True)
+        session = self._session(fitting=True)
+        probe = session.inputs(probe)
+        shapes, _ = inspect_node_layers(session, probe, [self.layer])
+        self.activation_shape_ = shapes[self.layer]
+        self._input_dtypes_ = input_dtypes(probe)  # token ids may take other lengths
+        self._choose_batch_size(
+            source,
+            session,
+            lambda: max(
+                # The layer's activations, as float64 rows: a forward pass
+                # without gradients saves nothing for autograd to count.
+                8.0 * math.prod(self.activation_shape_),
+                saved_bytes_per_sample(
+                    probe, lambda: session.read(probe, [self.layer]), session.weights
+                ),
+            ),
+        )
 
     @property
     def _n_features_out(self):
         return math.prod(self.activation_shape_)
 
+    @reads_one_fit
     def transform(self, X):
         """Activations of ``layer``, flattened per sample (position-major, features last).
 
@@ -152,6 +157,7 @@ class ActivationTransformer(_ModelLayerTransformer):
         check_is_fitted(self)
         return self._map_layer(self._source(X), lambda f: f.reshape(f.shape[0], -1))
 
+    @reads_one_fit
     def transform_tokens(self, X):
         """Activations of every real token of ``layer``: one row per token, ``(n_tokens, d)``.
 

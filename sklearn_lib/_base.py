@@ -9,6 +9,7 @@ sees an estimator.
 
 import contextlib
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -18,19 +19,21 @@ import numpy as np
 import scipy.sparse
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
+from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import _check_feature_names, check_array, validate_data
 
 from ._core.validation import StrictInterval, TorchModel, resolve_model
-from ._model.batching import DEFAULT_BATCH_SIZE, auto_batch_size
-from ._model.fingerprint import changed_tensors
+from ._model.batching import DEFAULT_BATCH_SIZE, auto_batch_size, small_batch_note
+from ._model.fingerprint import changed_parts, value_digest
 from ._model.inputs import has_length, lengths_of, n_rows, same_but_lengths, take_rows
 from ._model.session import ModelSession, outside_inference_mode, resolve_device, resolve_dtype
 from ._model.sources import (
     ArraySource,
     StreamSource,
     check_fields,
+    check_has_values,
     concatenate_padded,
     is_stream,
     stack_records,
@@ -40,6 +43,33 @@ from .exceptions import StaleBasisWarning, user_stacklevel
 
 # Samples read from a stream to check call order, shapes and cuts before the real passes.
 PROBE_SIZE = 64
+
+#: The parameters that change what a fitted state means: after ``set_params`` of one
+#: of them to another value, calls that read fitted state refuse with
+#: ``NotFittedError`` until a refit (scikit-learn's own estimators would silently use
+#: the old state; here it would project other activations with the old basis).
+#: ``model`` is not among them: its changes, by ``set_params`` or in place, are found
+#: by the model's fingerprint, and warn (:class:`~sklearn_lib.StaleBasisWarning`).
+FIT_DEFINING = (
+    "layer",
+    "downstream_layers",
+    "capture",
+    "output",
+    "forward_kwargs",
+    "feature_axis",
+    "dtype",
+)
+
+
+def reads_one_fit(method):
+    """Run ``method`` on a :meth:`~_ModelLayerTransformer._snapshot` of the estimator,
+    so that every read of fitted state in one call sees one fit."""
+
+    @functools.wraps(method)
+    def on_snapshot(self, *args, **kwargs):
+        return method(self._snapshot(), *args, **kwargs)
+
+    return on_snapshot
 
 
 class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -134,18 +164,27 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         returns where the fit needs that size; within ``within_cache`` samples
         where the closed forms' rows stay in the cache at that size, and at most
         ``most`` (the plan's cap).
+
+        Returns
+        -------
+        str
+            Why the batch is small, where ``"auto"`` chose fewer samples than its
+            usual floor for the budget (:func:`small_batch_note`), else ``""``.
         """
+        note = ""
         if self.batch_size != "auto":
             self.batch_size_ = self.batch_size
-            return
+            return note
         size = per_sample()
         if isinstance(size, float):
             # Not capped by this fit's number of samples: later passes (transform,
             # the ablations) may read far more data, e.g. after a fit on a few samples.
-            size = auto_batch_size(size, session.device, within_cache, most)
+            per_sample_bytes, size = size, auto_batch_size(size, session.device, within_cache, most)
+            note = small_batch_note(size, per_sample_bytes, session.device)
         self.batch_size_ = size
         if isinstance(source, ArraySource):
             source.batch_size = size
+        return note
 
     def _validate_input(self, X, reset):
         if isinstance(X, (list, tuple)) and X and all(isinstance(x, Mapping) for x in X):
@@ -209,8 +248,8 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         """A :class:`ModelSession` for one call: a private copy of the model, and the settings.
 
         Outside ``fit`` (``fitting=False``), warns with :class:`StaleBasisWarning`
-        when the model's floating parameters and buffers changed since the fit
-        recorded their fingerprint (checksums of the private copy, see
+        when the model's tensors, module classes or plain attributes changed
+        since the fit recorded their fingerprint (exact digests, see
         :mod:`~sklearn_lib._model.fingerprint`).
         """
         if verbose is None:
@@ -231,34 +270,86 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         )
         recorded = getattr(self, "_model_fingerprint_", None)
         if not fitting and recorded is not None:
-            dtype, checksums = recorded
-            changed = changed_tensors(checksums, session.fingerprint, dtype == session.dtype)
+            changed = changed_parts(recorded, session.fingerprint)
             if changed:
                 warnings.warn(
                     f"The model changed since {type(self).__name__} was fitted ({len(changed)} "
-                    f"tensor(s), e.g. {changed[0]!r}): the fitted bases describe the model as "
-                    "it was, not as it is now; refit to analyse the current model",
+                    f"tensor(s) or module(s), e.g. {changed[0]!r}): the fitted bases describe "
+                    "the model as it was, not as it is now; refit to analyse the current model",
                     StaleBasisWarning,
                     stacklevel=user_stacklevel(),
                 )
         return session
 
-    @contextlib.contextmanager
-    def _restored_on_failure(self):
-        """Run a fit that, when it fails, leaves the estimator as it was before the call.
+    # -- one fit's state at a time ---------------------------------------------------
+    def _snapshot(self):
+        """This estimator as it is now: a shallow copy from one read of its attributes.
 
-        A fit sets some fitted attributes early (``n_features_in_`` while
-        validating the inputs); a failure later must not leave them next to
-        the bases of an earlier fit.
+        A fit swaps its whole state in with one assignment (:meth:`_fitted_aside`),
+        so a snapshot holds one fit's state, never parts of two: every public
+        method that reads fitted state runs on one (:func:`reads_one_fit`), and
+        threads may share an estimator while another refits it.  Cheap: the
+        attributes are shared, not copied.
         """
-        before = {k: v for k, v in vars(self).items() if _is_fitted_attribute(k)}
-        try:
-            yield
-        except BaseException:
-            for name in [k for k in vars(self) if _is_fitted_attribute(k)]:
-                delattr(self, name)
-            vars(self).update(before)
-            raise
+        snapshot = object.__new__(type(self))
+        snapshot.__dict__ = self.__dict__.copy()  # one C-level copy: no thread runs within it
+        return snapshot
+
+    @contextlib.contextmanager
+    def _fitted_aside(self):
+        """A fit built aside and swapped in with one assignment.
+
+        Yields an unfitted shallow copy of the estimator for the fit to set its
+        attributes on; when the fit returns, its fitted attributes (and the
+        digests of the parameters they depend on, :data:`FIT_DEFINING`) replace
+        this estimator's in one assignment of its ``__dict__``.  A fit that
+        fails leaves the estimator as it was, and calls running meanwhile read
+        the old state throughout.
+        """
+        aside = self._snapshot()
+        for name in [k for k in vars(aside) if _is_fitted_attribute(k)]:
+            delattr(aside, name)
+        yield aside
+        aside._fit_defining_ = aside._fit_defining_digests()
+        state = {k: v for k, v in vars(self).items() if not _is_fitted_attribute(k)}
+        state.update((k, v) for k, v in vars(aside).items() if _is_fitted_attribute(k))
+        self.__dict__ = state
+
+    def _fit_defining_digests(self):
+        """Digests of the parameters the fitted state depends on (:data:`FIT_DEFINING`),
+        each in one form for its equal values (``"float64"`` and ``torch.float64``, a
+        list and a tuple of layers, no ``forward_kwargs`` and an empty dict)."""
+        params = self.get_params(deep=False)
+        return {
+            name: value_digest(_canonical(name, params[name]))
+            for name in FIT_DEFINING
+            if name in params
+        }
+
+    def __sklearn_is_fitted__(self):
+        """Fitted, and none of :data:`FIT_DEFINING` set to another value since.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Naming the parameters that changed, where some did: the fitted
+            state describes the old ones (``check_is_fitted`` raises it for
+            every call that reads fitted state).
+        """
+        if not any(_is_fitted_attribute(k) for k in vars(self)):
+            return False
+        recorded = getattr(self, "_fit_defining_", None)
+        if recorded is None:  # pickled before the digests were recorded
+            return True
+        now = self._fit_defining_digests()
+        changed = [name for name in recorded if now.get(name) != recorded[name]]
+        if changed:
+            raise NotFittedError(
+                f"This {type(self).__name__} was fitted with other values of {changed} than "
+                "it has now (set_params after fit): its fitted state describes those. Call "
+                "fit again, or set the parameters back."
+            )
+        return True
 
     @outside_inference_mode
     def _map_layer(self, source, fn):
@@ -336,6 +427,19 @@ def _token_ids(X, fitted):
         return False
 
 
+def _canonical(name, value):
+    """One form of a parameter's equal values, for :meth:`_fit_defining_digests`."""
+    if name == "dtype":
+        return resolve_dtype(value)
+    if name == "downstream_layers":
+        return list(value)
+    if name == "forward_kwargs":
+        return dict(value or {})
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)  # numpy integers as ints
+    return value
+
+
 def _is_fitted_attribute(name):
     # scikit-learn's convention, as check_is_fitted reads it.
     return name.endswith("_") and not name.startswith("__")
@@ -403,6 +507,7 @@ def map_arrays(A, fn, width=None):
     (:func:`join_positions`).
     """
     if not is_stream(A):
+        check_has_values(A)
         return fn(A)
     parts = [fn(batch) for _, batch in StreamSource(A, values=width is not None).batches()]
     if width is None:

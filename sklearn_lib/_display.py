@@ -12,6 +12,9 @@ matplotlib is imported only when something is drawn (``pip install -e
 ".[plot]"`` in a checkout).
 """
 
+import reprlib
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
@@ -24,14 +27,70 @@ from .ablation import ablation_curve
 __all__ = ["AblationCurveDisplay", "InteractionGraphDisplay", "SpectrumDisplay"]
 
 
+#: Keywords of ``ax.plot`` that are not line properties.
+_PLOT_ONLY = ("scalex", "scaley", "data")
+
+
+def _describe(value):
+    """``value``'s type and a short repr, for messages."""
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _numbers(values):
+    """``values`` as an array of real numbers (ints or floats), or None if they are not."""
+    try:
+        values = np.asarray(values)
+    except (TypeError, ValueError):  # ragged nested sequences, among others
+        return None
+    return values if values.dtype.kind in "iuf" else None
+
+
 def _curve(values, name):
     """A 1-D float array of finite values, refused with a message naming ``name``."""
-    values = np.asarray(values, dtype=float)
+    numbers = _numbers(values)
+    if numbers is None:
+        raise TypeError(f"{name} must be a 1-D array of numbers; got {_describe(values)}")
+    values = numbers.astype(float)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array; got shape {values.shape}")
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} holds NaN or infinite values")
     return values
+
+
+def _check_optional_str(value, name):
+    """Raise TypeError unless ``value`` is a str or None."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None; got {_describe(value)}")
+
+
+def _check_bool(value, name):
+    """Raise TypeError unless ``value`` is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {_describe(value)}")
+
+
+def _non_empty_dict(value, name, what):
+    """``value`` if it is a non-empty dict (``what`` says of what); else TypeError or ValueError."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of {what}; got {_describe(value)}")
+    if not value:
+        raise ValueError(f"{name} is empty: give at least one {what} entry")
+    return value
+
+
+def _check_line_style(style):
+    """Raise TypeError (an unknown keyword) or ValueError (a bad value) unless ``style``
+    holds matplotlib line properties: before anything is drawn, not deep inside it."""
+    from matplotlib.lines import Line2D
+
+    properties = {key: value for key, value in style.items() if key not in _PLOT_ONLY}
+    try:
+        Line2D([], [], **properties)
+    except (AttributeError, TypeError) as exc:  # matplotlib's unknown property
+        raise TypeError(f"keyword arguments for the lines: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"keyword arguments for the lines: {exc}") from None
 
 
 def _label_of(kwargs, names):
@@ -79,7 +138,7 @@ def _score_name(scoring, labelled):
 # -- spectra ---------------------------------------------------------------------------
 
 
-def _spectrum_of(source, layer=None):
+def _spectrum_of(source, layer=None, argument="a spectrum"):
     """``(values, label, layer)`` of a fitted estimator's spectrum, or of an array.
 
     LIB's Lambda for a ``LIBTransformer`` (``basis="lib"``; the variances for
@@ -87,6 +146,7 @@ def _spectrum_of(source, layer=None):
     ``Pipeline([ActivationTransformer, PCA])`` or of a fitted scikit-learn
     decomposition with ``explained_variance_`` (``PCA``, ``IncrementalPCA``,
     ``TruncatedSVD``); anything else is taken as an array of eigenvalues.
+    ``argument`` names the source in messages (``"lib"``).
     """
     if takes_estimator(source):
         state = fitted(source, layer)  # refuses unfitted estimators by name
@@ -103,28 +163,37 @@ def _spectrum_of(source, layer=None):
             )
         name = type(source).__name__
         return source.explained_variance_, f"{name} variance (sklearn)", None
-    try:
-        values = np.asarray(source, dtype=float)
-    except (TypeError, ValueError) as exc:
+    if _numbers(source) is None:
         raise TypeError(
             "Expected a fitted LIBTransformer, a Pipeline, an estimator with "
-            f"explained_variance_ (PCA) or an array of eigenvalues; got {type(source).__name__}"
-        ) from exc
-    return _curve(values, "a spectrum"), "spectrum", None
+            f"explained_variance_ (PCA) or an array of eigenvalues as {argument}; "
+            f"got {_describe(source)}"
+        )
+    return _curve(source, argument), "spectrum", None
 
 
-def _spectra(sources, names=None, layer=None):
+def _spectra(sources, names=None, layer=None, *, arguments=None):
     """``({label: values}, layer)`` of several sources, for one display.
 
     ``names`` (one per source, None for the default label) label the legend;
     ``layer`` picks the node layer of every source fitted at several.  The layer is returned
-    when the sources name exactly one.
+    when the sources name exactly one.  ``arguments`` name the sources in
+    messages (default ``sources[i]``).
     """
+    if names is not None and (
+        not isinstance(names, (list, tuple))
+        or not all(n is None or isinstance(n, str) for n in names)
+    ):
+        raise TypeError(f"labels must be a list of str, one per spectrum; got {_describe(names)}")
     if names and len(names) != len(sources):
         raise ValueError(f"{len(names)} labels for {len(sources)} spectra")
+    if not sources:
+        raise ValueError("no spectrum to draw: give at least one estimator or array")
+    _check_optional_str(layer, "layer")
+    arguments = arguments or [f"sources[{i}]" for i in range(len(sources))]
     spectra, layers = {}, set()
     for i, source in enumerate(sources):
-        values, label, node = _spectrum_of(source, layer)
+        values, label, node = _spectrum_of(source, layer, arguments[i])
         if names and names[i] is not None:
             label = names[i]
         if label in spectra:  # two sources of one kind: tell them apart
@@ -207,13 +276,17 @@ class SpectrumDisplay:
         SpectrumDisplay
             ``self``, with ``lines_``, ``ax_`` and ``figure_`` set.
         """
+        _non_empty_dict(self.spectra, "spectra", "name -> eigenvalues")
+        _check_optional_str(self.layer, "layer")
+        _check_bool(self.normalize, "normalize")
         label = _label_of(kwargs, self.spectra)
         spectra = {
             label or name: _positive_spectrum(values, name, self.normalize)
             for name, values in self.spectra.items()
         }
-        ax = axes_or_new(ax)
         style = {"marker": ".", **kwargs}
+        _check_line_style(style)
+        ax = axes_or_new(ax)
         self.lines_ = {
             name: ax.semilogy(np.arange(len(values)), values, label=name, **style)[0]
             for name, values in spectra.items()
@@ -260,8 +333,10 @@ class SpectrumDisplay:
         -------
         SpectrumDisplay
         """
+        _check_optional_str(name, "name")
         sources = [lib] if pca is None else [lib, pca]
-        spectra, node = _spectra(sources, [name, None][: len(sources)], layer)
+        arguments = ["lib", "pca"][: len(sources)]
+        spectra, node = _spectra(sources, [name, None][: len(sources)], layer, arguments=arguments)
         display = cls(spectra, layer=node, normalize=normalize)
         return display.plot(ax=ax, **kwargs)
 
@@ -270,7 +345,11 @@ class SpectrumDisplay:
 
 
 def _checked_curve(name, curve):
-    """``(n_features, scores)`` as float arrays of one length, counts >= 0."""
+    """``(n_features, scores)`` as float arrays of one length, counts whole and >= 0."""
+    if isinstance(curve, str) or not isinstance(curve, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"curve {name!r} must be a pair (n_features, scores); got {_describe(curve)}"
+        )
     if len(curve) != 2:
         raise ValueError(f"curve {name!r} must be a pair (n_features, scores)")
     n = _curve(curve[0], f"n_features of {name!r}")
@@ -279,7 +358,49 @@ def _checked_curve(name, curve):
         raise ValueError(f"curve {name!r}: {n.size} feature counts but {scores.size} scores")
     if n.min() < 0:
         raise ValueError(f"curve {name!r}: feature counts must be >= 0; got {n.min():g}")
+    if np.any(n != np.round(n)):
+        raise ValueError(f"curve {name!r}: feature counts must be whole numbers; got {n}")
     return n, scores
+
+
+def _check_baseline(baseline):
+    """``baseline`` as a float (or None): TypeError unless a number, ValueError unless finite.
+
+    A 0-d array or tensor (a score computed by numpy or torch) is a number too;
+    a bool is not.
+    """
+    if baseline is None:
+        return None
+    number = None if isinstance(baseline, (bool, np.bool_)) else _numbers(baseline)
+    if number is None or number.ndim != 0:
+        raise TypeError(
+            f"baseline must be a number (the unablated score) or None; got {_describe(baseline)}"
+        )
+    if not np.isfinite(number):
+        raise ValueError(f"baseline must be a finite score; got {baseline!r}")
+    return float(number)
+
+
+def _check_ablation_labels(baseline, score_name, layer):
+    """The checks of :class:`AblationCurveDisplay`'s parameters but its curves; returns
+    the baseline as a float or None."""
+    if not isinstance(score_name, str):
+        raise TypeError(f"score_name must be a str; got {_describe(score_name)}")
+    _check_optional_str(layer, "layer")
+    return _check_baseline(baseline)
+
+
+def _check_before_passes(X, baseline, name, layer):
+    """matplotlib and the display's own arguments of :meth:`AblationCurveDisplay.from_estimator`:
+    a missing or bad one found after the ablation passes would waste them."""
+    pyplot()
+    _check_ablation_labels(baseline, "score", layer)
+    _check_optional_str(name, "name")
+    if isinstance(X, (str, bytes)):
+        raise TypeError(
+            "X must be the model's inputs (an array-like, a dict of them, a DataLoader "
+            f"or an iterable of batches); got {_describe(X)}"
+        )
 
 
 class AblationCurveDisplay:
@@ -340,28 +461,29 @@ class AblationCurveDisplay:
         AblationCurveDisplay
             ``self``, with ``lines_``, ``baseline_line_``, ``ax_`` and ``figure_`` set.
         """
+        _non_empty_dict(self.curves, "curves", "name -> (n_features, scores)")
+        baseline = _check_ablation_labels(self.baseline, self.score_name, self.layer)
         label = _label_of(kwargs, self.curves)
         curves = {label or name: _checked_curve(name, curve) for name, curve in self.curves.items()}
-        if self.baseline is not None and not np.isfinite(self.baseline):
-            raise ValueError(f"baseline must be a finite score; got {self.baseline!r}")
-        ax = axes_or_new(ax)
         style = {"marker": "o", **kwargs}
+        _check_line_style(style)
+        ax = axes_or_new(ax)
         self.lines_ = {
             name: ax.plot(n, scores, label=name, **style)[0] for name, (n, scores) in curves.items()
         }
         self.baseline_line_ = None
-        if self.baseline is not None:
+        if baseline is not None:
             # Several displays on one axis with one baseline: one dashed line.
             drawn = [
                 line
                 for line in ax.get_lines()
                 if line.get_label() == "unablated"
-                and np.allclose(line.get_ydata(), self.baseline, rtol=0, atol=0)
+                and np.allclose(line.get_ydata(), baseline, rtol=0, atol=0)
             ]
             self.baseline_line_ = (
                 drawn[0]
                 if drawn
-                else ax.axhline(self.baseline, color="grey", linestyle="--", label="unablated")
+                else ax.axhline(baseline, color="grey", linestyle="--", label="unablated")
             )
         # Feature counts run from 0 (everything ablated) over orders of
         # magnitude; symlog shows both, where log cannot show 0.
@@ -422,7 +544,7 @@ class AblationCurveDisplay:
         -------
         AblationCurveDisplay
         """
-        pyplot()  # before the ablation passes, not after them
+        _check_before_passes(X, baseline, name, layer)
         # ablation_curve warns of a PCA of flattened positions, once.
         basis = fitted(estimator, layer).basis
         n, scores = ablation_curve(
@@ -461,9 +583,7 @@ class AblationCurveDisplay:
         -------
         AblationCurveDisplay
         """
-        curves = dict(curves)
-        if not curves:
-            raise ValueError("curves is empty: give at least one (n_features, scores) pair")
+        curves = dict(_non_empty_dict(curves, "curves", "name -> (n_features, scores)"))
         checked = {name: _checked_curve(name, curve) for name, curve in curves.items()}
         display = cls(checked, baseline=baseline, score_name=score_name, layer=layer)
         return display.plot(ax=ax, **kwargs)

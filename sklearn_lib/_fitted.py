@@ -143,6 +143,7 @@ def fitted(estimator, layer=None):
         For an unfitted one, or a layer it was not fitted at.
     """
     if isinstance(estimator, LIBTransformer):
+        estimator = estimator._snapshot()  # one fit's state, whatever another thread does
         check_is_fitted(estimator)
         layer = estimator.layer if layer is None else layer
         if layer not in estimator.bases_ or layer == OUTPUT_NODE:
@@ -167,6 +168,7 @@ def fitted(estimator, layer=None):
 def _pca_pipeline(acts, pca, layer):
     if layer not in (None, acts.layer):
         raise ValueError(f"layer={layer!r}: this PCA pipeline reads {acts.layer!r}")
+    acts = acts._snapshot()
     check_is_fitted(acts)
     check_is_fitted(pca)
     # A basis of the activations flattened per sample (width P * d); PCA's

@@ -17,6 +17,7 @@ from ._base import (
     check_activations,
     check_padded_positions,
     map_arrays,
+    reads_one_fit,
 )
 from ._core.nodes import OUTPUT_NODE, sections_of
 from ._core.validation import StrictInterval
@@ -407,8 +408,8 @@ class LIBTransformer(_ModelLayerTransformer):
         -------
         self : LIBTransformer
         """
-        with self._restored_on_failure():
-            self._fit(X)
+        with self._fitted_aside() as aside:
+            aside._fit(X)
         return self
 
     def _fit(self, X):
@@ -429,7 +430,7 @@ class LIBTransformer(_ModelLayerTransformer):
         plan = plan_fit(
             session, source, probe, sections, routes, settings, compute_graph=self.compute_graph
         )
-        self._choose_batch_size(
+        note = self._choose_batch_size(
             source,
             session,
             lambda: bytes_per_sample(session, probe, sections, plan),
@@ -437,7 +438,8 @@ class LIBTransformer(_ModelLayerTransformer):
             most=plan.most_batch_size,
         )
         # A stream brings its own batches: the plan names a size only for arrays.
-        plan = plan.with_batch_size(self.batch_size_ if isinstance(source, ArraySource) else None)
+        arrays = isinstance(source, ArraySource)
+        plan = plan.with_batch_size(self.batch_size_ if arrays else None, note if arrays else "")
         announce(plan, session.progress, routes)
         result = fit_bases(session, source, sections, plan, routes, settings)
         if self.compute_graph:
@@ -455,7 +457,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         self._set_bases(result.bases, sections[-1].dst_shape)
         # Of the copy the bases were fitted on: later calls warn if the model changed.
-        self._model_fingerprint_ = (session.dtype, session.fingerprint)
+        self._model_fingerprint_ = session.fingerprint
         self._input_dtypes_ = input_dtypes(probe)
         self.stochastic_rounds_ = result.rounds
         self.n_stochastic_sources_ = {
@@ -504,6 +506,7 @@ class LIBTransformer(_ModelLayerTransformer):
         self.lambdas_ = main.lambdas[: main.n_components].copy()
 
     # -- saving -----------------------------------------------------------------------
+    @reads_one_fit
     def save(self, path):
         """Write the fitted bases, attributes and parameters to ``path``, without the model.
 
@@ -521,10 +524,15 @@ class LIBTransformer(_ModelLayerTransformer):
         Raises
         ------
         sklearn.exceptions.NotFittedError
-            If the estimator is not fitted.
+            If the estimator is not fitted, or a parameter that its fitted state
+            depends on changed since the fit (``set_params``).
         TypeError
-            If a parameter cannot be stored as JSON (a callable ``output``, a
-            tensor in ``forward_kwargs``, a ``RandomState`` instance).
+            If a parameter would not load as it is (a callable ``output``, a
+            tensor or array in ``forward_kwargs``, a ``RandomState`` instance):
+            refused before anything is written.
+        ValueError
+            If the file would not load (the same checks as :meth:`load`, run
+            first), for example a ``meta`` over the size limit.
         """
         check_is_fitted(self)
         fit_file.write(path, self._saved_fit(), type(self).__name__)
@@ -533,9 +541,12 @@ class LIBTransformer(_ModelLayerTransformer):
     def load(cls, path, model, *, device=None):
         """A fitted estimator from a file of :meth:`save` and the model it describes.
 
-        The model is checked: it must have the saved node layers, in order,
-        with the saved activation shapes, and the saved output shape (one
-        forward pass on a probe of zeros of the saved input shape).  If its
+        The file is checked for every invariant a fit leaves (Lambda finite,
+        positive and descending, each pseudo-inverse inverting its matrix, the
+        fitted counts agreeing with the arrays), reading no more than its
+        legitimate contents.  The model is checked: it must have the saved node
+        layers, in order, with the saved activation shapes, and the saved output
+        shape (one forward pass on a probe of zeros of the saved input shape).  If its
         weights differ from those the bases were fitted on, later calls warn
         with :class:`~sklearn_lib.exceptions.StaleBasisWarning`, as after a
         fit.  The saved parameters are checked as ``fit`` checks them, and
@@ -576,6 +587,8 @@ class LIBTransformer(_ModelLayerTransformer):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{as_path(path)!r} is not a saved {cls.__name__}: {exc}") from exc
         estimator._restore_fit(saved)
+        if saved.fingerprint is None:
+            _warn_uncomparable(path)
         estimator._set_device(device, path)
         # The weights may differ from the saved fingerprint's: that only warns later.
         fit_file.check_model(estimator._session(fitting=True), saved, as_path(path))
@@ -611,6 +624,7 @@ class LIBTransformer(_ModelLayerTransformer):
         self.n_stochastic_sources_ = saved.n_stochastic_sources
         self.stochastic_rounds_ = saved.rounds
         self._model_fingerprint_ = saved.fingerprint
+        self._fit_defining_ = self._fit_defining_digests()  # the saved parameters'
         for name, value in saved.inputs.items():
             names = name == "feature_names_in_"
             setattr(self, name, np.asarray(value, dtype=object) if names else value)
@@ -645,6 +659,7 @@ class LIBTransformer(_ModelLayerTransformer):
     def _n_features_out(self):
         return self.n_positions_ * self.n_components_
 
+    @reads_one_fit
     def get_feature_names_out(self, input_features=None):
         """Names of the output features, position-major for layers with positions.
 
@@ -664,6 +679,7 @@ class LIBTransformer(_ModelLayerTransformer):
             dtype=object,
         )
 
+    @reads_one_fit
     def transform(self, X):
         """LIB features of ``layer``'s activations on the model inputs ``X``.
 
@@ -684,6 +700,7 @@ class LIBTransformer(_ModelLayerTransformer):
         check_is_fitted(self)
         return self._map_layer(self._source(X), self._project)
 
+    @reads_one_fit
     def transform_tokens(self, X):
         """LIB features of every real token of ``layer``: one row per token, not per sample.
 
@@ -714,6 +731,7 @@ class LIBTransformer(_ModelLayerTransformer):
         check_is_fitted(self)
         return self._map_tokens(self._source(X), lambda f: self._project(f[:, None]))
 
+    @reads_one_fit
     def inverse_transform_tokens(self, Z):
         """Activations of tokens from their LIB features, ``(n_tokens, n_features)``.
 
@@ -743,6 +761,7 @@ class LIBTransformer(_ModelLayerTransformer):
 
         return map_arrays(Z, reconstruct)
 
+    @reads_one_fit
     def transform_activations(self, A):
         """LIB features of raw activations: ``(A - mean_) @ components_.T``.
 
@@ -774,6 +793,7 @@ class LIBTransformer(_ModelLayerTransformer):
             features = features / torch.from_numpy(np.sqrt(self.lambdas_)).to(features)
         return features.reshape(f.shape[0], -1)
 
+    @reads_one_fit
     def inverse_transform(self, X):
         """Activations reconstructed from LIB features.
 
@@ -834,6 +854,7 @@ class LIBTransformer(_ModelLayerTransformer):
         },
         prefer_skip_nested_validation=True,
     )
+    @reads_one_fit
     def interaction_graph(
         self,
         X,
@@ -895,6 +916,7 @@ class LIBTransformer(_ModelLayerTransformer):
         )
 
     # -- faithfulness ------------------------------------------------------------------
+    @reads_one_fit
     def score(self, X, y=None):
         """Faithfulness of the kept features: the model run on their reconstruction.
 
@@ -929,6 +951,18 @@ class LIBTransformer(_ModelLayerTransformer):
             self._session(), self._source(X), basis, [basis.n_components], y
         )
         return float(scores[0])
+
+
+def _warn_uncomparable(path):
+    """The warning of a file whose model fingerprint this version cannot compare."""
+    warnings.warn(
+        f"{as_path(path)!r} was saved by an earlier version of sklearn-lib, whose "
+        "model checksums this version does not compare: later calls cannot warn "
+        "if the model differs from the one the bases were fitted on (refit and "
+        "save to record it)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _sources_used(section_plan, rounds):

@@ -40,6 +40,22 @@ class FlattenedPositionsWarning(UserWarning):
     """
 
 
+class FallbackWarning(RuntimeWarning):
+    """Work was given up for a plainer way that gives the same result.
+
+    A closed form that failed its check against autograd, an exploratory call
+    (tracing, a route check, the pricing of a route) that raised, or a traced
+    section that cannot serve a new batch shape: the section then takes
+    autograd's rows, or the plan goes without a time estimate.  The fitted
+    result is the one the fast way would have given (exactly for exact
+    fits); the warning names the section and the reason, since a fault in
+    the model that only these calls met may matter.  A ``RuntimeWarning``,
+    so filters of those still apply.  Out-of-memory errors,
+    ``KeyboardInterrupt`` and ``SystemExit`` are never given up on: they
+    propagate.
+    """
+
+
 def user_stacklevel():
     """The ``stacklevel`` at which ``warnings.warn`` names the user's line, not ours.
 

@@ -11,7 +11,7 @@ networkx comes with torch, so nothing extra is needed.
 
 import importlib.util
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -56,6 +56,13 @@ def to_networkx(graph):
     Nodes carry ``layer``, ``feature`` and ``lambda``; an edge from
     ``(src, j)`` to ``(dst, i)`` carries ``weight = E[i, j]`` (zero edges are
     left out).
+
+    Raises
+    ------
+    ValueError
+        If an edge array has been changed, since the graph was made, to hold
+        a negative, NaN or infinite value or to have a shape other than its
+        section's: such an edge would be left out without a word.
     """
     import networkx as nx
 
@@ -64,10 +71,25 @@ def to_networkx(graph):
         for j, value in enumerate(graph.lambdas[node]):
             out.add_node((node, j), layer=node, feature=j, **{"lambda": float(value)})
     for src, dst in graph.sections:
-        E = graph.edges[(src, dst)]
+        E = _weights(graph, src, dst)
         for i, j in zip(*np.nonzero(E > 0)):
             out.add_edge((src, int(j)), (dst, int(i)), weight=float(E[i, j]))
     return out
+
+
+def _weights(graph, src, dst):
+    """The edges of a section as weights: checked again, as a graph's arrays can be
+    changed after its constructor checked them."""
+    E = np.asarray(graph.edges[(src, dst)])
+    expected = (len(graph.lambdas[dst]), len(graph.lambdas[src]))
+    if E.shape != expected:
+        raise ValueError(f"edges[{(src, dst)!r}] has shape {E.shape}, not {expected}")
+    if not np.all(np.isfinite(E)) or np.any(E < 0):
+        raise ValueError(
+            f"edges[{(src, dst)!r}] holds negative, NaN or infinite values (changed after "
+            "the graph was made?): edges are finite squares, >= 0"
+        )
+    return E
 
 
 def graph_modules(graph, resolution=1.0, random_state=None):
@@ -77,7 +99,8 @@ def graph_modules(graph, resolution=1.0, random_state=None):
     ----------
     graph : InteractionGraph
     resolution : float, default=1.0
-        Modularity's resolution: larger values give more, smaller modules.
+        Modularity's resolution, finite and positive: larger values give
+        more, smaller modules.
     random_state : int, RandomState instance or None, default=None
         Seeds the algorithm's random order; the same seed gives the same
         modules (a ``RandomState`` gives a seed from its stream, as
@@ -90,8 +113,11 @@ def graph_modules(graph, resolution=1.0, random_state=None):
     import networkx as nx
     from networkx.algorithms.community import louvain_communities, modularity
 
-    if not resolution > 0:
-        raise ValueError(f"resolution must be positive, got {resolution!r}")
+    # An infinite resolution makes every partition's modularity -inf.
+    if isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, Real):
+        raise TypeError(f"resolution must be a real number, got {resolution!r}")
+    if not (resolution > 0 and np.isfinite(resolution)):
+        raise ValueError(f"resolution must be positive and finite, got {resolution!r}")
     if isinstance(random_state, np.random.RandomState):
         # Both algorithms take an int seed; a RandomState gives one from its stream.
         random_state = int(random_state.randint(2**31 - 1))

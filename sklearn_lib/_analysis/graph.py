@@ -16,7 +16,9 @@ edges (the paper's constant bias feature is not part of the basis here).
 :mod:`~sklearn_lib._files.graph_file`'s.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from numbers import Integral
 
 import numpy as np
 
@@ -25,9 +27,119 @@ from .._files.graph_file import read_graph, write_graph
 from .communities import graph_modules, to_networkx
 
 
+def _values(value, name, ndim):
+    """``value`` as a float array of ``ndim`` dimensions, finite and ``>= 0``.
+
+    Float arrays are kept as they are (dtype and memory order: a saved graph
+    loads back the same); integer ones become float64.
+    """
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # a ragged nested list
+        raise ValueError(f"{name} is not an array: {exc}") from None
+    if array.dtype.kind in "iu":
+        array = array.astype(np.float64)
+    elif array.dtype.kind != "f":
+        raise TypeError(f"{name} must be an array of real numbers; got dtype {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if np.any(array < 0):
+        raise ValueError(f"{name} holds negative values (the smallest is {array.min():.4g})")
+    return array
+
+
+def _keyed(values, name, expected):
+    """``values`` if it is a dict with exactly the keys ``expected``; else TypeError or
+    ValueError naming the missing and unexpected keys."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{name} must be a dict; got {type(values).__name__}")
+    missing = [key for key in expected if key not in values]
+    unexpected = [key for key in values if key not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{name} must have exactly the keys {expected}: missing {missing}, "
+            f"unexpected {unexpected}"
+        )
+    return values
+
+
+def check_graph(nodes, lambdas, edges, info):
+    """``(nodes, lambdas, edges, info)`` of an :class:`InteractionGraph`, checked.
+
+    Node names are distinct strs; each node has a 1-D ``Lambda`` and each
+    section ``(src, dst)`` of consecutive nodes a ``(n_dst, n_src)`` edge
+    array, all finite and ``>= 0`` (Lambdas are variances, edges squares:
+    a negative or NaN one is no measurement, and modules and drawings would
+    drop it silently).  Returns a list of nodes and dicts in node order.
+
+    Raises
+    ------
+    TypeError
+        If an argument or array is of the wrong kind.
+    ValueError
+        If names repeat, keys are missing or unexpected, or an array has the
+        wrong shape or holds a negative, NaN or infinite value.
+    """
+    if isinstance(nodes, str) or not isinstance(nodes, (list, tuple)):
+        raise TypeError(f"nodes must be a list of str; got {type(nodes).__name__}")
+    if not nodes or not all(isinstance(node, str) for node in nodes):
+        raise ValueError(f"nodes must be a non-empty list of str; got {nodes!r}")
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"nodes must be distinct; got {nodes!r}")
+    if not isinstance(info, dict):
+        raise TypeError(f"info must be a dict; got {type(info).__name__}")
+    lambdas = _keyed(lambdas, "lambdas", list(nodes))
+    lambdas = {node: _values(lambdas[node], f"lambdas[{node!r}]", 1) for node in nodes}
+    sections = list(zip(nodes[:-1], nodes[1:]))
+    edges = _keyed(edges, "edges", sections)
+    checked = {}
+    for src, dst in sections:
+        name = f"edges[{(src, dst)!r}]"
+        checked[(src, dst)] = E = _values(edges[(src, dst)], name, 2)
+        expected = (len(lambdas[dst]), len(lambdas[src]))
+        if E.shape != expected:
+            raise ValueError(
+                f"{name} has shape {E.shape}, not {expected} (the features of {dst!r}, "
+                f"then those of {src!r}, as their lambdas have them)"
+            )
+    return list(nodes), lambdas, checked, info
+
+
+def _check_count(value, name):
+    """Raise TypeError unless ``value`` is an int (not a bool), ValueError if negative."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int; got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0; got {value!r}")
+
+
 @dataclass
 class InteractionGraph:
     """Node layers, their features' Lambda, and squared edges between them.
+
+    The constructor checks its arguments (:meth:`load` and the estimators
+    build graphs through it too): distinct node names, a Lambda for every
+    node and an edge array of shape ``(n_dst_features, n_src_features)`` for
+    every section, all finite and ``>= 0``.  Integer arrays become float64.
+
+    Parameters
+    ----------
+    nodes : list of str
+    lambdas : dict of str to array-like
+    edges : dict of (str, str) to array-like
+    info : dict, default={}
+        As the attributes.
+
+    Raises
+    ------
+    TypeError
+        If an argument, or an array's dtype, is of the wrong kind.
+    ValueError
+        If node names repeat, a node or section lacks its array (or an
+        unknown one is given), or an array has the wrong shape or holds a
+        negative, NaN or infinite value.
 
     Attributes
     ----------
@@ -47,14 +159,33 @@ class InteractionGraph:
     edges: dict
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.nodes, self.lambdas, self.edges, self.info = check_graph(
+            self.nodes, self.lambdas, self.edges, self.info
+        )
+
     @property
     def sections(self):
         """``(src, dst)`` pairs in forward order."""
         return list(zip(self.nodes[:-1], self.nodes[1:]))
 
     def top_edges(self, section, n_edges):
-        """Boolean mask of the ``n_edges`` strongest edges of a section."""
-        E = self.edges[tuple(section)]
+        """Boolean mask of the ``n_edges`` strongest edges of a section.
+
+        Parameters
+        ----------
+        section : (str, str)
+            One of :attr:`sections` (a tuple or a list).
+        n_edges : int
+            How many edges to mark, ``>= 0`` (all of them where it exceeds
+            their number).
+
+        Returns
+        -------
+        ndarray of bool, of the section's edges' shape
+        """
+        E = self.edges[self._section(section)]
+        _check_count(n_edges, "n_edges")
         # A stable sort keeps ties in a fixed (row-major) order.
         order = np.argsort(-E, axis=None, kind="stable")
         mask = np.zeros(E.size, dtype=bool)
@@ -67,7 +198,8 @@ class InteractionGraph:
         Parameters
         ----------
         top : int, default=5
-            Strongest edges listed per section (ties in row-major order).
+            Strongest edges listed per section (ties in row-major order),
+            ``>= 0``.
         labels : tokenizer, sequence of str, dict or None, default=None
             Text for features, written after their index in the edge lines
             (``ln_f[3] -> output[12 'the']: 0.53``): alone, a tokenizer (with
@@ -91,6 +223,7 @@ class InteractionGraph:
         >>> print(graph.summary(top=1, labels=["a", "the", "cat"]).splitlines()[-1])
             h[0] -> output[2 'cat']: 2
         """
+        _check_count(top, "top")
         names = feature_names(self, labels)
         lines = [f"InteractionGraph with {len(self.nodes)} node layers ({self.info})"]
         for node in self.nodes:
@@ -110,6 +243,13 @@ class InteractionGraph:
                 i, j = np.unravel_index(idx, E.shape)
                 lines.append(f"    {src}[{names[src](j)}] -> {dst}[{names[dst](i)}]: {E[i, j]:.4g}")
         return "\n".join(lines)
+
+    def _section(self, section):
+        """``section`` as a key of :attr:`edges`, or ValueError."""
+        key = tuple(section) if isinstance(section, (list, tuple)) else section
+        if not isinstance(key, tuple) or key not in self.edges:
+            raise ValueError(f"section={section!r} is not one of the graph's {self.sections}")
+        return key
 
     def __str__(self):
         return self.summary()
@@ -188,6 +328,12 @@ class InteractionGraph:
         Nodes are ``(layer, feature)`` with attributes ``layer``, ``feature``
         and ``lambda``; an edge ``(src, j) -> (dst, i)`` has ``weight``
         ``E[i, j]`` (zero edges are left out).  networkx comes with torch.
+
+        Raises
+        ------
+        ValueError
+            If the edges were changed since the graph was made to hold a
+            negative, NaN or infinite value, or to have the wrong shape.
         """
         return to_networkx(self)
 
@@ -200,7 +346,7 @@ class InteractionGraph:
         Parameters
         ----------
         resolution : float, default=1.0
-            Larger values give more, smaller modules.
+            Finite and positive: larger values give more, smaller modules.
         random_state : int, RandomState instance or None, default=None
             Seeds the algorithm: the same seed, the same modules.
 
@@ -209,6 +355,16 @@ class InteractionGraph:
         GraphModules
             ``labels`` (per node layer, each feature's module, numbered by
             decreasing size), ``modularity`` and ``method``.
+
+        Raises
+        ------
+        TypeError
+            If ``resolution`` is not a real number.
+        ValueError
+            If ``resolution`` is not finite and positive, ``random_state`` is
+            none of the above, the graph has no nonzero edge, or its edges
+            were changed since it was made to hold a negative, NaN or
+            infinite value.
         """
         return graph_modules(self, resolution, random_state)
 

@@ -58,9 +58,17 @@ def resolve_model(model):
 
     Raises
     ------
+    TypeError
+        For a TorchScript module, which takes no hooks.
     ValueError
         For a skorch net that is not initialised yet (it has no module).
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            f"model is a TorchScript module ({type(model).__name__}, from torch.jit.script "
+            "or torch.jit.trace), which takes no forward hooks, and LIB reads a layer's "
+            "activations through them: pass the torch.nn.Module it was made from"
+        )
     if isinstance(model, torch.nn.Module):
         return model
     module = getattr(model, "module_", None)

@@ -14,7 +14,11 @@ def pyplot():
 
 
 def axes_or_new(ax, figsize=(6, 4)):
-    """``ax``, or the axes of a new figure."""
-    if ax is not None:
-        return ax
-    return pyplot().subplots(figsize=figsize)[1]
+    """``ax``, or the axes of a new figure; TypeError if ``ax`` is neither None nor Axes."""
+    if ax is None:
+        return pyplot().subplots(figsize=figsize)[1]
+    from matplotlib.axes import Axes
+
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None; got {type(ax).__name__}")
+    return ax

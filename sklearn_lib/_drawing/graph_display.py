@@ -180,6 +180,20 @@ def _strongest_edges(graph, top_edges, drawn):
     return strongest
 
 
+def _check_cmap(cmap):
+    """Raise TypeError unless ``cmap`` is a str or a Colormap, ValueError for an unknown name:
+    before anything is drawn, not deep inside matplotlib."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Colormap
+
+    if cmap is None or isinstance(cmap, Colormap):  # None: matplotlib's default
+        return
+    if not isinstance(cmap, str):
+        raise TypeError(f"cmap must be a str or a matplotlib Colormap; got {type(cmap).__name__}")
+    if cmap not in colormaps:
+        raise ValueError(f"cmap={cmap!r} is not a matplotlib colormap (e.g. 'viridis', 'magma')")
+
+
 def _edge_style(share):
     """Line style of an edge that is ``share`` of its section's largest."""
     return {"color": "tab:blue", "alpha": 0.3 + 0.7 * share, "linewidth": 0.3 + 4 * share}
@@ -300,8 +314,20 @@ class InteractionGraphDisplay:
         -------
         InteractionGraphDisplay
             ``self``, with the attributes set.
+
+        Raises
+        ------
+        TypeError
+            If ``graph`` is not an InteractionGraph, ``ax`` not a matplotlib
+            Axes, ``cmap`` neither a str nor a Colormap, or ``labels`` of a
+            kind not accepted.
+        ValueError
+            If ``top_edges`` or ``max_features`` is not an int >= 1, ``cmap``
+            names no colormap, or ``labels`` do not fit the graph (see
+            :func:`feature_names`).
         """
         self._check()
+        _check_cmap(cmap)
         graph = self.graph
         # Labels are checked before anything is drawn.
         names = feature_names(graph, self.labels)

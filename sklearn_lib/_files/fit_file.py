@@ -11,6 +11,13 @@ and the interaction graph of ``compute_graph=True``,
 write and checked reader (:mod:`~sklearn_lib._files.npz`): no new
 dependency, and nothing is ever unpickled.
 
+A file proves what it holds: :func:`read` checks every array's shape
+against ``meta`` before reading it, and then every invariant a fit leaves
+(:func:`~sklearn_lib._files.basis_file.check_basis` for each basis, and
+:func:`check_fit` for the parts together); :func:`write` runs the same
+checks on what it is about to write, and refuses parameters that would not
+come back as they are, so that every file saved loads.
+
 The estimator turns itself into a :class:`SavedFit` and back; this module
 knows no estimator.  :func:`check_model` runs the model given to ``load`` on
 a probe of zeros of the saved input shapes and refuses one without the node
@@ -18,18 +25,35 @@ layers or with other activation shapes.
 """
 
 import json
+import math
+import warnings
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 import torch
 
 from .._core.nodes import OUTPUT_NODE
+from .._fitting.basis import n_kept
 from .._fitting.stochastic import SourceRounds
 from .._model.capture import inspect_node_layers
 from .._model.inputs import is_dict
-from .basis_file import basis_arrays, basis_entry, positive_ints, read_bases
-from .graph_file import check_graph_meta, graph_arrays, graph_from_arrays
-from .npz import CONTENT_ERRORS, as_path, json_default, read_npz, write_atomically
+from .basis_file import bases_shapes, basis_arrays, basis_entry, positive_ints, read_bases
+from .graph_file import (
+    check_graph_keys,
+    check_graph_meta,
+    graph_arrays,
+    graph_from_arrays,
+    graph_shapes,
+)
+from .npz import (
+    CONTENT_ERRORS,
+    as_path,
+    check_meta_size,
+    json_default,
+    read_npz,
+    write_atomically,
+)
 
 _FORMAT = "sklearn-lib LIBTransformer"
 _VERSION = 1
@@ -55,8 +79,10 @@ class SavedFit:
     batch_size : int
     n_stochastic_sources : dict
     rounds : dict of str to SourceRounds
-    fingerprint : (torch.dtype, dict)
-        Checksums of the model the bases were fitted on.
+    fingerprint : dict or None
+        Digests of the model the bases were fitted on
+        (:func:`~sklearn_lib._model.fingerprint.fingerprint`); None in a file
+        of an earlier version, whose checksums this version cannot compare.
     inputs : dict
         Those of :data:`INPUT_ATTRIBUTES` the fit set.
     graph : tuple or None
@@ -92,7 +118,12 @@ def _kind(tensor):
 
 # -- writing --------------------------------------------------------------------------------
 def write(path, saved, owner):
-    """Write ``saved`` to ``path`` atomically; ``owner`` names the estimator in errors."""
+    """Write ``saved`` to ``path`` atomically; ``owner`` names the estimator in errors.
+
+    Raises TypeError for a parameter that would not load as it is, and
+    ValueError for a fit that :func:`read` would refuse, before anything is
+    written.
+    """
     path = as_path(path)
     meta = {
         "format": _FORMAT,
@@ -112,7 +143,24 @@ def write(path, saved, owner):
     if saved.output_config is not None:
         meta["output_config"] = saved.output_config
     text = json.dumps(meta, default=json_default)
+    try:
+        check_meta_size(text)
+        _check_loads(text, arrays)
+    except CONTENT_ERRORS + (TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{owner}.save cannot store this fit, which would not load: {exc}"
+        ) from exc
     write_atomically(path, lambda file: np.savez_compressed(file, meta=np.array(text), **arrays))
+
+
+def _check_loads(text, arrays):
+    """Raise what :func:`read` would raise for a file of ``text`` and ``arrays``."""
+    meta, shapes = _layout(text, set(arrays))
+    read = {}
+    for key, check in shapes.items():
+        check(arrays[key].shape, arrays=read)
+        read[key] = arrays[key]
+    _contents(meta, read)
 
 
 @dataclass
@@ -122,28 +170,103 @@ class _GraphParts:
     edges: dict
 
 
+#: Tags of the parameter values JSON has no type for, ``{tag: value}``; a dict that
+#: looks like one is saved inside ``{"dict": ...}``.
+_TAGS = ("tuple", "dict", "torch.device", "torch.dtype")
+
+
 def _params_json(params, owner):
-    """The parameters as JSON; TypeError for one that JSON cannot hold."""
+    """The parameters as JSON values (:func:`encode`); TypeError for one that would not load
+    as it is (numpy scalars load as the Python numbers they equal)."""
     out = {}
     for name, value in params.items():
-        if isinstance(value, (torch.device, torch.dtype)):
-            value = str(value).removeprefix("torch.")
-        elif isinstance(value, tuple):
-            value = {"tuple": list(value)}
+        encoded = encode(value)
         try:
-            json.dumps(value)
-        except (TypeError, ValueError):
+            back = decode(json.loads(json.dumps(encoded)))
+        except (TypeError, ValueError, RuntimeError):
+            back = _NOT_JSON
+        if back is _NOT_JSON or not _same(back, value):
+            loads_as = "" if back is _NOT_JSON else f" (it would load as {back!r})"
             raise TypeError(
-                f"{owner}.save cannot store {name}={value!r}: only parameters that JSON "
-                "holds (str, numbers, lists, dicts, None) can be saved; set it to such a "
-                "value, or pickle the estimator instead"
-            ) from None
-        out[name] = value
+                f"{owner}.save cannot store {name}={value!r}{loads_as}: only parameters that "
+                "JSON holds (str, numbers, lists, tuples and dicts of them with str keys, "
+                "None, torch devices and dtypes) can be saved; set it to such a value, or "
+                "pickle the estimator instead"
+            )
+        out[name] = encoded
     return out
 
 
+_NOT_JSON = object()
+
+
+def encode(value):
+    """``value`` as JSON holds it: tuples, devices and dtypes tagged (:data:`_TAGS`), numpy
+    scalars as Python ones; what JSON cannot hold is left for ``json.dumps`` to refuse."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return {"tuple": [encode(item) for item in value]}
+    if isinstance(value, list):
+        return [encode(item) for item in value]
+    if isinstance(value, dict):
+        encoded = {key: encode(item) for key, item in value.items()}
+        return {"dict": encoded} if len(value) == 1 and next(iter(value)) in _TAGS else encoded
+    if isinstance(value, torch.device):
+        return {"torch.device": str(value)}
+    if isinstance(value, torch.dtype):
+        return {"torch.dtype": str(value).removeprefix("torch.")}
+    return value
+
+
+def decode(value):
+    """The value :func:`encode` gave ``value`` of; ValueError for a malformed tag."""
+    if isinstance(value, list):
+        return [decode(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1 and next(iter(value)) in _TAGS:
+        ((tag, inner),) = value.items()
+        kinds = {"tuple": list, "dict": dict, "torch.device": str, "torch.dtype": str}
+        if not isinstance(inner, kinds[tag]):
+            raise ValueError(f"saved parameter {value!r}: a {tag!r} of a {type(inner).__name__}")
+        if tag == "tuple":
+            return tuple(decode(item) for item in inner)
+        if tag == "dict":
+            return {key: decode(item) for key, item in inner.items()}
+        return _torch_value(tag, inner)
+    return {key: decode(item) for key, item in value.items()}
+
+
+def _torch_value(tag, name):
+    if tag == "torch.dtype":
+        dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype) or str(dtype) != f"torch.{name}":
+            raise ValueError(f"saved parameter dtype {name!r} is not the name of a torch dtype")
+        return dtype
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"saved parameter device {name!r} is not a torch device: {exc}") from None
+
+
+def _same(loaded, value):
+    """Whether ``loaded`` is ``value``: equal and of its type (numpy scalars as the Python
+    numbers they equal; NaN is NaN), through lists, tuples and dicts."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if type(loaded) is not type(value):
+        return False
+    if isinstance(value, (list, tuple)):
+        return len(loaded) == len(value) and all(map(_same, loaded, value))
+    if isinstance(value, dict):
+        return list(loaded) == list(value) and all(_same(loaded[k], value[k]) for k in value)
+    if isinstance(value, float) and math.isnan(value):
+        return math.isnan(loaded)
+    return loaded == value
+
+
 def _fitted_json(saved):
-    dtype, checksums = saved.fingerprint
     fitted = {
         "input_shape_": _shape_json(saved.input_shape),
         "input_dtypes": saved.input_dtypes,
@@ -151,10 +274,7 @@ def _fitted_json(saved):
         "batch_size_": saved.batch_size,
         "n_stochastic_sources_": saved.n_stochastic_sources,
         "stochastic_rounds_": {name: vars(r) for name, r in saved.rounds.items()},
-        "model_fingerprint": {
-            "dtype": str(dtype).removeprefix("torch."),
-            "checksums": {name: list(sums) for name, sums in checksums.items()},
-        },
+        "model_fingerprint": {"digests": saved.fingerprint},
     }
     for name, value in saved.inputs.items():
         fitted[name] = np.asarray(value).tolist()
@@ -169,27 +289,55 @@ def _shape_json(shape):
 
 # -- reading --------------------------------------------------------------------------------
 def read(path, owner):
-    """The :class:`SavedFit` in ``path``; ValueError naming the file and the problem."""
+    """The :class:`SavedFit` in ``path``; ValueError naming the file and the problem.
+
+    Every array's shape is checked against ``meta`` before its data is read
+    (:func:`_layout`), and every invariant of a fit after (:func:`_contents`).
+    """
     path = as_path(path)
     with open(path, "rb") as file:
         try:
-            arrays = read_npz(file)
-            if "meta" not in arrays:
-                raise ValueError("no 'meta' array")
-            meta = _parse(str(arrays.pop("meta")[()]))
-            bases = read_bases(meta["bases"], arrays)
-            graph = _graph(meta.get("graph"), arrays)
-            if arrays:
-                raise ValueError(f"unexpected arrays {sorted(arrays)}")
-            return _saved(meta, bases, graph)
+            meta, arrays = read_npz(file, _layout)
+            return _contents(meta, arrays)
         except CONTENT_ERRORS + (TypeError, AttributeError) as exc:
             raise ValueError(f"{path!r} is not a saved {owner}: {exc}") from exc
 
 
+def _layout(text, keys):
+    """The parsed ``meta`` of ``text`` and ``{key: check}`` of the arrays it implies (see
+    :func:`~sklearn_lib._files.npz.read_npz`); ValueError for other ``keys``."""
+    meta = _parse(text)
+    shapes = bases_shapes(meta["bases"], keys)
+    entry = meta.get("graph")
+    if entry is not None:
+        nodes, _ = _graph_meta(entry)
+        names = [basis["name"] for basis in meta["bases"]]
+        if nodes != names:
+            raise ValueError(f"'meta' graph nodes {nodes} are not the bases {names}")
+        graph_keys = {k.removeprefix(_GRAPH_PREFIX) for k in keys if k.startswith(_GRAPH_PREFIX)}
+        check_graph_keys(nodes, graph_keys)
+        # The graph's Lambda are the kept ones of each basis.
+        widths = [basis["n_components"] for basis in meta["bases"]]
+        shapes.update(graph_shapes(nodes, _GRAPH_PREFIX, widths))
+    unexpected = sorted(set(keys) - set(shapes))
+    if unexpected:
+        raise ValueError(f"unexpected arrays {unexpected}")
+    return meta, shapes
+
+
+def _contents(meta, arrays):
+    """The :class:`SavedFit` of a file's parsed ``meta`` and ``arrays`` (used up), checked."""
+    bases = read_bases(meta["bases"], arrays)
+    graph = _graph(meta.get("graph"), arrays)
+    if arrays:
+        raise ValueError(f"unexpected arrays {sorted(arrays)}")
+    saved = _saved(meta, bases, graph)
+    check_fit(saved)
+    return saved
+
+
 def _saved(meta, bases, graph):
     fitted = meta["fitted"]
-    printed = fitted["model_fingerprint"]
-    checksums = {name: tuple(sums) for name, sums in printed["checksums"].items()}
     (batch_size,) = positive_ints([fitted["batch_size_"]], "batch_size_")
     inputs = {name: fitted[name] for name in INPUT_ATTRIBUTES if name in fitted}
     if "n_features_in_" in inputs:
@@ -208,11 +356,26 @@ def _saved(meta, bases, graph):
         batch_size=batch_size,
         n_stochastic_sources=dict(fitted["n_stochastic_sources_"]),
         rounds={name: SourceRounds(**r) for name, r in fitted["stochastic_rounds_"].items()},
-        fingerprint=(getattr(torch, printed["dtype"]), checksums),
+        fingerprint=_fingerprint(fitted["model_fingerprint"]),
         inputs=inputs,
         graph=graph,
         output_config=_output_config(meta.get("output_config")),
     )
+
+
+def _fingerprint(printed):
+    """The saved digests; None for an earlier version's checksums (sums of values in
+    the compute dtype, which this version no longer takes)."""
+    if "checksums" in printed and "digests" not in printed:
+        return None
+    digests = printed["digests"]
+    if digests is None:  # an earlier version's file, saved again
+        return None
+    if not isinstance(digests, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in digests.items()
+    ):
+        raise ValueError("model_fingerprint must map names to digests (str)")
+    return digests
 
 
 def _parse(text):
@@ -231,12 +394,7 @@ def _parse(text):
 
 
 def _params(params):
-    return {
-        name: tuple(value["tuple"])
-        if isinstance(value, dict) and set(value) == {"tuple"}
-        else value
-        for name, value in params.items()
-    }
+    return {name: decode(value) for name, value in params.items()}
 
 
 def _shape(shape):
@@ -245,15 +403,28 @@ def _shape(shape):
     return tuple(positive_ints(shape, "input_shape_")) if shape else ()
 
 
+#: The names of the torch dtypes of inputs a fit saves besides ``"float"``: bool and
+#: integers (token ids, masks), as :func:`input_dtypes` writes them.
+INPUT_DTYPES = tuple(
+    name
+    for name in ("bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64")
+    if isinstance(getattr(torch, name, None), torch.dtype)
+)
+
+
 def _dtypes(kinds, shape):
-    """The saved input kinds, each ``"float"`` or an integer dtype of torch, per field."""
+    """The saved input kinds, each ``"float"`` or one of :data:`INPUT_DTYPES`, per field."""
 
     def kind(value):
-        if value != "float" and not isinstance(getattr(torch, str(value), None), torch.dtype):
-            raise ValueError(f"input dtype {value!r} is neither 'float' nor a torch dtype")
-        if value != "float" and getattr(torch, value).is_floating_point:
+        if value == "float" or value in INPUT_DTYPES:
+            return value
+        dtype = getattr(torch, value, None) if isinstance(value, str) else None
+        if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
             raise ValueError(f"input dtype {value!r}: floating inputs are saved as 'float'")
-        return value
+        raise ValueError(
+            f"input dtype {value!r} is neither 'float' nor one of the torch dtypes of "
+            f"inputs a fit saves, {INPUT_DTYPES}"
+        )
 
     if isinstance(shape, dict):
         if not isinstance(kinds, dict) or set(kinds) != set(shape):
@@ -279,11 +450,120 @@ def _output_config(config):
 def _graph(entry, arrays):
     if entry is None:
         return None
-    if not isinstance(entry, dict):
-        raise ValueError("'meta' graph must hold 'nodes' (a list) and 'info' (an object)")
-    nodes, info = check_graph_meta(entry.get("nodes"), entry.get("info"))
+    nodes, info = _graph_meta(entry)
     lambdas, edges = graph_from_arrays(nodes, arrays, _GRAPH_PREFIX)
     return nodes, lambdas, edges, info
+
+
+def _graph_meta(entry):
+    if not isinstance(entry, dict):
+        raise ValueError("'meta' graph must hold 'nodes' (a list) and 'info' (an object)")
+    return check_graph_meta(entry.get("nodes"), entry.get("info"))
+
+
+# -- the parts together ---------------------------------------------------------------------
+def check_fit(saved):
+    """Raise ValueError unless the parts of ``saved`` agree as a fit leaves them.
+
+    The inputs' fitted attributes match their shape (``n_features_in_`` its
+    width, ``input_fields_`` its fields); the output basis has the output's
+    shape; every node layer has its ``n_stochastic_sources_``; the bases are
+    the layers, kinds, kept counts and means that the parameters give (the
+    parameters' own checks come later, from the estimator's); and a graph is
+    of the bases, with their kept Lambda.
+    """
+    _check_inputs(saved.input_shape, saved.inputs)
+    bases = saved.bases
+    if tuple(bases[OUTPUT_NODE].shape) != tuple(saved.output_shape):
+        raise ValueError(
+            f"output_shape_ {tuple(saved.output_shape)} is not the shape "
+            f"{tuple(bases[OUTPUT_NODE].shape)} of the output's basis"
+        )
+    names = [name for name in bases if name != OUTPUT_NODE]
+    sources = saved.n_stochastic_sources
+    if set(sources) != set(names) or not all(
+        n is None or (type(n) is int and n > 0) for n in sources.values()
+    ):
+        raise ValueError(
+            f"n_stochastic_sources_ {sources!r} must give each node layer of {names} "
+            "None or a positive int"
+        )
+    if not set(saved.rounds) <= set(names):
+        raise ValueError(f"stochastic_rounds_ of {sorted(saved.rounds)}, not node layers {names}")
+    _check_parameters(bases, saved.params)
+    if saved.graph is not None:
+        _check_graph(saved.graph, bases)
+
+
+def _check_inputs(shape, inputs):
+    if isinstance(shape, dict):
+        extra = sorted(set(inputs) & {"n_features_in_", "feature_names_in_"})
+        if extra or inputs.get("input_fields_") != list(shape):
+            raise ValueError(
+                f"the inputs are the fields {list(shape)}, so input_fields_ must name them "
+                f"(not {inputs.get('input_fields_')!r}) and {extra} cannot be set"
+            )
+        return
+    n, names = inputs.get("n_features_in_"), inputs.get("feature_names_in_")
+    if "input_fields_" in inputs or not shape or n != shape[0]:
+        raise ValueError(
+            f"the inputs are one array of per-sample shape {shape}, so n_features_in_ must "
+            f"be its width (not {n!r}) and input_fields_ cannot be set"
+        )
+    if names is not None and len(names) != n:
+        raise ValueError(f"feature_names_in_ has {len(names)} names, not n_features_in_={n}")
+
+
+def _check_parameters(bases, params):
+    """The bases against the parameters (those of valid types: others are refused later)."""
+    layer, downstream = params.get("layer"), params.get("downstream_layers")
+    if isinstance(layer, str) and isinstance(downstream, (list, tuple)):
+        layers = [layer, *downstream, OUTPUT_NODE]
+        if list(bases) != layers:
+            raise ValueError(f"the bases are of {list(bases)}, but the parameters name {layers}")
+    kinds = {"basis": ("lib", "pca"), "output_basis": ("identity", "pca")}
+    for name, basis in bases.items():
+        param = "output_basis" if name == OUTPUT_NODE else "basis"
+        if params.get(param) in kinds[param] and basis.kind != params[param]:
+            raise ValueError(
+                f"basis {name!r} is of kind {basis.kind!r}, not {param}={params[param]!r}"
+            )
+        if name != OUTPUT_NODE and params.get("center") is False and np.any(basis.mean != 0):
+            raise ValueError(f"basis {name!r} has a mean, but center=False fits none")
+    _check_kept(bases, params.get("n_components"), params.get("truncation_threshold"))
+
+
+def _check_kept(bases, n_components, threshold):
+    """Each node layer keeps what ``n_components`` (the first layer's) and ``threshold`` keep."""
+    if not (isinstance(threshold, Real) and not isinstance(threshold, bool) and 0 <= threshold < 1):
+        return
+    if isinstance(n_components, float):
+        if not 0 < n_components < 1:
+            return
+    elif n_components is not None and (type(n_components) is not int or n_components < 1):
+        return
+    for i, (name, basis) in enumerate(bases.items()):
+        if name == OUTPUT_NODE:
+            continue
+        asked = n_components if i == 0 else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fit warned already, where it keeps fewer
+            kept = n_kept(basis.lambdas, asked, threshold, name)
+        if basis.n_components != kept:
+            raise ValueError(
+                f"basis {name!r} keeps {basis.n_components} features, but n_components={asked!r} "
+                f"and truncation_threshold={threshold!r} keep {kept} of its Lambda"
+            )
+
+
+def _check_graph(graph, bases):
+    nodes, lambdas = graph[:2]
+    if nodes != list(bases):
+        raise ValueError(f"the graph's nodes {nodes} are not the bases {list(bases)}")
+    for node in nodes:
+        basis = bases[node]
+        if not np.array_equal(lambdas[node], basis.lambdas[: basis.n_components]):
+            raise ValueError(f"the graph's Lambda of {node!r} are not the kept Lambda of its basis")
 
 
 # -- the model ------------------------------------------------------------------------------

@@ -4,10 +4,12 @@ A graph is float arrays ``lambdas_<i>`` (node ``i``) and ``edges_<i>``
 (section ``i``), with a JSON string ``meta`` of the node names and ``info``
 in a file of its own (:func:`write_graph`, :func:`read_graph`), or the same
 arrays under a prefix inside a saved fit (:func:`graph_arrays`,
-:func:`graph_from_arrays`).  Nothing is ever unpickled.
+:func:`graph_from_arrays`).  Nothing is ever unpickled, and a file's arrays
+are those its nodes imply (:func:`graph_shapes`), checked before any is read.
 """
 
 import json
+from functools import partial
 
 import numpy as np
 
@@ -15,6 +17,8 @@ from .npz import (
     CONTENT_ERRORS,
     as_path,
     check_float_dtype,
+    check_meta_size,
+    expect_shape,
     json_default,
     read_npz,
     write_atomically,
@@ -32,6 +36,7 @@ def write_graph(path, graph):
     )
     try:
         # The same checks as reading: a graph that saves also loads.
+        check_meta_size(meta)
         nodes, _ = _parse_meta(meta)
         arrays = graph_arrays(graph)
         check_graph_arrays(nodes, arrays)
@@ -49,10 +54,7 @@ def read_graph(path):
     path = as_path(path)
     with open(path, "rb") as file:
         try:
-            arrays = read_npz(file, rank=_read_order, expected_shape=_expected_shape)
-            if "meta" not in arrays:
-                raise ValueError("no 'meta' array")
-            nodes, info = _parse_meta(str(arrays.pop("meta")[()]))
+            (nodes, info), arrays = read_npz(file, _layout)
             return (nodes, *graph_from_arrays(nodes, arrays), info)
         except CONTENT_ERRORS as exc:
             raise ValueError(f"{path!r} is not a saved InteractionGraph: {exc}") from exc
@@ -82,22 +84,51 @@ def graph_from_arrays(nodes, arrays, prefix=""):
     return lambdas, edges
 
 
-def _read_order(key):
-    # meta, then the lambdas (which fix the edges' shapes), then the rest.
-    kind, _, index = key.partition("_")
-    return ({"meta": 0, "lambdas": 1}.get(kind, 2), int(index) if index.isdigit() else 0, key)
+def _layout(text, keys):
+    """``meta``'s ``(nodes, info)`` and the shapes of the arrays they imply (see
+    :func:`~sklearn_lib._files.npz.read_npz`); ValueError for other ``keys``."""
+    nodes, info = _parse_meta(text)
+    check_graph_keys(nodes, keys)
+    return (nodes, info), graph_shapes(nodes)
 
 
-def _expected_shape(key, arrays):
-    """The shape ``edges_<i>`` must have, from the lambdas read before it (else None)."""
-    kind, _, index = key.partition("_")
-    if kind != "edges" or not index.isdigit():
-        return None
-    i = int(index)
-    src, dst = arrays.get(f"lambdas_{i}"), arrays.get(f"lambdas_{i + 1}")
-    if src is None or dst is None or src.ndim != 1 or dst.ndim != 1:
-        return None  # reported by the full check
-    return (dst.shape[0], src.shape[0])
+def graph_shapes(nodes, prefix="", widths=None):
+    """``{key: check}`` of the arrays of a graph of ``nodes`` in reading order, for
+    :func:`~sklearn_lib._files.npz.read_npz`: each node's lambdas 1-D (of ``widths[i]``
+    features where given), then each section's edges of the widths of the lambdas read."""
+    shapes = {}
+    for i, node in enumerate(nodes):
+        width = None if widths is None else widths[i]
+        shapes[f"{prefix}lambdas_{i}"] = partial(_lambdas_shape, i, node, width)
+    for i, section in enumerate(zip(nodes[:-1], nodes[1:])):
+        shapes[f"{prefix}edges_{i}"] = partial(_edges_shape, i, section, prefix)
+    return shapes
+
+
+def _lambdas_shape(i, node, width, shape, arrays):
+    if len(shape) != 1:
+        raise ValueError(f"array 'lambdas_{i}' of node {node!r} has shape {shape}, not 1-D")
+    if width is not None:
+        expect_shape(f"lambdas_{i}", shape, (width,))
+
+
+def _edges_shape(i, section, prefix, shape, arrays):
+    n_src, n_dst = (len(arrays[f"{prefix}lambdas_{j}"]) for j in (i, i + 1))
+    if shape != (n_dst, n_src):
+        src, dst = section
+        raise ValueError(
+            f"array 'edges_{i}' has shape {shape}, not {(n_dst, n_src)} (features of "
+            f"{dst!r}, features of {src!r}, as their lambdas have them)"
+        )
+
+
+def _check_edges_shape(i, section, shape, expected):
+    if shape != expected:
+        src, dst = section
+        raise ValueError(
+            f"array 'edges_{i}' of {src!r} -> {dst!r} has shape {shape}, not "
+            f"{expected} (features of {dst!r}, features of {src!r})"
+        )
 
 
 def _parse_meta(meta):
@@ -129,16 +160,21 @@ def check_graph_meta(nodes, info):
     return nodes, info
 
 
-def check_graph_arrays(nodes, arrays):
-    """Raise ValueError unless ``arrays`` are exactly the lambdas and edges of ``nodes``."""
+def check_graph_keys(nodes, keys):
+    """Raise ValueError unless ``keys`` are exactly those of the lambdas and edges of ``nodes``."""
     expected = {f"lambdas_{i}" for i in range(len(nodes))}
     expected |= {f"edges_{i}" for i in range(len(nodes) - 1)}
-    missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+    missing, unexpected = sorted(expected - set(keys)), sorted(set(keys) - expected)
     if missing or unexpected:
         raise ValueError(
             f"the {len(nodes)} nodes {nodes} need arrays lambdas_0.. and edges_0..: "
             f"missing {missing}, unexpected {unexpected}"
         )
+
+
+def check_graph_arrays(nodes, arrays):
+    """Raise ValueError unless ``arrays`` are exactly the lambdas and edges of ``nodes``."""
+    check_graph_keys(nodes, arrays)
     for key, values in arrays.items():
         check_float_dtype(key, values.dtype)
         if not np.all(np.isfinite(values)):
@@ -151,10 +187,6 @@ def check_graph_arrays(nodes, arrays):
         if len(shape) != 1:
             raise ValueError(f"array 'lambdas_{i}' of node {node!r} has shape {shape}, not 1-D")
         n_features.append(shape[0])
-    for i, (src, dst) in enumerate(zip(nodes[:-1], nodes[1:])):
-        shape, expected_shape = arrays[f"edges_{i}"].shape, (n_features[i + 1], n_features[i])
-        if shape != expected_shape:
-            raise ValueError(
-                f"array 'edges_{i}' of {src!r} -> {dst!r} has shape {shape}, not "
-                f"{expected_shape} (features of {dst!r}, features of {src!r})"
-            )
+    for i, section in enumerate(zip(nodes[:-1], nodes[1:])):
+        expected = (n_features[i + 1], n_features[i])
+        _check_edges_shape(i, section, arrays[f"edges_{i}"].shape, expected)

@@ -11,7 +11,15 @@ the same rules:
 - a read checks every array's header before reading its data, refuses
   anything but floating-point arrays (and the JSON string ``meta``), and
   never unpickles; the format's own checks then validate the contents, and
-  anything wrong is a ``ValueError`` naming the problem.
+  anything wrong is a ``ValueError`` naming the problem;
+- a read holds no more memory than the file's legitimate contents: ``meta``
+  is read first and is at most :data:`MAX_META_CHARS` long; it says which
+  arrays the file holds and of what shapes, so a missing or unexpected
+  member, or a header claiming another shape, is refused before any array's
+  data is read; a member whose size in the archive is not what its header
+  implies is refused before its data; and data is decompressed in chunks of
+  :data:`READ_CHUNK`, never more than the header declares (a zip bomb of a
+  few megabytes that decompresses to gigabytes costs a chunk, not gigabytes).
 """
 
 import contextlib
@@ -23,8 +31,19 @@ import stat
 import struct
 import zipfile
 import zlib
+from functools import partial
 
 import numpy as np
+
+#: The most characters ``meta`` may have: 16 MiB as the UTF-32 that ``.npy`` stores.
+#: Files hold kilobytes of it (names, shapes, parameters, digests); the bound
+#: caps what a file can make a reader decompress before anything else is
+#: checked, and saving refuses a longer one, so every file saved loads.
+MAX_META_CHARS = 1 << 22
+
+#: Bytes decompressed by one read of a member: what reading an array holds
+#: besides the array itself.
+READ_CHUNK = 1 << 20
 
 # What reading a damaged archive can raise (zipfile: NotImplementedError for an
 # unknown compression, RuntimeError for an encrypted member; struct.error and
@@ -109,39 +128,110 @@ def write_atomically(path, write):
                 os.close(folder_fd)
 
 
-def read_npz(file, rank=None, expected_shape=None):
-    """Every array of an ``.npz`` archive by name, each header checked before its data.
+def check_meta_size(text):
+    """Raise ValueError if the ``meta`` ``text`` is longer than :data:`MAX_META_CHARS`."""
+    if len(text) > MAX_META_CHARS:
+        raise ValueError(
+            f"its 'meta' would hold {len(text)} characters, more than the {MAX_META_CHARS} "
+            "a file may hold"
+        )
 
-    Data is read as raw bytes, so no pickle is ever loaded.
+
+def read_npz(file, layout=None):
+    """``(meta, arrays)`` of an ``.npz`` archive, each member's header checked before its data.
+
+    ``meta`` is read first; data is read as raw bytes in chunks of
+    :data:`READ_CHUNK`, so no pickle is ever loaded and no member costs
+    more memory than the data its header declares.
 
     Parameters
     ----------
     file : file object
-    rank : callable, optional
-        ``rank(key)`` orders the members (default: as stored), so that a
-        format can read the arrays that fix the others' shapes first.
-    expected_shape : callable, optional
-        ``expected_shape(key, arrays_so_far)`` returns the shape the member
-        must have, or None; a header claiming another one is refused before
-        its data is read, so a small file cannot claim a huge array.
+    layout : callable, optional
+        ``layout(text, keys) -> (meta, shapes)``: from the string of
+        ``meta`` and the set of the other members' keys, the parsed meta and
+        ``{key: check}`` for every member, in reading order.  It raises
+        ValueError for a member missing or unexpected (before any array is
+        read).  ``check(shape, arrays=arrays)`` raises ValueError for a
+        header's shape that the meta and the ``arrays`` read so far do not
+        imply, before that member's data is read.  Without a layout: ``meta``'s
+        string (None without one) and every other member, in stored order.
     """
-    arrays = {}
     with zipfile.ZipFile(file) as archive:
         members = {}
         for info in archive.infolist():
             key = info.filename.removesuffix(".npy")
             if key == info.filename or key in members:
                 raise ValueError(f"unexpected member {info.filename!r} (not a distinct .npy)")
+            # zipfile bounds what one read decompresses for these only (bzip2 and lzma
+            # decompress a whole chunk of input at once); numpy writes no others.
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ValueError(
+                    f"member {info.filename!r} is compressed with method {info.compress_type}, "
+                    "not stored or deflated"
+                )
             members[key] = info
-        for key in sorted(members, key=rank) if rank else members:
-            expected = expected_shape(key, arrays) if expected_shape else None
-            with archive.open(members[key]) as member:
-                arrays[key] = read_npy(key, member, expected)
-    return arrays
+        meta = None
+        if "meta" in members:
+            meta = str(_read_member(archive, members.pop("meta"), "meta")[()])
+        if layout is None:
+            return meta, {key: _read_member(archive, info, key) for key, info in members.items()}
+        if meta is None:
+            raise ValueError("no 'meta' array")
+        meta, shapes = layout(meta, set(members))
+        if set(shapes) != set(members):  # the layout names the problem; this is its backstop
+            raise ValueError(f"the arrays {sorted(members)} are not those of 'meta' {list(shapes)}")
+        arrays = {}
+        for key, check in shapes.items():
+            arrays[key] = _read_member(archive, members[key], key, partial(check, arrays=arrays))
+    return meta, arrays
 
 
-def read_npy(key, member, expected_shape=None):
-    """The array of one ``.npy`` stream, refused from its header unless float (or ``meta``)."""
+def _read_member(archive, info, key, check=None):
+    with archive.open(info) as member:
+        return read_npy(key, member, check, size=info.file_size)
+
+
+def read_npy(key, member, check=None, size=None):
+    """The array of one ``.npy`` stream, refused from its header unless float (or ``meta``).
+
+    Parameters
+    ----------
+    key : str
+        The array's name (``"meta"``: a string of at most :data:`MAX_META_CHARS`).
+    member : file object
+    check : callable, optional
+        ``check(shape)`` raises ValueError for a shape the format does not
+        imply, before the data is read.
+    size : int, optional
+        The stream's size as its archive declares it: it must be what the
+        header implies, before the data is read.
+    """
+    shape, fortran_order, dtype = _read_header(key, member)
+    if check is not None:
+        check(shape)
+    n_bytes = math.prod(shape) * dtype.itemsize
+    if size is not None and size != member.tell() + n_bytes:
+        raise ValueError(
+            f"array {key!r} takes {size} bytes in the archive, but its header and its "
+            f"{n_bytes} bytes of data ({shape} of {dtype}) take {member.tell() + n_bytes}"
+        )
+    data = bytearray()  # grows with what arrives, never ahead of it
+    while len(data) < n_bytes:
+        chunk = member.read(min(READ_CHUNK, n_bytes - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    # Reading on to the end also checks the member's CRC.
+    if len(data) != n_bytes or member.read(1):
+        raise ValueError(f"array {key!r} holds {len(data)} bytes, not the {n_bytes} of {shape}")
+    order = "F" if fortran_order else "C"
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
+
+
+def _read_header(key, member):
+    """``(shape, fortran_order, dtype)`` of a ``.npy`` header, refused unless float (or
+    ``meta``'s string, of at most :data:`MAX_META_CHARS`)."""
     version = np.lib.format.read_magic(member)
     if version == (1, 0):
         shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
@@ -152,19 +242,22 @@ def read_npy(key, member, expected_shape=None):
     if key == "meta":
         if dtype.kind != "U" or shape != ():
             raise ValueError(f"'meta' is an array of {dtype} with shape {shape}, not a string")
+        if dtype.itemsize > 4 * MAX_META_CHARS:  # UTF-32: 4 bytes a character
+            raise ValueError(
+                f"'meta' holds {dtype.itemsize // 4} characters, more than the "
+                f"{MAX_META_CHARS} a file may hold"
+            )
     else:
         check_float_dtype(key, dtype)
-    if any(size < 0 for size in shape):
+    if any(n < 0 for n in shape):
         raise ValueError(f"array {key!r} has a negative size in its shape {shape}")
-    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
-        raise ValueError(f"array {key!r} has shape {shape}, not {tuple(expected_shape)}")
-    n_bytes = math.prod(shape) * dtype.itemsize
-    data = member.read(n_bytes)
-    # Reading on to the end also checks the member's CRC.
-    if len(data) != n_bytes or member.read(1):
-        raise ValueError(f"array {key!r} holds {len(data)} bytes, not the {n_bytes} of {shape}")
-    order = "F" if fortran_order else "C"
-    return np.frombuffer(data, dtype=dtype).reshape(shape, order=order).copy()
+    return tuple(shape), fortran_order, dtype
+
+
+def expect_shape(key, shape, expected):
+    """Raise ValueError unless array ``key``'s header ``shape`` is ``expected``."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"array {key!r} has shape {tuple(shape)}, not {tuple(expected)}")
 
 
 def check_float_dtype(key, dtype):

@@ -33,6 +33,7 @@ from .._core.identity import Identity, as_tensor
 from .._core.nodes import OUTPUT_NODE, n_positions, sections_of
 from .._model.batching import WORKING_SET_FACTOR, saved_bytes_per_sample
 from .._model.capture import check_cut, check_gradient_flow, inspect_node_layers
+from .._model.failures import Exploratory
 from .._model.inputs import take_rows
 from .._model.session import outside_inference_mode
 from .._routes.cotangents import Cotangents
@@ -223,8 +224,9 @@ def row_seconds(session, probe, settings, route, n_rows, *, exact=False, repeats
     Timed on the real computation (``n_rows`` random rows of the section's
     own width, the integration rule's points, the Gram), best of ``repeats``
     (default: three for more than one row, else one).  None when it fails:
-    pricing never stops a fit, and the pass that meets the same failure
-    reports it, naming its batch.
+    pricing never stops a fit, but says so (a warning naming the section and
+    the reason); out of memory, ``KeyboardInterrupt`` and ``SystemExit``
+    propagate.
 
     For an ``exact`` fit on a route whose exact rows cost less than random
     ones (they go back per output position, ``exact_per_position``), the rows
@@ -256,20 +258,24 @@ def row_seconds(session, probe, settings, route, n_rows, *, exact=False, repeats
 
 def _timed(session, probe, settings, route, cotangents, repeats):
     """Seconds per probe sample of the section's ``M'`` with ``cotangents``, best of
-    ``repeats``, or None where it fails."""
-    rule = rule_tensors(settings.rule, session.device)
-    jacobian = SectionJacobian(session, route)
-    with torch.no_grad():
-        (f,) = session.read(probe, [route.section.src])
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        try:
+    ``repeats``, or None where it fails (with a warning; out of memory propagates)."""
+    section = route.section
+    timing = Exploratory(
+        f"Timing the section {section.src!r} -> {section.dst_title} on the probe",
+        "the fit goes on, without an estimate of that section's pass in its plan",
+    )
+    with timing:
+        rule = rule_tensors(settings.rule, session.device)
+        jacobian = SectionJacobian(session, route)
+        with torch.no_grad():
+            (f,) = session.read(probe, [section.src])
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
             jacobian.gram_sum(probe, f, cotangents, rule)
-        except Exception:  # any failure of the model: no price
-            return None
-        best = min(best, time.perf_counter() - start)
-    return best / f.shape[0]
+            best = min(best, time.perf_counter() - start)
+        return best / f.shape[0]
+    return None
 
 
 @outside_inference_mode

@@ -257,6 +257,9 @@ class FitPlan:
     gram_dtype: str = "float64"
     #: Whether the statistics pass takes the output's Gram (``output_basis="pca"``).
     output_gram: bool = False
+    #: Why the batch is as small as it is, where ``batch_size="auto"`` chose fewer samples
+    #: than its usual floor (said in :meth:`describe`).
+    batch_note: str = ""
 
     @property
     def stochastic(self):
@@ -271,9 +274,10 @@ class FitPlan:
         sources (their error shrinks with the number of batches)."""
         return STOCHASTIC_BATCH_SIZE if self.stochastic else None
 
-    def with_batch_size(self, batch_size):
-        """This plan, with the batch size the fit chose for it (said in :meth:`describe`)."""
-        return replace(self, batch_size=batch_size)
+    def with_batch_size(self, batch_size, note=""):
+        """This plan, with the batch size the fit chose for it and why (``note``), both
+        said in :meth:`describe`."""
+        return replace(self, batch_size=batch_size, batch_note=note)
 
     @property
     def passes(self):
@@ -313,6 +317,7 @@ class FitPlan:
         line = f"fitting runs {at_least}{self.passes} pass(es) over {samples}"
         if self.batch_size is not None:
             line += f" in batches of {self.batch_size:,}"
+            line += f" ({self.batch_note})" if self.batch_note else ""
         elif self.n_samples is not None:
             line += " in the stream's batches"
         if self.sections:

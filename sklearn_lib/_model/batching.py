@@ -84,6 +84,19 @@ def _storage(tensor):
         return None
 
 
+def small_batch_note(size, per_sample_bytes, device):
+    """Why ``batch_size="auto"`` chose ``size`` samples, where fewer than
+    :data:`MIN_BATCH_SIZE` (its usual floor) fit the budget; else ``""``."""
+    if size >= MIN_BATCH_SIZE:
+        return ""
+    working = WORKING_SET_FACTOR * per_sample_bytes / 2**20
+    return (
+        f'batch_size="auto": a sample\'s working set is about {working:,.1f} MiB, so '
+        f"{size} fit the {budget_bytes(device) / 2**20:,.0f} MiB budget of one batch, "
+        f"fewer than the usual {MIN_BATCH_SIZE}"
+    )
+
+
 def budget_bytes(device):
     """The working-set budget of one batch on ``device``."""
     device = torch.device(device)

@@ -16,7 +16,7 @@ import torch
 
 from .._core.nodes import OUTPUT_NODE
 from .._core.numerics import max_relative_error, tolerances
-from .failures import batch_notes, is_out_of_memory, model_failure
+from .failures import Exploratory, batch_notes, is_fatal, model_failure, reason
 from .inputs import call_model, device_of, n_rows, repeat_rows, take_rows, without_padding
 
 
@@ -259,15 +259,13 @@ class ModelRunner:
         key = (src, dst)
         verdict = self._grow_at_cut.get(key)
         if verdict is not False:
-            try:
+            fast = None
+            # The documented condition: code after src that uses the batch size of x
+            # fails on a grown batch, in any way (an assert of the user's).  Not
+            # swallowed: the repeated run below raises any error of its own.  Out of
+            # memory propagates: the repeated run would need even more.
+            with Exploratory():
                 fast = self._section(x, src, f, dst)
-            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                if is_out_of_memory(exc):
-                    raise  # the repeated run would need even more memory
-                # The documented condition: code after src that uses the
-                # batch size of x fails on a grown batch.  Not swallowed:
-                # the repeated run below raises any error of its own.
-                fast = None
             if fast is not None and fast.shape[0] == f.shape[0]:
                 if verdict:
                     return fast
@@ -441,11 +439,12 @@ def _check_batch_independence(runner, x, names, full):
     try:
         reads, output = runner.run(take_rows(x, index), reads=names, need_output=True)
     except ValueError as exc:
+        # Named, since a fault of the model (or of its data) on these samples reads alike.
         raise ValueError(
-            f"The model runs on a batch of {n} samples but fails on {half} of them alone: "
-            "samples interact within a batch (batch statistics, e.g. BatchNorm with "
-            "track_running_stats=False, need more than one sample). LIB needs per-sample "
-            "computations"
+            f"The model runs on a batch of {n} samples but fails on {half} of them alone "
+            f"({reason(exc)}): samples may interact within a batch (batch statistics, e.g. "
+            "BatchNorm with track_running_stats=False, need more than one sample). LIB "
+            "needs per-sample computations"
         ) from exc
     labels = [f"node layer {name!r}" for name in names] + ["the model output"]
     for label, a, b in zip(labels, [*full[0], full[1]], [*reads, output]):
@@ -552,7 +551,7 @@ def check_gradient_flow(runner, x, section):
         with batch_notes(x, runner.where):
             torch.autograd.grad(out.sum(), leaf, allow_unused=True)
     except (RuntimeError, NotImplementedError) as exc:
-        if is_out_of_memory(exc):
+        if is_fatal(exc):
             raise
         raise ValueError(
             f"Gradients cannot be computed from {dst_name} back to layer {src!r}: "

@@ -13,12 +13,26 @@ Two kinds, kept apart on purpose:
   error deep in torch): a ``ValueError`` that names the batch and what it
   held, chained to the original error.  The probe and every later batch
   give the same message.
+
+Exploratory work, which only decides how a fit computes (reading the
+probe to choose each section's route, detecting and checking closed forms,
+timing the routes), runs within :class:`Exploratory`: any failure there
+falls back (autograd, no price) and warns, naming the section and the
+reason, except the *fatal* ones (:func:`is_fatal`: out of memory,
+``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``), which no call of
+the package swallows.  Code that ``torch.fx`` or ``torch.export`` cannot
+trace is not a fault but a route that does not apply (they fail on much
+real code, Hugging Face's GPT-2 and BERT among it): the same context,
+silent; the route lines of ``verbose=True`` say which form serves each
+section, and for a section left to autograd why each form did not apply.
 """
 
 import contextlib
+import warnings
 
 import torch
 
+from ..exceptions import FallbackWarning, user_stacklevel
 from .inputs import describe
 
 # Messages of allocators that ran out: CUDA's and the CPU allocator's.
@@ -30,6 +44,88 @@ def is_out_of_memory(exc):
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in _OUT_OF_MEMORY)
+
+
+#: Errors that stop the run rather than report a failure of it.
+_STOPS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+#: The category of the warnings of work given up (a closed form, a price): the same
+#: result, more slowly or without an estimate.
+FALLBACK_WARNING = FallbackWarning
+
+
+def is_fatal(exc):
+    """True for an error that no call of the package swallows: out of memory, or a stop
+    of the run (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``), also where
+    another error was raised from it or while handling it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _STOPS) or is_out_of_memory(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return False
+
+
+def reason(exc):
+    """An error in words for a warning or the plan: its type and its message's first line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def warn_fallback(message):
+    """Warn that work was given up for a slower or plainer way (:data:`FALLBACK_WARNING`),
+    at the user's line."""
+    warnings.warn(message, FALLBACK_WARNING, stacklevel=user_stacklevel())
+
+
+class Exploratory:
+    """Run exploratory work: a failure is kept, and the caller falls back.
+
+    Fatal errors (:func:`is_fatal`) propagate.  Any other exception raised
+    within is kept in :attr:`error` and suppressed; with ``step``, a
+    :data:`FALLBACK_WARNING` says ``"{step} failed ({reason}); {instead}"``.
+    Without ``step`` the failure is silent: the caller says why, where it
+    reports (a route that does not apply, such as code ``torch.fx`` cannot
+    trace, is no fault).  A class rather than a generator, so that the
+    warning points at the user's line past the package's frames.
+
+    Parameters
+    ----------
+    step : str, optional
+        What was tried, naming the section (``"timing the section 'fc2' ->
+        'fc3'"``).
+    instead : str, optional
+        What the fit does instead.
+
+    Examples
+    --------
+    >>> with Exploratory() as tried:
+    ...     raise ValueError("fx cannot trace this")
+    >>> tried.why
+    'ValueError: fx cannot trace this'
+    """
+
+    def __init__(self, step=None, instead=None):
+        self.step, self.instead = step, instead
+        self.error = None
+
+    @property
+    def why(self):
+        """The kept error in words (:func:`reason`), or None."""
+        return None if self.error is None else reason(self.error)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, traceback):
+        if exc is None or not isinstance(exc, Exception) or is_fatal(exc):
+            return False
+        # Its frames would keep the work's tensors alive while the fit goes on.
+        self.error = exc.with_traceback(None)
+        if self.step is not None:
+            warn_fallback(f"{self.step} failed ({self.why}); {self.instead}")
+        return True
 
 
 def describe_batch(x, where):
@@ -120,7 +216,8 @@ def _names(name, words):
 def model_failure(x, where, model=None):
     """Turn a failure of the model's forward pass on ``x`` into a ``ValueError`` naming the batch.
 
-    Out-of-memory errors pass through unchanged (see :func:`batch_notes`);
+    Out-of-memory errors pass through unchanged (see :func:`batch_notes`), also
+    where another error was raised from one (:func:`is_fatal`);
     so do ``ValueError``\\ s, which name their problem (the package's own
     checks raise them from inside the forward pass); :func:`batch_notes`
     adds the batch to them.
@@ -128,7 +225,7 @@ def model_failure(x, where, model=None):
     try:
         yield
     except (RuntimeError, IndexError, TypeError, NotImplementedError) as exc:
-        if is_out_of_memory(exc):
+        if is_fatal(exc):
             raise
         keywords = (
             " A dict batch is passed as keyword arguments, model(**batch): its keys must be "

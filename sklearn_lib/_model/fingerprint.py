@@ -1,139 +1,196 @@
-"""Checksums of a model's tensors, to notice that it changed after a fit.
+"""Fingerprints of a model: exact digests of what its forward can read, to notice it changed.
 
-A fitted basis describes the model as it was at ``fit``.  Every call makes
-a private copy of the model (:mod:`~sklearn_lib._model.session`); its checksums,
-taken before any forward pass, are compared with those of the fit's copy,
-and :class:`~sklearn_lib.StaleBasisWarning` names what moved.
+A fitted basis describes the model as it was at ``fit``.  Every call takes
+the fingerprint of the user's model (reading it, never running it), and
+:class:`~sklearn_lib.StaleBasisWarning` names what differs from the fit's.
 
-Why checksums of values, not version counters: writes through ``.data``,
+What is fingerprinted, and how:
+
+- **every tensor** the model holds: parameters, persistent and
+  non-persistent buffers (a mask of ``-inf``, a rotary cache), and tensors
+  kept as plain attributes.  Each is a SHA-256 digest of its bytes in its
+  own dtype, with the dtype and shape, so any change of any bit is found,
+  wherever the value sits (a swap of two weights, a ``-inf`` that moves, a
+  NaN's payload, ``-0.0`` for ``0.0``), with no tolerance: the bytes of the
+  same values are the same on every device and thread count.  Integer
+  scalars are left out: counters such as BatchNorm's ``num_batches_tracked``
+  move when the model runs without changing what it computes.
+- **every module**: its class, and its plain attributes (bools, ints,
+  floats, strings, dtypes, functions by name, tuples, lists and dicts of
+  them, and one level into other objects such as a configuration), which
+  a forward may read: ``model.act = nn.GELU()``, ``attn.scale = 0.5``,
+  ``config.use_cache``.  The ``training`` flag is not among them, since the
+  package runs its copy in eval mode, nor are hooks.
+
+Why digests of bytes, not version counters: writes through ``.data``,
 through numpy, by fused optimisers and by BatchNorm's running statistics
-move no counter.  Why these checksums: three per tensor (the sum, the sum
-of squares, and a sum weighted by position, which moves when values swap
-places), each computed in float64 over chunks of the tensor converted to
-float64.  Float32 values are exact in float64, so the checksums of the same
-values differ only by float64 rounding (another summation order on another
-thread count or device), some 1e-16 of their scale, and one weight of a
-16M-value matrix changed by 1% stands out by six orders of magnitude.  They
-cost about as much as the copy they are taken of.
+move no counter.  Why not sums of values: sums are fooled by values that
+swap places, and need tolerances.  A digest costs one read of the bytes,
+about what the private copy costs (``benchmarks/README.md``).
 """
 
 import functools
-import math
+import hashlib
+import types
 
+import numpy as np
 import torch
 
-# Values converted to float64 at once: 8 MiB, whatever the tensor's size.
-_CHUNK = 1 << 20
+#: The digest's bytes: 128 bits of SHA-256, far past any chance collision.
+_DIGEST_SIZE = 16
 
-# Relative tolerances, in units of a tensor's scale sqrt(size * sum of
-# squares): float64 rounding when fit and call computed in the same dtype;
-# when one rounded the values to float32 (6e-8 each), those differences.
-_RTOL_SAME = 1e-12
-_RTOL_OTHER_DTYPE = 1e-6
+#: Attributes every ``nn.Module`` has (parameters, buffers, hooks, the training
+#: flag): what is left of a module's ``vars`` is its own.
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
 
-
-@functools.lru_cache(maxsize=8)
-def _weights(device):
-    # Irregular, deterministic, in [0.5, 1.5): the golden ratio's multiples mod 1.
-    steps = torch.arange(_CHUNK, dtype=torch.float64, device=device) * 0.6180339887498949
-    return steps.remainder(1.0) + 0.5
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
 
 
-def _float_checksums(flat):
-    weights = _weights(flat.device)
-    total = squares = weighted = 0.0
-    pattern = 0  # where the inf and NaN values are, exactly
-    for k, start in enumerate(range(0, flat.numel(), _CHUNK)):
-        chunk = flat[start : start + _CHUNK].to(torch.float64)
-        chunk_total = float(chunk.sum())
-        if not math.isfinite(chunk_total):
-            # A mask of -inf: its finite entries must still count.
-            codes = torch.where(torch.isnan(chunk), 3, torch.sign(chunk).to(torch.int64) + 1)
-            codes = torch.where(torch.isfinite(chunk), 0, codes)
-            pattern += int((codes * _integer_positions(start, chunk.numel(), chunk.device)).sum())
-            chunk = torch.where(torch.isfinite(chunk), chunk, 0.0)
-            chunk_total = float(chunk.sum())
-        total += chunk_total
-        squares += float(torch.dot(chunk, chunk))
-        # A chunk's own weight too, so that values swapping chunks move it.
-        chunk_weight = 0.5 + (k * 0.7548776662466927) % 1.0
-        weighted += chunk_weight * float(torch.dot(chunk, weights[: chunk.numel()]))
-    return total, squares, weighted, pattern
-
-
-def _integer_positions(start, n, device):
-    return (torch.arange(start, start + n, device=device) % 7919) + 1
-
-
-def _integer_checksums(flat):
-    # Exact, in int64 (wrapping the same way every time).
-    values = flat.to(torch.int64)
-    positions = _integer_positions(0, values.numel(), values.device)
-    return (
-        int(values.sum()),
-        int((values * values).sum()),
-        int((values * positions).sum()),
-    )
+def tensor_digest(tensor):
+    """The digest of one tensor: its dtype, shape and bytes (on the CPU, in its own dtype)."""
+    data = tensor.detach()
+    if data.is_meta:  # no values to read: the private copy refuses it, naming the fix
+        return hashlib.sha256(f"meta{data.dtype}{tuple(data.shape)}".encode()).hexdigest()[:32]
+    if data.is_quantized:
+        data = data.int_repr()
+    elif data.layout != torch.strided:
+        data = data.to_dense()
+    data = data.to("cpu").contiguous().reshape(-1)
+    digest = hashlib.sha256(f"{data.dtype}{tuple(tensor.shape)}".encode())
+    if data.numel():
+        # Bytes of any dtype (bfloat16 and float8 have no numpy dtype).
+        digest.update(memoryview(data.view(torch.uint8).numpy()))
+    return digest.digest()[:_DIGEST_SIZE].hex()
 
 
 def fingerprint(model):
-    """Checksums of a model's persistent tensors.
+    """The fingerprint of a model: per tensor and per module, a digest.
 
     Parameters
     ----------
     model : torch.nn.Module
-        A private copy.
+        Read only: nothing runs.
 
     Returns
     -------
-    dict of str to tuple
-        Per ``state_dict`` name: its size and three checksums (exact for
-        integer tensors, such as quantised weights; for floating ones a
-        fourth, exact, of where any inf and NaN values are).  Left out, because they
-        change when the model runs without changing what it computes:
-        non-persistent buffers (caches that grow with the inputs) and
-        integer scalars (counters such as BatchNorm's ``num_batches_tracked``).
+    dict of str to str
+        Per tensor, by its dotted name (tied ones under every name, digested
+        once), and per module, as ``"<name> (module)"`` (``"<model>
+        (module)"`` for the model itself), a hex digest.
     """
-    sums = {}
+    digests, seen = {}, {}
+    tensors = (
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    )
     with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=True).items():
-            flat = tensor.detach().reshape(-1)
-            if flat.is_floating_point():
-                sums[name] = (flat.numel(), *_float_checksums(flat))
-            elif tensor.ndim > 0:
-                sums[name] = (flat.numel(), *_integer_checksums(flat))
-    return sums
+        for name, tensor in tensors:
+            if tensor.is_floating_point() or tensor.ndim > 0:
+                if id(tensor) not in seen:
+                    seen[id(tensor)] = tensor_digest(tensor)
+                digests[name] = seen[id(tensor)]
+        for name, module in model.named_modules(remove_duplicate=False):
+            digests[f"{name or '<model>'} (module)"] = _module_digest(module)
+    return digests
 
 
-def changed_tensors(old, new, same_dtype=True):
-    """Names whose checksums differ between two :func:`fingerprint` results.
+def _module_digest(module):
+    """Its class and its own attributes, in a stable order."""
+    own = {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
+    described = [_qualified(type(module)), *(f"{k}={_describe(own[k], 1)}" for k in sorted(own))]
+    return hashlib.sha256("\n".join(described).encode()).digest()[:_DIGEST_SIZE].hex()
 
-    Parameters
-    ----------
-    old, new : dict
-    same_dtype : bool
-        Whether both copies were made in the same compute dtype; if not,
-        the float32 rounding of the values is not a change.
-    """
-    if old.keys() != new.keys():
-        return sorted(set(old).symmetric_difference(new))
-    rtol = _RTOL_SAME if same_dtype else _RTOL_OTHER_DTYPE
-    changed = []
-    for name, (size, *sums) in new.items():
-        size0, *sums0 = old[name]
-        if size != size0:
-            changed.append(name)
-        elif isinstance(sums[0], int):
-            if sums != sums0:  # exact for integer tensors
-                changed.append(name)
-        elif sums[3] != sums0[3]:  # inf and NaN moved
-            changed.append(name)
-        elif not all(map(math.isfinite, [*sums[:3], *sums0[:3]])):
-            if sums[:3] != sums0[:3]:  # squares beyond float64's range: exact
-                changed.append(name)
-        else:
-            # sqrt(size * squares) bounds the sums (times 1.5 for the weighted one).
-            scale = 1.5 * (size * max(sums[1], sums0[1])) ** 0.5
-            if any(abs(a - b) > rtol * scale for a, b in zip(sums[:3], sums0[:3])):
-                changed.append(name)
-    return changed
+
+def _describe(value, depth, within=frozenset()):
+    """A plain value's exact text; a tensor's or array's digest; a container's items;
+    an object's class and, ``depth`` levels into it, its attributes (``within``: the
+    ids of the containers it sits in, so that one holding itself ends)."""
+    leaf = _describe_leaf(value)
+    if leaf is not None:
+        return leaf
+    if id(value) in within:
+        return "cycle"
+    within = within | {id(value)}
+    if isinstance(value, types.MethodType):
+        value = value.__func__
+    if isinstance(value, types.FunctionType):
+        return f"function:{_qualified(value)}:{_code_digest(value, within)}"
+    if isinstance(value, functools.partial):
+        value = (value.func, value.args, value.keywords)
+    if isinstance(value, (tuple, list)):
+        items = ",".join(_describe(v, depth, within) for v in value)
+        return f"{type(value).__name__}:[{items}]"
+    if isinstance(value, dict):
+        items = (f"{k!r}:{_describe(value[k], depth, within)}" for k in _sorted_keys(value))
+        return "dict:{" + ",".join(items) + "}"
+    if isinstance(value, (set, frozenset)):  # in a stable order, whatever the hash seed
+        return "set:{" + ",".join(sorted(_describe(v, depth, within) for v in value)) + "}"
+    attributes = getattr(value, "__dict__", None)
+    if depth > 0 and isinstance(attributes, dict):
+        return f"{_qualified(type(value))}:{_describe(dict(attributes), depth - 1, within)}"
+    return f"object:{_qualified(type(value))}"
+
+
+def _describe_leaf(value):
+    """The text of a value that holds no others, or None."""
+    if isinstance(value, (*_PLAIN, np.generic)):
+        return f"{type(value).__name__}:{value!r}"  # repr of a float round-trips
+    if isinstance(value, torch.Tensor):
+        return f"tensor:{tensor_digest(value)}"
+    if isinstance(value, np.ndarray) and value.dtype.hasobject:
+        return f"array:{value.shape}:{value.tolist()!r}"
+    if isinstance(value, np.ndarray):
+        return f"array:{tensor_digest(torch.from_numpy(np.ascontiguousarray(value)))}"
+    if isinstance(value, (types.BuiltinFunctionType, type)):
+        return f"function:{_qualified(value)}"
+    if isinstance(value, torch.nn.Module):
+        return f"module:{_qualified(type(value))}"  # fingerprinted as a module, where registered
+    return None
+
+
+def _code_digest(function, within):
+    """What a Python function computes: its bytecode, the names and constants it uses,
+    its defaults and the values it closes over (two lambdas differ here, not by name)."""
+    code = function.__code__
+    constants = [
+        sorted(map(repr, c)) if isinstance(c, frozenset) else c  # in a stable order
+        for c in code.co_consts
+        if not isinstance(c, types.CodeType)
+    ]
+    cells = [cell.cell_contents for cell in function.__closure__ or () if _filled(cell)]
+    text = repr((code.co_names, constants))
+    text += _describe([function.__defaults__, cells], 0, within)
+    return hashlib.sha256(code.co_code + text.encode()).digest()[:_DIGEST_SIZE].hex()
+
+
+def _filled(cell):
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def value_digest(value):
+    """The digest of a parameter's value, as :func:`fingerprint` describes a module's
+    attributes: equal for equal plain values, tensors of equal bytes and the same
+    functions; other objects by their class and plain attributes."""
+    return hashlib.sha256(_describe(value, 1).encode()).digest()[:_DIGEST_SIZE].hex()
+
+
+def _sorted_keys(mapping):
+    try:
+        return sorted(mapping)
+    except TypeError:  # keys of mixed types: their text decides
+        return sorted(mapping, key=repr)
+
+
+def _qualified(thing):
+    return f"{getattr(thing, '__module__', '?')}.{getattr(thing, '__qualname__', repr(thing))}"
+
+
+def changed_parts(old, new):
+    """Names whose digests differ between two :func:`fingerprint` results, or that
+    only one of them has, sorted."""
+    names = set(old) | set(new)
+    return sorted(name for name in names if old.get(name) != new.get(name))

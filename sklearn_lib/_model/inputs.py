@@ -69,8 +69,11 @@ def call_model(model, x, kwargs):
     """``model(x, **kwargs)`` or ``model(**x, **kwargs)`` on copies of the inputs.
 
     Copies, so that a model that edits its inputs in place cannot change the
-    batch that later runs of the same pass reuse.
+    batch that later runs of the same pass reuse, nor the caller's tensors:
+    those of ``forward_kwargs`` too, wherever they sit in it (lists, tuples,
+    dicts).
     """
+    kwargs = {key: _copied(value) for key, value in kwargs.items()}
     if is_dict(x):
         clash = sorted(set(x) & set(kwargs))
         if clash:
@@ -80,6 +83,19 @@ def call_model(model, x, kwargs):
             )
         return model(**{key: value.clone() for key, value in x.items()}, **kwargs)
     return model(x.clone(), **kwargs)
+
+
+def _copied(value):
+    """``value`` with every tensor in it cloned (through lists, tuples and dicts)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(_copied(v) for v in value))
+    if type(value) in (list, tuple):
+        return type(value)(_copied(v) for v in value)
+    if type(value) is dict:
+        return {key: _copied(v) for key, v in value.items()}
+    return value
 
 
 def describe(x):

@@ -39,7 +39,7 @@ from sklearn.utils import check_random_state
 from .._core.nodes import OUTPUT_NODE, n_positions
 from .._core.numerics import all_finite, tolerances
 from .capture import ModelRunner
-from .failures import batch_notes, batch_range
+from .failures import batch_notes, batch_range, is_fatal
 from .fingerprint import fingerprint
 from .inputs import check_mask, n_rows, valid_positions
 from .progress import Progress
@@ -152,6 +152,8 @@ def private_copy(model, device, dtype):
     try:
         private = copy.deepcopy(model, memo)
     except Exception as exc:  # any failure of a user's __deepcopy__ / __reduce__
+        if is_fatal(exc):  # out of memory while copying: not a model that cannot be copied
+            raise
         raise TypeError(
             f"sklearn-lib runs a private copy of the model so that the model itself is "
             f"never touched, but copy.deepcopy failed on {type(model).__name__}: "
@@ -240,7 +242,7 @@ class ModelSession(ModelRunner):
         (tied ones under every name), as the closed-form protocol receives
         them.
     fingerprint : dict
-        :func:`fingerprint` of the copy as made, before any pass.
+        :func:`fingerprint` of the user's model, taken as the copy was made.
     tolerances : Tolerances
         Of the compute dtype.
     progress : Progress
@@ -262,6 +264,9 @@ class ModelSession(ModelRunner):
         random_state=None,
     ):
         device = torch.device(device)
+        # Of the user's model, read (never run) before it is copied: its tensors in
+        # their own dtype, whatever the call computes in.
+        user_fingerprint = fingerprint(model)
         super().__init__(
             private_copy(model, device, dtype), capture, output, forward_kwargs, feature_axis
         )
@@ -271,8 +276,7 @@ class ModelSession(ModelRunner):
             **dict(self.model.named_parameters(remove_duplicate=False)),
             **dict(self.model.named_buffers(remove_duplicate=False)),
         }
-        # Of the copy as made, before a forward pass updates any buffer of it.
-        self.fingerprint = fingerprint(self.model)
+        self.fingerprint = user_fingerprint
         self.tolerances = tolerances(dtype)
         self.progress = Progress(owner, verbose)
         self.rng = check_random_state(random_state)

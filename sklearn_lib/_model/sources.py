@@ -341,6 +341,7 @@ class StreamSource:
         batch = self._inputs(batch)
         if batch is None:
             return None
+        check_has_values(batch)
         if isinstance(batch, Mapping):
             batch = check_fields(batch, "A batch of the stream")
             if all(value.ndim == 1 for value in batch.values()):
@@ -565,6 +566,7 @@ def to_numpy(batch):
         return {key: to_numpy(value) for key, value in batch.items()}
     if not torch.is_tensor(batch):
         return np.asarray(batch)
+    check_has_values(batch)
     batch = batch.detach().cpu()
     if batch.is_floating_point() and batch.dtype not in (torch.float64, torch.float32):
         batch = batch.to(torch.float32)  # bfloat16 and float16 have no numpy dtype here
@@ -583,9 +585,21 @@ def to_tensor(X, device, dtype):
     if isinstance(X, Mapping):
         return {key: to_tensor(value, device, dtype) for key, value in X.items()}
     if torch.is_tensor(X):
+        check_has_values(X)
         target = dtype if X.is_floating_point() else X.dtype
         return X.detach().to(device=device, dtype=target, copy=True)
     X = np.asarray(X)
     target = dtype if np.issubdtype(X.dtype, np.floating) else None
     # torch.tensor copies (read-only and non-contiguous arrays are fine).
     return torch.tensor(X, dtype=target, device=device)
+
+
+def check_has_values(X):
+    """Raise ValueError for a tensor without values (on the ``meta`` device), alone or
+    in a dict: torch's own error says only that it cannot copy out of it."""
+    for value in X.values() if isinstance(X, Mapping) else (X,):
+        if torch.is_tensor(value) and value.is_meta:
+            raise ValueError(
+                f"X holds a tensor of shape {tuple(value.shape)} on the 'meta' device, which "
+                "has a shape but no values; pass the data itself (on the CPU or a GPU)"
+            )

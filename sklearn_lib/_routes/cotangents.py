@@ -304,7 +304,8 @@ class SampledRows:
         if self.narrowed:
             self._widen()
         signs = self.signs[index]
-        flat = signs.reshape(-1, signs.shape[-1])
+        # (the rows' count spelled out: a final map of zeros has a factor of no columns)
+        flat = signs.reshape(math.prod(signs.shape[:-1]), signs.shape[-1])
         # The signs in the rows' dtype a piece at a time: whole, a chunk of a vocabulary's
         # would take 4-8 bytes for each of their 1.
         step = max(1, CHUNK_ELEMENTS // max(flat.shape[1], 1))

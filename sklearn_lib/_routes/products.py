@@ -215,4 +215,6 @@ def square_sums(g, directions, coefficients):
         return (directional(g, directions, coefficients) ** 2).sum(1)
     along = g[:, 0].to(torch.float64) @ directions.T  # (r, P, J)
     F = torch.einsum("xsj,xtj->jst", coefficients, coefficients)  # (J, P, P)
-    return torch.einsum("rsj,jst,rtj->rj", along, F, along)
+    # A quadratic form of the PSD F_j: >= 0, though rounding may leave a zero one
+    # slightly negative (-1e-27 measured), which a graph's edges may not be.
+    return torch.einsum("rsj,jst,rtj->rj", along, F, along).clamp_(min=0)

@@ -30,6 +30,7 @@ import weakref
 import torch
 from torch import fx
 
+from .._model.failures import Exploratory
 from .._model.inputs import is_dict
 from .section_graph import between, first_line
 from .tracing import quietly
@@ -43,7 +44,8 @@ KEPT_SHAPES = 8
 def exported_section(model, section, x, forward_kwargs):
     """The :class:`SectionGraph` of ``section`` on inputs shaped as ``x``, or why none.
 
-    Never raises: exporting runs arbitrary user code.
+    Exporting runs arbitrary user code: its failures are the sentence, but
+    out of memory, ``KeyboardInterrupt`` and ``SystemExit`` propagate.
     """
     program = _program(model, x, forward_kwargs)
     if isinstance(program, str):
@@ -113,13 +115,12 @@ def _export(model, x, forward_kwargs):
     args, kwargs = ((), {**x, **forward_kwargs}) if is_dict(x) else ((x,), dict(forward_kwargs))
     failure = None
     for dynamic in (_dynamic(model, x, forward_kwargs), None):
-        try:
-            with torch.no_grad(), _torch_output_silenced():
-                return quietly(
-                    torch.export.export, model, args, kwargs, dynamic_shapes=dynamic, strict=False
-                )
-        except Exception as exc:  # any failure on user code means "no graph"
-            failure = failure or exc
+        # Any failure on user code means "no graph"; out of memory propagates.
+        with Exploratory() as exporting, torch.no_grad(), _torch_output_silenced():
+            return quietly(
+                torch.export.export, model, args, kwargs, dynamic_shapes=dynamic, strict=False
+            )
+        failure = failure or exporting.error
     return f"torch.export cannot trace the model ({type(failure).__name__}: {first_line(failure)})"
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from .._model.failures import Exploratory
 from .tracing import LeafTracer, defaults, hooked, quietly, trace
 
 #: Node targets whose values describe a tensor (its shape, dtype) rather than
@@ -110,12 +111,13 @@ def section_graph(model, section, forward_kwargs=None, fields=()):
     ``forward_kwargs`` that are no tensors are traced as constants, as the
     model is called.  ``fields``: the names of a dict batch's fields, which
     are the graph's inputs (a mask among them is read per batch), not the
-    forward's defaults.  Never raises: tracing runs arbitrary user code.
+    forward's defaults.  Tracing runs arbitrary user code: any failure of fx
+    on it means "no graph", but out of memory, ``KeyboardInterrupt`` and
+    ``SystemExit`` propagate.
     """
-    try:
+    with Exploratory() as tracing:
         return quietly(_extract, model, section, dict(forward_kwargs or {}), set(fields))
-    except Exception as exc:  # any failure of fx on user code means "no graph"
-        return f"{FX_FAILS} ({type(exc).__name__}: {first_line(exc)})"
+    return f"{FX_FAILS} ({type(tracing.error).__name__}: {first_line(tracing.error)})"
 
 
 def first_line(exc):

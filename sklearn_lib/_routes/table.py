@@ -8,15 +8,17 @@ probe: each form that applies is checked against autograd (16 samples; the
 first row and two random +-1 combinations of all rows, which test every
 output position and feature), and the first that passes serves the kind.  A
 disagreement or an exception warns and falls back, so a wrong closed form
-costs speed, never correctness.  ``jacobian="autograd"`` is applied here and
-nowhere else: every route is then autograd.
+costs speed, never correctness; so does any failure while the table is
+decided (reading the probe, a detection, a check's autograd rows), except
+out of memory, ``KeyboardInterrupt`` and ``SystemExit``, which propagate
+(:class:`~sklearn_lib._model.failures.Exploratory`).  ``jacobian="autograd"``
+is applied here and nowhere else: every route is then autograd.
 
 Everything downstream reads the table: the passes
 (:class:`~sklearn_lib._routes.jacobian.SectionJacobian`), the fit's plan,
 and ``n_stochastic_sources="auto"``.
 """
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -24,9 +26,9 @@ import torch
 
 from .._core.distributed import agreed as agreed_values
 from .._core.nodes import n_positions
+from .._model.failures import Exploratory, warn_fallback
 from .._model.inputs import n_rows
 from .._model.session import outside_inference_mode
-from ..exceptions import user_stacklevel
 from .cotangents import Cotangents, scaled
 from .forms import Affine, FinalLinear
 from .forms.base import REGISTRY, ClosedForm, Probe, applicable_forms
@@ -229,13 +231,21 @@ def decide_routes(session, probe, sections, rule, kinds, *, jacobian="auto", sam
     """
     if jacobian == "autograd":
         return RouteTable([autograd_route(section) for section in sections])
-    with torch.no_grad():
-        acts = session.read(probe, [section.src for section in sections])
-    registry = [form for form in REGISTRY if form.sampled_rows_gain or not sampled]
-    routes = [
-        _decide(session, probe, s, f, rule, kinds, registry=registry)
-        for s, f in zip(sections, acts)
-    ]
+    names = [section.src for section in sections]
+    reading = Exploratory(
+        f"Reading the probe's activations of {names} to choose the routes",
+        "every section takes autograd",
+    )
+    routes = [autograd_route(section) for section in sections]
+    with reading, torch.no_grad():
+        acts = session.read(probe, names)
+    if reading.error is None:
+        registry = [form for form in REGISTRY if form.sampled_rows_gain or not sampled]
+        routes = [
+            _decide(session, probe, s, f, rule, kinds, registry=registry)
+            for s, f in zip(sections, acts)
+        ]
+    # Every rank agrees, also one whose reading failed: all ranks run the same passes.
     return RouteTable(_agreed(routes, session.device))
 
 
@@ -300,7 +310,11 @@ def _first_passing(session, section, forms, kind, probe, notes):
         tangents = _probe_tangents(probe.x, probe.points, session)
         probe = Probe(probe.x, probe.points, probe.rows, probe.weights, tangents)
     for form in forms:
-        passed, why = form.check(session, section, kind, probe)
+        # A check that raises (the model, or the form, on the probe): the form is not used.
+        with Exploratory() as checking:
+            passed, why = form.check(session, section, kind, probe)
+        if checking.error is not None:
+            passed, why = False, f"its check raised {checking.why}"
         if passed is None:
             note = f"{form.describe(kind)}: {why}"
             if why and note not in skipped:
@@ -315,11 +329,9 @@ def _first_passing(session, section, forms, kind, probe, notes):
 
 def _falls_back(section, form, why):
     """Warn that ``form`` does not serve ``section``, and why: autograd does."""
-    warnings.warn(
+    warn_fallback(
         f"{form} is not used on the section {section.src!r} -> {section.dst_title}: {why}; "
-        "using autograd instead",
-        RuntimeWarning,
-        stacklevel=user_stacklevel(),
+        "using autograd instead"
     )
 
 

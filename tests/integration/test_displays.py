@@ -25,6 +25,7 @@ from sklearn_lib import (  # noqa: E402
     SpectrumDisplay,
     ablation_curve,
 )
+from sklearn_lib.plotting import plot_ablation_curves, plot_spectrum  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -401,3 +402,273 @@ def test_importing_the_package_does_not_import_matplotlib():
     code = "import sys, sklearn_lib; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- bad arguments: a TypeError or ValueError naming the argument, before anything is drawn --
+
+CURVE = {"a": ([0, 1], [0.1, 0.2])}
+
+#: Displays built from data, no estimator: (call, error, message).
+BAD_DATA = {
+    "spectra a str": (lambda: SpectrumDisplay("abc").plot(), TypeError, r"spectra must be a dict"),
+    "spectra a list": (
+        lambda: SpectrumDisplay([1.0, 2.0]).plot(),
+        TypeError,
+        r"spectra must be a dict of name -> eigenvalues; got list",
+    ),
+    "spectra empty": (lambda: SpectrumDisplay({}).plot(), ValueError, r"spectra is empty"),
+    "a spectrum a str": (
+        lambda: SpectrumDisplay({"a": "abc"}).plot(),
+        TypeError,
+        r"the spectrum 'a' must be a 1-D array of numbers; got str 'abc'",
+    ),
+    "a spectrum of str": (
+        lambda: SpectrumDisplay({"a": ["1", "2"]}).plot(),
+        TypeError,
+        r"the spectrum 'a' must be a 1-D array of numbers",
+    ),
+    "a ragged spectrum": (
+        lambda: SpectrumDisplay({"a": [[1.0, 2.0], [1.0]]}).plot(),
+        TypeError,
+        r"the spectrum 'a' must be a 1-D array of numbers",
+    ),
+    "normalize a str": (
+        lambda: SpectrumDisplay({"a": [1.0]}, normalize="no").plot(),
+        TypeError,
+        r"normalize must be True or False; got str 'no'",
+    ),
+    "spectrum layer an int": (
+        lambda: SpectrumDisplay({"a": [1.0]}, layer=3).plot(),
+        TypeError,
+        r"layer must be a str or None; got int 3",
+    ),
+    "spectrum ax a str": (
+        lambda: SpectrumDisplay({"a": [1.0]}).plot(ax="ax"),
+        TypeError,
+        r"ax must be a matplotlib Axes or None; got str",
+    ),
+    "spectrum unknown keyword": (
+        lambda: SpectrumDisplay({"a": [1.0]}).plot(colour="red"),
+        TypeError,
+        r"keyword arguments for the lines: .*unexpected keyword argument 'colour'",
+    ),
+    "spectrum bad marker": (
+        lambda: SpectrumDisplay({"a": [1.0]}).plot(marker="no such marker"),
+        ValueError,
+        r"keyword arguments for the lines: .*marker",
+    ),
+    "no spectrum": (lambda: plot_spectrum(), ValueError, r"no spectrum to draw"),
+    "labels a str": (
+        lambda: plot_spectrum([1.0], labels="a"),
+        TypeError,
+        r"labels must be a list of str, one per spectrum; got str 'a'",
+    ),
+    "curves a str": (
+        lambda: AblationCurveDisplay("abc").plot(),
+        TypeError,
+        r"curves must be a dict of name -> \(n_features, scores\); got str 'abc'",
+    ),
+    "curves empty": (lambda: AblationCurveDisplay({}).plot(), ValueError, r"curves is empty"),
+    "from_curves a list": (
+        lambda: AblationCurveDisplay.from_curves([([0, 1], [0.1, 0.2])]),
+        TypeError,
+        r"curves must be a dict of name -> \(n_features, scores\); got list",
+    ),
+    "from_curves None": (
+        lambda: AblationCurveDisplay.from_curves(None),
+        TypeError,
+        r"curves must be a dict .*; got NoneType None",
+    ),
+    "a curve an int": (
+        lambda: AblationCurveDisplay.from_curves({"a": 3}),
+        TypeError,
+        r"curve 'a' must be a pair \(n_features, scores\); got int 3",
+    ),
+    "a curve a str": (
+        lambda: AblationCurveDisplay({"a": "ab"}).plot(),
+        TypeError,
+        r"curve 'a' must be a pair \(n_features, scores\); got str 'ab'",
+    ),
+    "counts a str": (
+        lambda: AblationCurveDisplay.from_curves({"a": ("ab", [0.1, 0.2])}),
+        TypeError,
+        r"n_features of 'a' must be a 1-D array of numbers; got str 'ab'",
+    ),
+    "scores of None": (
+        lambda: AblationCurveDisplay.from_curves({"a": ([0, 1], [None, 0.2])}),
+        TypeError,
+        r"scores of 'a' must be a 1-D array of numbers",
+    ),
+    "fractional counts": (
+        lambda: AblationCurveDisplay.from_curves({"a": ([0, 1.5], [0.1, 0.2])}),
+        ValueError,
+        r"curve 'a': feature counts must be whole numbers",
+    ),
+    "baseline a str": (
+        lambda: AblationCurveDisplay(CURVE, baseline="0.9").plot(),
+        TypeError,
+        r"baseline must be a number \(the unablated score\) or None; got str '0.9'",
+    ),
+    "from_curves baseline a str": (
+        lambda: AblationCurveDisplay.from_curves(CURVE, baseline="0.9"),
+        TypeError,
+        r"baseline must be a number .*; got str '0.9'",
+    ),
+    "plot_ablation_curves baseline a str": (
+        lambda: plot_ablation_curves(CURVE, baseline="0.9"),
+        TypeError,
+        r"baseline must be a number .*; got str '0.9'",
+    ),
+    "baseline a list": (
+        lambda: AblationCurveDisplay.from_curves(CURVE, baseline=[0.9]),
+        TypeError,
+        r"baseline must be a number .*; got list \[0.9\]",
+    ),
+    "baseline a bool": (
+        lambda: AblationCurveDisplay.from_curves(CURVE, baseline=True),
+        TypeError,
+        r"baseline must be a number .*; got bool True",
+    ),
+    "baseline infinite": (
+        lambda: AblationCurveDisplay.from_curves(CURVE, baseline=-np.inf),
+        ValueError,
+        r"baseline must be a finite score; got -inf",
+    ),
+    "score_name an int": (
+        lambda: AblationCurveDisplay.from_curves(CURVE, score_name=3),
+        TypeError,
+        r"score_name must be a str; got int 3",
+    ),
+    "ablation layer an int": (
+        lambda: AblationCurveDisplay.from_curves(CURVE, layer=3),
+        TypeError,
+        r"layer must be a str or None; got int 3",
+    ),
+    "ablation ax a figure": (
+        lambda: AblationCurveDisplay.from_curves(CURVE, ax=plt.figure()),
+        TypeError,
+        r"ax must be a matplotlib Axes or None; got Figure",
+    ),
+    "ablation unknown keyword": (
+        lambda: AblationCurveDisplay.from_curves(CURVE, linestyl="--"),
+        TypeError,
+        r"keyword arguments for the lines: .*'linestyl'",
+    ),
+}
+
+
+@pytest.mark.parametrize("call, error, match", BAD_DATA.values(), ids=BAD_DATA)
+def test_displays_of_data_refuse_bad_arguments_by_name(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+#: Displays of fitted estimators: (call of the fixture's (X, lib, pca), error, message).
+BAD_ESTIMATOR_ARGUMENTS = {
+    "lib a str": (
+        lambda X, lib, pca: SpectrumDisplay.from_estimator("lib"),
+        TypeError,
+        r"Expected a fitted LIBTransformer, .* as lib; got str 'lib'",
+    ),
+    "lib None": (
+        lambda X, lib, pca: SpectrumDisplay.from_estimator(None),
+        TypeError,
+        r"Expected a fitted LIBTransformer, .* as lib; got NoneType",
+    ),
+    "pca a str": (
+        lambda X, lib, pca: SpectrumDisplay.from_estimator(lib, "pca"),
+        TypeError,
+        r"Expected a fitted LIBTransformer, .* as pca; got str 'pca'",
+    ),
+    "spectrum name an int": (
+        lambda X, lib, pca: SpectrumDisplay.from_estimator(lib, name=3),
+        TypeError,
+        r"name must be a str or None; got int 3",
+    ),
+    "spectrum layer a list": (
+        lambda X, lib, pca: SpectrumDisplay.from_estimator(lib, pca, layer=["fc2"]),
+        TypeError,
+        r"layer must be a str or None; got list \['fc2'\]",
+    ),
+    "spectrum normalize a str": (
+        lambda X, lib, pca: SpectrumDisplay.from_estimator(lib, normalize="no"),
+        TypeError,
+        r"normalize must be True or False; got str 'no'",
+    ),
+    "ablation baseline a str": (
+        lambda X, lib, pca: AblationCurveDisplay.from_estimator(
+            lib, X, n_features=[1], baseline="0.9"
+        ),
+        TypeError,
+        r"baseline must be a number \(the unablated score\) or None; got str '0.9'",
+    ),
+    "ablation baseline NaN": (
+        lambda X, lib, pca: AblationCurveDisplay.from_estimator(
+            pca, X, n_features=[1], baseline=np.nan
+        ),
+        ValueError,
+        r"baseline must be a finite score; got nan",
+    ),
+    "ablation name an int": (
+        lambda X, lib, pca: AblationCurveDisplay.from_estimator(lib, X, n_features=[1], name=3),
+        TypeError,
+        r"name must be a str or None; got int 3",
+    ),
+    "ablation layer a list": (
+        lambda X, lib, pca: AblationCurveDisplay.from_estimator(
+            lib, X, n_features=[1], layer=["fc2"]
+        ),
+        TypeError,
+        r"layer must be a str or None; got list \['fc2'\]",
+    ),
+    "X a str": (
+        lambda X, lib, pca: AblationCurveDisplay.from_estimator(lib, "X", n_features=[1]),
+        TypeError,
+        r"X must be the model's inputs .*; got str 'X'",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "call, error, match", BAD_ESTIMATOR_ARGUMENTS.values(), ids=BAD_ESTIMATOR_ARGUMENTS
+)
+def test_displays_of_estimators_refuse_bad_arguments_by_name(
+    fitted, monkeypatch, call, error, match
+):
+    _, X, lib, pca = fitted
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the ablation passes ran before the arguments were checked")
+
+    # A bad argument of the display is found before the (costly) ablation passes.
+    monkeypatch.setattr("sklearn_lib._display.ablation_curve", no_pass)
+    with pytest.raises(error, match=match):
+        call(X, lib, pca)
+
+
+def test_nothing_is_drawn_for_bad_arguments():
+    _, ax = plt.subplots()
+    for call in (
+        lambda: AblationCurveDisplay.from_curves(CURVE, baseline="0.9", ax=ax),
+        lambda: AblationCurveDisplay.from_curves(CURVE, ax=ax, colour="red"),
+        lambda: SpectrumDisplay({"a": [1.0]}).plot(ax=ax, colour="red"),
+    ):
+        with pytest.raises(TypeError):
+            call()
+    assert len(ax.get_lines()) == 0
+    assert ax.get_yscale() == ax.get_xscale() == "linear"
+
+
+@pytest.mark.parametrize(
+    "baseline", [0.5, 1, np.float32(0.5), np.array(0.5), torch.tensor(0.5)], ids=repr
+)
+def test_a_baseline_may_be_any_number(baseline):
+    display = AblationCurveDisplay.from_curves(
+        {"a": (np.array([0.0, 2.0]), np.array([0.1, 0.5], dtype=np.float32))}, baseline=baseline
+    )
+    np.testing.assert_array_equal(display.baseline_line_.get_ydata(), [float(baseline)] * 2)
+
+
+def test_integer_spectra_and_numpy_bools_are_taken():
+    display = SpectrumDisplay({"a": np.array([4, 2, 1])}, normalize=np.bool_(False)).plot()
+    np.testing.assert_array_equal(display.lines_["a"].get_ydata(), [4.0, 2.0, 1.0])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from toy_models import TokenMixer, tanh_mlp
 
-from sklearn_lib import LIBTransformer, StaleBasisWarning, ablation_curve
+from sklearn_lib import ActivationTransformer, LIBTransformer, StaleBasisWarning, ablation_curve
 
 # -- helpers ------------------------------------------------------------------------
 
@@ -121,21 +121,6 @@ def test_batch_statistics_updated_by_the_user_make_the_basis_stale(X):
         lib.transform(X[:5])
 
 
-class _GrowingCache(nn.Module):
-    """A rotary-style cache: a non-persistent buffer that grows with longer inputs."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
-        self.register_buffer("cache", torch.zeros(1), persistent=False)
-
-    def forward(self, x):
-        if self.cache.numel() < x.shape[0]:
-            self.cache = torch.arange(float(x.shape[0]), dtype=x.dtype)
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
 def test_the_same_values_written_again_are_not_a_change(X):
     lib = _fitted(X[:100])
     with torch.no_grad():
@@ -145,13 +130,95 @@ def test_the_same_values_written_again_are_not_a_change(X):
     lib.model.load_state_dict(tanh_mlp().state_dict())  # the same weights again
     lib.model(torch.zeros(2, 4, dtype=torch.float64))  # running the model changes nothing
     clone = pickle.loads(pickle.dumps(lib))  # another model object, the same values
-    cached = LIBTransformer(_GrowingCache().double(), "fc2").fit(X[:50])
-    cached.model(torch.zeros(500, 4, dtype=torch.float64))  # the cache grows
     with warnings.catch_warnings():
         warnings.simplefilter("error", StaleBasisWarning)
         lib.transform(X[:5])
         clone.transform(X[:5])
-        cached.transform(X[:5])
+
+
+class _Masked(nn.Module):
+    """A forward that reads a -inf mask, a float attribute, an activation module and an
+    unregistered tensor."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)
+        self.register_buffer("mask", torch.tensor([0.0, 0.0, -torch.inf, 0.0, 0.0, 0.0]))
+        self.temperature = 1.0
+        self.offset = torch.zeros(6)  # a plain attribute, not a buffer
+
+    def forward(self, x):
+        h = self.act(self.fc1(x) / self.temperature + self.offset.to(x.dtype))
+        return self.fc2(h * torch.exp(self.mask.to(x.dtype)))
+
+
+def _move_mask(model):
+    model.mask.copy_(torch.tensor([-torch.inf, 0.0, 0.0, 0.0, 0.0, 0.0]))
+
+
+def _drop_mask(model):
+    model.mask.zero_()
+
+
+def _swap_activation(model):
+    model.act = nn.GELU()
+
+
+def _temperature(model):
+    model.temperature = 2.0
+
+
+def _offset(model):
+    model.offset += 1.0
+
+
+def _grown_cache(model):
+    model.register_buffer("cache", torch.arange(5.0), persistent=False)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_move_mask, _drop_mask, _swap_activation, _temperature, _offset, _grown_cache],
+)
+def test_what_the_forward_reads_beyond_its_weights_makes_the_basis_stale(X, change):
+    """Issue 24: a -inf mask entry that moves or goes (its checksum was blind to -inf),
+    a swapped activation module, a float attribute, an unregistered tensor and a
+    non-persistent buffer: each changes the outputs or the state, and each warns."""
+    lib = LIBTransformer(_Masked().double(), "fc2").fit(X[:60])
+    x = torch.as_tensor(X[:5])
+    with torch.no_grad():
+        before = lib.model(x)
+        change(lib.model)
+        after = lib.model(x)
+    with pytest.warns(StaleBasisWarning, match="model changed since"):
+        lib.transform(X[:5])
+    if change is not _grown_cache:  # the forward reads it: the outputs move
+        assert not torch.allclose(before, after)
+
+
+def test_tensors_of_forward_kwargs_are_never_modified(X):
+    """Issue 24: a forward that edits a tensor of ``forward_kwargs`` in place edits the
+    call's own copy; the caller's tensor, and every batch's view of it, stay as given."""
+
+    class EditsItsKeyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x, shift):
+            h = torch.tanh(self.fc1(x) + shift)
+            shift.add_(1.0)  # in place, on what forward_kwargs holds
+            return self.fc2(h)
+
+    shift = torch.zeros(6, dtype=torch.float64)
+    lib = LIBTransformer(EditsItsKeyword().double(), "fc2", forward_kwargs={"shift": shift})
+    features = lib.fit(X[:60]).transform(X[:60])
+    lib.score(X[:20])
+    lib.interaction_graph(X[:20])
+    torch.testing.assert_close(shift, torch.zeros(6, dtype=torch.float64), rtol=0, atol=0)
+    np.testing.assert_allclose(lib.transform(X[:60]), features, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -569,6 +636,53 @@ def test_a_model_on_the_meta_device_is_named(X):
         model = tanh_mlp()
     with pytest.raises(ValueError, match=r"'meta' device.*to_empty"):
         LIBTransformer(model, "fc2").fit(X)
+
+
+def _meta(*shape):
+    return torch.empty(shape, device="meta", dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda lib, m: LIBTransformer(tanh_mlp(), "fc2").fit(m(60, 4)),
+        lambda lib, m: lib.transform(m(5, 4)),
+        lambda lib, m: lib.transform_tokens(m(5, 4)),
+        lambda lib, m: lib.transform({"x": m(5, 4)}),
+        lambda lib, m: lib.transform(_Batches(m(10, 4), size=5, form=lambda b: b)),
+        lambda lib, m: lib.score(m(5, 4)),
+        lambda lib, m: lib.interaction_graph(m(5, 4)),
+        lambda lib, m: ablation_curve(lib, m(5, 4), n_features=[1]),
+        lambda lib, m: lib.inverse_transform(m(5, lib.n_components_)),
+        lambda lib, m: ActivationTransformer(tanh_mlp(), "fc2").fit(m(60, 4)),
+    ],
+    ids=["fit", "transform", "tokens", "dict", "stream", "score", "graph", "ablation",
+         "inverse", "activations"],
+)  # fmt: skip
+def test_inputs_on_the_meta_device_are_named(X, call):
+    """Issue 24: a meta tensor (a shape without values) as X raised torch's bare
+    "Cannot copy out of meta tensor"."""
+    lib = _fitted(X)
+    with pytest.raises(ValueError, match=r"'meta' device, which has a shape but no values"):
+        call(lib, _meta)
+
+
+@pytest.mark.parametrize(
+    "make", [torch.jit.script, lambda m: torch.jit.trace(m, torch.zeros(2, 4))]
+)
+def test_a_torchscript_model_is_named(X, make, tmp_path):
+    """Issue 24: a scripted model raised torch's bare "register_forward_pre_hook is not
+    supported on ScriptModules"."""
+    scripted = make(tanh_mlp().float())
+    message = r"TorchScript module .* no forward hooks.*the torch.nn.Module it was made from"
+    with pytest.raises(TypeError, match=message):
+        LIBTransformer(scripted, "fc2").fit(X)
+    with pytest.raises(TypeError, match=message):
+        ActivationTransformer(scripted, "fc2").fit(X)
+    path = str(tmp_path / "fit.lib")
+    _fitted(X).save(path)
+    with pytest.raises((TypeError, ValueError), match=message):
+        LIBTransformer.load(path, scripted)
 
 
 def test_a_failed_fit_leaves_the_estimator_as_it_was(X, rng):

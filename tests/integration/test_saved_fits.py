@@ -274,6 +274,31 @@ def test_tampered_parameters_are_refused_at_load(saved_mlp, edit, match):
         LIBTransformer.load(path, tanh_mlp())
 
 
+def test_a_file_of_an_earlier_version_loads_and_says_it_cannot_be_checked(saved_mlp, tmp_path):
+    """Before issue 24 files held checksums of values in the compute dtype, which this
+    version does not compare: the file loads, with a warning, and saved again stays so."""
+    lib, X, path = saved_mlp
+    earlier = {"dtype": "float64", "checksums": {"fc1.weight": [32, 0.1, 0.2, 0.3, 0]}}
+    _edit_meta(path, lambda m: m["fitted"].update(model_fingerprint=earlier))
+    with pytest.warns(UserWarning, match="saved by an earlier version"):
+        back = LIBTransformer.load(path, tanh_mlp(seed=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleBasisWarning)  # nothing to compare with
+        np.testing.assert_array_equal(back.transform(X), lib.transform(X))
+    again = str(tmp_path / "again.lib")
+    back.save(again)
+    with pytest.warns(UserWarning, match="saved by an earlier version"):
+        LIBTransformer.load(again, tanh_mlp())
+
+
+@pytest.mark.parametrize("digests", [[1, 2], {"fc1.weight": 3}, "abc"])
+def test_a_tampered_fingerprint_is_refused(saved_mlp, digests):
+    _, _, path = saved_mlp
+    _edit_meta(path, lambda m: m["fitted"].update(model_fingerprint={"digests": digests}))
+    with pytest.raises(ValueError, match="model_fingerprint must map names to digests"):
+        LIBTransformer.load(path, tanh_mlp())
+
+
 def test_a_gpu_fit_loads_on_a_machine_without_one(saved_mlp):
     lib, X, path = saved_mlp
     _edit_meta(path, lambda m: m["params"].update(device="cuda:7"))

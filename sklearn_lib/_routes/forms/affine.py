@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..._core.numerics import max_relative_error
-from ..._model.failures import is_out_of_memory
+from ..._model.failures import Exploratory
 from ..._model.inputs import n_rows, take_rows
 from ..autograd import autograd_rows
 from ..products import form_rows
@@ -83,12 +83,10 @@ class Affine(ClosedForm):
             )
             return torch.cat(list(chunks))
 
-        try:
+        with Exploratory() as trying:  # out of memory propagates
             found = [rows_at(scale) for scale in (1.0, -1.0, 2.0)]
-        except (RuntimeError, ValueError) as exc:
-            if is_out_of_memory(exc):
-                raise
-            return False, f"it raised {type(exc).__name__}: {exc}"
+        if trying.error is not None:
+            return False, f"it raised {type(trying.error).__name__}: {trying.error}"
         error = max(max_relative_error(g, found[0][:, :1].expand_as(g)) for g in found)
         if error <= session.tolerances.closed_form:
             return True, ""
@@ -104,14 +102,15 @@ def is_affine_section(model, section):
     and quotients by constants (parameters, buffers, literals), reshapes,
     slices and reductions, an exact ``nn.Linear``.  A proof from the code,
     not from data: no probe can show a kink that its samples do not reach (a
-    clip beyond them, a ReLU they all switch on).  Never raises; a model fx
-    cannot trace is not affine.
+    clip beyond them, a ReLU they all switch on).  Raises only what no call
+    swallows (out of memory, ``KeyboardInterrupt``, ``SystemExit``); a model
+    fx cannot trace is not affine.
     """
-    try:
+    # Any failure of fx on user code means "not shown affine"; out of memory propagates.
+    with Exploratory():
         module = model.get_submodule(section.src)
         return _affine_graph(module) and feeds(model, section)
-    except Exception:  # any failure of fx on user code means "not shown affine"
-        return False
+    return False
 
 
 # Operations affine in their tensor arguments.  "Products" are affine only when

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..._core.numerics import max_relative_error
-from ..._model.failures import is_out_of_memory
+from ..._model.failures import Exploratory
 from ..._model.inputs import n_rows, take_rows
 from ..autograd import autograd_rows
 from ..products import (
@@ -145,8 +145,12 @@ class ClosedForm(abc.ABC):
         """The form of ``section`` of the session's model, or None (or an
         :class:`Inapplicable` saying why) where it does not apply.
 
-        Never raises: reading user code may fail in any way, which only
-        means the section is not recognised.
+        Raises only what no call swallows (out of memory,
+        ``KeyboardInterrupt``, ``SystemExit``; see
+        :class:`~sklearn_lib._model.failures.Exploratory`): reading user code
+        may fail in any way, which only means the section is not recognised.
+        A detection that raises anything else is a fault of the form: the
+        fit warns and does not use it.
         """
 
     @abc.abstractmethod
@@ -226,15 +230,14 @@ class ClosedForm(abc.ABC):
             first.weights,
             first.tangents,
         )
-        try:
+        # Any fault of a form (parameters under other names than it expects): it is not
+        # used, and says why.  Out of memory propagates: autograd would need more, not less.
+        with Exploratory() as making:
             closed = self._product(kind, x_first, points, rows, weights, tangents)
-        except NotOffered as exc:
-            return None, str(exc)
-        except Exception as exc:  # any fault of a form: it is not used, and says why
-            if is_out_of_memory(exc):
-                raise  # autograd would need more memory, not less
-            # E.g. parameters under other names than the form expects.
-            return False, f"it raised {type(exc).__name__}: {exc}"
+        if isinstance(making.error, NotOffered):
+            return None, str(making.error)
+        if making.error is not None:
+            return False, f"it raised {type(making.error).__name__}: {making.error}"
         if closed is NotImplemented:
             return None, ""
         # Three rows: a plain loop (vmap would first import functorch, seconds on a cold start).
@@ -315,7 +318,7 @@ def applicable_forms(session, section, registry=None, skipped=None, warn=None):
         if veto is not None:
             why = veto
         else:
-            instance = form.detect(session, section)
+            instance = _detected(form, session, section)
             if isinstance(instance, ClosedForm):
                 found.append(instance)
                 continue
@@ -327,3 +330,15 @@ def applicable_forms(session, section, registry=None, skipped=None, warn=None):
         if skipped is not None:
             skipped.append(f"{form.title}: {why}")
     return found
+
+
+def _detected(form, session, section):
+    """``form.detect(session, section)``; a detection that raises (it should not: a model
+    it cannot read is only not recognised) warns and does not apply."""
+    detecting = Exploratory(
+        f"Detecting {form.title} on the section {section.src!r} -> {section.dst_title}",
+        "it is not used there",
+    )
+    with detecting:
+        return form.detect(session, section)
+    return Inapplicable(f"its detection raised {detecting.why}")

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..._core.numerics import CHUNK_ELEMENTS
+from ..._model.failures import Exploratory
 from ..tracing import LeafTracer, feeds, quietly, trace
 from .activations import BY_FUNCTION, BY_METHOD, BY_MODULE, BY_NAME
 from .base import ClosedForm
@@ -91,8 +92,9 @@ class ResidualMLP(ClosedForm):
     def detect(cls, session, section):
         """The form of ``section`` of the session's model, or None.
 
-        Never raises: tracing runs arbitrary user code, and whatever fails
-        there only means the section is not recognised.
+        Tracing runs arbitrary user code, and whatever fails there only means
+        the section is not recognised; out of memory, ``KeyboardInterrupt`` and
+        ``SystemExit`` propagate.
         """
         return quietly(_detect, cls, session.model, section)
 
@@ -176,15 +178,14 @@ class ResidualMLP(ClosedForm):
 
 # -- detection ---------------------------------------------------------------------------
 def _detect(cls, model, section):
-    try:
+    # Any failure of fx on user code means "no form"; out of memory propagates.
+    with Exploratory() as reading:
         # The block alone first: most are not MLPs, and tracing it is cheaper
         # than tracing the whole model.
         found = _match(model.get_submodule(section.src))
         if found is None or not feeds(model, section):
             return None
-    except Exception:  # any failure of fx on user code means "no form"
-        return None
-    return cls(*found)
+    return None if reading.error is not None else cls(*found)
 
 
 def _match(module):

@@ -10,14 +10,13 @@ serves a section's rows by it.
 """
 
 import operator
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import fx
 
 from ..._core.numerics import CHUNK_ELEMENTS
-from ..._model.failures import is_out_of_memory
+from ..._model.failures import Exploratory, warn_fallback
 from ..._model.inputs import n_rows, point_mask, repeat_rows
 from ..cotangents import ExactRows, expand_to_points
 from .base import Inapplicable
@@ -247,22 +246,18 @@ class Trace:
         from then on."""
         if self.diagonal is False:
             return None
-        try:
+        with Exploratory() as trying:  # out of memory propagates
             made = self._diagonal(values, saved, cotangents, mask)
             agrees = made is None or self._agrees(values, saved, made, cotangents, mask)
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise
-            made, agrees = None, f"failed ({type(exc).__name__}: {exc})"
+        if trying.error is not None:
+            made, agrees = None, f"failed ({trying.why})"
         if agrees is not True:
             self.diagonal = False
             why = agrees or "disagree with its whole rows"
-            warnings.warn(
+            warn_fallback(
                 f"The traced section's rows per output position {why} on the section ending "
                 f"at {self.graph.end.name!r}; it takes the whole rows (slower, the same "
-                "result). Please report this.",
-                RuntimeWarning,
-                stacklevel=3,
+                "result). Please report this."
             )
             return None
         if made is not None:

@@ -34,11 +34,10 @@ form, this one is checked once against autograd on the probe.
 """
 
 import itertools
-import warnings
 
 import torch
 
-from ..._model.failures import is_out_of_memory
+from ..._model.failures import Exploratory, warn_fallback
 from ..._model.inputs import is_dict, n_rows, point_mask, repeat_rows
 from ..autograd import autograd_rows
 from ..products import integrated
@@ -113,7 +112,8 @@ class TracedSection(ClosedForm):
         fx: the one traced with the forward's defaults, or, for a dict batch,
         one with its fields as inputs (a mask the defaults leave out).
         Otherwise the export on the points' shapes (the batch repeated once
-        per point of the rule).
+        per point of the rule); an export that fails after one succeeded raises
+        a ``RuntimeError``, which :meth:`rows` warns of.
         """
         model, kwargs = self.session.model, self.session.forward_kwargs
         if self.trace is not None and not is_dict(x):
@@ -125,6 +125,11 @@ class TracedSection(ClosedForm):
                 self._by_fields[key] = graph if isinstance(graph, str) else Trace.of(model, graph)
             return _usable(self._by_fields[key])
         graph = exported_section(model, self.section, repeat_rows(x, m // n_rows(x)), kwargs)
+        if isinstance(graph, str) and any(isinstance(t, Trace) for t in self._exported.values()):
+            # Exported before (for the check that chose this form): the model's code
+            # traces, so an export that fails on other shapes gives the route up there,
+            # which is said.
+            raise RuntimeError(f"on inputs shaped as this batch, {graph}")
         if isinstance(graph, str):
             raise NotOffered(graph)
         key = (graph.start, graph.end)  # the same nodes: the same kept export
@@ -157,20 +162,15 @@ class TracedSection(ClosedForm):
         it failed; the check against autograd passed on other batches.
         """
         n = n_rows(x)
-        try:
-            with torch.no_grad():
-                made = self._made(x, points, rows)
-                first = next(made, None)
-        except Exception as exc:  # the batch is autograd's: same rows, slower
-            if is_out_of_memory(exc):
-                raise
-            if not isinstance(exc, NotOffered):
-                warnings.warn(
-                    f"{self.title} failed on a batch ({type(exc).__name__}: {exc}); the "
-                    f"section {self.section.src!r} -> {self.section.dst_title} takes "
-                    "autograd's rows there",
-                    RuntimeWarning,
-                    stacklevel=2,
+        with Exploratory() as tracing, torch.no_grad():  # out of memory propagates
+            made = self._made(x, points, rows)
+            first = next(made, None)
+        if tracing.error is not None:  # the batch is autograd's: same rows, slower
+            if not isinstance(tracing.error, NotOffered):
+                warn_fallback(
+                    f"{self.title} failed on a batch ({tracing.why}); the section "
+                    f"{self.section.src!r} -> {self.section.dst_title} takes autograd's "
+                    "rows there"
                 )
             yield from autograd_rows(self.session, self.section, x, points, rows, weights)
             return

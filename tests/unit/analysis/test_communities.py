@@ -95,7 +95,7 @@ def test_a_larger_resolution_gives_no_fewer_modules(rng):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(resolution=0.0), "resolution must be positive, got 0.0"),
+        (dict(resolution=0.0), "resolution must be positive and finite, got 0.0"),
         (dict(resolution=-1), "resolution must be positive"),
         (dict(random_state="0"), "random_state must be an int, a RandomState instance or None"),
         (dict(random_state=True), "random_state must be an int"),
@@ -105,6 +105,46 @@ def test_a_larger_resolution_gives_no_fewer_modules(rng):
 def test_bad_arguments_are_refused(rng, kwargs, message):
     with pytest.raises(ValueError, match=message):
         graph_modules(two_chains(rng), **kwargs)
+
+
+@pytest.mark.parametrize("resolution", [np.inf, -np.inf, np.nan, np.float64(np.inf)])
+def test_a_resolution_that_is_not_finite_is_refused(rng, resolution):
+    # An infinite resolution made every partition's modularity -inf.
+    with pytest.raises(ValueError, match=r"resolution must be positive and finite, got "):
+        graph_modules(two_chains(rng), resolution=resolution)
+
+
+@pytest.mark.parametrize("resolution", ["1", None, True, [1.0], 1 + 0j])
+def test_a_resolution_that_is_not_a_real_number_is_refused(rng, resolution):
+    with pytest.raises(TypeError, match=r"resolution must be a real number, got "):
+        graph_modules(two_chains(rng), resolution=resolution)
+
+
+@pytest.mark.parametrize("resolution", [np.float32(0.5), 2, np.int64(3)])
+def test_numpy_and_int_resolutions_are_taken(rng, resolution):
+    graph = two_chains(rng)
+    modules = graph_modules(graph, resolution=resolution, random_state=0)
+    assert np.isfinite(modules.modularity)
+    assert modules.modularity == pytest.approx(
+        modularity_by_definition(graph, modules.labels, float(resolution))
+    )
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0, np.inf, -1e-300])
+@pytest.mark.parametrize("function", [to_networkx, graph_modules], ids=["networkx", "modules"])
+def test_edges_changed_to_bad_values_after_construction_are_refused(rng, bad, function):
+    """Not dropped as a zero edge would be: a graph's arrays can be changed in place."""
+    graph = two_chains(rng)
+    graph.edges[("a", "b")][1, 0] = bad
+    with pytest.raises(ValueError, match=r"edges\[\('a', 'b'\)\] holds negative, NaN or inf"):
+        function(graph)
+
+
+def test_edges_changed_to_the_wrong_shape_are_refused(rng):
+    graph = two_chains(rng)
+    graph.edges[("b", "output")] = np.ones((5, 4))
+    with pytest.raises(ValueError, match=r"edges\[\('b', 'output'\)\] has shape \(5, 4\), not"):
+        to_networkx(graph)
 
 
 def test_a_graph_without_edges_has_no_modules(rng):

@@ -11,6 +11,9 @@ from _refs import brute_force_top
 
 from sklearn_lib._analysis.graph import InteractionGraph
 
+SECTION = ("x", "output")
+ONE_EDGE = {SECTION: np.ones((1, 1))}
+
 
 def hand_made():
     """a (3 features) -> b (2) -> output (3), with ties and zero edges."""
@@ -25,7 +28,8 @@ def hand_made():
 
 def test_sections_are_consecutive_nodes():
     assert hand_made().sections == [("a", "b"), ("b", "output")]
-    assert InteractionGraph(["x", "output"], {}, {}).sections == [("x", "output")]
+    graph = InteractionGraph(["x", "output"], {"x": np.ones(1), "output": np.ones(1)}, ONE_EDGE)
+    assert graph.sections == [("x", "output")]
 
 
 @pytest.mark.parametrize("section", [("a", "b"), ("b", "output")])
@@ -47,8 +51,7 @@ def test_top_edges_are_the_strongest_ties_in_row_major_order(section):
 
 def test_top_edges_of_random_edges(rng):
     E = rng.integers(0, 4, size=(5, 7)).astype(float)  # many ties
-    graph = InteractionGraph(["x", "output"], {"x": np.ones(7), "output": np.ones(5)}, {})
-    graph.edges[("x", "output")] = E
+    graph = InteractionGraph(["x", "output"], {"x": np.ones(7), "output": np.ones(5)}, {SECTION: E})
     for n in (0, 1, 6, 17, 35):
         np.testing.assert_array_equal(graph.top_edges(("x", "output"), n), brute_force_top(E, n))
 
@@ -173,3 +176,212 @@ def test_summary_refuses_labels_it_cannot_use():
     # Lambdas not all 1: features of a fitted basis (or a PCA output), not token ids.
     with pytest.raises(ValueError, match="node 'b' has Lambdas from 0.5 to 5"):
         graph.summary(labels={"b": DecodingTokenizer()})
+
+
+# -- the constructor's checks: every graph, made by hand, computed or loaded, is sound --
+
+
+def parts():
+    """``(nodes, lambdas, edges)`` of :func:`hand_made`, to be spoiled one at a time."""
+    graph = hand_made()
+    return list(graph.nodes), dict(graph.lambdas), dict(graph.edges)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, -1.0, -1e-30])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_edges_that_are_not_finite_squares_are_refused(bad, dtype):
+    nodes, lambdas, edges = parts()
+    E = edges[("a", "b")].astype(dtype)
+    E[1, 2] = bad
+    edges[("a", "b")] = E
+    kind = "negative" if bad < 0 and np.isfinite(bad) else "NaN or infinite"
+    with pytest.raises(ValueError, match=rf"edges\[\('a', 'b'\)\] holds {kind} values"):
+        InteractionGraph(nodes, lambdas, edges)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0, -1e-300])
+def test_lambdas_that_are_not_finite_variances_are_refused(bad):
+    nodes, lambdas, edges = parts()
+    lambdas["b"] = np.array([5.0, bad])
+    kind = "negative" if bad < 0 else "NaN or infinite"
+    with pytest.raises(ValueError, match=rf"lambdas\['b'\] holds {kind} values"):
+        InteractionGraph(nodes, lambdas, edges)
+
+
+def test_zero_edges_and_lambdas_are_taken():
+    nodes, lambdas, edges = parts()
+    lambdas["a"] = np.zeros(3)
+    edges = {key: np.zeros_like(E) for key, E in edges.items()}
+    graph = InteractionGraph(nodes, lambdas, edges)
+    assert all(E.sum() == 0 for E in graph.edges.values())
+
+
+def _replaced(mapping, key, value):
+    return {**mapping, key: value}
+
+
+def _without(mapping, key):
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+# (what to change: nodes, lambdas, edges) -> the error.
+SHAPE_ERRORS = {
+    "transposed edges": (
+        lambda n, lam, e: (n, lam, _replaced(e, ("a", "b"), e[("a", "b")].T)),
+        r"edges\[\('a', 'b'\)\] has shape \(3, 2\), not \(2, 3\) \(the features of 'b'",
+    ),
+    "a lambda too many": (
+        lambda n, lam, e: (n, _replaced(lam, "b", np.ones(3)), e),
+        r"edges\[\('a', 'b'\)\] has shape \(2, 3\), not \(3, 3\)",
+    ),
+    "1-D edges": (
+        lambda n, lam, e: (n, lam, _replaced(e, ("a", "b"), np.ones(6))),
+        r"edges\[\('a', 'b'\)\] must be 2-D; got shape \(6,\)",
+    ),
+    "2-D lambdas": (
+        lambda n, lam, e: (n, _replaced(lam, "a", np.ones((3, 1))), e),
+        r"lambdas\['a'\] must be 1-D; got shape \(3, 1\)",
+    ),
+    "ragged edges": (
+        lambda n, lam, e: (n, lam, _replaced(e, ("a", "b"), [[1.0, 2.0], [1.0]])),
+        r"edges\[\('a', 'b'\)\] is not an array",
+    ),
+    "a node without lambdas": (
+        lambda n, lam, e: (n, _without(lam, "b"), e),
+        r"lambdas must have exactly the keys \['a', 'b', 'output'\]: missing \['b'\]",
+    ),
+    "a lambda of no node": (
+        lambda n, lam, e: (n, _replaced(lam, "c", np.ones(2)), e),
+        r"lambdas must have .*: missing \[\], unexpected \['c'\]",
+    ),
+    "a section without edges": (
+        lambda n, lam, e: (n, lam, _without(e, ("b", "output"))),
+        r"edges must have exactly the keys .*: missing \[\('b', 'output'\)\]",
+    ),
+    "edges of no section": (
+        lambda n, lam, e: (n, lam, _replaced(e, ("a", "output"), np.ones((3, 3)))),
+        r"edges must have .*unexpected \[\('a', 'output'\)\]",
+    ),
+    "repeated nodes": (
+        lambda n, lam, e: (["a", "b", "a"], lam, e),
+        r"nodes must be distinct; got \['a', 'b', 'a'\]",
+    ),
+    "no nodes": (lambda n, lam, e: ([], lam, e), r"nodes must be a non-empty list of str"),
+    "a node that is no str": (
+        lambda n, lam, e: (["a", 1, "output"], lam, e),
+        r"nodes must be a non-empty list of str; got \['a', 1, 'output'\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("spoil, match", SHAPE_ERRORS.values(), ids=SHAPE_ERRORS)
+def test_arrays_must_fit_the_nodes(spoil, match):
+    with pytest.raises(ValueError, match=match):
+        InteractionGraph(*spoil(*parts()))
+
+
+TYPE_ERRORS = {
+    "nodes as a str": (lambda n, lam, e: ("ab", lam, e), "nodes must be a list of str; got str"),
+    "lambdas as a list": (
+        lambda n, lam, e: (n, list(lam.values()), e),
+        "lambdas must be a dict; got list",
+    ),
+    "edges as None": (lambda n, lam, e: (n, lam, None), "edges must be a dict; got NoneType"),
+    "str edges": (
+        lambda n, lam, e: (n, lam, _replaced(e, ("a", "b"), np.full((2, 3), "1"))),
+        r"edges\[\('a', 'b'\)\] must be an array of real numbers; got dtype <U1",
+    ),
+    "bool edges": (
+        lambda n, lam, e: (n, lam, _replaced(e, ("a", "b"), np.ones((2, 3), dtype=bool))),
+        r"edges\[\('a', 'b'\)\] must be an array of real numbers; got dtype bool",
+    ),
+    "complex lambdas": (
+        lambda n, lam, e: (n, _replaced(lam, "a", np.ones(3, dtype=complex)), e),
+        r"lambdas\['a'\] must be an array of real numbers; got dtype complex128",
+    ),
+    "lambdas of None": (
+        lambda n, lam, e: (n, _replaced(lam, "a", None), e),
+        r"lambdas\['a'\] must be an array of real numbers; got dtype object",
+    ),
+}
+
+
+@pytest.mark.parametrize("spoil, match", TYPE_ERRORS.values(), ids=TYPE_ERRORS)
+def test_arguments_of_the_wrong_kind_are_refused(spoil, match):
+    with pytest.raises(TypeError, match=match):
+        InteractionGraph(*spoil(*parts()))
+
+
+@pytest.mark.parametrize("info", [None, [("a", 1)], "lib"])
+def test_info_must_be_a_dict(info):
+    with pytest.raises(TypeError, match="info must be a dict; got"):
+        InteractionGraph(*parts(), info)
+
+
+def test_float_arrays_are_kept_and_integers_made_float():
+    nodes, lambdas, edges = parts()
+    E = np.asfortranarray(edges[("a", "b")].astype(np.float32))
+    edges[("a", "b")] = E
+    lambdas["output"] = [1, 1, 1]
+    graph = InteractionGraph(tuple(nodes), lambdas, edges)
+    assert graph.nodes == nodes and isinstance(graph.nodes, list)
+    assert graph.edges[("a", "b")] is E  # dtype and memory order as given: saved as given
+    assert graph.lambdas["output"].dtype == np.float64
+    np.testing.assert_array_equal(graph.lambdas["output"], np.ones(3))
+    assert list(graph.edges) == graph.sections and list(graph.lambdas) == graph.nodes
+
+
+def test_a_graph_that_was_made_is_also_saved_and_loaded(tmp_path):
+    """What the constructor takes, save writes and load reads: one set of rules."""
+    nodes, lambdas, edges = parts()
+    lambdas["a"] = np.array([3, 0, 1])  # integers, and a zero Lambda
+    graph = InteractionGraph(nodes, lambdas, edges)
+    graph.save(tmp_path / "g.npz")
+    loaded = InteractionGraph.load(tmp_path / "g.npz")
+    for node in nodes:
+        np.testing.assert_array_equal(loaded.lambdas[node], graph.lambdas[node])
+
+
+@pytest.mark.parametrize("section", [("b", "a"), ("a", "output"), "ab", ("a",), None])
+def test_top_edges_refuses_a_section_the_graph_lacks(section):
+    with pytest.raises(ValueError, match=r"section=.* is not one of the graph's \[\('a', 'b'\)"):
+        hand_made().top_edges(section, 1)
+
+
+@pytest.mark.parametrize("n, error", [(-1, ValueError), ("2", TypeError), (1.0, TypeError)])
+def test_top_edges_refuses_bad_counts(n, error):
+    """-1 used to mark all edges but one (a slice ``[:-1]``)."""
+    with pytest.raises(error, match=r"n_edges must be (an int|>= 0); got"):
+        hand_made().top_edges(("a", "b"), n)
+
+
+@pytest.mark.parametrize("top, error", [(-1, ValueError), ("3", TypeError), (True, TypeError)])
+def test_summary_refuses_bad_counts(top, error):
+    """-1 used to list every edge but the weakest."""
+    with pytest.raises(error, match=r"top must be (an int|>= 0); got"):
+        hand_made().summary(top=top)
+
+
+def test_counts_may_be_numpy_ints():
+    graph = hand_made()
+    np.testing.assert_array_equal(
+        graph.top_edges(("a", "b"), np.int64(2)), graph.top_edges(("a", "b"), 2)
+    )
+    assert graph.summary(top=np.int32(1)) == graph.summary(top=1)
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0])
+def test_to_networkx_refuses_edges_spoiled_after_construction(bad):
+    """They were left out as zero edges are, without a word."""
+    graph = hand_made()
+    graph.edges[("b", "output")][0, 0] = bad
+    with pytest.raises(ValueError, match=r"edges\[\('b', 'output'\)\] holds negative, NaN"):
+        graph.to_networkx()
+    with pytest.raises(ValueError, match=r"edges\[\('b', 'output'\)\] holds negative, NaN"):
+        graph.modules()
+
+
+@pytest.mark.parametrize("resolution", [np.inf, np.nan, 0.0])
+def test_modules_refuses_a_resolution_that_is_not_finite_and_positive(resolution):
+    with pytest.raises(ValueError, match="resolution must be positive and finite"):
+        hand_made().modules(resolution=resolution)

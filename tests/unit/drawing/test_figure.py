@@ -51,3 +51,14 @@ def test_without_matplotlib_the_error_says_how_to_install_it(monkeypatch):
     # Given axes need no pyplot.
     ax = matplotlib.figure.Figure().add_subplot()
     assert axes_or_new(ax) is ax
+
+
+@pytest.mark.parametrize("ax", ["ax", 1, [None]], ids=["str", "int", "list"])
+def test_anything_but_axes_is_refused(ax):
+    with pytest.raises(TypeError, match=r"ax must be a matplotlib Axes or None; got "):
+        axes_or_new(ax)
+
+
+def test_a_figure_is_not_axes():
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes or None; got Figure"):
+        axes_or_new(plt.figure())

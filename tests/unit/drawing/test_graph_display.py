@@ -357,3 +357,36 @@ def test_labels_are_checked(rng):
     # Names of the principal directions are the caller's to give.
     display = InteractionGraphDisplay.from_graph(graph, labels=[f"pc{i}" for i in range(40)])
     assert "0 'pc0'" in {t.get_text() for t in display.ax_.texts}
+
+
+# -- bad arguments: named, before anything is drawn ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cmap, error, match",
+    [
+        ("no such map", ValueError, r"cmap='no such map' is not a matplotlib colormap"),
+        (3, TypeError, r"cmap must be a str or a matplotlib Colormap; got int"),
+        (["viridis"], TypeError, r"cmap must be a str or a matplotlib Colormap; got list"),
+    ],
+)
+def test_a_bad_cmap_is_refused_before_anything_is_drawn(rng, cmap, error, match):
+    _, ax = plt.subplots()
+    with pytest.raises(error, match=match):
+        InteractionGraphDisplay.from_graph(hand_made(rng), ax=ax, cmap=cmap)
+    with pytest.raises(error, match=match):
+        hand_made(rng).plot(ax=ax, cmap=cmap)
+    assert len(ax.get_lines()) == len(ax.collections) == 0
+
+
+@pytest.mark.parametrize("ax", ["ax", 0, [None]])
+def test_axes_must_be_axes(rng, ax):
+    with pytest.raises(TypeError, match=r"ax must be a matplotlib Axes or None; got"):
+        InteractionGraphDisplay.from_graph(hand_made(rng), ax=ax)
+
+
+def test_a_colormap_object_and_reversed_names_are_taken(rng):
+    display = InteractionGraphDisplay.from_graph(hand_made(rng), cmap=matplotlib.colormaps["magma"])
+    assert display.nodes_["a"].get_cmap().name == "magma"
+    display = InteractionGraphDisplay.from_graph(hand_made(rng), cmap="viridis_r")
+    assert display.nodes_["a"].get_cmap().name == "viridis_r"

@@ -9,10 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from sklearn_lib._files import npz
 from sklearn_lib._files.graph_file import (
     check_graph_arrays,
     graph_arrays,
     graph_from_arrays,
+    graph_shapes,
     read_graph,
     write_graph,
 )
@@ -200,7 +202,8 @@ BAD_FILES = {
     "info a list": ({**GOOD_META, "info": []}, {}, "info must be a JSON object"),
     "an array missing": (GOOD_META, {"edges_1": None}, r"missing \['edges_1'\]"),
     "an integer array": (GOOD_META, {"edges_1": np.ones((2, 3), int)}, "not floating point"),
-    "a pickle": (GOOD_META, {"extra": np.array([{}], dtype=object)}, "dtype object"),
+    "a pickle": (GOOD_META, {"edges_1": np.array([{}], dtype=object)}, "dtype object"),
+    "an extra array": (GOOD_META, {"extra": np.zeros(2)}, r"unexpected \['extra'\]"),
     "other edges": (GOOD_META, {"edges_1": np.ones((3, 2))}, r"has shape \(3, 2\), not \(2, 3\)"),
 }
 
@@ -260,3 +263,45 @@ def test_a_missing_file_is_not_a_value_error(tmp_path):
         read_graph(tmp_path / "missing")
     with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
         read_graph(None)
+
+
+# -- arrays checked before they are read ----------------------------------------------------
+def test_the_shapes_of_a_graph_are_read_lambdas_first():
+    shapes = graph_shapes(NODES, "p_", widths=[4, 3, 2])
+    assert list(shapes) == ["p_lambdas_0", "p_lambdas_1", "p_lambdas_2", "p_edges_0", "p_edges_1"]
+    shapes["p_lambdas_0"]((4,), arrays={})
+    with pytest.raises(ValueError, match=r"'lambdas_1' has shape \(5,\), not \(3,\)"):
+        shapes["p_lambdas_1"]((5,), arrays={})
+    with pytest.raises(
+        ValueError, match=r"'lambdas_2' of node 'output' has shape \(2, 1\), not 1-D"
+    ):
+        shapes["p_lambdas_2"]((2, 1), arrays={})
+    arrays = {"p_lambdas_0": np.ones(4), "p_lambdas_1": np.ones(3)}
+    shapes["p_edges_0"]((3, 4), arrays=arrays)
+    with pytest.raises(ValueError, match=r"'edges_0' has shape \(4, 3\), not \(3, 4\)"):
+        shapes["p_edges_0"]((4, 3), arrays=arrays)
+
+
+@pytest.mark.parametrize(
+    "drop, extra, match",
+    [
+        (["edges_1"], [], r"missing \['edges_1'\], unexpected \[\]"),
+        ([], ["lambdas_3"], r"missing \[\], unexpected \['lambdas_3'\]"),
+    ],
+)
+def test_members_are_checked_before_any_is_read(tmp_path, drop, extra, match):
+    path = tmp_path / "g"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("meta.npy", _npy(np.array(json.dumps(GOOD_META))))
+        for key in [*(k for k in _arrays(np.random.default_rng(0)) if k not in drop), *extra]:
+            archive.writestr(f"{key}.npy", b"\x93NUMPY garbage: never read")
+    with pytest.raises(ValueError, match=match):
+        read_graph(path)
+
+
+def test_a_graph_whose_meta_a_file_cannot_hold_is_not_saved(tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(npz, "MAX_META_CHARS", 100)
+    write_graph(tmp_path / "g", _graph(rng))
+    with pytest.raises(ValueError, match="cannot save .*'meta' would hold 1.* more than the 100"):
+        write_graph(tmp_path / "h", _graph(rng, info={"note": "x" * 100}))
+    assert os.listdir(tmp_path) == ["g"]

@@ -7,14 +7,18 @@ import pathlib
 import pickle
 import stat
 import zipfile
+from functools import partial
 
 import numpy as np
 import pytest
 
+from sklearn_lib._files import npz
 from sklearn_lib._files.npz import (
     CONTENT_ERRORS,
     as_path,
     check_float_dtype,
+    check_meta_size,
+    expect_shape,
     json_default,
     read_npy,
     read_npz,
@@ -164,36 +168,72 @@ def test_float_arrays_and_meta_round_trip(rng):
         "d": np.array(2.5).astype(">f8"),
         "meta": np.array(json.dumps({"k": [1, 2]})),
     }
-    read = read_npz(_npz(**arrays))
-    assert list(read) == list(arrays)
-    for key, value in arrays.items():
-        assert read[key].dtype == value.dtype and read[key].shape == value.shape
-        np.testing.assert_array_equal(read[key], value)
-    assert json.loads(str(read["meta"][()])) == {"k": [1, 2]}
+    meta, read = read_npz(_npz(**arrays))
+    assert list(read) == list(arrays)[:-1]
+    for key, value in read.items():
+        assert value.dtype == arrays[key].dtype and value.shape == arrays[key].shape
+        np.testing.assert_array_equal(value, arrays[key])
+    assert json.loads(meta) == {"k": [1, 2]}
 
 
-def test_rank_orders_the_members_and_expected_shape_sees_those_read():
+def test_without_meta_there_is_no_meta():
+    meta, read = read_npz(_npz(a=np.ones(2)))
+    assert meta is None and list(read) == ["a"]
+
+
+def _layout(order, seen=None):
+    """A layout reading the keys of ``order`` in that order, recording what each check saw."""
+
+    def check(key, shape, arrays):
+        if seen is not None:
+            seen.append((key, shape, sorted(arrays)))
+
+    def layout(text, keys):
+        return json.loads(text), {key: partial(check, key) for key in order}
+
+    return layout
+
+
+def test_the_layout_orders_the_members_and_each_check_sees_those_read():
     seen = []
-
-    def expected_shape(key, arrays):
-        seen.append((key, sorted(arrays)))
-        return None
-
-    read = read_npz(
-        _npz(z=np.zeros(1), a=np.zeros(2), m=np.zeros(3)),
-        rank=lambda key: {"m": 0, "z": 1, "a": 2}[key],
-        expected_shape=expected_shape,
+    meta, read = read_npz(
+        _npz(z=np.zeros(1), a=np.zeros(2), m=np.zeros(3), meta=np.array('{"x": 1}')),
+        _layout(["m", "z", "a"], seen),
     )
-    assert list(read) == ["m", "z", "a"]
-    assert seen == [("m", []), ("z", ["m"]), ("a", ["m", "z"])]
+    assert meta == {"x": 1} and list(read) == ["m", "z", "a"]
+    assert seen == [("m", (3,), []), ("z", (1,), ["m"]), ("a", (2,), ["m", "z"])]
+
+
+def test_the_layout_sees_meta_and_the_keys_before_any_array_is_read():
+    def layout(text, keys):
+        assert text == "{}" and keys == {"a", "b"}
+        raise ValueError("refused")
+
+    damaged = _zip([("meta.npy", _npy(np.array("{}"))), ("a.npy", b"x"), ("b.npy", b"y")])
+    with pytest.raises(ValueError, match="refused"):
+        read_npz(damaged, layout)
+
+
+def test_a_layout_needs_meta_and_exactly_its_members():
+    with pytest.raises(ValueError, match="no 'meta' array"):
+        read_npz(_npz(a=np.ones(2)), _layout(["a"]))
+    archive = _npz(a=np.ones(2), b=np.ones(2), meta=np.array("{}"))
+    with pytest.raises(
+        ValueError, match=r"the arrays \['a', 'b'\] are not those of 'meta' \['a'\]"
+    ):
+        read_npz(archive, _layout(["a"]))
 
 
 def test_a_header_with_another_shape_is_refused_before_its_data():
     # The header claims a huge array, and the member holds no data at all.
     header = {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)}
-    archive = _zip([("x.npy", _npy(header=header))])
+    archive = _zip([("meta.npy", _npy(np.array("{}"))), ("x.npy", _npy(header=header))])
+
+    def layout(text, keys):
+        return {}, {"x": lambda shape, arrays: expect_shape("x", shape, (2, 3))}
+
     with pytest.raises(ValueError, match=r"array 'x' has shape \(1000000, 1000000\), not \(2, 3\)"):
-        read_npz(archive, expected_shape=lambda key, arrays: (2, 3))
+        read_npz(archive, layout)
 
 
 @pytest.mark.parametrize(
@@ -282,3 +322,68 @@ def test_float_dtypes_pass(dtype):
 def test_other_dtypes_fail(dtype):
     with pytest.raises(ValueError, match=r"array 'x' has dtype .*, not floating point"):
         check_float_dtype("x", np.dtype(dtype))
+
+
+# -- reading no more than a file's legitimate contents --------------------------------------
+def test_meta_longer_than_a_file_may_hold_is_refused_from_its_header(monkeypatch):
+    monkeypatch.setattr(npz, "MAX_META_CHARS", 10)
+    assert read_npz(_npz(meta=np.array("0123456789")))[0] == "0123456789"
+    # The header claims 11 characters and the member holds none: refused unread.
+    header = {"descr": "<U11", "fortran_order": False, "shape": ()}
+    with pytest.raises(ValueError, match="'meta' holds 11 characters, more than the 10"):
+        read_npz(_zip([("meta.npy", _npy(header=header))]))
+
+
+def test_check_meta_size(monkeypatch):
+    monkeypatch.setattr(npz, "MAX_META_CHARS", 3)
+    check_meta_size("abc")
+    with pytest.raises(ValueError, match="'meta' would hold 4 characters, more than the 3"):
+        check_meta_size("abcd")
+
+
+def test_a_member_of_another_size_than_its_header_implies_is_refused_before_its_data():
+    # 3 floats' header, then a megabyte of data: the archive says so, and it is not read.
+    header = {"descr": "<f8", "fortran_order": False, "shape": (3,)}
+    member = _npy(header=header, data=bytes(1 << 20))
+    archive = _zip([("meta.npy", _npy(np.array("{}"))), ("x.npy", member)])
+    with pytest.raises(ValueError, match=r"'x' takes 1048704 bytes in the archive, but .* 152"):
+        read_npz(archive)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 8, 1 << 20])
+def test_data_is_read_in_chunks(monkeypatch, rng, chunk):
+    monkeypatch.setattr(npz, "READ_CHUNK", chunk)
+    sizes = []
+    real_read = zipfile.ZipExtFile.read
+
+    def read(self, n=-1):
+        sizes.append(n)
+        return real_read(self, n)
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", read)
+    array = rng.normal(size=(5, 3))
+    _, read_back = read_npz(_npz(a=array))
+    np.testing.assert_array_equal(read_back["a"], array)
+    # numpy reads the header (magic, length, text); then the 120 bytes of data come in
+    # chunks, and one more byte is asked for past the end.
+    data = sizes[3:]
+    assert data[:-1] == [min(chunk, 120 - start) for start in range(0, 120, chunk)]
+    assert data[-1] == 1
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_members_neither_stored_nor_deflated_are_refused_unread(method):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        archive.writestr("x.npy", _npy(np.zeros(3)))
+    with pytest.raises(ValueError, match=f"'x.npy' is compressed with method {method}, not"):
+        read_npz(buffer)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_stored_and_deflated_members_are_read(method, rng):
+    array = rng.normal(size=7)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        archive.writestr("x.npy", _npy(array))
+    np.testing.assert_array_equal(read_npz(buffer)[1]["x"], array)

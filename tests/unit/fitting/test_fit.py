@@ -235,7 +235,7 @@ def test_row_seconds_prices_whole_rows_where_the_width_would_not_go_per_position
     assert not isinstance(timed[-1].rows, ExactRows) and timed[-1].rows.shape[0] == 4
 
 
-def test_row_seconds_is_none_when_the_model_fails(rng):
+def test_row_seconds_is_none_when_the_model_fails_and_says_so(rng):
     torch.manual_seed(0)
     model = nn.Sequential(
         OrderedDict(fc1=nn.Linear(4, 5), bad=FailsBackward(), fc2=nn.Linear(5, 2))
@@ -243,8 +243,63 @@ def test_row_seconds_is_none_when_the_model_fails(rng):
     session = ModelSession(model)
     probe = session.inputs(rng.normal(size=(8, 4)))
     route = autograd_route(Section("fc1", "output", (4,), (2,)))
-    assert row_seconds(session, probe, FitSettings(), route, 1) is None
-    assert row_seconds(session, probe, FitSettings(), route, 4) is None
+    said = r"Timing the section 'fc1' -> the model output on the probe failed \(RuntimeError: "
+    for n_rows in (1, 4):
+        with pytest.warns(RuntimeWarning, match=said + "no backward here") as caught:
+            assert row_seconds(session, probe, FitSettings(), route, n_rows) is None
+        assert caught[0].filename == __file__  # the caller's line, past the package's
+
+
+class FailsOnce(nn.Module):
+    """The identity, whose backward pass raises ``error`` (once)."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        return FailingBackward.apply(x, self)
+
+    def __deepcopy__(self, memo):  # the session's copy raises the same error
+        return self
+
+
+class FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, owner):
+        ctx.owner = owner
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        error, ctx.owner.error = ctx.owner.error, None
+        if error is not None:
+            raise error
+        return grad, None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError(),
+        KeyboardInterrupt(),
+    ],
+    ids=["OutOfMemoryError", "cuda-message", "MemoryError", "KeyboardInterrupt"],
+)
+def test_row_seconds_lets_out_of_memory_and_stops_through(rng, error):
+    """Pricing never stops a fit, except where nothing may be swallowed (the README's
+    promise: out of memory is never swallowed)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(4, 5), bad=FailsOnce(error))).double()
+    session = ModelSession(model)
+    probe = session.inputs(rng.normal(size=(8, 4)))
+    route = autograd_route(Section("fc1", "output", (4,), (5,)))
+    with pytest.raises(type(error)) as info:
+        row_seconds(session, probe, FitSettings(), route, 1)
+    assert info.value is error
+    assert row_seconds(session, probe, FitSettings(), route, 1) > 0  # a one-time fault
 
 
 # -- fit_bases ---------------------------------------------------------------------------

@@ -416,3 +416,11 @@ def test_the_bases_linear_algebra_is_priced_where_it_takes_seconds():
     routes = RouteTable([SectionRoute(s, gram=WithStatistics()) for s in narrow])
     plan = make_plan("X", narrow, routes, FitSettings(), 1000)
     assert plan.seconds is None and "linear algebra" not in plan.describe()
+
+
+def test_a_small_batch_says_why():
+    from sklearn_lib._fitting.plan import FitPlan
+
+    plan = FitPlan("LIBTransformer", 100).with_batch_size(4, "fewer fit the budget")
+    assert "in batches of 4 (fewer fit the budget)" in plan.describe()
+    assert FitPlan("LIBTransformer", 100).with_batch_size(64).describe().endswith("of 64")

@@ -157,3 +157,21 @@ def test_saved_bytes_of_tensors_without_a_storage():
     adjacency = torch.eye(8).to_sparse()
     run = lambda: torch.sparse.mm(adjacency, x)  # noqa: E731
     assert batching.saved_bytes_per_sample(x, run, fixed=[adjacency]) > 0
+
+
+@pytest.mark.parametrize(
+    "mib, expected", [(1.0, 512), (24.0, 16), (96.0, 4), (200.0, 2), (10_000.0, 1)]
+)
+def test_below_its_usual_floor_auto_takes_as_many_samples_as_fit_and_says_so(mib, expected):
+    """Issue 24: where a sample's working set is 96 MiB (24 MiB saved by autograd), the
+    batch is 4 samples, not the usual floor of 64; down to one, however large a sample;
+    the note says why."""
+    per_sample = mib * 2**20 / batching.WORKING_SET_FACTOR  # a working set of ``mib``
+    size = batching.auto_batch_size(per_sample, "cpu")
+    assert size == expected
+    assert size == 1 or size * mib <= batching.CPU_BUDGET_BYTES / 2**20
+    note = batching.small_batch_note(size, per_sample, "cpu")
+    if size >= batching.MIN_BATCH_SIZE:
+        assert note == ""
+    else:
+        assert f"working set is about {mib:,.1f} MiB, so {size} fit the 512 MiB budget" in note

@@ -48,6 +48,66 @@ def test_lib_with_integration_where_the_batch_cannot_grow(rng):
     np.testing.assert_allclose(lib.lambdas_, ref.lambdas_, rtol=1e-10)
 
 
+class AssertsBatchSize(BatchSizeAfterCut):
+    """Code after ``mid`` that asserts the input's batch size (a grown batch fails with an
+    ``AssertionError``), or raises ``error()`` there once."""
+
+    def __init__(self, error=None):
+        super().__init__("plain")
+        self.error = error
+
+    def forward(self, x):
+        h = self.mid(self.fc1(x))
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error()
+        assert h.shape[0] == x.shape[0], "one output per input"
+        return self.out(h)
+
+
+def test_a_batch_that_cannot_grow_in_any_way_takes_the_repeated_run():
+    x = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got, expected, runner = _stacked_section(AssertsBatchSize().double(), "mid", x, copies=3)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert list(runner._grow_at_cut.values()) == [False]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+        lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError,
+        KeyboardInterrupt,
+    ],
+    ids=["OutOfMemoryError", "cuda-message", "MemoryError", "KeyboardInterrupt"],
+)
+def test_out_of_memory_on_a_grown_batch_is_not_retried(error):
+    x = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    runner = ModelRunner(AssertsBatchSize().double().eval())
+    (f,) = runner.read(x, ["mid"])
+    runner.model.error = error  # raised by the first run on the grown batch
+    with pytest.raises(type(error())), torch.no_grad():
+        runner.section(x, "mid", torch.cat([f, 2 * f]))
+    assert runner._grow_at_cut == {}  # no verdict: the next call tries again
+
+
+def test_a_fault_on_half_the_probe_is_named():
+    """The batch-independence check runs half the probe alone: a model failing there
+    (not only one whose samples interact) is named in the error."""
+    model = AssertsBatchSize().double()
+    calls = []
+
+    def fails_third(module, args):
+        calls.append(1)
+        if len(calls) == 3:  # inspection runs the probe twice, then its half alone
+            raise RuntimeError("a fault of the user's model")
+
+    model.fc1.register_forward_pre_hook(fails_third)
+    with pytest.raises(ValueError, match=r"fails on 8 of them alone \(ValueError: .*a fault of"):
+        LIBTransformer(model, "mid").fit(np.random.default_rng(0).normal(size=(17, 4)))
+
+
 def test_outputs_that_depend_on_the_batch_size_are_rejected(rng):
     with pytest.raises(ValueError, match="Samples interact within a batch"):
         LIBTransformer(BatchSizeAfterCut("count").double(), "mid").fit(rng.normal(size=(40, 4)))

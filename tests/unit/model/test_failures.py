@@ -1,11 +1,20 @@
 """How failures of the model are reported: types kept, batches named, memory hints."""
 
 import sys
+import warnings
 
 import pytest
 import torch
 
-from sklearn_lib._model.failures import batch_notes, is_out_of_memory, lookup_hint, model_failure
+from sklearn_lib._model.failures import (
+    Exploratory,
+    batch_notes,
+    is_fatal,
+    is_out_of_memory,
+    lookup_hint,
+    model_failure,
+    reason,
+)
 
 X = torch.zeros(5, 3, dtype=torch.int64)
 WHERE = "the batch of samples 10 to 14"
@@ -69,6 +78,116 @@ def test_a_forward_out_of_memory_is_not_turned_into_a_value_error():
     with pytest.raises(RuntimeError, match="out of memory"):
         with model_failure(X, WHERE):
             raise RuntimeError("CUDA out of memory")
+
+
+def test_an_error_raised_from_out_of_memory_is_not_turned_into_a_value_error():
+    with pytest.raises(RuntimeError, match="a wrapper's") as info:
+        with model_failure(X, WHERE):
+            raise RuntimeError("a wrapper's") from MemoryError()
+    assert isinstance(info.value.__cause__, MemoryError)
+
+
+# -- exploratory work --------------------------------------------------------------------
+
+
+def _raised_from(cause, suppress=False):
+    """A RuntimeError raised while handling ``cause`` (``from cause`` where ``suppress``)."""
+    try:
+        try:
+            raise cause
+        except BaseException:
+            if suppress:
+                raise RuntimeError("wrapped") from None
+            raise RuntimeError("raised while handling it")  # noqa: B904 - the context
+    except RuntimeError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory"), True),
+        (RuntimeError("CUDA out of memory. Tried to allocate"), True),
+        (MemoryError(), True),
+        (KeyboardInterrupt(), True),
+        (SystemExit(1), True),
+        (GeneratorExit(), True),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+        (ValueError("a check of the package"), False),
+        (_raised_from(MemoryError()), True),
+        (_raised_from(KeyboardInterrupt()), True),
+        (_raised_from(ValueError("other")), False),
+        (_raised_from(MemoryError(), suppress=True), False),
+    ],
+    ids=[
+        "OutOfMemoryError", "cuda-message", "MemoryError", "KeyboardInterrupt", "SystemExit",
+        "GeneratorExit", "shape", "ValueError", "while-out-of-memory", "while-interrupted",
+        "while-other", "from-None",
+    ],
+)  # fmt: skip
+def test_fatal_errors_are_out_of_memory_and_stops(exc, expected):
+    assert is_fatal(exc) is expected
+
+
+def test_an_error_from_out_of_memory_is_fatal():
+    error = ValueError("a wrapper's message")
+    error.__cause__ = torch.OutOfMemoryError("CUDA out of memory")
+    assert is_fatal(error)
+
+
+def test_a_reason_is_the_type_and_first_line():
+    assert reason(ValueError("first\nsecond")) == "ValueError: first"
+    assert reason(KeyError("W_in")) == "KeyError: 'W_in'"
+    assert reason(MemoryError()) == "MemoryError: no message"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory"),
+        RuntimeError("CUDA out of memory. Tried to allocate"),
+        MemoryError(),
+        KeyboardInterrupt(),
+        SystemExit(1),
+        GeneratorExit(),
+        _raised_from(MemoryError()),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_exploratory_work_lets_fatal_errors_through(error):
+    tried = Exploratory("timing the section 'a' -> 'b'", "no price")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and says nothing
+        with pytest.raises(type(error)) as info:
+            with tried:
+                raise error
+    assert info.value is error and tried.error is None and tried.why is None
+
+
+def test_exploratory_work_falls_back_and_says_why():
+    tried = Exploratory("Timing the section 'a' -> 'b'", "its pass has no price")
+    with pytest.warns(RuntimeWarning) as caught:
+        with tried:
+            raise IndexError("index 3 is out of bounds\nmore detail")
+    assert str(caught[0].message) == (
+        "Timing the section 'a' -> 'b' failed (IndexError: index 3 is out of bounds); "
+        "its pass has no price"
+    )
+    assert caught[0].filename == __file__  # the caller's line
+    assert isinstance(tried.error, IndexError) and tried.error.__traceback__ is None
+    assert tried.why == "IndexError: index 3 is out of bounds"
+
+
+def test_exploratory_work_without_a_step_is_silent():
+    """What does not apply (code fx cannot trace) is no fault: the caller says why."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Exploratory() as tried:
+            raise TypeError("'Proxy' object does not support item assignment")
+    assert tried.why == "TypeError: 'Proxy' object does not support item assignment"
+    with Exploratory() as done:
+        pass
+    assert done.error is None and done.why is None
 
 
 class Lookup(torch.nn.Module):

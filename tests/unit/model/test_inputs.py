@@ -1,5 +1,7 @@
 """Model inputs (``_model.inputs``): one tensor or a dict of tensors, and padding masks."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,32 @@ def test_call_model_passes_copies_and_keywords():
     assert inputs.call_model(model, batch, {"scale": 7}) == 7
     for key in batch:
         torch.testing.assert_close(batch[key], before[key])
+
+
+def test_call_model_copies_the_tensors_of_forward_kwargs_wherever_they_sit():
+    """Issue 24: a forward that edits a tensor of ``forward_kwargs`` in place edits a copy,
+    made for each call (not the caller's, nor the next call's)."""
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+
+    def edits(x, bias, nested):
+        bias.add_(1.0)
+        nested["list"][0].mul_(0.0)
+        nested["pair"].a.fill_(9.0)
+        return bias.clone()
+
+    kwargs = {
+        "bias": torch.zeros(3),
+        "nested": {"list": [torch.ones(2), 4], "pair": Pair(torch.ones(1), "b")},
+    }
+    before = copy.deepcopy(kwargs)
+    for _ in range(2):  # each call starts from the caller's values
+        torch.testing.assert_close(inputs.call_model(edits, torch.ones(1), kwargs), torch.ones(3))
+    torch.testing.assert_close(kwargs["bias"], before["bias"], rtol=0, atol=0)
+    torch.testing.assert_close(kwargs["nested"]["list"][0], torch.ones(2), rtol=0, atol=0)
+    torch.testing.assert_close(kwargs["nested"]["pair"].a, torch.ones(1), rtol=0, atol=0)
+    assert kwargs["nested"]["list"][1] == 4 and isinstance(kwargs["nested"]["pair"], Pair)
 
 
 def test_call_model_passes_a_dict_as_keywords():

@@ -225,6 +225,18 @@ def test_sampled_rows_are_made_a_piece_at_a_time_alike(monkeypatch):
     assert rows.to(torch.float32)[:].dtype == torch.float32
 
 
+def test_sampled_rows_through_a_factor_of_no_columns_are_zero():
+    """A final map of zeros has a factor of no columns: its rows are zero (the fit's
+    pricing of such a section raised, found when that stopped being silent)."""
+    from sklearn_lib._routes import cotangents
+
+    signs = (2 * torch.randint(0, 2, (3, 6, 4)) - 1).to(torch.int8)  # (S, P, k)
+    rows = cotangents.SampledRows(signs, torch.randn(4, 4, dtype=torch.float64))
+    narrow = rows.through(torch.zeros(5, 0, dtype=torch.float64))  # (d_in, 0)
+    assert narrow.shape == (3, 6, 5)
+    torch.testing.assert_close(narrow[:2], torch.zeros(2, 6, 5, dtype=torch.float64))
+
+
 def test_cotangents_go_with_their_last_reference():
     """No reference cycle: a batch's signs (gigabytes at a vocabulary's width) are freed
     when the batch is done, not at the garbage collector's next run (which counts

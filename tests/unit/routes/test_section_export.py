@@ -1,6 +1,7 @@
 """A section from ``torch.export`` (``_routes.section_export``): its ends found by module
 scope and width, one export for batches of every size, and each reason it gives none."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -93,3 +94,33 @@ def test_a_failed_export_prints_nothing(capfd):
     assert why.startswith("torch.export cannot trace the model")
     out, err = capfd.readouterr()
     assert "def forward" not in out + err and "W1206" not in err
+
+
+#: Errors no call of the package swallows (out of memory, a stop of the run).
+FATAL = {
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "MemoryError": MemoryError,
+    "KeyboardInterrupt": KeyboardInterrupt,
+}
+
+
+class Raises(Net):
+    """Raises ``error()`` whenever it is called, exported or not."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        raise self.error()
+
+
+@pytest.mark.parametrize("error", list(FATAL))
+def test_out_of_memory_and_stops_while_exporting_propagate(error):
+    """torch.export failing on user code means no graph; out of memory is no such failure."""
+    section, x = Section("block", "head", (6, 4), (6, 4)), torch.randn(5, 6, 3)
+    with pytest.raises(type(FATAL[error]())):
+        exported_section(Raises(FATAL[error]).eval(), section, x, {})
+    why = exported_section(Raises(lambda: RuntimeError("a user's error")).eval(), section, x, {})
+    assert why == "torch.export cannot trace the model (RuntimeError: a user's error)"

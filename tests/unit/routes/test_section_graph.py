@@ -1,6 +1,7 @@
 """A section as a graph of its own (``_routes.section_graph``): where it starts and ends,
 what it depends on, and each reason it is not extracted."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -61,6 +62,35 @@ def test_reasons():
     assert "called 2 times" in section_graph(Twice(), Section("inner", "head"))
     assert "hooks" in section_graph(hooked, Section("inner", "head"))
     assert "cannot trace" in section_graph(Branches(), Section("inner", "head"))
+
+
+#: Errors no call of the package swallows (out of memory, a stop of the run).
+FATAL = {
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "MemoryError": MemoryError,
+    "KeyboardInterrupt": KeyboardInterrupt,
+}
+
+
+class Raises(Outer):
+    """Raises ``error()`` whenever it is called, traced or not."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        raise self.error()
+
+
+@pytest.mark.parametrize("error", list(FATAL))
+def test_out_of_memory_and_stops_while_tracing_propagate(error):
+    """fx failing on user code means no graph; out of memory is no such failure."""
+    with pytest.raises(type(FATAL[error]())):
+        section_graph(Raises(FATAL[error]), Section("inner", "head"))
+    why = section_graph(Raises(lambda: RuntimeError("a user's error")), Section("inner", "head"))
+    assert why == "torch.fx cannot trace the model (RuntimeError: a user's error)"
 
 
 def test_in_place_operations_are_found():

@@ -272,6 +272,115 @@ def test_a_raising_form_falls_back_to_the_next_form(registered):
     assert route.verdicts[0].why == "it raised KeyError: 'W_in'"
 
 
+# -- faults while the table is decided: a warning and autograd; out of memory propagates --
+OUT_OF_MEMORY = {
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "MemoryError": MemoryError,
+    "KeyboardInterrupt": KeyboardInterrupt,
+}
+
+
+class DetectRaises(LinearForm):
+    """A form whose detection raises ``error`` (a bug of a form: detect must not raise)."""
+
+    title = "A form whose detection raises"
+    error = None
+
+    @classmethod
+    def detect(cls, session, section):
+        raise cls.error()
+
+
+@pytest.mark.parametrize("registered", [DetectRaises], indirect=True)
+def test_a_detection_that_raises_warns_and_the_form_is_not_used(registered):
+    registered.error = lambda: IndexError("a bug in detect")
+    x = torch.randn(30, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    said = (
+        r"Detecting A form whose detection raises on the section 'head' -> the model output "
+        r"failed \(IndexError: a bug in detect\); it is not used there"
+    )
+    with pytest.warns(RuntimeWarning, match=said):
+        routes, (section,) = _decide(TanhThenLinear().double(), x, [("head", OUTPUT_NODE)])
+    route = routes[section]
+    assert isinstance(route.rows, Affine)  # the next form serves
+    assert not any(isinstance(f, DetectRaises) for f in (route.rows, route.gram, route.tangents))
+
+
+@pytest.mark.parametrize("registered", [DetectRaises], indirect=True)
+@pytest.mark.parametrize("error", list(OUT_OF_MEMORY))
+def test_out_of_memory_in_a_detection_propagates(registered, error):
+    registered.error = OUT_OF_MEMORY[error]
+    x = torch.randn(30, 2, 3, dtype=torch.float64)
+    with pytest.raises(type(OUT_OF_MEMORY[error]())):
+        _decide(TanhThenLinear().double(), x, [("head", OUTPUT_NODE)])
+
+
+def _failing_once(monkeypatch, where, error):
+    """Make ``where`` (a module and a function's name) raise ``error()`` on its first call."""
+    module, name = where
+    original, calls = getattr(module, name), []
+
+    def once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, once)
+    return calls
+
+
+def test_a_check_whose_autograd_rows_fail_warns_and_takes_autograd(monkeypatch):
+    """The model failing on the check's autograd rows (a one-time fault): the form is not
+    used for that product on that section, which is said; the rest is checked as ever."""
+    from sklearn_lib._routes.forms import base
+
+    fault = lambda: ValueError("The model failed on the probe batch: injected")  # noqa: E731
+    _failing_once(monkeypatch, (base, "autograd_rows"), fault)
+    x = torch.randn(20, 4, dtype=torch.float64)
+    pairs = [("fc2", "fc3"), ("fc3", OUTPUT_NODE)]
+    said = r"is not used on the section 'fc2' -> 'fc3': its check raised ValueError: .*injected"
+    with pytest.warns(RuntimeWarning, match=said):
+        routes, (first, last) = _decide(tanh_mlp(), x, pairs, kinds=("gram", "rows"))
+    # The Gram whose check raised is autograd's; the rows, checked next, pass.
+    assert routes[first].gram is None and routes[first].m_prime == "closed-form rows"
+    failed, passed = routes[first].verdicts
+    assert (failed.kind, failed.passed, passed.kind, passed.passed) == ("gram", False, "rows", True)
+    assert failed.why.startswith("its check raised ValueError")
+    assert routes[last].gram is not None  # checked, and passed
+
+
+@pytest.mark.parametrize("error", list(OUT_OF_MEMORY))
+def test_out_of_memory_in_a_check_propagates(monkeypatch, error):
+    from sklearn_lib._routes.forms import base
+
+    _failing_once(monkeypatch, (base, "autograd_rows"), OUT_OF_MEMORY[error])
+    x = torch.randn(20, 4, dtype=torch.float64)
+    with pytest.raises(type(OUT_OF_MEMORY[error]())):
+        _decide(tanh_mlp(), x, [("fc2", "fc3")], kinds=("gram", "rows"))
+
+
+def test_a_failed_read_of_the_probe_takes_autograd_everywhere_and_says_so(monkeypatch):
+    x = torch.randn(20, 4, dtype=torch.float64)
+    session = ModelSession(tanh_mlp())
+    sections = [section_of(session, x, "fc2", "fc3"), section_of(session, x, "fc3", OUTPUT_NODE)]
+    fault = lambda: ValueError("The model failed on the probe batch: injected")  # noqa: E731
+    _failing_once(monkeypatch, (session, "read"), fault)
+    said = (
+        r"Reading the probe's activations of \['fc2', 'fc3'\] to choose the routes failed "
+        r"\(ValueError: The model failed on the probe batch: injected\); every section takes "
+        "autograd"
+    )
+    with pytest.warns(RuntimeWarning, match=said):
+        routes = decide_routes(session, x, sections, rule_tensors(PLAIN, "cpu"), KINDS)
+    assert [routes[s] for s in sections] == [SectionRoute(s) for s in sections]
+    for error in OUT_OF_MEMORY.values():
+        _failing_once(monkeypatch, (session, "read"), error)
+        with pytest.raises(type(error())):
+            decide_routes(session, x, sections, rule_tensors(PLAIN, "cpu"), KINDS)
+
+
 # -- SectionRoute and RouteTable --------------------------------------------------------------
 SECTION = Section("a", "b")
 

@@ -142,6 +142,31 @@ def test_a_missing_module_is_not_affine():
     assert not is_affine_section(Model(nn.Linear(4, 3)), Section("nothing", OUTPUT_NODE))
 
 
+#: Errors no call of the package swallows (out of memory, a stop of the run).
+FATAL = {
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "MemoryError": MemoryError,
+    "KeyboardInterrupt": KeyboardInterrupt,
+}
+
+
+@pytest.mark.parametrize("error", list(FATAL))
+def test_out_of_memory_and_stops_while_tracing_propagate(error):
+    """fx failing on user code means "not shown affine"; out of memory is no such failure."""
+
+    def raises(m, h):
+        raise FATAL[error]()
+
+    with pytest.raises(type(FATAL[error]())):
+        is_affine_section(Model(Block(raises)), SECTION)
+
+    def fails(m, h):
+        raise RuntimeError("a user's error")
+
+    assert not is_affine_section(Model(Block(fails)), SECTION)
+
+
 # -- the rows ---------------------------------------------------------------------------------
 def _mixer(rng):
     model = Model(Block(AFFINE["einsum over positions"])).double()

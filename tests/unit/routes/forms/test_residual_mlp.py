@@ -127,6 +127,33 @@ def detect(model, src="block", dst="head", **session):
     return found[0] if found else None
 
 
+#: Errors no call of the package swallows (out of memory, a stop of the run).
+FATAL = {
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "MemoryError": MemoryError,
+    "KeyboardInterrupt": KeyboardInterrupt,
+}
+
+
+class RaisesBlock(GeluBlock):
+    error = None
+
+    def forward(self, h):
+        raise type(self).error()
+
+
+@pytest.mark.parametrize("error", list(FATAL))
+def test_out_of_memory_and_stops_while_tracing_propagate(error):
+    """fx failing on user code means "no form"; out of memory is no such failure."""
+    section = Section("block", "head")
+    RaisesBlock.error = FATAL[error]
+    with pytest.raises(type(FATAL[error]())):
+        ResidualMLP.detect(ModelSession(wrapped(RaisesBlock)), section)
+    RaisesBlock.error = lambda: RuntimeError("a user's error")
+    assert ResidualMLP.detect(ModelSession(wrapped(RaisesBlock)), section) is None
+
+
 # -- detection ---------------------------------------------------------------------------
 def test_detects_the_user_transformer_mlp():
     form = detect(user_transformer(), "blocks.0.mlp", "unembed")

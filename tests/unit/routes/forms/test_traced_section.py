@@ -28,6 +28,8 @@ from torch import nn
 from sklearn_lib import LIBTransformer
 from sklearn_lib._core.nodes import OUTPUT_NODE
 from sklearn_lib._model.session import ModelSession
+from sklearn_lib._routes.autograd import autograd_rows
+from sklearn_lib._routes.cotangents import Cotangents
 from sklearn_lib._routes.forms.base import Inapplicable
 from sklearn_lib._routes.forms.traced_section import TracedSection
 from sklearn_lib._routes.integration import rule_tensors
@@ -381,6 +383,61 @@ def test_an_export_is_not_reused_outside_the_sizes_it_was_made_for():
     for length in (6, 3):  # the second would reuse the first's export (33% off in review)
         x = torch.randint(0, 20, (4, length), generator=generator)
         assert_same(*rows_against_autograd(model, "blocks.0", "head", x=x))
+
+
+class FailsOnExport(Branching):
+    """:class:`Branching` that raises on its next ``armed`` calls (an export tries twice:
+    with dynamic sizes, then without); the counter is shared by the model's copies."""
+
+    class Armed:
+        calls = 0
+
+        def __deepcopy__(self, memo):
+            return self
+
+    def __init__(self):
+        super().__init__()
+        self.armed = self.Armed()
+
+    def forward(self, input_ids):
+        if self.armed.calls:
+            self.armed.calls -= 1
+            raise RuntimeError("a fault of the model's")
+        return super().forward(input_ids)
+
+
+def test_an_export_that_fails_after_one_served_warns_and_takes_autograds_rows():
+    """An export failing for a batch of other shapes, after one served the check, gives the
+    route up on those batches: said, not silent (the same rows, by autograd)."""
+    torch.manual_seed(0)
+    model = FailsOnExport().double().eval()
+    session = ModelSession(model)
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 20, (4, length), generator=generator) for length in (6, 3)]
+    section = section_of(session, batches[0], "blocks.0", "head")
+    form = TracedSection.detect(session, section)
+    assert isinstance(form, TracedSection) and form.trace is None  # by torch.export
+    weights = torch.ones(1, dtype=torch.float64)
+    for x, armed in zip(batches, (0, 2)):
+        with torch.no_grad():
+            (f,) = session.read(x, ["blocks.0"])
+        rows = Cotangents.identity(f.shape[1:], torch.float64, "cpu").rows[:]  # (P D, P, D)
+        model.armed.calls = armed
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            made = torch.cat(list(form.rows(x, f, rows, weights, [(0, rows.shape[0])])))
+        messages = [str(w.message) for w in caught]
+        auto = torch.cat(list(autograd_rows(session, section, x, f, rows, weights)))
+        assert_same(made.expand_as(auto), auto)
+        if not armed:
+            assert not messages
+            continue
+        assert messages == [
+            "The traced section's products failed on a batch (RuntimeError: on inputs shaped "
+            "as this batch, torch.export cannot trace the model (RuntimeError: a fault of the "
+            "model's)); the section 'blocks.0' -> 'head' takes autograd's rows there"
+        ]
+        assert caught[0].filename == __file__
 
 
 class Odd(Attention):
