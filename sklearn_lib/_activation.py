@@ -2,12 +2,13 @@
 
 import math
 
+import torch
 from sklearn.base import _fit_context
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import _ModelLayerTransformer, reads_one_fit
 from ._files.fit_file import input_dtypes
-from ._model.batching import saved_bytes_per_sample
+from ._model.batching import peak_bytes_per_sample
 from ._model.capture import inspect_node_layers
 
 
@@ -124,18 +125,17 @@ class ActivationTransformer(_ModelLayerTransformer):
         shapes, _ = inspect_node_layers(session, probe, [self.layer])
         self.activation_shape_ = shapes[self.layer]
         self._input_dtypes_ = input_dtypes(probe)  # token ids may take other lengths
-        self._choose_batch_size(
-            source,
-            session,
-            lambda: max(
-                # The layer's activations, as float64 rows: a forward pass
-                # without gradients saves nothing for autograd to count.
-                8.0 * math.prod(self.activation_shape_),
-                saved_bytes_per_sample(
-                    probe, lambda: session.read(probe, [self.layer]), session.weights
-                ),
-            ),
-        )
+        self._choose_batch_size(source, session, lambda: self._bytes_per_sample(session, probe))
+
+    def _bytes_per_sample(self, session, probe):
+        """What a pass holds per sample, in the units of saved bytes (which
+        :func:`~sklearn_lib._model.batching.auto_batch_size` multiplies by its working-set
+        factor): the layer's activations as float64 rows, or the forward's own peak
+        (temporaries included; autograd saves nothing to count there), whichever is
+        more."""
+        with torch.no_grad():
+            forward = peak_bytes_per_sample(probe, lambda: session.read(probe, [self.layer]))
+        return max(8.0 * math.prod(self.activation_shape_), forward)
 
     @property
     def _n_features_out(self):

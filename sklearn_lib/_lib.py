@@ -136,12 +136,14 @@ class LIBTransformer(_ModelLayerTransformer):
         own batches).  Peak memory is set by this and a fixed chunk of
         Jacobian rows, never by the number of samples.  ``"auto"`` takes the
         largest power of two up to 4096 whose working set (four times what
-        autograd saves per sample in the costliest section, measured on the
-        first 64 samples, and the signs of sources drawn per sample) fits
+        autograd saves per sample in the costliest section, or, for passes
+        without gradients, twice what the forward's tensors hold at once,
+        measured on the first 64 samples, and the signs of sources drawn per
+        sample) fits
         512 MiB on the CPU, or a quarter of the free memory, at most 8 GiB,
         on a GPU; larger batches amortise the fixed cost of every operation,
         so at least 64 where they fit, fewer (down to one) for larger
-        samples.  With ``n_stochastic_sources`` it is at most 256.
+        samples, which the plan says.  With ``n_stochastic_sources`` it is at most 256.
         ``batch_size_`` holds the size used.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
         Where passes run; ``"auto"`` uses CUDA when available.

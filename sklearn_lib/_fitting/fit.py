@@ -31,7 +31,7 @@ import torch
 
 from .._core.identity import Identity, as_tensor
 from .._core.nodes import OUTPUT_NODE, n_positions, sections_of
-from .._model.batching import WORKING_SET_FACTOR, saved_bytes_per_sample
+from .._model.batching import WORKING_SET_FACTOR, peak_bytes_per_sample, saved_bytes_per_sample
 from .._model.capture import check_cut, check_gradient_flow, inspect_node_layers
 from .._model.failures import Exploratory
 from .._model.inputs import take_rows
@@ -130,9 +130,10 @@ def inspect(session, probe, names, settings):
 def bytes_per_sample(session, probe, sections, plan):
     """What a fit's passes make autograd save per sample, at most, measured on the probe.
 
-    Each section's graph, as its ``M'`` pass builds it (one at a time); PCA
-    bases, and closed forms gathered by the statistics pass, only run
-    forward passes, measured as a forward pass with gradients.
+    Each section's graph, as its ``M'`` pass builds it (one at a time), or a
+    pass without gradients (the statistics pass; later ``transform``,
+    ``score`` and the ablations), measured by what the forward's tensors
+    hold at once, whichever is more.
     Fits whose plan draws stochastic sources measure alike, plus the signs of
     sources drawn per sample (one byte each, held for the batch); their batch
     is capped by :attr:`~sklearn_lib._fitting.plan.FitPlan.most_batch_size`.
@@ -155,29 +156,36 @@ def _signs_bytes(section_plan):
 
 
 def _saved_bytes(session, probe, sections, plan):
-    """What the section graphs (or the statistics pass) make autograd save per sample."""
-    fixed = session.weights
+    """What a fit's costliest pass holds per sample, in the units of saved bytes: a
+    section graph's, or a pass without gradients (the statistics pass, and later
+    ``transform``, ``score`` and the ablations)."""
     held = statistics_bytes(sections, session.dtype.itemsize, output_gram=plan.output_gram)
+    # A forward pass without gradients: what it holds at once, temporaries included
+    # (a conv net's maps, two at a time; autograd saves nothing to count there).
+    # Twice: scoring and the ablations run the model twice a batch, as it is and
+    # with the layer's activations replaced, and keep both outputs.
+    with torch.no_grad():
+        forward = peak_bytes_per_sample(probe, lambda: session.run(probe))
+    passes = [2 * forward / WORKING_SET_FACTOR]
     # Sections whose closed form's statistics the statistics pass gathers build
     # no graph: a fit of only those (or PCA's) holds what that pass holds.
     gathered = {s.section.src for s in plan.sections if s.route == "statistics pass"}
     graphs = [s for s in sections if s.src not in gathered] if plan.sections else []
-    if not graphs:
-        return held + saved_bytes_per_sample(probe, lambda: session.run(probe), fixed)
-    with torch.no_grad():
-        acts = session.read(probe, [s.src for s in graphs])
-    saved = (
-        saved_bytes_per_sample(
-            probe,
-            functools.partial(
-                session.section, probe, s.src, f.detach().requires_grad_(True), s.dst
-            ),
-            fixed,
-        )
-        for s, f in zip(graphs, acts)
-    )
+    if graphs:
+        with torch.no_grad():
+            acts = session.read(probe, [s.src for s in graphs])
+        passes += [
+            saved_bytes_per_sample(
+                probe,
+                functools.partial(
+                    session.section, probe, s.src, f.detach().requires_grad_(True), s.dst
+                ),
+                session.weights,
+            )
+            for s, f in zip(graphs, acts)
+        ]
     # The last section's graph may be built within the statistics pass: both at once.
-    return held + max(saved)
+    return held + max(passes)
 
 
 def statistics_bytes(sections, element_size=8, output_gram=False):

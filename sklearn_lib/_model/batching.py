@@ -17,7 +17,10 @@ most :data:`~sklearn_lib._fitting.stochastic.STOCHASTIC_BATCH_SIZE`, within
 the budget like any other.
 """
 
+import weakref
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .inputs import n_rows
 
@@ -141,3 +144,51 @@ def auto_batch_size(per_sample_bytes, device, within_cache=None, most=None):
     while size > floor and within_cache is not None:
         size //= 2
     return size
+
+
+class _PeakBytes(TorchDispatchMode):
+    """The most bytes that tensors made while it is on hold at once.
+
+    Each op's outputs are counted once per storage, from when they are made
+    until their last reference goes (torch keeps a tensor's Python object
+    alive as long as autograd or a view holds it, so the count follows the
+    memory): what a pass's batch really takes, temporaries included, on any
+    device, where :func:`saved_bytes_per_sample` counts only what autograd
+    keeps for a backward pass.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._sizes = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in _tensors(out):
+            key = _storage(tensor)
+            if not key or key in self._sizes:
+                continue  # a view, an in-place result or a tensor without storage
+            self._sizes[key] = tensor.untyped_storage().nbytes()
+            self.live += self._sizes[key]
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(tensor, self._free, key)
+        return out
+
+    def _free(self, key):
+        self.live -= self._sizes.pop(key, 0)
+
+
+def _tensors(out):
+    if isinstance(out, torch.Tensor):
+        return (out,)
+    if isinstance(out, (tuple, list)):
+        return tuple(t for t in out if isinstance(t, torch.Tensor))
+    return ()
+
+
+def peak_bytes_per_sample(x, run):
+    """The most bytes per sample of the batch ``x`` that tensors made by ``run()`` hold
+    at once (:class:`_PeakBytes`): the working set of a pass's batch."""
+    with _PeakBytes() as meter:
+        run()
+    return meter.peak / max(n_rows(x), 1)

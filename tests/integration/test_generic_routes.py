@@ -17,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from toy_models import TanhThenLinear, modadd_tokens, tanh_mlp, user_transformer
 
-from sklearn_lib import LIBTransformer
+from sklearn_lib import LIBTransformer, ablation_curve
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
 from sklearn_lib._fitting import jacobian_gram, stochastic
 from sklearn_lib._model import batching as _batching
@@ -252,6 +252,51 @@ def test_auto_batches_follow_the_budget(monkeypatch):
     assert fit(model, X, ["fc2"]).batch_size_ == 128
     monkeypatch.setattr(_batching, "CPU_BUDGET_BYTES", 1)
     assert fit(model, X, ["fc2"]).batch_size_ == 1  # not one sample fits: one at a time
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(
+            c1=nn.Conv2d(3, 16, 3, padding=1), a1=nn.Tanh(),
+            c2=nn.Conv2d(16, 16, 3, padding=1), a2=nn.Tanh(),
+            pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), out=nn.Linear(16, 4),
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("basis", ["pca", "lib"])
+def test_auto_batches_keep_the_budget_of_a_pass(monkeypatch, basis):
+    """Issue 24: a conv net's statistics pass held 1.4x its budget: its forward's maps
+    (two alive at a time, without gradients) were not counted, only what autograd would
+    save.  Every pass's tensors now stay within the budget (measured by what is alive
+    at once), at a batch that still uses most of it."""
+    from sklearn_lib import _lib
+
+    budget = 24 << 20
+    monkeypatch.setattr(_batching, "CPU_BUDGET_BYTES", budget)
+    peaks = {}
+
+    def metered(name, run):
+        def wrapper(*args, **kwargs):
+            with _batching._PeakBytes() as meter:
+                result = run(*args, **kwargs)
+            peaks[name] = meter.peak
+            return result
+
+        return wrapper
+
+    # The fit's passes (the probe's checks before them are not a batch of a pass).
+    monkeypatch.setattr(_lib, "fit_bases", metered("fit's passes", _lib.fit_bases))
+    X = np.random.default_rng(0).normal(size=(96, 3, 24, 24)).astype(np.float32)
+    lib = LIBTransformer(_conv_net(), "a1", basis=basis, feature_axis=1).fit(X)
+    metered("transform", lib.transform)(X)
+    metered("score", lib.score)(X)
+    metered("ablation", ablation_curve)(lib, X, n_features=[1, 8])
+    if basis == "lib":
+        metered("graph", lib.interaction_graph)(X)
+    assert 1 < lib.batch_size_ < 96
+    assert all(peak <= budget for peak in peaks.values()), (lib.batch_size_, peaks)
 
 
 def test_auto_batches_keep_traced_rows_within_the_cache(monkeypatch):

@@ -175,3 +175,27 @@ def test_below_its_usual_floor_auto_takes_as_many_samples_as_fit_and_says_so(mib
         assert note == ""
     else:
         assert f"working set is about {mib:,.1f} MiB, so {size} fit the 512 MiB budget" in note
+
+
+def test_peak_bytes_follow_what_is_alive_at_once():
+    """Temporaries count while alive, views and in-place results not again, and what
+    autograd keeps for a backward pass until it is gone."""
+    x = torch.ones(10, 1000, dtype=torch.float64)  # 80 kB
+
+    def run():
+        y = x * 2  # 80 kB
+        z = y.T  # a view: nothing new
+        z.mul_(3)  # in place: nothing new
+        w = y + 1  # 80 kB: two at once
+        del y, z, w
+        v = (x * 4).sum()  # 80 kB then 8 bytes
+        return v
+
+    assert batching.peak_bytes_per_sample(x, run) == pytest.approx(16_000, rel=1e-3)
+    leaf = torch.ones(10, 1000, dtype=torch.float64, requires_grad=True)
+
+    def saved():
+        out = leaf.tanh()  # tanh keeps its output for the backward pass
+        return (out * out).sum()  # a second 80 kB while the first is held
+
+    assert batching.peak_bytes_per_sample(leaf, saved) >= 16_000
