@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _faults import FATAL as STOPPING
 from torch import nn
 from toy_models import GPT2_VOCAB, MixPositions, tiny_gpt2
 
@@ -160,13 +161,7 @@ def _causes(exc):
         exc = exc.__cause__
 
 
-FATAL = {
-    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
-    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    "MemoryError": MemoryError,
-    "KeyboardInterrupt": KeyboardInterrupt,
-    "SystemExit": lambda: SystemExit(3),
-}
+FATAL = {**STOPPING, "SystemExit": lambda: SystemExit(3)}
 
 
 # -- the tests -----------------------------------------------------------------------

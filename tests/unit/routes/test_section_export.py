@@ -3,6 +3,7 @@ scope and width, one export for batches of every size, and each reason it gives 
 
 import pytest
 import torch
+from _faults import FATAL, RaisesWhenCalled
 from torch import nn
 
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
@@ -96,24 +97,8 @@ def test_a_failed_export_prints_nothing(capfd):
     assert "def forward" not in out + err and "W1206" not in err
 
 
-#: Errors no call of the package swallows (out of memory, a stop of the run).
-FATAL = {
-    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
-    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    "MemoryError": MemoryError,
-    "KeyboardInterrupt": KeyboardInterrupt,
-}
-
-
-class Raises(Net):
+class Raises(RaisesWhenCalled, Net):
     """Raises ``error()`` whenever it is called, exported or not."""
-
-    def __init__(self, error):
-        super().__init__()
-        self.error = error
-
-    def forward(self, x):
-        raise self.error()
 
 
 @pytest.mark.parametrize("error", list(FATAL))

@@ -3,6 +3,7 @@ what it depends on, and each reason it is not extracted."""
 
 import pytest
 import torch
+from _faults import FATAL, RaisesWhenCalled
 from torch import nn
 
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
@@ -64,24 +65,8 @@ def test_reasons():
     assert "cannot trace" in section_graph(Branches(), Section("inner", "head"))
 
 
-#: Errors no call of the package swallows (out of memory, a stop of the run).
-FATAL = {
-    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
-    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    "MemoryError": MemoryError,
-    "KeyboardInterrupt": KeyboardInterrupt,
-}
-
-
-class Raises(Outer):
+class Raises(RaisesWhenCalled, Outer):
     """Raises ``error()`` whenever it is called, traced or not."""
-
-    def __init__(self, error):
-        super().__init__()
-        self.error = error
-
-    def forward(self, x):
-        raise self.error()
 
 
 @pytest.mark.parametrize("error", list(FATAL))

@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from _faults import FATAL
 from _sections import section_of
 from linear_form import LinearForm
 from torch import nn
@@ -273,12 +274,7 @@ def test_a_raising_form_falls_back_to_the_next_form(registered):
 
 
 # -- faults while the table is decided: a warning and autograd; out of memory propagates --
-OUT_OF_MEMORY = {
-    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
-    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    "MemoryError": MemoryError,
-    "KeyboardInterrupt": KeyboardInterrupt,
-}
+OUT_OF_MEMORY = FATAL
 
 
 class DetectRaises(LinearForm):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from _faults import FATAL
 from torch import nn
 
 from sklearn_lib._core.nodes import OUTPUT_NODE, Section
@@ -140,15 +141,6 @@ def test_sections_that_are_more_than_an_affine_forward_are_refused(model):
 
 def test_a_missing_module_is_not_affine():
     assert not is_affine_section(Model(nn.Linear(4, 3)), Section("nothing", OUTPUT_NODE))
-
-
-#: Errors no call of the package swallows (out of memory, a stop of the run).
-FATAL = {
-    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
-    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    "MemoryError": MemoryError,
-    "KeyboardInterrupt": KeyboardInterrupt,
-}
 
 
 @pytest.mark.parametrize("error", list(FATAL))

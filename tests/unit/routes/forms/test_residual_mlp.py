@@ -6,6 +6,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from _faults import FATAL
 from _sections import jacobians
 from torch import nn
 from toy_models import user_transformer
@@ -125,15 +126,6 @@ def detect(model, src="block", dst="head", **session):
     section = Section(src, OUTPUT_NODE if dst is None else dst)
     found = [f for f in applicable_forms(session, section) if isinstance(f, ResidualMLP)]
     return found[0] if found else None
-
-
-#: Errors no call of the package swallows (out of memory, a stop of the run).
-FATAL = {
-    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
-    "cuda-message": lambda: RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    "MemoryError": MemoryError,
-    "KeyboardInterrupt": KeyboardInterrupt,
-}
 
 
 class RaisesBlock(GeluBlock):
