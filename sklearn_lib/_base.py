@@ -198,8 +198,8 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 f"X is a {type(X).__name__}, but {type(self).__name__} was fitted on a dict "
                 f"of keyword inputs {list(self.input_fields_)}; pass the same fields"
             )
-        if isinstance(X, (list, tuple)) and X and all(torch.is_tensor(x) for x in X):
-            X = torch.stack([x.detach() for x in X])  # a list of samples as tensors
+        if isinstance(X, (list, tuple)):
+            X = _stacked_samples(X)
         if torch.is_tensor(X):
             X = to_numpy(X)
         checks = dict(dtype="numeric", allow_nd=True)
@@ -425,6 +425,26 @@ def _token_ids(X, fitted):
         return has_length(np.asarray(X))
     except (TypeError, ValueError):  # ragged or odd: validation names the problem
         return False
+
+
+def _stacked_samples(X):
+    """A list (or tuple) of samples: tensors stacked into one; refused where their
+    shapes differ (numpy's own error speaks of an inhomogeneous shape, deep in the
+    validation)."""
+    _check_not_ragged(X)
+    if X and all(torch.is_tensor(x) for x in X):
+        return torch.stack([x.detach() for x in X])
+    return X
+
+
+def _check_not_ragged(X):
+    shapes = {tuple(np.shape(x)) for x in X}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"X is a ragged {type(X).__name__}: its samples have shapes {sorted(shapes)[:4]}; "
+            "every sample needs one shape (pad sequences and pass an attention_mask, or "
+            "stream batches of one length each)"
+        )
 
 
 def _canonical(name, value):

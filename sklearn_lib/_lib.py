@@ -29,7 +29,12 @@ from ._fitting.plan import announce
 from ._model.capture import node_shapes
 from ._model.session import resolve_device
 from ._model.sources import ArraySource
-from ._routes.integration import INTEGRATION_RULES, integration_rule, rule_tensors
+from ._routes.integration import (
+    INTEGRATION_RULES,
+    MAX_INTERVALS,
+    integration_rule,
+    rule_tensors,
+)
 from ._routes.table import JACOBIAN_ROUTES, decide_routes
 
 
@@ -325,7 +330,7 @@ class LIBTransformer(_ModelLayerTransformer):
         "center": ["boolean"],
         "whiten": ["boolean"],
         "integration": [StrOptions(set(INTEGRATION_RULES))],
-        "n_intervals": [StrictInterval(Integral, 0, None, closed="left")],
+        "n_intervals": [StrictInterval(Integral, 0, MAX_INTERVALS, closed="both")],
         "output_basis": [StrOptions({"identity", "pca"})],
         "n_stochastic_sources": [
             StrictInterval(Integral, 1, None, closed="left"),
@@ -849,7 +854,7 @@ class LIBTransformer(_ModelLayerTransformer):
     @validate_params(
         {
             "integration": [StrOptions(set(INTEGRATION_RULES)), None],
-            "n_intervals": [StrictInterval(Integral, 0, None, closed="left"), None],
+            "n_intervals": [StrictInterval(Integral, 0, MAX_INTERVALS, closed="both"), None],
             "n_stochastic_sources": [StrictInterval(Integral, 1, None, closed="left"), None],
             "random_state": ["random_state"],
             "verbose": ["verbose", None],

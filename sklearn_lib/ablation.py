@@ -267,16 +267,28 @@ def _smallest_within(score, total, tolerance):
     Bisection, assuming the score does not fall as ``m`` grows (the paper's
     assumption).  Returns ``(m, score(m), score(total))``.
     """
-    baseline = score(total)
+    baseline = _finite(score(total), total)
     lo, hi, best = 0, total, baseline
     while lo < hi:  # invariant: score(hi) >= baseline - tolerance
         mid = (lo + hi) // 2
-        value = score(mid)
+        value = _finite(score(mid), mid)
         if value >= baseline - tolerance:
             hi, best = mid, value
         else:
             lo = mid + 1
     return hi, best, baseline
+
+
+def _finite(value, n_features):
+    """``value``, a score the bisection compares; ValueError for NaN or inf, which every
+    comparison would take as a failure (the search would then say every feature is
+    needed, with a score of NaN)."""
+    if not np.isfinite(value):
+        raise ValueError(
+            f"the scoring gave {value} with {n_features} feature(s) kept: a search for the "
+            "fewest features needs finite scores (check the scorer, or that y fits the outputs)"
+        )
+    return value
 
 
 @validate_params(

@@ -164,6 +164,13 @@ class InteractionGraph:
             self.nodes, self.lambdas, self.edges, self.info
         )
 
+    def _checked(self):
+        """This graph, its arrays checked again as at construction: they are NumPy
+        arrays, the user's to change afterwards (a NaN would make ``summary`` say
+        "total nan" and ``plot`` fail inside matplotlib)."""
+        check_graph(self.nodes, self.lambdas, self.edges, self.info)
+        return self
+
     @property
     def sections(self):
         """``(src, dst)`` pairs in forward order."""
@@ -184,7 +191,7 @@ class InteractionGraph:
         -------
         ndarray of bool, of the section's edges' shape
         """
-        E = self.edges[self._section(section)]
+        E = self._checked().edges[self._section(section)]
         _check_count(n_edges, "n_edges")
         # A stable sort keeps ties in a fixed (row-major) order.
         order = np.argsort(-E, axis=None, kind="stable")
@@ -224,6 +231,7 @@ class InteractionGraph:
             h[0] -> output[2 'cat']: 2
         """
         _check_count(top, "top")
+        self._checked()
         names = feature_names(self, labels)
         lines = [f"InteractionGraph with {len(self.nodes)} node layers ({self.info})"]
         for node in self.nodes:
@@ -390,5 +398,7 @@ class InteractionGraph:
             <sklearn_lib.InteractionGraphDisplay.from_graph>` draws the same
             and keeps its data.
         """
-        display = InteractionGraphDisplay.from_graph(self, top_edges=top_edges, ax=ax, **kwargs)
+        display = InteractionGraphDisplay.from_graph(
+            self._checked(), top_edges=top_edges, ax=ax, **kwargs
+        )
         return display.ax_

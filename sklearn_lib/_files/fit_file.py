@@ -51,6 +51,7 @@ from .npz import (
     as_path,
     check_meta_size,
     json_default,
+    open_for_reading,
     read_npz,
     write_atomically,
 )
@@ -295,7 +296,7 @@ def read(path, owner):
     (:func:`_layout`), and every invariant of a fit after (:func:`_contents`).
     """
     path = as_path(path)
-    with open(path, "rb") as file:
+    with open_for_reading(path) as file:
         try:
             meta, arrays = read_npz(file, _layout)
             return _contents(meta, arrays)

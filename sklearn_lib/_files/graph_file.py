@@ -20,6 +20,7 @@ from .npz import (
     check_meta_size,
     expect_shape,
     json_default,
+    open_for_reading,
     read_npz,
     write_atomically,
 )
@@ -52,7 +53,7 @@ def read_graph(path):
     Raises ValueError naming the file and the problem (see :meth:`InteractionGraph.load`).
     """
     path = as_path(path)
-    with open(path, "rb") as file:
+    with open_for_reading(path) as file:
         try:
             (nodes, info), arrays = read_npz(file, _layout)
             return (nodes, *graph_from_arrays(nodes, arrays), info)

@@ -70,6 +70,24 @@ def as_path(path):
     raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
 
 
+def open_for_reading(path):
+    """``path`` opened for reading in binary, refused unless a regular file.
+
+    Opened without blocking, then checked: a FIFO that nothing writes to, a
+    device or a folder would otherwise block or fail deep in the reader.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path!r} is not a regular file (a FIFO, a device or a folder)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def json_default(value):
     """Numpy scalars and arrays as plain Python numbers and lists, for ``json.dumps``."""
     if isinstance(value, (np.generic, np.ndarray)):
@@ -226,7 +244,9 @@ def read_npy(key, member, check=None, size=None):
     if len(data) != n_bytes or member.read(1):
         raise ValueError(f"array {key!r} holds {len(data)} bytes, not the {n_bytes} of {shape}")
     order = "F" if fortran_order else "C"
-    return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
+    # In this machine's byte order: torch takes no other (a big-endian file is valid).
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
 def _read_header(key, member):

@@ -132,11 +132,13 @@ def m_prime_route(setting, section, row_free, exact_rows=None):
     """
     if setting is None:
         return None, "exact"
+    rows = section.exact_rows if exact_rows is None else exact_rows
     if setting != "auto":
+        if setting >= rows:  # as many sources cost as much and estimate what is exact
+            return None, f"exact: {rows} rows per batch, no more than the {setting} sources asked"
         return setting, f"{setting} random sources per batch"
     if row_free:
         return None, "exact: its route needs no backward pass per row"
-    rows = section.exact_rows if exact_rows is None else exact_rows
     if auto_stays_exact(rows):
         return None, f"exact: {rows} rows cost no more than {AUTO_MIN_ROUNDS} rounds"
     return "auto", "rounds of random sources until the basis stops moving"

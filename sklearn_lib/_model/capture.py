@@ -65,7 +65,9 @@ class ModelRunner:
         first from channels-last).  An int applies to every node layer and
         to the model output; a dict maps node-layer names (and ``"output"``)
         to their axes, the others keeping None.  2-D activations have one
-        feature axis whatever is given.
+        feature axis: a 2-D node layer takes only 1 or -1 (another value is
+        refused, naming it), and a 2-D model output keeps its own under an
+        int given for the node layers' maps.
     """
 
     def __init__(self, model, capture="input", output=None, forward_kwargs=None, feature_axis=None):
@@ -206,8 +208,10 @@ class ModelRunner:
     def _axis(self, value, node):
         """The feature axis of ``node``'s ``value`` when it must move, else None."""
         axis = self.axis_of(node)
-        if axis is None or not torch.is_tensor(value) or value.ndim <= 2:
-            return None  # one feature axis, or not activations (a shape problem)
+        if axis is None or not torch.is_tensor(value) or value.ndim < 2:
+            return None  # not activations (a shape problem, said elsewhere)
+        if value.ndim == 2 and node == OUTPUT_NODE and not isinstance(self.feature_axis, dict):
+            return None  # one axis for the node layers' maps; a 2-D output has one feature axis
         if not -value.ndim < axis < value.ndim or axis in (0, -value.ndim):
             what = "the model output" if node == OUTPUT_NODE else f"node layer {node!r}"
             raise ValueError(

@@ -16,11 +16,14 @@ What is fingerprinted, and how:
   scalars are left out: counters such as BatchNorm's ``num_batches_tracked``
   move when the model runs without changing what it computes.
 - **every module**: its class, and its plain attributes (bools, ints,
-  floats, strings, dtypes, functions by name, tuples, lists and dicts of
-  them, and one level into other objects such as a configuration), which
-  a forward may read: ``model.act = nn.GELU()``, ``attn.scale = 0.5``,
-  ``config.use_cache``.  The ``training`` flag is not among them, since the
-  package runs its copy in eval mode, nor are hooks.
+  floats, strings, dtypes, functions by their code, tuples, lists and dicts
+  of them, and one level into configurations: dataclasses, namespaces,
+  objects with ``to_dict``), which a forward may read:
+  ``model.act = nn.GELU()``, ``attn.scale = 0.5``, ``config.use_cache``; and
+  its forward hooks and pre-hooks, which change what it computes.  The
+  ``training`` flag is not among them, since the package runs its copy in
+  eval mode; other objects count by their class (a logger's or a counter's
+  state may move as the model runs).
 
 Why digests of bytes, not version counters: writes through ``.data``,
 through numpy, by fused optimisers and by BatchNorm's running statistics
@@ -29,6 +32,7 @@ swap places, and need tolerances.  A digest costs one read of the bytes,
 about what the private copy costs (``benchmarks/README.md``).
 """
 
+import dataclasses
 import functools
 import hashlib
 import types
@@ -94,9 +98,15 @@ def fingerprint(model):
     return digests
 
 
+#: A module's hooks that change what its forward computes (the package's own hooks go
+#: on its private copy, never on the user's model).
+_FORWARD_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
+
+
 def _module_digest(module):
-    """Its class and its own attributes, in a stable order."""
+    """Its class, its own attributes and its forward hooks, in a stable order."""
     own = {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
+    own.update({k: list(getattr(module, k).values()) for k in _FORWARD_HOOKS})
     described = [_qualified(type(module)), *(f"{k}={_describe(own[k], 1)}" for k in sorted(own))]
     return hashlib.sha256("\n".join(described).encode()).digest()[:_DIGEST_SIZE].hex()
 
@@ -126,9 +136,21 @@ def _describe(value, depth, within=frozenset()):
     if isinstance(value, (set, frozenset)):  # in a stable order, whatever the hash seed
         return "set:{" + ",".join(sorted(_describe(v, depth, within) for v in value)) + "}"
     attributes = getattr(value, "__dict__", None)
-    if depth > 0 and isinstance(attributes, dict):
+    if depth > 0 and isinstance(attributes, dict) and _is_configuration(value):
         return f"{_qualified(type(value))}:{_describe(dict(attributes), depth - 1, within)}"
     return f"object:{_qualified(type(value))}"
+
+
+def _is_configuration(value):
+    """Whether an object is a configuration, whose attributes the forward reads: a
+    dataclass, a namespace, or one that says so with ``to_dict`` (Hugging Face's
+    configurations).  Other objects (a logger, a counter, a tokenizer) may change as
+    the model runs without changing what it computes: their class alone counts."""
+    return (
+        dataclasses.is_dataclass(value)
+        or isinstance(value, types.SimpleNamespace)
+        or callable(getattr(value, "to_dict", None))
+    )
 
 
 def _describe_leaf(value):

@@ -588,9 +588,9 @@ def to_tensor(X, device, dtype):
         check_has_values(X)
         target = dtype if X.is_floating_point() else X.dtype
         return X.detach().to(device=device, dtype=target, copy=True)
-    X = np.asarray(X)
+    # Contiguous: torch takes no negative strides (X[::-1]); torch.tensor copies anyway.
+    X = np.ascontiguousarray(X)
     target = dtype if np.issubdtype(X.dtype, np.floating) else None
-    # torch.tensor copies (read-only and non-contiguous arrays are fine).
     return torch.tensor(X, dtype=target, device=device)
 
 

@@ -26,6 +26,7 @@ def integration_rule(method, n_intervals):
     alphas : ndarray of shape (n_points,)
     weights : ndarray of shape (n_points,)
     """
+    _check_rule(method, n_intervals)
     if method == "gradient":
         if n_intervals != 0:
             raise ValueError(
@@ -50,6 +51,27 @@ def integration_rule(method, n_intervals):
         # Map [-1, 1] to [0, 1].
         return (nodes + 1) / 2, weights / 2
     raise ValueError(f"integration={method!r} is not one of {INTEGRATION_RULES}")
+
+
+#: The most intervals a rule takes: every point is a pass of Jacobian products, and
+#: the rules converge long before.
+MAX_INTERVALS = 10_000
+
+
+def _check_rule(method, n_intervals):
+    """Raise TypeError or ValueError naming a rule's bad argument (a bool or a float is
+    not a count; a count past :data:`MAX_INTERVALS` would take a pass each)."""
+    if not isinstance(method, str) or method not in INTEGRATION_RULES:
+        raise ValueError(f"integration={method!r} is not one of {INTEGRATION_RULES}")
+    if isinstance(n_intervals, bool) or not isinstance(n_intervals, (int, np.integer)):
+        raise TypeError(
+            f"n_intervals must be an int, got {type(n_intervals).__name__} {n_intervals!r}"
+        )
+    if n_intervals > MAX_INTERVALS:
+        raise ValueError(
+            f"n_intervals={n_intervals} is past {MAX_INTERVALS:,}: each point is a pass of "
+            "Jacobian products, and the rules converge with far fewer"
+        )
 
 
 def is_plain(rule):

@@ -250,3 +250,13 @@ def test_verbose_passes_are_progress_bars_with_tqdm(fitted, capsys):
     err = capsys.readouterr().err
     # tqdm's bar: what, samples done of all, and a rate.
     assert "ablation: 100%" in err and "200/200" in err and "sample/s" in err
+
+
+def test_a_scorer_that_gives_nan_is_named(fitted):
+    """Issue 24's review: every comparison with NaN fails, so the search said all
+    features were needed, with a score of NaN."""
+    from sklearn_lib import features_needed
+
+    _, X, _, lib = fitted
+    with pytest.raises(ValueError, match="the scoring gave nan with .* feature"):
+        features_needed(lib, X, scoring=lambda ablated, original: float("nan"))

@@ -211,16 +211,18 @@ def test_uncentred_gram(rng):
 
 
 def test_stochastic_sources_converge_to_the_exact_basis(rng):
-    """Random +-1 combinations of Jacobian rows give an unbiased M'."""
+    """Random +-1 combinations of Jacobian rows give an unbiased M'; as many sources as
+    the 3 x 3 exact rows are the exact rows themselves."""
     X = rng.normal(size=(120, 4, 3))
     model = PositionMixer(n_pos_out=3).double()
     exact = LIBTransformer(model, "mix", batch_size=30).fit(X)
     errors = []
-    for sources in (1, 16, 1024):
+    for sources in (1, 3, 8, 9):
         approx = LIBTransformer(
             model, "mix", batch_size=30, n_stochastic_sources=sources, random_state=0
         ).fit(X)
         k = min(len(approx.bases_["mix"].lambdas), len(exact.bases_["mix"].lambdas))
         top = exact.bases_["mix"].lambdas[:k]
         errors.append(np.abs(approx.bases_["mix"].lambdas[:k] - top).max() / top[0])
-    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02
+    assert errors[0] > errors[1] > errors[2] > 1e-6 and errors[2] < 0.02
+    assert errors[3] < 1e-12

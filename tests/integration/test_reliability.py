@@ -173,13 +173,17 @@ def _offset(model):
     model.offset += 1.0
 
 
+def _hook(model):
+    model.fc1.register_forward_hook(lambda module, args, out: 2 * out)
+
+
 def _grown_cache(model):
     model.register_buffer("cache", torch.arange(5.0), persistent=False)
 
 
 @pytest.mark.parametrize(
     "change",
-    [_move_mask, _drop_mask, _swap_activation, _temperature, _offset, _grown_cache],
+    [_move_mask, _drop_mask, _swap_activation, _temperature, _offset, _hook, _grown_cache],
 )
 def test_what_the_forward_reads_beyond_its_weights_makes_the_basis_stale(X, change):
     """Issue 24: a -inf mask entry that moves or goes (its checksum was blind to -inf),
@@ -683,6 +687,54 @@ def test_a_torchscript_model_is_named(X, make, tmp_path):
     _fitted(X).save(path)
     with pytest.raises((TypeError, ValueError), match=message):
         LIBTransformer.load(path, scripted)
+
+
+@pytest.mark.parametrize(
+    "ragged",
+    [
+        lambda X: [list(r) for r in X[:5]] + [[1.0, 2.0]],
+        lambda X: [torch.as_tensor(r) for r in X[:5]] + [torch.ones(3, dtype=torch.float64)],
+    ],
+    ids=["lists", "tensors"],
+)
+def test_a_ragged_list_of_samples_is_named(X, ragged):
+    """Issue 24's review: numpy's "inhomogeneous shape" deep in the validation (lists), or
+    torch's "stack expects each tensor to be equal size" (tensors)."""
+    lib = _fitted(X)
+    for call in (LIBTransformer(tanh_mlp(), "fc2").fit, lib.transform, lib.score):
+        with pytest.raises(ValueError, match=r"X is a ragged list: its samples have shapes"):
+            call(ragged(X))
+
+
+@pytest.mark.parametrize("axis", [0, 2, -3, {"fc2": 5}])
+def test_a_feature_axis_that_a_2d_layer_lacks_is_named(X, axis):
+    """Issue 24's review: a 2-D layer took any feature_axis (the batch axis 0 too) and
+    ignored it."""
+    for make in (LIBTransformer, ActivationTransformer):
+        with pytest.raises(ValueError, match=r"does not name a feature axis .* 'fc2'"):
+            make(tanh_mlp(), "fc2", feature_axis=axis).fit(X)
+
+
+def test_more_sources_than_exact_rows_compute_them_exactly(X):
+    """Issue 24's review: a million sources per batch on a section of 3 exact rows ran out
+    of memory; as many sources as rows cost as much as the exact rows."""
+    exact = _fitted(X[:60])
+    lib = _fitted(X[:60], n_stochastic_sources=10**6, random_state=0)
+    assert lib.n_stochastic_sources_ == {"fc2": None}
+    np.testing.assert_allclose(lib.lambdas_, exact.lambdas_, rtol=1e-10)
+
+
+def test_views_with_negative_strides_are_taken(X):
+    """Issue 24's review: ``X[::-1]`` (a view every scikit-learn estimator takes) was
+    refused by torch, which takes no negative strides."""
+    reversed_rows, reversed_columns = X[::-1], X[:, ::-1]
+    lib = LIBTransformer(tanh_mlp(), "fc2").fit(reversed_rows)
+    copied = LIBTransformer(tanh_mlp(), "fc2").fit(reversed_rows.copy())
+    np.testing.assert_array_equal(
+        lib.transform(reversed_columns), copied.transform(reversed_columns.copy())
+    )
+    acts = ActivationTransformer(tanh_mlp(), "fc2").fit(reversed_rows)
+    np.testing.assert_array_equal(acts.transform(reversed_rows), acts.transform(X)[::-1])
 
 
 def test_a_failed_fit_leaves_the_estimator_as_it_was(X, rng):

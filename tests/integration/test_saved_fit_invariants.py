@@ -468,3 +468,42 @@ def test_a_zip_bomb_graph_is_refused_holding_little(graph_file, tmp_path, name, 
     _bomb(path, graph_file, name, head(), BOMB)
     peak = _peak_of_refusal(InteractionGraph.load, path)
     assert peak < MOST, f"{peak / 2**20:.0f} MiB held to refuse a {os.path.getsize(path)} B file"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize(
+    "load", [lambda p: LIBTransformer.load(p, tanh_mlp()), InteractionGraph.load]
+)
+def test_a_fifo_or_a_folder_is_refused_without_blocking(tmp_path, load):
+    """Issue 24's review: a FIFO that nothing writes to blocked both loaders forever."""
+    import signal
+
+    fifo = tmp_path / "fit.npz"
+    os.mkfifo(fifo)
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the load blocked"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(ValueError, match="not a regular file"):
+            load(fifo)
+        with pytest.raises(ValueError, match="not a regular file"):
+            load(tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_big_endian_file_loads(X, tmp_path):
+    """Issue 24's review: arrays stored big-endian (valid .npy) reached torch, which
+    takes no other byte order than the machine's."""
+    lib = LIBTransformer(tanh_mlp(), "fc2", compute_graph=True).fit(X)
+    path = tmp_path / "fit.npz"
+    lib.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        members = {key: data[key] for key in data.files}
+    swapped = {
+        key: value if key == "meta" else value.astype(value.dtype.newbyteorder(">"))
+        for key, value in members.items()
+    }
+    np.savez_compressed(path, **swapped)
+    back = LIBTransformer.load(path, tanh_mlp())
+    np.testing.assert_array_equal(back.transform(X), lib.transform(X))

@@ -381,6 +381,21 @@ def test_to_networkx_refuses_edges_spoiled_after_construction(bad):
         graph.modules()
 
 
+@pytest.mark.parametrize("bad", [np.nan, -1.0, np.inf])
+def test_summary_top_edges_and_plot_refuse_edges_spoiled_after_construction(bad):
+    """Issue 24's review: ``summary`` said "total nan" and ``plot`` failed inside
+    matplotlib on a NaN edge set after construction."""
+    graph = hand_made()
+    graph.edges[("b", "output")][0, 0] = bad
+    for call in (
+        graph.summary,
+        lambda: graph.top_edges(("b", "output"), 1),
+        lambda: graph.plot(),
+    ):
+        with pytest.raises(ValueError, match=r"edges\[\('b', 'output'\)\] holds"):
+            call()
+
+
 @pytest.mark.parametrize("resolution", [np.inf, np.nan, 0.0])
 def test_modules_refuses_a_resolution_that_is_not_finite_and_positive(resolution):
     with pytest.raises(ValueError, match="resolution must be positive and finite"):

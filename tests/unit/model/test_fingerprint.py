@@ -172,11 +172,21 @@ class Reads(nn.Module):
 
 
 class Config:
-    """A configuration object, as Hugging Face models keep one."""
+    """A configuration object, as Hugging Face models keep one (``to_dict`` says so)."""
 
     def __init__(self):
         self.use_cache = False
         self.inner = {"dropout": 0.1}
+
+    def to_dict(self):
+        return dict(vars(self))
+
+
+class Counter:
+    """State a forward may move without changing what it computes (calls counted)."""
+
+    def __init__(self):
+        self.calls = 0
 
 
 @pytest.mark.parametrize(
@@ -204,6 +214,36 @@ def test_plain_attributes_that_the_forward_reads_are_watched(change):
     assert changed_parts(before, fingerprint(Reads())) == []  # deterministic
     change(model)
     assert changed_parts(before, fingerprint(model)) == ["<model> (module)"]
+
+
+def test_objects_other_than_configurations_count_by_their_class():
+    model = Reads()
+    model.counter = Counter()
+    before = fingerprint(model)
+    model.counter.calls += 1
+    assert changed_parts(before, fingerprint(model)) == []
+    model.counter = Config()
+    assert changed_parts(before, fingerprint(model)) == ["<model> (module)"]
+
+
+def test_forward_hooks_are_watched():
+    """A hook changes what the forward computes: adding, replacing or removing one is
+    a change, as is another value it closes over."""
+    model = Model()
+    before = fingerprint(model)
+    handle = model.fc.register_forward_hook(lambda m, i, o: o * 2)
+    assert changed_parts(before, fingerprint(model)) == ["fc (module)"]
+    handle.remove()
+    assert changed_parts(before, fingerprint(model)) == []
+
+    def shift(by):
+        return lambda m, args: (args[0] + by,)
+
+    model.register_forward_pre_hook(shift(1.0))
+    one = fingerprint(model)
+    model._forward_pre_hooks.clear()
+    model.register_forward_pre_hook(shift(2.0))
+    assert changed_parts(one, fingerprint(model)) == ["<model> (module)"]
 
 
 def test_containers_that_hold_themselves_end():

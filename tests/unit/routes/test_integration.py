@@ -28,3 +28,22 @@ def test_rules_stay_off_the_end_points():
         integration_rule("gauss-legendre", 0)
     with pytest.raises(ValueError, match="n_intervals=2 must be 0"):
         integration_rule("gradient", 2)
+
+
+@pytest.mark.parametrize(
+    "method, n, error, match",
+    [
+        ("trapezoidal", 2.5, TypeError, "n_intervals must be an int, got float"),
+        ("trapezoidal", True, TypeError, "n_intervals must be an int, got bool"),
+        ("trapezoidal", "4", TypeError, "n_intervals must be an int, got str"),
+        ("trapezoidal", 10**9, ValueError, "n_intervals=1000000000 is past 10,000"),
+        ("simpson", 4, ValueError, "integration='simpson' is not one of"),
+        (None, 4, ValueError, "integration=None is not one of"),
+    ],
+)
+def test_a_rule_refuses_bad_arguments_by_name(method, n, error, match):
+    """Issue 24's review: linspace's own error for 2.5, True taken as 1, a str compared
+    with an int, and 10**9 points allocated (1.5 GiB)."""
+    with pytest.raises(error, match=match):
+        integration_rule(method, n)
+    assert integration_rule("trapezoidal", np.int64(4))[0].shape == (5,)
