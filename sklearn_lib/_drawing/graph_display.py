@@ -323,8 +323,8 @@ class InteractionGraphDisplay:
             kind not accepted.
         ValueError
             If ``top_edges`` or ``max_features`` is not an int >= 1, ``cmap``
-            names no colormap, or ``labels`` do not fit the graph (see
-            :func:`feature_names`).
+            names no colormap, or ``labels`` do not fit the graph (as
+            :meth:`sklearn_lib.InteractionGraph.summary` takes them).
         """
         self._check()
         _check_cmap(cmap)
