@@ -191,9 +191,9 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             X = stack_records(X)  # per-sample dicts, as the rows of a data set
         if isinstance(X, Mapping) and not scipy.sparse.issparse(X):  # a DOK matrix is a dict
             return self._validate_fields(X, reset)
-        if reset:
-            vars(self).pop("input_fields_", None)
-        elif getattr(self, "input_fields_", None) is not None:
+        # A fit starts from no fitted attribute (:meth:`_fitted_aside`): only later calls
+        # compare with the fit's fields.
+        if not reset and getattr(self, "input_fields_", None) is not None:
             raise ValueError(
                 f"X is a {type(X).__name__}, but {type(self).__name__} was fitted on a dict "
                 f"of keyword inputs {list(self.input_fields_)}; pass the same fields"
@@ -232,8 +232,8 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             )
         shapes = {key: tuple(value.shape[1:]) for key, value in fields.items()}
         if reset:
-            # A dict has no n_features_in_ (scikit-learn's is one array's width).
-            vars(self).pop("n_features_in_", None)
+            # No n_features_in_ for a dict (scikit-learn's is one array's width): a fit
+            # starts from none (:meth:`_fitted_aside`).
             self.input_fields_ = list(fields)
             self.input_shape_ = shapes
         elif not same_but_lengths(shapes, self.input_shape_, lengths_of(fields)):

@@ -459,8 +459,6 @@ class LIBTransformer(_ModelLayerTransformer):
                 n_intervals=self.n_intervals,
                 known=result.edges,
             )
-        else:
-            vars(self).pop("interaction_graph_", None)
 
         self._set_bases(result.bases, sections[-1].dst_shape)
         # Of the copy the bases were fitted on: later calls warn if the model changed.

@@ -50,20 +50,24 @@ def positions_fit():
     return copy.deepcopy(lib), X.copy()
 
 
-@functools.cache
-def _gpt2_fit(jacobian="auto"):
-    ids = M.token_ids(16, 8)
+def _fitted_gpt2(data, jacobian="auto"):
+    """The tiny GPT-2 at its second block and ``ln_f``, fitted on ``data``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lib = LIBTransformer(
+        return LIBTransformer(
             M.gpt2_eval(),
             "transformer.h.1",
             downstream_layers=["transformer.ln_f"],
             output="logits",
             forward_kwargs=dict(M.KW),
             jacobian=jacobian,
-        ).fit(ids)
-    return lib, ids
+        ).fit(data)
+
+
+@functools.cache
+def _gpt2_fit(jacobian="auto"):
+    ids = M.token_ids(16, 8)
+    return _fitted_gpt2(ids, jacobian), ids
 
 
 def gpt2_fit(jacobian="auto"):
@@ -76,16 +80,7 @@ def gpt2_fit(jacobian="auto"):
 def _gpt2_padded_fit():
     ids = M.token_ids(16, 8, seed=3)
     data = padded(ids, [8, 5, 3, 8, 7, 2, 6, 8] * 2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lib = LIBTransformer(
-            M.gpt2_eval(),
-            "transformer.h.1",
-            downstream_layers=["transformer.ln_f"],
-            output="logits",
-            forward_kwargs=dict(M.KW),
-        ).fit(data)
-    return lib, data
+    return _fitted_gpt2(data), data
 
 
 def gpt2_padded_fit():

@@ -49,10 +49,6 @@ def is_out_of_memory(exc):
 #: Errors that stop the run rather than report a failure of it.
 _STOPS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
-#: The category of the warnings of work given up (a closed form, a price): the same
-#: result, more slowly or without an estimate.
-FALLBACK_WARNING = FallbackWarning
-
 
 def is_fatal(exc):
     """True for an error that no call of the package swallows: out of memory, or a stop
@@ -74,9 +70,9 @@ def reason(exc):
 
 
 def warn_fallback(message):
-    """Warn that work was given up for a slower or plainer way (:data:`FALLBACK_WARNING`),
-    at the user's line."""
-    warnings.warn(message, FALLBACK_WARNING, stacklevel=user_stacklevel())
+    """Warn that work was given up for a slower or plainer way
+    (:class:`~sklearn_lib.FallbackWarning`), at the user's line."""
+    warnings.warn(message, FallbackWarning, stacklevel=user_stacklevel())
 
 
 class Exploratory:
@@ -84,7 +80,7 @@ class Exploratory:
 
     Fatal errors (:func:`is_fatal`) propagate.  Any other exception raised
     within is kept in :attr:`error` and suppressed; with ``step``, a
-    :data:`FALLBACK_WARNING` says ``"{step} failed ({reason}); {instead}"``.
+    :class:`~sklearn_lib.FallbackWarning` says ``"{step} failed ({reason}); {instead}"``.
     Without ``step`` the failure is silent: the caller says why, where it
     reports (a route that does not apply, such as code ``torch.fx`` cannot
     trace, is no fault).  A class rather than a generator, so that the

@@ -50,11 +50,17 @@ _MODULE_INTERNALS = frozenset(vars(torch.nn.Module()))
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
 
 
+def _hex(digest):
+    """A SHA-256 digest as the fingerprint keeps it: its first :data:`_DIGEST_SIZE`
+    bytes, in hex."""
+    return digest.digest()[:_DIGEST_SIZE].hex()
+
+
 def tensor_digest(tensor):
     """The digest of one tensor: its dtype, shape and bytes (on the CPU, in its own dtype)."""
     data = tensor.detach()
     if data.is_meta:  # no values to read: the private copy refuses it, naming the fix
-        return hashlib.sha256(f"meta{data.dtype}{tuple(data.shape)}".encode()).hexdigest()[:32]
+        return _hex(hashlib.sha256(f"meta{data.dtype}{tuple(data.shape)}".encode()))
     if data.is_quantized:
         data = data.int_repr()
     elif data.layout != torch.strided:
@@ -64,7 +70,7 @@ def tensor_digest(tensor):
     if data.numel():
         # Bytes of any dtype (bfloat16 and float8 have no numpy dtype).
         digest.update(memoryview(data.view(torch.uint8).numpy()))
-    return digest.digest()[:_DIGEST_SIZE].hex()
+    return _hex(digest)
 
 
 def fingerprint(model):
@@ -108,7 +114,7 @@ def _module_digest(module):
     own = {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
     own.update({k: list(getattr(module, k).values()) for k in _FORWARD_HOOKS})
     described = [_qualified(type(module)), *(f"{k}={_describe(own[k], 1)}" for k in sorted(own))]
-    return hashlib.sha256("\n".join(described).encode()).digest()[:_DIGEST_SIZE].hex()
+    return _hex(hashlib.sha256("\n".join(described).encode()))
 
 
 def _describe(value, depth, within=frozenset()):
@@ -182,7 +188,7 @@ def _code_digest(function, within):
     cells = [cell.cell_contents for cell in function.__closure__ or () if _filled(cell)]
     text = repr((code.co_names, constants))
     text += _describe([function.__defaults__, cells], 0, within)
-    return hashlib.sha256(code.co_code + text.encode()).digest()[:_DIGEST_SIZE].hex()
+    return _hex(hashlib.sha256(code.co_code + text.encode()))
 
 
 def _filled(cell):
@@ -197,7 +203,7 @@ def value_digest(value):
     """The digest of a parameter's value, as :func:`fingerprint` describes a module's
     attributes: equal for equal plain values, tensors of equal bytes and the same
     functions; other objects by their class and plain attributes."""
-    return hashlib.sha256(_describe(value, 1).encode()).digest()[:_DIGEST_SIZE].hex()
+    return _hex(hashlib.sha256(_describe(value, 1).encode()))
 
 
 def _sorted_keys(mapping):
