@@ -7,9 +7,12 @@ Build with ``python -m sphinx docs docs/_build`` after ``pip install -e ".[docs]
 or pass ``-D plot_gallery=0`` to skip running them.
 """
 
+import fnmatch
+import glob
 import importlib.util
 import os
 import re
+import shutil
 import sys
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
@@ -110,7 +113,36 @@ def _site_link(match):
     for suffix in source_suffix:
         if os.path.isfile(os.path.join(DOCS, page + suffix)):
             return f"[{match[1]}]({page}{suffix}{match['anchor'] or ''})"
+    if os.path.isfile(_gallery_file(page)):  # an example's dashboard: a file, not a page
+        return f'<a href="{page}.html">{match[1]}</a>'
     return match[1]
+
+
+# The feature dashboards the examples write (``*_dashboard.html``, to the folder
+# gallery_argv.OUTPUTS inside the gallery's) are copied next to the example pages when
+# the build ends, so that the examples' text links them as
+# `file_dashboard.html <file_dashboard.html>`__ (and the README as
+# docs/_build/auto_examples/file_dashboard.html; check_readme_links.py checks those).
+GALLERY_FILES = "*_dashboard.html"
+
+
+def _gallery_file(page):
+    """Where the examples wrote ``page`` (``auto_examples/<name>``), or "" for no such file."""
+    gallery, _, name = page.partition("/")
+    if gallery != sphinx_gallery_conf["gallery_dirs"] or not fnmatch.fnmatch(
+        name + ".html", GALLERY_FILES
+    ):
+        return ""
+    return os.path.join(DOCS, gallery, gallery_argv.OUTPUTS, name + ".html")
+
+
+def _copy_gallery_files(app, exception):
+    if exception is not None or app.builder.format != "html":
+        return
+    gallery = sphinx_gallery_conf["gallery_dirs"]
+    target = os.path.join(app.outdir, gallery)
+    for path in sorted(glob.glob(os.path.join(DOCS, gallery, gallery_argv.OUTPUTS, GALLERY_FILES))):
+        shutil.copy2(path, target)
 
 
 def _readme_links(app, relative_path, parent_docname, content):
@@ -120,6 +152,7 @@ def _readme_links(app, relative_path, parent_docname, content):
 
 def setup(app):
     app.connect("include-read", _readme_links)
+    app.connect("build-finished", _copy_gallery_files)
 
 
 html_theme = "alabaster"

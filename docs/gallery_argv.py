@@ -3,13 +3,19 @@
 sphinx-gallery runs every ``examples/plot_*.py`` in the build's process with
 ``sys.argv`` set to what :func:`reset_argv` returns.  By default each example
 gets ``--smoke`` (seconds each); ``SKLEARN_LIB_GALLERY=full`` runs them in
-full (up to about 10 minutes each).  Figures the examples save go to a
-temporary folder: the gallery takes its images from the open matplotlib
-figures, not from those files.
+full (up to about 10 minutes each).  What the examples save
+(``--output-dir``) goes to :data:`OUTPUTS`, a folder of the gallery's own
+generated one (``docs/auto_examples/example_outputs``, git-ignored, never the
+repository's ``figures/``): the gallery takes its images from the open
+matplotlib figures, not from those files, and ``conf.py`` copies the feature
+dashboards the examples write (``*_dashboard.html``) next to the example pages,
+which link them.  Kept with the gallery, they last as long as its cached runs.
 """
 
 import os
-import tempfile
+
+#: The folder, inside the gallery's, that the examples save their files to.
+OUTPUTS = "example_outputs"
 
 #: Environment variable choosing how the gallery runs the examples.
 MODE_ENV = "SKLEARN_LIB_GALLERY"
@@ -26,8 +32,8 @@ def gallery_mode():
 
 def reset_argv(gallery_conf, script_vars):
     """``sys.argv[1:]`` for one example (sphinx-gallery's ``reset_argv``)."""
-    output_dir = os.path.join(tempfile.gettempdir(), "sklearn-lib-gallery-figures")
-    argv = ["--output-dir", output_dir]
+    gallery = os.path.dirname(os.path.abspath(script_vars["target_file"]))
+    argv = ["--output-dir", os.path.join(gallery, OUTPUTS)]
     if gallery_mode() == "smoke":
         argv.insert(0, "--smoke")
     return argv

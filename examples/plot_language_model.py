@@ -8,7 +8,9 @@ characters of the Python standard library's own source files, fit LIB and
 the PCA baseline on the residual stream entering every block (and the final
 LayerNorm), then compare them by node ablation (held-out next-token loss and
 accuracy when only the top ``k`` features of one residual stream are kept)
-and by the number of edges each section needs.
+and by the number of edges each section needs.  A feature dashboard (an
+offline HTML page) shows the strongest token contexts of each basis' top
+features at one residual stream.
 
 The sequences have varied lengths and come as Hugging Face's default
 batches: a ``DataLoader`` whose ``DataCollatorWithPadding`` pads each batch
@@ -55,7 +57,7 @@ import numpy as np
 import torch
 from scipy.linalg import subspace_angles
 
-from sklearn_lib import LIBTransformer, ablation_curve, edges_needed
+from sklearn_lib import FeatureDashboard, LIBTransformer, ablation_curve, edges_needed
 
 parser = argparse.ArgumentParser(description="LIB vs PCA in a small language model")
 parser.add_argument("--smoke", action="store_true", help="tiny run for the tests")
@@ -455,6 +457,38 @@ if not args.no_edges:
             f"  {section[0]:>17s} -> {section[1]:17s} LIB {a.n_needed:5d} of {a.n_total:5d}"
             f"   PCA {b.n_needed:5d} of {b.n_total:5d}"
         )
+
+# %%
+# A feature dashboard: LIB's and PCA's features of one residual stream side by side,
+# in one offline HTML file (``language_model_dashboard.html`` in ``--output-dir``).
+# For each of the features of largest Lambda (or variance), a card shows its
+# strongest held-out tokens in their context (the characters before and after, each
+# highlighted by the feature's value there), its histogram and its share of the
+# layer.  The token ids decode through the example's own character vocabulary (id 0
+# is the unknown character; padding is never an example).  One node layer has no
+# section of its own, so the page draws no graph (``graph=None``).
+#
+# The page of the gallery's run: `language_model_dashboard.html
+# <language_model_dashboard.html>`__ (open it in a browser; it loads nothing).
+start = time.perf_counter()
+vocabulary = ["\N{REPLACEMENT CHARACTER}", *chars]  # id -> character, as `index` maps them
+shown = LAYERS[len(LAYERS) // 2]  # the middle residual stream
+dashboard = FeatureDashboard.from_estimator(
+    fits["lib"],
+    X_eval,
+    compare=fits["pca"],
+    layers=[shown],
+    n_features=16 if args.smoke else 24,
+    n_examples=20,
+    graph=None,
+    tokenizer=vocabulary,
+    title=f"GPT-2 on Python source: LIB vs PCA features of the residual stream into {shown}",
+)
+page = dashboard.save_html(os.path.join(args.output_dir, "language_model_dashboard.html"))
+print(
+    f"\nDashboard of LIB vs PCA features of {shown} on {len(eval_features)} held-out "
+    f"sequences ({time.perf_counter() - start:.1f}s): {page} ({page.stat().st_size / 1e3:.0f} kB)"
+)
 
 # %%
 # Figures: ablation curves (loss, accuracy) per node layer, spectra, edges needed.

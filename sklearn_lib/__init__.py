@@ -8,6 +8,7 @@ rotated onto the directions that matter to the next layer.
 from ._activation import ActivationTransformer
 from ._analysis.communities import GraphModules
 from ._analysis.graph import InteractionGraph
+from ._dashboard import FeatureDashboard
 from ._display import AblationCurveDisplay, InteractionGraphDisplay, SpectrumDisplay
 from ._fitting.basis import NodeBasis
 from ._lib import LIBTransformer
@@ -28,6 +29,7 @@ __all__ = [
     "AblationCurveDisplay",
     "ActivationTransformer",
     "FallbackWarning",
+    "FeatureDashboard",
     "FlattenedPositionsWarning",
     "InteractionGraphDisplay",
     "SpectrumDisplay",

@@ -202,6 +202,7 @@ class _ModelLayerTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             X = _stacked_samples(X)
         if torch.is_tensor(X):
             X = to_numpy(X)
+        _check_numeric_columns(X)
         checks = dict(dtype="numeric", allow_nd=True)
         if reset or not _token_ids(X, getattr(self, "_input_dtypes_", None)):
             X = validate_data(
@@ -435,6 +436,20 @@ def _stacked_samples(X):
     if X and all(torch.is_tensor(x) for x in X):
         return torch.stack([x.detach() for x in X])
     return X
+
+
+def _check_numeric_columns(X):
+    """Refuse a data frame with columns that are not numbers, naming them (pandas' own
+    error, deep in the conversion, names only a value)."""
+    columns, dtypes = getattr(X, "columns", None), getattr(X, "dtypes", None)
+    if columns is None or dtypes is None or not hasattr(dtypes, "__iter__"):
+        return
+    bad = [f"{c!r} ({t})" for c, t in zip(columns, dtypes) if getattr(t, "kind", "O") not in "biuf"]
+    if bad:
+        raise ValueError(
+            f"X has columns that are not numbers: {', '.join(bad[:5])}; the model's inputs "
+            "must be numeric (encode them first)"
+        )
 
 
 def _check_not_ragged(X):

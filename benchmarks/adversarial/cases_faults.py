@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from sklearn.base import clone
 
-from sklearn_lib import ActivationTransformer, LIBTransformer, ablation_curve, features_needed
+from sklearn_lib import (
+    ActivationTransformer,
+    FeatureDashboard,
+    LIBTransformer,
+    ablation_curve,
+    features_needed,
+)
 
 from . import fixtures as F
 from . import models as M
@@ -78,7 +84,17 @@ ENTRIES = {
         lambda lib, X, path: ActivationTransformer(lib.model, lib.layer).fit(X).transform(X),
     ),
     "load": ({}, lambda lib, X, path: LIBTransformer.load(path, lib.model).transform(X[:5])),
+    "FeatureDashboard": ({}, lambda lib, X, path: _dashboard_values(lib, X)),
 }
+
+
+def _dashboard_values(lib, X):
+    """A dashboard's examples and ablations (with the graph), as one array."""
+    shown = FeatureDashboard.from_estimator(lib, X, n_features=2, n_examples=3, ablation=True)
+    cards = [c for node in shown.data["views"][0]["nodes"] for c in node["features"]]
+    found = shown.examples["LIB"][lib.layer]
+    return np.concatenate([found.values.ravel(), [c["ablation"] for c in cards]])
+
 
 #: Errors that must reach the caller as themselves.
 FATAL_NAMES = {
@@ -210,6 +226,8 @@ PLAN = {
     ("entry", "features_needed"): (THREE, 1),
     ("entry", "ActivationTransformer"): (THREE, 1),
     ("entry", "load"): (THREE, 1),
+    ("entry", "FeatureDashboard"): (THREE, 1),
+    ("section", "FeatureDashboard"): (THREE, 1),
     ("section", "interaction_graph"): (THREE, 1),
     ("traced mixer", "interaction_graph"): (THREE, 1),
     ("traced mixer", "transform"): (THREE, 0),

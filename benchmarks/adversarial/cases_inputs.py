@@ -15,7 +15,13 @@ import torch
 from sklearn.base import clone
 from torch.utils.data import DataLoader
 
-from sklearn_lib import ActivationTransformer, LIBTransformer, ablation_curve, features_needed
+from sklearn_lib import (
+    ActivationTransformer,
+    FeatureDashboard,
+    LIBTransformer,
+    ablation_curve,
+    features_needed,
+)
 
 from . import fixtures as F
 from . import models as M
@@ -36,6 +42,9 @@ ENTRY = {
     "ablation_curve": lambda lib, X: ablation_curve(lib, X, n_features=[1, 2]),
     "features_needed": lambda lib, X: features_needed(lib, X),
     "ActivationTransformer.fit": lambda lib, X: ActivationTransformer(lib.model, "fc2").fit(X),
+    "FeatureDashboard": lambda lib, X: FeatureDashboard.from_estimator(
+        lib, X, n_features=2, n_examples=2, graph=None
+    ),
 }
 
 
@@ -231,6 +240,11 @@ VALID_ENTRY = {
     "ablation_curve": lambda lib, X: ablation_curve(lib, X, n_features=[0, 2])[1],
     "ActivationTransformer.transform": lambda lib, X: (
         ActivationTransformer(lib.model, "fc2").fit(X).transform(X)
+    ),
+    "FeatureDashboard": lambda lib, X: (
+        FeatureDashboard.from_estimator(lib, X, n_features=2, n_examples=3, graph=None)
+        .examples["LIB"]["fc2"]
+        .values
     ),
 }
 

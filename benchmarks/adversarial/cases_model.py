@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from sklearn_lib import (
     ActivationTransformer,
+    FeatureDashboard,
     LIBTransformer,
     StaleBasisWarning,
     ablation_curve,
@@ -99,6 +100,9 @@ ENTRIES = {
     "transform_tokens": lambda lib, X: lib.transform_tokens(X),
     "save and load": lambda lib, X: _save_load(lib),
     "pickle": lambda lib, X: pickle.loads(pickle.dumps(lib)),
+    "FeatureDashboard": lambda lib, X: FeatureDashboard.from_estimator(
+        lib, X, n_features=3, n_examples=2, ablation=True
+    ).to_html(),
     "ActivationTransformer": lambda lib, X: ActivationTransformer(
         lib.model,
         lib.layer,
@@ -153,6 +157,7 @@ def register_untouched():
         entries = list(ENTRIES)
         if name.startswith(("GPT-2", "conv")):
             entries = ["fit", "transform", "score", "interaction_graph", "save and load"]
+            entries.append("FeatureDashboard")
         for entry in entries:
             add(
                 UNTOUCHED,

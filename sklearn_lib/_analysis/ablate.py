@@ -204,6 +204,67 @@ class EdgeAblation(_Ablation):
         return result
 
 
+class FeatureAblation(_Ablation):
+    """Scores of the model with each of some features of a node mean-ablated alone.
+
+    Variant 0 ablates nothing (the baseline, through the same section run);
+    variant ``1 + i`` removes feature ``features[i]``'s contribution,
+    ``f - ((f - mean) @ C[:, j]) C_pinv[j]``, and keeps everything else of
+    the activations, the part outside the basis included.
+
+    Parameters
+    ----------
+    session : ModelSession
+    basis : NodeBasis
+    features : array-like of int
+        The features' indices in the basis.
+    y, scoring, n_samples
+        See :class:`_Ablation`.
+    """
+
+    def __init__(self, session, basis, features, *, y=None, scoring=None, n_samples=None):
+        super().__init__(basis.name, len(features) + 1, y, scoring, n_samples)
+        self.session, self.layer = session, basis.name
+        features = np.asarray(features, dtype=np.int64)
+        device = session.device
+        self.mean = torch.as_tensor(basis.mean, dtype=torch.float64, device=device)
+        columns = np.asarray(basis.matrix[:, features])  # an identity's columns alone
+        self.columns = torch.as_tensor(columns, dtype=torch.float64, device=device)  # (d, F)
+        rows = np.asarray(basis.pinv[features])
+        self.rows = torch.as_tensor(rows, dtype=torch.float64, device=device)  # (F, d)
+
+    def update(self, batch, acts):
+        self.count += batch.n
+        f, original = acts[self.layer], acts.get(OUTPUT_NODE)
+        n, d = f.shape[0], self.mean.shape[0]
+        f64 = f.to(torch.float64).reshape(n, -1, d)  # (n, P, d)
+        features = (f64 - self.mean) @ self.columns  # (n, P, F)
+        n_variants = len(self.scorers)
+        chunk = max(1, CHUNK_ELEMENTS // max(f64.numel(), 1))
+        targets = None
+        for start in range(0, n_variants, chunk):
+            which = torch.arange(start, min(start + chunk, n_variants), device=f.device)
+            # Variant 0 keeps f; variant 1 + i drops feature i's part, its value
+            # times its pseudo-inverse row: (c, n, P, 1) * (c, 1, 1, d).
+            picked = (which - 1).clamp(min=0)
+            kept = (which > 0).to(torch.float64).view(-1, 1, 1, 1)
+            values = torch.movedim(features[..., picked], -1, 0).unsqueeze(-1) * kept
+            variants = f64 - values * self.rows[picked].view(len(which), 1, 1, d)
+            rows = variants.reshape(len(which) * n, *f.shape[1:]).to(f.dtype)
+            # At the output node the ablated outputs are the scores' input themselves.
+            out = (
+                rows
+                if self.layer == OUTPUT_NODE
+                else self.session.section(batch.x, self.layer, rows)
+            )
+            out = out.reshape(len(which), n, *out.shape[1:])
+            if targets is None:
+                targets = self._targets(batch, out.shape[2:])
+                valid = batch.valid(out.shape[2:])
+            for i, variant in enumerate(which.tolist()):
+                self.scorers[variant].update(out[i], original, targets, valid)
+
+
 def _trimmed(targets, output_shape):
     """A batch's labels cut to its sequence length, where ``y`` is padded for longer ones.
 
@@ -228,7 +289,7 @@ def _trimmed(targets, output_shape):
     return targets[:, :length]
 
 
-def _check_label_order(source, y):
+def check_label_order(source, y):
     if y is not None and not source.ordered:
         raise ValueError(
             "y is given in data order, but X is a DataLoader that shuffles its samples, so "
@@ -239,7 +300,7 @@ def _check_label_order(source, y):
 @outside_inference_mode
 def node_ablation_scores(session, source, basis, n_features, y=None, scoring=None):
     """Scores of :class:`NodeAblation` after one pass over ``source``: ``(len(n_features),)``."""
-    _check_label_order(source, y)
+    check_label_order(source, y)
     n_features = np.asarray(n_features, dtype=int).reshape(-1)
     acc = NodeAblation(session, basis, n_features, y=y, scoring=scoring, n_samples=source.n_samples)
     (scores,) = session.run_pass(source, [acc], "ablation")
@@ -265,7 +326,7 @@ def edge_ablation_scores(session, source, graph, src, dst, n_edges, *, y=None, s
     -------
     ndarray of shape (len(n_edges),)
     """
-    _check_label_order(source, y)
+    check_label_order(source, y)
     section = (src.name, dst.name)
     E = graph.edges[section]
     if E.shape != (dst.n_components, src.n_components):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from toy_models import LogOfInput, ResidualMLP, SharedLayer, TokenMixer, tanh_mlp
 
@@ -201,3 +202,16 @@ def test_outputs_in_another_dtype(X):
     model = torch.nn.Sequential(tanh_mlp(), Cast())
     lib = LIBTransformer(model, "0.fc2").fit(X)
     assert lib.output_shape_ == (3,) and lib.n_components_ > 0
+
+
+def test_a_data_frame_with_columns_that_are_not_numbers(X):
+    """Named by column, at every entry point, instead of pandas' own error deep inside."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": X[:, 0], "b": ["s"] * len(X), "c": X[:, 2], "d": X[:, 3]})
+    lib = LIBTransformer(tanh_mlp(), "fc2").fit(X)
+    for call in (lambda: clone(lib).fit(frame), lambda: lib.transform(frame)):
+        with pytest.raises(ValueError, match=r"columns that are not numbers: 'b' \((object|str)\)"):
+            call()
+    numbers = pd.DataFrame(X, columns=list("abcd"))  # numeric frames pass as before
+    with pytest.warns(UserWarning, match="feature names"):  # scikit-learn's own warning
+        np.testing.assert_allclose(lib.transform(numbers), lib.transform(X))

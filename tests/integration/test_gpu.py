@@ -85,3 +85,25 @@ def test_gpu_paper_checkpoint_matches_cpu():
         pytest.skip("the paper's checkpoints are not available")
     X = make_modular_addition()[0][:512]
     _assert_same(_fit_with_graph(model, X, "cuda"), _fit_with_graph(model, X, "cpu"), rtol=1e-7)
+
+
+def test_feature_dashboard_on_the_gpu_equals_the_cpu(rng):
+    """The example search and the single-feature ablations run on the estimator's device."""
+    from sklearn_lib import FeatureDashboard
+
+    model, X = PositionMixer().double(), rng.normal(size=(120, 4, 3))
+    pages = {}
+    for device in ("cpu", "cuda"):
+        lib = LIBTransformer(model, "mix", downstream_layers=["head"], device=device).fit(X)
+        pages[device] = FeatureDashboard.from_estimator(
+            lib, X, n_features=3, n_examples=5, ablation=True, scoring="r2", graph=None
+        )
+    for node, found in pages["cpu"].examples["LIB"].items():
+        gpu = pages["cuda"].examples["LIB"][node]
+        np.testing.assert_array_equal(gpu.samples, found.samples)
+        np.testing.assert_allclose(gpu.values, found.values, rtol=1e-9)
+    cards = [
+        [c["ablation"] for n in page.data["views"][0]["nodes"] for c in n["features"]]
+        for page in pages.values()
+    ]
+    np.testing.assert_allclose(cards[1], cards[0], rtol=1e-3, atol=1e-9)

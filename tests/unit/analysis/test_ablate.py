@@ -14,6 +14,7 @@ from toy_models import tanh_mlp
 
 from sklearn_lib._analysis.ablate import (
     EdgeAblation,
+    FeatureAblation,
     NodeAblation,
     _trimmed,
     edge_ablation_scores,
@@ -273,3 +274,38 @@ def test_a_label_beyond_the_batchs_length_is_refused_naming_minus_100(rng, posit
     targets[1, position] = 0  # a scored label where the batch has no position
     with pytest.raises(ValueError, match=r"labels at 6 positions.*sequences of 4.*must be -100"):
         _trimmed(targets, (4, 3))
+
+
+# -- single-feature ablation ------------------------------------------------------------------
+@pytest.mark.parametrize("scoring", ["r2", "accuracy"])
+@pytest.mark.parametrize("layer", ["fc2", "fc3"])
+def test_feature_ablation_equals_a_hand_written_one(fitted, layer, scoring):
+    """Feature j alone mean-ablated: its part ``(f - mu) C_j C+_j`` removed, the rest of the
+    activations (the part outside the basis included) kept; variant 0 is the model itself."""
+    model, X, y, bases, outputs = fitted
+    basis = bases[layer]
+    acts = activations_of(model, layer, X)
+    chosen = np.array([2, 0, basis.matrix.shape[1] - 1])
+    expected = [scores(outputs, rest_of_model(model, layer, acts), y, scoring)]
+    for j in chosen:
+        part = np.outer((acts - basis.mean) @ basis.matrix[:, j], basis.pinv[j])
+        expected.append(scores(outputs, rest_of_model(model, layer, acts - part), y, scoring))
+    session, source = session_and_source(model, X, batch_size=7)
+    labels = y if scoring == "accuracy" else None
+    acc = FeatureAblation(session, basis, chosen, y=labels, scoring=scoring, n_samples=N)
+    (got,) = session.run_pass(source, [acc], "test")
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    assert len(set(np.round(got[1:], 9))) > 1  # the features differ in what they do
+
+
+def test_feature_ablation_runs_variants_in_chunks(fitted, monkeypatch):
+    """Chunks of a few variants (a small memory budget) give the same scores."""
+    model, X, y, bases, outputs = fitted
+    basis = bases["fc2"]
+    chosen = np.arange(basis.matrix.shape[1])
+    session, source = session_and_source(model, X)
+    (whole,) = session.run_pass(source, [FeatureAblation(session, basis, chosen)], "test")
+    monkeypatch.setattr("sklearn_lib._analysis.ablate.CHUNK_ELEMENTS", 1)
+    session, source = session_and_source(model, X)
+    (chunked,) = session.run_pass(source, [FeatureAblation(session, basis, chosen)], "test")
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12)
