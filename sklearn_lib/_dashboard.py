@@ -19,7 +19,6 @@ import numpy as np
 from ._analysis.dashboard import (
     TokenStrings,
     check_count,
-    image_layout,
     page_payload,
     renderer,
     search_features,
@@ -172,9 +171,12 @@ class FeatureDashboard:
         image_shape : tuple of int, default=None
             The per-sample shape of image inputs, where they come flattened
             (``(8, 8)`` for scikit-learn's digits); implies
-            ``input_kind="image"``.
+            ``input_kind="image"``.  Each example keeps its image as a tile
+            of bytes, scaled by its own range and averaged down to at most 64
+            pixels a side (memory and the page stay small for large images).
         columns : list of str, default=None
-            Names of the inputs' values, for table rows.
+            Names of the inputs' values, for table rows (the first 64 values
+            are kept and shown).
         context : (int, int), default=(12, 4)
             Tokens shown before and after an example's own.
         title : str, default=None
@@ -197,10 +199,10 @@ class FeatureDashboard:
         options = _options(locals())
         states = _views(estimator, compare)
         options["first_view"] = next(iter(states))
-        strings = TokenStrings(tokenizer)
+        options["strings"] = TokenStrings(tokenizer)  # one table for every view
         views, examples, kinds = [], {}, set()
         for name, state in states.items():
-            view, found, kind = _view(name, state, X, options, strings)
+            view, found, kind = _view(name, state, X, options)
             views.append(view)
             examples[name] = found
             kinds.add(kind)
@@ -211,7 +213,7 @@ class FeatureDashboard:
             kind,
             views,
             notes=_notes(options),
-            extra=_input_fields(kind, states[options["first_view"]].owner, options, strings),
+            extra=_input_fields(kind, states[options["first_view"]].owner, options, examples),
         )
         return cls(data, examples)
 
@@ -319,7 +321,7 @@ def _lib_state(estimator):
     return state
 
 
-def _view(name, state, X, options, strings):
+def _view(name, state, X, options):
     """One view's payload, its searches, and the input kind they found."""
     bases = {node: state.bases[node] for node in _nodes(state, options["layers"])}
     features = {node: shown_features(b, options["n_features"]) for node, b in bases.items()}
@@ -335,9 +337,8 @@ def _view(name, state, X, options, strings):
     cut = None if graph is None else subgraph(graph, bases, features)
     render = renderer(
         kind,
-        strings=strings,
+        strings=options["strings"],
         before=options["context"][0],
-        image_shape=_image_layout(options, state.owner) if kind == "image" else None,
     )
     view = view_payload(
         name,
@@ -414,28 +415,13 @@ def _metric(options):
     return {"r2": "R²"}.get(scoring, scoring)
 
 
-def _image_layout(options, estimator):
-    """The images' per-sample shape: ``image_shape``, or the inputs' own."""
-    shape = options["image_shape"] or _input_shape(estimator)
-    if shape is None or len(shape) not in (2, 3):
-        raise ValueError(
-            f"Image examples need the image's shape; the inputs' per-sample shape is "
-            f"{shape}: pass image_shape=(H, W)"
-        )
-    return shape
-
-
-def _input_shape(estimator):
-    shape = getattr(estimator, "input_shape_", None)
-    return tuple(shape) if isinstance(shape, tuple) else None
-
-
-def _input_fields(kind, estimator, options, strings):
+def _input_fields(kind, estimator, options, examples):
     """The page's ``input`` entries beside its kind."""
     if kind == "tokens":
-        return {"token_strings": strings.strings}
-    if kind == "image":
-        return {"image_shape": list(image_layout(_image_layout(options, estimator))[0])}
+        return {"token_strings": options["strings"].strings}
+    if kind == "image":  # the tiles' shape, (h, w, C), as the examples keep them
+        found = next(iter(next(iter(examples.values())).values()))
+        return {"image_shape": list(found.records[0].shape[2:])}
     width = getattr(estimator, "n_features_in_", None) or 0
     names = options["columns"] or [f"x{i}" for i in range(min(width, 64))]
     return {"columns": [str(c) for c in names][:64]}

@@ -16,12 +16,11 @@ import numpy as np
 
 from .ablate import FeatureAblation, check_label_order
 from .graph import InteractionGraph
-from .top_examples import SampleInputs, TokenContexts, TopExamples, token_ids
+from .top_examples import ImageTiles, SampleInputs, TokenContexts, TopExamples, token_ids
 
 __all__ = [
     "TokenStrings",
     "choose_recorder",
-    "image_layout",
     "page_payload",
     "renderer",
     "search_features",
@@ -40,7 +39,7 @@ def shown_features(basis, n_features):
     return np.sort(np.argsort(-kept, kind="stable")[:n_features])
 
 
-def choose_recorder(kind, x, context):
+def choose_recorder(kind, x, context, image_shape=None):
     """What examples keep of their inputs, for ``kind`` (``"auto"``: by the first batch
     ``x``: token ids make ``"tokens"``, else ``"image"`` or ``"tabular"`` as
     :func:`image_like` says).  Returns ``(kind, recorder)``."""
@@ -48,6 +47,8 @@ def choose_recorder(kind, x, context):
         kind = "tokens" if token_ids(x) is not None else ("image" if image_like(x) else "tabular")
     if kind == "tokens":
         return kind, TokenContexts(*context)
+    if kind == "image":
+        return kind, ImageTiles(image_shape)
     return kind, SampleInputs()
 
 
@@ -63,12 +64,13 @@ def image_like(x):
 class _LazyRecorder:
     """Chooses what to record on the first batch (the decision, once), then records it."""
 
-    def __init__(self, kind, context):
-        self.kind, self.context, self.recorder = kind, context, None
+    def __init__(self, kind, context, image_shape):
+        self.kind, self.context, self.image_shape = kind, context, image_shape
+        self.recorder = None
 
     def records(self, x, features, samples, positions):
         if self.recorder is None:
-            self.kind, self.recorder = choose_recorder(self.kind, x, self.context)
+            self.kind, self.recorder = choose_recorder(self.kind, x, self.context, self.image_shape)
         return self.recorder.records(x, features, samples, positions)
 
 
@@ -79,7 +81,7 @@ def search_features(session, source, bases, features, n_examples, *, options):
     Returns ``(examples, kind, ablations)``: ``{node: FeatureExamples}``, the input
     kind, and ``{node: (baseline, changes)}`` (empty without ablation).
     """
-    recorder = _LazyRecorder(options["input_kind"], options["context"])
+    recorder = _LazyRecorder(options["input_kind"], options["context"], options["image_shape"])
     top = TopExamples(bases, features, n_examples, recorder, session.device)
     accs = [top]
     if options["ablation"]:
@@ -145,69 +147,59 @@ class TokenStrings:
         raise ValueError(f"token id {token} is beyond the vocabulary's {len(tokenizer)} strings")
 
 
-def _token_example(found, f, e, strings, before):
-    """The kind-specific fields of example ``e`` of feature ``f``: a token context
-    (``before`` tokens were kept before the example's own)."""
-    ids, values = found.records[0][f, e], found.records[1][f, e]
+def _token_examples(found, strings, before):
+    """``fields(f, e)``: the kind-specific fields of example ``e`` of feature ``f``, a
+    token context (``before`` tokens were kept before the example's own)."""
+    ids, values = found.records
     real = ids >= 0
-    own = real[before] if before < len(real) else False
-    return {
-        "context": strings(ids[real]),
-        "context_values": rounded(np.nan_to_num(values[real]), 3),
-        # The example's own token among the real ones (-1: a node without positions).
-        "focus": int(real[:before].sum()) if own and not np.isnan(values[before]) else -1,
-    }
+    # One rounding for the node: the page shows 3 digits of each token's value.
+    shown = rounded(np.nan_to_num(values), 3)
+    width = ids.shape[-1]
+
+    def fields(f, e):
+        keep = real[f, e]
+        own = before < width and keep[before] and not np.isnan(values[f, e, before])
+        return {
+            "context": strings(ids[f, e][keep]),
+            "context_values": [v for v, k in zip(shown[f][e], keep) if k],
+            # The example's own token among the real ones (-1: a node without positions).
+            "focus": int(keep[:before].sum()) if own else -1,
+        }
+
+    return fields
 
 
-def _image_example(found, f, e, image_shape):
-    """The kind-specific fields of an image example: its pixels, scaled to 0..255 by
-    the tile's own range (a tile shows its pattern, whatever the inputs' units)."""
-    pixels = found.records[0][f, e].astype(np.float64)
-    low, high = pixels.min(), pixels.max()
-    scaled = np.zeros_like(pixels) if high == low else (pixels - low) / (high - low) * 255
-    tile = _channels_last(scaled.round().astype(np.uint8), image_shape)
-    return {"pixels": base64.b64encode(tile.tobytes()).decode("ascii")}
+def _image_example(found, f, e):
+    """The kind-specific fields of an image example: its tile's bytes, ``(h, w, C)``."""
+    return {"pixels": base64.b64encode(found.records[0][f, e].tobytes()).decode("ascii")}
 
 
-def image_layout(shape):
-    """``((H, W, C), channels_first)`` of images of per-sample ``shape``: ``(H, W)``,
-    ``(H, W, C)``, or ``(C, H, W)`` where the first axis is 1 or 3 and the last not."""
-    if len(shape) == 2:
-        return (*shape, 1), False
-    if shape[0] in (1, 3) and shape[-1] not in (1, 3):
-        return (*shape[1:], shape[0]), True
-    return tuple(shape), False
-
-
-def _channels_last(flat, image_shape):
-    """A flattened sample as ``(H, W, C)`` bytes."""
-    layout, channels_first = image_layout(image_shape)
-    if channels_first:
-        return np.moveaxis(flat.reshape(image_shape), 0, -1)
-    return flat.reshape(layout)
-
-
-def _examples(found, f, render):
-    """The payload of feature ``f``'s examples, strongest first."""
-    out = []
-    for e in range(found.values.shape[1]):
-        example = {
+def _examples(found, f, fields, values):
+    """The payload of feature ``f``'s examples, strongest first (``values`` rounded)."""
+    return [
+        {
             "sample": int(found.samples[f, e]),
             "position": found.positions[f, e].tolist(),
-            "value": rounded([found.values[f, e]])[0],
+            "value": values[f][e],
+            **fields(f, e),
         }
-        example.update(render(found, f, e))
-        out.append(example)
-    return out
+        for e in range(found.values.shape[1])
+    ]
 
 
-def renderer(kind, *, strings=None, before=0, image_shape=None):
-    """The function that renders an example's input-specific fields, for ``kind``."""
+def renderer(kind, *, strings=None, before=0):
+    """``prepare(found) -> fields(f, e)``: what renders an example's input-specific
+    fields, for ``kind``, prepared once per node."""
     if kind == "tokens":
-        return lambda found, f, e: _token_example(found, f, e, strings, before)
+        return lambda found: _token_examples(found, strings, before)
     if kind == "image":
-        return lambda found, f, e: _image_example(found, f, e, image_shape)
-    return lambda found, f, e: {"row": rounded(found.records[0][f, e][:64])}
+        return lambda found: lambda f, e: _image_example(found, f, e)
+
+    def rows(found):
+        shown = rounded(found.records[0][:, :, :64])
+        return lambda f, e: {"row": shown[f][e]}
+
+    return rows
 
 
 def _histogram(edges, counts):
@@ -229,18 +221,29 @@ def subgraph(graph, nodes, features):
     return InteractionGraph(nodes, lambdas, edges, dict(graph.info))
 
 
-def _neighbours(graph, node, features, position):
-    """``(incoming, outgoing)`` of the shown feature at ``position`` of ``node``: the
-    strongest nonzero edges, ``[[node, feature index, weight], ...]``."""
-    found = ([], [])
+def _neighbours(graph, node, features):
+    """``(incoming, outgoing)`` of each shown feature of ``node``, by its position: the
+    strongest nonzero edges, ``[[node, feature index, weight], ...]`` per feature."""
+    n = len(features[node])
+    found = ([[] for _ in range(n)], [[] for _ in range(n)])
     for (a, b), E in graph.edges.items() if graph is not None else ():
-        if b == node:
-            found[0].extend((a, int(features[a][j]), w) for j, w in enumerate(E[position]))
-        if a == node:
-            found[1].extend((b, int(features[b][i]), w) for i, w in enumerate(E[:, position]))
+        for side, (other, weights) in enumerate([(a, E), (b, E.T)]):
+            if (b, a)[side] != node:
+                continue
+            # (n, k): each feature's strongest k edges, ties in index order.
+            top = np.argsort(-weights, axis=1, kind="stable")[:, :N_NEIGHBOURS]
+            picked = np.take_along_axis(weights, top, 1)
+            shown = rounded(picked)
+            for i in range(n):
+                found[side][i] += [
+                    (other, int(features[other][j]), w, r)
+                    for j, w, r in zip(top[i], picked[i], shown[i])
+                    if w > 0
+                ]
     return tuple(
-        [[n, j, rounded([w])[0]] for n, j, w in sorted(side, key=lambda t: -t[2]) if w > 0][
-            :N_NEIGHBOURS
+        [
+            [[o, j, r] for o, j, _, r in sorted(edges, key=lambda t: -t[2])[:N_NEIGHBOURS]]
+            for edges in side
         ]
         for side in found
     )
@@ -255,9 +258,9 @@ def view_payload(name, bases, examples, *, graph=None, modules=None, ablation=No
     name : str
     bases : dict of str to NodeBasis
         The shown node layers' bases, in forward order.
-    examples : dict of str to (FeatureExamples, render)
-        Per node, its search result and the function rendering an example's
-        input-specific fields.
+    examples : dict of str to (FeatureExamples, prepare)
+        Per node, its search result and :func:`renderer`'s function for its
+        examples' input-specific fields.
     graph : InteractionGraph or None
         Already cut to the shown features (:func:`subgraph`).
     modules : GraphModules or None
@@ -296,26 +299,32 @@ def view_payload(name, bases, examples, *, graph=None, modules=None, ablation=No
 
 
 def _node_payload(basis, searched, features, graph, modules, ablation):
-    found, render = searched
+    found, prepare = searched
     lambdas = np.asarray(basis.lambdas[: basis.n_components])
     total = float(lambdas.sum())
-    cards = []
-    for f, index in enumerate(found.features):
-        incoming, outgoing = _neighbours(graph, basis.name, features, f)
-        changes = None if ablation is None else ablation["scores"][basis.name][1]
-        cards.append(
-            {
-                "index": int(index),
-                "lambda": rounded([lambdas[index]])[0],
-                "share": rounded([lambdas[index] / total if total > 0 else 0.0])[0],
-                "module": None if modules is None else int(modules.labels[basis.name][f]),
-                "histogram": _histogram(*found.histograms[f]),
-                "ablation": None if changes is None else rounded([changes[f]])[0],
-                "incoming": incoming,
-                "outgoing": outgoing,
-                "examples": _examples(found, f, render),
-            }
-        )
+    chosen = lambdas[found.features]
+    # Rounded once per node: a page of hundreds of cards rounds whole arrays.
+    shown = {
+        "lambda": rounded(chosen),
+        "share": rounded(chosen / total if total > 0 else np.zeros_like(chosen)),
+        "ablation": None if ablation is None else rounded(ablation["scores"][basis.name][1]),
+    }
+    values, fields = rounded(found.values), prepare(found)
+    incoming, outgoing = _neighbours(graph, basis.name, features)
+    cards = [
+        {
+            "index": int(index),
+            "lambda": shown["lambda"][f],
+            "share": shown["share"][f],
+            "module": None if modules is None else int(modules.labels[basis.name][f]),
+            "histogram": _histogram(*found.histograms[f]),
+            "ablation": None if shown["ablation"] is None else shown["ablation"][f],
+            "incoming": incoming[f],
+            "outgoing": outgoing[f],
+            "examples": _examples(found, f, fields, values),
+        }
+        for f, index in enumerate(found.features)
+    ]
     return {
         "name": basis.name,
         "n_kept": int(basis.n_components),

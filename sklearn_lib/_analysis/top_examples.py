@@ -11,10 +11,11 @@ node (a heap per feature, batched).  Padded positions are never examples
 and never counted.
 
 What an example shows of its input is kept with it (:class:`TokenContexts`
-for token ids, :class:`SampleInputs` for images and tables), since a
-stream cannot be read again to fetch it.
+for token ids, :class:`ImageTiles` for images, :class:`SampleInputs` for
+tables), since a stream cannot be read again to fetch it.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +26,11 @@ from .._model.inputs import is_dict
 
 __all__ = [
     "FeatureExamples",
+    "ImageTiles",
     "SampleInputs",
     "TokenContexts",
     "TopExamples",
+    "image_layout",
     "stable_topk",
     "token_ids",
 ]
@@ -98,18 +101,80 @@ class TokenContexts:
 
 
 class SampleInputs:
-    """Keeps, with each example, its sample's whole input (flattened), for image tiles
-    and table rows."""
+    """Keeps, with each example, its sample's input values (flattened; the first
+    ``limit``), for table rows."""
+
+    def __init__(self, limit=64):
+        self.limit = limit
 
     def records(self, x, features, samples, positions):
         """``(F, k, D)`` float32: each candidate's sample input, flattened."""
-        if is_dict(x):
-            raise ValueError(
-                "Image tiles and table rows need the inputs as one array; these are keyword "
-                f"inputs ({sorted(x)}): pass input_kind='tokens' for token ids"
-            )
-        flat = x.reshape(x.shape[0], -1).to(torch.float32)
+        flat = _flat_inputs(x)[:, : self.limit]
         return (flat[samples],)
+
+
+def _flat_inputs(x):
+    if is_dict(x):
+        raise ValueError(
+            "Image tiles and table rows need the inputs as one array; these are keyword "
+            f"inputs ({sorted(x)}): pass input_kind='tokens' for token ids"
+        )
+    return x.reshape(x.shape[0], -1).to(torch.float32)
+
+
+def image_layout(shape):
+    """``((H, W, C), channels_first)`` of images of per-sample ``shape``: ``(H, W)``,
+    ``(H, W, C)``, or ``(C, H, W)`` where the first axis is 1 or 3 and the last not."""
+    if len(shape) == 2:
+        return (*shape, 1), False
+    if shape[0] in (1, 3) and shape[-1] not in (1, 3):
+        return (*shape[1:], shape[0]), True
+    return tuple(shape), False
+
+
+class ImageTiles:
+    """Keeps, with each example, its sample's input as an image tile: bytes scaled by
+    the tile's own range (a tile shows its pattern, whatever the inputs' units), and
+    averaged down to at most ``max_side`` pixels a side, so that memory and the page
+    stay small for large images.
+
+    Parameters
+    ----------
+    image_shape : tuple of int or None
+        Per-sample shape of the images (``(H, W)``, ``(H, W, C)`` or ``(C, H, W)``);
+        None: the inputs' own.
+    max_side : int, default=64
+    """
+
+    def __init__(self, image_shape=None, max_side=64):
+        self.image_shape, self.max_side = image_shape, max_side
+
+    def records(self, x, features, samples, positions):
+        """``(F, k, h, w, C)`` uint8 tiles of the candidates' samples."""
+        flat = _flat_inputs(x)
+        shape = self._shape(tuple(x.shape[1:]), flat.shape[1])
+        (height, width, channels), first = image_layout(shape)
+        images = flat[samples.reshape(-1)].reshape(-1, *shape)
+        if not first:  # (N, H, W[, C]) -> (N, C, H, W)
+            images = images.reshape(-1, height, width, channels).permute(0, 3, 1, 2)
+        low = images.amin(dim=(1, 2, 3), keepdim=True)
+        span = images.amax(dim=(1, 2, 3), keepdim=True) - low
+        scaled = (images - low) / torch.where(span > 0, span, 1.0) * 255
+        factor = -(-max(height, width) // self.max_side)
+        if factor > 1:
+            scaled = torch.nn.functional.avg_pool2d(scaled, factor, ceil_mode=True)
+        tiles = scaled.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return (tiles.reshape(*samples.shape, *tiles.shape[1:]),)
+
+    def _shape(self, given, size):
+        shape = self.image_shape or given
+        if len(shape) not in (2, 3) or math.prod(shape) != size:
+            raise ValueError(
+                f"Image tiles need each sample's image shape: the inputs have per-sample "
+                f"shape {given} ({size} values), which image_shape={self.image_shape} does "
+                "not describe; pass image_shape=(H, W), (H, W, C) or (C, H, W)"
+            )
+        return shape
 
 
 @dataclass

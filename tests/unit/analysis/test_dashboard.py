@@ -9,7 +9,6 @@ from sklearn_lib._analysis.dashboard import (
     TokenStrings,
     check_count,
     choose_recorder,
-    image_layout,
     image_like,
     rounded,
     shown_features,
@@ -17,7 +16,12 @@ from sklearn_lib._analysis.dashboard import (
     view_payload,
 )
 from sklearn_lib._analysis.graph import InteractionGraph
-from sklearn_lib._analysis.top_examples import FeatureExamples, SampleInputs, TokenContexts
+from sklearn_lib._analysis.top_examples import (
+    FeatureExamples,
+    ImageTiles,
+    SampleInputs,
+    TokenContexts,
+)
 from sklearn_lib._fitting.basis import NodeBasis
 
 
@@ -109,7 +113,7 @@ def test_a_view_lists_edges_between_shown_features_and_each_card_s_neighbours():
     features = {"a": np.array([0, 1, 2, 3]), "b": np.array([0, 1, 2])}
     cut = subgraph(graph, features, features)
     bases = {"a": _basis("a", [4, 3, 2, 1]), "b": _basis("b", [3, 2, 1])}
-    render = lambda found, f, e: {"row": [0.0]}  # noqa: E731
+    render = lambda found: lambda f, e: {"row": [0.0]}  # noqa: E731
     view = view_payload(
         "LIB", bases, {n: (_examples(n, features[n], "tabular"), render) for n in bases}, graph=cut
     )
@@ -127,19 +131,6 @@ def test_a_view_lists_edges_between_shown_features_and_each_card_s_neighbours():
     assert view["modularity"] is None and view["ablation"] is None
 
 
-@pytest.mark.parametrize(
-    "shape, layout",
-    [
-        ((8, 8), ((8, 8, 1), False)),
-        ((3, 32, 32), ((32, 32, 3), True)),
-        ((32, 32, 3), ((32, 32, 3), False)),
-        ((1, 28, 28), ((28, 28, 1), True)),
-    ],
-)
-def test_image_layout(shape, layout):
-    assert image_layout(shape) == layout
-
-
 def test_the_input_kind_is_chosen_by_the_first_batch():
     assert choose_recorder("auto", torch.zeros(2, 5, dtype=torch.long), (1, 1))[0] == "tokens"
     assert (
@@ -147,8 +138,11 @@ def test_the_input_kind_is_chosen_by_the_first_batch():
         == "tokens"
     )
     kind, recorder = choose_recorder("auto", torch.zeros(2, 3, 8, 8), (1, 1))
-    assert kind == "image" and isinstance(recorder, SampleInputs)
-    assert choose_recorder("auto", torch.zeros(2, 64), (1, 1))[0] == "tabular"
+    assert kind == "image" and isinstance(recorder, ImageTiles)
+    kind, recorder = choose_recorder("auto", torch.zeros(2, 64), (1, 1))
+    assert kind == "tabular" and isinstance(recorder, SampleInputs)
+    kind, recorder = choose_recorder("image", torch.zeros(2, 64), (1, 1), (8, 8))
+    assert recorder.image_shape == (8, 8)
     assert isinstance(choose_recorder("tokens", None, (2, 3))[1], TokenContexts)
     assert not image_like(torch.zeros(2, 5, 8, 8))  # 5 channels: not an image
     assert image_like(torch.zeros(2, 8, 8))

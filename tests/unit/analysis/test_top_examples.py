@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from sklearn_lib._analysis.top_examples import (
+    ImageTiles,
     SampleInputs,
     TokenContexts,
     TopExamples,
+    image_layout,
     stable_topk,
     token_ids,
 )
@@ -191,3 +193,52 @@ def test_token_ids_of_the_input_forms():
     assert token_ids({"tokens": ids, "attention_mask": ids}) is ids
     assert token_ids(torch.zeros(2, 3)) is None
     assert token_ids({"a": ids, "b": ids}) is None  # two candidates: none is guessed
+
+
+def test_sample_inputs_keep_the_first_values_only():
+    X = torch.arange(2 * 100, dtype=torch.float64).reshape(2, 100)
+    (rows,) = SampleInputs(limit=64).records(X, None, torch.tensor([[1, 0]]), None)
+    np.testing.assert_array_equal(rows[0, 0], np.arange(100, 164))
+
+
+@pytest.mark.parametrize(
+    "shape, layout",
+    [
+        ((8, 8), ((8, 8, 1), False)),
+        ((3, 32, 32), ((32, 32, 3), True)),
+        ((32, 32, 3), ((32, 32, 3), False)),
+        ((1, 28, 28), ((28, 28, 1), True)),
+    ],
+)
+def test_image_layout(shape, layout):
+    assert image_layout(shape) == layout
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 5), (6, 5, 3), (6, 5)])
+def test_image_tiles_are_each_sample_scaled_to_bytes_channels_last(shape):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, *shape))
+    (tiles,) = ImageTiles().records(torch.as_tensor(X), None, torch.tensor([[2, 0]]), None)
+    assert tiles.dtype == torch.uint8 and tiles.shape == (1, 2, 6, 5, 1 if len(shape) == 2 else 3)
+    image = X[2] if shape[0] != 3 else np.moveaxis(X[2], 0, -1)
+    image = image.reshape(6, 5, -1)
+    expected = (image - image.min()) / (image.max() - image.min()) * 255
+    np.testing.assert_allclose(tiles[0, 0].numpy(), expected.round(), atol=1)
+
+
+def test_large_images_are_averaged_down_to_small_tiles():
+    X = torch.zeros(2, 3, 200, 130)
+    X[:, :, :100] = 1.0  # top half bright
+    (tiles,) = ImageTiles(max_side=64).records(X, None, torch.tensor([[0]]), None)
+    assert tiles.shape == (1, 1, 50, 33, 3)  # 4 x 4 pixels per tile pixel
+    assert tiles[0, 0, :25].min() == 255 and tiles[0, 0, 25:].max() == 0
+
+
+def test_flat_images_need_their_shape():
+    flat = torch.zeros(2, 64)
+    (tiles,) = ImageTiles((8, 8)).records(flat, None, torch.tensor([[1]]), None)
+    assert tiles.shape == (1, 1, 8, 8, 1)
+    with pytest.raises(ValueError, match=r"image_shape=\(8, 7\) does not describe"):
+        ImageTiles((8, 7)).records(flat, None, torch.tensor([[1]]), None)
+    with pytest.raises(ValueError, match="pass image_shape"):
+        ImageTiles().records(flat, None, torch.tensor([[1]]), None)
