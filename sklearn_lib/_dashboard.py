@@ -153,8 +153,11 @@ class FeatureDashboard:
             ``"auto"`` uses the estimator's ``interaction_graph_`` (from
             ``compute_graph=True``) or computes ``interaction_graph(X)``;
             None shows no edges; a graph is the first view's (the others
-            ``"auto"``); a dict gives each view's (by name).  A graph must
-            be of the view's estimator: its ``Lambda`` are compared.
+            ``"auto"``); a dict gives each view's by its name (a name that is
+            no view's is refused; views it leaves out are ``"auto"``).  A
+            graph must be of the view's estimator: its ``Lambda`` are
+            compared.  Shown node layers with one left out between them have
+            no edges between them.
         ablation : bool, default=False
             Score each shown feature mean-ablated alone (one model run of the
             rest of the model per feature and batch).
@@ -199,6 +202,7 @@ class FeatureDashboard:
         options = _options(locals())
         states = _views(estimator, compare)
         options["first_view"] = next(iter(states))
+        _check_graph_names(options["graph"], states)
         options["strings"] = TokenStrings(tokenizer)  # one table for every view
         views, examples, kinds = [], {}, set()
         for name, state in states.items():
@@ -305,8 +309,9 @@ def _views(estimator, compare):
             raise TypeError(f"compare's names must be strs; got {name!r}")
         state = _lib_state(est)
         name = state.owner.basis.upper() if name is None else name
-        if name in views:
-            name = f"{name} ({len(views) + 1})"
+        base, n = name, 2
+        while name in views:  # a name of its own, never another view's
+            name, n = f"{base} ({n})", n + 1
         views[name] = state
     return views
 
@@ -380,6 +385,18 @@ def _graph(name, estimator, X, options):
     if made is not None:
         return made
     return estimator.interaction_graph(X, verbose=options["verbose"])
+
+
+def _check_graph_names(graph, views):
+    """A dict ``graph`` names views that exist (a misspelt name would quietly compute
+    that view's graph)."""
+    if isinstance(graph, Mapping):
+        unknown = [name for name in graph if name not in views]
+        if unknown:
+            raise ValueError(
+                f"graph names views {unknown} that the dashboard does not have; its views "
+                f"are {list(views)}"
+            )
 
 
 def _of_estimator(graph, estimator, name):

@@ -106,9 +106,12 @@ def rounded(values, digits=4):
     """``values`` (array-like) rounded to ``digits`` significant digits, as a list of
     Python numbers: short in JSON, and as precise as a page shows them."""
     a = np.asarray(values, dtype=np.float64)
-    magnitude = np.floor(np.log10(np.abs(a), where=a != 0, out=np.zeros_like(a)))
-    scale = 10.0 ** (digits - 1 - magnitude)
-    return (np.round(a * scale) / scale).tolist()
+    with np.errstate(over="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.abs(a), where=a != 0, out=np.zeros_like(a)))
+        scale = 10.0 ** (digits - 1 - magnitude)
+        out = np.round(a * scale) / scale
+    # Subnormal numbers overflow the scale: they stay as they are.
+    return np.where(np.isfinite(out), out, a).tolist()
 
 
 class TokenStrings:
@@ -203,20 +206,30 @@ def renderer(kind, *, strings=None, before=0):
 
 
 def _histogram(edges, counts):
-    return {"edges": rounded(edges), "counts": [int(c) for c in counts]}
+    """The page's histogram; its edges with digits enough to keep neighbours apart (a
+    narrow range far from 0, ``100.00`` to ``100.05``, needs more than 4)."""
+    scale = np.abs(edges).max() / np.diff(edges).min()
+    digits = int(np.clip(3 + np.ceil(np.log10(max(scale, 1.0))), 4, 17))
+    return {"edges": rounded(edges, digits), "counts": [int(c) for c in counts]}
 
 
 def subgraph(graph, nodes, features):
-    """``graph`` cut to the shown ``features`` of the shown ``nodes`` (a dict), keeping
-    the sections between consecutive shown nodes; None where no section is left."""
+    """``graph`` cut to the shown ``features`` of the shown ``nodes`` (a dict); None where
+    no two shown nodes are a section of it.
+
+    Shown nodes that are not consecutive in ``graph`` (a node layer left out between
+    them) have no edges between them: zeros, which no module, card or drawing reads.
+    """
     nodes = [n for n in graph.nodes if n in nodes]
+    pairs = list(zip(nodes, nodes[1:]))
+    if not any(pair in graph.edges for pair in pairs):
+        return None
     edges = {
         (a, b): graph.edges[(a, b)][np.ix_(features[b], features[a])]
-        for a, b in zip(nodes, nodes[1:])
         if (a, b) in graph.edges
+        else np.zeros((len(features[b]), len(features[a])))
+        for a, b in pairs
     }
-    if not edges:
-        return None
     lambdas = {n: graph.lambdas[n][features[n]] for n in nodes}
     return InteractionGraph(nodes, lambdas, edges, dict(graph.info))
 
@@ -276,6 +289,8 @@ def view_payload(name, bases, examples, *, graph=None, modules=None, ablation=No
     sections = []
     for (a, b), E in graph.edges.items() if graph is not None else ():
         dst, src = np.nonzero(E)
+        if not dst.size:  # nodes with a layer left out between them: no section
+            continue
         sections.append(
             {
                 "source": a,

@@ -154,7 +154,9 @@ class ImageTiles:
         flat = _flat_inputs(x)
         shape = self._shape(tuple(x.shape[1:]), flat.shape[1])
         (height, width, channels), first = image_layout(shape)
-        images = flat[samples.reshape(-1)].reshape(-1, *shape)
+        # Each sample once (features share their batch's strongest samples), then picked.
+        unique, inverse = torch.unique(samples, return_inverse=True)
+        images = flat[unique].reshape(-1, *shape)
         if not first:  # (N, H, W[, C]) -> (N, C, H, W)
             images = images.reshape(-1, height, width, channels).permute(0, 3, 1, 2)
         low = images.amin(dim=(1, 2, 3), keepdim=True)
@@ -164,7 +166,7 @@ class ImageTiles:
         if factor > 1:
             scaled = torch.nn.functional.avg_pool2d(scaled, factor, ceil_mode=True)
         tiles = scaled.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        return (tiles.reshape(*samples.shape, *tiles.shape[1:]),)
+        return (tiles[inverse],)  # (F, k, h, w, C)
 
     def _shape(self, given, size):
         shape = self.image_shape or given

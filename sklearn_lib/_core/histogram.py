@@ -16,6 +16,10 @@ import torch
 
 __all__ = ["StreamingHistogram"]
 
+#: Bounds of a bin width: above float64's smallest normal number, and small enough that
+#: a whole range (and its doubling) stays finite.
+_TINY, _HUGE = 1e-300, 1e300
+
 
 class StreamingHistogram:
     """Counts of each column's values in bins that widen as values arrive.
@@ -63,7 +67,8 @@ class StreamingHistogram:
             self._start(smallest, largest)
         self._widen(smallest, largest)
         # A value on the top edge, or a rounding past it, belongs to the last bin.
-        bins = ((values - self.low) / self.width).floor().clamp_(0, self.n_bins - 1).long()
+        offset = (values / 2 - self.low / 2) / self.width * 2  # halves: no overflow
+        bins = offset.floor().nan_to_num(nan=0.0).clamp_(0, self.n_bins - 1).long()
         offsets = torch.arange(values.shape[1], device=bins.device) * self.n_bins
         flat = (bins + offsets).reshape(-1)
         self.counts += torch.bincount(flat, minlength=self.counts.numel()).view_as(self.counts)
@@ -72,20 +77,24 @@ class StreamingHistogram:
         """Bins over the first batch's range, widened by a millionth on both sides: its
         smallest and largest values then lie inside bins, not on edges, which rounding
         could put on either side."""
-        span = largest - smallest
-        # A constant column gets a range of its own scale (1 where it is 0).
+        # Halves first: the span of values near float64's limits would overflow.
+        span = (largest / 2 - smallest / 2) * 2
+        # A constant column gets a range of its own scale (1 where it is 0), never
+        # below the smallest normal float (a width of 0 would never grow).
         floor = torch.where(smallest == 0, 1.0, smallest.abs()) * 1e-6
-        span = torch.maximum(span, floor)
+        span = torch.clamp(torch.maximum(span, floor), min=_TINY, max=_HUGE)
         self.low = smallest - span * 1e-6
         self.width = span * (1 + 2e-6) / self.n_bins
 
     def _widen(self, smallest, largest):
         """Double the range of every column that ``[smallest, largest]`` leaves, as often
-        as needed: downward where values fell below it, else upward."""
+        as needed: downward where values fell below it, else upward.  A range at
+        float64's limits stops growing; values beyond it count in its end bins."""
         half = self.n_bins // 2
         while True:
-            below = smallest < self.low
-            above = largest >= self.low + self.n_bins * self.width
+            room = self.n_bins * self.width < _HUGE
+            below = (smallest < self.low) & room
+            above = (largest >= self.low + self.n_bins * self.width) & room
             grow = below | above
             if not bool(grow.any()):
                 return

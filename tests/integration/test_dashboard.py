@@ -325,3 +325,30 @@ def test_a_graph_is_the_first_view_s_and_must_be_of_its_estimator(gpt2, ids, fit
         assert w == pytest.approx(E[d, s], rel=1e-3)
     with pytest.raises(ValueError, match="is not of its estimator"):
         FeatureDashboard.from_estimator(lib, ids, n_features=3, n_examples=2, graph=pca_graph)
+
+
+def test_layers_with_one_left_out_between_shown_ones(gpt2, ids, fits):
+    """h.0, h.1 and the output: the section h.0 -> h.1 is drawn, none from h.1 to the
+    output (ln_f, left out, lies between)."""
+    lib, _ = fits
+    graph = lib.interaction_graph(ids[:8], n_stochastic_sources=2, random_state=0)
+    layers = ["transformer.h.0", "transformer.h.1", "output"]
+    dashboard = FeatureDashboard.from_estimator(
+        lib, ids, layers=layers, n_features=3, n_examples=2, graph=graph
+    )
+    view = dashboard.data["views"][0]
+    assert [n["name"] for n in view["nodes"]] == layers
+    assert [(s["source"], s["target"]) for s in view["sections"]] == [tuple(layers[:2])]
+    output_card = view["nodes"][2]["features"][0]
+    assert output_card["incoming"] == [] and output_card["outgoing"] == []
+
+
+def test_view_names_are_unique_and_graph_names_must_be_views(rng):
+    X = rng.normal(size=(60, 4))
+    lib = LIBTransformer(tanh_mlp(), "fc2").fit(X)
+    dashboard = FeatureDashboard.from_estimator(
+        lib, X, n_features=2, n_examples=2, graph=None, compare={"LIB (2)": lib, "LIB": lib}
+    )
+    assert [v["name"] for v in dashboard.data["views"]] == ["LIB", "LIB (2)", "LIB (3)"]
+    with pytest.raises(ValueError, match=r"graph names views \['lbi'\].*views are \['LIB'"):
+        FeatureDashboard.from_estimator(lib, X, n_features=2, graph={"lbi": None})

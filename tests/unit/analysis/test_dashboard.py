@@ -7,6 +7,7 @@ import torch
 
 from sklearn_lib._analysis.dashboard import (
     TokenStrings,
+    _histogram,
     check_count,
     choose_recorder,
     image_like,
@@ -153,3 +154,49 @@ def test_check_count(value, error):
     with pytest.raises(error, match="^n(=0)? must"):
         check_count(value, "n")
     assert check_count(np.int64(3), "n") == 3
+
+
+def test_rounded_keeps_subnormal_numbers_finite():
+    shown = rounded([5e-324, 1e-310, 1e300])
+    assert shown[:2] == [5e-324, 1e-310]  # their scale overflows: kept as they are
+    assert shown[2] == pytest.approx(1e300, rel=1e-12)
+
+
+def test_histogram_edges_keep_enough_digits_to_stay_apart():
+    """A narrow range far from 0: 4 significant digits would make every edge 100.0."""
+    edges = 100 + np.linspace(0, 0.05, 11)
+    shown = _histogram(edges, np.ones(10, dtype=int))["edges"]
+    assert np.all(np.diff(shown) > 0)
+    np.testing.assert_allclose(shown, edges, rtol=1e-9)
+
+
+def test_a_subgraph_of_nodes_with_a_layer_left_out_between_them():
+    """Shown nodes a and output are no section: no edges between them, and the section
+    a -> b keeps its own when b is shown too."""
+    graph = _graph()
+    features = {"a": np.array([0, 1]), "b": np.array([0]), "output": np.array([1])}
+    cut = subgraph(graph, {"a": None, "output": None}, features)
+    assert cut is None  # a and output alone: nothing to show
+    graph3 = InteractionGraph(
+        ["a", "b", "c", "output"],
+        {**graph.lambdas, "c": np.ones(2)},
+        {
+            ("a", "b"): graph.edges[("a", "b")],
+            ("b", "c"): np.ones((2, 3)),
+            ("c", "output"): np.ones((2, 2)),
+        },
+    )
+    features["c"] = np.array([0, 1])
+    cut = subgraph(graph3, {"a": None, "b": None, "output": None}, features)
+    assert cut.nodes == ["a", "b", "output"]
+    assert not cut.edges[("b", "output")].any()  # c left out: no section b -> output
+    bases = {n: _basis(n, [4, 3, 2, 1][: len(graph3.lambdas[n])]) for n in ["a", "b"]}
+    bases["output"] = _basis("output", [1, 1])
+    render = lambda found: lambda f, e: {"row": [0.0]}  # noqa: E731
+    view = view_payload(
+        "LIB",
+        bases,
+        {n: (_examples(n, features[n], "tabular"), render) for n in bases},
+        graph=cut,
+    )
+    assert [(s["source"], s["target"]) for s in view["sections"]] == [("a", "b")]

@@ -59,3 +59,22 @@ def test_empty_batches_and_no_data():
 def test_an_odd_number_of_bins_is_refused(n_bins):
     with pytest.raises(ValueError, match="even"):
         StreamingHistogram(1, n_bins=n_bins)
+
+
+@pytest.mark.parametrize(
+    "batches",
+    [
+        [[[1e-318], [1e-318]]],  # a constant below the smallest normal float
+        [[[1e308], [-1e308]]],  # a span beyond float64's largest
+        [[[1.0], [0.0]], [[1.7e308]]],  # a range doubled up to the limit
+        [[[-1e-310], [2e-310]], [[5.0]]],
+    ],
+)
+def test_values_near_float64_s_limits_are_counted_with_finite_edges(batches):
+    """No endless doubling of a width rounded to 0, no inf or NaN bins: every value is
+    counted, in finite, increasing edges."""
+    hist = StreamingHistogram(1, n_bins=4)
+    _stream(hist, [np.array(b) for b in batches])
+    ((edges, counts),) = hist.result()
+    assert counts.sum() == sum(len(b) for b in batches)
+    assert np.all(np.isfinite(edges)) and np.all(np.diff(edges) > 0)
