@@ -30,7 +30,7 @@ from sklearn_lib import (
 from . import fixtures as F
 from . import models as M
 from . import reference as R
-from .harness import Fault, Trial, add, temp_dir
+from .harness import Fault, Trial, add, in_threads, temp_dir
 
 FAULTS = "faults: injected on the N-th call"
 THREADS = "threads: racing a refit"
@@ -255,7 +255,7 @@ def register_faults():
 def _race(reader, writer, n_reads=12):
     """Run ``reader()`` ``n_reads`` times in one thread while ``writer()`` runs in another;
     the readers' results (or exceptions) in order."""
-    results, errors = [], []
+    results = []
     start = threading.Barrier(2)
 
     def read():
@@ -268,18 +268,9 @@ def _race(reader, writer, n_reads=12):
 
     def write():
         start.wait()
-        try:
-            writer()
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
+        writer()
 
-    threads = [threading.Thread(target=read), threading.Thread(target=write)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    if errors:
-        raise errors[0]
+    in_threads(read, write, timeout=120)
     return results
 
 

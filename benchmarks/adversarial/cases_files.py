@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import tempfile
-import threading
 import warnings
 import zipfile
 
@@ -30,7 +29,7 @@ from sklearn_lib import InteractionGraph, LIBTransformer, StaleBasisWarning
 from . import fixtures as F
 from . import models as M
 from . import reference as R
-from .harness import Raises, Trial, add, temp_dir
+from .harness import Raises, Trial, add, in_threads, temp_dir
 
 TRIP = "files: round trips"
 SAVE = "files: faults while saving"
@@ -452,22 +451,11 @@ def register_save_faults():
         b, _ = F.mlp_fit(n_components=2)
 
         def action():
-            errors = []
-
             def save(lib):
-                try:
-                    for _ in range(5):
-                        lib.save(path)
-                except Exception as exc:  # noqa: BLE001
-                    errors.append(exc)
+                for _ in range(5):
+                    lib.save(path)
 
-            threads = [threading.Thread(target=save, args=(e,)) for e in (a, b)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
-            if errors:
-                raise errors[0]
+            in_threads(lambda: save(a), lambda: save(b), timeout=60)
             return LIBTransformer.load(path, a.model).n_components_, sorted(os.listdir(folder))
 
         return Trial(

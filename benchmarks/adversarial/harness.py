@@ -194,6 +194,26 @@ def add(group, name, setup, *, quick=False, isolate=False, timeout=120.0):
 _TEMP_ROOT = []
 
 
+def in_threads(*targets, timeout):
+    """Run each of ``targets`` in a thread of its own, wait up to ``timeout`` seconds for
+    each, and raise the first exception one of them raised."""
+    errors = []
+
+    def guarded(target):
+        try:
+            target()
+        except Exception as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
+
+
 def temp_dir():
     """A new folder for one case's files, under one root removed when the review ends
     (forked children leave theirs to the parent)."""

