@@ -18,7 +18,6 @@ import numpy as np
 
 from ._analysis.dashboard import (
     TokenStrings,
-    check_count,
     page_payload,
     renderer,
     search_features,
@@ -29,6 +28,7 @@ from ._analysis.dashboard import (
 from ._analysis.graph import InteractionGraph
 from ._analysis.scoring import SCORINGS
 from ._core.nodes import OUTPUT_NODE
+from ._core.validation import check_count
 from ._drawing.dashboard_page import render_page
 from ._fitted import fitted
 
@@ -267,27 +267,25 @@ def _options(given):
 
 
 def _image_shape(shape):
-    if not (
-        isinstance(shape, Sequence)
-        and len(shape) in (2, 3)
-        and all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0 for s in shape)
-    ):
-        raise ValueError(
-            f"image_shape must be (H, W), (H, W, C) or (C, H, W) of positive ints; got {shape!r}"
-        )
-    return tuple(int(s) for s in shape)
+    return _ints(
+        shape, (2, 3), 1, "image_shape must be (H, W), (H, W, C) or (C, H, W) of positive ints"
+    )
 
 
 def _context(context):
+    return _ints(context, (2,), 0, "context must be (tokens before, tokens after), two ints >= 0")
+
+
+def _ints(value, lengths, least, message):
+    """``value`` as a tuple of ints of one of ``lengths``, each ``>= least``; else a
+    ValueError saying ``message`` and what was given."""
     if not (
-        isinstance(context, Sequence)
-        and len(context) == 2
-        and all(isinstance(c, Integral) and not isinstance(c, bool) and c >= 0 for c in context)
+        isinstance(value, Sequence)
+        and len(value) in lengths
+        and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= least for v in value)
     ):
-        raise ValueError(
-            f"context must be (tokens before, tokens after), two ints >= 0; got {context!r}"
-        )
-    return tuple(int(c) for c in context)
+        raise ValueError(f"{message}; got {value!r}")
+    return tuple(int(v) for v in value)
 
 
 def _check_layers(layers):

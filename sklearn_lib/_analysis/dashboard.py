@@ -10,7 +10,6 @@ layers of 64 features with 20 token contexts each stays well under 5 MB.
 """
 
 import base64
-from numbers import Integral
 
 import numpy as np
 
@@ -360,12 +359,3 @@ def page_payload(title, version, kind, views, *, notes=(), extra=None):
         "views": list(views),
         "notes": [str(n) for n in notes],
     }
-
-
-def check_count(value, name):
-    """``value`` as an int >= 1, or a ValueError/TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}={value} must be at least 1")
-    return int(value)

@@ -80,6 +80,15 @@ def resolve_model(model):
     )
 
 
+def check_count(value, name):
+    """``value`` as an int >= 1, or a ValueError/TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be at least 1")
+    return int(value)
+
+
 def check_counts(value, name):
     """Counts given as one int or a 1-D array-like of ints, as a 1-D int64 array.
 

@@ -8,7 +8,6 @@ import torch
 from sklearn_lib._analysis.dashboard import (
     TokenStrings,
     _histogram,
-    check_count,
     choose_recorder,
     image_like,
     rounded,
@@ -147,13 +146,6 @@ def test_the_input_kind_is_chosen_by_the_first_batch():
     assert isinstance(choose_recorder("tokens", None, (2, 3))[1], TokenContexts)
     assert not image_like(torch.zeros(2, 5, 8, 8))  # 5 channels: not an image
     assert image_like(torch.zeros(2, 8, 8))
-
-
-@pytest.mark.parametrize("value, error", [(0, ValueError), (True, TypeError), (1.0, TypeError)])
-def test_check_count(value, error):
-    with pytest.raises(error, match="^n(=0)? must"):
-        check_count(value, "n")
-    assert check_count(np.int64(3), "n") == 3
 
 
 def test_rounded_keeps_subnormal_numbers_finite():

@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import InvalidParameterError, validate_para
 from sklearn_lib._core.validation import (
     StrictInterval,
     TorchModel,
+    check_count,
     check_counts,
     check_section,
     check_sections,
@@ -145,3 +146,10 @@ def test_sections_a_list_of_pairs():
 def test_sections_refused(sections, match):
     with pytest.raises(ValueError, match=match):
         check_sections(sections)
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (True, TypeError), (1.0, TypeError)])
+def test_check_count(value, error):
+    with pytest.raises(error, match="^n(=0)? must"):
+        check_count(value, "n")
+    assert check_count(np.int64(3), "n") == 3
